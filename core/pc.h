@@ -1,0 +1,99 @@
+/* pc — the small shared core of pullcache: one error space, logging, allocation helpers.
+ *
+ * Every module returns int: 0 is success, a negative value is an error. System and libuv
+ * errors pass through as they are (-errno, UV_E*, which are the same numbers on Unix); our own
+ * codes live in a range far below errno (PC_ERR_MAP). pc_strerror() names any of them, and
+ * pc_err_status()/pc_err_code() give the HTTP status and OCI error code a client should see.
+ */
+#ifndef PC_H
+#define PC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* XX(name, value, http status, OCI code or NULL, message) */
+#define PC_ERR_MAP(XX)                                                                             \
+  XX(BLOB_UNKNOWN, -20001, 404, "BLOB_UNKNOWN", "blob unknown to registry")                        \
+  XX(MANIFEST_UNKNOWN, -20002, 404, "MANIFEST_UNKNOWN", "manifest unknown to registry")            \
+  XX(DIGEST_INVALID, -20003, 400, "DIGEST_INVALID", "provided digest did not match content")      \
+  XX(NAME_INVALID, -20004, 400, "NAME_INVALID", "invalid repository name")                         \
+  XX(NAME_UNKNOWN, -20005, 404, "NAME_UNKNOWN", "repository name not known to registry")           \
+  XX(TAG_INVALID, -20006, 400, "TAG_INVALID", "manifest tag did not match URI")                    \
+  XX(UNSUPPORTED, -20007, 405, "UNSUPPORTED", "the operation is unsupported")                      \
+  XX(TOOMANYREQUESTS, -20008, 429, "TOOMANYREQUESTS", "too many requests")                         \
+  XX(RANGE_INVALID, -20009, 416, "RANGE_INVALID", "requested range not satisfiable")               \
+  XX(SIZE_INVALID, -20010, 400, "SIZE_INVALID", "provided length did not match content length")    \
+  XX(DENIED, -20011, 403, "DENIED", "requested access to the resource is denied")                  \
+  XX(UNAUTHORIZED, -20012, 401, "UNAUTHORIZED", "authentication required")                         \
+  XX(NOTFOUND, -20020, 404, NULL, "not found")                                                     \
+  XX(EXISTS, -20021, 409, NULL, "already exists")                                                  \
+  XX(CORRUPT, -20022, 500, "UNKNOWN", "stored data is corrupt")                                    \
+  XX(TOOBIG, -20023, 413, "SIZE_INVALID", "content exceeds the configured limit")                  \
+  XX(UPSTREAM, -20030, 502, "UNAVAILABLE", "upstream registry failed")                             \
+  XX(UPSTREAM_DIGEST, -20031, 502, "UNAVAILABLE", "upstream content did not match its digest")     \
+  XX(UPSTREAM_TIMEOUT, -20032, 504, "UNAVAILABLE", "upstream registry timed out")                  \
+  XX(UPSTREAM_UNAVAILABLE, -20033, 503, "UNAVAILABLE", "upstream registry unavailable")            \
+  XX(UPSTREAM_UNKNOWN, -20034, 404, "NAME_UNKNOWN", "upstream not configured on this mirror")      \
+  XX(OFFLINE, -20035, 404, NULL, "not in the cache and the mirror is offline")                     \
+  XX(INTERNAL, -20099, 500, "UNKNOWN", "internal error")
+
+enum {
+#define PC_ERR_GEN(name, val, st, code, msg) PC_E_##name = (val),
+  PC_ERR_MAP(PC_ERR_GEN)
+#undef PC_ERR_GEN
+};
+
+/** A static, human-readable message for any error value (ours, -errno, UV_E*). Never NULL. */
+const char *pc_strerror(int err);
+/** The symbolic name ("BLOB_UNKNOWN", "ENOENT", ...). Never NULL. */
+const char *pc_errname(int err);
+/** The HTTP status a client should see for err; 500 for system errors. */
+int pc_err_status(int err);
+/** The OCI error code string for err ("UNKNOWN" when it has none). Never NULL. */
+const char *pc_err_code(int err);
+
+/* Allocation: small allocations abort with file and line on failure (no untested error paths).
+ * Sizes that come from the network must be checked against a cap before they get here. */
+#define pc_xmalloc(n) pc__xmalloc((n), __FILE__, __LINE__)
+#define pc_xcalloc(n, m) pc__xcalloc((n), (m), __FILE__, __LINE__)
+#define pc_xrealloc(p, n) pc__xrealloc((p), (n), __FILE__, __LINE__)
+#define pc_xstrdup(s) pc__xstrdup((s), __FILE__, __LINE__)
+#define pc_xstrndup(s, n) pc__xstrndup((s), (n), __FILE__, __LINE__)
+void *pc__xmalloc(size_t n, const char *file, int line);
+void *pc__xcalloc(size_t n, size_t m, const char *file, int line);
+void *pc__xrealloc(void *p, size_t n, const char *file, int line);
+char *pc__xstrdup(const char *s, const char *file, int line);
+char *pc__xstrndup(const char *s, size_t n, const char *file, int line);
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+#define PC_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Logging: one line per event to stderr, journald priority prefix, key=value fields. */
+enum { PC_LOG_ERR = 3, PC_LOG_WARN = 4, PC_LOG_NOTICE = 5, PC_LOG_INFO = 6, PC_LOG_DEBUG = 7 };
+extern int pc_log_level; /**< messages above this level are dropped before formatting */
+#define pc_log(lvl, ...)                                                                           \
+  do {                                                                                             \
+    if ((lvl) > pc_log_level)                                                                      \
+      break;                                                                                       \
+    pc__log((lvl), __VA_ARGS__);                                                                   \
+  } while (0)
+void pc__log(int lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/** Always-on assertion: prints the expression, file and line, then aborts. */
+#define PC_ASSERT(e)                                                                               \
+  do {                                                                                             \
+    if (!(e))                                                                                      \
+      pc__fatal(__FILE__, __LINE__, "assertion failed: %s", #e);                                   \
+  } while (0)
+#define pc_fatal(...) pc__fatal(__FILE__, __LINE__, __VA_ARGS__)
+_Noreturn void pc__fatal(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/** Wall-clock seconds since the epoch (for metadata timestamps). */
+int64_t pc_now_sec(void);
+/** Monotonic milliseconds (for durations). */
+uint64_t pc_mono_ms(void);
+
+#endif

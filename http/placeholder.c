@@ -1,0 +1,2 @@
+/* http — placeholder so the library has a source until srv.c lands. */
+#include "http/srv.h"

@@ -1,0 +1,109 @@
+/* http/srv — the HTTP/1.1 server: libuv TCP, llhttp parsing, keep-alive, pipelining, limits.
+ *
+ * One loop thread owns every connection. Requests on a connection are handled one at a time in
+ * order (pipelined requests wait, parsed later); the handler may answer at once or later (after
+ * an upstream fetch), but must answer every request exactly once with one of srv_respond*,
+ * unless srv_req_on_done reported the request gone first.
+ *
+ * Lifetime of a srv_req_t: from the handler call until its done callback (srv_req_on_done) has
+ * run. After that the pointer is invalid. If the client disconnects before the answer, the done
+ * callback runs with status 0 and any later srv_* call on the request is a bug, so a handler that
+ * answers later must register a done callback and forget the request in it.
+ *
+ * Limits are answered, never crashed on: header block too large or too many headers -> 431,
+ * URL too long -> 414, malformed request -> 400, a body on GET/HEAD -> 400, then the connection
+ * is closed. Slow clients: a header-read timeout and a keep-alive idle timeout close the
+ * connection; a client that stops reading its response is closed after a write stall timeout.
+ * Past max_conns, new connections get a 503 and are closed.
+ *
+ * Responses stream: file bodies go out with sendfile(2) (uv_fs_sendfile on the socket fd) in
+ * bounded chunks, waiting for the socket to drain; per-connection memory does not depend on
+ * the body size. A file body may still be growing (a live fill): the server sends up to the
+ * announced end and waits for srv_file_avail.
+ */
+#ifndef SRV_H
+#define SRV_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct srv srv_t;
+typedef struct srv_req srv_req_t;
+
+/** Called once per request, in order per connection. */
+typedef void (*srv_handler_cb)(srv_req_t *req, void *arg);
+/** Called exactly once when a request ends: status is the HTTP status sent (0 if the client
+ * went away or the connection was aborted before the response completed). req is invalid
+ * after this returns. */
+typedef void (*srv_done_cb)(srv_req_t *req, int status, void *arg);
+/** Called after srv_close has closed every handle. */
+typedef void (*srv_closed_cb)(void *arg);
+
+typedef struct srv_opts {
+  size_t max_header_bytes;    /**< whole header block; default 16384 -> 431 beyond */
+  size_t max_url_bytes;       /**< request target; default 8192 -> 414 beyond */
+  size_t max_headers;         /**< default 100 -> 431 beyond */
+  unsigned header_timeout_ms; /**< to receive a whole request head; default 15000 */
+  unsigned idle_timeout_ms;   /**< keep-alive idle between requests; default 60000 */
+  unsigned write_timeout_ms;  /**< no write progress for this long closes; default 120000 */
+  unsigned max_conns;         /**< default 4096 */
+  int access_log;             /**< one log line per request (default on: set -1 for off) */
+} srv_opts_t;
+
+/** Create a server on loop. opts may be NULL (defaults). *out freed by srv_close. */
+int srv_new(uv_loop_t *loop, const srv_opts_t *opts, srv_handler_cb cb, void *arg, srv_t **out);
+/** Listen on "IPv4:PORT", "[IPv6]:PORT" or "host:PORT" (numeric addresses only). Port 0 picks
+ * a free port; srv_port tells which. May be called several times. */
+int srv_listen(srv_t *s, const char *addr);
+/** The port of the idx-th listener (in srv_listen order), or -1. */
+int srv_port(const srv_t *s, int idx);
+/** Stop accepting, close every connection (pending requests get their done callback with 0),
+ * close all handles, free s, then call cb (may be NULL). */
+void srv_close(srv_t *s, srv_closed_cb cb, void *arg);
+/** Number of open connections (for metrics and tests). */
+unsigned srv_conn_count(const srv_t *s);
+
+/* ---- request ------------------------------------------------------------------------------ */
+
+const char *srv_req_method(const srv_req_t *r); /**< "GET", "HEAD", "POST", ... */
+int srv_req_is_head(const srv_req_t *r);
+/** Path part of the target, as sent (not percent-decoded), NUL-terminated. */
+const char *srv_req_path(const srv_req_t *r);
+/** Query string after '?', without it; "" when none. */
+const char *srv_req_query(const srv_req_t *r);
+/** Header value by case-insensitive name; repeated headers are merged with ", "; NULL if
+ * absent. Valid until the done callback. */
+const char *srv_req_header(const srv_req_t *r, const char *name);
+/** The peer address as text ("127.0.0.1:53412"). */
+const char *srv_req_peer(const srv_req_t *r);
+/** Add a key=value field to this request's access-log line (copied; e.g. "cache", "hit"). */
+void srv_req_log(srv_req_t *r, const char *key, const char *value);
+/** Register the done callback (one per request; a second call replaces the first). */
+void srv_req_on_done(srv_req_t *r, srv_done_cb cb, void *arg);
+/** Opaque slot for the handler. */
+void srv_req_set_data(srv_req_t *r, void *data);
+void *srv_req_data(const srv_req_t *r);
+
+/* ---- response ----------------------------------------------------------------------------- */
+
+/** Add a response header (both copied). Call before srv_respond*. Content-Length, Connection
+ * and Date are the server's. */
+void srv_resp_header(srv_req_t *r, const char *name, const char *value);
+/** Answer with an in-memory body (copied; may be NULL with len 0). content_type may be NULL.
+ * For HEAD the headers (with Content-Length: len) are sent without the body. */
+void srv_respond(srv_req_t *r, int status, const char *content_type, const void *body,
+                 size_t len);
+/** Answer with bytes [off, off+len) of fd. Takes ownership of fd (closed when done). Bytes of
+ * the file beyond avail_end are not written yet (a live fill): the server sends what exists
+ * and waits for srv_file_avail. Pass avail_end = off+len for a complete file. For HEAD only
+ * the headers are sent. */
+void srv_respond_file(srv_req_t *r, int status, const char *content_type, int fd, uint64_t off,
+                      uint64_t len, uint64_t avail_end);
+/** Announce that the file given to srv_respond_file now holds bytes up to avail_end. */
+void srv_file_avail(srv_req_t *r, uint64_t avail_end);
+/** Abort a response in progress: the connection is closed at once (the client sees a short
+ * body). The done callback runs with status 0. */
+void srv_abort(srv_req_t *r);
+
+#endif

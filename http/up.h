@@ -1,0 +1,85 @@
+/* http/up — the upstream HTTP client: libcurl multi driven by the libuv loop.
+ *
+ * One up_t per daemon: one uv_timer plus one uv_poll per socket (curl multi_socket API). It
+ * follows redirects itself (301/302/303/307/308, at most max_redirects hops, 307/308 keep the
+ * method, HEAD stays HEAD), answers Bearer challenges with anonymous tokens from the realm
+ * (cached per host+scope until expires_in) and never sends an Authorization header to a host
+ * other than the one whose challenge produced the token. Intermediate responses (redirects,
+ * 401s) are consumed internally: the callbacks see only the final response.
+ *
+ * TLS is verified with the system CA store (or a per-request CA file). Proxy environment
+ * variables (http_proxy, https_proxy, no_proxy) are honoured, as libcurl does.
+ *
+ * If up_fetch_start returns an error, no callback is ever called. Otherwise exactly one
+ * on_done call ends the fetch (unless up_fetch_cancel was called first), after which the
+ * up_fetch_t is freed by up and must not be touched.
+ */
+#ifndef UP_H
+#define UP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct up up_t;
+typedef struct up_fetch up_fetch_t;
+
+/** Return value of up_data_cb asking to pause the transfer (resume with up_fetch_resume). */
+#define UP_PAUSE 1
+
+/** Final response headers are in (status after redirects and auth). Return 0 to go on, or
+ * non-zero to stop the fetch (on_done then gets PC_E_UPSTREAM or the status mapping). */
+typedef int (*up_headers_cb)(up_fetch_t *f, int status, void *arg);
+/** Body bytes of the final response. Return 0, UP_PAUSE, or a negative value to abort. */
+typedef int (*up_data_cb)(up_fetch_t *f, const char *buf, size_t len, void *arg);
+/** The fetch ended: rc 0 when the whole final response was received (whatever its status);
+ * else PC_E_UPSTREAM_TIMEOUT (connect/first byte/stall), PC_E_UPSTREAM (transport, TLS, too
+ * many redirects, token failure), PC_E_UPSTREAM_UNAVAILABLE (connection refused / DNS), or the
+ * negative value on_data returned. status is the final HTTP status (0 if none). */
+typedef void (*up_done_cb)(up_fetch_t *f, int rc, int status, void *arg);
+
+typedef struct up_opts {
+  long connect_timeout_ms;    /**< default 10000 */
+  long first_byte_timeout_ms; /**< request sent -> response headers; default 30000 */
+  long stall_timeout_ms;      /**< no body bytes for this long; default 30000 */
+  int max_redirects;          /**< default 10 */
+  const char *user_agent;     /**< default "pullcache/<version>" */
+} up_opts_t;
+
+typedef struct up_req {
+  const char *method;  /**< "GET" or "HEAD" */
+  const char *url;     /**< absolute http(s) URL */
+  const char *accept;  /**< Accept header value, or NULL */
+  uint64_t range_from; /**< > 0: send "Range: bytes=<range_from>-" */
+  const char *ca_file; /**< CA bundle for this request, or NULL for the system store */
+  up_headers_cb on_headers; /**< may be NULL */
+  up_data_cb on_data;       /**< may be NULL (body discarded) */
+  up_done_cb on_done;       /**< required */
+  void *arg;
+} up_req_t;
+
+typedef struct up_stats {
+  uint64_t requests;   /**< HTTP requests sent, including redirect hops and token fetches */
+  uint64_t body_bytes; /**< final-response body bytes received */
+  uint64_t tokens;     /**< tokens fetched */
+  uint64_t errors;     /**< fetches that ended with rc < 0 */
+} up_stats_t;
+
+int up_new(uv_loop_t *loop, const up_opts_t *opts, up_t **out);
+/** Cancel every fetch (no callbacks), close the handles, free u, then call cb (may be NULL). */
+void up_close(up_t *u, void (*cb)(void *arg), void *arg);
+void up_get_stats(const up_t *u, up_stats_t *out);
+
+/** Start a fetch. All strings in r are copied. *out (may be NULL) gets the handle. */
+int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out);
+/** Stop a fetch; no further callbacks; the handle is freed. Safe inside its own callbacks. */
+void up_fetch_cancel(up_fetch_t *f);
+/** Resume a fetch paused by UP_PAUSE. Call from the loop, not from inside up's callbacks. */
+void up_fetch_resume(up_fetch_t *f);
+/** A header of the final response (case-insensitive), or NULL. Valid from on_headers until
+ * on_done returns. */
+const char *up_fetch_header(const up_fetch_t *f, const char *name);
+/** The final URL after redirects. */
+const char *up_fetch_url(const up_fetch_t *f);
+
+#endif

@@ -1,0 +1,148 @@
+/* store — the content-addressed blob store with LMDB metadata.
+ *
+ * Layout under root:
+ *   blobs/sha256/<2 hex>/<64 hex>   committed blobs (manifests are blobs too), never modified
+ *   tmp/                             writers stream here; swept at open
+ *   quarantine/                      fsck moves mismatching files here
+ *   meta/                            one LMDB environment: blobs, manifests, tags
+ *
+ * Invariants: a file is visible under blobs/ only after its bytes hashed to its name and were
+ * fsynced; an LMDB record is written only after its file was renamed into place and its
+ * directory fsynced. A crash at any point leaves at most a temp file (swept) or a file without
+ * a record (which open() repairs lazily: a present file with no record is still served, and
+ * fsck reports it).
+ *
+ * Threads: a store_t may be used from several threads at once (the loop and uv worker threads).
+ * Read calls are cheap (one short LMDB read txn, no directory scan). Calls that fsync
+ * (store_writer_commit, store_manifest_put) block: run them off the event loop.
+ *
+ * Return values: 0 or a negative pc error (core/pc.h). PC_E_NOTFOUND means "not present".
+ */
+#ifndef STORE_H
+#define STORE_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "store/digest.h"
+
+typedef struct store store_t;
+typedef struct store_writer store_writer_t;
+
+typedef struct store_opts {
+  uint64_t map_size; /**< LMDB map size in bytes; 0 = default (4 GiB) */
+  int atime_flush_ms; /**< unused by the store itself; the daemon flushes on its own timer */
+} store_opts_t;
+
+/** Open (creating if needed) the store at root. Sweeps tmp/. *out owned by caller, free with
+ * store_close. opts may be NULL. */
+int store_open(const char *root, const store_opts_t *opts, store_t **out);
+/** Flush pending access times and close. NULL is a no-op. */
+void store_close(store_t *s);
+const char *store_root(const store_t *s);
+
+/* ---- blobs ------------------------------------------------------------------------------- */
+
+typedef struct store_blob_info {
+  uint64_t size;
+  char media_type[128]; /**< "" when unknown */
+  int64_t created;      /**< seconds since epoch */
+  int64_t last_access;  /**< seconds since epoch (may lag by one flush interval) */
+} store_blob_info_t;
+
+/** Metadata of a committed blob, or PC_E_NOTFOUND. info may be NULL (presence check). */
+int store_blob_stat(store_t *s, const char *digest, store_blob_info_t *info);
+
+/** Open a committed blob for reading. On success *fd is an O_RDONLY descriptor owned by the
+ * caller (close it) and *size its length. PC_E_NOTFOUND when absent. Records an access time
+ * (batched in memory; written by store_flush_atimes). */
+int store_blob_open(store_t *s, const char *digest, int *fd, uint64_t *size);
+
+/** Write the path of a blob's file (committed or not) into buf. Returns 0 or -ENAMETOOLONG. */
+int store_blob_path(const store_t *s, const char *digest, char *buf, size_t buflen);
+
+/** Write batched access times in one LMDB write transaction. Blocking (one fsync). */
+int store_flush_atimes(store_t *s);
+
+/* ---- writers ----------------------------------------------------------------------------- */
+
+/** Start a blob write into a new file under tmp/. expected_digest may be NULL (then the digest
+ * is whatever the bytes hash to, used for manifests fetched by tag); expected_size is -1 when
+ * unknown. *out owned by caller until store_writer_commit or store_writer_abort. */
+int store_writer_new(store_t *s, const char *expected_digest, int64_t expected_size,
+                     store_writer_t **out);
+/** Append bytes; hashes them as they go. Returns 0, -errno (ENOSPC...), or PC_E_SIZE_INVALID
+ * when more than expected_size bytes are written. */
+int store_writer_write(store_writer_t *w, const void *buf, size_t len);
+/** Bytes written so far. */
+uint64_t store_writer_size(const store_writer_t *w);
+/** The temp file's fd (valid until commit/abort; owned by the writer). Readers following a
+ * live fill should open their own descriptor with store_writer_path. */
+int store_writer_fd(const store_writer_t *w);
+/** The temp file's path (valid until commit/abort). */
+const char *store_writer_path(const store_writer_t *w);
+/** Verify, fsync, rename into blobs/, fsync the directory, record it (media_type may be NULL).
+ * Frees w in every case. On success out_digest (if not NULL, >= 72 bytes) gets the digest.
+ * PC_E_DIGEST_INVALID on a digest mismatch, PC_E_SIZE_INVALID on a size mismatch: the temp
+ * file is deleted and nothing is recorded. Committing a digest that is already present is a
+ * success (the new copy is dropped). Blocking. */
+int store_writer_commit(store_writer_t *w, const char *media_type, char *out_digest);
+/** Drop the temp file and free w. NULL is a no-op. */
+void store_writer_abort(store_writer_t *w);
+
+/* ---- manifests and tags ------------------------------------------------------------------ */
+
+/** Store manifest bytes (as a CAS blob) with their media type. If expected_digest is not NULL
+ * the bytes must hash to it (else PC_E_DIGEST_INVALID, nothing stored). out_digest (>= 72
+ * bytes, may be NULL) gets the digest. Blocking (fsync). */
+int store_manifest_put(store_t *s, const void *bytes, size_t len, const char *media_type,
+                       const char *expected_digest, char *out_digest);
+
+typedef struct store_manifest_info {
+  uint64_t size;
+  char media_type[128];
+} store_manifest_info_t;
+
+/** Look up a manifest by digest. PC_E_NOTFOUND if unknown (or its blob is gone). */
+int store_manifest_stat(store_t *s, const char *digest, store_manifest_info_t *info);
+
+typedef struct store_tag {
+  char digest[STORE_DIGEST_MAX];
+  char media_type[128];
+  uint64_t size;
+  int64_t fetched_at; /**< when the upstream last gave this digest for the tag */
+  int64_t checked_at; /**< when the upstream last confirmed it (HEAD revalidation) */
+} store_tag_t;
+
+/** Tags are keyed by (upstream name, repository, tag). */
+int store_tag_get(store_t *s, const char *upstream, const char *repo, const char *tag,
+                  store_tag_t *out);
+/** Insert or replace. Blocking (one write txn). */
+int store_tag_put(store_t *s, const char *upstream, const char *repo, const char *tag,
+                  const store_tag_t *t);
+
+/** Called once per tag, in lexical order; return non-zero to stop. */
+typedef int (*store_tag_cb)(void *arg, const char *tag, const store_tag_t *t);
+/** Walk the tags of (upstream, repo) in lexical order, starting strictly after `after`
+ * (NULL or "" = from the first). Returns 0, or the callback's non-zero value. */
+int store_tag_list(store_t *s, const char *upstream, const char *repo, const char *after,
+                   store_tag_cb cb, void *arg);
+
+/* ---- fsck -------------------------------------------------------------------------------- */
+
+typedef struct store_fsck_report {
+  uint64_t blobs_checked;
+  uint64_t bytes_checked;
+  uint64_t corrupt;         /**< files whose bytes do not match their name: quarantined */
+  uint64_t missing_files;   /**< records whose file is gone: records removed */
+  uint64_t orphan_files;    /**< files without a record: recorded (they verified) */
+  uint64_t stray_files;     /**< files under blobs/ whose name is not a digest */
+} store_fsck_report_t;
+
+/** Rehash every blob; quarantine mismatches (moved to quarantine/), drop records whose file
+ * is missing, record verified files that had no record. Prints one line per problem to out
+ * (may be NULL). Blocking; intended for the `pullcache fsck` command. */
+int store_fsck(store_t *s, FILE *out, store_fsck_report_t *report);
+
+#endif
