@@ -1,0 +1,36 @@
+/* daemon/mirror — the pull-through policy: what to do when the store cannot answer alone.
+ *
+ * The registry handlers (daemon/registry.c) validate the request, pick the upstream and serve
+ * hits from the store. They call into the mirror for:
+ *   - a manifest by tag (always: the mirror decides fresh / revalidate / fetch / stale-if-error);
+ *   - a manifest by digest that is not in the store;
+ *   - a blob that is not in the store (single-flight fill, streamed to every waiter).
+ * The mirror answers the request itself (srv_respond* or an OCI error through registry_error),
+ * now or later. All strings are copied; the request must still be open when called.
+ */
+#ifndef MIRROR_H
+#define MIRROR_H
+
+#include <stdint.h>
+
+#include "daemon/daemon.h"
+
+/** A parsed Range header: has = 0 when none. Open end: end = UINT64_MAX. Suffix: suffix > 0. */
+typedef struct mirror_range {
+  int has;
+  uint64_t start, end; /**< inclusive; end = UINT64_MAX for "N-" */
+  uint64_t suffix;     /**< "bytes=-N": the last N bytes */
+} mirror_range_t;
+
+int mirror_new(daemon_t *d, mirror_t **out);
+/** Cancel every fill (waiting requests are aborted) and free. */
+void mirror_free(mirror_t *m);
+
+/** Manifest by tag (ref_is_digest = 0) or by digest not in the store (ref_is_digest = 1). */
+void mirror_manifest(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, const char *repo,
+                     const char *ref, int ref_is_digest);
+/** Blob not in the store. */
+void mirror_blob(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, const char *repo,
+                 const char *digest, const mirror_range_t *range);
+
+#endif
