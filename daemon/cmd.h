@@ -1,0 +1,22 @@
+/* cmd — the `pullcache <command>` entry points, dispatched by daemon/main.c.
+ *
+ * Each takes the arguments after the command name (argv[0] is the command itself) and returns
+ * a process exit code. Keep this a plain list of declarations.
+ */
+#ifndef CMD_H
+#define CMD_H
+
+/** `pullcache fsck [--store DIR]`: verify and repair the store. Returns 0 when the store was
+ * clean, 1 when problems were found and repaired, 2 on a usage or runtime error. */
+int cmd_fsck(int argc, char **argv);
+
+/** `pullcache serve [flags]` (daemon/daemon.c): run the mirror until SIGTERM/SIGINT. Returns 0
+ * after a clean stop, 1 on a runtime error (store, listen), 2 on a usage/config error. */
+int cmd_serve(int argc, char **argv);
+
+/** `pullcache import --store DIR --upstream NAME --repo NAME [--tag TAG] LAYOUT_DIR`
+ * (daemon/cmd_import.c): copy an OCI image layout into the store. Returns 0, 1 on a runtime
+ * error (bad layout, digest mismatch), 2 on a usage error. */
+int cmd_import(int argc, char **argv);
+
+#endif

@@ -1,0 +1,999 @@
+/* store — the content-addressed blob store: blob files plus LMDB metadata.
+ *
+ * Files: <root>/blobs/sha256/<2 hex>/<64 hex> (committed, immutable), <root>/tmp/ (writers;
+ * swept at open), <root>/quarantine/ (fsck), <root>/meta/ (the LMDB env), <root>/lock (flock
+ * held while open, so a second process — e.g. `pullcache fsck` against a running daemon —
+ * gets -EBUSY instead of sweeping the daemon's temp files).
+ *
+ * A writer's life:  new ──write*──▶ commit ──▶ verify size+digest ──ok──▶ fsync file, rename
+ *                    │                            │                       into blobs/, fsync
+ *                    └──abort──▶ unlink temp      └──mismatch──▶ unlink   dir, put LMDB record
+ *
+ * LMDB (one env, MDB_NOTLS so read txns are not tied to threads; every txn begins and ends in
+ * one function). Named databases and their fixed encodings, integers little-endian:
+ *
+ *   blobs      key "sha256:<64 hex>" (71 bytes, no NUL)
+ *              val u8 version=1 | u64 size | i64 created | i64 last_access | u8 mtlen | mt bytes
+ *   manifests  key as blobs (the bytes are the CAS blob of the same digest)
+ *              val u8 version=1 | u64 size | u8 mtlen | mt bytes
+ *   tags       key upstream "\0" repo "\0" tag (no trailing NUL), so the keys of one
+ *              (upstream, repo) are contiguous and in the tag's lexical order
+ *              val u8 version=1 | u64 size | i64 fetched_at | i64 checked_at | u8 dlen | digest
+ *                  | u8 mtlen | mt bytes
+ *
+ * Presence of a blob = its file exists. A record without its file is "not present"; a file
+ * without a record (a crash between rename and the LMDB commit) is served, and the next
+ * store_flush_atimes or store_fsck writes its record.
+ */
+#include "store/store-int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/pc.h"
+
+#define DEFAULT_MAP_SIZE (4ULL << 30)
+#define REC_VERSION 1
+#define TAG_BATCH 32
+
+struct store_writer {
+  store_t *s;
+  int fd;
+  int err; /**< sticky: the first write error */
+  int64_t expected_size;
+  uint64_t size;
+  store_hash_t hash;
+  char expected[STORE__SHA256_LEN + 1]; /**< "" when unknown */
+  char path[PATH_MAX];
+};
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+  for (int i = 0; i < 8; i++)
+    p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++)
+    v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+int store__mdb_err(int rc, const char *what)
+{
+  if (rc == 0)
+    return 0;
+  if (rc == MDB_NOTFOUND)
+    return PC_E_NOTFOUND;
+  if (rc > 0)
+    return -rc;
+  pc_log(PC_LOG_ERR, "store: lmdb %s: %s", what, mdb_strerror(rc));
+  if (rc == MDB_MAP_FULL)
+    return -ENOSPC;
+  return PC_E_INTERNAL;
+}
+
+int store__is_sha256(const char *s)
+{
+  return s && strlen(s) == STORE__SHA256_LEN &&
+         store_digest_parse(s, STORE__SHA256_LEN) == STORE_DIGEST_SHA256;
+}
+
+/* Validate a digest given by a caller: PC_E_DIGEST_INVALID if ungrammatical, PC_E_NOTFOUND
+ * for a grammatical digest of an algorithm we never store, else 0. */
+static int check_lookup_digest(const char *d)
+{
+  if (!d)
+    return PC_E_DIGEST_INVALID;
+  size_t n = strnlen(d, STORE_DIGEST_MAX);
+  if (n >= STORE_DIGEST_MAX)
+    return PC_E_DIGEST_INVALID;
+  int alg = store_digest_parse(d, n);
+  if (alg < 0)
+    return alg;
+  return alg == STORE_DIGEST_SHA256 ? 0 : PC_E_NOTFOUND;
+}
+
+static size_t mt_len(const char *mt)
+{
+  return mt ? strnlen(mt, STORE__MT_MAX + 1) : 0;
+}
+
+size_t store__blob_rec_encode(const store__blob_rec_t *r, unsigned char *buf)
+{
+  size_t ml = strnlen(r->media_type, STORE__MT_MAX);
+  buf[0] = REC_VERSION;
+  put_u64(buf + 1, r->size);
+  put_u64(buf + 9, (uint64_t)r->created);
+  put_u64(buf + 17, (uint64_t)r->last_access);
+  buf[25] = (unsigned char)ml;
+  memcpy(buf + 26, r->media_type, ml);
+  return 26 + ml;
+}
+
+int store__blob_rec_decode(const MDB_val *v, store__blob_rec_t *r)
+{
+  const unsigned char *p = v->mv_data;
+  if (v->mv_size < 26 || p[0] != REC_VERSION || p[25] > STORE__MT_MAX ||
+      v->mv_size != 26 + (size_t)p[25])
+    return PC_E_CORRUPT;
+  r->size = get_u64(p + 1);
+  r->created = (int64_t)get_u64(p + 9);
+  r->last_access = (int64_t)get_u64(p + 17);
+  memcpy(r->media_type, p + 26, p[25]);
+  r->media_type[p[25]] = '\0';
+  return 0;
+}
+
+static size_t manifest_rec_encode(uint64_t size, const char *mt, unsigned char *buf)
+{
+  size_t ml = mt_len(mt);
+  buf[0] = REC_VERSION;
+  put_u64(buf + 1, size);
+  buf[9] = (unsigned char)ml;
+  if (ml)
+    memcpy(buf + 10, mt, ml);
+  return 10 + ml;
+}
+
+int store__manifest_rec_decode(const MDB_val *v, store_manifest_info_t *info)
+{
+  const unsigned char *p = v->mv_data;
+  if (v->mv_size < 10 || p[0] != REC_VERSION || p[9] > STORE__MT_MAX ||
+      v->mv_size != 10 + (size_t)p[9])
+    return PC_E_CORRUPT;
+  info->size = get_u64(p + 1);
+  memcpy(info->media_type, p + 10, p[9]);
+  info->media_type[p[9]] = '\0';
+  return 0;
+}
+
+static int fsync_path(const char *path)
+{
+  int rc = 0;
+  int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  if (fsync(fd) != 0)
+    rc = -errno;
+  close(fd);
+  return rc;
+}
+
+static int mkdir_one(const char *path)
+{
+  if (mkdir(path, 0755) == 0 || errno == EEXIST)
+    return 0;
+  return -errno;
+}
+
+/* Join root and a relative name into buf. */
+static int root_path(const store_t *s, const char *rel, char *buf, size_t buflen)
+{
+  int n = snprintf(buf, buflen, "%s/%s", s->root, rel);
+  return n < 0 || (size_t)n >= buflen ? -ENAMETOOLONG : 0;
+}
+
+int store__hash_fd(int fd, char out[72], uint64_t *size)
+{
+  int rc = 0;
+  unsigned char *buf = pc_xmalloc(1 << 16);
+  store_hash_t h;
+  uint64_t total = 0;
+  store_hash_init(&h);
+  for (;;) {
+    ssize_t n = pread(fd, buf, 1 << 16, (off_t)total);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      rc = -errno;
+      goto out;
+    }
+    if (n == 0)
+      break;
+    store_hash_update(&h, buf, (size_t)n);
+    total += (uint64_t)n;
+  }
+  store_hash_final(&h, out);
+  *size = total;
+out:
+  store_hash_dispose(&h);
+  free(buf);
+  return rc;
+}
+
+/* ---- open / close ----------------------------------------------------------------------- */
+
+static void sweep_tmp(store_t *s)
+{
+  char dir[PATH_MAX], p[PATH_MAX];
+  if (root_path(s, "tmp", dir, sizeof(dir)) != 0)
+    return;
+  DIR *d = opendir(dir);
+  if (!d)
+    return;
+  unsigned swept = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+      continue;
+    int n = snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+    if (n < 0 || (size_t)n >= sizeof(p))
+      continue;
+    if (unlink(p) == 0)
+      swept++;
+    else
+      pc_log(PC_LOG_WARN, "store: cannot remove temp file %s: %s", p, strerror(errno));
+  }
+  closedir(d);
+  if (swept)
+    pc_log(PC_LOG_NOTICE, "store: swept %u temp file(s) from %s", swept, dir);
+}
+
+int store_open(const char *root, const store_opts_t *opts, store_t **out)
+{
+  static const char *const dirs[] = {"blobs", "blobs/sha256", "tmp", "quarantine", "meta"};
+  int rc = PC_E_INTERNAL;
+  char p[PATH_MAX];
+  MDB_txn *txn = NULL;
+  store_t *s = pc_xcalloc(1, sizeof(*s));
+  s->lock_fd = -1;
+  s->root = pc_xstrdup(root);
+  s->rootlen = strlen(root);
+  while (s->rootlen > 1 && s->root[s->rootlen - 1] == '/')
+    s->root[--s->rootlen] = '\0';
+  pthread_mutex_init(&s->atime_mu, NULL);
+  s->atimes = pc_xcalloc(STORE__ATIME_MAX, sizeof(*s->atimes));
+
+  /* mkdir -p root */
+  for (size_t i = 1; i <= s->rootlen; i++) {
+    if (i == s->rootlen || s->root[i] == '/') {
+      if (i >= sizeof(p)) {
+        rc = -ENAMETOOLONG;
+        goto out;
+      }
+      memcpy(p, s->root, i);
+      p[i] = '\0';
+      rc = mkdir_one(p);
+      if (rc)
+        goto out;
+    }
+  }
+  for (size_t i = 0; i < PC_ARRAY_SIZE(dirs); i++) {
+    rc = root_path(s, dirs[i], p, sizeof(p));
+    if (rc == 0)
+      rc = mkdir_one(p);
+    if (rc)
+      goto out;
+  }
+
+  rc = root_path(s, "lock", p, sizeof(p));
+  if (rc)
+    goto out;
+  s->lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (s->lock_fd < 0) {
+    rc = -errno;
+    goto out;
+  }
+  if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+    pc_log(PC_LOG_ERR, "store: %s is in use by another process", s->root);
+    goto out;
+  }
+
+  sweep_tmp(s);
+
+  rc = store__mdb_err(mdb_env_create(&s->env), "env_create");
+  if (rc)
+    goto out;
+  mdb_env_set_maxdbs(s->env, 4);
+  mdb_env_set_maxreaders(s->env, 256);
+  rc = store__mdb_err(
+      mdb_env_set_mapsize(s->env, opts && opts->map_size ? opts->map_size : DEFAULT_MAP_SIZE),
+      "set_mapsize");
+  if (rc)
+    goto out;
+  rc = root_path(s, "meta", p, sizeof(p));
+  if (rc)
+    goto out;
+  rc = store__mdb_err(mdb_env_open(s->env, p, MDB_NOTLS, 0644), "env_open");
+  if (rc)
+    goto out;
+  int dead = 0;
+  mdb_reader_check(s->env, &dead);
+  if (dead)
+    pc_log(PC_LOG_NOTICE, "store: cleared %d stale lmdb reader slot(s)", dead);
+
+  rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
+  if (rc)
+    goto out;
+  rc = store__mdb_err(mdb_dbi_open(txn, "blobs", MDB_CREATE, &s->blobs), "dbi_open");
+  if (rc == 0)
+    rc = store__mdb_err(mdb_dbi_open(txn, "manifests", MDB_CREATE, &s->manifests), "dbi_open");
+  if (rc == 0)
+    rc = store__mdb_err(mdb_dbi_open(txn, "tags", MDB_CREATE, &s->tags), "dbi_open");
+  if (rc)
+    goto out;
+  rc = store__mdb_err(mdb_txn_commit(txn), "commit");
+  txn = NULL;
+  if (rc)
+    goto out;
+  rc = 0;
+out:
+  if (txn)
+    mdb_txn_abort(txn);
+  if (rc) {
+    if (s->env)
+      mdb_env_close(s->env);
+    if (s->lock_fd >= 0)
+      close(s->lock_fd);
+    pthread_mutex_destroy(&s->atime_mu);
+    free(s->atimes);
+    free(s->root);
+    free(s);
+    s = NULL;
+  }
+  *out = s;
+  return rc;
+}
+
+void store_close(store_t *s)
+{
+  if (!s)
+    return;
+  int rc = store_flush_atimes(s);
+  if (rc)
+    pc_log(PC_LOG_WARN, "store: final access-time flush failed: %s", pc_strerror(rc));
+  mdb_env_close(s->env);
+  close(s->lock_fd);
+  pthread_mutex_destroy(&s->atime_mu);
+  free(s->atimes);
+  free(s->root);
+  free(s);
+}
+
+const char *store_root(const store_t *s)
+{
+  return s->root;
+}
+
+/* ---- blobs ------------------------------------------------------------------------------ */
+
+int store_blob_path(const store_t *s, const char *digest, char *buf, size_t buflen)
+{
+  if (!store__is_sha256(digest))
+    return PC_E_DIGEST_INVALID;
+  const char *hex = digest + 7;
+  int n = snprintf(buf, buflen, "%s/blobs/sha256/%.2s/%s", s->root, hex, hex);
+  return n < 0 || (size_t)n >= buflen ? -ENAMETOOLONG : 0;
+}
+
+/* Read the blob record into *r. 0, PC_E_NOTFOUND or another error. */
+static int blob_rec_get(store_t *s, const char *digest, store__blob_rec_t *r)
+{
+  MDB_txn *txn = NULL;
+  MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
+  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  if (rc)
+    return rc;
+  rc = store__mdb_err(mdb_get(txn, s->blobs, &k, &v), "get");
+  if (rc == 0)
+    rc = store__blob_rec_decode(&v, r);
+  mdb_txn_abort(txn);
+  return rc;
+}
+
+int store_blob_stat(store_t *s, const char *digest, store_blob_info_t *info)
+{
+  char path[PATH_MAX];
+  struct stat st;
+  store__blob_rec_t r;
+  int rc = check_lookup_digest(digest);
+  if (rc)
+    return rc;
+  rc = blob_rec_get(s, digest, &r);
+  if (rc && rc != PC_E_NOTFOUND)
+    return rc;
+  int have_rec = rc == 0;
+  rc = store_blob_path(s, digest, path, sizeof(path));
+  if (rc)
+    return rc;
+  if (stat(path, &st) != 0)
+    return errno == ENOENT || errno == ENOTDIR ? PC_E_NOTFOUND : -errno;
+  if (info) {
+    if (have_rec) {
+      info->size = r.size;
+      memcpy(info->media_type, r.media_type, sizeof(info->media_type));
+      info->created = r.created;
+      info->last_access = r.last_access;
+    } else {
+      info->size = (uint64_t)st.st_size;
+      info->media_type[0] = '\0';
+      info->created = (int64_t)st.st_mtime;
+      info->last_access = (int64_t)st.st_mtime;
+    }
+  }
+  return 0;
+}
+
+static void atime_note(store_t *s, const char *digest, int64_t now)
+{
+  pthread_mutex_lock(&s->atime_mu);
+  size_t idx;
+  if (s->atime_n == STORE__ATIME_MAX) {
+    idx = s->atime_head; /* overwrite the oldest */
+    s->atime_head = (s->atime_head + 1) % STORE__ATIME_MAX;
+  } else {
+    idx = (s->atime_head + s->atime_n) % STORE__ATIME_MAX;
+    s->atime_n++;
+  }
+  memcpy(s->atimes[idx].digest, digest, STORE__SHA256_LEN + 1);
+  s->atimes[idx].t = now;
+  pthread_mutex_unlock(&s->atime_mu);
+}
+
+int store_blob_open(store_t *s, const char *digest, int *fd, uint64_t *size)
+{
+  char path[PATH_MAX];
+  struct stat st;
+  store__blob_rec_t r;
+  int f = -1;
+  int rc = check_lookup_digest(digest);
+  if (rc)
+    goto out;
+  rc = blob_rec_get(s, digest, &r);
+  if (rc && rc != PC_E_NOTFOUND)
+    goto out;
+  int have_rec = rc == 0;
+  rc = store_blob_path(s, digest, path, sizeof(path));
+  if (rc)
+    goto out;
+  f = open(path, O_RDONLY | O_CLOEXEC);
+  if (f < 0) {
+    rc = errno == ENOENT || errno == ENOTDIR ? PC_E_NOTFOUND : -errno;
+    goto out;
+  }
+  if (fstat(f, &st) != 0) {
+    rc = -errno;
+    goto out;
+  }
+  if (have_rec && r.size != (uint64_t)st.st_size) {
+    pc_log(PC_LOG_ERR, "store: %s is %lld bytes, its record says %llu (run fsck)", digest,
+           (long long)st.st_size, (unsigned long long)r.size);
+    rc = PC_E_CORRUPT;
+    goto out;
+  }
+  atime_note(s, digest, pc_now_sec());
+  *fd = f;
+  *size = (uint64_t)st.st_size;
+  f = -1;
+  rc = 0;
+out:
+  if (f >= 0)
+    close(f);
+  return rc;
+}
+
+int store_flush_atimes(store_t *s)
+{
+  int rc = 0;
+  MDB_txn *txn = NULL;
+  char path[PATH_MAX];
+  pthread_mutex_lock(&s->atime_mu);
+  size_t n = s->atime_n;
+  store__atime_t *batch = NULL;
+  if (n) {
+    batch = pc_xmalloc(n * sizeof(*batch));
+    for (size_t i = 0; i < n; i++)
+      batch[i] = s->atimes[(s->atime_head + i) % STORE__ATIME_MAX];
+    s->atime_head = s->atime_n = 0;
+  }
+  pthread_mutex_unlock(&s->atime_mu);
+  if (!n)
+    return 0;
+
+  rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
+  if (rc)
+    goto out;
+  for (size_t i = 0; i < n; i++) {
+    MDB_val k = {STORE__SHA256_LEN, batch[i].digest}, v;
+    store__blob_rec_t r;
+    unsigned char buf[160];
+    int grc = mdb_get(txn, s->blobs, &k, &v);
+    if (grc == MDB_NOTFOUND) {
+      /* A served file without a record (crash between rename and commit): record it now. */
+      struct stat st;
+      if (store_blob_path(s, batch[i].digest, path, sizeof(path)) != 0 || stat(path, &st) != 0)
+        continue;
+      memset(&r, 0, sizeof(r));
+      r.size = (uint64_t)st.st_size;
+      r.created = (int64_t)st.st_mtime;
+      r.last_access = batch[i].t;
+    } else if (grc == 0) {
+      if (store__blob_rec_decode(&v, &r) != 0 || r.last_access >= batch[i].t)
+        continue;
+      r.last_access = batch[i].t;
+    } else {
+      rc = store__mdb_err(grc, "get");
+      goto out;
+    }
+    v.mv_data = buf;
+    v.mv_size = store__blob_rec_encode(&r, buf);
+    rc = store__mdb_err(mdb_put(txn, s->blobs, &k, &v, 0), "put");
+    if (rc)
+      goto out;
+  }
+  rc = store__mdb_err(mdb_txn_commit(txn), "commit");
+  txn = NULL;
+out:
+  if (txn)
+    mdb_txn_abort(txn);
+  free(batch);
+  return rc;
+}
+
+/* ---- writers ---------------------------------------------------------------------------- */
+
+int store_writer_new(store_t *s, const char *expected_digest, int64_t expected_size,
+                     store_writer_t **out)
+{
+  int rc = 0;
+  *out = NULL;
+  if (expected_digest) {
+    size_t n = strnlen(expected_digest, STORE_DIGEST_MAX);
+    int alg = n < STORE_DIGEST_MAX ? store_digest_parse(expected_digest, n) : PC_E_DIGEST_INVALID;
+    if (alg < 0)
+      return alg;
+    if (alg != STORE_DIGEST_SHA256)
+      return PC_E_UNSUPPORTED;
+  }
+  store_writer_t *w = pc_xcalloc(1, sizeof(*w));
+  w->s = s;
+  w->fd = -1;
+  w->expected_size = expected_size;
+  if (expected_digest)
+    memcpy(w->expected, expected_digest, STORE__SHA256_LEN + 1);
+  for (int tries = 0; tries < 16; tries++) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t seq = atomic_fetch_add(&s->tmp_seq, 1);
+    int n = snprintf(w->path, sizeof(w->path), "%s/tmp/%ld-%llu-%lx", s->root, (long)getpid(),
+                     (unsigned long long)seq, (unsigned long)ts.tv_nsec);
+    if (n < 0 || (size_t)n >= sizeof(w->path)) {
+      rc = -ENAMETOOLONG;
+      goto out;
+    }
+    w->fd = open(w->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (w->fd >= 0 || errno != EEXIST)
+      break;
+  }
+  if (w->fd < 0) {
+    rc = -errno;
+    goto out;
+  }
+  store_hash_init(&w->hash);
+out:
+  if (rc) {
+    free(w);
+    return rc;
+  }
+  *out = w;
+  return 0;
+}
+
+int store_writer_write(store_writer_t *w, const void *buf, size_t len)
+{
+  if (w->err)
+    return w->err;
+  if (w->expected_size >= 0 && len > (uint64_t)w->expected_size - w->size) {
+    w->err = PC_E_SIZE_INVALID;
+    return w->err;
+  }
+  const char *p = buf;
+  size_t left = len;
+  while (left) {
+    ssize_t n = write(w->fd, p, left);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      w->err = -errno;
+      return w->err;
+    }
+    p += n;
+    left -= (size_t)n;
+  }
+  store_hash_update(&w->hash, buf, len);
+  w->size += len;
+  return 0;
+}
+
+uint64_t store_writer_size(const store_writer_t *w)
+{
+  return w->size;
+}
+
+int store_writer_fd(const store_writer_t *w)
+{
+  return w->fd;
+}
+
+const char *store_writer_path(const store_writer_t *w)
+{
+  return w->path;
+}
+
+void store_writer_abort(store_writer_t *w)
+{
+  if (!w)
+    return;
+  if (w->fd >= 0)
+    close(w->fd);
+  unlink(w->path);
+  store_hash_dispose(&w->hash);
+  free(w);
+}
+
+/* Put the blob record (and the manifest record when manifest != 0) in one write txn. An
+ * existing blob record keeps its creation time. */
+static int record_put(store_t *s, const char *digest, uint64_t size, const char *mt, int manifest)
+{
+  MDB_txn *txn = NULL;
+  MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
+  unsigned char buf[160];
+  store__blob_rec_t r;
+  int64_t now = pc_now_sec();
+  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
+  if (rc)
+    return rc;
+  memset(&r, 0, sizeof(r));
+  if (mdb_get(txn, s->blobs, &k, &v) != 0 || store__blob_rec_decode(&v, &r) != 0) {
+    memset(&r, 0, sizeof(r));
+    r.created = now;
+  }
+  r.size = size;
+  r.last_access = now;
+  if (mt && *mt) {
+    size_t ml = mt_len(mt);
+    memcpy(r.media_type, mt, ml);
+    r.media_type[ml] = '\0';
+  }
+  v.mv_data = buf;
+  v.mv_size = store__blob_rec_encode(&r, buf);
+  rc = store__mdb_err(mdb_put(txn, s->blobs, &k, &v, 0), "put");
+  if (rc)
+    goto out;
+  if (manifest) {
+    v.mv_data = buf;
+    v.mv_size = manifest_rec_encode(size, mt, buf);
+    rc = store__mdb_err(mdb_put(txn, s->manifests, &k, &v, 0), "put");
+    if (rc)
+      goto out;
+  }
+  rc = store__mdb_err(mdb_txn_commit(txn), "commit");
+  txn = NULL;
+out:
+  if (txn)
+    mdb_txn_abort(txn);
+  return rc;
+}
+
+static int commit(store_writer_t *w, const char *mt, int manifest, char *out_digest)
+{
+  store_t *s = w->s;
+  char digest[72], final[PATH_MAX], dir[PATH_MAX];
+  struct stat st;
+  int rc = w->err;
+  if (rc)
+    goto fail;
+  if (mt_len(mt) > STORE__MT_MAX) {
+    rc = -EINVAL;
+    goto fail;
+  }
+  store_hash_final(&w->hash, digest);
+  if (w->expected_size >= 0 && w->size != (uint64_t)w->expected_size) {
+    rc = PC_E_SIZE_INVALID;
+    goto fail;
+  }
+  if (w->expected[0] && strcmp(w->expected, digest) != 0) {
+    rc = PC_E_DIGEST_INVALID;
+    goto fail;
+  }
+  rc = store_blob_path(s, digest, final, sizeof(final));
+  if (rc)
+    goto fail;
+  memcpy(dir, final, sizeof(dir));
+  *strrchr(dir, '/') = '\0';
+
+  if (stat(final, &st) == 0) {
+    /* Already present: keep the committed copy, drop ours, make sure it is recorded. */
+    close(w->fd);
+    w->fd = -1;
+    unlink(w->path);
+  } else {
+    if (fsync(w->fd) != 0) {
+      rc = -errno;
+      goto fail;
+    }
+    close(w->fd);
+    w->fd = -1;
+    if (mkdir(dir, 0755) == 0) {
+      /* A new fan-out directory: make its entry in blobs/sha256 durable first. */
+      char *slash = strrchr(dir, '/');
+      *slash = '\0';
+      rc = fsync_path(dir);
+      *slash = '/';
+      if (rc)
+        goto fail;
+    } else if (errno != EEXIST) {
+      rc = -errno;
+      goto fail;
+    }
+    if (rename(w->path, final) != 0) {
+      rc = -errno;
+      goto fail;
+    }
+    rc = fsync_path(dir);
+    if (rc) {
+      /* The file is in place but its entry may not be durable; still a valid blob. */
+      pc_log(PC_LOG_WARN, "store: fsync %s: %s", dir, pc_strerror(rc));
+    }
+  }
+  rc = record_put(s, digest, w->size, mt, manifest);
+  if (rc) {
+    /* The file is committed and will be served; its record is written lazily. */
+    pc_log(PC_LOG_ERR, "store: recording %s failed: %s", digest, pc_strerror(rc));
+    if (manifest)
+      goto done; /* without the manifest record the media type would be lost */
+    rc = 0;
+  }
+  if (out_digest)
+    memcpy(out_digest, digest, sizeof(digest));
+done:
+  store_hash_dispose(&w->hash);
+  free(w);
+  return rc;
+fail:
+  if (w->fd >= 0)
+    close(w->fd);
+  w->fd = -1;
+  unlink(w->path);
+  goto done;
+}
+
+int store_writer_commit(store_writer_t *w, const char *media_type, char *out_digest)
+{
+  return commit(w, media_type, 0, out_digest);
+}
+
+/* ---- manifests -------------------------------------------------------------------------- */
+
+int store_manifest_put(store_t *s, const void *bytes, size_t len, const char *media_type,
+                       const char *expected_digest, char *out_digest)
+{
+  store_writer_t *w = NULL;
+  int rc = store_writer_new(s, expected_digest, (int64_t)len, &w);
+  if (rc)
+    return rc;
+  rc = store_writer_write(w, bytes, len);
+  if (rc) {
+    store_writer_abort(w);
+    return rc;
+  }
+  return commit(w, media_type, 1, out_digest);
+}
+
+int store_manifest_stat(store_t *s, const char *digest, store_manifest_info_t *info)
+{
+  char path[PATH_MAX];
+  store_manifest_info_t tmp;
+  MDB_txn *txn = NULL;
+  int rc = check_lookup_digest(digest);
+  if (rc)
+    return rc;
+  MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
+  rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  if (rc)
+    return rc;
+  rc = store__mdb_err(mdb_get(txn, s->manifests, &k, &v), "get");
+  if (rc == 0)
+    rc = store__manifest_rec_decode(&v, info ? info : &tmp);
+  mdb_txn_abort(txn);
+  if (rc)
+    return rc;
+  rc = store_blob_path(s, digest, path, sizeof(path));
+  if (rc)
+    return rc;
+  if (access(path, F_OK) != 0)
+    return errno == ENOENT || errno == ENOTDIR ? PC_E_NOTFOUND : -errno;
+  return 0;
+}
+
+/* ---- tags ------------------------------------------------------------------------------- */
+
+/* Build "upstream\0repo\0tag" into buf; returns the length or a negative error. */
+static int tag_key(store_t *s, const char *up, const char *repo, const char *tag,
+                   unsigned char *buf, size_t buflen)
+{
+  if (!up || !repo || !tag || !*up || !*repo)
+    return -EINVAL;
+  size_t ul = strlen(up), rl = strlen(repo), tl = strlen(tag);
+  size_t n = ul + 1 + rl + 1 + tl;
+  if (n > buflen || n > (size_t)mdb_env_get_maxkeysize(s->env))
+    return -ENAMETOOLONG;
+  memcpy(buf, up, ul + 1);
+  memcpy(buf + ul + 1, repo, rl + 1);
+  memcpy(buf + ul + 1 + rl + 1, tag, tl);
+  return (int)n;
+}
+
+static int tag_decode(const MDB_val *v, store_tag_t *t)
+{
+  const unsigned char *p = v->mv_data;
+  size_t n = v->mv_size;
+  if (n < 26 || p[0] != REC_VERSION)
+    return PC_E_CORRUPT;
+  size_t dl = p[25];
+  if (dl >= STORE_DIGEST_MAX || n < 27 + dl)
+    return PC_E_CORRUPT;
+  size_t ml = p[26 + dl];
+  if (ml > STORE__MT_MAX || n != 27 + dl + ml)
+    return PC_E_CORRUPT;
+  t->size = get_u64(p + 1);
+  t->fetched_at = (int64_t)get_u64(p + 9);
+  t->checked_at = (int64_t)get_u64(p + 17);
+  memcpy(t->digest, p + 26, dl);
+  t->digest[dl] = '\0';
+  memcpy(t->media_type, p + 27 + dl, ml);
+  t->media_type[ml] = '\0';
+  return 0;
+}
+
+int store_tag_get(store_t *s, const char *upstream, const char *repo, const char *tag,
+                  store_tag_t *out)
+{
+  unsigned char key[1024];
+  MDB_txn *txn = NULL;
+  int kl = tag_key(s, upstream, repo, tag, key, sizeof(key));
+  if (kl < 0)
+    return kl;
+  MDB_val k = {(size_t)kl, key}, v;
+  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  if (rc)
+    return rc;
+  rc = store__mdb_err(mdb_get(txn, s->tags, &k, &v), "get");
+  if (rc == 0)
+    rc = tag_decode(&v, out);
+  mdb_txn_abort(txn);
+  return rc;
+}
+
+int store_tag_put(store_t *s, const char *upstream, const char *repo, const char *tag,
+                  const store_tag_t *t)
+{
+  unsigned char key[1024], val[8 * 3 + 3 + STORE_DIGEST_MAX + STORE__MT_MAX + 1];
+  MDB_txn *txn = NULL;
+  int kl = tag_key(s, upstream, repo, tag, key, sizeof(key));
+  if (kl < 0)
+    return kl;
+  if (!*tag)
+    return -EINVAL;
+  size_t dl = strnlen(t->digest, STORE_DIGEST_MAX);
+  if (dl >= STORE_DIGEST_MAX || store_digest_parse(t->digest, dl) < 0)
+    return PC_E_DIGEST_INVALID;
+  size_t ml = strnlen(t->media_type, sizeof(t->media_type));
+  if (ml > STORE__MT_MAX)
+    return -EINVAL;
+  val[0] = REC_VERSION;
+  put_u64(val + 1, t->size);
+  put_u64(val + 9, (uint64_t)t->fetched_at);
+  put_u64(val + 17, (uint64_t)t->checked_at);
+  val[25] = (unsigned char)dl;
+  memcpy(val + 26, t->digest, dl);
+  val[26 + dl] = (unsigned char)ml;
+  memcpy(val + 27 + dl, t->media_type, ml);
+  MDB_val k = {(size_t)kl, key}, v = {27 + dl + ml, val};
+  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
+  if (rc)
+    return rc;
+  rc = store__mdb_err(mdb_put(txn, s->tags, &k, &v, 0), "put");
+  if (rc == 0)
+    rc = store__mdb_err(mdb_txn_commit(txn), "commit");
+  else
+    mdb_txn_abort(txn);
+  return rc;
+}
+
+struct tag_ent {
+  char tag[512];
+  store_tag_t t;
+};
+
+int store_tag_list(store_t *s, const char *upstream, const char *repo, const char *after,
+                   store_tag_cb cb, void *arg)
+{
+  unsigned char key[1024];
+  struct tag_ent *ents = NULL;
+  MDB_txn *txn = NULL;
+  MDB_cursor *cur = NULL;
+  int rc;
+  int pl = tag_key(s, upstream, repo, "", key, sizeof(key));
+  if (pl < 0)
+    return pl;
+  size_t plen = (size_t)pl;
+  /* The position to resume from: the prefix plus the last tag seen (strictly after it). */
+  size_t klen = plen;
+  int strict = 0;
+  if (after && *after) {
+    size_t al = strlen(after);
+    if (plen + al > sizeof(key) || plen + al > (size_t)mdb_env_get_maxkeysize(s->env))
+      return -ENAMETOOLONG;
+    memcpy(key + plen, after, al);
+    klen += al;
+    strict = 1;
+  }
+  ents = pc_xmalloc(TAG_BATCH * sizeof(*ents));
+  for (;;) {
+    int n = 0;
+    rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+    if (rc)
+      goto out;
+    rc = store__mdb_err(mdb_cursor_open(txn, s->tags, &cur), "cursor_open");
+    if (rc)
+      goto out;
+    MDB_val k = {klen, key}, v;
+    int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    if (mrc == 0 && strict && k.mv_size == klen && memcmp(k.mv_data, key, klen) == 0)
+      mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    while (mrc == 0 && n < TAG_BATCH) {
+      if (k.mv_size < plen || memcmp(k.mv_data, key, plen) != 0)
+        break;
+      size_t tl = k.mv_size - plen;
+      if (tl < sizeof(ents[n].tag) && tag_decode(&v, &ents[n].t) == 0) {
+        memcpy(ents[n].tag, (const char *)k.mv_data + plen, tl);
+        ents[n].tag[tl] = '\0';
+        n++;
+      }
+      mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    int more = mrc == 0 && n == TAG_BATCH;
+    if (mrc != 0 && mrc != MDB_NOTFOUND) {
+      rc = store__mdb_err(mrc, "cursor_get");
+      goto out;
+    }
+    mdb_cursor_close(cur);
+    cur = NULL;
+    mdb_txn_abort(txn);
+    txn = NULL;
+    /* Callbacks run with no transaction open, so they may call back into the store. */
+    for (int i = 0; i < n; i++) {
+      rc = cb(arg, ents[i].tag, &ents[i].t);
+      if (rc)
+        goto out;
+    }
+    if (!more)
+      break;
+    size_t tl = strlen(ents[n - 1].tag);
+    memcpy(key + plen, ents[n - 1].tag, tl);
+    klen = plen + tl;
+    strict = 1;
+  }
+  rc = 0;
+out:
+  if (cur)
+    mdb_cursor_close(cur);
+  if (txn)
+    mdb_txn_abort(txn);
+  free(ents);
+  return rc;
+}

@@ -1,0 +1,945 @@
+/* test-store — the content-addressed store: commits, verification, metadata, atimes, tags,
+ * concurrency, crash safety (SIGKILL of a writing child) and fsck. */
+#include "tests/unit/unit.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "store/store.h"
+
+#define MT_LAYER "application/vnd.oci.image.layer.v1.tar+gzip"
+#define MT_MANIFEST "application/vnd.oci.image.manifest.v1+json"
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+static char root_buf[1024];
+
+static const char *root_dir(void)
+{
+  if (!root_buf[0])
+    snprintf(root_buf, sizeof(root_buf), "%s/store", unit_tmpdir());
+  return root_buf;
+}
+
+static store_t *open_store(void)
+{
+  store_t *s = NULL;
+  ASSERT_OK(store_open(root_dir(), NULL, &s));
+  ASSERT(s != NULL);
+  return s;
+}
+
+/* Deterministic content number i of series seed: 1..6000 bytes. Caller frees. */
+static unsigned char *content(unsigned seed, unsigned i, size_t *len)
+{
+  uint64_t x = ((uint64_t)seed << 32 | i) * 0x9e3779b97f4a7c15ULL + 1;
+  size_t n = 1 + (size_t)(x >> 40) % 6000;
+  unsigned char *b = pc_xmalloc(n);
+  for (size_t k = 0; k < n; k++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    b[k] = (unsigned char)x;
+  }
+  *len = n;
+  return b;
+}
+
+static int put_blob(store_t *s, const void *b, size_t n, const char *expected, int64_t size,
+                    char *out)
+{
+  store_writer_t *w = NULL;
+  int rc = store_writer_new(s, expected, size, &w);
+  if (rc)
+    return rc;
+  size_t half = n / 2;
+  rc = store_writer_write(w, b, half);
+  if (rc == 0)
+    rc = store_writer_write(w, (const char *)b + half, n - half);
+  if (rc) {
+    store_writer_abort(w);
+    return rc;
+  }
+  return store_writer_commit(w, MT_LAYER, out);
+}
+
+static int count_entries(const char *dir)
+{
+  DIR *d = opendir(dir);
+  ASSERT(d != NULL);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL)
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+      n++;
+  closedir(d);
+  return n;
+}
+
+static int count_sub(const char *sub)
+{
+  char p[PATH_MAX];
+  snprintf(p, sizeof(p), "%s/%s", root_dir(), sub);
+  return count_entries(p);
+}
+
+static int blob_files_n;
+static int blob_files_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+  if (flag != FTW_F)
+    return 0;
+  blob_files_n++;
+  const char *name = path + ftw->base;
+  ASSERT_EQ(64, strlen(name));
+  int fd = open(path, O_RDONLY);
+  ASSERT(fd >= 0);
+  unsigned char *buf = pc_xmalloc((size_t)st->st_size + 1);
+  ASSERT_EQ(st->st_size, read(fd, buf, (size_t)st->st_size + 1));
+  close(fd);
+  char d[72];
+  store_digest_of(buf, (size_t)st->st_size, d);
+  free(buf);
+  if (strcmp(d + 7, name) != 0)
+    unit__fail(__FILE__, __LINE__, "%s hashes to %s", path, d);
+  return 0;
+}
+
+/* Every file under blobs/ hashes to its name; returns how many there are. */
+static int check_blob_files(void)
+{
+  char p[PATH_MAX];
+  snprintf(p, sizeof(p), "%s/blobs", root_dir());
+  blob_files_n = 0;
+  ASSERT_EQ(0, nftw(p, blob_files_cb, 16, FTW_PHYS));
+  return blob_files_n;
+}
+
+/* Open the blob and compare its bytes with b[0..n). */
+static void expect_blob(store_t *s, const char *digest, const void *b, size_t n)
+{
+  int fd = -1;
+  uint64_t size = 0;
+  ASSERT_OK(store_blob_open(s, digest, &fd, &size));
+  ASSERT_EQ(n, size);
+  unsigned char *got = pc_xmalloc(n + 1);
+  ASSERT_EQ(n, pread(fd, got, n + 1, 0));
+  ASSERT(memcmp(got, b, n) == 0);
+  free(got);
+  close(fd);
+}
+
+static void write_file(const char *path, const void *b, size_t n)
+{
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT(fd >= 0);
+  ASSERT_EQ(n, write(fd, b, n));
+  close(fd);
+}
+
+/* ---- basic commits ---------------------------------------------------------------------- */
+
+TEST(commit_roundtrip)
+{
+  store_t *s = open_store();
+  size_t n;
+  unsigned char *b = content(1, 1, &n);
+  char want[72], got[72], path[PATH_MAX];
+  store_digest_of(b, n, want);
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_stat(s, want, NULL));
+  ASSERT_OK(put_blob(s, b, n, want, (int64_t)n, got));
+  ASSERT_STREQ(want, got);
+  expect_blob(s, want, b, n);
+
+  store_blob_info_t info;
+  ASSERT_OK(store_blob_stat(s, want, &info));
+  ASSERT_EQ(n, info.size);
+  ASSERT_STREQ(MT_LAYER, info.media_type);
+  ASSERT(info.created > 0 && info.last_access >= info.created);
+
+  ASSERT_OK(store_blob_path(s, want, path, sizeof(path)));
+  char expect_path[PATH_MAX];
+  snprintf(expect_path, sizeof(expect_path), "%s/blobs/sha256/%.2s/%s", root_dir(), want + 7,
+           want + 7);
+  ASSERT_STREQ(expect_path, path);
+  struct stat st;
+  ASSERT_EQ(0, stat(path, &st));
+  ASSERT_EQ(0644, st.st_mode & 0777);
+  ASSERT_EQ(0, count_sub("tmp"));
+
+  /* unknown digest and unknown size: the digest is whatever the bytes hash to */
+  size_t n2;
+  unsigned char *b2 = content(1, 2, &n2);
+  char d2[72];
+  ASSERT_OK(put_blob(s, b2, n2, NULL, -1, d2));
+  char w2[72];
+  store_digest_of(b2, n2, w2);
+  ASSERT_STREQ(w2, d2);
+  expect_blob(s, d2, b2, n2);
+
+  /* the empty blob */
+  char de[72];
+  ASSERT_OK(put_blob(s, "", 0, NULL, 0, de));
+  expect_blob(s, de, "", 0);
+  free(b);
+  free(b2);
+  store_close(s);
+}
+
+TEST(abort_leaves_nothing)
+{
+  store_t *s = open_store();
+  store_writer_t *w = NULL;
+  char d[72];
+  store_digest_of("abc", 3, d);
+  ASSERT_OK(store_writer_new(s, d, 3, &w));
+  ASSERT_OK(store_writer_write(w, "ab", 2));
+  ASSERT_EQ(2, store_writer_size(w));
+  ASSERT(store_writer_fd(w) >= 0);
+  ASSERT_EQ(1, count_sub("tmp"));
+  ASSERT_EQ(0, access(store_writer_path(w), F_OK));
+  store_writer_abort(w);
+  store_writer_abort(NULL);
+  ASSERT_EQ(0, count_sub("tmp"));
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_stat(s, d, NULL));
+  ASSERT_EQ(0, check_blob_files());
+  store_close(s);
+}
+
+TEST(digest_mismatch)
+{
+  store_t *s = open_store();
+  char wrong[72], d[72];
+  store_digest_of("other", 5, wrong);
+  store_digest_of("hello", 5, d);
+  ASSERT_EQ(PC_E_DIGEST_INVALID, put_blob(s, "hello", 5, wrong, 5, NULL));
+  ASSERT_EQ(PC_E_DIGEST_INVALID, put_blob(s, "hello", 5, wrong, -1, NULL));
+  ASSERT_EQ(0, count_sub("tmp"));
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_stat(s, wrong, NULL));
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_stat(s, d, NULL));
+  ASSERT_EQ(0, check_blob_files());
+
+  /* expected digests that are not sha256 content */
+  store_writer_t *w = NULL;
+  ASSERT_EQ(PC_E_DIGEST_INVALID, store_writer_new(s, "sha256:abc", -1, &w));
+  ASSERT_EQ(PC_E_DIGEST_INVALID, store_writer_new(s, "../../etc/passwd", -1, &w));
+  ASSERT_EQ(PC_E_UNSUPPORTED, store_writer_new(s, "foo:bar", -1, &w));
+  ASSERT(w == NULL);
+
+  /* lookups by bad digests never touch the filesystem */
+  char path[PATH_MAX];
+  int fd;
+  uint64_t sz;
+  ASSERT_EQ(PC_E_DIGEST_INVALID, store_blob_stat(s, "sha256:../../x", NULL));
+  ASSERT_EQ(PC_E_DIGEST_INVALID, store_blob_open(s, "nonsense", &fd, &sz));
+  ASSERT_EQ(PC_E_DIGEST_INVALID, store_blob_path(s, "sha256:..", path, sizeof(path)));
+  ASSERT_EQ(-ENAMETOOLONG, store_blob_path(s, d, path, 20));
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_stat(s, "foo:bar", NULL));
+  store_close(s);
+}
+
+TEST(size_mismatch)
+{
+  store_t *s = open_store();
+  char d[72];
+  store_digest_of("hello", 5, d);
+  /* fewer bytes than announced */
+  ASSERT_EQ(PC_E_SIZE_INVALID, put_blob(s, "hello", 5, d, 6, NULL));
+  ASSERT_EQ(PC_E_SIZE_INVALID, put_blob(s, "hello", 5, NULL, 6, NULL));
+  /* more bytes than announced: refused at the write, and the writer stays failed */
+  store_writer_t *w = NULL;
+  ASSERT_OK(store_writer_new(s, d, 4, &w));
+  ASSERT_OK(store_writer_write(w, "hel", 3));
+  ASSERT_EQ(PC_E_SIZE_INVALID, store_writer_write(w, "lo", 2));
+  ASSERT_EQ(3, store_writer_size(w));
+  ASSERT_EQ(PC_E_SIZE_INVALID, store_writer_write(w, "l", 1));
+  ASSERT_EQ(PC_E_SIZE_INVALID, store_writer_commit(w, NULL, NULL));
+  ASSERT_EQ(0, count_sub("tmp"));
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_stat(s, d, NULL));
+  ASSERT_EQ(0, check_blob_files());
+  store_close(s);
+}
+
+TEST(commit_existing)
+{
+  store_t *s = open_store();
+  size_t n;
+  unsigned char *b = content(2, 1, &n);
+  char d[72], d2[72];
+  ASSERT_OK(put_blob(s, b, n, NULL, -1, d));
+  store_blob_info_t a, c;
+  ASSERT_OK(store_blob_stat(s, d, &a));
+  ASSERT_OK(put_blob(s, b, n, d, (int64_t)n, d2));
+  ASSERT_STREQ(d, d2);
+  ASSERT_OK(store_blob_stat(s, d, &c));
+  ASSERT_EQ(a.created, c.created);
+  ASSERT_EQ(n, c.size);
+  ASSERT_EQ(0, count_sub("tmp"));
+  ASSERT_EQ(1, check_blob_files());
+  expect_blob(s, d, b, n);
+  free(b);
+  store_close(s);
+}
+
+TEST(open_busy)
+{
+  store_t *s = open_store(), *s2 = NULL;
+  ASSERT_EQ(-EBUSY, store_open(root_dir(), NULL, &s2));
+  ASSERT(s2 == NULL);
+  store_close(s);
+  store_close(NULL);
+  s = open_store();
+  store_close(s);
+}
+
+/* A record whose file is gone is absent; a file without a record is present and served. */
+TEST(presence_rules)
+{
+  store_t *s = open_store();
+  char d[72], path[PATH_MAX];
+  ASSERT_OK(put_blob(s, "gone", 4, NULL, 4, d));
+  ASSERT_OK(store_blob_path(s, d, path, sizeof(path)));
+  ASSERT_EQ(0, unlink(path));
+  int fd;
+  uint64_t sz;
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_stat(s, d, NULL));
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_open(s, d, &fd, &sz));
+
+  /* a file renamed into place whose record never made it (crash before the LMDB commit) */
+  char d2[72], p2[PATH_MAX], dir[PATH_MAX];
+  store_digest_of("orphan!", 7, d2);
+  ASSERT_OK(store_blob_path(s, d2, p2, sizeof(p2)));
+  snprintf(dir, sizeof(dir), "%s/blobs/sha256/%.2s", root_dir(), d2 + 7);
+  mkdir(dir, 0755);
+  write_file(p2, "orphan!", 7);
+  store_blob_info_t info;
+  ASSERT_OK(store_blob_stat(s, d2, &info));
+  ASSERT_EQ(7, info.size);
+  expect_blob(s, d2, "orphan!", 7);
+  /* the access-time flush records it, so fsck then finds it recorded */
+  ASSERT_OK(store_flush_atimes(s));
+  store_fsck_report_t r;
+  int rc = store_fsck(s, NULL, &r);
+  ASSERT_EQ(0, r.orphan_files);
+  ASSERT_EQ(1, r.missing_files); /* the first blob's record */
+  ASSERT_EQ(PC_E_CORRUPT, rc);
+  ASSERT_OK(store_fsck(s, NULL, &r));
+  store_close(s);
+}
+
+/* ---- manifests and tags ----------------------------------------------------------------- */
+
+TEST(manifest_put_stat)
+{
+  store_t *s = open_store();
+  const char *m = "{\"schemaVersion\":2,\"mediaType\":\"" MT_MANIFEST "\"}";
+  size_t n = strlen(m);
+  char want[72], got[72], wrong[72];
+  store_digest_of(m, n, want);
+  store_digest_of("x", 1, wrong);
+  store_manifest_info_t mi;
+  ASSERT_EQ(PC_E_NOTFOUND, store_manifest_stat(s, want, &mi));
+
+  ASSERT_EQ(PC_E_DIGEST_INVALID, store_manifest_put(s, m, n, MT_MANIFEST, wrong, got));
+  ASSERT_EQ(PC_E_NOTFOUND, store_manifest_stat(s, want, &mi));
+  ASSERT_EQ(PC_E_NOTFOUND, store_manifest_stat(s, wrong, &mi));
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_stat(s, want, NULL));
+  ASSERT_EQ(0, count_sub("tmp"));
+
+  ASSERT_OK(store_manifest_put(s, m, n, MT_MANIFEST, want, got));
+  ASSERT_STREQ(want, got);
+  ASSERT_OK(store_manifest_stat(s, want, &mi));
+  ASSERT_EQ(n, mi.size);
+  ASSERT_STREQ(MT_MANIFEST, mi.media_type);
+  ASSERT_OK(store_manifest_stat(s, want, NULL));
+  expect_blob(s, want, m, n); /* the bytes are a CAS blob, byte for byte */
+  store_blob_info_t bi;
+  ASSERT_OK(store_blob_stat(s, want, &bi));
+  ASSERT_STREQ(MT_MANIFEST, bi.media_type);
+
+  /* by tag: no expected digest */
+  const char *m2 = "{\"manifests\":[]}";
+  char d2[72];
+  ASSERT_OK(
+      store_manifest_put(s, m2, strlen(m2), "application/vnd.oci.image.index.v1+json", NULL, d2));
+  ASSERT_OK(store_manifest_stat(s, d2, &mi));
+  ASSERT_STREQ("application/vnd.oci.image.index.v1+json", mi.media_type);
+
+  /* its blob gone: the manifest is gone */
+  char path[PATH_MAX];
+  ASSERT_OK(store_blob_path(s, d2, path, sizeof(path)));
+  ASSERT_EQ(0, unlink(path));
+  ASSERT_EQ(PC_E_NOTFOUND, store_manifest_stat(s, d2, &mi));
+  store_close(s);
+}
+
+struct tag_list {
+  char tags[64][64];
+  char digests[64][STORE_DIGEST_MAX];
+  int n;
+  int stop_at;
+};
+
+static int tag_collect(void *arg, const char *tag, const store_tag_t *t)
+{
+  struct tag_list *l = arg;
+  ASSERT(l->n < 64);
+  snprintf(l->tags[l->n], sizeof(l->tags[0]), "%s", tag);
+  snprintf(l->digests[l->n], sizeof(l->digests[0]), "%s", t->digest);
+  l->n++;
+  return l->stop_at && l->n == l->stop_at ? 7 : 0;
+}
+
+static void tag_set(store_t *s, const char *up, const char *repo, const char *tag, int v)
+{
+  store_tag_t t;
+  memset(&t, 0, sizeof(t));
+  char buf[64];
+  snprintf(buf, sizeof(buf), "%s/%s:%s#%d", up, repo, tag, v);
+  store_digest_of(buf, strlen(buf), t.digest);
+  snprintf(t.media_type, sizeof(t.media_type), "%s", MT_MANIFEST);
+  t.size = (uint64_t)v;
+  t.fetched_at = 1000 + v;
+  t.checked_at = 2000 + v;
+  ASSERT_OK(store_tag_put(s, up, repo, tag, &t));
+}
+
+TEST(tags_put_get_list)
+{
+  store_t *s = open_store();
+  const char *ups[] = {"registry.k8s.io", "registry.k8s.io.example"};
+  const char *repos[] = {"pause", "pause/x", "pausex"};
+  const char *tags[] = {"v1", "3.10", "latest", "3.9", "A", "v1.0"};
+  for (int u = 0; u < 2; u++)
+    for (int r = 0; r < 3; r++)
+      for (int t = 0; t < 6; t++)
+        tag_set(s, ups[u], repos[r], tags[t], 100 * u + 10 * r + t);
+
+  store_tag_t got;
+  ASSERT_OK(store_tag_get(s, "registry.k8s.io", "pause", "3.10", &got));
+  ASSERT_EQ(1, got.size);
+  ASSERT_EQ(1001, got.fetched_at);
+  ASSERT_EQ(2001, got.checked_at);
+  ASSERT_STREQ(MT_MANIFEST, got.media_type);
+  ASSERT_EQ(STORE_DIGEST_SHA256, store_digest_parse(got.digest, strlen(got.digest)));
+  ASSERT_EQ(PC_E_NOTFOUND, store_tag_get(s, "registry.k8s.io", "pause", "3.1", &got));
+  ASSERT_EQ(PC_E_NOTFOUND, store_tag_get(s, "registry.k8s.io", "paus", "3.10", &got));
+  ASSERT_EQ(PC_E_NOTFOUND, store_tag_get(s, "other", "pause", "3.10", &got));
+
+  /* replace */
+  tag_set(s, "registry.k8s.io", "pause", "3.10", 77);
+  ASSERT_OK(store_tag_get(s, "registry.k8s.io", "pause", "3.10", &got));
+  ASSERT_EQ(77, got.size);
+
+  /* lexical order, one (upstream, repo) only */
+  const char *order[] = {"3.10", "3.9", "A", "latest", "v1", "v1.0"};
+  for (int u = 0; u < 2; u++) {
+    for (int r = 0; r < 3; r++) {
+      struct tag_list l = {.n = 0};
+      ASSERT_OK(store_tag_list(s, ups[u], repos[r], NULL, tag_collect, &l));
+      ASSERT_EQ(6, l.n);
+      for (int i = 0; i < 6; i++) {
+        ASSERT_STREQ(order[i], l.tags[i]);
+        store_tag_t t;
+        ASSERT_OK(store_tag_get(s, ups[u], repos[r], order[i], &t));
+        ASSERT_STREQ(t.digest, l.digests[i]);
+      }
+    }
+  }
+  /* paging with `after`: strictly after, also for a tag that does not exist */
+  struct tag_list l = {.n = 0};
+  ASSERT_OK(store_tag_list(s, "registry.k8s.io", "pause", "A", tag_collect, &l));
+  ASSERT_EQ(3, l.n);
+  ASSERT_STREQ("latest", l.tags[0]);
+  ASSERT_STREQ("v1.0", l.tags[2]);
+  l.n = 0;
+  ASSERT_OK(store_tag_list(s, "registry.k8s.io", "pause", "B", tag_collect, &l));
+  ASSERT_EQ(3, l.n);
+  ASSERT_STREQ("latest", l.tags[0]);
+  l.n = 0;
+  ASSERT_OK(store_tag_list(s, "registry.k8s.io", "pause", "v1.0", tag_collect, &l));
+  ASSERT_EQ(0, l.n);
+  ASSERT_OK(store_tag_list(s, "registry.k8s.io", "pause", "", tag_collect, &l));
+  ASSERT_EQ(6, l.n);
+  /* the callback stops the walk and its value is returned */
+  l.n = 0;
+  l.stop_at = 2;
+  ASSERT_EQ(7, store_tag_list(s, "registry.k8s.io", "pause", NULL, tag_collect, &l));
+  ASSERT_EQ(2, l.n);
+  /* an unknown repository has no tags */
+  l.n = 0;
+  l.stop_at = 0;
+  ASSERT_OK(store_tag_list(s, "registry.k8s.io", "paus", NULL, tag_collect, &l));
+  ASSERT_OK(store_tag_list(s, "registry.k8s.i", "pause", NULL, tag_collect, &l));
+  ASSERT_EQ(0, l.n);
+
+  /* bad input */
+  store_tag_t bad;
+  memset(&bad, 0, sizeof(bad));
+  snprintf(bad.digest, sizeof(bad.digest), "nonsense");
+  ASSERT_EQ(PC_E_DIGEST_INVALID, store_tag_put(s, "u", "r", "t", &bad));
+  ASSERT_EQ(-EINVAL, store_tag_put(s, "", "r", "t", &got));
+  ASSERT_EQ(-EINVAL, store_tag_put(s, "u", "r", "", &got));
+  store_close(s);
+}
+
+/* More tags than one internal batch, and a callback that writes into the store. */
+struct tag_rewrite {
+  store_t *s;
+  int n;
+  char last[64];
+};
+
+static int tag_rewrite_cb(void *arg, const char *tag, const store_tag_t *t)
+{
+  struct tag_rewrite *r = arg;
+  ASSERT(strcmp(r->last, tag) < 0);
+  snprintf(r->last, sizeof(r->last), "%s", tag);
+  store_tag_t t2 = *t;
+  t2.checked_at = 42;
+  ASSERT_OK(store_tag_put(r->s, "up", "repo", tag, &t2));
+  r->n++;
+  return 0;
+}
+
+TEST(tags_list_many)
+{
+  store_t *s = open_store();
+  char tag[32];
+  for (int i = 0; i < 150; i++) {
+    snprintf(tag, sizeof(tag), "t%03d", (i * 37) % 150);
+    tag_set(s, "up", "repo", tag, i);
+  }
+  tag_set(s, "up", "repo2", "t000", 1);
+  struct tag_rewrite r = {.s = s, .n = 0, .last = ""};
+  ASSERT_OK(store_tag_list(s, "up", "repo", NULL, tag_rewrite_cb, &r));
+  ASSERT_EQ(150, r.n);
+  ASSERT_STREQ("t149", r.last);
+  store_tag_t t;
+  ASSERT_OK(store_tag_get(s, "up", "repo", "t077", &t));
+  ASSERT_EQ(42, t.checked_at);
+  ASSERT_OK(store_tag_get(s, "up", "repo2", "t000", &t));
+  ASSERT_EQ(2001, t.checked_at);
+  store_close(s);
+}
+
+/* ---- access times, persistence, sweep --------------------------------------------------- */
+
+TEST(atime_batching)
+{
+  store_t *s = open_store();
+  char d[72], d2[72];
+  ASSERT_OK(put_blob(s, "atime", 5, NULL, 5, d));
+  ASSERT_OK(put_blob(s, "atime2", 6, NULL, 6, d2));
+  store_blob_info_t a, b;
+  ASSERT_OK(store_blob_stat(s, d, &a));
+  ASSERT_EQ(a.created, a.last_access);
+  struct timespec ts = {1, 100000000};
+  nanosleep(&ts, NULL);
+  int fd;
+  uint64_t sz;
+  /* more opens than the batch holds: the newest survive */
+  for (int i = 0; i < 5000; i++) {
+    ASSERT_OK(store_blob_open(s, d, &fd, &sz));
+    close(fd);
+  }
+  ASSERT_OK(store_blob_stat(s, d, &b));
+  ASSERT_EQ(a.last_access, b.last_access); /* batched, not written yet */
+  ASSERT_OK(store_flush_atimes(s));
+  ASSERT_OK(store_blob_stat(s, d, &b));
+  ASSERT(b.last_access > a.last_access);
+  ASSERT_EQ(a.created, b.created);
+  ASSERT_EQ(a.size, b.size);
+  ASSERT_STREQ(a.media_type, b.media_type);
+  ASSERT_OK(store_flush_atimes(s)); /* empty batch */
+
+  /* store_close flushes */
+  store_blob_info_t c, e;
+  ASSERT_OK(store_blob_stat(s, d2, &c));
+  ASSERT_OK(store_blob_open(s, d2, &fd, &sz));
+  close(fd);
+  store_close(s);
+  s = open_store();
+  ASSERT_OK(store_blob_stat(s, d2, &e));
+  ASSERT(e.last_access > c.last_access);
+  store_close(s);
+}
+
+TEST(reopen_persists)
+{
+  store_t *s = open_store();
+  size_t n;
+  unsigned char *b = content(3, 1, &n);
+  char d[72], md[72];
+  ASSERT_OK(put_blob(s, b, n, NULL, (int64_t)n, d));
+  ASSERT_OK(store_manifest_put(s, "{}", 2, MT_MANIFEST, NULL, md));
+  tag_set(s, "up", "repo", "v1", 5);
+  store_blob_info_t bi;
+  ASSERT_OK(store_blob_stat(s, d, &bi));
+  store_close(s);
+
+  s = open_store();
+  ASSERT_STREQ(root_dir(), store_root(s));
+  expect_blob(s, d, b, n);
+  store_blob_info_t bi2;
+  ASSERT_OK(store_blob_stat(s, d, &bi2));
+  ASSERT_EQ(bi.created, bi2.created);
+  ASSERT_STREQ(MT_LAYER, bi2.media_type);
+  store_manifest_info_t mi;
+  ASSERT_OK(store_manifest_stat(s, md, &mi));
+  ASSERT_EQ(2, mi.size);
+  store_tag_t t;
+  ASSERT_OK(store_tag_get(s, "up", "repo", "v1", &t));
+  ASSERT_EQ(5, t.size);
+  store_fsck_report_t r;
+  ASSERT_OK(store_fsck(s, NULL, &r));
+  ASSERT_EQ(2, r.blobs_checked);
+  ASSERT_EQ(n + 2, r.bytes_checked);
+  free(b);
+  store_close(s);
+}
+
+TEST(tmp_sweep_at_open)
+{
+  store_t *s = open_store();
+  store_writer_t *w1 = NULL, *w2 = NULL;
+  ASSERT_OK(store_writer_new(s, NULL, -1, &w1));
+  ASSERT_OK(store_writer_new(s, NULL, -1, &w2));
+  ASSERT(strcmp(store_writer_path(w1), store_writer_path(w2)) != 0);
+  ASSERT_OK(store_writer_write(w1, "partial", 7));
+  char leftover[PATH_MAX];
+  snprintf(leftover, sizeof(leftover), "%s/tmp/leftover-from-a-crash", root_dir());
+  write_file(leftover, "junk", 4);
+  ASSERT_EQ(3, count_sub("tmp"));
+  /* simulate a crash: forget the writers without aborting them */
+  store_writer_abort(w1);
+  store_writer_abort(w2);
+  write_file(leftover, "junk", 4);
+  char p2[PATH_MAX];
+  snprintf(p2, sizeof(p2), "%s/tmp/another", root_dir());
+  write_file(p2, "", 0);
+  store_close(s);
+  ASSERT_EQ(2, count_sub("tmp"));
+  s = open_store();
+  ASSERT_EQ(0, count_sub("tmp"));
+  store_close(s);
+}
+
+/* ---- concurrency ------------------------------------------------------------------------ */
+
+#define CONC_N 300
+
+struct conc {
+  store_t *s;
+  char digests[CONC_N][72];
+  atomic_int done;
+  atomic_long opened;
+  atomic_long absent;
+};
+
+static void *conc_reader(void *arg)
+{
+  struct conc *c = arg;
+  unsigned seed = (unsigned)(uintptr_t)pthread_self();
+  while (!atomic_load(&c->done)) {
+    unsigned i = (unsigned)rand_r(&seed) % CONC_N;
+    int fd = -1;
+    uint64_t sz = 0;
+    int rc = store_blob_open(c->s, c->digests[i], &fd, &sz);
+    if (rc == PC_E_NOTFOUND) {
+      atomic_fetch_add(&c->absent, 1);
+      continue;
+    }
+    ASSERT_OK(rc);
+    size_t n;
+    unsigned char *want = content(9, i, &n);
+    unsigned char *got = pc_xmalloc(n + 1);
+    ASSERT_EQ(n, sz);
+    ASSERT_EQ(n, pread(fd, got, n + 1, 0));
+    ASSERT(memcmp(want, got, n) == 0);
+    free(want);
+    free(got);
+    close(fd);
+    store_blob_info_t info;
+    ASSERT_OK(store_blob_stat(c->s, c->digests[i], &info));
+    ASSERT_EQ(n, info.size);
+    atomic_fetch_add(&c->opened, 1);
+  }
+  return NULL;
+}
+
+static void *conc_flusher(void *arg)
+{
+  struct conc *c = arg;
+  while (!atomic_load(&c->done)) {
+    ASSERT_OK(store_flush_atimes(c->s));
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
+  }
+  return NULL;
+}
+
+TEST(concurrent_readers)
+{
+  static struct conc c;
+  c.s = open_store();
+  for (unsigned i = 0; i < CONC_N; i++) {
+    size_t n;
+    unsigned char *b = content(9, i, &n);
+    store_digest_of(b, n, c.digests[i]);
+    free(b);
+  }
+  pthread_t th[5];
+  for (int i = 0; i < 4; i++)
+    ASSERT_EQ(0, pthread_create(&th[i], NULL, conc_reader, &c));
+  ASSERT_EQ(0, pthread_create(&th[4], NULL, conc_flusher, &c));
+  for (unsigned i = 0; i < CONC_N; i++) {
+    size_t n;
+    unsigned char *b = content(9, i, &n);
+    char d[72];
+    ASSERT_OK(put_blob(c.s, b, n, c.digests[i], (int64_t)n, d));
+    free(b);
+  }
+  atomic_store(&c.done, 1);
+  for (int i = 0; i < 5; i++)
+    ASSERT_EQ(0, pthread_join(th[i], NULL));
+  for (unsigned i = 0; i < CONC_N; i++) {
+    size_t n;
+    unsigned char *b = content(9, i, &n);
+    expect_blob(c.s, c.digests[i], b, n);
+    free(b);
+  }
+  fprintf(stderr, "concurrent: %ld opens verified, %ld not-yet-present\n",
+          (long)atomic_load(&c.opened), (long)atomic_load(&c.absent));
+  ASSERT(atomic_load(&c.opened) > 0);
+  ASSERT_EQ(0, count_sub("tmp"));
+  store_close(c.s);
+}
+
+/* ---- crash safety ----------------------------------------------------------------------- */
+
+#define CRASH_ROUNDS 20
+#define CRASH_MAX 100000
+
+/* The child: commit blobs (and every third a tag, every fifth a manifest) as fast as it can,
+ * reporting each acknowledged index on the pipe. */
+_Noreturn static void crash_child(unsigned round, int ack)
+{
+  store_t *s = NULL;
+  if (store_open(root_dir(), NULL, &s) != 0)
+    _exit(3);
+  for (unsigned i = 0; i < CRASH_MAX; i++) {
+    size_t n;
+    unsigned char *b = content(100 + round, i, &n);
+    char d[72], got[72];
+    store_digest_of(b, n, d);
+    if (put_blob(s, b, n, d, (int64_t)n, got) != 0)
+      _exit(4);
+    if (i % 5 == 0 && store_manifest_put(s, b, n / 2 + 1, MT_MANIFEST, NULL, NULL) != 0)
+      _exit(5);
+    free(b);
+    if (i % 3 == 0) {
+      char tag[32];
+      store_tag_t t;
+      memset(&t, 0, sizeof(t));
+      memcpy(t.digest, d, 72);
+      t.size = n;
+      snprintf(tag, sizeof(tag), "r%u-%u", round, i);
+      if (store_tag_put(s, "up", "crash", tag, &t) != 0)
+        _exit(6);
+    }
+    if (write(ack, &i, sizeof(i)) != (ssize_t)sizeof(i))
+      _exit(7);
+  }
+  _exit(0);
+}
+
+TEST(crash_safety)
+{
+  unsigned seed = (unsigned)time(NULL);
+  fprintf(stderr, "crash_safety seed %u\n", seed);
+  srand(seed);
+  long total_acked = 0;
+  for (unsigned round = 0; round < CRASH_ROUNDS; round++) {
+    int p[2];
+    ASSERT_EQ(0, pipe(p));
+    fflush(NULL);
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+      close(p[0]);
+      crash_child(round, p[1]);
+    }
+    close(p[1]);
+    /* from "during store_open" to "well into the commit loop" */
+    long us = round == 0 ? 0 : (long)(rand() % 120000);
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+    ASSERT_EQ(0, kill(pid, SIGKILL));
+    int status;
+    ASSERT_EQ(pid, waitpid(pid, &status, 0));
+    ASSERT(WIFSIGNALED(status));
+    unsigned idx, acked = 0;
+    ssize_t r;
+    while ((r = read(p[0], &idx, sizeof(idx))) == (ssize_t)sizeof(idx)) {
+      ASSERT_EQ(acked, idx);
+      acked++;
+    }
+    ASSERT_EQ(0, r);
+    close(p[0]);
+    total_acked += acked;
+
+    store_t *s = open_store();
+    ASSERT_EQ(0, count_sub("tmp"));
+    /* every acknowledged commit survived, with its bytes and its tag */
+    for (unsigned i = 0; i < acked; i++) {
+      size_t n;
+      unsigned char *b = content(100 + round, i, &n);
+      char d[72];
+      store_digest_of(b, n, d);
+      expect_blob(s, d, b, n);
+      if (i % 5 == 0) {
+        char md[72];
+        store_manifest_info_t mi;
+        store_digest_of(b, n / 2 + 1, md);
+        ASSERT_OK(store_manifest_stat(s, md, &mi));
+        ASSERT_EQ(n / 2 + 1, mi.size);
+      }
+      if (i % 3 == 0) {
+        char tag[32];
+        store_tag_t t;
+        snprintf(tag, sizeof(tag), "r%u-%u", round, i);
+        ASSERT_OK(store_tag_get(s, "up", "crash", tag, &t));
+        ASSERT_STREQ(d, t.digest);
+      }
+      free(b);
+    }
+    int files = check_blob_files();
+    store_fsck_report_t rep;
+    int rc = store_fsck(s, stderr, &rep);
+    ASSERT(rc == 0 || rc == PC_E_CORRUPT);
+    ASSERT_EQ(0, rep.corrupt);
+    ASSERT_EQ(0, rep.missing_files);
+    ASSERT_EQ(0, rep.stray_files);
+    ASSERT(rep.orphan_files <= 1); /* at most the one commit cut between rename and record */
+    ASSERT_EQ(files, rep.blobs_checked);
+    ASSERT_OK(store_fsck(s, NULL, &rep)); /* and it is clean now */
+    store_close(s);
+    fprintf(stderr, "round %u: killed after %ld us, %u acknowledged, %d files\n", round, us, acked,
+            files);
+  }
+  ASSERT(total_acked > 0);
+}
+
+/* ---- fsck ------------------------------------------------------------------------------- */
+
+TEST(fsck_repairs)
+{
+  store_t *s = open_store();
+  char a[72], m[72], ok[72], orphan[72], path[PATH_MAX], dir[PATH_MAX];
+  ASSERT_OK(put_blob(s, "blob-a-contents", 15, NULL, -1, a));
+  ASSERT_OK(store_manifest_put(s, "{\"m\":1}", 7, MT_MANIFEST, NULL, m));
+  ASSERT_OK(put_blob(s, "fine", 4, NULL, -1, ok));
+  store_fsck_report_t r;
+  ASSERT_OK(store_fsck(s, NULL, &r));
+  ASSERT_EQ(3, r.blobs_checked);
+
+  /* flip a byte in a committed blob */
+  ASSERT_OK(store_blob_path(s, a, path, sizeof(path)));
+  int fd = open(path, O_RDWR);
+  ASSERT(fd >= 0);
+  ASSERT_EQ(1, pwrite(fd, "B", 1, 0));
+  close(fd);
+  /* lose the manifest's file (both its blob and manifest records are now dangling) */
+  ASSERT_OK(store_blob_path(s, m, path, sizeof(path)));
+  ASSERT_EQ(0, unlink(path));
+  /* a verified file with no record */
+  store_digest_of("orphan", 6, orphan);
+  ASSERT_OK(store_blob_path(s, orphan, path, sizeof(path)));
+  snprintf(dir, sizeof(dir), "%s/blobs/sha256/%.2s", root_dir(), orphan + 7);
+  mkdir(dir, 0755);
+  write_file(path, "orphan", 6);
+  /* stray names */
+  snprintf(dir, sizeof(dir), "%s/blobs/sha256/zz", root_dir());
+  ASSERT_EQ(0, mkdir(dir, 0755));
+  snprintf(path, sizeof(path), "%s/blobs/sha256/%.2s/not-a-digest", root_dir(), ok + 7);
+  write_file(path, "x", 1);
+
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *out = open_memstream(&buf, &len);
+  ASSERT(out != NULL);
+  ASSERT_EQ(PC_E_CORRUPT, store_fsck(s, out, &r));
+  fclose(out);
+  fprintf(stderr, "%s", buf);
+  ASSERT_EQ(3, r.blobs_checked);
+  ASSERT_EQ(1, r.corrupt);
+  ASSERT_EQ(2, r.missing_files);
+  ASSERT_EQ(1, r.orphan_files);
+  ASSERT_EQ(2, r.stray_files);
+  ASSERT(strstr(buf, "corrupt:") && strstr(buf, a));
+  ASSERT(strstr(buf, "missing:") && strstr(buf, m));
+  ASSERT(strstr(buf, "orphan:") && strstr(buf, orphan));
+  ASSERT(strstr(buf, "stray:") && strstr(buf, "not-a-digest"));
+  free(buf);
+
+  /* the corrupt blob is quarantined and no longer served */
+  int f2;
+  uint64_t sz;
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_open(s, a, &f2, &sz));
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_stat(s, a, NULL));
+  ASSERT_EQ(1, count_sub("quarantine"));
+  ASSERT_EQ(PC_E_NOTFOUND, store_manifest_stat(s, m, NULL));
+  expect_blob(s, orphan, "orphan", 6);
+  expect_blob(s, ok, "fine", 4);
+
+  /* a second pass finds only the strays (reported, never deleted) */
+  ASSERT_EQ(PC_E_CORRUPT, store_fsck(s, NULL, &r));
+  ASSERT_EQ(0, r.corrupt + r.missing_files + r.orphan_files);
+  ASSERT_EQ(2, r.stray_files);
+  ASSERT_EQ(0, rmdir(dir));
+  ASSERT_EQ(0, unlink(path));
+  ASSERT_OK(store_fsck(s, NULL, &r));
+  ASSERT_EQ(2, r.blobs_checked);
+  ASSERT_EQ(10, r.bytes_checked);
+
+  /* the blob can be fetched again after quarantine */
+  char a2[72];
+  ASSERT_OK(put_blob(s, "blob-a-contents", 15, a, 15, a2));
+  expect_blob(s, a, "blob-a-contents", 15);
+  store_close(s);
+}
+
+/* cmd_fsck is the CLI glue around store_fsck. */
+#include "daemon/cmd.h"
+
+TEST(cmd_fsck_exit_codes)
+{
+  store_t *s = open_store();
+  char d[72], path[PATH_MAX];
+  ASSERT_OK(put_blob(s, "cmd", 3, NULL, -1, d));
+  store_close(s);
+  char *args[] = {(char *)"fsck", (char *)"--store", root_buf, NULL};
+  ASSERT_EQ(0, cmd_fsck(3, args));
+  s = open_store();
+  ASSERT_OK(store_blob_path(s, d, path, sizeof(path)));
+  store_close(s);
+  write_file(path, "CMD", 3);
+  ASSERT_EQ(1, cmd_fsck(3, args));
+  ASSERT_EQ(0, cmd_fsck(3, args));
+  char *bad[] = {(char *)"fsck", (char *)"--bogus", NULL};
+  ASSERT_EQ(2, cmd_fsck(2, bad));
+  char *help[] = {(char *)"fsck", (char *)"--help", NULL};
+  ASSERT_EQ(0, cmd_fsck(2, help));
+  /* a store held by another opener: error, not a sweep of its temp files */
+  s = open_store();
+  ASSERT_EQ(2, cmd_fsck(3, args));
+  store_close(s);
+}
