@@ -137,18 +137,28 @@ class RegistryClient:
         self.tokens = {}  # (host:port, scope) -> token
         self.trace = []   # (method, url, status) of every hop
 
+    def _cached_token(self, hostport, path):
+        for (hp, scope), tok in self.tokens.items():
+            parts = scope.split(":")
+            if hp == hostport and len(parts) >= 2 and "/%s/" % parts[1] in path:
+                return tok
+        return None
+
     def request(self, method, url, headers=None):
+        """METHOD URL following redirects and challenges; returns the final Response."""
         hdrs = dict(headers or {})
-        for _ in range(self.MAX_REDIRECTS + 1):
+        challenged = False
+        for _ in range(self.MAX_REDIRECTS + 2):
             u = urllib.parse.urlsplit(url)
             hostport = "%s:%s" % (u.hostname, u.port)
             h = dict(hdrs)
-            tok = next((t for (hp, _s), t in self.tokens.items() if hp == hostport), None)
+            tok = self._cached_token(hostport, u.path)
             if tok:
                 h["Authorization"] = "Bearer " + tok
             r = http(method, url, h, timeout=self.timeout)
             self.trace.append((method, url, r.status))
-            if r.status == 401 and "www-authenticate" in r.headers and not tok:
+            if r.status == 401 and "www-authenticate" in r.headers and not challenged:
+                challenged = True
                 ch = parse_challenge(r.headers["www-authenticate"])
                 q = {k: ch[k] for k in ("service", "scope") if k in ch}
                 t = http("GET", ch["realm"] + "?" + urllib.parse.urlencode(q), timeout=self.timeout)
@@ -232,6 +242,17 @@ def read_blob(images_dir, image, digest):
 
 
 # ---- processes ---------------------------------------------------------------------------------
+def _die_with_parent():
+    """preexec_fn: the child gets SIGKILL if the test process dies (e.g. killed by a ctest
+    timeout), so no daemon outlives its test."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 class Proc:
     """A child started by TestEnv.spawn. popen, pid, name, log_path (its stdout+stderr)."""
 
@@ -344,7 +365,8 @@ class TestEnv:
         full_env.update(env or {})
         with open(log, "wb") as lf:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
-                                     env=full_env, start_new_session=True, cwd=self.dir)
+                                     env=full_env, start_new_session=True, cwd=self.dir,
+                                     preexec_fn=_die_with_parent)
         p = cls(self, name, popen, log)
         self.procs.append(p)
         return p

@@ -162,6 +162,14 @@ def test_dance():
                  {"Authorization": "Bearer " + tok})
         check(r.status == 200 and json.loads(r.body)["tags"] == ["3.5.16-0"], "tags/list")
 
+        # An expired token is rejected (token_ttl is a runtime knob).
+        up.config(token_ttl=-1)
+        t = http("GET", up.registry_url + "/v2/token?service=x&scope=repository:k8s-artifacts-prod/images/etcd:pull")
+        r = http("GET", up.registry_url + "/v2/k8s-artifacts-prod/images/etcd/tags/list",
+                 {"Authorization": "Bearer " + json.loads(t.body)["token"]})
+        check(r.status == 401 and up.log("registry")[-1].get("auth_error") == "expired token", "expired token: %d" % r.status)
+        up.config(token_ttl=300)
+
         # Blob: the shared base layer of coredns (also in kube-proxy) -> 307 -> blob host.
         cd = imgs["coredns/coredns"]
         layer = cd["manifests"][1]["layers"][0]
