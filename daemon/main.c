@@ -1,8 +1,53 @@
-/* pullcache — entry point (placeholder until the CLI lands). */
+/* pullcache — entry point: dispatch `pullcache <command>` to daemon/cmd.h. */
 #include <stdio.h>
+#include <string.h>
 
-int main(void)
+#include "daemon/cmd.h"
+
+#ifndef PULLCACHE_VERSION
+#define PULLCACHE_VERSION "0.1.0"
+#endif
+
+static void usage(FILE *f)
 {
-  printf("pullcache\n");
-  return 0;
+  fprintf(f,
+          "usage: pullcache <command> [options]\n"
+          "\n"
+          "A caching pull-through mirror for OCI registries (registry.k8s.io by default).\n"
+          "\n"
+          "commands:\n"
+          "  serve    run the mirror: pullcache serve [--config FILE] [--listen ADDR:PORT]...\n"
+          "           [--store DIR] [--upstream NAME=URL]... [--tag-ttl SECONDS] [--offline]\n"
+          "           [--log-level LEVEL]\n"
+          "  import   copy an OCI image layout into the store: pullcache import --store DIR\n"
+          "           --upstream NAME --repo NAME [--tag TAG] OCI_LAYOUT_DIR\n"
+          "  fsck     verify and repair the store: pullcache fsck [--store DIR]\n"
+          "  help     show this help (also --help); `pullcache <command> --help` for details\n"
+          "  version  show the version (also --version)\n");
+}
+
+int main(int argc, char **argv)
+{
+  const char *cmd = argc > 1 ? argv[1] : NULL;
+  if (!cmd) {
+    usage(stderr);
+    return 2;
+  }
+  if (!strcmp(cmd, "serve"))
+    return cmd_serve(argc - 1, argv + 1);
+  if (!strcmp(cmd, "import"))
+    return cmd_import(argc - 1, argv + 1);
+  if (!strcmp(cmd, "fsck"))
+    return cmd_fsck(argc - 1, argv + 1);
+  if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+    usage(stdout);
+    return 0;
+  }
+  if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+    printf("pullcache %s\n", PULLCACHE_VERSION);
+    return 0;
+  }
+  fprintf(stderr, "pullcache: unknown command '%s'\n\n", cmd);
+  usage(stderr);
+  return 2;
 }

@@ -1,2 +1,0 @@
-/* daemon — placeholder so the library has a source until the handlers land. */
-#include "core/pc.h"
