@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""up-fixture — a tiny scriptable upstream for tests/unit/test-up.c (loopback only).
+
+usage: up-fixture.py PORTFILE LOGFILE
+
+Listens on two ephemeral ports of 127.0.0.1 (A and B), writes "A B\\n" to PORTFILE once both
+listen, and appends one line per request to LOGFILE before answering:
+    <port> <method> <path> auth=[<Authorization>] range=[<Range>] accept=[<Accept>] ua=[<UA>]
+
+Routes (both ports):
+  /blob/<n>                 n pattern bytes (byte i = (7*i + 3) % 251); honours Range: bytes=N-
+  /r307/<n>                 307 -> http://127.0.0.1:B/r307b/<n>
+  /r307b/<n>                307 -> /blob/<n> (relative)
+  /loop                     302 -> /loop
+  /v2/<name>/manifests/<r>  401 Bearer challenge unless "Authorization: Bearer tok-*"; then 200
+                            (name "failtok" points the realm at /token500)
+  /v2/<name>/blobs/<d>      same auth, then 307 -> http://127.0.0.1:B/blob/100
+  /token                    {"token": "tok-<k>", "expires_in": 300}; needs service and scope
+  /token500                 500
+  /basic                    401 with a Basic challenge
+  /stall                    Content-Length 1000, 10 bytes, then silence for 5 s
+  /stallhdr                 silence for 5 s before the status line
+  /trunc                    Content-Length 1000, 100 bytes, then the connection closes
+"""
+import http.server
+import os
+import sys
+import threading
+import time
+from urllib.parse import parse_qs, urlsplit
+
+PATTERN = bytes((7 * i + 3) % 251 for i in range(251))
+lock = threading.Lock()
+state = {"tokens": 0, "ports": (0, 0)}
+
+
+def body(n):
+    return (PATTERN * (n // 251 + 1))[:n]
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def record(self):
+        h = self.headers
+        line = "%d %s %s auth=[%s] range=[%s] accept=[%s] ua=[%s]\n" % (
+            self.server.server_port, self.command, self.path, h.get("Authorization", "-"),
+            h.get("Range", "-"), h.get("Accept", "-"), h.get("User-Agent", "-"))
+        with lock:
+            with open(sys.argv[2], "a") as f:
+                f.write(line)
+
+    def send(self, status, payload=b"", headers=None, length=None):
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(payload) if length is None else length))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def authorized(self, name):
+        if self.headers.get("Authorization", "").startswith("Bearer tok-"):
+            return True
+        a = state["ports"][0]
+        realm = "http://127.0.0.1:%d/%s" % (a, "token500" if name == "failtok" else "token")
+        chal = 'Bearer realm="%s",service="fixture",scope="repository:%s:pull"' % (realm, name)
+        self.send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+                  {"WWW-Authenticate": chal, "Content-Type": "application/json"})
+        return False
+
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_GET(self):
+        self.record()
+        u = urlsplit(self.path)
+        parts = u.path.split("/")
+        a, b = state["ports"]
+        if u.path.startswith("/blob/"):
+            data = body(int(parts[2]))
+            rng = self.headers.get("Range")
+            hdrs = {"Content-Type": "application/octet-stream", "X-Fixture": "blob",
+                    "Docker-Content-Digest": "sha256:fixture"}
+            if rng and rng.startswith("bytes=") and rng.endswith("-"):
+                start = int(rng[6:-1])
+                hdrs["Content-Range"] = "bytes %d-%d/%d" % (start, len(data) - 1, len(data))
+                self.send(206, data[start:], hdrs)
+            else:
+                self.send(200, data, hdrs)
+        elif u.path.startswith("/r307/"):
+            self.send(307, b"", {"Location": "http://127.0.0.1:%d/r307b/%s" % (b, parts[2])})
+        elif u.path.startswith("/r307b/"):
+            self.send(307, b"moved", {"Location": "/blob/%s" % parts[2]})
+        elif u.path == "/loop":
+            self.send(302, b"", {"Location": "/loop"})
+        elif u.path.startswith("/v2/") and "/manifests/" in u.path:
+            name = u.path[4:u.path.index("/manifests/")]
+            if self.authorized(name):
+                self.send(200, ("manifest:" + name).encode(),
+                          {"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+        elif u.path.startswith("/v2/") and "/blobs/" in u.path:
+            name = u.path[4:u.path.index("/blobs/")]
+            if self.authorized(name):
+                self.send(307, b"", {"Location": "http://127.0.0.1:%d/blob/100" % b})
+        elif u.path == "/token":
+            q = parse_qs(u.query)
+            if q.get("service") != ["fixture"] or not q.get("scope"):
+                self.send(400, b"bad token request")
+                return
+            with lock:
+                state["tokens"] += 1
+                k = state["tokens"]
+            self.send(200, b'{"token": "tok-%d", "expires_in": 300}' % k,
+                      {"Content-Type": "application/json"})
+        elif u.path == "/token500":
+            self.send(500, b"token service down")
+        elif u.path == "/basic":
+            self.send(401, b"no", {"WWW-Authenticate": 'Basic realm="fixture"'})
+        elif u.path == "/stall":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(body(10))
+            self.wfile.flush()
+            time.sleep(5)
+            self.close_connection = True
+        elif u.path == "/stallhdr":
+            time.sleep(5)
+            self.close_connection = True
+        elif u.path == "/trunc":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(body(100))
+            self.wfile.flush()
+            self.close_connection = True
+        else:
+            self.send(404, b"not found")
+
+
+def main():
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
+    for s in servers:
+        s.daemon_threads = True
+    state["ports"] = tuple(s.server_port for s in servers)
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    tmp = sys.argv[1] + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("%d %d\n" % state["ports"])
+    os.rename(tmp, sys.argv[1])
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

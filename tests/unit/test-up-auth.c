@@ -1,0 +1,150 @@
+/* test-up-auth — the pure parts of http/up's token flow: the WWW-Authenticate parser, the
+ * token URL, the token response, the cache keys (http/up-int.h). */
+#include <curl/curl.h>
+
+#include "http/up-int.h"
+#include "tests/unit/unit.h"
+
+TEST(challenge_basic_fields)
+{
+  up__challenge_t c;
+  ASSERT_OK(up__challenge_parse("Bearer realm=\"https://auth.example/token\",service=\"registry."
+                                "example\",scope=\"repository:samalba/my-app:pull,push\"",
+                                &c));
+  ASSERT_STREQ("https://auth.example/token", c.realm);
+  ASSERT_STREQ("registry.example", c.service);
+  ASSERT_STREQ("repository:samalba/my-app:pull,push", c.scope);
+  ASSERT(c.error == NULL);
+  up__challenge_free(&c);
+}
+
+TEST(challenge_quoting_and_case)
+{
+  up__challenge_t c;
+  /* Commas and spaces inside quotes, escapes, odd spacing, case-insensitive names, and an
+   * unquoted value. */
+  ASSERT_OK(up__challenge_parse("  bearer   Realm = \"https://a.example/t?x=1,2\" ,  "
+                                "SERVICE=svc.example , scope=\"repository:a/b:pull "
+                                "repository:c/d:pull,push\", error=\"insufficient_scope\", "
+                                "error_description=\"say \\\"hi\\\", then go\"",
+                                &c));
+  ASSERT_STREQ("https://a.example/t?x=1,2", c.realm);
+  ASSERT_STREQ("svc.example", c.service);
+  ASSERT_STREQ("repository:a/b:pull repository:c/d:pull,push", c.scope);
+  ASSERT_STREQ("insufficient_scope", c.error);
+  up__challenge_free(&c);
+}
+
+TEST(challenge_among_others)
+{
+  up__challenge_t c;
+  ASSERT_OK(up__challenge_parse("Basic realm=\"basic, realm\", Negotiate abc==, Bearer "
+                                "realm=\"https://r/token\",scope=\"s1\",scope=\"s2\", Basic "
+                                "realm=\"later\"",
+                                &c));
+  ASSERT_STREQ("https://r/token", c.realm);
+  ASSERT_STREQ("s1 s2", c.scope); /* repeated scope params add up */
+  ASSERT(c.service == NULL);
+  up__challenge_free(&c);
+
+  /* Realm only (Artifact Registry's /v2/ challenge). */
+  ASSERT_OK(up__challenge_parse("Bearer realm=\"https://us-docker.pkg.dev/v2/token\"", &c));
+  ASSERT_STREQ("https://us-docker.pkg.dev/v2/token", c.realm);
+  ASSERT(c.scope == NULL && c.service == NULL);
+  up__challenge_free(&c);
+
+  ASSERT_EQ(PC_E_NOTFOUND, up__challenge_parse("Basic realm=\"Bearer realm=x\"", &c));
+  ASSERT(c.realm == NULL);
+  ASSERT_EQ(PC_E_NOTFOUND, up__challenge_parse("", &c));
+  ASSERT_EQ(PC_E_NOTFOUND, up__challenge_parse("\"unterminated , = ,,", &c));
+  /* Bearer with no params is found, without a realm (so up cannot use it). */
+  ASSERT_OK(up__challenge_parse("Bearer", &c));
+  ASSERT(c.realm == NULL);
+  up__challenge_free(&c);
+  ASSERT_OK(up__challenge_parse("Bearer realm=\"unterminated", &c));
+  ASSERT_STREQ("unterminated", c.realm);
+  up__challenge_free(&c);
+}
+
+TEST(token_url)
+{
+  char *u;
+  ASSERT_OK(curl_global_init(CURL_GLOBAL_DEFAULT));
+  u = up__token_url("https://auth.example/token", "registry.example",
+                    "repository:a/b:pull  repository:c:pull,push");
+  ASSERT_STREQ("https://auth.example/token?service=registry.example&scope=repository%3Aa%2Fb%"
+               "3Apull&scope=repository%3Ac%3Apull%2Cpush",
+               u);
+  free(u);
+  u = up__token_url("https://auth.example/token?x=1", NULL, "s p");
+  ASSERT_STREQ("https://auth.example/token?x=1&scope=s&scope=p", u);
+  free(u);
+  u = up__token_url("http://127.0.0.1:5000/t", "a b&c", NULL);
+  ASSERT_STREQ("http://127.0.0.1:5000/t?service=a%20b%26c", u);
+  free(u);
+  ASSERT(up__token_url("ftp://x/token", NULL, NULL) == NULL);
+  ASSERT(up__token_url("/relative", NULL, NULL) == NULL);
+  curl_global_cleanup();
+}
+
+TEST(token_response)
+{
+  char *t;
+  uint64_t ttl;
+  const char *j;
+
+  j = "{\"token\":\"abc\",\"expires_in\":300}";
+  ASSERT_OK(up__token_parse(j, strlen(j), 1700000000, &t, &ttl));
+  ASSERT_STREQ("abc", t);
+  ASSERT(ttl > 290000 && ttl <= 300000);
+  free(t);
+  /* access_token, default expiry 60 s. */
+  j = "{\"token\":\"\",\"access_token\":\"xyz\"}";
+  ASSERT_OK(up__token_parse(j, strlen(j), 1700000000, &t, &ttl));
+  ASSERT_STREQ("xyz", t);
+  ASSERT(ttl > 50000 && ttl <= 60000);
+  free(t);
+  /* issued_at 100 s ago: 200 s left. */
+  j = "{\"token\":\"a\",\"expires_in\":300,\"issued_at\":\"2023-11-14T22:11:40Z\"}";
+  ASSERT_OK(up__token_parse(j, strlen(j), 1700000000, &t, &ttl));
+  ASSERT(ttl > 190000 && ttl <= 200000);
+  free(t);
+  /* Already expired by the issue time: usable once, not cached. */
+  j = "{\"token\":\"a\",\"expires_in\":60,\"issued_at\":\"2020-01-01T00:00:00Z\"}";
+  ASSERT_OK(up__token_parse(j, strlen(j), 1700000000, &t, &ttl));
+  ASSERT_EQ(0, ttl);
+  free(t);
+  j = "{\"nothing\":1}";
+  ASSERT_EQ(PC_E_UPSTREAM, up__token_parse(j, strlen(j), 0, &t, &ttl));
+  ASSERT(t == NULL);
+  j = "not json";
+  ASSERT_EQ(PC_E_UPSTREAM, up__token_parse(j, strlen(j), 0, &t, &ttl));
+  j = "{\"token\":\"a\\r\\nX-Evil: 1\"}";
+  ASSERT_EQ(PC_E_UPSTREAM, up__token_parse(j, strlen(j), 0, &t, &ttl));
+  j = "[\"token\"]";
+  ASSERT_EQ(PC_E_UPSTREAM, up__token_parse(j, strlen(j), 0, &t, &ttl));
+}
+
+TEST(cache_keys)
+{
+  char k[UP__HOSTKEY_MAX];
+  ASSERT_OK(up__host_key("https://Registry.K8s.io/v2/pause/manifests/3.9", k, sizeof(k)));
+  ASSERT_STREQ("https://registry.k8s.io:443", k);
+  ASSERT_OK(up__host_key("http://127.0.0.1:5001/x", k, sizeof(k)));
+  ASSERT_STREQ("http://127.0.0.1:5001", k);
+  ASSERT_OK(up__host_key("http://[::1]/x", k, sizeof(k)));
+  ASSERT_STREQ("http://[::1]:80", k);
+  ASSERT_EQ(PC_E_UPSTREAM, up__host_key("file:///etc/passwd", k, sizeof(k)));
+  ASSERT_EQ(PC_E_UPSTREAM, up__host_key("no url", k, sizeof(k)));
+  ASSERT_EQ(PC_E_UPSTREAM, up__host_key("http://a.example/", k, 10));
+
+  ASSERT_OK(up__repo_path("https://r.example/v2/lib/app/manifests/v1?ns=x", k, sizeof(k)));
+  ASSERT_STREQ("/v2/lib/app/", k);
+  ASSERT_OK(up__repo_path("https://r.example/v2/a/blobs/sha256:00", k, sizeof(k)));
+  ASSERT_STREQ("/v2/a/", k);
+  ASSERT_OK(up__repo_path("https://r.example/v2/a/tags/list", k, sizeof(k)));
+  ASSERT_STREQ("/v2/a/", k);
+  ASSERT_EQ(PC_E_NOTFOUND, up__repo_path("https://r.example/v2/", k, sizeof(k)));
+  ASSERT_EQ(PC_E_NOTFOUND, up__repo_path("https://r.example/v2/a/b", k, sizeof(k)));
+  ASSERT_EQ(PC_E_NOTFOUND, up__repo_path("https://r.example/blob/5", k, sizeof(k)));
+}

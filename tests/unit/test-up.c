@@ -1,0 +1,649 @@
+/* test-up — http/up against a local fixture upstream (tests/tools/up-fixture.py, two ports on
+ * 127.0.0.1, started and killed by PID in each test). The fixture logs every request it gets,
+ * which is how the tests see what went over the wire (methods, Authorization, Range). */
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "http/up.h"
+#include "tests/unit/unit.h"
+
+struct fx {
+  pid_t pid;
+  int a, b; /* ports */
+  char log[600];
+};
+
+static void fx_start(struct fx *x)
+{
+  char ports[600], script[1024];
+  const char *dir = unit_tmpdir(), *file = __FILE__, *slash = strrchr(file, '/');
+  FILE *fp;
+  int i;
+
+  ASSERT(slash);
+  snprintf(ports, sizeof(ports), "%s/ports", dir);
+  snprintf(x->log, sizeof(x->log), "%s/log", dir);
+  snprintf(script, sizeof(script), "%.*s/../tools/up-fixture.py", (int)(slash - file), file);
+  fp = fopen(x->log, "w");
+  ASSERT(fp);
+  fclose(fp);
+  x->pid = fork();
+  ASSERT(x->pid >= 0);
+  if (x->pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    execl("/usr/bin/python3", "python3", script, ports, x->log, (char *)NULL);
+    _exit(127);
+  }
+  for (i = 0; i < 1500; i++) {
+    fp = fopen(ports, "r");
+    if (fp)
+      break;
+    usleep(10000);
+  }
+  ASSERT(fp);
+  ASSERT_EQ(2, fscanf(fp, "%d %d", &x->a, &x->b));
+  fclose(fp);
+}
+
+static void fx_stop(struct fx *x)
+{
+  kill(x->pid, SIGKILL);
+  waitpid(x->pid, NULL, 0);
+}
+
+/* Number of fixture log lines containing needle. */
+static int log_count(const struct fx *x, const char *needle)
+{
+  FILE *fp = fopen(x->log, "r");
+  char *line = NULL;
+  size_t cap = 0;
+  int n = 0;
+  ASSERT(fp);
+  while (getline(&line, &cap, fp) > 0)
+    if (strstr(line, needle))
+      n++;
+  free(line);
+  fclose(fp);
+  return n;
+}
+
+struct res {
+  int done, rc, status;
+  int hdr_calls, hdr_status, data_before_hdr;
+  char *body;
+  size_t len;
+  char ctype[128], fixture[64], clen[32], url[256];
+  /* behaviours */
+  int pause;          /* return UP_PAUSE on every chunk, resume from a timer */
+  int pauses;
+  int cancel_in_data; /* cancel inside the first on_data */
+  int cancelled;
+  int hold; /* return UP_PAUSE and never resume */
+  up_fetch_t *f;
+  uv_timer_t resume;
+};
+
+static void copy_hdr(up_fetch_t *f, const char *name, char *out, size_t n)
+{
+  const char *v = up_fetch_header(f, name);
+  snprintf(out, n, "%s", v ? v : "");
+}
+
+static int on_headers(up_fetch_t *f, int status, void *arg)
+{
+  struct res *r = arg;
+  r->hdr_calls++;
+  r->hdr_status = status;
+  copy_hdr(f, "content-type", r->ctype, sizeof(r->ctype));
+  copy_hdr(f, "X-FIXTURE", r->fixture, sizeof(r->fixture));
+  copy_hdr(f, "Content-Length", r->clen, sizeof(r->clen));
+  return 0;
+}
+
+static void on_resume(uv_timer_t *t)
+{
+  struct res *r = container_of(t, struct res, resume);
+  up_fetch_resume(r->f);
+}
+
+static int on_data(up_fetch_t *f, const char *buf, size_t len, void *arg)
+{
+  struct res *r = arg;
+  if (!r->hdr_calls)
+    r->data_before_hdr = 1;
+  r->body = realloc(r->body, r->len + len);
+  ASSERT(r->body);
+  memcpy(r->body + r->len, buf, len);
+  r->len += len;
+  if (r->cancel_in_data) {
+    up_fetch_cancel(f);
+    up_fetch_cancel(f); /* twice is harmless */
+    r->cancelled = 1;
+    return 0;
+  }
+  if (r->hold)
+    return UP_PAUSE;
+  if (r->pause) {
+    r->pauses++;
+    uv_timer_start(&r->resume, on_resume, 1, 0);
+    return UP_PAUSE;
+  }
+  return 0;
+}
+
+static void on_done(up_fetch_t *f, int rc, int status, void *arg)
+{
+  struct res *r = arg;
+  r->done++;
+  r->rc = rc;
+  r->status = status;
+  snprintf(r->url, sizeof(r->url), "%s", up_fetch_url(f));
+  if (!r->hdr_calls && rc == 0)
+    r->data_before_hdr = 1; /* on_headers must have run for a complete response */
+}
+
+static void run_until(uv_loop_t *loop, const int *flag)
+{
+  for (int i = 0; !*flag && i < 200000; i++)
+    uv_run(loop, UV_RUN_ONCE);
+  ASSERT(*flag);
+}
+
+static void on_up_closed(void *arg)
+{
+  *(int *)arg = 1;
+}
+
+static void close_all(uv_loop_t *loop, up_t *u)
+{
+  int closed = 0;
+  up_close(u, on_up_closed, &closed);
+  run_until(loop, &closed);
+  uv_run(loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(0, uv_loop_close(loop));
+}
+
+static int body_ok(const struct res *r, size_t from, size_t n)
+{
+  if (r->len != n)
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)r->body[i] != (7 * (i + from) + 3) % 251)
+      return 0;
+  return 1;
+}
+
+/* Start one fetch, run the loop until it is done. */
+static void fetch(up_t *u, uv_loop_t *loop, const char *method, const char *url, uint64_t from,
+                  struct res *r)
+{
+  up_req_t req = {.method = method, .url = url, .range_from = from, .on_headers = on_headers,
+                  .on_data = on_data, .on_done = on_done, .arg = r};
+  ASSERT_OK(up_fetch_start(u, &req, &r->f));
+  run_until(loop, &r->done);
+  ASSERT_EQ(1, r->done);
+}
+
+static up_t *mk(uv_loop_t *loop, const up_opts_t *o)
+{
+  up_t *u;
+  ASSERT_OK(uv_loop_init(loop));
+  ASSERT_OK(up_new(loop, o, &u));
+  return u;
+}
+
+TEST(get_body_and_headers)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_opts_t o = {.user_agent = "pc-test/1"};
+  up_t *u;
+  struct res r = {0};
+  char url[128], needle[128];
+  up_stats_t st;
+  up_req_t req = {.method = "GET", .url = url, .accept = "application/x-test, */*",
+                  .on_headers = on_headers, .on_data = on_data, .on_done = on_done, .arg = &r};
+
+  fx_start(&x);
+  u = mk(&loop, &o);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/70000", x.a);
+  ASSERT_OK(up_fetch_start(u, &req, NULL));
+  run_until(&loop, &r.done);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(1, r.hdr_calls);
+  ASSERT_EQ(200, r.hdr_status);
+  ASSERT_EQ(0, r.data_before_hdr);
+  ASSERT(body_ok(&r, 0, 70000));
+  ASSERT_STREQ("application/octet-stream", r.ctype);
+  ASSERT_STREQ("blob", r.fixture);
+  ASSERT_STREQ(url, r.url);
+  snprintf(needle, sizeof(needle), "%d GET /blob/70000 auth=[-] range=[-]", x.a);
+  ASSERT_EQ(1, log_count(&x, needle));
+  ASSERT_EQ(1, log_count(&x, "accept=[application/x-test, */*] ua=[pc-test/1]"));
+  up_get_stats(u, &st);
+  ASSERT_EQ(1, st.requests);
+  ASSERT_EQ(70000, st.body_bytes);
+  ASSERT_EQ(0, st.errors);
+
+  /* Bad requests are refused at once. */
+  req.method = "POST";
+  ASSERT_EQ(UV_EINVAL, up_fetch_start(u, &req, NULL));
+  req.method = "GET";
+  req.url = "ftp://127.0.0.1/x";
+  ASSERT_EQ(UV_EINVAL, up_fetch_start(u, &req, NULL));
+  req.url = url;
+  req.accept = "a\r\nX-Evil: 1";
+  ASSERT_EQ(UV_EINVAL, up_fetch_start(u, &req, NULL));
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
+
+TEST(head)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0};
+  char url[128];
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/5000", x.a);
+  fetch(u, &loop, "HEAD", url, 0, &r);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(1, r.hdr_calls);
+  ASSERT_EQ(0, r.len);
+  ASSERT_STREQ("5000", r.clen);
+  ASSERT_EQ(1, log_count(&x, "HEAD /blob/5000"));
+  close_all(&loop, u);
+  fx_stop(&x);
+}
+
+TEST(redirect_307_two_ports)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0}, h = {0};
+  char url[128], want[128], needle[128];
+  up_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/r307/5000", x.a);
+  fetch(u, &loop, "GET", url, 0, &r);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(1, r.hdr_calls);
+  ASSERT(body_ok(&r, 0, 5000));
+  ASSERT_STREQ("blob", r.fixture);
+  snprintf(want, sizeof(want), "http://127.0.0.1:%d/blob/5000", x.b);
+  ASSERT_STREQ(want, r.url);
+  snprintf(needle, sizeof(needle), "%d GET /r307b/5000", x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+  snprintf(needle, sizeof(needle), "%d GET /blob/5000", x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+
+  /* HEAD stays HEAD on every hop. */
+  fetch(u, &loop, "HEAD", url, 0, &h);
+  ASSERT_OK(h.rc);
+  ASSERT_EQ(200, h.status);
+  ASSERT_EQ(0, h.len);
+  ASSERT_EQ(1, h.hdr_calls);
+  ASSERT_STREQ(want, h.url);
+  snprintf(needle, sizeof(needle), "%d HEAD /r307/5000", x.a);
+  ASSERT_EQ(1, log_count(&x, needle));
+  snprintf(needle, sizeof(needle), "%d HEAD /r307b/5000", x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+  snprintf(needle, sizeof(needle), "%d HEAD /blob/5000", x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+  up_get_stats(u, &st);
+  ASSERT_EQ(6, st.requests);
+  ASSERT_EQ(5000, st.body_bytes); /* redirect bodies are not counted */
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
+
+TEST(redirect_loop)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_opts_t o = {.max_redirects = 3};
+  up_t *u;
+  struct res r = {0};
+  char url[128];
+  up_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, &o);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/loop", x.a);
+  fetch(u, &loop, "GET", url, 0, &r);
+  ASSERT_EQ(PC_E_UPSTREAM, r.rc);
+  ASSERT_EQ(302, r.status);
+  ASSERT_EQ(0, r.hdr_calls);
+  ASSERT_EQ(4, log_count(&x, "GET /loop")); /* the request and 3 hops */
+  up_get_stats(u, &st);
+  ASSERT_EQ(1, st.errors);
+  close_all(&loop, u);
+  fx_stop(&x);
+}
+
+TEST(bearer_token_flow)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0};
+  char url[128], needle[160];
+  up_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/lib/app/manifests/v1", x.a);
+  fetch(u, &loop, "GET", url, 0, &r);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(1, r.hdr_calls);
+  ASSERT_EQ(strlen("manifest:lib/app"), r.len);
+  ASSERT(memcmp(r.body, "manifest:lib/app", r.len) == 0);
+  ASSERT_STREQ("application/vnd.oci.image.manifest.v1+json", r.ctype);
+  /* One anonymous token request with the challenge's service and (encoded) scope. */
+  ASSERT_EQ(1, log_count(&x, "GET /token?service=fixture&scope=repository%3Alib%2Fapp%3Apull "
+                             "auth=[-]"));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/lib/app/manifests/v1 auth=[-]"));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/lib/app/manifests/v1 auth=[Bearer tok-1]"));
+  snprintf(needle, sizeof(needle), "%d GET /v2/lib/app/manifests/v1", x.a);
+  ASSERT_EQ(2, log_count(&x, needle));
+  up_get_stats(u, &st);
+  ASSERT_EQ(1, st.tokens);
+  ASSERT_EQ(3, st.requests);
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
+
+TEST(bearer_token_cached)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r1 = {0}, r2 = {0}, r3 = {0};
+  char url[128];
+  up_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/lib/app/manifests/v1", x.a);
+  fetch(u, &loop, "GET", url, 0, &r1);
+  ASSERT_EQ(200, r1.status);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/lib/app/manifests/v2", x.a);
+  fetch(u, &loop, "HEAD", url, 0, &r2);
+  ASSERT_OK(r2.rc);
+  ASSERT_EQ(200, r2.status);
+  ASSERT_EQ(1, log_count(&x, "GET /token"));
+  /* The cached token went out at once: no 401 round trip for v2. */
+  ASSERT_EQ(1, log_count(&x, "HEAD /v2/lib/app/manifests/v2 auth=[Bearer tok-1]"));
+  ASSERT_EQ(0, log_count(&x, "HEAD /v2/lib/app/manifests/v2 auth=[-]"));
+  /* Another repository is another scope: a second token. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/other/manifests/v1", x.a);
+  fetch(u, &loop, "GET", url, 0, &r3);
+  ASSERT_EQ(200, r3.status);
+  ASSERT_EQ(2, log_count(&x, "GET /token"));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/other/manifests/v1 auth=[Bearer tok-2]"));
+  up_get_stats(u, &st);
+  ASSERT_EQ(2, st.tokens);
+  ASSERT_EQ(7, st.requests);
+  close_all(&loop, u);
+  free(r1.body);
+  free(r3.body);
+  fx_stop(&x);
+}
+
+TEST(no_authorization_across_hosts)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0};
+  char url[128], needle[128];
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/lib/app/blobs/sha256:abc", x.a);
+  fetch(u, &loop, "GET", url, 0, &r);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT(body_ok(&r, 0, 100));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/lib/app/blobs/sha256:abc auth=[Bearer tok-1]"));
+  snprintf(needle, sizeof(needle), "%d GET /blob/100 auth=[-]", x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+  ASSERT_EQ(0, log_count(&x, "/blob/100 auth=[Bearer"));
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
+
+TEST(token_endpoint_error)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0}, b = {0};
+  char url[128];
+  up_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/failtok/manifests/v1", x.a);
+  fetch(u, &loop, "GET", url, 0, &r);
+  ASSERT_EQ(PC_E_UPSTREAM, r.rc);
+  ASSERT_EQ(500, r.status);
+  ASSERT_EQ(0, r.hdr_calls);
+  ASSERT_EQ(1, log_count(&x, "GET /token500"));
+  ASSERT_EQ(1, log_count(&x, "/v2/failtok/manifests/v1"));
+  /* A Basic challenge is a final 401 for an anonymous client. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/basic", x.a);
+  fetch(u, &loop, "GET", url, 0, &b);
+  ASSERT_OK(b.rc);
+  ASSERT_EQ(401, b.status);
+  ASSERT_EQ(1, b.hdr_calls);
+  up_get_stats(u, &st);
+  ASSERT_EQ(0, st.tokens);
+  ASSERT_EQ(1, st.errors);
+  close_all(&loop, u);
+  free(b.body);
+  fx_stop(&x);
+}
+
+TEST(range_request)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0};
+  char url[128];
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/1000", x.a);
+  fetch(u, &loop, "GET", url, 100, &r);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(206, r.status);
+  ASSERT(body_ok(&r, 100, 900));
+  ASSERT_EQ(1, log_count(&x, "GET /blob/1000 auth=[-] range=[bytes=100-]"));
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
+
+TEST(connection_refused)
+{
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0};
+  char url[128];
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof(sa);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+  /* A port nobody listens on: bound (not listening) by us, so nobody else can take it. */
+  ASSERT(fd >= 0);
+  ASSERT_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)));
+  ASSERT_OK(getsockname(fd, (struct sockaddr *)&sa, &sl));
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/1", ntohs(sa.sin_port));
+  fetch(u, &loop, "GET", url, 0, &r);
+  ASSERT_EQ(PC_E_UPSTREAM_UNAVAILABLE, r.rc);
+  ASSERT_EQ(0, r.status);
+  ASSERT_EQ(0, r.hdr_calls);
+  close_all(&loop, u);
+  close(fd);
+}
+
+TEST(stall_timeout)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_opts_t o = {.stall_timeout_ms = 300, .first_byte_timeout_ms = 300, .connect_timeout_ms = 2000};
+  up_t *u;
+  struct res r = {0}, h = {0};
+  char url[128];
+
+  fx_start(&x);
+  u = mk(&loop, &o);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/stall", x.a);
+  fetch(u, &loop, "GET", url, 0, &r);
+  ASSERT_EQ(PC_E_UPSTREAM_TIMEOUT, r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(1, r.hdr_calls);
+  ASSERT(body_ok(&r, 0, 10));
+  /* No status line at all: the first-byte timeout. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/stallhdr", x.a);
+  fetch(u, &loop, "GET", url, 0, &h);
+  ASSERT_EQ(PC_E_UPSTREAM_TIMEOUT, h.rc);
+  ASSERT_EQ(0, h.status);
+  ASSERT_EQ(0, h.hdr_calls);
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
+
+TEST(truncated_body)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0};
+  char url[128];
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/trunc", x.a);
+  fetch(u, &loop, "GET", url, 0, &r);
+  ASSERT_EQ(PC_E_UPSTREAM, r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT(body_ok(&r, 0, 100));
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
+
+TEST(pause_resume)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {.pause = 1};
+  char url[128];
+  up_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  ASSERT_OK(uv_timer_init(&loop, &r.resume));
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/3000000", x.a);
+  fetch(u, &loop, "GET", url, 0, &r);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT(r.pauses > 10);
+  ASSERT(body_ok(&r, 0, 3000000)); /* every byte once, in order */
+  up_get_stats(u, &st);
+  ASSERT_EQ(3000000, st.body_bytes);
+  uv_close((uv_handle_t *)&r.resume, NULL);
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
+
+TEST(cancel_in_on_data)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {.cancel_in_data = 1}, r2 = {0};
+  char url[128];
+  up_req_t req = {.method = "GET", .url = url, .on_headers = on_headers, .on_data = on_data,
+                  .on_done = on_done, .arg = &r};
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/2000000", x.a);
+  ASSERT_OK(up_fetch_start(u, &req, &r.f));
+  run_until(&loop, &r.cancelled);
+  for (int i = 0; i < 20; i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ASSERT_EQ(0, r.done);
+  ASSERT(r.len > 0 && r.len < 2000000);
+  /* The client still works. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/1000", x.a);
+  fetch(u, &loop, "GET", url, 0, &r2);
+  ASSERT_OK(r2.rc);
+  ASSERT(body_ok(&r2, 0, 1000));
+  ASSERT_EQ(0, r.done);
+  close_all(&loop, u);
+  free(r.body);
+  free(r2.body);
+  fx_stop(&x);
+}
+
+TEST(close_with_fetches_in_flight)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r[4];
+  char url[4][128];
+  const char *paths[4] = {"/stall", "/blob/3000000", "/v2/lib/app/manifests/v1", "/stallhdr"};
+  int done2;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  memset(r, 0, sizeof(r));
+  r[1].hold = 1; /* the big blob stays in flight, paused */
+  for (int i = 0; i < 4; i++) {
+    up_req_t req = {.method = "GET", .url = url[i], .on_headers = on_headers,
+                    .on_data = on_data, .on_done = on_done, .arg = &r[i]};
+    snprintf(url[i], sizeof(url[i]), "http://127.0.0.1:%d%s", x.a, paths[i]);
+    ASSERT_OK(up_fetch_start(u, &req, &r[i].f));
+  }
+  /* Until the stalled body and the big blob are flowing (the token flow may be anywhere). */
+  for (int i = 0; i < 200000 && (r[0].len == 0 || r[1].len == 0); i++)
+    uv_run(&loop, UV_RUN_ONCE);
+  ASSERT(r[0].len > 0 && r[1].len > 0);
+  ASSERT_EQ(0, r[0].done + r[1].done + r[3].done);
+  done2 = r[2].done; /* the small manifest may have finished already */
+  close_all(&loop, u);
+  for (int i = 0; i < 4; i++) {
+    ASSERT_EQ(i == 2 ? done2 : 0, r[i].done);
+    free(r[i].body);
+  }
+  fx_stop(&x);
+}
