@@ -1,2 +1,0 @@
-/* http — placeholder so the library has a source until srv.c lands. */
-#include "http/srv.h"

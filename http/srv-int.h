@@ -1,0 +1,13 @@
+/* srv-int — private entry points of http/srv.c, for tests and the fuzz target only. */
+#ifndef SRV_INT_H
+#define SRV_INT_H
+
+#include "http/srv.h"
+
+/** Serve one already-connected stream socket fd (any family, e.g. one end of an AF_UNIX
+ * socketpair) exactly as an accepted TCP connection: same parser, limits, pipelining, writes
+ * and timers. Takes ownership of fd (also on error, where it is closed). Returns 0 or a libuv
+ * error. The connection counts in srv_conn_count and is closed by srv_close. */
+int srv__adopt(srv_t *s, int fd);
+
+#endif

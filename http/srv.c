@@ -1,0 +1,1379 @@
+/* srv — the HTTP/1.1 server: libuv TCP, llhttp parsing, keep-alive, pipelining, limits.
+ *
+ * Connection states (conn_t.state), one request at a time:
+ *
+ *   IDLE --first byte--> HEAD --headers complete--> HANDLER --srv_respond*--> WRITE
+ *     ^                   |  (limit/parse error: short plain answer, close_after)   |
+ *     |                   v                                                        v
+ *     +----- done, keep-alive: resume parser on buffered bytes ----------- FILE (sendfile)
+ *                                                                          |
+ *             done, close_after: LINGER (shutdown, discard input) ---------+--> closed
+ *
+ * Reading and parsing. Bytes land in a fixed per-connection buffer (SRV_RBUF). The parser is
+ * paused (HPE_PAUSED) in on_message_begin (to know where a head starts, so the head size is
+ * counted exactly) and in on_headers_complete (the dispatch point). While a request is in
+ * flight the parser stays paused and later bytes (pipelined requests) wait in the buffer; when
+ * the buffer is full reading stops (uv_read_stop) until the response is done, then parsing
+ * resumes at llhttp_get_error_pos. URL and header tokens are copied out of the buffer into the
+ * request as they are parsed, so the buffer can be compacted at any time. Request bodies are
+ * never read: a body on GET/HEAD is a 400; on other methods the handler answers (the daemon
+ * says 405) and the connection is closed after the response.
+ *
+ * Closing. A completed response on a connection that must close (Connection: close, HTTP/1.0,
+ * an error, a body we did not read) is followed by a lingering close: shutdown(SHUT_WR), then
+ * input is read and discarded for up to SRV_LINGER_MS so the kernel does not answer unread
+ * input with a RST that would destroy the response in flight. An abort (srv_abort, read
+ * error, write stall, srv_close) closes at once. Every uv handle is closed with uv_close and
+ * the connection is freed in the last close callback (`pending` counts them).
+ *
+ * File bodies: uv_fs_sendfile on the socket fd, in the libuv threadpool, SRV_SENDFILE_CHUNK
+ * bytes at most per call. Why this design: sendfile(2) from a file that is not in the page
+ * cache blocks on disk reads, which must not stall the loop thread, so the call runs in the
+ * threadpool; the socket is non-blocking (libuv made it so), so the thread never blocks on a
+ * slow client: sendfile returns a short count or EAGAIN. On EAGAIN we wait for writability
+ * with a uv_poll_t on a dup() of the socket fd (libuv forbids a uv_poll_t on the fd of a
+ * uv_tcp_t it already watches, but epoll accepts a second descriptor of the same socket), then
+ * send the next chunk. While a sendfile runs in the threadpool, the socket fd and the file fd
+ * must stay open (the number could be reused by a new accept), so an abort shuts the socket
+ * down at once and defers uv_close to the sendfile callback (`fs_busy`). Nothing else is
+ * written on the socket while a file body is in flight (responses are strictly ordered). Per
+ * connection memory is the read buffer, the request and the response head: it does not depend
+ * on the body size.
+ *
+ * The process must ignore SIGPIPE (libuv and sendfile write to sockets that may be closed).
+ */
+#include "http/srv.h"
+
+#include "core/pc.h"
+#include "http/srv-int.h"
+
+#include <errno.h>
+#include <llhttp.h>
+#include <stdarg.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define SRV_RBUF 16384u                  /* read buffer per connection */
+#define SRV_SENDFILE_CHUNK (1024u * 1024u) /* bytes per sendfile call */
+#define SRV_LINGER_MS 2000u              /* lingering close: discard input this long at most */
+#define SRV_LINGER_MAX (1024u * 1024u)   /* ... and this many bytes at most */
+#define SRV_LOG_PATH_MAX 256u            /* paths longer than this are cut in the access log */
+#define SRV_LOGF_MAX 1024u               /* srv_req_log fields per request */
+#define SRV_RESP_HDR_MAX 16384u          /* srv_resp_header bytes per response */
+#define SRV_BACKLOG 511
+
+enum conn_state { C_IDLE, C_HEAD, C_HANDLER, C_WRITE, C_FILE, C_FILE_WAIT, C_LINGER, C_CLOSED };
+enum pause_why { P_NONE, P_BEGIN, P_HEADERS };
+
+typedef struct buf {
+  char *p;
+  size_t len, cap;
+} buf_t;
+
+typedef struct conn conn_t;
+
+typedef struct hdr {
+  size_t name, value; /* offsets into srv_req.arena */
+} hdr_t;
+
+struct srv_req {
+  conn_t *c;
+  const char *method;
+  int is_head;
+  int dispatched; /* handed to the handler (or answered by the server): gets a log line */
+  int responded;
+  buf_t url;   /* the request target, then split: path NUL query NUL */
+  char *query; /* into url.p */
+  buf_t arena; /* header names and values, NUL-terminated */
+  hdr_t *h;
+  size_t nh, hcap;
+  char **merged; /* lazily: merged value per first occurrence of a repeated header */
+  int cur;       /* 0 between headers, 1 in a name, 2 in a value */
+  uint64_t t0;   /* uv_now at the first byte */
+  /* response */
+  int status;
+  buf_t rh;   /* user headers, "Name: value\r\n"... */
+  buf_t logf; /* " key=value" fields */
+  int is_file;
+  uint64_t pos, end, avail; /* file body: next byte, end, announced end */
+  uint64_t body_bytes;      /* body bytes written */
+  srv_done_cb done;
+  void *done_arg;
+  void *data;
+};
+
+struct conn {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  uv_poll_t poll; /* on dupfd, only while a file body waits for the socket to drain */
+  uv_write_t wreq;
+  uv_shutdown_t sreq;
+  uv_fs_t fsreq;
+  llhttp_t parser;
+  srv_t *s;
+  conn_t *prev, *next;
+  enum conn_state state;
+  char *rbuf;
+  size_t rlen, rpos; /* bytes in rbuf; bytes of them already parsed */
+  size_t linger_bytes;
+  uint64_t head_bytes; /* bytes of the current request head so far */
+  int in_head;
+  enum pause_why why;
+  int err_status; /* set by a parser callback that returns HPE_USER */
+  unsigned reading : 1, eof : 1, closing : 1, close_after : 1, reject : 1, fs_busy : 1,
+      poll_init : 1, has_body : 1;
+  int dupfd;  /* dup of the socket for uv_poll, or -1 */
+  int ffd;    /* file being sent, or -1 (owned by the connection, see fs_busy) */
+  int pending; /* handles still to be closed before the free */
+  char *wbuf;  /* response head (+ memory body) being written */
+  srv_req_t *req;
+  uint64_t progress, last_progress; /* write stall detection */
+  size_t last_wqs;
+  char peer[64];
+};
+
+typedef struct listener {
+  uv_tcp_t tcp;
+  srv_t *s;
+} listener_t;
+
+struct srv {
+  uv_loop_t *loop;
+  srv_opts_t o;
+  srv_handler_cb cb;
+  void *arg;
+  listener_t **ls;
+  int nls;
+  unsigned lpending; /* listeners not yet closed (incl. failed ones) */
+  conn_t *conns;     /* open, not closing */
+  unsigned nconns;   /* connections not yet freed */
+  unsigned nactive;  /* open, not closing, not rejected */
+  int closing;
+  srv_closed_cb closed_cb;
+  void *closed_arg;
+};
+
+static void conn_parse(conn_t *c);
+static void conn_abort(conn_t *c);
+static void conn_end(conn_t *c);
+static void file_pump(conn_t *c);
+static void finish_req(conn_t *c, int status);
+static void srv_maybe_free(srv_t *s);
+
+/* ---- small buffers ------------------------------------------------------------------------ */
+
+static void buf_add(buf_t *b, const void *p, size_t n)
+{
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->len + n + 1)
+      cap *= 2;
+    b->p = pc_xrealloc(b->p, cap);
+    b->cap = cap;
+  }
+  if (n)
+    memcpy(b->p + b->len, p, n);
+  b->len += n;
+  b->p[b->len] = '\0';
+}
+
+static void buf_adds(buf_t *b, const char *s)
+{
+  buf_add(b, s, strlen(s));
+}
+
+__attribute__((format(printf, 2, 3))) static void buf_printf(buf_t *b, const char *fmt, ...)
+{
+  char tmp[256];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+  va_end(ap);
+  if (n < 0)
+    return;
+  buf_add(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+static void buf_free(buf_t *b)
+{
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+/* Append v for a key=value log line: as is when plain, else quoted with \" \\ \xHH escapes;
+ * cut at max bytes (marked with "..."). */
+static void log_value(buf_t *b, const char *v, size_t max)
+{
+  size_t n = strlen(v);
+  int quote = n == 0;
+  for (size_t i = 0; i < n && !quote; i++) {
+    unsigned char ch = (unsigned char)v[i];
+    if (ch <= ' ' || ch >= 0x7f || ch == '"' || ch == '\\' || ch == '=')
+      quote = 1;
+  }
+  size_t take = n > max ? max : n;
+  if (!quote) {
+    buf_add(b, v, take);
+  } else {
+    buf_add(b, "\"", 1);
+    for (size_t i = 0; i < take; i++) {
+      unsigned char ch = (unsigned char)v[i];
+      if (ch == '"' || ch == '\\') {
+        char e[2] = {'\\', (char)ch};
+        buf_add(b, e, 2);
+      } else if (ch < ' ' || ch >= 0x7f) {
+        buf_printf(b, "\\x%02x", ch);
+      } else {
+        buf_add(b, &v[i], 1);
+      }
+    }
+    buf_add(b, "\"", 1);
+  }
+  if (take < n)
+    buf_add(b, "...", 3);
+}
+
+static const char *reason_phrase(int status)
+{
+  switch (status) {
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 206: return "Partial Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 416: return "Range Not Satisfiable";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 507: return "Insufficient Storage";
+  default: break;
+  }
+  if (status >= 200 && status < 300)
+    return "OK";
+  if (status >= 300 && status < 400)
+    return "Redirect";
+  if (status >= 400 && status < 500)
+    return "Client Error";
+  return "Server Error";
+}
+
+/* ---- requests ----------------------------------------------------------------------------- */
+
+static srv_req_t *req_new(conn_t *c)
+{
+  srv_req_t *r = pc_xcalloc(1, sizeof(*r));
+  r->c = c;
+  r->method = "-";
+  r->t0 = uv_now(c->s->loop);
+  buf_add(&r->url, "", 0);
+  return r;
+}
+
+static void req_free(srv_req_t *r)
+{
+  if (r->merged) {
+    for (size_t i = 0; i < r->nh; i++)
+      free(r->merged[i]);
+    free(r->merged);
+  }
+  free(r->h);
+  buf_free(&r->url);
+  buf_free(&r->arena);
+  buf_free(&r->rh);
+  buf_free(&r->logf);
+  free(r);
+}
+
+static void req_log(srv_req_t *r)
+{
+  conn_t *c = r->c;
+  if (c->s->o.access_log < 0)
+    return;
+  buf_t b = {0};
+  buf_adds(&b, "req method=");
+  buf_adds(&b, r->method);
+  buf_adds(&b, " path=");
+  log_value(&b, r->url.p && r->url.p[0] ? r->url.p : "-", SRV_LOG_PATH_MAX);
+  buf_printf(&b, " status=%d bytes=%llu ms=%llu peer=", r->status,
+             (unsigned long long)r->body_bytes,
+             (unsigned long long)(uv_now(c->s->loop) - r->t0));
+  log_value(&b, c->peer, 64);
+  if (r->logf.len)
+    buf_add(&b, r->logf.p, r->logf.len);
+  pc_log(PC_LOG_INFO, "%s", b.p);
+  buf_free(&b);
+}
+
+/* ---- connections: closing ----------------------------------------------------------------- */
+
+static void on_conn_close(uv_handle_t *h)
+{
+  conn_t *c = h->data;
+  if (--c->pending > 0)
+    return;
+  srv_t *s = c->s;
+  if (c->dupfd >= 0)
+    close(c->dupfd);
+  if (c->ffd >= 0)
+    close(c->ffd);
+  free(c->rbuf);
+  free(c->wbuf);
+  free(c);
+  s->nconns--;
+  srv_maybe_free(s);
+}
+
+/* Close every handle; the free happens in the last close callback. */
+static void conn_close_handles(conn_t *c)
+{
+  c->state = C_CLOSED;
+  c->pending = 2;
+  uv_close((uv_handle_t *)&c->tcp, on_conn_close);
+  uv_close((uv_handle_t *)&c->timer, on_conn_close);
+  if (c->poll_init) {
+    c->pending++;
+    uv_close((uv_handle_t *)&c->poll, on_conn_close);
+  }
+}
+
+static void conn_unlink(conn_t *c)
+{
+  srv_t *s = c->s;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+  if (!c->reject)
+    s->nactive--;
+}
+
+/* Close at once. A request in flight ends with status 0. Idempotent. */
+static void conn_abort(conn_t *c)
+{
+  if (c->closing)
+    return;
+  c->closing = 1;
+  conn_unlink(c);
+  uv_timer_stop(&c->timer);
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  c->reading = 0;
+  if (c->poll_init)
+    uv_poll_stop(&c->poll);
+  if (c->req) {
+    if (c->req->dispatched)
+      finish_req(c, 0); /* returns early: closing is set */
+    else {
+      req_free(c->req);
+      c->req = NULL;
+    }
+  }
+  if (c->fs_busy) {
+    /* The threadpool is using the fds: make its sendfile fail fast, close when it returns. */
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+      shutdown(fd, SHUT_RDWR);
+    return;
+  }
+  conn_close_handles(c);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+  conn_t *c = container_of(t, conn_t, timer);
+  switch (c->state) {
+  case C_WRITE:
+  case C_FILE: {
+    size_t wqs = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (c->progress != c->last_progress || wqs != c->last_wqs) {
+      c->last_progress = c->progress;
+      c->last_wqs = wqs;
+      uv_timer_start(&c->timer, on_timer, c->s->o.write_timeout_ms, 0);
+      return;
+    }
+    pc_log(PC_LOG_NOTICE, "srv write stalled peer=%s", c->peer);
+    conn_abort(c);
+    return;
+  }
+  default:
+    conn_abort(c);
+    return;
+  }
+}
+
+static void timer_arm(conn_t *c, unsigned ms)
+{
+  uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+static void write_timer_arm(conn_t *c)
+{
+  c->last_progress = c->progress;
+  c->last_wqs = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+  timer_arm(c, c->s->o.write_timeout_ms);
+}
+
+static void on_linger_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+  conn_t *c = container_of(st, conn_t, tcp);
+  if (nread == 0)
+    return;
+  if (nread < 0) {
+    conn_abort(c);
+    return;
+  }
+  c->linger_bytes += (size_t)nread;
+  if (c->linger_bytes > SRV_LINGER_MAX)
+    conn_abort(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b);
+static void read_start(conn_t *c);
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+  conn_t *c = container_of(req, conn_t, sreq);
+  if (c->closing)
+    return;
+  if (status < 0 || c->eof)
+    conn_abort(c);
+}
+
+/* After a complete response on a connection that must close: lingering close. */
+static void conn_end(conn_t *c)
+{
+  if (c->closing)
+    return;
+  if (c->eof) {
+    conn_abort(c);
+    return;
+  }
+  c->state = C_LINGER;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0 ||
+      uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_linger_read) != 0) {
+    conn_abort(c);
+    return;
+  }
+  c->reading = 1;
+  timer_arm(c, SRV_LINGER_MS);
+}
+
+/* ---- responses ---------------------------------------------------------------------------- */
+
+/* The request is over: log it, tell the handler, go on with the next one (or close). */
+static void finish_req(conn_t *c, int status)
+{
+  srv_req_t *r = c->req;
+  c->req = NULL;
+  if (c->ffd >= 0 && !c->fs_busy) {
+    close(c->ffd);
+    c->ffd = -1;
+  }
+  r->status = status ? r->status : 0;
+  req_log(r);
+  if (r->done)
+    r->done(r, status, r->done_arg);
+  req_free(r);
+  if (c->closing)
+    return;
+  if (c->close_after) {
+    conn_end(c);
+    return;
+  }
+  c->state = C_IDLE;
+  uv_timer_stop(&c->timer);
+  llhttp_resume(&c->parser);
+  conn_parse(c);
+}
+
+static void on_write(uv_write_t *w, int status)
+{
+  conn_t *c = container_of(w, conn_t, wreq);
+  free(c->wbuf);
+  c->wbuf = NULL;
+  if (c->closing)
+    return;
+  if (status < 0) {
+    conn_abort(c);
+    return;
+  }
+  c->progress++;
+  srv_req_t *r = c->req;
+  if (!r) { /* a 503 rejection */
+    conn_end(c);
+    return;
+  }
+  if (r->is_file && !r->is_head) {
+    c->state = C_FILE;
+    file_pump(c);
+    return;
+  }
+  finish_req(c, r->status);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+  conn_t *c = container_of(p, conn_t, poll);
+  uv_poll_stop(p);
+  if (c->closing)
+    return;
+  if (status < 0) {
+    conn_abort(c);
+    return;
+  }
+  file_pump(c);
+}
+
+static void wait_writable(conn_t *c)
+{
+  int rc;
+  if (!c->poll_init) {
+    uv_os_fd_t fd;
+    rc = uv_fileno((uv_handle_t *)&c->tcp, &fd);
+    if (rc == 0) {
+      c->dupfd = dup(fd);
+      rc = c->dupfd < 0 ? -errno : uv_poll_init(c->s->loop, &c->poll, c->dupfd);
+    }
+    if (rc != 0) {
+      pc_log(PC_LOG_WARN, "srv poll setup failed err=%s", pc_errname(rc));
+      conn_abort(c);
+      return;
+    }
+    c->poll_init = 1;
+  }
+  rc = uv_poll_start(&c->poll, UV_WRITABLE, on_poll);
+  if (rc != 0)
+    conn_abort(c);
+}
+
+static void on_sendfile(uv_fs_t *fs)
+{
+  conn_t *c = container_of(fs, conn_t, fsreq);
+  ssize_t res = fs->result;
+  uv_fs_req_cleanup(fs);
+  c->fs_busy = 0;
+  if (c->closing) {
+    conn_close_handles(c);
+    return;
+  }
+  srv_req_t *r = c->req;
+  if (res > 0) {
+    r->pos += (uint64_t)res;
+    r->body_bytes += (uint64_t)res;
+    c->progress++;
+    file_pump(c);
+  } else if (res == UV_EAGAIN) {
+    wait_writable(c);
+  } else {
+    if (res == 0)
+      pc_log(PC_LOG_WARN, "srv file shorter than announced peer=%s", c->peer);
+    conn_abort(c);
+  }
+}
+
+/* Send the next chunk of a file body, or wait for the socket or for srv_file_avail. */
+static void file_pump(conn_t *c)
+{
+  srv_req_t *r = c->req;
+  if (r->pos >= r->end) {
+    finish_req(c, r->status);
+    return;
+  }
+  if (r->pos >= r->avail) {
+    if (c->eof) { /* the client left while we wait for the producer */
+      conn_abort(c);
+      return;
+    }
+    c->state = C_FILE_WAIT; /* the producer is behind, not the client: no stall timer */
+    uv_timer_stop(&c->timer);
+    return;
+  }
+  uint64_t n = r->avail - r->pos;
+  if (n > SRV_SENDFILE_CHUNK)
+    n = SRV_SENDFILE_CHUNK;
+  uv_os_fd_t sock;
+  int rc = uv_fileno((uv_handle_t *)&c->tcp, &sock);
+  if (rc == 0)
+    rc = uv_fs_sendfile(c->s->loop, &c->fsreq, sock, c->ffd, (int64_t)r->pos, (size_t)n,
+                        on_sendfile);
+  if (rc != 0) {
+    conn_abort(c);
+    return;
+  }
+  c->fs_busy = 1;
+  if (c->state != C_FILE || !uv_is_active((uv_handle_t *)&c->timer)) {
+    c->state = C_FILE;
+    write_timer_arm(c);
+  }
+}
+
+/* Queue the response head (and an in-memory body) for the current request. */
+static void resp_send(srv_req_t *r, int status, const char *ctype, uint64_t clen, const void *body,
+                      size_t blen)
+{
+  conn_t *c = r->c;
+  PC_ASSERT(c->req == r && !r->responded);
+  r->responded = 1;
+  if (status < 100 || status > 999)
+    status = 500;
+  r->status = status;
+  if (c->closing)
+    return;
+  buf_t b = {0};
+  buf_printf(&b, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
+  if (r->rh.len)
+    buf_add(&b, r->rh.p, r->rh.len);
+  if (ctype) {
+    buf_adds(&b, "Content-Type: ");
+    buf_adds(&b, ctype);
+    buf_adds(&b, "\r\n");
+  }
+  if (status != 204 && status != 304 && status >= 200)
+    buf_printf(&b, "Content-Length: %llu\r\n", (unsigned long long)clen);
+  if (c->close_after)
+    buf_adds(&b, "Connection: close\r\n");
+  else if (c->parser.http_major == 1 && c->parser.http_minor == 0)
+    buf_adds(&b, "Connection: keep-alive\r\n");
+  buf_adds(&b, "\r\n");
+  if (blen && !r->is_head) {
+    buf_add(&b, body, blen);
+    r->body_bytes = blen;
+  }
+  c->wbuf = b.p;
+  uv_buf_t ub = uv_buf_init(b.p, (unsigned)b.len);
+  c->state = C_WRITE;
+  int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
+  if (rc != 0) {
+    free(c->wbuf);
+    c->wbuf = NULL;
+    conn_abort(c);
+    return;
+  }
+  write_timer_arm(c);
+}
+
+/* A short plain answer from the server itself (limits, parse errors); closes afterwards. */
+static void conn_fail(conn_t *c, int status)
+{
+  if (!c->req)
+    c->req = req_new(c);
+  srv_req_t *r = c->req;
+  r->dispatched = 1;
+  c->close_after = 1;
+  uv_timer_stop(&c->timer);
+  char body[80];
+  int n = snprintf(body, sizeof(body), "%d %s\n", status, reason_phrase(status));
+  resp_send(r, status, "text/plain", (uint64_t)n, body, (size_t)n);
+}
+
+/* ---- parsing ------------------------------------------------------------------------------ */
+
+static int limit(conn_t *c, int status)
+{
+  c->err_status = status;
+  llhttp_set_error_reason(&c->parser, status == 414 ? "URL too long" : "header too large");
+  return HPE_USER;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+  conn_t *c = container_of(p, conn_t, parser);
+  c->req = req_new(c);
+  c->why = P_BEGIN;
+  return HPE_PAUSED;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+  conn_t *c = container_of(p, conn_t, parser);
+  srv_req_t *r = c->req;
+  if (r->url.len + len > c->s->o.max_url_bytes)
+    return limit(c, 414);
+  buf_add(&r->url, at, len);
+  return 0;
+}
+
+static int arena_add(conn_t *c, const char *at, size_t len)
+{
+  srv_req_t *r = c->req;
+  if (r->arena.len + len > c->s->o.max_header_bytes + 2 * c->s->o.max_headers)
+    return limit(c, 431);
+  buf_add(&r->arena, at, len);
+  return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+  conn_t *c = container_of(p, conn_t, parser);
+  srv_req_t *r = c->req;
+  if (r->cur != 1) {
+    if (r->nh >= c->s->o.max_headers)
+      return limit(c, 431);
+    if (r->nh == r->hcap) {
+      r->hcap = r->hcap ? r->hcap * 2 : 16;
+      r->h = pc_xrealloc(r->h, r->hcap * sizeof(*r->h));
+    }
+    r->h[r->nh].name = r->arena.len;
+    r->h[r->nh].value = 0;
+    r->cur = 1;
+  }
+  return arena_add(c, at, len);
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+  conn_t *c = container_of(p, conn_t, parser);
+  if (c->req->cur != 1) /* an empty name never reaches here in strict mode; be safe */
+    return -1;
+  return arena_add(c, "", 1);
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+  conn_t *c = container_of(p, conn_t, parser);
+  srv_req_t *r = c->req;
+  if (r->cur != 2) {
+    r->h[r->nh].value = r->arena.len;
+    r->cur = 2;
+  }
+  return arena_add(c, at, len);
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+  conn_t *c = container_of(p, conn_t, parser);
+  srv_req_t *r = c->req;
+  if (r->cur == 1) { /* empty value: on_header_value never ran */
+    r->h[r->nh].value = r->arena.len;
+    r->cur = 2;
+  }
+  if (r->cur != 2)
+    return -1;
+  while (r->arena.len > r->h[r->nh].value &&
+         (r->arena.p[r->arena.len - 1] == ' ' || r->arena.p[r->arena.len - 1] == '\t'))
+    r->arena.len--;
+  int rc = arena_add(c, "", 1);
+  r->nh++;
+  r->cur = 0;
+  return rc;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+  conn_t *c = container_of(p, conn_t, parser);
+  c->why = P_HEADERS;
+  return HPE_PAUSED;
+}
+
+static const llhttp_settings_t parser_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+};
+
+/* The head is complete: check it, fill the request, hand it to the handler. */
+static void conn_dispatch(conn_t *c)
+{
+  srv_t *s = c->s;
+  srv_req_t *r = c->req;
+  llhttp_t *p = &c->parser;
+  c->in_head = 0;
+  uv_timer_stop(&c->timer);
+  r->method = llhttp_method_name((llhttp_method_t)p->method);
+  r->is_head = p->method == HTTP_HEAD;
+  if (c->head_bytes > s->o.max_header_bytes) {
+    conn_fail(c, 431);
+    return;
+  }
+  int has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length);
+  if (has_body && (p->method == HTTP_GET || p->method == HTTP_HEAD)) {
+    conn_fail(c, 400);
+    return;
+  }
+  /* p->upgrade is computed after on_headers_complete returns, so look at the flags here */
+  int upgrade = p->method == HTTP_CONNECT ||
+                ((p->flags & F_UPGRADE) && (p->flags & F_CONNECTION_UPGRADE));
+  if (has_body || upgrade || !llhttp_should_keep_alive(p))
+    c->close_after = 1; /* the body (or another protocol) is never read */
+  char *q = memchr(r->url.p, '?', r->url.len);
+  if (q) {
+    *q = '\0';
+    r->query = q + 1;
+  } else {
+    r->query = r->url.p + r->url.len;
+  }
+  r->dispatched = 1;
+  c->state = C_HANDLER;
+  s->cb(r, s->arg);
+  /* r may be gone (answered and finished later, or aborted); c lives until its close cb */
+}
+
+/* Parse buffered bytes while no request is in flight. */
+static void conn_parse(conn_t *c)
+{
+  while (!c->closing && (c->state == C_IDLE || c->state == C_HEAD) && c->rpos < c->rlen) {
+    const char *p = c->rbuf + c->rpos;
+    size_t n = c->rlen - c->rpos;
+    c->why = P_NONE;
+    c->err_status = 0;
+    llhttp_errno_t err = llhttp_execute(&c->parser, p, n);
+    size_t used = n;
+    if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE)
+      used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
+    if (c->in_head)
+      c->head_bytes += used;
+    c->rpos += used;
+    if (err == HPE_OK) {
+      if (c->in_head && c->head_bytes > c->s->o.max_header_bytes)
+        conn_fail(c, 431);
+      break;
+    }
+    if (err == HPE_PAUSED && c->why == P_BEGIN) {
+      llhttp_resume(&c->parser);
+      c->in_head = 1;
+      c->head_bytes = 0;
+      c->state = C_HEAD;
+      timer_arm(c, c->s->o.header_timeout_ms);
+      continue;
+    }
+    if (err == HPE_PAUSED && c->why == P_HEADERS) {
+      conn_dispatch(c);
+      break;
+    }
+    if (err == HPE_PAUSED_UPGRADE || (c->req && c->req->dispatched)) {
+      conn_abort(c); /* cannot happen: upgrades close after their response */
+      return;
+    }
+    /* a limit (err_status set by the callback) or a parse error */
+    conn_fail(c, c->err_status ? c->err_status : 400);
+    break;
+  }
+  if (c->closing)
+    return;
+  if (c->rpos == c->rlen)
+    c->rpos = c->rlen = 0;
+  if (c->state == C_IDLE || c->state == C_HEAD) {
+    if (c->eof) {
+      conn_abort(c); /* the peer sent all it will; an incomplete head is dropped */
+      return;
+    }
+    if (c->state == C_IDLE)
+      timer_arm(c, c->s->o.idle_timeout_ms);
+    read_start(c);
+  }
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+  conn_t *c = container_of((uv_tcp_t *)h, conn_t, tcp);
+  if (c->state == C_LINGER) {
+    *b = uv_buf_init(c->rbuf, SRV_RBUF);
+    return;
+  }
+  if (c->rpos > 0) {
+    /* tokens are copied out as they are parsed: moving the unparsed bytes is safe */
+    memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+    c->rlen -= c->rpos;
+    c->rpos = 0;
+  }
+  *b = uv_buf_init(c->rbuf + c->rlen, (unsigned)(SRV_RBUF - c->rlen));
+}
+
+static void read_stop(conn_t *c)
+{
+  if (c->reading)
+    uv_read_stop((uv_stream_t *)&c->tcp);
+  c->reading = 0;
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+  conn_t *c = container_of(st, conn_t, tcp);
+  if (nread == 0 || c->closing)
+    return;
+  if (nread == UV_ENOBUFS) {
+    read_stop(c);
+    return;
+  }
+  if (nread == UV_EOF) {
+    /* The client will send no more. Waiting for the handler or for a growing file: it is gone
+     * (as nginx assumes), abort. Writing: finish this response and the requests already
+     * buffered, then close (conn_parse closes on eof once the buffer is exhausted). */
+    c->eof = 1;
+    read_stop(c);
+    if (c->state == C_IDLE || c->state == C_HEAD)
+      conn_parse(c);
+    else if (c->state == C_HANDLER || c->state == C_FILE_WAIT)
+      conn_abort(c);
+    return;
+  }
+  if (nread < 0) {
+    conn_abort(c);
+    return;
+  }
+  c->rlen += (size_t)nread;
+  if (c->state == C_IDLE || c->state == C_HEAD) {
+    conn_parse(c);
+    if (c->closing)
+      return;
+  }
+  /* A request is in flight and the buffer is full: stop until the response is done. */
+  if (c->state != C_IDLE && c->state != C_HEAD && c->state != C_LINGER && c->rlen == SRV_RBUF)
+    read_stop(c);
+}
+
+static void read_start(conn_t *c)
+{
+  if (c->reading || c->eof || c->closing)
+    return;
+  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+    c->reading = 1;
+  else
+    conn_abort(c);
+}
+
+/* ---- accepting ---------------------------------------------------------------------------- */
+
+static const char reject_503[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                                 "Content-Length: 24\r\nConnection: close\r\n\r\n"
+                                 "503 Service Unavailable\n";
+
+static void peer_name(conn_t *c)
+{
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  char ip[INET6_ADDRSTRLEN] = "?";
+  snprintf(c->peer, sizeof(c->peer), "unix");
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+    return;
+  if (ss.ss_family == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    uv_ip4_name(a, ip, sizeof(ip));
+    snprintf(c->peer, sizeof(c->peer), "%s:%u", ip, (unsigned)ntohs(a->sin_port));
+  } else if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    uv_ip6_name(a, ip, sizeof(ip));
+    snprintf(c->peer, sizeof(c->peer), "[%s]:%u", ip, (unsigned)ntohs(a->sin6_port));
+  }
+}
+
+static conn_t *conn_new(srv_t *s)
+{
+  conn_t *c = pc_xcalloc(1, sizeof(*c));
+  c->s = s;
+  c->dupfd = -1;
+  c->ffd = -1;
+  c->rbuf = pc_xmalloc(SRV_RBUF);
+  uv_tcp_init(s->loop, &c->tcp);
+  uv_timer_init(s->loop, &c->timer);
+  c->tcp.data = c;
+  c->timer.data = c;
+  c->poll.data = c;
+  llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
+  s->nconns++;
+  return c;
+}
+
+/* The socket is connected: start serving it (or reject it past max_conns). */
+static void conn_start(conn_t *c)
+{
+  srv_t *s = c->s;
+  c->next = s->conns;
+  if (s->conns)
+    s->conns->prev = c;
+  s->conns = c;
+  uv_tcp_nodelay(&c->tcp, 1);
+  peer_name(c);
+  if (s->nactive >= s->o.max_conns) {
+    c->reject = 1;
+    pc_log(PC_LOG_WARN, "srv max_conns reached peer=%s", c->peer);
+    uv_buf_t ub = uv_buf_init((char *)reject_503, sizeof(reject_503) - 1);
+    c->state = C_WRITE;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &ub, 1, on_write) != 0)
+      conn_abort(c);
+    else
+      write_timer_arm(c);
+    return;
+  }
+  s->nactive++;
+  c->state = C_IDLE;
+  timer_arm(c, s->o.idle_timeout_ms);
+  read_start(c);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+  listener_t *l = container_of((uv_tcp_t *)server, listener_t, tcp);
+  srv_t *s = l->s;
+  if (status < 0) {
+    pc_log(PC_LOG_WARN, "srv accept failed err=%s", pc_errname(status));
+    return;
+  }
+  conn_t *c = conn_new(s);
+  c->reject = 1; /* not counted in nactive until conn_start */
+  int rc = uv_accept(server, (uv_stream_t *)&c->tcp);
+  if (rc != 0) {
+    pc_log(PC_LOG_WARN, "srv accept failed err=%s", pc_errname(rc));
+    c->closing = 1;
+    conn_close_handles(c);
+    return;
+  }
+  c->reject = 0;
+  conn_start(c);
+}
+
+int srv__adopt(srv_t *s, int fd)
+{
+  if (s->closing) {
+    close(fd);
+    return UV_EINVAL;
+  }
+  conn_t *c = conn_new(s);
+  int rc = uv_tcp_open(&c->tcp, fd);
+  if (rc != 0) {
+    close(fd);
+    c->closing = 1;
+    conn_close_handles(c);
+    return rc;
+  }
+  conn_start(c);
+  return 0;
+}
+
+/* ---- the server --------------------------------------------------------------------------- */
+
+int srv_new(uv_loop_t *loop, const srv_opts_t *opts, srv_handler_cb cb, void *arg, srv_t **out)
+{
+  if (!loop || !cb || !out)
+    return UV_EINVAL;
+  srv_t *s = pc_xcalloc(1, sizeof(*s));
+  s->loop = loop;
+  s->cb = cb;
+  s->arg = arg;
+  if (opts)
+    s->o = *opts;
+  if (!s->o.max_header_bytes)
+    s->o.max_header_bytes = 16384;
+  if (!s->o.max_url_bytes)
+    s->o.max_url_bytes = 8192;
+  if (!s->o.max_headers)
+    s->o.max_headers = 100;
+  if (!s->o.header_timeout_ms)
+    s->o.header_timeout_ms = 15000;
+  if (!s->o.idle_timeout_ms)
+    s->o.idle_timeout_ms = 60000;
+  if (!s->o.write_timeout_ms)
+    s->o.write_timeout_ms = 120000;
+  if (!s->o.max_conns)
+    s->o.max_conns = 4096;
+  *out = s;
+  return 0;
+}
+
+static void on_listener_close(uv_handle_t *h)
+{
+  listener_t *l = container_of((uv_tcp_t *)h, listener_t, tcp);
+  srv_t *s = l->s;
+  free(l);
+  s->lpending--;
+  srv_maybe_free(s);
+}
+
+static int parse_addr(const char *addr, struct sockaddr_storage *ss)
+{
+  char host[INET6_ADDRSTRLEN + 2];
+  const char *colon;
+  const char *h = addr;
+  size_t hl;
+  if (addr[0] == '[') {
+    const char *e = strchr(addr, ']');
+    if (!e || e[1] != ':')
+      return UV_EINVAL;
+    h = addr + 1;
+    hl = (size_t)(e - h);
+    colon = e + 1;
+  } else {
+    colon = strrchr(addr, ':');
+    if (!colon)
+      return UV_EINVAL;
+    hl = (size_t)(colon - addr);
+  }
+  if (hl == 0 || hl >= sizeof(host))
+    return UV_EINVAL;
+  memcpy(host, h, hl);
+  host[hl] = '\0';
+  char *end;
+  errno = 0;
+  long port = strtol(colon + 1, &end, 10);
+  if (errno || end == colon + 1 || *end || port < 0 || port > 65535)
+    return UV_EINVAL;
+  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0)
+    return 0;
+  if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) == 0)
+    return 0;
+  return UV_EINVAL;
+}
+
+int srv_listen(srv_t *s, const char *addr)
+{
+  struct sockaddr_storage ss;
+  int rc = s->closing || !addr ? UV_EINVAL : parse_addr(addr, &ss);
+  if (rc != 0)
+    return rc;
+  listener_t *l = pc_xcalloc(1, sizeof(*l));
+  l->s = s;
+  uv_tcp_init(s->loop, &l->tcp);
+  s->lpending++;
+  rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)&l->tcp, SRV_BACKLOG, on_connection);
+  if (rc != 0) {
+    uv_close((uv_handle_t *)&l->tcp, on_listener_close);
+    return rc;
+  }
+  s->ls = pc_xrealloc(s->ls, (size_t)(s->nls + 1) * sizeof(*s->ls));
+  s->ls[s->nls++] = l;
+  return 0;
+}
+
+int srv_port(const srv_t *s, int idx)
+{
+  if (!s || idx < 0 || idx >= s->nls || s->closing)
+    return -1;
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  if (uv_tcp_getsockname(&s->ls[idx]->tcp, (struct sockaddr *)&ss, &len) != 0)
+    return -1;
+  if (ss.ss_family == AF_INET)
+    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  if (ss.ss_family == AF_INET6)
+    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+  return -1;
+}
+
+static void srv_maybe_free(srv_t *s)
+{
+  if (!s->closing || s->nconns || s->lpending)
+    return;
+  srv_closed_cb cb = s->closed_cb;
+  void *arg = s->closed_arg;
+  free(s->ls);
+  free(s);
+  if (cb)
+    cb(arg);
+}
+
+void srv_close(srv_t *s, srv_closed_cb cb, void *arg)
+{
+  if (!s || s->closing)
+    return;
+  s->closing = 1;
+  s->closed_cb = cb;
+  s->closed_arg = arg;
+  for (int i = 0; i < s->nls; i++)
+    uv_close((uv_handle_t *)&s->ls[i]->tcp, on_listener_close);
+  s->nls = 0;
+  /* Each abort unlinks its connection first, so this ends even if a done callback aborts
+   * another connection. nconns keeps s alive until the last close callback. */
+  s->nconns++;
+  while (s->conns)
+    conn_abort(s->conns);
+  s->nconns--;
+  srv_maybe_free(s);
+}
+
+unsigned srv_conn_count(const srv_t *s)
+{
+  return s ? s->nconns : 0;
+}
+
+/* ---- request accessors -------------------------------------------------------------------- */
+
+const char *srv_req_method(const srv_req_t *r)
+{
+  return r->method;
+}
+
+int srv_req_is_head(const srv_req_t *r)
+{
+  return r->is_head;
+}
+
+const char *srv_req_path(const srv_req_t *r)
+{
+  return r->url.p;
+}
+
+const char *srv_req_query(const srv_req_t *r)
+{
+  return r->query ? r->query : "";
+}
+
+const char *srv_req_header(const srv_req_t *r, const char *name)
+{
+  srv_req_t *rw = (srv_req_t *)r; /* the merged cache is filled lazily */
+  size_t first = r->nh, count = 0, total = 0;
+  for (size_t i = 0; i < r->nh; i++) {
+    if (strcasecmp(r->arena.p + r->h[i].name, name) == 0) {
+      if (count++ == 0)
+        first = i;
+      total += strlen(r->arena.p + r->h[i].value) + 2;
+    }
+  }
+  if (count == 0)
+    return NULL;
+  if (count == 1)
+    return r->arena.p + r->h[first].value;
+  if (!rw->merged)
+    rw->merged = pc_xcalloc(r->nh, sizeof(char *));
+  if (!rw->merged[first]) {
+    char *m = pc_xmalloc(total + 1);
+    size_t len = 0;
+    for (size_t i = first; i < r->nh; i++) {
+      if (strcasecmp(r->arena.p + r->h[i].name, name) != 0)
+        continue;
+      const char *v = r->arena.p + r->h[i].value;
+      size_t vl = strlen(v);
+      if (len) {
+        memcpy(m + len, ", ", 2);
+        len += 2;
+      }
+      memcpy(m + len, v, vl);
+      len += vl;
+    }
+    m[len] = '\0';
+    rw->merged[first] = m;
+  }
+  return rw->merged[first];
+}
+
+const char *srv_req_peer(const srv_req_t *r)
+{
+  return r->c->peer;
+}
+
+void srv_req_log(srv_req_t *r, const char *key, const char *value)
+{
+  if (!key || !value || r->logf.len + strlen(key) + strlen(value) + 8 > SRV_LOGF_MAX)
+    return;
+  buf_adds(&r->logf, " ");
+  log_value(&r->logf, key, 64);
+  buf_adds(&r->logf, "=");
+  log_value(&r->logf, value, 256);
+}
+
+void srv_req_on_done(srv_req_t *r, srv_done_cb cb, void *arg)
+{
+  r->done = cb;
+  r->done_arg = arg;
+}
+
+void srv_req_set_data(srv_req_t *r, void *data)
+{
+  r->data = data;
+}
+
+void *srv_req_data(const srv_req_t *r)
+{
+  return r->data;
+}
+
+/* ---- responses (API) ---------------------------------------------------------------------- */
+
+static int header_ok(const char *s)
+{
+  for (; *s; s++)
+    if (*s == '\r' || *s == '\n' || *s == '\0')
+      return 0;
+  return 1;
+}
+
+void srv_resp_header(srv_req_t *r, const char *name, const char *value)
+{
+  if (!name || !value || !name[0] || strchr(name, ':') || !header_ok(name) || !header_ok(value)) {
+    pc_log(PC_LOG_WARN, "srv invalid response header dropped");
+    return;
+  }
+  if (strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Connection") == 0 ||
+      strcasecmp(name, "Date") == 0 || strcasecmp(name, "Transfer-Encoding") == 0)
+    return;
+  if (r->rh.len + strlen(name) + strlen(value) + 4 > SRV_RESP_HDR_MAX) {
+    pc_log(PC_LOG_WARN, "srv response headers too large, header dropped");
+    return;
+  }
+  buf_adds(&r->rh, name);
+  buf_adds(&r->rh, ": ");
+  buf_adds(&r->rh, value);
+  buf_adds(&r->rh, "\r\n");
+}
+
+void srv_respond(srv_req_t *r, int status, const char *content_type, const void *body,
+                 size_t len)
+{
+  resp_send(r, status, content_type, len, body, len);
+}
+
+void srv_respond_file(srv_req_t *r, int status, const char *content_type, int fd, uint64_t off,
+                      uint64_t len, uint64_t avail_end)
+{
+  conn_t *c = r->c;
+  PC_ASSERT(c->ffd < 0);
+  if (r->is_head || c->closing) {
+    close(fd);
+  } else {
+    c->ffd = fd;
+    r->is_file = 1;
+    r->pos = off;
+    r->end = off + len;
+    r->avail = avail_end < off ? off : avail_end > r->end ? r->end : avail_end;
+  }
+  resp_send(r, status, content_type, len, NULL, 0);
+}
+
+void srv_file_avail(srv_req_t *r, uint64_t avail_end)
+{
+  if (!r->is_file)
+    return;
+  if (avail_end > r->end)
+    avail_end = r->end;
+  if (avail_end > r->avail)
+    r->avail = avail_end;
+  if (r->c->state == C_FILE_WAIT && !r->c->closing) {
+    r->c->state = C_FILE;
+    write_timer_arm(r->c);
+    file_pump(r->c);
+  }
+}
+
+void srv_abort(srv_req_t *r)
+{
+  conn_abort(r->c);
+}
