@@ -19,4 +19,11 @@ int cmd_serve(int argc, char **argv);
  * error (bad layout, digest mismatch), 2 on a usage error. */
 int cmd_import(int argc, char **argv);
 
+/** `pullcache config containerd|crio|podman --mirror URL [--upstream NAME]...`
+ * (daemon/cmd_config.c): print the client configuration that sends pulls through the mirror
+ * (containerd hosts.toml, containers-registries.conf entries); `--write` creates
+ * DIR/NAME/hosts.toml for containerd. Returns 0, 1 when a file cannot be written, 2 on a usage
+ * error. */
+int cmd_config(int argc, char **argv);
+
 #endif
