@@ -22,6 +22,8 @@ static void usage(FILE *f)
           "  import   copy an OCI image layout into the store: pullcache import --store DIR\n"
           "           --upstream NAME --repo NAME [--tag TAG] OCI_LAYOUT_DIR\n"
           "  fsck     verify and repair the store: pullcache fsck [--store DIR]\n"
+          "  config   print client configuration for the mirror: pullcache config\n"
+          "           containerd|crio|podman --mirror URL [--upstream NAME]... [--write]\n"
           "  help     show this help (also --help); `pullcache <command> --help` for details\n"
           "  version  show the version (also --version)\n");
 }
@@ -39,6 +41,8 @@ int main(int argc, char **argv)
     return cmd_import(argc - 1, argv + 1);
   if (!strcmp(cmd, "fsck"))
     return cmd_fsck(argc - 1, argv + 1);
+  if (!strcmp(cmd, "config"))
+    return cmd_config(argc - 1, argv + 1);
   if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
     usage(stdout);
     return 0;
