@@ -729,8 +729,8 @@ static void on_done(struct xfer *x, CURLcode res)
     pull_fail(p, "%s %s -> HTTP %ld", XKIND[x->kind], x->url, x->status);
     goto free;
   }
-  if (x->kind != X_HEAD)
-    p->s->bytes += x->got;
+  if (x->kind != X_HEAD && x->kind != X_TOKEN)
+    p->s->bytes += x->got; /* image bytes: documents and blobs */
   switch (x->kind) {
   case X_TOKEN:
     on_token(x);
