@@ -247,6 +247,9 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   int rc = PC_E_INTERNAL;
   char p[PATH_MAX];
   MDB_txn *txn = NULL;
+  *out = NULL;
+  if (!root || !*root)
+    return -EINVAL;
   store_t *s = pc_xcalloc(1, sizeof(*s));
   s->lock_fd = -1;
   s->root = pc_xstrdup(root);

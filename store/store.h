@@ -36,7 +36,9 @@ typedef struct store_opts {
 } store_opts_t;
 
 /** Open (creating if needed) the store at root. Sweeps tmp/. *out owned by caller, free with
- * store_close. opts may be NULL. */
+ * store_close. opts may be NULL. Takes an exclusive flock on <root>/lock for as long as the
+ * store is open: -EBUSY when another opener (process or store_t) holds it, so `pullcache fsck`
+ * never sweeps a running daemon's temp files. Open once per process, after any fork (LMDB). */
 int store_open(const char *root, const store_opts_t *opts, store_t **out);
 /** Flush pending access times and close. NULL is a no-op. */
 void store_close(store_t *s);
@@ -51,15 +53,20 @@ typedef struct store_blob_info {
   int64_t last_access;  /**< seconds since epoch (may lag by one flush interval) */
 } store_blob_info_t;
 
-/** Metadata of a committed blob, or PC_E_NOTFOUND. info may be NULL (presence check). */
+/** Metadata of a committed blob, or PC_E_NOTFOUND. info may be NULL (presence check).
+ * PC_E_DIGEST_INVALID for an ungrammatical digest; PC_E_NOTFOUND for a grammatical digest of
+ * another algorithm than sha256 (never stored). */
 int store_blob_stat(store_t *s, const char *digest, store_blob_info_t *info);
 
 /** Open a committed blob for reading. On success *fd is an O_RDONLY descriptor owned by the
  * caller (close it) and *size its length. PC_E_NOTFOUND when absent. Records an access time
- * (batched in memory; written by store_flush_atimes). */
+ * (batched in memory; written by store_flush_atimes). PC_E_CORRUPT when the file's length
+ * differs from its record (truncated on disk: run fsck). */
 int store_blob_open(store_t *s, const char *digest, int *fd, uint64_t *size);
 
-/** Write the path of a blob's file (committed or not) into buf. Returns 0 or -ENAMETOOLONG. */
+/** Write the path of a blob's file (committed or not) into buf. Returns 0 or -ENAMETOOLONG,
+ * or PC_E_DIGEST_INVALID when digest is not "sha256:<64 lowercase hex>" (so no path is ever
+ * built from anything else). */
 int store_blob_path(const store_t *s, const char *digest, char *buf, size_t buflen);
 
 /** Write batched access times in one LMDB write transaction. Blocking (one fsync). */
@@ -69,7 +76,9 @@ int store_flush_atimes(store_t *s);
 
 /** Start a blob write into a new file under tmp/. expected_digest may be NULL (then the digest
  * is whatever the bytes hash to, used for manifests fetched by tag); expected_size is -1 when
- * unknown. *out owned by caller until store_writer_commit or store_writer_abort. */
+ * unknown. *out owned by caller until store_writer_commit or store_writer_abort.
+ * PC_E_DIGEST_INVALID for an ungrammatical expected_digest, PC_E_UNSUPPORTED for one that is
+ * not sha256. */
 int store_writer_new(store_t *s, const char *expected_digest, int64_t expected_size,
                      store_writer_t **out);
 /** Append bytes; hashes them as they go. Returns 0, -errno (ENOSPC...), or PC_E_SIZE_INVALID
@@ -86,7 +95,8 @@ const char *store_writer_path(const store_writer_t *w);
  * Frees w in every case. On success out_digest (if not NULL, >= 72 bytes) gets the digest.
  * PC_E_DIGEST_INVALID on a digest mismatch, PC_E_SIZE_INVALID on a size mismatch: the temp
  * file is deleted and nothing is recorded. Committing a digest that is already present is a
- * success (the new copy is dropped). Blocking. */
+ * success (the new copy is dropped). -EINVAL for a media type longer than 127 bytes.
+ * Blocking. */
 int store_writer_commit(store_writer_t *w, const char *media_type, char *out_digest);
 /** Drop the temp file and free w. NULL is a no-op. */
 void store_writer_abort(store_writer_t *w);
@@ -118,14 +128,18 @@ typedef struct store_tag {
 /** Tags are keyed by (upstream name, repository, tag). */
 int store_tag_get(store_t *s, const char *upstream, const char *repo, const char *tag,
                   store_tag_t *out);
-/** Insert or replace. Blocking (one write txn). */
+/** Insert or replace. Blocking (one write txn). -EINVAL for an empty upstream, repo or tag,
+ * -ENAMETOOLONG when the three together exceed LMDB's key size (511 bytes),
+ * PC_E_DIGEST_INVALID when t->digest is not a grammatical digest. */
 int store_tag_put(store_t *s, const char *upstream, const char *repo, const char *tag,
                   const store_tag_t *t);
 
 /** Called once per tag, in lexical order; return non-zero to stop. */
 typedef int (*store_tag_cb)(void *arg, const char *tag, const store_tag_t *t);
 /** Walk the tags of (upstream, repo) in lexical order, starting strictly after `after`
- * (NULL or "" = from the first). Returns 0, or the callback's non-zero value. */
+ * (NULL or "" = from the first). Returns 0, or the callback's non-zero value. The callback
+ * runs with no LMDB transaction open (tags are copied out in small batches), so it may call
+ * any store function, including store_tag_put. */
 int store_tag_list(store_t *s, const char *upstream, const char *repo, const char *after,
                    store_tag_cb cb, void *arg);
 
@@ -136,13 +150,15 @@ typedef struct store_fsck_report {
   uint64_t bytes_checked;
   uint64_t corrupt;         /**< files whose bytes do not match their name: quarantined */
   uint64_t missing_files;   /**< records whose file is gone: records removed */
-  uint64_t orphan_files;    /**< files without a record: recorded (they verified) */
+  uint64_t orphan_files;    /**< files without a (correct) record: recorded (they verified) */
   uint64_t stray_files;     /**< files under blobs/ whose name is not a digest */
 } store_fsck_report_t;
 
 /** Rehash every blob; quarantine mismatches (moved to quarantine/), drop records whose file
  * is missing, record verified files that had no record. Prints one line per problem to out
- * (may be NULL). Blocking; intended for the `pullcache fsck` command. */
+ * (may be NULL). Blocking; intended for the `pullcache fsck` command. Returns 0 when the store
+ * was healthy, PC_E_CORRUPT when anything was found (strays are reported, not removed), or
+ * another error if the walk itself failed; *report (may be NULL) is filled in every case. */
 int store_fsck(store_t *s, FILE *out, store_fsck_report_t *report);
 
 #endif
