@@ -24,8 +24,9 @@
  * the same repository send the cached token at once instead of taking a 401 round trip.
  *
  * Timeouts: curl enforces connect_timeout_ms. Each fetch has one uv_timer_t: in the header
- * phase it fires connect + first_byte ms after the hop started; in the body phase it checks
- * that some bytes arrived in the last stall_timeout_ms (not counting time paused by the user).
+ * phase it fires first_byte ms after the request went out (CURLOPT_PREREQFUNCTION; until then
+ * it is armed for connect + first_byte as a backstop); in the body phase it checks that some
+ * bytes arrived in the last stall_timeout_ms (not counting time paused by the user).
  *
  * Pause: when on_data returns UP_PAUSE the bytes count as consumed; the next write callback of
  * curl returns CURL_WRITEFUNC_PAUSE (curl keeps those bytes). up_fetch_resume clears the flag and
@@ -172,6 +173,7 @@ static int on_curl_socket(CURL *e, curl_socket_t s, int what, void *userp, void 
 static int on_curl_timer(CURLM *m, long timeout_ms, void *userp);
 static void on_up_timer(uv_timer_t *t);
 static void on_poll(uv_poll_t *p, int status, int events);
+static int on_curl_prereq(void *arg, char *ip, char *local_ip, int port, int local_port);
 static size_t on_curl_header(char *buf, size_t size, size_t n, void *arg);
 static size_t on_curl_write(char *buf, size_t size, size_t n, void *arg);
 static void on_fetch_timer(uv_timer_t *t);
@@ -779,6 +781,15 @@ static void on_poll(uv_poll_t *p, int status, int events)
   check_multi_info(u);
 }
 
+/* The connection is up and the request is about to go: the first-byte clock starts. */
+static int on_curl_prereq(void *arg, char *ip, char *local_ip, int port, int local_port)
+{
+  struct up_fetch *f = arg;
+  if (!f->cancelled && !f->body_phase)
+    uv_timer_start(&f->timer, on_fetch_timer, (uint64_t)f->u->first_byte_timeout_ms, 0);
+  return CURL_PREREQFUNC_OK;
+}
+
 /* One header line (status line, header, or the empty line ending the block). Returns 0, or
  * an rc that aborts the transfer. */
 static int header_line(struct up_fetch *f, const char *buf, size_t len)
@@ -980,6 +991,8 @@ static int hop_start(struct up_fetch *f, const char *token)
   SETOPT(CURLOPT_HEADERDATA, f);
   SETOPT(CURLOPT_WRITEFUNCTION, on_curl_write);
   SETOPT(CURLOPT_WRITEDATA, f);
+  SETOPT(CURLOPT_PREREQFUNCTION, on_curl_prereq);
+  SETOPT(CURLOPT_PREREQDATA, f);
   if (f->slist)
     SETOPT(CURLOPT_HTTPHEADER, f->slist);
   if (f->head)

@@ -5,7 +5,9 @@
  * method, HEAD stays HEAD), answers Bearer challenges with anonymous tokens from the realm
  * (cached per host+scope until expires_in) and never sends an Authorization header to a host
  * other than the one whose challenge produced the token. Intermediate responses (redirects,
- * 401s) are consumed internally: the callbacks see only the final response.
+ * 401s) are consumed internally: the callbacks see only the final response. Once a repository
+ * path (/v2/<name>/) of a host needed a token, later requests for that path send the cached
+ * token at once. Accept, Range and the method go to every hop; Authorization only to its host.
  *
  * TLS is verified with the system CA store (or a per-request CA file). Proxy environment
  * variables (http_proxy, https_proxy, no_proxy) are honoured, as libcurl does.
@@ -27,21 +29,33 @@ typedef struct up_fetch up_fetch_t;
 /** Return value of up_data_cb asking to pause the transfer (resume with up_fetch_resume). */
 #define UP_PAUSE 1
 
-/** Final response headers are in (status after redirects and auth). Return 0 to go on, or
- * non-zero to stop the fetch (on_done then gets PC_E_UPSTREAM or the status mapping). */
+/** Final response headers are in (status after redirects and auth). Called exactly once per
+ * fetch that gets a final response, before its first on_data, also for HEAD and empty bodies;
+ * never for intermediate responses (redirects, 401s answered with a token). up_fetch_header
+ * works from here on. Return 0 to go on, or non-zero to stop the fetch: on_done then gets the
+ * returned value if it is negative, else PC_E_UPSTREAM. */
 typedef int (*up_headers_cb)(up_fetch_t *f, int status, void *arg);
-/** Body bytes of the final response. Return 0, UP_PAUSE, or a negative value to abort. */
+/** Body bytes of the final response (buf is valid during the call only). Return 0, UP_PAUSE
+ * (these bytes count as consumed; no more on_data until up_fetch_resume), or a negative value
+ * to abort (on_done gets it). A paused fetch may still end with on_done when nothing was left
+ * to deliver. */
 typedef int (*up_data_cb)(up_fetch_t *f, const char *buf, size_t len, void *arg);
-/** The fetch ended: rc 0 when the whole final response was received (whatever its status);
- * else PC_E_UPSTREAM_TIMEOUT (connect/first byte/stall), PC_E_UPSTREAM (transport, TLS, too
- * many redirects, token failure), PC_E_UPSTREAM_UNAVAILABLE (connection refused / DNS), or the
- * negative value on_data returned. status is the final HTTP status (0 if none). */
+/** The fetch ended: rc 0 when the whole final response was received (whatever its status,
+ * e.g. 404, or a 401 that a Bearer token did not cure, or any Basic challenge);
+ * else PC_E_UPSTREAM_TIMEOUT (connect/first byte/stall), PC_E_UPSTREAM (transport, TLS, body
+ * shorter than Content-Length, too many redirects, bad Location, token endpoint answered
+ * non-200 or without a token), PC_E_UPSTREAM_UNAVAILABLE (connection refused / DNS), or the
+ * negative value on_headers/on_data returned. A transport error of the token request is
+ * reported as such (timeout/unavailable/upstream). status is the final HTTP status, 0 if none;
+ * when the token endpoint failed, its status; after too many redirects, the last 3xx. */
 typedef void (*up_done_cb)(up_fetch_t *f, int rc, int status, void *arg);
 
 typedef struct up_opts {
   long connect_timeout_ms;    /**< default 10000 */
-  long first_byte_timeout_ms; /**< request sent -> response headers; default 30000 */
-  long stall_timeout_ms;      /**< no body bytes for this long; default 30000 */
+  long first_byte_timeout_ms; /**< request sent -> end of response headers, per hop;
+                                   default 30000 */
+  long stall_timeout_ms;      /**< no body bytes for this long (time paused by UP_PAUSE does
+                                   not count); default 30000 */
   int max_redirects;          /**< default 10 */
   const char *user_agent;     /**< default "pullcache/<version>" */
 } up_opts_t;
@@ -65,16 +79,28 @@ typedef struct up_stats {
   uint64_t errors;     /**< fetches that ended with rc < 0 */
 } up_stats_t;
 
+/** Make a client on loop. opts may be NULL; fields <= 0 (NULL) take their defaults. Calls
+ * curl_global_init (reference counted by libcurl; the matching cleanup is in up_close), so
+ * create clients from one thread. Returns 0, UV_EINVAL (CR/LF in user_agent), PC_E_INTERNAL
+ * (curl init failed) or a libuv error. */
 int up_new(uv_loop_t *loop, const up_opts_t *opts, up_t **out);
-/** Cancel every fetch (no callbacks), close the handles, free u, then call cb (may be NULL). */
+/** Cancel every fetch (no callbacks), close the handles, free u, then call cb (may be NULL)
+ * from a later loop iteration. Safe from any callback, including up's own. After cb the loop
+ * holds no handle of up (uv_loop_close succeeds). Idempotent: a second call does nothing. */
 void up_close(up_t *u, void (*cb)(void *arg), void *arg);
 void up_get_stats(const up_t *u, up_stats_t *out);
 
-/** Start a fetch. All strings in r are copied. *out (may be NULL) gets the handle. */
+/** Start a fetch. All strings in r are copied. *out (may be NULL) gets the handle. Returns 0,
+ * UV_EINVAL (method not GET/HEAD, url not absolute http(s), CR/LF in accept, no on_done),
+ * UV_ECANCELED (up_close was called), UV_ENOMEM / PC_E_INTERNAL (curl refused). May be called
+ * from any callback, including up's own. */
 int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out);
-/** Stop a fetch; no further callbacks; the handle is freed. Safe inside its own callbacks. */
+/** Stop a fetch; no further callbacks; the handle is freed. Safe inside its own callbacks
+ * (on_done excepted: the fetch is over then, and the call does nothing) and other fetches'. */
 void up_fetch_cancel(up_fetch_t *f);
-/** Resume a fetch paused by UP_PAUSE. Call from the loop, not from inside up's callbacks. */
+/** Resume a fetch paused by UP_PAUSE. The transfer restarts from up's idle handle (bytes that
+ * curl held back are delivered there), so this is safe from anywhere; it does nothing when the
+ * fetch is not paused. */
 void up_fetch_resume(up_fetch_t *f);
 /** A header of the final response (case-insensitive), or NULL. Valid from on_headers until
  * on_done returns. */

@@ -84,9 +84,16 @@ struct res {
   int cancel_in_data; /* cancel inside the first on_data */
   int cancelled;
   int hold; /* return UP_PAUSE and never resume */
+  int cancel_in_headers;
+  up_t *u;              /* for the re-entrant calls below */
+  struct res *start;    /* start this fetch (url start_url) from inside on_data */
+  const char *start_url;
+  int *close_in_done;   /* up_close from inside on_done; the flag is set by its callback */
   up_fetch_t *f;
   uv_timer_t resume;
 };
+
+static void on_done(up_fetch_t *f, int rc, int status, void *arg);
 
 static void copy_hdr(up_fetch_t *f, const char *name, char *out, size_t n)
 {
@@ -102,6 +109,10 @@ static int on_headers(up_fetch_t *f, int status, void *arg)
   copy_hdr(f, "content-type", r->ctype, sizeof(r->ctype));
   copy_hdr(f, "X-FIXTURE", r->fixture, sizeof(r->fixture));
   copy_hdr(f, "Content-Length", r->clen, sizeof(r->clen));
+  if (r->cancel_in_headers) {
+    up_fetch_cancel(f);
+    r->cancelled = 1;
+  }
   return 0;
 }
 
@@ -128,6 +139,12 @@ static int on_data(up_fetch_t *f, const char *buf, size_t len, void *arg)
   }
   if (r->hold)
     return UP_PAUSE;
+  if (r->start) {
+    up_req_t req = {.method = "GET", .url = r->start_url, .on_headers = on_headers,
+                    .on_data = on_data, .on_done = on_done, .arg = r->start};
+    ASSERT_OK(up_fetch_start(r->u, &req, &r->start->f));
+    r->start = NULL;
+  }
   if (r->pause) {
     r->pauses++;
     uv_timer_start(&r->resume, on_resume, 1, 0);
@@ -136,9 +153,15 @@ static int on_data(up_fetch_t *f, const char *buf, size_t len, void *arg)
   return 0;
 }
 
+static void on_up_closed(void *arg);
+
 static void on_done(up_fetch_t *f, int rc, int status, void *arg)
 {
   struct res *r = arg;
+  if (r->close_in_done) {
+    up_close(r->u, on_up_closed, r->close_in_done);
+    up_fetch_cancel(f); /* the fetch is over: does nothing */
+  }
   r->done++;
   r->rc = rc;
   r->status = status;
@@ -513,7 +536,7 @@ TEST(stall_timeout)
 {
   struct fx x;
   uv_loop_t loop;
-  up_opts_t o = {.stall_timeout_ms = 300, .first_byte_timeout_ms = 300, .connect_timeout_ms = 2000};
+  up_opts_t o = {.stall_timeout_ms = 300, .first_byte_timeout_ms = 300};
   up_t *u;
   struct res r = {0}, h = {0};
   char url[128];
@@ -645,5 +668,61 @@ TEST(close_with_fetches_in_flight)
     ASSERT_EQ(i == 2 ? done2 : 0, r[i].done);
     free(r[i].body);
   }
+  fx_stop(&x);
+}
+
+TEST(reentrant_calls)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res a = {0}, b = {0}, c = {.cancel_in_headers = 1}, d = {0}, e = {0};
+  char url[128], burl[128];
+  int closed = 0;
+  up_req_t req = {.method = "GET", .url = url, .on_headers = on_headers, .on_data = on_data,
+                  .on_done = on_done};
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  /* A fetch started from inside another one's on_data. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/200000", x.a);
+  snprintf(burl, sizeof(burl), "http://127.0.0.1:%d/r307/1000", x.a);
+  a.u = u;
+  a.start = &b;
+  a.start_url = burl;
+  req.arg = &a;
+  ASSERT_OK(up_fetch_start(u, &req, &a.f));
+  /* Cancelled inside on_headers, and cancelled at once from the loop (token flow pending). */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/5000", x.a);
+  req.arg = &c;
+  ASSERT_OK(up_fetch_start(u, &req, &c.f));
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/lib/app/manifests/v1", x.a);
+  req.arg = &d;
+  ASSERT_OK(up_fetch_start(u, &req, &d.f));
+  up_fetch_cancel(d.f);
+  run_until(&loop, &a.done);
+  run_until(&loop, &b.done);
+  run_until(&loop, &c.cancelled);
+  ASSERT_OK(a.rc);
+  ASSERT(body_ok(&a, 0, 200000));
+  ASSERT_OK(b.rc);
+  ASSERT(body_ok(&b, 0, 1000));
+  /* up_close from inside on_done. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/10", x.b);
+  e.u = u;
+  e.close_in_done = &closed;
+  req.arg = &e;
+  ASSERT_OK(up_fetch_start(u, &req, &e.f));
+  run_until(&loop, &closed);
+  ASSERT_EQ(1, e.done);
+  ASSERT_OK(e.rc);
+  ASSERT_EQ(0, c.done);
+  ASSERT_EQ(0, c.len);
+  ASSERT_EQ(0, d.done + d.hdr_calls);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(0, uv_loop_close(&loop));
+  free(a.body);
+  free(b.body);
+  free(e.body);
   fx_stop(&x);
 }
