@@ -24,7 +24,9 @@
  *   - else, when the first name segment equals a configured upstream name and more segments
  *     follow (CRI-O/podman path-prefix addressing, /v2/registry.k8s.io/pause/manifests/3.10),
  *     that segment is stripped and names that upstream. The segment is compared before the
- *     grammar check, so "host:5000" works as a prefix too.
+ *     grammar check, so "host:5000" works as a prefix too. A first segment that looks like a
+ *     registry host (it has a dot or a colon, the Docker reference rule) but is not configured
+ *     is PC_E_UPSTREAM_UNKNOWN: it is never forwarded to the default upstream as a repository.
  *   - else the default upstream (index 0; -1 when nnames is 0).
  * Names compare case-insensitively.
  */

@@ -7,6 +7,7 @@ by raw HTTP. Every test checks what reached the upstream from its request log.
 """
 
 import concurrent.futures
+import http.client as http_client
 import hashlib
 import json
 import os
@@ -194,11 +195,13 @@ def test_corrupt_blob_not_stored():
         layer = max((b for b in img["blobs"] if b["kind"] == "layer"), key=lambda b: b["size"])
         hexd = layer["digest"].split(":", 1)[1]
         up.faults([{"role": "blobs", "path_re": hexd, "fault": "corrupt", "after": 100}])
-        r = http("GET", pc.url + "/v2/kube-proxy/blobs/" + layer["digest"])
         # The answer is cut short (the last byte is held until verification): never the full,
         # corrupt blob.
-        check(r.status != 200 or len(r.body) < layer["size"],
-              "a corrupt blob was delivered in full (%d bytes)" % len(r.body))
+        try:
+            r = http("GET", pc.url + "/v2/kube-proxy/blobs/" + layer["digest"])
+            check(r.status != 200, "a corrupt blob was delivered in full (%d bytes)" % len(r.body))
+        except http_client.IncompleteRead as e:
+            check(len(e.partial) < layer["size"], "short read delivered everything")
         check(not store_has(pc, layer["digest"]), "corrupt blob was stored")
         check(b"digest mismatch" in open(pc.log_path, "rb").read(), "mismatch not logged")
         # Once the upstream is healthy, the same digest fills correctly.

@@ -278,14 +278,18 @@ TEST(path_prefix_selects_upstream)
   ASSERT_OK(parse("GET", "/v2/ghcr.io/manifests/x", "", &r));
   ASSERT_EQ(0, r.upstream);
   ASSERT_STREQ("ghcr.io", r.name);
-  /* an unconfigured host-like first component stays part of the name */
-  ASSERT_OK(parse("GET", "/v2/docker.io/library/x/manifests/latest", "", &r));
+  /* an unconfigured host-like first component (a dot or a colon) is refused, never forwarded
+   * to the default upstream as a repository */
+  ASSERT_EQ(PC_E_UPSTREAM_UNKNOWN, parse("GET", "/v2/docker.io/library/x/manifests/latest", "", &r));
+  ASSERT_EQ(PC_E_UPSTREAM_UNKNOWN, parse("GET", "/v2/evil.example/x/blobs/" D64, "", &r));
+  /* a first component without a dot or colon is an ordinary name component */
+  ASSERT_OK(parse("GET", "/v2/library/x/manifests/latest", "", &r));
   ASSERT_EQ(0, r.upstream);
-  ASSERT_STREQ("docker.io/library/x", r.name);
+  ASSERT_STREQ("library/x", r.name);
   /* the rest must still be valid */
   ASSERT_EQ(PC_E_NAME_INVALID, parse("GET", "/v2/ghcr.io/Bad/manifests/x", "", &r));
   ASSERT_EQ(PC_E_NAME_INVALID, parse("GET", "/v2/host:5000//manifests/x", "", &r));
-  ASSERT_EQ(PC_E_NAME_INVALID, parse("GET", "/v2/other:5000/img/manifests/x", "", &r));
+  ASSERT_EQ(PC_E_UPSTREAM_UNKNOWN, parse("GET", "/v2/other:5000/img/manifests/x", "", &r));
 }
 
 TEST(grammar_helpers)
