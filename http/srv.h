@@ -20,6 +20,21 @@
  * bounded chunks, waiting for the socket to drain; per-connection memory does not depend on
  * the body size. A file body may still be growing (a live fill): the server sends up to the
  * announced end and waits for srv_file_avail.
+ *
+ * Details of the contract (see http/srv.c for the design):
+ * - The process must ignore SIGPIPE (the daemon's main does; so do the tests).
+ * - A request with a body on a method other than GET/HEAD reaches the handler; the body is
+ *   never read, and the connection closes after the response.
+ * - When the client closes its sending side (EOF) while its request waits for the handler or
+ *   for srv_file_avail, it is taken as gone: the done callback runs with 0. A response being
+ *   written is finished, and requests already received are still answered, then it closes.
+ * - A connection that must close after a response (Connection: close, HTTP/1.0, errors) does
+ *   a lingering close: shutdown, then unread input is discarded for up to 2 s.
+ * - Every response carries Content-Length (except 1xx/204/304) and, when the connection will
+ *   close, "Connection: close". No Date header.
+ * - Access log: one pc_log(PC_LOG_INFO) line per answered request:
+ *   `req method=GET path=/v2/... status=200 bytes=123 ms=4 peer=1.2.3.4:5 key=value...`;
+ *   status=0 when the response did not complete; values with spaces or quotes are quoted.
  */
 #ifndef SRV_H
 #define SRV_H
@@ -48,7 +63,7 @@ typedef struct srv_opts {
   unsigned idle_timeout_ms;   /**< keep-alive idle between requests; default 60000 */
   unsigned write_timeout_ms;  /**< no write progress for this long closes; default 120000 */
   unsigned max_conns;         /**< default 4096 */
-  int access_log;             /**< one log line per request (default on: set -1 for off) */
+  int access_log;             /**< one log line per request (0 or 1: on; -1: off) */
 } srv_opts_t;
 
 /** Create a server on loop. opts may be NULL (defaults). *out freed by srv_close. */
@@ -58,8 +73,9 @@ int srv_new(uv_loop_t *loop, const srv_opts_t *opts, srv_handler_cb cb, void *ar
 int srv_listen(srv_t *s, const char *addr);
 /** The port of the idx-th listener (in srv_listen order), or -1. */
 int srv_port(const srv_t *s, int idx);
-/** Stop accepting, close every connection (pending requests get their done callback with 0),
- * close all handles, free s, then call cb (may be NULL). */
+/** Stop accepting, close every connection (pending requests get their done callback with 0,
+ * from inside srv_close), close all handles, free s, then call cb (may be NULL) from the last
+ * close callback (synchronously only if s never had a listener nor a connection). Idempotent. */
 void srv_close(srv_t *s, srv_closed_cb cb, void *arg);
 /** Number of open connections (for metrics and tests). */
 unsigned srv_conn_count(const srv_t *s);

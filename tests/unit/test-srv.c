@@ -209,7 +209,8 @@ static void ts_start(const srv_opts_t *o)
 {
   if (o)
     T.opts = *o;
-  T.opts.access_log = getenv("SRV_TEST_LOG") ? 1 : -1;
+  if (!T.opts.access_log)
+    T.opts.access_log = getenv("SRV_TEST_LOG") ? 1 : -1;
   make_files();
   ASSERT_EQ(0, pthread_create(&T.th, NULL, loop_main, NULL));
   pthread_mutex_lock(&T.mu);
@@ -1000,4 +1001,42 @@ TEST(listen_addresses)
   srv_close(s, NULL, NULL);
   ASSERT_OK(uv_run(&loop, UV_RUN_DEFAULT));
   ASSERT_OK(uv_loop_close(&loop));
+}
+
+TEST(access_log_line)
+{
+  char logp[512];
+  snprintf(logp, sizeof(logp), "%s/log", unit_tmpdir());
+  int lfd = open(logp, O_CREAT | O_WRONLY | O_TRUNC, 0600);
+  ASSERT(lfd >= 0);
+  int saved = dup(2);
+  ASSERT_EQ(2, dup2(lfd, 2));
+  close(lfd);
+  srv_opts_t o = {.access_log = 1};
+  ts_start(&o);
+  cli_t c;
+  resp_t r;
+  cli_open(&c);
+  cli_sends(&c, "GET /hello?ns=registry.k8s.io HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_OK(cli_read(&c, &r, 0));
+  resp_free(&r);
+  cli_sends(&c, "GET /a\"b HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_OK(cli_read(&c, &r, 0));
+  ASSERT_EQ(404, r.status);
+  resp_free(&r);
+  cli_close(&c);
+  ts_stop();
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  FILE *f = fopen(logp, "r");
+  ASSERT(f);
+  char text[4096] = "";
+  size_t n = fread(text, 1, sizeof(text) - 1, f);
+  text[n] = '\0';
+  fclose(f);
+  ASSERT(strstr(text, "req method=GET path=/hello status=200 bytes=5 ms=") != NULL);
+  ASSERT(strstr(text, " peer=127.0.0.1:") != NULL);
+  ASSERT(strstr(text, " test=\"a value\"\n") != NULL);
+  ASSERT(strstr(text, "req method=GET path=\"/a\\\"b\" status=404 bytes=0 ") != NULL);
 }
