@@ -161,8 +161,8 @@ TEST(invalid_names)
       unit__fail(__FILE__, __LINE__, "%s: %s", bad[i], pc_errname(rc));
   }
   /* valid separators */
-  ASSERT_OK(parse("GET", "/v2/a.b_c__d---e/f/manifests/x", "", &r));
-  ASSERT_STREQ("a.b_c__d---e/f", r.name);
+  ASSERT_OK(parse("GET", "/v2/f/a.b_c__d---e/manifests/x", "", &r));
+  ASSERT_STREQ("f/a.b_c__d---e", r.name);
   /* percent-decoding of ordinary characters is fine */
   ASSERT_OK(parse("GET", "/v2/p%61use/manifests/3%2E9", "", &r));
   ASSERT_STREQ("pause", r.name);
