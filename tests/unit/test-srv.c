@@ -35,6 +35,7 @@ static struct {
   pthread_cond_t cv;
   int ready;
   int ndone;
+  int nstarted; /* handler calls */
   struct {
     char path[64];
     int status;
@@ -60,9 +61,13 @@ static void on_ctx_close(uv_handle_t *h)
   free(h->data);
 }
 
+static actx_t *abort_ctx; /* loop thread only */
+
 static void on_done(srv_req_t *r, int status, void *arg)
 {
   actx_t *x = arg;
+  if (x == abort_ctx)
+    abort_ctx = NULL;
   pthread_mutex_lock(&T.mu);
   if (T.ndone < MAX_DONE) {
     snprintf(T.done[T.ndone].path, sizeof(T.done[0].path), "%s", x->path);
@@ -116,6 +121,9 @@ static void handler(srv_req_t *r, void *arg)
   x->t.data = x;
   srv_req_on_done(r, on_done, x);
   srv_req_log(r, "test", "a value");
+  pthread_mutex_lock(&T.mu);
+  T.nstarted++;
+  pthread_mutex_unlock(&T.mu);
 
   if (strcmp(path, "/hello") == 0) {
     srv_resp_header(r, "X-Test", "yes");
@@ -144,7 +152,11 @@ static void handler(srv_req_t *r, void *arg)
     srv_respond_file(r, 200, NULL, open_file(T.file), 0, FILE_SIZE, 1000);
   } else if (strcmp(path, "/abort") == 0) {
     srv_respond_file(r, 200, NULL, open_file(T.file), 0, FILE_SIZE, 1000);
-    uv_timer_start(&x->t, on_abort_timer, 50, 0);
+    abort_ctx = x; /* aborted by a later request to /do-abort */
+  } else if (strcmp(path, "/do-abort") == 0) {
+    if (abort_ctx)
+      uv_timer_start(&abort_ctx->t, on_abort_timer, 0, 0);
+    srv_respond(r, abort_ctx ? 200 : 404, NULL, NULL, 0);
   } else if (strcmp(path, "/big") == 0) {
     char *b = pc_xmalloc(BIG_MEM);
     memset(b, 'x', BIG_MEM);
@@ -824,6 +836,20 @@ TEST(srv_abort_short_body)
   resp_t r;
   cli_open(&c);
   cli_sends(&c, "GET /abort HTTP/1.1\r\nHost: x\r\n\r\n");
+  /* the head and the 1000 available bytes arrive, then (from another connection) the abort */
+  for (;;) {
+    char *e = memmem(c.buf, c.len, "\r\n\r\n", 4);
+    if (e && c.len - (size_t)(e + 4 - c.buf) >= 1000)
+      break;
+    ASSERT(cli_fill(&c) > 0);
+  }
+  cli_t d;
+  resp_t rd;
+  cli_open(&d);
+  cli_sends(&d, "GET /do-abort HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_OK(cli_read(&d, &rd, 0));
+  ASSERT_EQ(200, rd.status);
+  cli_close(&d);
   ASSERT_OK(cli_read(&c, &r, 0)); /* reads until EOF: short */
   ASSERT_EQ(200, r.status);
   ASSERT_EQ(FILE_SIZE, r.clen);
@@ -957,11 +983,14 @@ TEST(close_with_open_connections)
   ASSERT_OK(cli_read(&c, &r, 0));
   resp_free(&r);
   cli_sends(&c, "GET /hel"); /* a half-received head */
-  /* wait until the hang request reached the handler */
-  for (int i = 0; i < 1000; i++) {
-    usleep(1000);
-    if (count_done() >= 1)
+  /* wait (bounded) until all three requests reached the handler */
+  for (int i = 0; i < 10000; i++) {
+    pthread_mutex_lock(&T.mu);
+    int n = T.nstarted;
+    pthread_mutex_unlock(&T.mu);
+    if (n >= 3)
       break;
+    usleep(1000);
   }
   ts_stop(); /* srv_close: everything freed, uv_loop_close returned 0 */
   ASSERT_EQ(0, wait_done("/hang", 0));
