@@ -13,8 +13,8 @@
  *     Waiters are answered as soon as the upstream's length is known: each gets its own
  *     descriptor on the temp file and the server sends what is written so far, then follows
  *     the transfer (srv_file_avail). The last byte of a full-length answer is held back until
- *     the digest has been verified and committed, so no client ever receives a complete blob
- *     that does not match its digest. A broken upstream connection is resumed with a Range
+ *     the digest has been verified (on the loop, before the fsync and rename run on a worker),
+ *     so no client ever receives a complete blob that does not match its digest. A broken upstream connection is resumed with a Range
  *     request from the last byte written (the running hash goes on).
  *
  *       FETCHING --headers--> STREAMING --done--> COMMITTING --work--> COMMITTED | FAILED
@@ -103,6 +103,7 @@ struct fill {
   int64_t total;           /**< upstream length; -1 until known (or when not given) */
   uint64_t skip;           /**< bytes of a 200 answer to a resume request to drop */
   int attempts;
+  int verified;            /**< the bytes matched the digest: streams may complete */
   int rc;
   int status;
   char retry_after[32];
@@ -585,8 +586,8 @@ static void fill_end(fill_t *f)
     LIST_UNLINK(f->waiters.head, w);
     w->fill = NULL;
     if (w->streaming) {
-      if (f->rc == 0)
-        srv_file_avail(w->req, w->end); /* release the held-back byte */
+      if (f->rc == 0 || f->verified)
+        srv_file_avail(w->req, w->end); /* the bytes are good even if the commit failed */
       else
         srv_abort(w->req); /* promised the full length; a short body tells the client */
     } else if (f->rc == 0) {
@@ -615,12 +616,7 @@ static void fill_after_work(uv_work_t *work, int status)
 {
   fill_t *f = container_of(work, fill_t, work);
   (void)status;
-  if (f->rc == PC_E_DIGEST_INVALID || f->rc == PC_E_SIZE_INVALID) {
-    f->m->digest_mismatches++;
-    pc_log(PC_LOG_ERR, "upstream blob digest mismatch upstream=%s repo=%s digest=%s rc=%s",
-           f->up->name, f->repo, f->digest, pc_errname(f->rc));
-    f->rc = PC_E_UPSTREAM_DIGEST;
-  } else if (f->rc) {
+  if (f->rc) {
     pc_log(PC_LOG_ERR, "store commit failed digest=%s rc=%s", f->digest, pc_errname(f->rc));
   }
   fill_end(f);
@@ -721,6 +717,20 @@ static void fill_on_done(up_fetch_t *uf, int rc, int status, void *arg)
     fill_fail(f, map_upstream(rc, status, PC_E_BLOB_UNKNOWN));
     return;
   }
+  /* Verify on the loop (the hash is already computed as bytes came in): a good blob releases
+   * the held-back last byte at once, before the fsync and rename on a worker. */
+  rc = store_writer_verify(f->w);
+  if (rc) {
+    f->m->digest_mismatches++;
+    pc_log(PC_LOG_ERR, "upstream blob digest mismatch upstream=%s repo=%s digest=%s rc=%s",
+           f->up->name, f->repo, f->digest, pc_errname(rc));
+    fill_fail(f, rc == PC_E_DIGEST_INVALID || rc == PC_E_SIZE_INVALID ? PC_E_UPSTREAM_DIGEST : rc);
+    return;
+  }
+  f->verified = 1;
+  for (waiter_t *w = f->waiters.head; w; w = w->next)
+    if (w->streaming)
+      srv_file_avail(w->req, w->end);
   f->state = FILL_COMMITTING;
   uv_queue_work(f->m->d->loop, &f->work, fill_work, fill_after_work);
 }

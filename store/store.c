@@ -52,6 +52,9 @@ struct store_writer {
   store_hash_t hash;
   char expected[STORE__SHA256_LEN + 1]; /**< "" when unknown */
   char path[PATH_MAX];
+  int verified;    /**< store_writer_verify ran: digest holds the final hash, no more writes */
+  int verdict;     /**< its result */
+  char digest[72]; /**< the final hash once verified */
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -597,6 +600,8 @@ out:
 
 int store_writer_write(store_writer_t *w, const void *buf, size_t len)
 {
+  if (w->verified)
+    return -EINVAL;
   if (w->err)
     return w->err;
   if (w->expected_size >= 0 && len > (uint64_t)w->expected_size - w->size) {
@@ -691,6 +696,23 @@ out:
   return rc;
 }
 
+int store_writer_verify(store_writer_t *w)
+{
+  if (w->verified)
+    return w->verdict;
+  w->verified = 1;
+  store_hash_final(&w->hash, w->digest);
+  if (w->err)
+    w->verdict = w->err;
+  else if (w->expected_size >= 0 && w->size != (uint64_t)w->expected_size)
+    w->verdict = PC_E_SIZE_INVALID;
+  else if (w->expected[0] && strcmp(w->expected, w->digest) != 0)
+    w->verdict = PC_E_DIGEST_INVALID;
+  else
+    w->verdict = 0;
+  return w->verdict;
+}
+
 static int commit(store_writer_t *w, const char *mt, int manifest, char *out_digest)
 {
   store_t *s = w->s;
@@ -703,15 +725,10 @@ static int commit(store_writer_t *w, const char *mt, int manifest, char *out_dig
     rc = -EINVAL;
     goto fail;
   }
-  store_hash_final(&w->hash, digest);
-  if (w->expected_size >= 0 && w->size != (uint64_t)w->expected_size) {
-    rc = PC_E_SIZE_INVALID;
+  rc = store_writer_verify(w);
+  if (rc)
     goto fail;
-  }
-  if (w->expected[0] && strcmp(w->expected, digest) != 0) {
-    rc = PC_E_DIGEST_INVALID;
-    goto fail;
-  }
+  memcpy(digest, w->digest, sizeof(digest));
   rc = store_blob_path(s, digest, final, sizeof(final));
   if (rc)
     goto fail;

@@ -91,6 +91,11 @@ uint64_t store_writer_size(const store_writer_t *w);
 int store_writer_fd(const store_writer_t *w);
 /** The temp file's path (valid until commit/abort). */
 const char *store_writer_path(const store_writer_t *w);
+/** Finish the hash and compare it (and the size) with what was expected, without committing:
+ * 0 when the bytes are right, PC_E_DIGEST_INVALID / PC_E_SIZE_INVALID / the first write error
+ * otherwise. Cheap (no I/O), so the loop can decide at once; afterwards the writer takes no more
+ * writes (-EINVAL) and store_writer_commit reuses the verdict. */
+int store_writer_verify(store_writer_t *w);
 /** Verify, fsync, rename into blobs/, fsync the directory, record it (media_type may be NULL).
  * Frees w in every case. On success out_digest (if not NULL, >= 72 bytes) gets the digest.
  * PC_E_DIGEST_INVALID on a digest mismatch, PC_E_SIZE_INVALID on a size mismatch: the temp

@@ -213,6 +213,41 @@ TEST(abort_leaves_nothing)
   store_close(s);
 }
 
+TEST(verify_before_commit)
+{
+  store_t *s = open_store();
+  char d[72], wrong[72];
+  store_digest_of("hello", 5, d);
+  store_digest_of("other", 5, wrong);
+
+  /* good bytes: verify says so, later writes are refused, commit reuses the verdict */
+  store_writer_t *w = NULL;
+  ASSERT_OK(store_writer_new(s, d, -1, &w));
+  ASSERT_OK(store_writer_write(w, "hello", 5));
+  ASSERT_OK(store_writer_verify(w));
+  ASSERT_OK(store_writer_verify(w));
+  ASSERT_EQ(-EINVAL, store_writer_write(w, "x", 1));
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_stat(s, d, NULL)); /* not visible before commit */
+  ASSERT_OK(store_writer_commit(w, NULL, NULL));
+  expect_blob(s, d, "hello", 5);
+
+  /* bad bytes: verify reports the mismatch and commit stores nothing */
+  ASSERT_OK(store_writer_new(s, wrong, -1, &w));
+  ASSERT_OK(store_writer_write(w, "hellO", 5));
+  ASSERT_EQ(PC_E_DIGEST_INVALID, store_writer_verify(w));
+  ASSERT_EQ(PC_E_DIGEST_INVALID, store_writer_commit(w, NULL, NULL));
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_stat(s, wrong, NULL));
+  ASSERT_EQ(0, count_sub("tmp"));
+
+  /* a short write against an expected size */
+  ASSERT_OK(store_writer_new(s, NULL, 6, &w));
+  ASSERT_OK(store_writer_write(w, "hello", 5));
+  ASSERT_EQ(PC_E_SIZE_INVALID, store_writer_verify(w));
+  store_writer_abort(w);
+  ASSERT_EQ(0, count_sub("tmp"));
+  store_close(s);
+}
+
 TEST(digest_mismatch)
 {
   store_t *s = open_store();
