@@ -46,6 +46,9 @@ typedef struct daemon {
   uv_timer_t atime_timer; /**< flushes batched access times */
   uv_signal_t sigterm, sigint;
   int stopping;
+  struct {
+    uint64_t manifest_hits, blob_hits; /**< answered from the store (for /metrics) */
+  } counters;
 } daemon_t;
 
 /** Look up a configured upstream by its name (exact, case-insensitive); NULL if none. */

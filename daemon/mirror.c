@@ -118,9 +118,7 @@ struct mirror {
   mjob_t *jobs;
   fill_t *fills;
   int closing;
-  /* counters (exposed later through /metrics) */
-  uint64_t fills_started, fills_committed, fills_failed, digest_mismatches, resumes;
-  uint64_t manifests_fetched, tags_revalidated, stale_served;
+  mirror_stats_t st; /**< counters for /metrics (fills_in_flight computed on read) */
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -349,7 +347,7 @@ static void mjob_fail(mjob_t *j, int err)
   /* A tag we knew, and an upstream that could not confirm or deny it: serve it stale. */
   if (j->have_old && err != PC_E_MANIFEST_UNKNOWN &&
       err != PC_E_UPSTREAM_DIGEST) {
-    j->m->stale_served++;
+    j->m->st.stale_served++;
     pc_log(PC_LOG_WARN, "stale tag served upstream=%s repo=%s tag=%s digest=%s rc=%s",
            j->up->name, j->repo, j->ref, j->old.digest, pc_errname(err));
     copy_str(j->digest, sizeof(j->digest), j->old.digest);
@@ -378,7 +376,7 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
   if (j->kind == MJOB_TAG_REVALIDATE) {
     /* HEAD answered: unchanged -> touch the tag; changed -> fetch the new manifest. */
     if (j->up_digest[0] && strcmp(j->up_digest, j->old.digest) == 0) {
-      j->m->tags_revalidated++;
+      j->m->st.tags_revalidated++;
       copy_str(j->digest, sizeof(j->digest), j->old.digest);
       uv_queue_work(j->m->d->loop, &j->work, mjob_work, mjob_after_work);
       return;
@@ -391,7 +389,7 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
   store_digest_of(j->body ? j->body : "", j->len, got);
   const char *want = j->kind == MJOB_DIGEST ? j->ref : (j->up_digest[0] ? j->up_digest : NULL);
   if (want && strcmp(want, got) != 0) {
-    j->m->digest_mismatches++;
+    j->m->st.digest_mismatches++;
     pc_log(PC_LOG_ERR, "upstream manifest digest mismatch upstream=%s repo=%s ref=%s want=%s got=%s",
            j->up->name, j->repo, j->ref, want, got);
     mjob_fail(j, PC_E_UPSTREAM_DIGEST);
@@ -400,7 +398,7 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
   if (!j->media_type[0])
     copy_str(j->media_type, sizeof(j->media_type), "application/vnd.oci.image.manifest.v1+json");
   copy_str(j->digest, sizeof(j->digest), got);
-  j->m->manifests_fetched++;
+  j->m->st.manifests_fetched++;
   uv_queue_work(j->m->d->loop, &j->work, mjob_work, mjob_after_work);
 }
 
@@ -440,9 +438,11 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, c
     if (have_tag) {
       int64_t age = pc_now_sec() - t.checked_at;
       if (d->cfg.offline || !d->up || age < d->cfg.tag_ttl) {
-        srv_req_log(req, "cache", "hit");
-        if (registry_serve_manifest(d, req, t.digest) == 0)
+        if (registry_serve_manifest(d, req, t.digest) == 0) {
+          d->counters.manifest_hits++;
+          srv_req_log(req, "cache", "hit");
           return;
+        }
         have_tag = 0; /* the tag points at a manifest we no longer have */
       }
     }
@@ -579,9 +579,9 @@ static void fill_end(fill_t *f)
   waiter_t *w;
   f->state = FILL_DONE;
   if (f->rc == 0)
-    m->fills_committed++;
+    m->st.fills_committed++;
   else
-    m->fills_failed++;
+    m->st.fills_failed++;
   while ((w = f->waiters.head)) {
     LIST_UNLINK(f->waiters.head, w);
     w->fill = NULL;
@@ -705,7 +705,7 @@ static void fill_on_done(up_fetch_t *uf, int rc, int status, void *arg)
   if (transport && written > 0 && f->attempts < MIRROR_RESUMES &&
       (f->total < 0 || written < (uint64_t)f->total)) {
     f->attempts++;
-    f->m->resumes++;
+    f->m->st.resumes++;
     pc_log(PC_LOG_WARN, "upstream blob broken, resuming digest=%s at=%" PRIu64 " attempt=%d rc=%s",
            f->digest, written, f->attempts, pc_errname(rc));
     fill_start_fetch(f);
@@ -721,7 +721,7 @@ static void fill_on_done(up_fetch_t *uf, int rc, int status, void *arg)
    * the held-back last byte at once, before the fsync and rename on a worker. */
   rc = store_writer_verify(f->w);
   if (rc) {
-    f->m->digest_mismatches++;
+    f->m->st.digest_mismatches++;
     pc_log(PC_LOG_ERR, "upstream blob digest mismatch upstream=%s repo=%s digest=%s rc=%s",
            f->up->name, f->repo, f->digest, pc_errname(rc));
     fill_fail(f, rc == PC_E_DIGEST_INVALID || rc == PC_E_SIZE_INVALID ? PC_E_UPSTREAM_DIGEST : rc);
@@ -777,6 +777,7 @@ void mirror_blob(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, const
     w->range = *range;
   if (f) {
     srv_req_log(req, "cache", "joined");
+    m->st.waiters_joined++;
     w->fill = f;
     LIST_PUSH(f->waiters.head, w);
     if (f->state == FILL_STREAMING && f->total > 0)
@@ -798,7 +799,7 @@ void mirror_blob(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, const
   }
   f->tmp_path = pc_xstrdup(store_writer_path(f->w));
   LIST_PUSH(m->fills, f);
-  m->fills_started++;
+  m->st.fills_started++;
   srv_req_log(req, "cache", "miss");
   w->fill = f;
   LIST_PUSH(f->waiters.head, w);
@@ -817,6 +818,14 @@ static void on_waiter_done(srv_req_t *req, int status, void *arg)
   if (w->fill)
     LIST_UNLINK(w->fill->waiters.head, w);
   free(w);
+}
+
+void mirror_get_stats(const mirror_t *m, mirror_stats_t *out)
+{
+  *out = m->st;
+  out->fills_in_flight = 0;
+  for (const fill_t *f = m->fills; f; f = f->next)
+    out->fills_in_flight++;
 }
 
 int mirror_new(daemon_t *d, mirror_t **out)

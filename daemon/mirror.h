@@ -22,7 +22,17 @@ typedef struct mirror_range {
   uint64_t suffix;     /**< "bytes=-N": the last N bytes */
 } mirror_range_t;
 
+/** Counters since mirror_new (exported on /metrics). */
+typedef struct mirror_stats {
+  uint64_t fills_started, fills_committed, fills_failed; /**< blob fills */
+  uint64_t fills_in_flight, waiters_joined;   /**< now; requests that joined a running fill */
+  uint64_t digest_mismatches;                 /**< upstream bytes that failed verification */
+  uint64_t resumes;                           /**< broken upstream bodies continued with Range */
+  uint64_t manifests_fetched, tags_revalidated, stale_served;
+} mirror_stats_t;
+
 int mirror_new(daemon_t *d, mirror_t **out);
+void mirror_get_stats(const mirror_t *m, mirror_stats_t *out);
 /** Cancel every fill (waiting requests are aborted) and free. */
 void mirror_free(mirror_t *m);
 

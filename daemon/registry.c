@@ -18,6 +18,7 @@
 
 #include "core/pc.h"
 #include "daemon/config.h"
+#include "daemon/metrics.h"
 #include "daemon/route.h"
 
 #define CT_JSON "application/json"
@@ -327,21 +328,11 @@ static void handle_referrers(srv_req_t *req, const route_t *r)
 
 static void handle_metrics(daemon_t *d, srv_req_t *req)
 {
-  char body[1024];
-  up_stats_t us = {0};
-  if (d->up)
-    up_get_stats(d->up, &us);
-  int n = snprintf(body, sizeof(body),
-                   "# TYPE pullcache_connections gauge\n"
-                   "pullcache_connections %u\n"
-                   "# TYPE pullcache_upstream_requests_total counter\n"
-                   "pullcache_upstream_requests_total %" PRIu64 "\n"
-                   "# TYPE pullcache_upstream_bytes_total counter\n"
-                   "pullcache_upstream_bytes_total %" PRIu64 "\n"
-                   "# TYPE pullcache_upstream_errors_total counter\n"
-                   "pullcache_upstream_errors_total %" PRIu64 "\n",
-                   d->srv ? srv_conn_count(d->srv) : 0u, us.requests, us.body_bytes, us.errors);
-  srv_respond(req, 200, "text/plain; version=0.0.4", body, (size_t)n);
+  char *body = NULL;
+  size_t len = 0;
+  metrics_render(d, &body, &len);
+  srv_respond(req, 200, "text/plain; version=0.0.4", body, len);
+  free(body);
 }
 
 void registry_handle(srv_req_t *req, void *arg)
@@ -384,6 +375,7 @@ void registry_handle(srv_req_t *req, void *arg)
     if (r.is_digest) {
       rc = registry_serve_manifest(d, req, r.ref);
       if (rc == 0) {
+        d->counters.manifest_hits++;
         srv_req_log(req, "cache", "hit");
         return;
       }
@@ -402,6 +394,7 @@ void registry_handle(srv_req_t *req, void *arg)
     (void)registry_parse_range(srv_req_header(req, "Range"), &range);
     rc = registry_serve_blob(d, req, r.ref, &range);
     if (rc == 0) {
+      d->counters.blob_hits++;
       srv_req_log(req, "cache", "hit");
       return;
     }

@@ -153,6 +153,7 @@ struct srv {
   int closing;
   srv_closed_cb closed_cb;
   void *closed_arg;
+  srv_stats_t stats;
 };
 
 static void conn_parse(conn_t *c);
@@ -494,6 +495,9 @@ static void finish_req(conn_t *c, int status)
     c->ffd = -1;
   }
   r->status = status ? r->status : 0;
+  c->s->stats.requests++;
+  c->s->stats.by_class[r->status >= 100 && r->status < 600 ? r->status / 100 : 0]++;
+  c->s->stats.body_bytes += r->body_bytes;
   req_log(r);
   if (r->done)
     r->done(r, status, r->done_arg);
@@ -1213,6 +1217,11 @@ void srv_close(srv_t *s, srv_closed_cb cb, void *arg)
 unsigned srv_conn_count(const srv_t *s)
 {
   return s ? s->nconns : 0;
+}
+
+void srv_get_stats(const srv_t *s, srv_stats_t *out)
+{
+  *out = s->stats;
 }
 
 /* ---- request accessors -------------------------------------------------------------------- */

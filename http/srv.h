@@ -80,6 +80,14 @@ void srv_close(srv_t *s, srv_closed_cb cb, void *arg);
 /** Number of open connections (for metrics and tests). */
 unsigned srv_conn_count(const srv_t *s);
 
+typedef struct srv_stats {
+  uint64_t requests;    /**< requests finished */
+  uint64_t by_class[6]; /**< [0] aborted / client gone, [1]..[5] 1xx..5xx */
+  uint64_t body_bytes;  /**< response body bytes sent */
+} srv_stats_t;
+/** Counters since srv_new. */
+void srv_get_stats(const srv_t *s, srv_stats_t *out);
+
 /* ---- request ------------------------------------------------------------------------------ */
 
 const char *srv_req_method(const srv_req_t *r); /**< "GET", "HEAD", "POST", ... */

@@ -70,6 +70,18 @@ def layer_digests(img):
     return [b["digest"] for b in img["blobs"] if b["kind"] not in ("manifest", "index")]
 
 
+def metrics(server):
+    """{name or name{labels}: value} from /metrics."""
+    r = http("GET", server.url + "/metrics")
+    check(r.status == 200, "/metrics answered %d" % r.status)
+    out = {}
+    for line in r.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
 def store_has(server, digest):
     hexd = digest.split(":", 1)[1]
     return os.path.exists(os.path.join(server.store, "blobs", "sha256", hexd[:2], hexd))
@@ -89,9 +101,18 @@ def test_cold_then_warm():
         # Manifests went through the token dance on the registry role.
         check(up.count("registry", "/manifests/") > 0, "no manifest request reached the registry")
         check(up.violations() == 0, "the blob host saw an Authorization header")
+        m = metrics(pc)
+        nblobs = len(set(layer_digests(img)))
+        check(m["pullcache_fills_started_total"] == nblobs and m["pullcache_fills_committed_total"] == nblobs,
+              "cold fills: %s of %d" % (m["pullcache_fills_committed_total"], nblobs))
+        check(m["pullcache_fills_in_flight"] == 0 and m["pullcache_digest_mismatches_total"] == 0, "fill gauges")
         up.reset()
         pull(pc, img, env.path("warm"))
         check(up.log() == [], "warm pull reached the upstream: %s" % up.log()[:3])
+        m2 = metrics(pc)
+        check(m2["pullcache_fills_started_total"] == nblobs, "warm pull started fills")
+        check(m2['pullcache_cache_hits_total{kind="blob"}'] >= nblobs, "warm blob hits not counted")
+        check(m2['pullcache_cache_hits_total{kind="manifest"}'] > 0, "warm manifest hits not counted")
 
 
 def test_head_miss_fills_and_path_prefix():
@@ -138,6 +159,7 @@ def test_concurrent_cold_pulls_fetch_once():
             check(fetched.get(dg) == 1, "20 pulls: blob %s fetched %s times" % (dg, fetched.get(dg)))
         extra = {k: v for k, v in fetched.items() if v != 1}
         check(not extra, "blobs fetched more than once: %s" % extra)
+        check(metrics(pc)["pullcache_fill_joins_total"] > 0, "no request joined a running fill")
         # Manifests: one GET per digest or tag at the registry.
         seen = {}
         for e in up.log("registry"):
