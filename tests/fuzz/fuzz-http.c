@@ -180,9 +180,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   }
   close(sv[1]);
   /* Wait for the close. A sendfile may still be in the threadpool, which a loaded machine can
-   * delay, so the bound is time (a guard timer keeps UV_RUN_ONCE from blocking forever). */
+   * delay by seconds (seen: over 5 s with two builds running), so the bound is a generous time
+   * (a guard timer keeps UV_RUN_ONCE from blocking forever). */
   guard_fired = 0;
-  uv_timer_start(&guard, on_guard, 5000, 0);
+  uv_timer_start(&guard, on_guard, 30000, 0);
   while (srv_conn_count(srv) > 0 && !guard_fired)
     uv_run(&loop, UV_RUN_ONCE);
   uv_timer_stop(&guard);
