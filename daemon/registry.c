@@ -360,8 +360,11 @@ void registry_handle(srv_req_t *req, void *arg)
   }
   if (r.upstream >= 0 && r.upstream < d->cfg.nupstreams) {
     up = &d->cfg.upstreams[r.upstream];
-    if (r.kind >= ROUTE_MANIFEST && r.kind <= ROUTE_REFERRERS)
+    if (r.kind >= ROUTE_MANIFEST && r.kind <= ROUTE_REFERRERS) {
       srv_req_log(req, "upstream", up->name);
+      if (r.ns_given)
+        srv_req_log(req, "ns", r.ns);
+    }
   }
 
   switch (r.kind) {

@@ -117,6 +117,7 @@ struct conn {
   enum conn_state state;
   char *rbuf;
   size_t rlen, rpos; /* bytes in rbuf; bytes of them already parsed */
+  int got_bytes;     /* anything read yet (the first byte tells a TLS client apart) */
   size_t linger_bytes;
   uint64_t head_bytes; /* bytes of the current request head so far */
   int in_head;
@@ -942,6 +943,18 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
   if (nread < 0) {
     conn_abort(c);
     return;
+  }
+  if (!c->got_bytes) {
+    c->got_bytes = 1;
+    /* A TLS ClientHello (record type 0x16) on this plain-HTTP port: containers/image tries TLS
+     * first on an "insecure" mirror. An HTTP 400 would mean nothing to it; say so in the log
+     * and close, and the client falls back to plain HTTP. */
+    if ((unsigned char)c->rbuf[c->rlen] == 0x16) {
+      pc_log(PC_LOG_INFO, "conn tls-handshake-on-plain-http peer=%s (closed; clients fall back to http)",
+             c->peer);
+      conn_abort(c);
+      return;
+    }
   }
   c->rlen += (size_t)nread;
   if (c->state == C_IDLE || c->state == C_HEAD) {

@@ -682,6 +682,23 @@ TEST(bad_request_400)
   ASSERT_EQ(0, count_done()); /* the handler never saw them */
 }
 
+TEST(tls_hello_on_plain_port_closes)
+{
+  ts_start(NULL);
+  /* The first bytes of a TLS ClientHello: record type 0x16, version 3.1. */
+  static const char hello[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+  cli_t c;
+  cli_open(&c);
+  cli_send(&c, hello, sizeof(hello) - 1);
+  /* closed without an HTTP answer (a TLS client could not read one): the first recv is EOF */
+  char b[256];
+  ssize_t r = recv(c.fd, b, sizeof(b), 0);
+  ASSERT(r == 0 || (r < 0 && errno == ECONNRESET));
+  cli_close(&c);
+  ts_stop();
+  ASSERT_EQ(0, count_done());
+}
+
 TEST(body_on_get_400)
 {
   ts_start(NULL);
