@@ -87,6 +87,16 @@ def store_has(server, digest):
     return os.path.exists(os.path.join(server.store, "blobs", "sha256", hexd[:2], hexd))
 
 
+def stored(server, digest, timeout=20):
+    """True once DIGEST is committed. Clients get their last byte as soon as the digest is
+    verified; the fsync/rename/record follow on a worker thread, so wait (bounded)."""
+    try:
+        pclib.wait_for(lambda: store_has(server, digest), timeout, "commit of " + digest)
+        return True
+    except pclib.CheckFailed:
+        return False
+
+
 def test_cold_then_warm():
     d, imgs = images()
     with pclib.TestEnv("fill-cold") as env:
@@ -97,7 +107,7 @@ def test_cold_then_warm():
         fetched = blob_fetches(up)
         for dg in layer_digests(img):
             check(fetched.get(dg) == 1, "cold: blob %s fetched %s times" % (dg, fetched.get(dg)))
-            check(store_has(pc, dg), "cold: blob %s not in the store" % dg)
+            check(stored(pc, dg), "cold: blob %s not in the store" % dg)
         # Manifests went through the token dance on the registry role.
         check(up.count("registry", "/manifests/") > 0, "no manifest request reached the registry")
         check(up.violations() == 0, "the blob host saw an Authorization header")
@@ -230,7 +240,7 @@ def test_corrupt_blob_not_stored():
         up.faults([])
         r = http("GET", pc.url + "/v2/kube-proxy/blobs/" + layer["digest"])
         check(r.status == 200 and sha256_digest(r.body) == layer["digest"], "refill after corruption")
-        check(store_has(pc, layer["digest"]), "good blob not stored")
+        check(stored(pc, layer["digest"]), "good blob not stored")
 
 
 def test_corrupt_manifest_rejected():
@@ -263,7 +273,7 @@ def test_truncated_blob_resumed():
         ranges = [e.get("range") for e in up.log("blobs") if hexd in e["path"]]
         check(len(ranges) == 2 and ranges[1] and ranges[1].startswith("bytes=%d-" % (layer["size"] // 3)),
               "expected one resume with Range from the cut: %s" % ranges)
-        check(store_has(pc, layer["digest"]), "resumed blob not stored")
+        check(stored(pc, layer["digest"]), "resumed blob not stored")
 
 
 def test_range_joins_live_fill():
