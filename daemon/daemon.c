@@ -3,9 +3,10 @@
  *   cmd_serve: config -> loop -> store_open -> srv_new + srv_listen (each address) -> up_new
  *   (unless offline) -> mirror_new -> atime timer + signals -> "ready" log line (+ sd_notify)
  *   -> uv_run.
- *   SIGTERM/SIGINT: stop the timer and signals, srv_close (every connection and pending request
- *   ends); when the server is closed: mirror_free, up_close; the loop then runs dry (queued
- *   store work finishes), the store is closed and the loop closed (must return 0).
+ *   SIGTERM/SIGINT: stop the timer and signals, srv_drain (no new connections, idle ones
+ *   closed, answers in progress finish) bounded by DAEMON_DRAIN_MS, then srv_close (whatever
+ *   is left ends); when the server is closed: mirror_free, up_close; the loop then runs dry
+ *   (queued store work finishes), the store is closed and the loop closed (must return 0).
  */
 #include "daemon/daemon.h"
 
@@ -43,7 +44,12 @@ typedef struct serve {
   uv_work_t atime_work;
   int atime_busy;
   int timer_init, sig_init;
+  uv_timer_t drain_timer; /**< bounds the graceful drain on SIGTERM/SIGINT */
+  int drain_init;
 } serve_t;
+
+/** How long answers in progress may run on after SIGTERM before they are cut. */
+#define DAEMON_DRAIN_MS 10000
 
 /* systemd readiness (Type=notify): one datagram to $NOTIFY_SOCKET; no-op without it. */
 static void sd_notify_msg(const char *msg)
@@ -105,12 +111,37 @@ static void on_srv_closed(void *arg)
 {
   serve_t *s = arg;
   s->d.srv = NULL;
+  if (s->sig_init) {
+    uv_close((uv_handle_t *)&s->d.sigterm, NULL);
+    uv_close((uv_handle_t *)&s->d.sigint, NULL);
+    s->sig_init = 0;
+  }
   mirror_free(s->d.mirror);
   s->d.mirror = NULL;
   if (s->d.up) {
     up_close(s->d.up, on_up_closed, s);
     s->d.up = NULL;
   }
+}
+
+/* Drained, or out of time: close what is left (srv_close aborts it), then the rest. */
+static void on_drained(void *arg)
+{
+  serve_t *s = arg;
+  if (s->drain_init) {
+    uv_close((uv_handle_t *)&s->drain_timer, NULL);
+    s->drain_init = 0;
+  }
+  if (s->d.srv)
+    srv_close(s->d.srv, on_srv_closed, s);
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+  serve_t *s = container_of(t, serve_t, drain_timer);
+  pc_log(PC_LOG_WARN, "pullcache drain timed out: closing %u connection(s)",
+         s->d.srv ? srv_conn_count(s->d.srv) : 0u);
+  on_drained(s);
 }
 
 static void stop(serve_t *s)
@@ -121,13 +152,17 @@ static void stop(serve_t *s)
   d->stopping = 1;
   if (s->timer_init)
     uv_close((uv_handle_t *)&d->atime_timer, NULL);
-  if (s->sig_init) {
-    uv_close((uv_handle_t *)&d->sigterm, NULL);
-    uv_close((uv_handle_t *)&d->sigint, NULL);
-  }
-  s->timer_init = s->sig_init = 0;
+  s->timer_init = 0;
+  /* The signal handlers stay until the server is closed: a second signal cuts the drain. */
   if (d->srv) {
-    srv_close(d->srv, on_srv_closed, s);
+    /* Graceful: no new connections; answers in progress finish (bounded by the timer). */
+    if (uv_timer_init(&s->loop, &s->drain_timer) == 0) {
+      s->drain_init = 1;
+      uv_timer_start(&s->drain_timer, on_drain_timeout, DAEMON_DRAIN_MS, 0);
+      srv_drain(d->srv, on_drained, s);
+    } else {
+      srv_close(d->srv, on_srv_closed, s);
+    }
   } else {
     on_srv_closed(s);
   }
@@ -136,7 +171,14 @@ static void stop(serve_t *s)
 static void on_signal(uv_signal_t *h, int signum)
 {
   serve_t *s = h->data;
-  pc_log(PC_LOG_NOTICE, "pullcache stopping signal=%s", signum == SIGTERM ? "TERM" : "INT");
+  if (s->d.stopping) {
+    pc_log(PC_LOG_NOTICE, "pullcache second signal=%s: closing now",
+           signum == SIGTERM ? "TERM" : "INT");
+    on_drained(s);
+    return;
+  }
+  pc_log(PC_LOG_NOTICE, "pullcache stopping signal=%s (draining up to %d s)",
+         signum == SIGTERM ? "TERM" : "INT", DAEMON_DRAIN_MS / 1000);
   sd_notify_msg("STOPPING=1");
   stop(s);
 }

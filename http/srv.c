@@ -154,6 +154,9 @@ struct srv {
   int closing;
   srv_closed_cb closed_cb;
   void *closed_arg;
+  int draining;            /* srv_drain: no listeners, connections close after their answer */
+  srv_closed_cb drain_cb;  /* called once when the last connection is gone */
+  void *drain_arg;
   srv_stats_t stats;
 };
 
@@ -343,6 +346,13 @@ static void on_conn_close(uv_handle_t *h)
   free(c->wbuf);
   free(c);
   s->nconns--;
+  if (s->draining && !s->closing && s->nconns == 0 && s->drain_cb) {
+    /* Last: the callback may srv_close (and so free) s. */
+    srv_closed_cb cb = s->drain_cb;
+    s->drain_cb = NULL;
+    cb(s->drain_arg);
+    return;
+  }
   srv_maybe_free(s);
 }
 
@@ -1225,6 +1235,33 @@ void srv_close(srv_t *s, srv_closed_cb cb, void *arg)
     conn_abort(s->conns);
   s->nconns--;
   srv_maybe_free(s);
+}
+
+void srv_drain(srv_t *s, srv_closed_cb cb, void *arg)
+{
+  if (!s || s->closing || s->draining)
+    return;
+  s->draining = 1;
+  s->drain_cb = cb;
+  s->drain_arg = arg;
+  for (int i = 0; i < s->nls; i++)
+    uv_close((uv_handle_t *)&s->ls[i]->tcp, on_listener_close);
+  s->nls = 0;
+  /* Idle keep-alive connections (and half-received heads) go now; a connection with a request
+   * in progress finishes that answer and then closes. */
+  conn_t *c = s->conns;
+  while (c) {
+    conn_t *next = c->next;
+    if (c->state == C_IDLE || c->state == C_HEAD)
+      conn_abort(c);
+    else
+      c->close_after = 1;
+    c = next;
+  }
+  if (s->nconns == 0 && s->drain_cb) {
+    s->drain_cb = NULL;
+    cb(arg);
+  }
 }
 
 unsigned srv_conn_count(const srv_t *s)

@@ -77,6 +77,12 @@ int srv_port(const srv_t *s, int idx);
  * from inside srv_close), close all handles, free s, then call cb (may be NULL) from the last
  * close callback (synchronously only if s never had a listener nor a connection). Idempotent. */
 void srv_close(srv_t *s, srv_closed_cb cb, void *arg);
+/** Graceful stop, step one: close the listeners (no new connections), close idle keep-alive
+ * connections, and let every request in progress finish its answer, after which its connection
+ * closes (pipelined requests not yet started are dropped). cb (may be NULL) runs once, when no
+ * connection is left — possibly before srv_drain returns. The caller bounds the wait itself:
+ * srv_close at any time aborts what is left and frees s. */
+void srv_drain(srv_t *s, srv_closed_cb cb, void *arg);
 /** Number of open connections (for metrics and tests). */
 unsigned srv_conn_count(const srv_t *s);
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -500,6 +501,7 @@ def test_big_blob_memory(env):
             h.update(chunk)
             f.write(chunk)
     dg = "sha256:" + h.hexdigest()
+    C.big = dg
     single_layer_layout(lay, dg, size, tmp, tag="big")
     # the daemon holds the store lock: stop it, import, restart
     env.stop(C.srv)
@@ -581,7 +583,49 @@ def test_big_blob_memory(env):
 
 
 def test_graceful_stop(env):
-    rc = env.stop(C.srv)
+    """SIGTERM drains: idle keep-alive connections close, no new connection is accepted, an
+    answer in progress finishes in full, then the daemon exits 0."""
+    check(getattr(C, "big", None), "test_big_blob_memory must run first (it seeds the big blob)")
+    want = 200 << 20
+    busy = connect()
+    busy.settimeout(60)
+    busy.sendall(("GET /v2/big/blobs/%s HTTP/1.1\r\nHost: x\r\nRange: bytes=0-%d\r\n\r\n"
+                  % (C.big, want - 1)).encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        b = busy.recv(65536)
+        check(b, "busy connection closed before its headers")
+        buf += b
+    head, _, body = buf.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 206"), "range answer: %r" % head[:40])
+    got = len(body)
+    idle = connect()
+    idle.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.settimeout(10)
+    check(idle.recv(65536).startswith(b"HTTP/1.1 200"), "idle connection's first answer")
+
+    os.kill(C.srv.pid, signal.SIGTERM)
+    check(idle.recv(65536) == b"", "idle keep-alive connection not closed by the drain")
+    idle.close()
+
+    def refused():
+        try:
+            socket.create_connection(("127.0.0.1", C.srv.port), timeout=2).close()
+            return False
+        except OSError:
+            return True
+    pclib.wait_for(refused, 10, "the listener to close")
+    while got < want:
+        b = busy.recv(1 << 20)
+        if not b:
+            break
+        got += len(b)
+    busy.close()
+    check(got == want, "answer in progress cut by the drain: %d of %d bytes" % (got, want))
+    try:
+        rc = C.srv.popen.wait(30)
+    except subprocess.TimeoutExpired:
+        rc = "still running 30 s after SIGTERM"
     check(rc == 0, "SIGTERM -> exit 0, got %s" % rc)
     env.procs.remove(C.srv)
     with open(C.srv.log_path, "rb") as f:
