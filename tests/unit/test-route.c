@@ -153,7 +153,7 @@ TEST(invalid_names)
       "/v2/../manifests/x",        "/v2/a/../b/manifests/x",    "/v2/./manifests/x",
       "/v2/a%2Fb/manifests/x",     "/v2/a%00/manifests/x",      "/v2/a%zz/manifests/x",
       "/v2/a%2/manifests/x",       "/v2/a b/manifests/x",       "/v2//manifests/x",
-      "/v2/a./manifests/x",        "/v2/a/blobs/b%2F..%2Fc/blobs/" D64,
+      "/v2/a./manifests/x",        ("/v2/a/blobs/b%2F..%2Fc/blobs/" D64),
   };
   for (size_t i = 0; i < PC_ARRAY_SIZE(bad); i++) {
     int rc = parse("GET", bad[i], "", &r);
