@@ -84,21 +84,29 @@ static void digest_headers(srv_req_t *req, const char *digest)
   srv_resp_header(req, "ETag", etag);
 }
 
+/* The common start of an answer from the store: 304 when If-None-Match matches (answered;
+ * *fd = -1), else the blob opened for sending. */
+static int open_unless_not_modified(daemon_t *d, srv_req_t *req, const char *digest, int *fd,
+                                    uint64_t *size)
+{
+  *fd = -1;
+  if (etag_matches(req, digest)) {
+    digest_headers(req, digest);
+    srv_respond(req, 304, NULL, NULL, 0);
+    return 0;
+  }
+  return store_blob_open(d->store, digest, fd, size);
+}
+
 int registry_serve_manifest(daemon_t *d, srv_req_t *req, const char *digest)
 {
   store_manifest_info_t info;
   uint64_t size = 0;
   int fd = -1;
   int rc = store_manifest_stat(d->store, digest, &info);
-  if (rc)
-    return rc;
-  if (etag_matches(req, digest)) {
-    digest_headers(req, digest);
-    srv_respond(req, 304, NULL, NULL, 0);
-    return 0;
-  }
-  rc = store_blob_open(d->store, digest, &fd, &size);
-  if (rc)
+  if (rc == 0)
+    rc = open_unless_not_modified(d, req, digest, &fd, &size);
+  if (rc || fd < 0)
     return rc;
   digest_headers(req, digest);
   srv_respond_file(req, 200, info.media_type[0] ? info.media_type : CT_JSON, fd, 0, size, size);
@@ -112,15 +120,9 @@ int registry_serve_blob(daemon_t *d, srv_req_t *req, const char *digest,
   uint64_t size = 0, start = 0, len;
   int fd = -1, status = 200;
   int rc = store_blob_stat(d->store, digest, &info);
-  if (rc)
-    return rc;
-  if (etag_matches(req, digest)) {
-    digest_headers(req, digest);
-    srv_respond(req, 304, NULL, NULL, 0);
-    return 0;
-  }
-  rc = store_blob_open(d->store, digest, &fd, &size);
-  if (rc)
+  if (rc == 0)
+    rc = open_unless_not_modified(d, req, digest, &fd, &size);
+  if (rc || fd < 0)
     return rc;
   len = size;
   if (range && range->has) {
