@@ -4,10 +4,12 @@
  *
  *   manifest job (key "m" upstream repo ref): GET (or HEAD to revalidate a tag) upstream,
  *     the body in a capped memory buffer, sha256 checked against the requested digest or the
- *     upstream's Docker-Content-Digest, then stored (and the tag recorded) on a worker thread;
- *     every waiting request is then answered from the store.
+ *     upstream's Docker-Content-Digest; every waiting request is answered at once from the
+ *     verified bytes, then they are stored (and the tag recorded) on a worker thread. Requests
+ *     for the same tag, or for the same digest, that arrive during the store write are answered
+ *     from the job too, so the fsyncs never sit on a client's critical path.
  *
- *       NEW --fetch--> HEADERS --body--> DONE --work(store)--> ANSWER waiters --> freed
+ *       NEW --fetch--> HEADERS --body--> verified: ANSWER waiters --work(store)--> freed
  *
  *   blob fill (key: digest): GET upstream into a store writer (temp file, hashed as written).
  *     Waiters are answered as soon as the upstream's length is known: each gets its own
@@ -83,6 +85,7 @@ struct mjob {
   char *body;
   size_t len, cap;
   char digest[STORE_DIGEST_MAX]; /**< what waiters are served */
+  int answered;           /**< outcome given to the waiters; only the store write is left */
   int store_rc;
   uv_work_t work;
   wlist_t waiters;
@@ -209,6 +212,8 @@ static waiter_t *waiter_new(srv_req_t *req)
 /* ---- manifests ---------------------------------------------------------------------------- */
 
 static void mjob_start(mjob_t *j);
+static void mjob_work(uv_work_t *work);
+static void mjob_after_work(uv_work_t *work, int status);
 
 static mjob_t *mjob_find(mirror_t *m, const char *key)
 {
@@ -224,6 +229,17 @@ static void mirror_maybe_free(mirror_t *m)
     free(m);
 }
 
+/* A job of this upstream that has answered with the manifest `digest` (fetched by tag or by
+ * digest, for any repository: content is content). */
+static mjob_t *mjob_find_answered_digest(mirror_t *m, const daemon_upstream_t *up,
+                                         const char *digest)
+{
+  for (mjob_t *j = m->jobs; j; j = j->next)
+    if (j->answered && j->rc == 0 && j->body && j->up == up && strcmp(j->digest, digest) == 0)
+      return j;
+  return NULL;
+}
+
 static void mjob_free(mjob_t *j)
 {
   mirror_t *m = j->m;
@@ -234,27 +250,26 @@ static void mjob_free(mjob_t *j)
   mirror_maybe_free(m);
 }
 
-/* Answer one waiter from the job's outcome. */
+/* Answer one waiter from the job's outcome. A verified manifest is answered from memory (the
+ * store write runs afterwards on a worker); a revalidated or stale one from the store. */
 static void mjob_answer(mjob_t *j, waiter_t *w)
 {
   srv_req_t *req = w->req;
   w->job = NULL;
+  if (j->rc == 0 && j->body) {
+    char etag[STORE_DIGEST_MAX + 2];
+    snprintf(etag, sizeof(etag), "\"%s\"", j->digest);
+    registry_common_headers(req);
+    srv_resp_header(req, "Docker-Content-Digest", j->digest);
+    srv_resp_header(req, "ETag", etag);
+    srv_respond(req, 200, j->media_type, j->body, j->len);
+    return;
+  }
   if (j->rc == 0) {
     int rc = registry_serve_manifest(j->m->d, req, j->digest);
-    if (rc == 0)
-      return;
-    if (rc != PC_E_NOTFOUND) {
-      registry_error(req, rc, "stored manifest unreadable");
-      return;
-    }
-    /* Fetched and verified but not stored (disk full, store error): serve the bytes. */
-    if (j->body && j->len) {
-      registry_common_headers(req);
-      srv_resp_header(req, "Docker-Content-Digest", j->digest);
-      srv_respond(req, 200, j->media_type, j->body, j->len);
-      return;
-    }
-    registry_error(req, PC_E_MANIFEST_UNKNOWN, NULL);
+    if (rc)
+      registry_error(req, rc == PC_E_NOTFOUND ? PC_E_MANIFEST_UNKNOWN : rc,
+                     rc == PC_E_NOTFOUND ? NULL : "stored manifest unreadable");
     return;
   }
   const char *detail = NULL;
@@ -263,14 +278,30 @@ static void mjob_answer(mjob_t *j, waiter_t *w)
   answer_error(req, j->rc, j->retry_after, detail);
 }
 
-static void mjob_finish(mjob_t *j)
+/* Answer every waiter. Afterwards the job is "answered": a request that arrives while its store
+ * write is still running is answered at once, from the same outcome. */
+static void mjob_answer_all(mjob_t *j)
 {
   waiter_t *w;
+  j->answered = 1;
   while ((w = j->waiters.head)) {
     LIST_UNLINK(j->waiters.head, w);
     mjob_answer(j, w);
   }
+}
+
+static void mjob_finish(mjob_t *j)
+{
+  mjob_answer_all(j);
   mjob_free(j);
+}
+
+/* Outcome known and good: answer now, then store on a worker (the job lives until then). */
+static void mjob_answer_then_store(mjob_t *j)
+{
+  j->rc = 0;
+  mjob_answer_all(j);
+  uv_queue_work(j->m->d->loop, &j->work, mjob_work, mjob_after_work);
 }
 
 /* Worker thread: store the verified manifest and the tag. */
@@ -308,7 +339,7 @@ static void mjob_after_work(uv_work_t *work, int status)
 {
   mjob_t *j = container_of(work, mjob_t, work);
   (void)status;
-  mjob_finish(j);
+  mjob_free(j); /* its waiters were answered before the store write */
 }
 
 static int mjob_on_headers(up_fetch_t *f, int status, void *arg)
@@ -378,7 +409,7 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
     if (j->up_digest[0] && strcmp(j->up_digest, j->old.digest) == 0) {
       j->m->st.tags_revalidated++;
       copy_str(j->digest, sizeof(j->digest), j->old.digest);
-      uv_queue_work(j->m->d->loop, &j->work, mjob_work, mjob_after_work);
+      mjob_answer_then_store(j);
       return;
     }
     j->kind = MJOB_TAG_FETCH;
@@ -399,7 +430,7 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
     copy_str(j->media_type, sizeof(j->media_type), "application/vnd.oci.image.manifest.v1+json");
   copy_str(j->digest, sizeof(j->digest), got);
   j->m->st.manifests_fetched++;
-  uv_queue_work(j->m->d->loop, &j->work, mjob_work, mjob_after_work);
+  mjob_answer_then_store(j);
 }
 
 static void mjob_start(mjob_t *j)
@@ -457,6 +488,16 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, c
   char *key = pc_xmalloc(klen);
   snprintf(key, klen, "m %s %s %s", up->name, repo, ref);
   mjob_t *j = mjob_find(m, key);
+  if (!j && ref_is_digest)
+    j = mjob_find_answered_digest(m, up, ref);
+  if (j && j->answered) {
+    /* Fetched and verified a moment ago; its store write is still running. */
+    free(key);
+    srv_req_log(req, "cache", "joined");
+    waiter_t tmp = {.req = req};
+    mjob_answer(j, &tmp);
+    return;
+  }
   waiter_t *w = waiter_new(req);
   if (j) {
     free(key);
