@@ -1,23 +1,18 @@
 /* fuzz-http — libFuzzer target for the HTTP/1.1 server's connection code.
  *
- * Each input is served on one end of an AF_UNIX socketpair adopted by a real srv_t
- * (srv__adopt): the bytes go through the same read buffer, llhttp parser, limits, pipelining,
- * response writes and lingering close as a TCP connection. The first two input bytes seed the
- * split points, so the rest arrives in arbitrary pieces, with the loop run between them. The
- * handler answers every request: in memory, from a file (complete or growing), later from a
- * timer, or by aborting, depending on the path. Oracles: sanitizers; every response starts with
- * "HTTP/1.1 "; after the client closes, the connection is gone within 5 s (no hang, no leak).
+ * Each input is served by tests/fuzz/harness (fuzz_serve): on one end of an AF_UNIX socketpair
+ * adopted by a real srv_t, in arbitrary pieces seeded by the first two input bytes. The
+ * handler here is a toy that answers every request: in memory, from a file (complete or
+ * growing), later from a timer, or by aborting, depending on the path. Oracles (the harness's):
+ * sanitizers; the output starts with "HTTP/1.1 "; after the client closes, the connection is
+ * gone within FUZZ_CLOSE_BOUND_MS (no hang, no leak).
  */
-#include "http/srv-int.h"
+#include "tests/fuzz/harness.h"
 
 #include "core/pc.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -26,13 +21,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 static uv_loop_t loop;
 static srv_t *srv;
 static int file_fd = -1;
-static uv_timer_t guard;
-static int guard_fired;
+static fuzz_harness_t harness;
 
-static void on_guard(uv_timer_t *t)
-{
-  guard_fired = 1;
-}
 #define FILE_LEN 3000
 
 typedef struct actx {
@@ -106,12 +96,11 @@ static void handler(srv_req_t *r, void *arg)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-  signal(SIGPIPE, SIG_IGN);
-  pc_log_level = PC_LOG_ERR; /* no access log lines */
+  fuzz_setup();
   PC_ASSERT(uv_loop_init(&loop) == 0);
   srv_opts_t o = {.max_header_bytes = 2048, .max_url_bytes = 512, .max_headers = 20};
   PC_ASSERT(srv_new(&loop, &o, handler, NULL, &srv) == 0);
-  uv_timer_init(&loop, &guard);
+  fuzz_harness_init(&harness, &loop, srv, 0, 0);
   char path[] = "/tmp/fuzz-http-XXXXXX";
   file_fd = mkstemp(path);
   PC_ASSERT(file_fd >= 0);
@@ -123,73 +112,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
   return 0;
 }
 
-/* Read what the server wrote; check that it looks like responses. Returns 0 on EOF. */
-static int drain(int fd, size_t *total, int *first)
-{
-  char b[65536];
-  for (;;) {
-    ssize_t n = read(fd, b, sizeof(b));
-    if (n == 0)
-      return 0;
-    if (n < 0)
-      return errno == EAGAIN ? 1 : 0;
-    if (*first && n >= 9) {
-      PC_ASSERT(memcmp(b, "HTTP/1.1 ", 9) == 0);
-      *first = 0;
-    }
-    *total += (size_t)n;
-  }
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-  int sv[2];
-  if (size < 2 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-    return 0;
-  uint32_t seed = (uint32_t)data[0] | (uint32_t)data[1] << 8;
-  data += 2;
-  size -= 2;
-  fcntl(sv[1], F_SETFL, O_NONBLOCK);
-  PC_ASSERT(srv__adopt(srv, sv[0]) == 0);
-  size_t out = 0;
-  int first = 1;
-  size_t off = 0;
-  while (off < size) {
-    size_t n = size - off;
-    if (seed) { /* xorshift: pieces of 1..64 bytes */
-      seed ^= seed << 13;
-      seed ^= seed >> 17;
-      seed ^= seed << 5;
-      size_t k = seed % 64 + 1;
-      n = n < k ? n : k;
-    }
-    ssize_t w = write(sv[1], data + off, n);
-    if (w > 0)
-      off += (size_t)w;
-    else if (w < 0 && errno != EAGAIN)
-      break; /* the server closed */
-    uv_run(&loop, UV_RUN_NOWAIT);
-    if (!drain(sv[1], &out, &first))
-      break;
-  }
-  /* let pending answers go out, then leave */
-  for (int i = 0; i < 8; i++) {
-    uv_run(&loop, UV_RUN_NOWAIT);
-    if (!drain(sv[1], &out, &first))
-      break;
-  }
-  close(sv[1]);
-  /* Wait for the close. A sendfile may still be in the threadpool, which a loaded machine can
-   * delay by seconds (seen: over 5 s with two builds running), so the bound is a generous time
-   * (a guard timer keeps UV_RUN_ONCE from blocking forever). */
-  guard_fired = 0;
-  uv_timer_start(&guard, on_guard, 30000, 0);
-  while (srv_conn_count(srv) > 0 && !guard_fired)
-    uv_run(&loop, UV_RUN_ONCE);
-  uv_timer_stop(&guard);
-  if (srv_conn_count(srv) > 0) {
-    fprintf(stderr, "connection still open after the client closed\n");
-    abort();
-  }
+  (void)fuzz_serve(&harness, data, size);
   return 0;
 }
