@@ -84,32 +84,29 @@ static void digest_headers(srv_req_t *req, const char *digest)
   srv_resp_header(req, "ETag", etag);
 }
 
-/* The common start of an answer from the store: 304 when If-None-Match matches (answered;
- * *fd = -1), else the blob opened for sending. */
-static int open_unless_not_modified(daemon_t *d, srv_req_t *req, const char *digest, int *fd,
-                                    uint64_t *size)
+/* 304 when If-None-Match names this digest: answers and closes fd (returns 1), else 0. */
+static int not_modified(srv_req_t *req, const char *digest, int fd)
 {
-  *fd = -1;
-  if (etag_matches(req, digest)) {
-    digest_headers(req, digest);
-    srv_respond(req, 304, NULL, NULL, 0);
+  if (!etag_matches(req, digest))
     return 0;
-  }
-  return store_blob_open(d->store, digest, fd, size);
+  close(fd);
+  digest_headers(req, digest);
+  srv_respond(req, 304, NULL, NULL, 0);
+  return 1;
 }
 
 int registry_serve_manifest(daemon_t *d, srv_req_t *req, const char *digest)
 {
   store_manifest_info_t info;
-  uint64_t size = 0;
   int fd = -1;
-  int rc = store_manifest_stat(d->store, digest, &info);
-  if (rc == 0)
-    rc = open_unless_not_modified(d, req, digest, &fd, &size);
-  if (rc || fd < 0)
+  int rc = store_manifest_open(d->store, digest, &fd, &info);
+  if (rc)
     return rc;
+  if (not_modified(req, digest, fd))
+    return 0;
   digest_headers(req, digest);
-  srv_respond_file(req, 200, info.media_type[0] ? info.media_type : CT_JSON, fd, 0, size, size);
+  srv_respond_file(req, 200, info.media_type[0] ? info.media_type : CT_JSON, fd, 0, info.size,
+                   info.size);
   return 0;
 }
 
@@ -117,14 +114,14 @@ int registry_serve_blob(daemon_t *d, srv_req_t *req, const char *digest,
                         const mirror_range_t *range)
 {
   store_blob_info_t info;
-  uint64_t size = 0, start = 0, len;
+  uint64_t size, start = 0, len;
   int fd = -1, status = 200;
-  int rc = store_blob_stat(d->store, digest, &info);
-  if (rc == 0)
-    rc = open_unless_not_modified(d, req, digest, &fd, &size);
-  if (rc || fd < 0)
+  int rc = store_blob_open_info(d->store, digest, &fd, &info);
+  if (rc)
     return rc;
-  len = size;
+  if (not_modified(req, digest, fd))
+    return 0;
+  size = len = info.size;
   if (range && range->has) {
     char cr[96];
     if (registry_range_resolve(range, size, &start, &len) < 0) {

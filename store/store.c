@@ -449,45 +449,69 @@ static void atime_note(store_t *s, const char *digest, int64_t now)
   pthread_mutex_unlock(&s->atime_mu);
 }
 
-int store_blob_open(store_t *s, const char *digest, int *fd, uint64_t *size)
+/* Open the file of a digest whose record (if any) says `rec_size` bytes (-1: no record) and
+ * check its length against it. The digest was validated by the caller. */
+static int open_checked(store_t *s, const char *digest, int64_t rec_size, int *fd, uint64_t *size)
 {
   char path[PATH_MAX];
   struct stat st;
-  store__blob_rec_t r;
-  int f = -1;
-  int rc = check_lookup_digest(digest);
+  int rc = store_blob_path(s, digest, path, sizeof(path));
   if (rc)
-    goto out;
-  rc = blob_rec_get(s, digest, &r);
-  if (rc && rc != PC_E_NOTFOUND)
-    goto out;
-  int have_rec = rc == 0;
-  rc = store_blob_path(s, digest, path, sizeof(path));
-  if (rc)
-    goto out;
-  f = open(path, O_RDONLY | O_CLOEXEC);
-  if (f < 0) {
-    rc = errno == ENOENT || errno == ENOTDIR ? PC_E_NOTFOUND : -errno;
-    goto out;
-  }
+    return rc;
+  int f = open(path, O_RDONLY | O_CLOEXEC);
+  if (f < 0)
+    return errno == ENOENT || errno == ENOTDIR ? PC_E_NOTFOUND : -errno;
   if (fstat(f, &st) != 0) {
     rc = -errno;
-    goto out;
+    close(f);
+    return rc;
   }
-  if (have_rec && r.size != (uint64_t)st.st_size) {
+  if (rec_size >= 0 && (uint64_t)rec_size != (uint64_t)st.st_size) {
     pc_log(PC_LOG_ERR, "store: %s is %lld bytes, its record says %llu (run fsck)", digest,
-           (long long)st.st_size, (unsigned long long)r.size);
-    rc = PC_E_CORRUPT;
-    goto out;
+           (long long)st.st_size, (unsigned long long)rec_size);
+    close(f);
+    return PC_E_CORRUPT;
   }
   atime_note(s, digest, pc_now_sec());
   *fd = f;
   *size = (uint64_t)st.st_size;
-  f = -1;
-  rc = 0;
-out:
-  if (f >= 0)
-    close(f);
+  return 0;
+}
+
+int store_blob_open_info(store_t *s, const char *digest, int *fd, store_blob_info_t *info)
+{
+  store__blob_rec_t r;
+  uint64_t size = 0;
+  int rc = check_lookup_digest(digest);
+  if (rc)
+    return rc;
+  rc = blob_rec_get(s, digest, &r);
+  if (rc && rc != PC_E_NOTFOUND)
+    return rc;
+  int have_rec = rc == 0;
+  rc = open_checked(s, digest, have_rec ? (int64_t)r.size : -1, fd, &size);
+  if (rc)
+    return rc;
+  if (info) {
+    info->size = size;
+    if (have_rec) {
+      memcpy(info->media_type, r.media_type, sizeof(info->media_type));
+      info->created = r.created;
+      info->last_access = r.last_access;
+    } else {
+      info->media_type[0] = '\0';
+      info->created = info->last_access = 0;
+    }
+  }
+  return 0;
+}
+
+int store_blob_open(store_t *s, const char *digest, int *fd, uint64_t *size)
+{
+  store_blob_info_t info;
+  int rc = store_blob_open_info(s, digest, fd, &info);
+  if (rc == 0)
+    *size = info.size;
   return rc;
 }
 
@@ -811,6 +835,29 @@ int store_manifest_put(store_t *s, const void *bytes, size_t len, const char *me
     return rc;
   }
   return commit(w, media_type, 1, out_digest);
+}
+
+int store_manifest_open(store_t *s, const char *digest, int *fd, store_manifest_info_t *info)
+{
+  store_manifest_info_t tmp;
+  MDB_txn *txn = NULL;
+  uint64_t size = 0;
+  int rc = check_lookup_digest(digest);
+  if (rc)
+    return rc;
+  if (!info)
+    info = &tmp;
+  MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
+  rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  if (rc)
+    return rc;
+  rc = store__mdb_err(mdb_get(txn, s->manifests, &k, &v), "get");
+  if (rc == 0)
+    rc = store__manifest_rec_decode(&v, info);
+  mdb_txn_abort(txn);
+  if (rc)
+    return rc;
+  return open_checked(s, digest, (int64_t)info->size, fd, &size);
 }
 
 int store_manifest_stat(store_t *s, const char *digest, store_manifest_info_t *info)

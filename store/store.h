@@ -64,6 +64,11 @@ int store_blob_stat(store_t *s, const char *digest, store_blob_info_t *info);
  * differs from its record (truncated on disk: run fsck). */
 int store_blob_open(store_t *s, const char *digest, int *fd, uint64_t *size);
 
+/** store_blob_open that also gives the blob's metadata (one record lookup, one open): info
+ * (may be NULL) gets the size, and the media type and times when the blob has a record ("" and 0
+ * for a file without one). Same return codes. */
+int store_blob_open_info(store_t *s, const char *digest, int *fd, store_blob_info_t *info);
+
 /** Write the path of a blob's file (committed or not) into buf. Returns 0 or -ENAMETOOLONG,
  * or PC_E_DIGEST_INVALID when digest is not "sha256:<64 lowercase hex>" (so no path is ever
  * built from anything else). */
@@ -119,6 +124,10 @@ typedef struct store_manifest_info {
   char media_type[128];
 } store_manifest_info_t;
 
+/** Open a manifest for reading: one record lookup and one open. *fd is the caller's; info
+ * (may be NULL) gets size and media type. PC_E_NOTFOUND when the digest is not a known manifest
+ * or its file is gone; PC_E_CORRUPT when the file's length differs from the record. */
+int store_manifest_open(store_t *s, const char *digest, int *fd, store_manifest_info_t *info);
 /** Look up a manifest by digest. PC_E_NOTFOUND if unknown (or its blob is gone). */
 int store_manifest_stat(store_t *s, const char *digest, store_manifest_info_t *info);
 

@@ -213,6 +213,45 @@ TEST(abort_leaves_nothing)
   store_close(s);
 }
 
+TEST(open_with_info)
+{
+  store_t *s = open_store();
+  static const char man[] = "{\"schemaVersion\":2}";
+  char md[72], bd[72];
+  int fd = -1;
+  store_blob_info_t bi;
+  store_manifest_info_t mi;
+  ASSERT_OK(store_manifest_put(s, man, sizeof(man) - 1, "application/vnd.oci.image.index.v1+json",
+                               NULL, md));
+  ASSERT_OK(put_blob(s, "layer-bytes", 11, NULL, -1, bd));
+
+  ASSERT_OK(store_manifest_open(s, md, &fd, &mi));
+  ASSERT_EQ(sizeof(man) - 1, mi.size);
+  ASSERT_STREQ("application/vnd.oci.image.index.v1+json", mi.media_type);
+  char buf[64];
+  ASSERT_EQ((long long)(sizeof(man) - 1), (long long)read(fd, buf, sizeof(buf)));
+  close(fd);
+  /* a layer is not a manifest; an unknown digest is not found; a bad one is invalid */
+  ASSERT_EQ(PC_E_NOTFOUND, store_manifest_open(s, bd, &fd, &mi));
+  char none[72];
+  store_digest_of("none", 4, none);
+  ASSERT_EQ(PC_E_NOTFOUND, store_manifest_open(s, none, &fd, NULL));
+  ASSERT_EQ(PC_E_DIGEST_INVALID, store_manifest_open(s, "sha256:xyz", &fd, NULL));
+
+  ASSERT_OK(store_blob_open_info(s, bd, &fd, &bi));
+  ASSERT_EQ(11, bi.size);
+  ASSERT(bi.created > 0);
+  close(fd);
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_open_info(s, none, &fd, &bi));
+
+  /* a truncated file is reported, not served */
+  char path[PATH_MAX];
+  ASSERT_OK(store_blob_path(s, md, path, sizeof(path)));
+  ASSERT_EQ(0, truncate(path, 3));
+  ASSERT_EQ(PC_E_CORRUPT, store_manifest_open(s, md, &fd, &mi));
+  store_close(s);
+}
+
 TEST(verify_before_commit)
 {
   store_t *s = open_store();
