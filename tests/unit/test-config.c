@@ -253,3 +253,19 @@ TEST(validators)
   ASSERT_EQ(PC_LOG_INFO, config_log_level("INFO"));
   ASSERT_EQ(-1, config_log_level("x"));
 }
+
+/* The sample shipped for systemd (systemd/pullcache.ini) must load and validate as it is. */
+TEST(sample_config_loads)
+{
+  daemon_config_t c;
+  char err[512] = "";
+  config_defaults(&c);
+  ASSERT_OK(config_load_file(&c, PC_SRC_DIR "/systemd/pullcache.ini", err, sizeof(err)));
+  ASSERT_OK(config_validate(&c, err, sizeof(err)));
+  ASSERT_STREQ("/var/lib/pullcache", c.store_dir);
+  ASSERT_STREQ("0.0.0.0:5000", c.listen[0]);
+  ASSERT_EQ(1, c.nupstreams);
+  ASSERT_STREQ("registry.k8s.io", c.upstreams[0].name);
+  ASSERT_STREQ("https://registry.k8s.io", c.upstreams[0].url);
+  ASSERT_EQ(300, c.tag_ttl);
+}
