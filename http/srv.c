@@ -444,6 +444,14 @@ static void timer_arm(conn_t *c, unsigned ms)
   uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 
+/* Abort on the next loop turn, not now: srv_respond* and srv_file_avail never run a done
+ * callback before they return (callers may still touch the request). */
+static void abort_soon(conn_t *c)
+{
+  c->state = C_HANDLER; /* on_timer aborts in any state but the write states */
+  timer_arm(c, 0);
+}
+
 static void write_timer_arm(conn_t *c)
 {
   c->last_progress = c->progress;
@@ -639,7 +647,7 @@ static void file_pump(conn_t *c)
     rc = uv_fs_sendfile(c->s->loop, &c->fsreq, sock, c->ffd, (int64_t)r->pos, (size_t)n,
                         on_sendfile);
   if (rc != 0) {
-    conn_abort(c);
+    abort_soon(c);
     return;
   }
   c->fs_busy = 1;
@@ -688,7 +696,7 @@ static void resp_send(srv_req_t *r, int status, const char *ctype, uint64_t clen
   if (rc != 0) {
     free(c->wbuf);
     c->wbuf = NULL;
-    conn_abort(c);
+    abort_soon(c);
     return;
   }
   write_timer_arm(c);
@@ -1421,17 +1429,15 @@ void srv_respond_file(srv_req_t *r, int status, const char *content_type, int fd
         break;
       got += (size_t)n;
     }
-    close(fd);
     if (got == len) {
+      close(fd);
       resp_send(r, status, content_type, len, b, (size_t)len);
       free(b);
       return;
     }
+    /* Short or failed read: take the sendfile path, which reports it asynchronously (a done
+     * callback never runs inside srv_respond_file). */
     free(b);
-    pc_log(PC_LOG_WARN, "srv file shorter than announced peer=%s", c->peer);
-    r->responded = 1;
-    conn_abort(c);
-    return;
   }
   if (r->is_head || c->closing) {
     close(fd);

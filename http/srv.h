@@ -6,7 +6,8 @@
  * unless srv_req_on_done reported the request gone first.
  *
  * Lifetime of a srv_req_t: from the handler call until its done callback (srv_req_on_done) has
- * run. After that the pointer is invalid. If the client disconnects before the answer, the done
+ * run. srv_respond, srv_respond_file and srv_file_avail never run the done callback before they
+ * return (a failure is handled on a later loop turn); srv_abort and srv_close may. After that the pointer is invalid. If the client disconnects before the answer, the done
  * callback runs with status 0 and any later srv_* call on the request is a bug, so a handler that
  * answers later must register a done callback and forget the request in it.
  *
