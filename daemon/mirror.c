@@ -58,6 +58,8 @@ struct waiter {
   mirror_range_t range;
   int streaming;       /**< srv_respond_file was called: follows the fill */
   uint64_t end;        /**< one past the last byte this answer sends (file offsets) */
+  const daemon_upstream_t *up; /**< blob waiters: where this request asked for the digest */
+  char repo[256];
   waiter_t *next, *prev;
 };
 
@@ -110,7 +112,6 @@ struct fill {
   int rc;
   int status;
   char retry_after[32];
-  char media_type[128];
   uv_work_t work;
   wlist_t waiters;
   fill_t *next, *prev;
@@ -382,6 +383,11 @@ static void mjob_fail(mjob_t *j, int err)
     pc_log(PC_LOG_WARN, "stale tag served upstream=%s repo=%s tag=%s digest=%s rc=%s",
            j->up->name, j->repo, j->ref, j->old.digest, pc_errname(err));
     copy_str(j->digest, sizeof(j->digest), j->old.digest);
+    /* Whatever of a new manifest arrived before the failure is not the old one: drop it, so
+     * the waiters are answered from the store with the bytes of the old digest. */
+    free(j->body);
+    j->body = NULL;
+    j->len = j->cap = 0;
     for (waiter_t *w = j->waiters.head; w; w = w->next)
       srv_req_log(w->req, "cache", "stale");
     j->rc = 0;
@@ -416,8 +422,14 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
     mjob_start(j);
     return;
   }
+  if (j->len == 0) {
+    pc_log(PC_LOG_WARN, "upstream manifest empty upstream=%s repo=%s ref=%s", j->up->name,
+           j->repo, j->ref);
+    mjob_fail(j, PC_E_UPSTREAM);
+    return;
+  }
   char got[72];
-  store_digest_of(j->body ? j->body : "", j->len, got);
+  store_digest_of(j->body, j->len, got);
   const char *want = j->kind == MJOB_DIGEST ? j->ref : (j->up_digest[0] ? j->up_digest : NULL);
   if (want && strcmp(want, got) != 0) {
     j->m->st.digest_mismatches++;
@@ -465,7 +477,8 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, c
   int have_tag = 0;
 
   if (!ref_is_digest) {
-    have_tag = store_tag_get(d->store, up->name, repo, ref, &t) == 0;
+    have_tag = store_tag_get(d->store, up->name, repo, ref, &t) == 0 &&
+               store_manifest_stat(d->store, t.digest, NULL) == 0;
     if (have_tag) {
       int64_t age = pc_now_sec() - t.checked_at;
       if (d->cfg.offline || !d->up || age < d->cfg.tag_ttl) {
@@ -481,6 +494,11 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, c
   if (d->cfg.offline || !d->up) {
     srv_req_log(req, "cache", "miss");
     registry_error(req, PC_E_MANIFEST_UNKNOWN, "not cached and the mirror is offline");
+    return;
+  }
+  if (ref_is_digest && store_digest_parse(ref, strlen(ref)) != STORE_DIGEST_SHA256) {
+    srv_req_log(req, "cache", "miss");
+    registry_error(req, PC_E_MANIFEST_UNKNOWN, "only sha256 content is mirrored");
     return;
   }
 
@@ -584,7 +602,7 @@ static void fill_stream_waiter(fill_t *f, waiter_t *w, uint64_t written)
   snprintf(etag, sizeof(etag), "\"%s\"", f->digest);
   srv_resp_header(req, "ETag", etag);
   srv_resp_header(req, "Accept-Ranges", "bytes");
-  srv_respond_file(req, status, f->media_type[0] ? f->media_type : "application/octet-stream", fd,
+  srv_respond_file(req, status, "application/octet-stream", fd,
                    start, len, avail);
 }
 
@@ -593,9 +611,11 @@ static void fill_announce(fill_t *f, uint64_t written)
   /* The last byte of the blob waits for verification (see the top of the file). */
   uint64_t cap = f->total > 0 ? (uint64_t)f->total - 1 : 0;
   uint64_t avail = written < cap ? written : cap;
-  for (waiter_t *w = f->waiters.head; w; w = w->next)
+  for (waiter_t *w = f->waiters.head, *next; w; w = next) {
+    next = w->next;
     if (w->streaming)
       srv_file_avail(w->req, avail < w->end ? avail : w->end);
+  }
 }
 
 static void fill_free(fill_t *f)
@@ -618,6 +638,10 @@ static void fill_end(fill_t *f)
 {
   mirror_t *m = f->m;
   waiter_t *w;
+  wlist_t retry = {NULL};
+  /* "Not here" (404, 401, 403) is an answer about one repository of one upstream: requests
+   * that joined from another one get a fill of their own instead of this failure. */
+  int repo_refusal = f->rc && (f->status == 404 || f->status == 401 || f->status == 403);
   f->state = FILL_DONE;
   if (f->rc == 0)
     m->st.fills_committed++;
@@ -626,6 +650,10 @@ static void fill_end(fill_t *f)
   while ((w = f->waiters.head)) {
     LIST_UNLINK(f->waiters.head, w);
     w->fill = NULL;
+    if (repo_refusal && !w->streaming && (w->up != f->up || strcmp(w->repo, f->repo) != 0)) {
+      LIST_PUSH(retry.head, w);
+      continue;
+    }
     if (w->streaming) {
       if (f->rc == 0 || f->verified)
         srv_file_avail(w->req, w->end); /* the bytes are good even if the commit failed */
@@ -642,7 +670,19 @@ static void fill_end(fill_t *f)
       answer_error(w->req, f->rc, f->retry_after, detail);
     }
   }
+  char digest[STORE_DIGEST_MAX];
+  copy_str(digest, sizeof(digest), f->digest);
   fill_free(f);
+  while ((w = retry.head)) {
+    LIST_UNLINK(retry.head, w);
+    srv_req_t *req = w->req;
+    const daemon_upstream_t *up = w->up;
+    char repo[256];
+    mirror_range_t range = w->range;
+    copy_str(repo, sizeof(repo), w->repo);
+    free(w); /* mirror_blob registers a new waiter (and done callback) for req */
+    mirror_blob(m, req, up, repo, digest, &range);
+  }
 }
 
 static void fill_work(uv_work_t *work)
@@ -650,7 +690,7 @@ static void fill_work(uv_work_t *work)
   fill_t *f = container_of(work, fill_t, work);
   store_writer_t *w = f->w;
   f->w = NULL;
-  f->rc = store_writer_commit(w, f->media_type[0] ? f->media_type : NULL, NULL);
+  f->rc = store_writer_commit(w, NULL, NULL);
 }
 
 static void fill_after_work(uv_work_t *work, int status)
@@ -670,8 +710,13 @@ static int fill_on_headers(up_fetch_t *uf, int status, void *arg)
   uint64_t written = store_writer_size(f->w);
   copy_str(f->retry_after, sizeof(f->retry_after), up_fetch_header(uf, "retry-after"));
   if (status == 206 && written > 0) {
-    f->skip = 0;
-    return 0; /* resumed where we stopped */
+    /* Resumed: the answer must start at or before the first byte we lack. */
+    const char *cr = up_fetch_header(uf, "content-range");
+    unsigned long long start = 0;
+    if (!cr || sscanf(cr, "bytes %llu-", &start) != 1 || start > written)
+      return PC_E_UPSTREAM;
+    f->skip = written - start;
+    return 0;
   }
   if (status != 200)
     return 0; /* decided in on_done */
@@ -743,6 +788,10 @@ static void fill_on_done(up_fetch_t *uf, int rc, int status, void *arg)
   }
   uint64_t written = store_writer_size(f->w);
   int transport = rc == PC_E_UPSTREAM || rc == PC_E_UPSTREAM_TIMEOUT;
+  if (transport && f->total > 0 && written == (uint64_t)f->total &&
+      (status == 200 || status == 206)) {
+    rc = 0; /* every byte arrived before the connection broke: verification decides */
+  }
   if (transport && written > 0 && f->attempts < MIRROR_RESUMES &&
       (f->total < 0 || written < (uint64_t)f->total)) {
     f->attempts++;
@@ -769,9 +818,11 @@ static void fill_on_done(up_fetch_t *uf, int rc, int status, void *arg)
     return;
   }
   f->verified = 1;
-  for (waiter_t *w = f->waiters.head; w; w = w->next)
+  for (waiter_t *w = f->waiters.head, *next; w; w = next) {
+    next = w->next;
     if (w->streaming)
       srv_file_avail(w->req, w->end);
+  }
   f->state = FILL_COMMITTING;
   uv_queue_work(f->m->d->loop, &f->work, fill_work, fill_after_work);
 }
@@ -816,6 +867,8 @@ void mirror_blob(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, const
   waiter_t *w = waiter_new(req);
   if (range)
     w->range = *range;
+  w->up = up;
+  copy_str(w->repo, sizeof(w->repo), repo);
   if (f) {
     srv_req_log(req, "cache", "joined");
     m->st.waiters_joined++;

@@ -303,6 +303,28 @@ def test_range_joins_live_fill():
         check(blob_fetches(up).get(layer["digest"]) == 1, "joined requests caused extra fetches")
 
 
+def test_refusal_for_one_repo_is_not_shared():
+    """A blob fill is shared by digest, but a 404 is an answer about one repository: a request
+    for the same digest from a repository that has it must not get that 404."""
+    d, imgs = images()
+    with pclib.TestEnv("fill-refusal") as env:
+        up = env.start_upstream(d)
+        pc = env.start_pullcache(upstream=up)
+        layer = max((b for b in imgs["kube-proxy"]["blobs"] if b["kind"] == "layer"), key=lambda b: b["size"])
+        data = pclib.read_blob(d, imgs["kube-proxy"], layer["digest"])
+        up.faults([{"role": "redirector", "path_re": "^/v2/nosuch/", "fault": "status", "status": 404,
+                    "delay_ms": 700}])
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            bad = ex.submit(http, "GET", pc.url + "/v2/nosuch/blobs/" + layer["digest"], None, None, 30)
+            time.sleep(0.3)  # the second request joins the fill the first one started
+            good = ex.submit(http, "GET", pc.url + "/v2/kube-proxy/blobs/" + layer["digest"], None, None, 30)
+            rb, rg = bad.result(), good.result()
+        check(rb.status == 404 and b"BLOB_UNKNOWN" in rb.body, "wrong repository: %d" % rb.status)
+        check(rg.status == 200 and rg.body == data, "right repository got %d" % rg.status)
+        log = open(pc.log_path, "rb").read()
+        check(b"cache=joined" in log, "the second request did not join the first fill")
+
+
 def test_upstream_errors_map():
     d, imgs = images()
     with pclib.TestEnv("fill-errors") as env:
@@ -363,5 +385,5 @@ if __name__ == "__main__":
         test_cold_then_warm, test_head_miss_fills_and_path_prefix, test_concurrent_cold_pulls_fetch_once,
         test_upstream_down_serves_stale_and_restart_is_warm, test_restart_warm_no_upstream_traffic,
         test_corrupt_blob_not_stored, test_corrupt_manifest_rejected, test_truncated_blob_resumed,
-        test_range_joins_live_fill, test_upstream_errors_map, test_offline_never_contacts_upstream,
+        test_range_joins_live_fill, test_refusal_for_one_repo_is_not_shared, test_upstream_errors_map, test_offline_never_contacts_upstream,
         test_distribution_upstream]))

@@ -269,6 +269,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return True
         if kind in ("status", "token_down"):
+            if f.get("delay_ms"):
+                time.sleep(int(f["delay_ms"]) / 1000.0)  # a slow refusal (optional)
             code = int(f.get("status", 500))
             hdrs = {}
             if f.get("retry_after") is not None:
