@@ -316,6 +316,15 @@ class Upstream(Proc):
         with open(os.path.join(self.state_dir, "violations")) as f:
             return int(f.read().strip() or 0)
 
+    def blob_gets(self):
+        """{digest: number of GETs} at the blob host."""
+        counts = {}
+        for e in self.log("blobs"):
+            if e["method"] == "GET":
+                d = e["path"].rsplit("/", 1)[-1].replace("%3A", ":")
+                counts[d] = counts.get(d, 0) + 1
+        return counts
+
     def count(self, role=None, path_contains=None, method=None):
         """Number of logged requests matching the filters."""
         return sum(1 for e in self.log(role)

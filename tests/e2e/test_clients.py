@@ -33,16 +33,6 @@ def platform_manifest(img, arch="amd64", os_="linux"):
     raise pclib.CheckFailed("%s has no %s/%s manifest" % (img["name"], os_, arch))
 
 
-def blob_gets(up):
-    """{digest: GETs at the blob host}."""
-    counts = {}
-    for e in up.log("blobs"):
-        if e["method"] == "GET":
-            d = e["path"].rsplit("/", 1)[-1].replace("%3A", ":")
-            counts[d] = counts.get(d, 0) + 1
-    return counts
-
-
 def start_mirror(env, up, decoy=True):
     """pullcache in front of UP. With DECOY, a dead upstream is configured FIRST (the default for
     requests that name no upstream), so a pull only succeeds if the client's ns= or path prefix
@@ -209,7 +199,7 @@ def test_containerd_pause_cold_warm():
         check(ctrd.content() == want, "content store %s != %s" % (sorted(ctrd.content()), sorted(want)))
         snaps = ctrd.snapshots()
         check(snaps and all(k == "Committed" for _, k in snaps), "not unpacked: %s" % snaps)
-        gets = blob_gets(up)
+        gets = up.blob_gets()
         for dg in [m["config"]] + m["layers"]:
             check(gets.get(dg) == 1, "cold: %s fetched %s times upstream" % (dg, gets.get(dg)))
         check(set(gets) == {m["config"]} | set(m["layers"]), "other blobs fetched: %s" % gets)
@@ -261,7 +251,7 @@ def test_containerd_all_platforms_and_oci():
                                   "apiserver access log")
         check(all(e.get("upstream") == "registry.k8s.io" for e in v2_entries(entries)),
               "upstream selection: %s" % entries)
-        gets = blob_gets(up)
+        gets = up.blob_gets()
         dup = {k: v for k, v in gets.items() if v != 1}
         check(not dup, "blobs fetched upstream more than once: %s" % dup)
         check(up.violations() == 0, "the blob host saw Authorization")
@@ -323,7 +313,7 @@ def test_containerd_resume_with_range():
               "resume answered %s (want 206, %d bytes)" % (lay, layer["size"] - offset))
         check(ctrd.images()[ref][1] == img["index_digest"], "image digest after resume")
         check(layer["digest"] in ctrd.content(), "layer not committed after resume")
-        gets = blob_gets(up)
+        gets = up.blob_gets()
         check(gets.get(layer["digest"]) == 1,
               "pullcache fetched the layer %s times upstream" % gets.get(layer["digest"]))
         check(up.violations() == 0, "the blob host saw Authorization")
@@ -365,7 +355,7 @@ def test_podman_pull_path_prefix():
             check(all(e["method"] == "GET" for e in v2), "podman sent a HEAD: %s" % v2)
             check(any(e.get("route") == "root" for e in entries), "no GET /v2/ ping: %s" % entries)
             if attempt == "cold":
-                gets = blob_gets(up)
+                gets = up.blob_gets()
                 check(set(gets) == {m["config"]} | set(m["layers"]) and set(gets.values()) == {1},
                       "cold upstream blob fetches: %s" % gets)
             else:
@@ -405,7 +395,7 @@ def test_skopeo_default_and_prefix():
                 pclib.skopeo("copy", "--all", "--src-tls-verify=false", "--retry-times", "0",
                              ref, "dir:" + dest)
                 verify_dir(img, dest)
-            gets = blob_gets(up)
+            gets = up.blob_gets()
             dup = {k: v for k, v in gets.items() if v != 1}
             check(not dup, "%s: blobs fetched more than once upstream: %s" % (name, dup))
         # OCI image into an OCI layout, digest preserved.

@@ -56,16 +56,6 @@ def verify_dir(img, dest):
     check(n > 0, "%s: no blobs checked" % img["name"])
 
 
-def blob_fetches(up):
-    """{digest: number of GETs} at the blob host."""
-    counts = {}
-    for e in up.log("blobs"):
-        if e["method"] == "GET":
-            d = e["path"].rsplit("/", 1)[-1].replace("%3A", ":")
-            counts[d] = counts.get(d, 0) + 1
-    return counts
-
-
 def layer_digests(img):
     return [b["digest"] for b in img["blobs"] if b["kind"] not in ("manifest", "index")]
 
@@ -104,7 +94,7 @@ def test_cold_then_warm():
         pc = env.start_pullcache(upstream=up)
         img = imgs["kube-proxy"]
         pull(pc, img, env.path("cold"))
-        fetched = blob_fetches(up)
+        fetched = up.blob_gets()
         for dg in layer_digests(img):
             check(fetched.get(dg) == 1, "cold: blob %s fetched %s times" % (dg, fetched.get(dg)))
             check(stored(pc, dg), "cold: blob %s not in the store" % dg)
@@ -164,7 +154,7 @@ def test_concurrent_cold_pulls_fetch_once():
             futs = [ex.submit(pull, pc, img, env.path("c%d" % i)) for i in range(20)]
             for f in futs:
                 f.result()
-        fetched = blob_fetches(up)
+        fetched = up.blob_gets()
         for dg in layer_digests(img):
             check(fetched.get(dg) == 1, "20 pulls: blob %s fetched %s times" % (dg, fetched.get(dg)))
         extra = {k: v for k, v in fetched.items() if v != 1}
@@ -300,7 +290,7 @@ def test_range_joins_live_fill():
         check(r2.status == 206 and r2.body == data[1000:2000], "range joined a live fill: %d" % r2.status)
         check(r2.headers.get("content-range") == "bytes 1000-1999/%d" % len(data), "content-range")
         check(r3.status == 206 and r3.body == data[-10:], "suffix range on a live fill")
-        check(blob_fetches(up).get(layer["digest"]) == 1, "joined requests caused extra fetches")
+        check(up.blob_gets().get(layer["digest"]) == 1, "joined requests caused extra fetches")
 
 
 def test_refusal_for_one_repo_is_not_shared():
