@@ -28,7 +28,7 @@
  *
  * Small complete file bodies (<= SRV_SMALL_FILE: manifests, configs) are read inline and written
  * with the head in one write. Larger ones:
- * File bodies: uv_fs_sendfile on the socket fd, in the libuv threadpool, SRV_SENDFILE_CHUNK
+ * File bodies: sendfile(2) on the socket fd, in the libuv threadpool, SRV_SENDFILE_CHUNK
  * bytes at most per call. Why this design: sendfile(2) from a file that is not in the page
  * cache blocks on disk reads, which must not stall the loop thread, so the call runs in the
  * threadpool; the socket is non-blocking (libuv made it so), so the thread never blocks on a
@@ -55,6 +55,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/sendfile.h>
 #include <unistd.h>
 
 #define SRV_RBUF 16384u                  /* read buffer per connection */
@@ -113,7 +114,11 @@ struct conn {
   uv_poll_t poll; /* on dupfd, only while a file body waits for the socket to drain */
   uv_write_t wreq;
   uv_shutdown_t sreq;
-  uv_fs_t fsreq;
+  uv_work_t sfwork; /* sendfile(2) on the thread pool (see file_pump) */
+  int sf_sock;      /* its arguments and result */
+  int64_t sf_off;
+  size_t sf_len;
+  ssize_t sf_res;
   llhttp_t parser;
   srv_t *s;
   conn_t *prev, *next;
@@ -596,11 +601,24 @@ static void wait_writable(conn_t *c)
     conn_abort(c);
 }
 
-static void on_sendfile(uv_fs_t *fs)
+/* Thread pool: one sendfile(2) call on the non-blocking socket. libuv's uv_fs_sendfile is not
+ * used: on Linux it first tries copy_file_range, which fails on a socket, and then falls back to
+ * copying through an 8 KiB user-space buffer instead of calling sendfile. */
+static void sendfile_work(uv_work_t *w)
 {
-  conn_t *c = container_of(fs, conn_t, fsreq);
-  ssize_t res = fs->result;
-  uv_fs_req_cleanup(fs);
+  conn_t *c = container_of(w, conn_t, sfwork);
+  off_t off = (off_t)c->sf_off;
+  ssize_t r;
+  do
+    r = sendfile(c->sf_sock, c->ffd, &off, c->sf_len);
+  while (r < 0 && errno == EINTR);
+  c->sf_res = r < 0 ? (errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno) : r;
+}
+
+static void on_sendfile(uv_work_t *w, int status)
+{
+  conn_t *c = container_of(w, conn_t, sfwork);
+  ssize_t res = status < 0 ? status : c->sf_res;
   c->fs_busy = 0;
   if (c->closing) {
     conn_close_handles(c);
@@ -643,9 +661,12 @@ static void file_pump(conn_t *c)
     n = SRV_SENDFILE_CHUNK;
   uv_os_fd_t sock;
   int rc = uv_fileno((uv_handle_t *)&c->tcp, &sock);
-  if (rc == 0)
-    rc = uv_fs_sendfile(c->s->loop, &c->fsreq, sock, c->ffd, (int64_t)r->pos, (size_t)n,
-                        on_sendfile);
+  if (rc == 0) {
+    c->sf_sock = sock;
+    c->sf_off = (int64_t)r->pos;
+    c->sf_len = (size_t)n;
+    rc = uv_queue_work(c->s->loop, &c->sfwork, sendfile_work, on_sendfile);
+  }
   if (rc != 0) {
     abort_soon(c);
     return;
