@@ -56,6 +56,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/sendfile.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define SRV_RBUF 16384u                  /* read buffer per connection */
@@ -635,6 +636,8 @@ static void on_sendfile(uv_work_t *w, int status)
   } else {
     if (res == 0)
       pc_log(PC_LOG_WARN, "srv file shorter than announced peer=%s", c->peer);
+    else if (res != UV_EPIPE && res != UV_ECONNRESET)
+      pc_log(PC_LOG_WARN, "srv sendfile failed err=%s peer=%s", pc_errname((int)res), c->peer);
     conn_abort(c);
   }
 }
@@ -1111,7 +1114,7 @@ static void on_connection(uv_stream_t *server, int status)
 
 int srv__adopt(srv_t *s, int fd)
 {
-  if (s->closing) {
+  if (s->closing || s->draining) {
     close(fd);
     return UV_EINVAL;
   }
@@ -1204,7 +1207,7 @@ static int parse_addr(const char *addr, struct sockaddr_storage *ss)
 int srv_listen(srv_t *s, const char *addr)
 {
   struct sockaddr_storage ss;
-  int rc = s->closing || !addr ? UV_EINVAL : parse_addr(addr, &ss);
+  int rc = s->closing || s->draining || !addr ? UV_EINVAL : parse_addr(addr, &ss);
   if (rc != 0)
     return rc;
   listener_t *l = pc_xcalloc(1, sizeof(*l));
@@ -1438,12 +1441,15 @@ void srv_respond_file(srv_req_t *r, int status, const char *content_type, int fd
   conn_t *c = r->c;
   PC_ASSERT(c->ffd < 0);
   if (!r->is_head && !c->closing && len <= SRV_SMALL_FILE && avail_end >= off + len) {
-    /* Small and complete (manifests, configs): one pread and one write with the head beats
-     * two threadpool round trips; a read this size costs microseconds from the page cache. */
+    /* Small and complete (manifests, configs): one read and one write with the head beats two
+     * threadpool round trips. RWF_NOWAIT: only from the page cache; a read that would wait for
+     * the disk returns EAGAIN and the body takes the threadpool path, so the loop never blocks
+     * on a disk. */
     char *b = pc_xmalloc(len ? (size_t)len : 1);
     size_t got = 0;
     while (got < len) {
-      ssize_t n = pread(fd, b + got, (size_t)len - got, (off_t)(off + got));
+      struct iovec iov = {b + got, (size_t)len - got};
+      ssize_t n = preadv2(fd, &iov, 1, (off_t)(off + got), RWF_NOWAIT);
       if (n < 0 && errno == EINTR)
         continue;
       if (n <= 0)
@@ -1456,8 +1462,8 @@ void srv_respond_file(srv_req_t *r, int status, const char *content_type, int fd
       free(b);
       return;
     }
-    /* Short or failed read: take the sendfile path, which reports it asynchronously (a done
-     * callback never runs inside srv_respond_file). */
+    /* Not all in the page cache, short, or failed: take the sendfile path (it reports a short
+     * file asynchronously; a done callback never runs inside srv_respond_file). */
     free(b);
   }
   if (r->is_head || c->closing) {

@@ -6,8 +6,9 @@
  * unless srv_req_on_done reported the request gone first.
  *
  * Lifetime of a srv_req_t: from the handler call until its done callback (srv_req_on_done) has
- * run. srv_respond, srv_respond_file and srv_file_avail never run the done callback before they
- * return (a failure is handled on a later loop turn); srv_abort and srv_close may. After that the pointer is invalid. If the client disconnects before the answer, the done
+ * run; after that the pointer is invalid. srv_respond, srv_respond_file and srv_file_avail never
+ * run the done callback before they return (a failure is handled on a later loop turn);
+ * srv_abort and srv_close may. If the client disconnects before the answer, the done
  * callback runs with status 0 and any later srv_* call on the request is a bug, so a handler that
  * answers later must register a done callback and forget the request in it.
  *
@@ -17,7 +18,7 @@
  * connection; a client that stops reading its response is closed after a write stall timeout.
  * Past max_conns, new connections get a 503 and are closed.
  *
- * Responses stream: file bodies go out with sendfile(2) (uv_fs_sendfile on the socket fd) in
+ * Responses stream: file bodies go out with sendfile(2) on the thread pool in
  * bounded chunks, waiting for the socket to drain; per-connection memory does not depend on
  * the body size. A file body may still be growing (a live fill): the server sends up to the
  * announced end and waits for srv_file_avail.
