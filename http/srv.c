@@ -51,6 +51,7 @@
 
 #include <errno.h>
 #include <llhttp.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <string.h>
 #include <strings.h>
@@ -61,6 +62,7 @@
 
 #define SRV_RBUF 16384u                  /* read buffer per connection */
 #define SRV_SENDFILE_CHUNK (1024u * 1024u) /* bytes per sendfile call */
+#define SRV_SENDFILE_POLL_MS 20             /* a worker waits this long for a full socket */
 #define SRV_SMALL_FILE 65536u            /* complete file bodies up to this are read inline */
 #define SRV_LINGER_MS 2000u              /* lingering close: discard input this long at most */
 #define SRV_LINGER_MAX (1024u * 1024u)   /* ... and this many bytes at most */
@@ -609,11 +611,32 @@ static void sendfile_work(uv_work_t *w)
 {
   conn_t *c = container_of(w, conn_t, sfwork);
   off_t off = (off_t)c->sf_off;
-  ssize_t r;
-  do
-    r = sendfile(c->sf_sock, c->ffd, &off, c->sf_len);
-  while (r < 0 && errno == EINTR);
-  c->sf_res = r < 0 ? (errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno) : r;
+  size_t done = 0;
+  int err = 0;
+  while (done < c->sf_len) {
+    ssize_t r = sendfile(c->sf_sock, c->ffd, &off, c->sf_len - done);
+    if (r > 0) {
+      done += (size_t)r;
+      continue;
+    }
+    if (r == 0)
+      break; /* the file is shorter than announced */
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      err = -errno;
+      break;
+    }
+    /* The socket buffer is full. A client that reads on frees it within microseconds: wait a
+     * little here rather than pay a loop round trip per buffer; a slow one is left to the
+     * loop's writability poll, so no thread ever waits long on a client. */
+    struct pollfd p = {c->sf_sock, POLLOUT, 0};
+    if (poll(&p, 1, SRV_SENDFILE_POLL_MS) != 1) {
+      err = UV_EAGAIN;
+      break;
+    }
+  }
+  c->sf_res = done > 0 ? (ssize_t)done : err;
 }
 
 static void on_sendfile(uv_work_t *w, int status)
