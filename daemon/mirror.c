@@ -404,7 +404,7 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
   (void)f;
   j->fetch = NULL;
   if (rc < 0 || status != 200) {
-    int err = map_upstream(rc == PC_E_TOOBIG ? PC_E_TOOBIG : rc, status, PC_E_MANIFEST_UNKNOWN);
+    int err = map_upstream(rc, status, PC_E_MANIFEST_UNKNOWN);
     pc_log(PC_LOG_WARN, "upstream manifest upstream=%s repo=%s ref=%s status=%d rc=%s",
            j->up->name, j->repo, j->ref, status, pc_errname(rc));
     mjob_fail(j, err);
@@ -782,10 +782,6 @@ static void fill_on_done(up_fetch_t *uf, int rc, int status, void *arg)
   fill_t *f = arg;
   (void)uf;
   f->fetch = NULL;
-  if (f->m->closing) {
-    fill_fail(f, PC_E_UPSTREAM_UNAVAILABLE);
-    return;
-  }
   uint64_t written = store_writer_size(f->w);
   int transport = rc == PC_E_UPSTREAM || rc == PC_E_UPSTREAM_TIMEOUT;
   if (transport && f->total > 0 && written == (uint64_t)f->total &&
