@@ -5,7 +5,8 @@ systemd is not PID 1 on the test machines, so nothing here starts a unit. What i
   - the shipped unit's contract (ExecStart, Type=notify, ExecReload, user, StateDirectory...);
   - `systemd-analyze verify` is clean, for the unit alone and with the privileged-port drop-in;
   - `systemd-analyze security --offline=true` overall exposure <= 2.0 (unit and drop-in);
-  - sysusers and tmpfiles applied to a scratch root give the expected account, modes, owners;
+  - sysusers and tmpfiles applied to a scratch root give the expected account, modes, owners,
+    and so do the install steps of docs/OPERATIONS.md replayed in a scratch root;
   - the daemon itself fits the sandbox: run under strace through a cold fill, hits, /metrics
     and a SIGTERM drain, every system call it made must be in the unit's SystemCallFilter,
     every socket family in RestrictAddressFamilies, every write under the store
@@ -42,6 +43,11 @@ SAMPLE_CONF = os.path.join(SYSTEMD_DIR, "pullcache.conf")
 EXEC_START = "/usr/local/bin/pullcache serve --config /etc/pullcache/pullcache.conf"
 EXEC_RELOAD = "/bin/kill -HUP $MAINPID"
 MAX_EXPOSURE = 2.0
+# Where docs/OPERATIONS.md installs each file (relative to the root file system).
+INSTALL = [(UNIT, "usr/local/lib/systemd/system/pullcache.service"),
+           (SYSUSERS, "usr/local/lib/sysusers.d/pullcache.conf"),
+           (TMPFILES, "usr/local/lib/tmpfiles.d/pullcache.conf"),
+           (SAMPLE_CONF, "etc/pullcache/pullcache.conf")]
 DRAIN_S = 10  # the daemon's graceful drain bound (daemon/daemon.c DAEMON_DRAIN_MS)
 
 
@@ -268,6 +274,37 @@ def test_tmpfiles():
         check(stat.S_IMODE(st.st_mode) == 0o640, "pullcache.conf mode %o" % stat.S_IMODE(st.st_mode))
         check(st.st_uid == 0 and st.st_gid == gid, "pullcache.conf owner %d:%d" % (st.st_uid, st.st_gid))
         check(stat.S_IMODE(os.stat(conf_dir).st_mode) == 0o750, "/etc/pullcache mode not restored")
+
+
+def test_install_layout():
+    """The install steps of docs/OPERATIONS.md in a scratch root: files at the documented paths,
+    then systemd-sysusers, systemd-tmpfiles and systemctl enable with no file arguments, so
+    they must find ours through their search paths."""
+    su = tool("systemd-sysusers", "systemd")
+    tf = tool("systemd-tmpfiles", "systemd")
+    sc = tool("systemctl", "systemd")
+    with open(os.path.join(pclib.SRC, "docs", "OPERATIONS.md")) as f:
+        doc = f.read()
+    with pclib.TestEnv("systemd-install") as env:
+        root = env.path("root")
+        os.makedirs(os.path.join(root, "etc"))
+        for src, dst in INSTALL:
+            check("/" + dst in doc, "docs/OPERATIONS.md does not install %s at /%s" % (src, dst))
+            os.makedirs(os.path.dirname(os.path.join(root, dst)), exist_ok=True)
+            shutil.copy(src, os.path.join(root, dst))
+        for argv in ([su, "--root=" + root], [tf, "--create", "--root=" + root],
+                     [sc, "--root=" + root, "enable", "pullcache.service"]):
+            r = run(argv)
+            check(r.returncode == 0, "%s: exit %d\n%s" % (" ".join(argv), r.returncode, r.stderr))
+        link = os.path.join(root, "etc/systemd/system/multi-user.target.wants/pullcache.service")
+        check(os.readlink(link) == "/usr/local/lib/systemd/system/pullcache.service",
+              "enable made %r" % os.readlink(link))
+        with open(os.path.join(root, "etc", "group")) as f:
+            gid = [int(l.split(":")[2]) for l in f if l.startswith("pullcache:")]
+        check(len(gid) == 1, "no pullcache group in the scratch root")
+        st = os.stat(os.path.join(root, "etc/pullcache/pullcache.conf"))
+        check(stat.S_IMODE(st.st_mode) == 0o640 and st.st_gid == gid[0],
+              "installed config mode %o gid %d" % (stat.S_IMODE(st.st_mode), st.st_gid))
 
 
 # ---- the daemon inside the sandbox -------------------------------------------------------------
@@ -511,4 +548,4 @@ def test_daemon_fits_sandbox():
 if __name__ == "__main__":
     sys.exit(pclib.run_tests([test_unit_contract, test_verify, test_security_exposure,
                               test_privileged_port_dropin, test_sysusers, test_tmpfiles,
-                              test_daemon_fits_sandbox]))
+                              test_install_layout, test_daemon_fits_sandbox]))
