@@ -70,9 +70,31 @@ char *pc__xstrndup(const char *s, size_t n, const char *file, int line);
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 #define PC_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
-/* Logging: one line per event to stderr, journald priority prefix, key=value fields. */
+/* Logging: one line per event to stderr, journald priority prefix, key=value fields.
+ *
+ * Messages follow one convention, "event key=value key=value ...":
+ * - the event is the first word (up to the first space);
+ * - keys are 1 to PC_LOG_KEY_MAX of [A-Za-z0-9_.-] (pc_log_key makes any string one);
+ * - a value is written as is when it is plain (non-empty printable ASCII without space, '"',
+ *   '\' or '='), else in double quotes with \" \\ and \xHH escapes: pc_log_quote does both,
+ *   and every value that did not come from our own code must go through it, so that it can
+ *   neither end the line nor fake a field;
+ * - free text may follow the fields.
+ */
 enum { PC_LOG_ERR = 3, PC_LOG_WARN = 4, PC_LOG_NOTICE = 5, PC_LOG_INFO = 6, PC_LOG_DEBUG = 7 };
+#define PC_LOG_KEY_MAX 64 /**< longest key */
+/** The size pc_log_quote needs for a value cut at max bytes, NUL included. */
+#define PC_LOG_QUOTE_SIZE(max) (4 * (size_t)(max) + 6)
 extern int pc_log_level; /**< messages above this level are dropped before formatting */
+/** Write value as a log value: as is when plain (see above), else quoted and escaped. A value
+ * longer than max bytes is cut to max bytes and "..." appended (inside the quotes when
+ * quoted). Like snprintf: writes at most dstlen bytes, NUL included (dst may be NULL when
+ * dstlen is 0), and returns the length of the whole output; a return >= dstlen means dst holds
+ * an unusable partial value. PC_LOG_QUOTE_SIZE(max) bytes always suffice. */
+size_t pc_log_quote(char *dst, size_t dstlen, const char *value, size_t max);
+/** Write key as a log key: characters outside [A-Za-z0-9_.-] become '_', cut to
+ * PC_LOG_KEY_MAX bytes and to dstlen - 1. Returns its length (0 for an empty key: no key). */
+size_t pc_log_key(char *dst, size_t dstlen, const char *key);
 #define pc_log(lvl, ...)                                                                           \
   do {                                                                                             \
     if ((lvl) > pc_log_level)                                                                      \
