@@ -78,7 +78,7 @@ const char *pc_err_code(int err)
 
 static _Noreturn void oom(size_t n, const char *file, int line)
 {
-  fprintf(stderr, "<2>fatal: out of memory allocating %zu bytes at %s:%d\n", n, file, line);
+  pc__log(2, "fatal: out of memory allocating %zu bytes at %s:%d", n, file, line);
   abort();
 }
 

@@ -35,7 +35,7 @@
  * - Every response carries Content-Length (except 1xx/204/304) and, when the connection will
  *   close, "Connection: close". No Date header.
  * - Access log: one pc_log(PC_LOG_INFO) line per answered request, in the key=value
- *   convention of core/pc.h:
+ *   convention of core/pc.h (so the JSON log format turns it into fields):
  *   `req method=GET path=/v2/... status=200 bytes=123 ms=4 peer=1.2.3.4:5 key=value...`;
  *   status=0 when the response did not complete. Method, path, peer and srv_req_log values
  *   go through pc_log_quote (quoted when not plain; the path is cut at 256 bytes), so a
