@@ -1,12 +1,9 @@
-/* pc — shared core: error table, logging, allocation helpers, clocks. */
+/* pc — shared core: error table, allocation helpers, clocks (logging is in log.c). */
 #include "core/pc.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <string.h>
 #include <time.h>
-
-int pc_log_level = PC_LOG_INFO;
 
 const char *pc_strerror(int err)
 {
@@ -81,7 +78,7 @@ const char *pc_err_code(int err)
 
 static _Noreturn void oom(size_t n, const char *file, int line)
 {
-  fprintf(stderr, "<2>fatal: out of memory allocating %zu bytes at %s:%d\n", n, file, line);
+  pc__log(2, "fatal: out of memory allocating %zu bytes at %s:%d", n, file, line);
   abort();
 }
 
@@ -120,35 +117,6 @@ char *pc__xstrndup(const char *s, size_t n, const char *file, int line)
   memcpy(p, s, n);
   p[n] = '\0';
   return p;
-}
-
-void pc__log(int lvl, const char *fmt, ...)
-{
-  char line[4096];
-  int n = snprintf(line, sizeof(line), "<%d>", lvl);
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
-  va_end(ap);
-  /* One write per line so concurrent writers (helper threads) never interleave a line. */
-  size_t len = strlen(line);
-  if (len < sizeof(line) - 1)
-    line[len++] = '\n';
-  else
-    line[sizeof(line) - 2] = '\n', len = sizeof(line) - 1;
-  fwrite(line, 1, len, stderr);
-  fflush(stderr);
-}
-
-_Noreturn void pc__fatal(const char *file, int line, const char *fmt, ...)
-{
-  va_list ap;
-  fprintf(stderr, "<2>fatal: ");
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, " (%s:%d)\n", file, line);
-  abort();
 }
 
 int64_t pc_now_sec(void)

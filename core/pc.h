@@ -70,18 +70,92 @@ char *pc__xstrndup(const char *s, size_t n, const char *file, int line);
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 #define PC_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
-/* Logging: one line per event to stderr, journald priority prefix, key=value fields. */
+/* Logging: one line per event on stderr, text or JSON, journald priority prefix under systemd.
+ *
+ * Messages follow one convention, "event key=value key=value ...":
+ * - the event is the first word (up to the first space);
+ * - keys are 1 to PC_LOG_KEY_MAX of [A-Za-z0-9_.-] (pc_log_key makes any string one);
+ * - a value is written as is when it is plain (non-empty printable ASCII without space, '"',
+ *   '\' or '='), else in double quotes with \" \\ and \xHH escapes: pc_log_quote does both,
+ *   and every value that did not come from our own code must go through it, so that it can
+ *   neither end the line nor fake a field;
+ * - free text may follow the fields ("store: swept 3 temp file(s)" is all free text after
+ *   the event "store:").
+ *
+ * pc_log_setup(format) chooses the format and detects journald (see pc_log_journald). The
+ * lines look like this (one write(2) each, at most PC_LOG_LINE_MAX bytes with the newline):
+ *
+ *   text:            2026-11-25T14:36:24.123Z info req method=GET path=/v2/ status=200
+ *   text, journald:  <6>req method=GET path=/v2/ status=200
+ *   json:            {"ts":"2026-11-25T14:36:24.123Z","level":"info","event":"req",
+ *                     "method":"GET","path":"/v2/","status":200}          (on one line)
+ *   json, journald:  <6>{"ts":...same object...}
+ *
+ * - Text: the timestamp is UTC with milliseconds and the level is one of emerg alert crit err
+ *   warn notice info debug. Journald stamps lines itself, so there only the "<N>" prefix is
+ *   written, which journald takes as the priority and strips. Control characters in the
+ *   message are written as \xHH. An over-long line is cut.
+ * - JSON: one object per line. Under journald the "<N>" prefix still comes first, because it
+ *   is how the priority gets to journald, which strips it and stores the bare object as
+ *   MESSAGE; "ts" and "level" stay in the object so that it is complete on its own.
+ *   Fields, in this order: "ts", "level", "event", then one field per key=value in message
+ *   order, then "msg" and "truncated" when they apply.
+ *   - An unquoted value that is a plain decimal integer (optional '-', no leading zero, not
+ *     "-0", fits int64) becomes a JSON integer; any other value (every quoted one included)
+ *     is a string, its quoting undone.
+ *   - The first token that does not fit the convention (no '=', a bad key, a malformed quoted
+ *     value, a '"' or control character inside an unquoted value) starts free text: from
+ *     there to the end, the message goes verbatim into "msg".
+ *   - A key seen twice (or named "ts", "level", "event", "msg", "truncated") is kept under
+ *     the first free name among key_2, key_3, ...: nothing is overwritten or lost.
+ *   - Bytes that are not valid UTF-8 appear as the four characters \xHH in strings.
+ *   - A line too long for the cap is rebuilt from the longest prefix of the message that
+ *     fits, with "truncated":true (also set when the message was cut while formatting); an
+ *     unquoted value reaching the cut counts as free text (it goes to "msg"), so no field
+ *     holds a shortened number.
+ *   - If jansson fails (out of memory), that one line is written in the text format.
+ * Levels above pc_log_level are dropped before the arguments are even evaluated. Any thread
+ * may log; errno is preserved.
+ */
 enum { PC_LOG_ERR = 3, PC_LOG_WARN = 4, PC_LOG_NOTICE = 5, PC_LOG_INFO = 6, PC_LOG_DEBUG = 7 };
-extern int pc_log_level; /**< messages above this level are dropped before formatting */
+enum { PC_LOG_TEXT, PC_LOG_JSON };
+#define PC_LOG_LINE_MAX 4096 /**< bytes per line with its newline (PIPE_BUF: atomic on pipes) */
+#define PC_LOG_KEY_MAX 64    /**< longest key the JSON format takes as a field name */
+/** The size pc_log_quote needs for a value cut at max bytes, NUL included. */
+#define PC_LOG_QUOTE_SIZE(max) (4 * (size_t)(max) + 6)
+
+extern int pc_log_level;  /**< messages above this level are dropped before formatting */
+extern int pc_log_format; /**< PC_LOG_TEXT (default) or PC_LOG_JSON; set by pc_log_setup */
+
+/** Choose the format (PC_LOG_TEXT or PC_LOG_JSON; anything else is text) and detect whether
+ * stderr is the journal. Call it once at startup, before other threads log, and again after
+ * redirecting stderr. Without it, lines are text and journald is detected on the first line. */
+void pc_log_setup(int format);
+/** 1 when stderr is the systemd journal: $JOURNAL_STREAM ("DEV:INODE") names the device and
+ * inode of fd 2 (systemd sets it for services whose output goes to the journal; a child whose
+ * stderr was redirected inherits the variable but not the match). As of the last pc_log_setup
+ * (or the first line logged). */
+int pc_log_journald(void);
+/** Write value as a log value: as is when plain (see above), else quoted and escaped. A value
+ * longer than max bytes is cut to max bytes and "..." appended (inside the quotes when
+ * quoted). Like snprintf: writes at most dstlen bytes, NUL included (dst may be NULL when
+ * dstlen is 0), and returns the length of the whole output; a return >= dstlen means dst holds
+ * an unusable partial value. PC_LOG_QUOTE_SIZE(max) bytes always suffice. */
+size_t pc_log_quote(char *dst, size_t dstlen, const char *value, size_t max);
+/** Write key as a log key: characters outside [A-Za-z0-9_.-] become '_', cut to
+ * PC_LOG_KEY_MAX bytes and to dstlen - 1. Returns its length (0 for an empty key: no key). */
+size_t pc_log_key(char *dst, size_t dstlen, const char *key);
+
 #define pc_log(lvl, ...)                                                                           \
   do {                                                                                             \
     if ((lvl) > pc_log_level)                                                                      \
       break;                                                                                       \
     pc__log((lvl), __VA_ARGS__);                                                                   \
   } while (0)
+/** Log one line at level lvl (0..7), without looking at pc_log_level. */
 void pc__log(int lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/** Always-on assertion: prints the expression, file and line, then aborts. */
+/** Always-on assertion: logs the expression, file and line at level 2 (crit), then aborts. */
 #define PC_ASSERT(e)                                                                               \
   do {                                                                                             \
     if (!(e))                                                                                      \

@@ -68,6 +68,7 @@
 #define SRV_LINGER_MAX (1024u * 1024u)   /* ... and this many bytes at most */
 #define SRV_LOG_PATH_MAX 256u            /* paths longer than this are cut in the access log */
 #define SRV_LOGF_MAX 1024u               /* srv_req_log fields per request */
+#define SRV_LOG_VALUE_MAX 256u           /* longest value (before quoting) in the access log */
 #define SRV_RESP_HDR_MAX 16384u          /* srv_resp_header bytes per response */
 #define SRV_BACKLOG 511
 
@@ -219,37 +220,14 @@ static void buf_free(buf_t *b)
   b->len = b->cap = 0;
 }
 
-/* Append v for a key=value log line: as is when plain, else quoted with \" \\ \xHH escapes;
- * cut at max bytes (marked with "..."). */
+/* Append v as a log value (pc_log_quote: as is when plain, else quoted and escaped), cut at
+ * max bytes (marked with "..."), max <= SRV_LOG_VALUE_MAX. */
 static void log_value(buf_t *b, const char *v, size_t max)
 {
-  size_t n = strlen(v);
-  int quote = n == 0;
-  for (size_t i = 0; i < n && !quote; i++) {
-    unsigned char ch = (unsigned char)v[i];
-    if (ch <= ' ' || ch >= 0x7f || ch == '"' || ch == '\\' || ch == '=')
-      quote = 1;
-  }
-  size_t take = n > max ? max : n;
-  if (!quote) {
-    buf_add(b, v, take);
-  } else {
-    buf_add(b, "\"", 1);
-    for (size_t i = 0; i < take; i++) {
-      unsigned char ch = (unsigned char)v[i];
-      if (ch == '"' || ch == '\\') {
-        char e[2] = {'\\', (char)ch};
-        buf_add(b, e, 2);
-      } else if (ch < ' ' || ch >= 0x7f) {
-        buf_printf(b, "\\x%02x", ch);
-      } else {
-        buf_add(b, &v[i], 1);
-      }
-    }
-    buf_add(b, "\"", 1);
-  }
-  if (take < n)
-    buf_add(b, "...", 3);
+  char q[PC_LOG_QUOTE_SIZE(SRV_LOG_VALUE_MAX)];
+  PC_ASSERT(max <= SRV_LOG_VALUE_MAX);
+  size_t n = pc_log_quote(q, sizeof(q), v, max);
+  buf_add(b, q, n);
 }
 
 static const char *reason_phrase(int status)
@@ -328,7 +306,7 @@ static void req_log(srv_req_t *r)
     return;
   buf_t b = {0};
   buf_adds(&b, "req method=");
-  buf_adds(&b, r->method);
+  log_value(&b, r->method, 32);
   buf_adds(&b, " path=");
   log_value(&b, r->url.p && r->url.p[0] ? r->url.p : "-", SRV_LOG_PATH_MAX);
   buf_printf(&b, " status=%d bytes=%llu ms=%llu peer=", r->status,
@@ -1399,12 +1377,17 @@ const char *srv_req_peer(const srv_req_t *r)
 
 void srv_req_log(srv_req_t *r, const char *key, const char *value)
 {
-  if (!key || !value || r->logf.len + strlen(key) + strlen(value) + 8 > SRV_LOGF_MAX)
+  char k[PC_LOG_KEY_MAX + 1], v[PC_LOG_QUOTE_SIZE(SRV_LOG_VALUE_MAX)];
+  if (!key || !value)
+    return;
+  size_t kn = pc_log_key(k, sizeof(k), key);
+  size_t vn = pc_log_quote(v, sizeof(v), value, SRV_LOG_VALUE_MAX);
+  if (!kn || r->logf.len + kn + vn + 2 > SRV_LOGF_MAX)
     return;
   buf_adds(&r->logf, " ");
-  log_value(&r->logf, key, 64);
+  buf_add(&r->logf, k, kn);
   buf_adds(&r->logf, "=");
-  log_value(&r->logf, value, 256);
+  buf_add(&r->logf, v, vn);
 }
 
 void srv_req_on_done(srv_req_t *r, srv_done_cb cb, void *arg)

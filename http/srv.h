@@ -34,9 +34,12 @@
  *   a lingering close: shutdown, then unread input is discarded for up to 2 s.
  * - Every response carries Content-Length (except 1xx/204/304) and, when the connection will
  *   close, "Connection: close". No Date header.
- * - Access log: one pc_log(PC_LOG_INFO) line per answered request:
+ * - Access log: one pc_log(PC_LOG_INFO) line per answered request, in the key=value
+ *   convention of core/pc.h (so the JSON log format turns it into fields):
  *   `req method=GET path=/v2/... status=200 bytes=123 ms=4 peer=1.2.3.4:5 key=value...`;
- *   status=0 when the response did not complete; values with spaces or quotes are quoted.
+ *   status=0 when the response did not complete. Method, path, peer and srv_req_log values
+ *   go through pc_log_quote (quoted when not plain; the path is cut at 256 bytes), so a
+ *   client cannot end the line or add a field.
  */
 #ifndef SRV_H
 #define SRV_H
@@ -109,7 +112,10 @@ const char *srv_req_query(const srv_req_t *r);
 const char *srv_req_header(const srv_req_t *r, const char *name);
 /** The peer address as text ("127.0.0.1:53412"). */
 const char *srv_req_peer(const srv_req_t *r);
-/** Add a key=value field to this request's access-log line (copied; e.g. "cache", "hit"). */
+/** Add a key=value field to this request's access-log line (copied; e.g. "cache", "hit").
+ * The key is made a log key (pc_log_key: other characters become '_'; an empty key adds
+ * nothing); the value is quoted by pc_log_quote and cut at 256 bytes. Fields past 1 KiB per
+ * request are dropped. */
 void srv_req_log(srv_req_t *r, const char *key, const char *value);
 /** Register the done callback (one per request; a second call replaces the first). */
 void srv_req_on_done(srv_req_t *r, srv_done_cb cb, void *arg);
