@@ -232,13 +232,16 @@ static void challenge_param(up__challenge_t *c, const char *name, size_t nlen, c
   }
 }
 
-int up__challenge_parse(const char *s, up__challenge_t *out)
+/* Walk the challenges of a WWW-Authenticate value: on_scheme for every auth-scheme (a token
+ * not followed by '='; non-zero stops the walk), on_param (may be NULL) for every auth-param.
+ * The tail of a token68 ("Negotiate abc==") parses as a parameter. */
+static void challenge_walk(const char *s, int (*on_scheme)(void *arg, const char *name, size_t n),
+                           void (*on_param)(void *arg, const char *name, size_t n, const char *v),
+                           void *arg)
 {
   const char *p = s;
-  int bearer = 0, found = 0;
   char *val = pc_xmalloc(strlen(s) + 1);
 
-  memset(out, 0, sizeof(*out));
   while (*p) {
     const char *name, *q;
     size_t nlen, vlen = 0;
@@ -256,14 +259,10 @@ int up__challenge_parse(const char *s, up__challenge_t *out)
     }
     q = skip_ws(p);
     if (*q != '=') {
-      /* A token not followed by '=' starts a challenge (it is the auth-scheme). */
-      if (found)
+      if (on_scheme(arg, name, nlen))
         break;
-      bearer = nlen == 6 && strncasecmp(name, "Bearer", 6) == 0;
-      found = bearer;
       continue;
     }
-    /* An auth-param (the tail of a token68 parses as one and is ignored). */
     p = skip_ws(q + 1);
     if (*p == '"') {
       p++;
@@ -279,17 +278,68 @@ int up__challenge_parse(const char *s, up__challenge_t *out)
         val[vlen++] = *p++;
     }
     val[vlen] = '\0';
-    if (bearer)
-      challenge_param(out, name, nlen, val);
+    if (on_param)
+      on_param(arg, name, nlen, val);
     while (*p && *p != ',')
       p++;
   }
   free(val);
-  if (!found) {
+}
+
+struct bearer_walk {
+  up__challenge_t *out;
+  int bearer; /* inside a Bearer challenge */
+  int found;
+};
+
+static int bearer_on_scheme(void *arg, const char *name, size_t nlen)
+{
+  struct bearer_walk *w = arg;
+  if (w->found)
+    return 1; /* the first Bearer challenge is complete */
+  w->bearer = nlen == 6 && strncasecmp(name, "Bearer", 6) == 0;
+  w->found = w->bearer;
+  return 0;
+}
+
+static void bearer_on_param(void *arg, const char *name, size_t nlen, const char *val)
+{
+  struct bearer_walk *w = arg;
+  if (w->bearer)
+    challenge_param(w->out, name, nlen, val);
+}
+
+int up__challenge_parse(const char *s, up__challenge_t *out)
+{
+  struct bearer_walk w = {.out = out};
+
+  memset(out, 0, sizeof(*out));
+  challenge_walk(s, bearer_on_scheme, bearer_on_param, &w);
+  if (!w.found) {
     up__challenge_free(out);
     return PC_E_NOTFOUND;
   }
   return 0;
+}
+
+struct scheme_walk {
+  const char *scheme;
+  size_t len;
+  int found;
+};
+
+static int scheme_on_scheme(void *arg, const char *name, size_t nlen)
+{
+  struct scheme_walk *w = arg;
+  w->found = nlen == w->len && strncasecmp(name, w->scheme, nlen) == 0;
+  return w->found;
+}
+
+int up__challenge_has(const char *value, const char *scheme)
+{
+  struct scheme_walk w = {.scheme = scheme, .len = strlen(scheme)};
+  challenge_walk(value, scheme_on_scheme, NULL, &w);
+  return w.found;
 }
 
 void up__challenge_free(up__challenge_t *c)
