@@ -28,6 +28,10 @@
  * it is armed for connect + first_byte as a backstop); in the body phase it checks that some
  * bytes arrived in the last stall_timeout_ms (not counting time paused by the user).
  *
+ * Timings (up_fetch_timings) are uv_hrtime stamps kept in ns: t_begin when the fetch starts,
+ * t_hop per hop (a hop that ends as a redirect or an answered 401 adds to redirect_ns), t_token
+ * around the token fetch; first_byte_ns is set when the final header block ends.
+ *
  * Pause: when on_data returns UP_PAUSE the bytes count as consumed; the next write callback of
  * curl returns CURL_WRITEFUNC_PAUSE (curl keeps those bytes). up_fetch_resume clears the flag and
  * has the idle handle call curl_easy_pause(CURLPAUSE_CONT), which redelivers them.
@@ -166,6 +170,12 @@ struct up_fetch {
   struct up_fetch *child; /* token fetch in flight */
   char *body;             /* internal fetches: the response body */
   size_t body_len;
+  /* timings (uv_hrtime ns) */
+  uint64_t t_begin; /* the fetch started */
+  uint64_t t_hop;   /* the current hop started */
+  uint64_t t_token; /* the token fetch in flight started */
+  uint64_t token_ns, redirect_ns, first_byte_ns, last_byte_ns;
+  unsigned hops, token_fetches;
 };
 
 /* Forward declarations, in the order things happen. */
@@ -870,8 +880,10 @@ static int header_line(struct up_fetch *f, const char *buf, size_t len)
   f->body_phase = 1;
   f->last_activity = uv_now(u->loop);
   uv_timer_start(&f->timer, on_fetch_timer, (uint64_t)u->stall_timeout_ms, 0);
-  if (f->kind == HOP_FINAL)
+  if (f->kind == HOP_FINAL) {
+    f->first_byte_ns = uv_hrtime() - f->t_begin;
     return deliver_headers(f);
+  }
   return 0;
 }
 
@@ -1000,6 +1012,7 @@ static int hop_start(struct up_fetch *f, const char *token)
   char line[UP_TOKEN_MAX + 64];
   char range[32];
 
+  f->t_hop = uv_hrtime();
   hdrs_reset(f);
   f->kind = HOP_PENDING;
   f->body_phase = 0;
@@ -1059,6 +1072,8 @@ static int hop_start(struct up_fetch *f, const char *token)
   if (rc)
     goto out;
   u->stats.requests++;
+  if (!f->internal)
+    f->hops++;
   f->state = F_RUNNING;
   f->last_activity = uv_now(u->loop);
   uv_timer_start(&f->timer, on_fetch_timer,
@@ -1193,12 +1208,14 @@ static void answer_challenge(struct up_fetch *f)
   req.ca_file = f->ca_file;
   req.on_done = on_token_data_done;
   req.arg = f;
+  f->t_token = uv_hrtime();
   rc = up_fetch_start(u, &req, &f->child);
   free(url);
   if (rc) {
     fetch_finish(f, rc, 0);
     return;
   }
+  f->token_fetches++;
   f->state = F_TOKEN;
   uv_timer_stop(&f->timer); /* the child has timers of its own */
 }
@@ -1221,6 +1238,8 @@ static void on_hop_done(struct up_fetch *f, CURLcode res)
     fetch_finish(f, map_curl_error(res), f->kind == HOP_FINAL ? f->status : 0);
     return;
   }
+  if (f->kind == HOP_REDIRECT || f->kind == HOP_AUTH)
+    f->redirect_ns += uv_hrtime() - f->t_hop;
   switch (f->kind) {
   case HOP_FINAL:
     fetch_finish(f, 0, f->status);
@@ -1251,6 +1270,7 @@ static void on_token_data_done(up_fetch_t *child, int rc, int status, void *arg)
 
   f->child = NULL;
   f->state = F_RUNNING;
+  f->token_ns += uv_hrtime() - f->t_token;
   if (rc < 0) {
     fetch_finish(f, rc, status);
     return;
@@ -1289,6 +1309,7 @@ static void fetch_finish(struct up_fetch *f, int rc, int status)
   PC_ASSERT(!f->attached);
   uv_timer_stop(&f->timer);
   f->state = F_DONE;
+  f->last_byte_ns = uv_hrtime() - f->t_begin;
   if (rc < 0 && !f->internal)
     u->stats.errors++;
   if (!f->cancelled)
@@ -1584,6 +1605,7 @@ int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out)
   if (u->fetches)
     u->fetches->prev = f;
   u->fetches = f;
+  f->t_begin = uv_hrtime();
   rc = hop_start(f, NULL);
   if (rc) {
     f->cancelled = 1;
@@ -1631,4 +1653,15 @@ const char *up_fetch_header(const up_fetch_t *f, const char *name)
 const char *up_fetch_url(const up_fetch_t *f)
 {
   return f->url;
+}
+
+void up_fetch_timings(const up_fetch_t *f, up_timings_t *out)
+{
+  memset(out, 0, sizeof(*out));
+  out->token_us = f->token_ns / 1000;
+  out->redirect_us = f->redirect_ns / 1000;
+  out->first_byte_us = f->first_byte_ns / 1000;
+  out->last_byte_us = f->last_byte_ns / 1000;
+  out->hops = f->hops;
+  out->token_fetches = f->token_fetches;
 }

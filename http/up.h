@@ -9,6 +9,9 @@
  * path (/v2/<name>/) of a host needed a token, later requests for that path send the cached
  * token at once. Accept, Range and the method go to every hop; Authorization only to its host.
  *
+ * Timings: every fetch measures its phases (up_fetch_timings) with the monotonic clock
+ * (uv_hrtime), in microseconds.
+ *
  * TLS is verified with the system CA store (or a per-request CA file). Proxy environment
  * variables (http_proxy, https_proxy, no_proxy) are honoured, as libcurl does.
  *
@@ -79,6 +82,21 @@ typedef struct up_stats {
   uint64_t errors;     /**< fetches that ended with rc < 0 */
 } up_stats_t;
 
+/** Phase timings of one fetch, in microseconds of the monotonic clock. They cover the fetch
+ * itself, not the token requests it made (except token_us), and are 0 for a phase that did not
+ * happen (yet). */
+typedef struct up_timings {
+  uint64_t token_us;      /**< waiting for token endpoint requests (redirects of those
+                               included) */
+  uint64_t redirect_us;   /**< hops that ended in a redirect (3xx with Location), and 401 hops
+                               that up answered with a token */
+  uint64_t first_byte_us; /**< from up_fetch_start to the final response's headers */
+  uint64_t last_byte_us;  /**< from up_fetch_start to the end of the fetch (the last body
+                               byte, or the error); 0 before on_done */
+  unsigned hops;          /**< HTTP requests sent for this fetch, token requests excluded */
+  unsigned token_fetches; /**< token endpoint requests this fetch started */
+} up_timings_t;
+
 /** Make a client on loop. opts may be NULL; fields <= 0 (NULL) take their defaults. Calls
  * curl_global_init (reference counted by libcurl; the matching cleanup is in up_close), so
  * create clients from one thread. Returns 0, UV_EINVAL (CR/LF in user_agent), PC_E_INTERNAL
@@ -107,5 +125,9 @@ void up_fetch_resume(up_fetch_t *f);
 const char *up_fetch_header(const up_fetch_t *f, const char *name);
 /** The final URL after redirects. */
 const char *up_fetch_url(const up_fetch_t *f);
+/** The fetch's timings so far (see up_timings_t). Meant for on_headers through on_done
+ * (inclusive), where first_byte_us (and in on_done last_byte_us) are set; any time the handle
+ * is valid it gives the phases completed so far. */
+void up_fetch_timings(const up_fetch_t *f, up_timings_t *out);
 
 #endif

@@ -6,16 +6,21 @@ usage: up-fixture.py PORTFILE LOGFILE
 Listens on two ephemeral ports of 127.0.0.1 (A and B), writes "A B\\n" to PORTFILE once both
 listen, and appends one line per request to LOGFILE before answering:
     <port> <method> <path> auth=[<Authorization>] range=[<Range>] accept=[<Accept>] ua=[<UA>]
+        t=<monotonic seconds>
 
 Routes (both ports):
   /blob/<n>                 n pattern bytes (byte i = (7*i + 3) % 251); honours Range: bytes=N-
+  /sleep/<ms>/<n>           /blob/<n> after ms milliseconds
+  /slowredir/<ms>           302 -> /blob/10 after ms milliseconds
   /r307/<n>                 307 -> http://127.0.0.1:B/r307b/<n>
   /r307b/<n>                307 -> /blob/<n> (relative)
   /loop                     302 -> /loop
   /v2/<name>/manifests/<r>  401 Bearer challenge unless "Authorization: Bearer tok-*"; then 200
-                            (name "failtok" points the realm at /token500)
+                            (name "failtok" points the realm at /token500, "slowtok" at
+                            /token?delay=250)
   /v2/<name>/blobs/<d>      same auth, then 307 -> http://127.0.0.1:B/blob/100
-  /token                    {"token": "tok-<k>", "expires_in": 300}; needs service and scope
+  /token                    {"token": "tok-<k>", "expires_in": 300}; needs service and scope;
+                            delay=<ms> waits first
   /token500                 500
   /basic                    401 with a Basic challenge
   /stall                    Content-Length 1000, 10 bytes, then silence for 5 s
@@ -46,9 +51,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def record(self):
         h = self.headers
-        line = "%d %s %s auth=[%s] range=[%s] accept=[%s] ua=[%s]\n" % (
+        line = "%d %s %s auth=[%s] range=[%s] accept=[%s] ua=[%s] t=%.6f\n" % (
             self.server.server_port, self.command, self.path, h.get("Authorization", "-"),
-            h.get("Range", "-"), h.get("Accept", "-"), h.get("User-Agent", "-"))
+            h.get("Range", "-"), h.get("Accept", "-"), h.get("User-Agent", "-"),
+            time.monotonic())
         with lock:
             with open(sys.argv[2], "a") as f:
                 f.write(line)
@@ -66,7 +72,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Authorization", "").startswith("Bearer tok-"):
             return True
         a = state["ports"][0]
-        realm = "http://127.0.0.1:%d/%s" % (a, "token500" if name == "failtok" else "token")
+        path = {"failtok": "token500", "slowtok": "token?delay=250"}.get(name, "token")
+        realm = "http://127.0.0.1:%d/%s" % (a, path)
         chal = 'Bearer realm="%s",service="fixture",scope="repository:%s:pull"' % (realm, name)
         self.send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
                   {"WWW-Authenticate": chal, "Content-Type": "application/json"})
@@ -91,6 +98,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.send(206, data[start:], hdrs)
             else:
                 self.send(200, data, hdrs)
+        elif u.path.startswith("/sleep/"):
+            time.sleep(int(parts[2]) / 1000)
+            self.send(200, body(int(parts[3])), {"Content-Type": "application/octet-stream"})
+        elif u.path.startswith("/slowredir/"):
+            time.sleep(int(parts[2]) / 1000)
+            self.send(302, b"", {"Location": "/blob/10"})
         elif u.path.startswith("/r307/"):
             self.send(307, b"", {"Location": "http://127.0.0.1:%d/r307b/%s" % (b, parts[2])})
         elif u.path.startswith("/r307b/"):
@@ -111,6 +124,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if q.get("service") != ["fixture"] or not q.get("scope"):
                 self.send(400, b"bad token request")
                 return
+            if q.get("delay"):
+                time.sleep(int(q["delay"][0]) / 1000)
             with lock:
                 state["tokens"] += 1
                 k = state["tokens"]

@@ -91,6 +91,7 @@ struct res {
   int *close_in_done;   /* up_close from inside on_done; the flag is set by its callback */
   up_fetch_t *f;
   uv_timer_t resume;
+  up_timings_t th, td; /* timings seen in on_headers, in on_done */
 };
 
 static void on_done(up_fetch_t *f, int rc, int status, void *arg);
@@ -106,6 +107,7 @@ static int on_headers(up_fetch_t *f, int status, void *arg)
   struct res *r = arg;
   r->hdr_calls++;
   r->hdr_status = status;
+  up_fetch_timings(f, &r->th);
   copy_hdr(f, "content-type", r->ctype, sizeof(r->ctype));
   copy_hdr(f, "X-FIXTURE", r->fixture, sizeof(r->fixture));
   copy_hdr(f, "Content-Length", r->clen, sizeof(r->clen));
@@ -165,6 +167,7 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
   r->done++;
   r->rc = rc;
   r->status = status;
+  up_fetch_timings(f, &r->td);
   snprintf(r->url, sizeof(r->url), "%s", up_fetch_url(f));
   if (!r->hdr_calls && rc == 0)
     r->data_before_hdr = 1; /* on_headers must have run for a complete response */
@@ -724,5 +727,80 @@ TEST(reentrant_calls)
   free(a.body);
   free(b.body);
   free(e.body);
+  fx_stop(&x);
+}
+
+TEST(timings_phases)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res s = {0}, d = {0}, t = {0}, c = {0};
+  char url[128];
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof(sa);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  /* A slow first byte: all of it is first_byte, nothing else. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/sleep/200/1000", x.a);
+  fetch(u, &loop, "GET", url, 0, &s);
+  ASSERT_OK(s.rc);
+  ASSERT(body_ok(&s, 0, 1000));
+  ASSERT(s.th.first_byte_us >= 150000);
+  ASSERT_EQ(0, s.th.last_byte_us); /* not over yet in on_headers */
+  ASSERT_EQ(s.th.first_byte_us, s.td.first_byte_us);
+  ASSERT(s.td.last_byte_us >= s.td.first_byte_us);
+  ASSERT_EQ(1, s.td.hops);
+  ASSERT_EQ(0, s.td.redirect_us + s.td.token_us + s.td.token_fetches);
+
+  /* A slow redirect: counted as redirect time, inside first_byte. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/slowredir/200", x.a);
+  fetch(u, &loop, "GET", url, 0, &d);
+  ASSERT_OK(d.rc);
+  ASSERT(body_ok(&d, 0, 10));
+  ASSERT_EQ(2, d.td.hops);
+  ASSERT(d.td.redirect_us >= 150000);
+  ASSERT(d.td.first_byte_us >= d.td.redirect_us);
+  ASSERT(d.td.last_byte_us >= d.td.first_byte_us);
+  ASSERT_EQ(0, d.td.token_us + d.td.token_fetches);
+
+  /* A slow token endpoint: token time; the 401 hop is redirect time; both inside first_byte. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/slowtok/manifests/v1", x.a);
+  fetch(u, &loop, "GET", url, 0, &t);
+  ASSERT_OK(t.rc);
+  ASSERT_EQ(200, t.status);
+  ASSERT_EQ(1, log_count(&x, "GET /token?delay=250"));
+  ASSERT_EQ(2, t.td.hops); /* the 401 and the retry; the token request is not a hop */
+  ASSERT_EQ(1, t.td.token_fetches);
+  ASSERT(t.td.token_us >= 200000);
+  ASSERT(t.td.redirect_us > 0);
+  ASSERT(t.td.first_byte_us >= t.td.token_us + t.td.redirect_us);
+  ASSERT_EQ(t.th.token_us, t.td.token_us);
+
+  /* The token is cached now: one hop, no token time. */
+  free(t.body);
+  memset(&t, 0, sizeof(t));
+  fetch(u, &loop, "GET", url, 0, &t);
+  ASSERT_EQ(200, t.status);
+  ASSERT_EQ(1, t.td.hops);
+  ASSERT_EQ(0, t.td.token_us + t.td.token_fetches + t.td.redirect_us);
+
+  /* A failed fetch has an end but no first byte (a port bound by us, not listening). */
+  ASSERT(fd >= 0);
+  ASSERT_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)));
+  ASSERT_OK(getsockname(fd, (struct sockaddr *)&sa, &sl));
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/1", ntohs(sa.sin_port));
+  fetch(u, &loop, "GET", url, 0, &c);
+  ASSERT_EQ(PC_E_UPSTREAM_UNAVAILABLE, c.rc);
+  ASSERT_EQ(1, c.td.hops);
+  ASSERT_EQ(0, c.td.first_byte_us);
+  ASSERT(c.td.last_byte_us > 0);
+  close_all(&loop, u);
+  close(fd);
+  free(s.body);
+  free(d.body);
+  free(t.body);
   fx_stop(&x);
 }
