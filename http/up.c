@@ -42,6 +42,7 @@
 #include <curl/curl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -56,6 +57,7 @@
 #define UP_TOKEN_SKEW_MS 5000
 #define UP_CACHE_MAX 256 /* tokens, and path hints */
 #define UP_PATH_MAX 1024
+#define UP_CRED_LEN 32 /* SHA-256 of userpwd: the token cache's credentials key */
 
 enum fetch_state {
   F_RUNNING, /* a hop is in flight (easy handle in the multi, or about to be added) */
@@ -67,6 +69,7 @@ enum hop_kind {
   HOP_PENDING,  /* header block not complete yet */
   HOP_REDIRECT, /* 3xx with Location: body discarded, next hop follows */
   HOP_AUTH,     /* 401 with a Bearer challenge: body discarded, retried with a token */
+  HOP_BASIC,    /* 401 with a Basic challenge from the registry: retried once with userpwd */
   HOP_FINAL,    /* what the user sees */
 };
 
@@ -86,6 +89,7 @@ struct token {
   struct token *next;
   char *host;
   char *scope;
+  unsigned char cred[UP_CRED_LEN]; /* whose token: all zero for anonymous */
   char *value;
   uint64_t expires; /* uv_now ms */
 };
@@ -141,6 +145,12 @@ struct up_fetch {
   char *accept;
   uint64_t range_from;
   char *ca_file;
+  char *userpwd;                   /* NULL: anonymous */
+  unsigned char cred[UP_CRED_LEN]; /* SHA-256 of userpwd, all zero when anonymous */
+  int no_auth;
+  char origin[UP__HOSTKEY_MAX];     /* host key of the request URL: the registry */
+  char basic_host[UP__HOSTKEY_MAX]; /* Basic credentials go to this host ("": nowhere) */
+  int basic_tried;                  /* the registry's Basic challenge was answered */
   up_headers_cb on_headers;
   up_data_cb on_data;
   up_done_cb on_done;
@@ -526,11 +536,19 @@ out:
 /* ---------------------------------------------------------------------------------------- */
 /* Token cache and path hints                                                                */
 
-static struct token *token_find(up_t *u, const char *host, const char *scope)
+static int token_is(const struct token *t, const char *host, const char *scope,
+                    const unsigned char *cred)
+{
+  return strcmp(t->host, host) == 0 && strcmp(t->scope, scope) == 0 &&
+         memcmp(t->cred, cred, UP_CRED_LEN) == 0;
+}
+
+static struct token *token_find(up_t *u, const char *host, const char *scope,
+                                const unsigned char *cred)
 {
   uint64_t now = uv_now(u->loop);
   for (struct token *t = u->tokens; t; t = t->next)
-    if (t->expires > now && strcmp(t->host, host) == 0 && strcmp(t->scope, scope) == 0)
+    if (t->expires > now && token_is(t, host, scope, cred))
       return t;
   return NULL;
 }
@@ -543,15 +561,15 @@ static void token_free(struct token *t)
   free(t);
 }
 
-/* Drop expired entries and the one for (host, scope); then keep at most UP_CACHE_MAX - 1. */
-static void token_prune(up_t *u, const char *host, const char *scope)
+/* Drop expired entries and the one for (host, scope, cred); then keep at most
+ * UP_CACHE_MAX - 1. */
+static void token_prune(up_t *u, const char *host, const char *scope, const unsigned char *cred)
 {
   uint64_t now = uv_now(u->loop);
   size_t kept = 0;
   for (struct token **pp = &u->tokens; *pp;) {
     struct token *t = *pp;
-    int drop = t->expires <= now || kept >= UP_CACHE_MAX - 1 ||
-               (strcmp(t->host, host) == 0 && strcmp(t->scope, scope) == 0);
+    int drop = t->expires <= now || kept >= UP_CACHE_MAX - 1 || token_is(t, host, scope, cred);
     if (drop) {
       *pp = t->next;
       token_free(t);
@@ -563,16 +581,17 @@ static void token_prune(up_t *u, const char *host, const char *scope)
   }
 }
 
-static void token_store(up_t *u, const char *host, const char *scope, const char *value,
-                        uint64_t ttl_ms)
+static void token_store(up_t *u, const char *host, const char *scope, const unsigned char *cred,
+                        const char *value, uint64_t ttl_ms)
 {
   struct token *t;
-  token_prune(u, host, scope);
+  token_prune(u, host, scope, cred);
   if (ttl_ms == 0)
     return;
   t = pc_xcalloc(1, sizeof(*t));
   t->host = pc_xstrdup(host);
   t->scope = pc_xstrdup(scope);
+  memcpy(t->cred, cred, UP_CRED_LEN);
   t->value = pc_xstrdup(value);
   t->expires = uv_now(u->loop) + ttl_ms;
   t->next = u->tokens;
@@ -624,18 +643,27 @@ static void hint_store(up_t *u, const char *host, const char *url, const char *s
   u->nhints++;
 }
 
+static const unsigned char anonymous[UP_CRED_LEN];
+
+/* Whose tokens this hop uses: the fetch's credentials when it is on the registry host (the
+ * only host whose challenges may send them to a realm), else anonymous. */
+static const unsigned char *hop_cred(const struct up_fetch *f)
+{
+  return f->userpwd && strcmp(f->hostkey, f->origin) == 0 ? f->cred : anonymous;
+}
+
 /* A cached token to send proactively on this hop, or NULL. */
 static const char *proactive_token(struct up_fetch *f)
 {
   char path[UP_PATH_MAX];
   const char *scope;
   struct token *t;
-  if (f->internal || up__repo_path(f->url, path, sizeof(path)) != 0)
+  if (f->internal || f->no_auth || up__repo_path(f->url, path, sizeof(path)) != 0)
     return NULL;
   scope = hint_find(f->u, f->hostkey, path);
   if (!scope)
     return NULL;
-  t = token_find(f->u, f->hostkey, scope);
+  t = token_find(f->u, f->hostkey, scope, hop_cred(f));
   return t ? t->value : NULL;
 }
 
@@ -718,21 +746,27 @@ static int is_redirect(int status)
   return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
 }
 
-/* Decide what the response whose header block just ended is. */
+/* Decide what the response whose header block just ended is. A Bearer challenge wins over a
+ * Basic one; Basic is answered once, and only for the registry host itself. */
 static enum hop_kind classify(struct up_fetch *f)
 {
+  int basic = 0;
   if (is_redirect(f->status) && hdr_get(f, "Location"))
     return HOP_REDIRECT;
-  if (f->status == 401 && !f->internal && !f->fresh_auth) {
+  if (f->status != 401 || f->internal || f->no_auth)
+    return HOP_FINAL;
+  up__challenge_free(&f->chal);
+  for (size_t i = 0; i < f->nhdrs; i++) {
+    if (strcasecmp(f->hdrs[i].name, "WWW-Authenticate") != 0)
+      continue;
+    if (up__challenge_parse(f->hdrs[i].value, &f->chal) == 0 && f->chal.realm)
+      return f->fresh_auth ? HOP_FINAL : HOP_AUTH;
     up__challenge_free(&f->chal);
-    for (size_t i = 0; i < f->nhdrs; i++) {
-      if (strcasecmp(f->hdrs[i].name, "WWW-Authenticate") != 0)
-        continue;
-      if (up__challenge_parse(f->hdrs[i].value, &f->chal) == 0 && f->chal.realm)
-        return HOP_AUTH;
-      up__challenge_free(&f->chal);
-    }
+    if (up__challenge_has(f->hdrs[i].value, "Basic"))
+      basic = 1;
   }
+  if (basic && f->userpwd && !f->basic_tried && strcmp(f->hostkey, f->origin) == 0)
+    return HOP_BASIC;
   return HOP_FINAL;
 }
 
@@ -1011,6 +1045,7 @@ static int hop_start(struct up_fetch *f, const char *token)
   int rc = PC_E_UPSTREAM;
   char line[UP_TOKEN_MAX + 64];
   char range[32];
+  int basic;
 
   f->t_hop = uv_hrtime();
   hdrs_reset(f);
@@ -1023,7 +1058,10 @@ static int hop_start(struct up_fetch *f, const char *token)
   f->sent_token = NULL;
   if (up__host_key(f->url, f->hostkey, sizeof(f->hostkey)) != 0)
     goto out;
-  if (!token)
+  /* Credentials only to the host that asked for them (a Basic challenge of the registry, or
+   * the token realm); a Bearer token to answer a challenge goes instead. */
+  basic = !token && f->userpwd && strcmp(f->hostkey, f->basic_host) == 0;
+  if (!token && !basic)
     token = proactive_token(f);
   if (f->accept) {
     snprintf(line, sizeof(line), "Accept: %s", f->accept);
@@ -1068,6 +1106,11 @@ static int hop_start(struct up_fetch *f, const char *token)
   }
   if (f->ca_file)
     SETOPT(CURLOPT_CAINFO, f->ca_file);
+  if (basic) {
+    /* curl does the base64; with CURLAUTH_BASIC alone it sends it on the first request. */
+    SETOPT(CURLOPT_USERPWD, f->userpwd);
+    SETOPT(CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+  }
   rc = attach(f);
   if (rc)
     goto out;
@@ -1181,7 +1224,8 @@ static void answer_challenge(struct up_fetch *f)
 {
   up_t *u = f->u;
   const char *scope = f->chal.scope ? f->chal.scope : "";
-  struct token *t = token_find(u, f->hostkey, scope);
+  const unsigned char *cred = hop_cred(f);
+  struct token *t = token_find(u, f->hostkey, scope, cred);
   up_req_t req;
   char *url;
   int rc;
@@ -1194,7 +1238,7 @@ static void answer_challenge(struct up_fetch *f)
     return;
   }
   if (t)
-    token_prune(u, f->hostkey, scope); /* rejected: never offer it again */
+    token_prune(u, f->hostkey, scope, cred); /* rejected: never offer it again */
   url = up__token_url(f->chal.realm, f->chal.service, f->chal.scope);
   if (!url) {
     pc_log(PC_LOG_INFO, "up: bad token realm url=%s", f->url);
@@ -1206,6 +1250,7 @@ static void answer_challenge(struct up_fetch *f)
   req.url = url;
   req.accept = "application/json";
   req.ca_file = f->ca_file;
+  req.userpwd = cred == anonymous ? NULL : f->userpwd; /* to the realm host only */
   req.on_done = on_token_data_done;
   req.arg = f;
   f->t_token = uv_hrtime();
@@ -1238,7 +1283,7 @@ static void on_hop_done(struct up_fetch *f, CURLcode res)
     fetch_finish(f, map_curl_error(res), f->kind == HOP_FINAL ? f->status : 0);
     return;
   }
-  if (f->kind == HOP_REDIRECT || f->kind == HOP_AUTH)
+  if (f->kind == HOP_REDIRECT || f->kind == HOP_AUTH || f->kind == HOP_BASIC)
     f->redirect_ns += uv_hrtime() - f->t_hop;
   switch (f->kind) {
   case HOP_FINAL:
@@ -1249,6 +1294,13 @@ static void on_hop_done(struct up_fetch *f, CURLcode res)
     return;
   case HOP_AUTH:
     answer_challenge(f);
+    return;
+  case HOP_BASIC:
+    f->basic_tried = 1;
+    snprintf(f->basic_host, sizeof(f->basic_host), "%s", f->hostkey);
+    rc = hop_start(f, NULL);
+    if (rc)
+      fetch_finish(f, rc, 0);
     return;
   case HOP_PENDING:
   default:
@@ -1282,7 +1334,7 @@ static void on_token_data_done(up_fetch_t *child, int rc, int status, void *arg)
     return;
   }
   u->stats.tokens++;
-  token_store(u, f->hostkey, scope, token, ttl);
+  token_store(u, f->hostkey, scope, hop_cred(f), token, ttl);
   hint_store(u, f->hostkey, f->url, scope);
   f->fresh_auth = 1;
   rc = hop_start(f, token);
@@ -1372,6 +1424,10 @@ static void on_fetch_closed(uv_handle_t *h)
   free(f->url);
   free(f->accept);
   free(f->ca_file);
+  if (f->userpwd) {
+    explicit_bzero(f->userpwd, strlen(f->userpwd));
+    free(f->userpwd);
+  }
   free(f->sent_token);
   free(f->body);
   free(f);
@@ -1593,6 +1649,14 @@ int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out)
   f->accept = r->accept ? pc_xstrdup(r->accept) : NULL;
   f->range_from = r->range_from;
   f->ca_file = r->ca_file ? pc_xstrdup(r->ca_file) : NULL;
+  f->no_auth = r->no_auth != 0;
+  memcpy(f->origin, key, sizeof(f->origin));
+  if (r->userpwd && *r->userpwd && !f->no_auth) {
+    unsigned int n = 0;
+    f->userpwd = pc_xstrdup(r->userpwd);
+    PC_ASSERT(EVP_Digest(f->userpwd, strlen(f->userpwd), f->cred, &n, EVP_sha256(), NULL) == 1 &&
+              n == UP_CRED_LEN);
+  }
   f->on_headers = r->on_headers;
   f->on_data = r->on_data;
   f->on_done = r->on_done;
@@ -1600,6 +1664,8 @@ int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out)
   if (r->on_done == on_token_data_done) {
     f->internal = 1;
     f->on_data = on_token_data;
+    if (f->userpwd)
+      memcpy(f->basic_host, key, sizeof(f->basic_host)); /* the realm */
   }
   f->next = u->fetches;
   if (u->fetches)

@@ -2,12 +2,26 @@
  *
  * One up_t per daemon: one uv_timer plus one uv_poll per socket (curl multi_socket API). It
  * follows redirects itself (301/302/303/307/308, at most max_redirects hops, 307/308 keep the
- * method, HEAD stays HEAD), answers Bearer challenges with anonymous tokens from the realm
- * (cached per host+scope until expires_in) and never sends an Authorization header to a host
+ * method, HEAD stays HEAD), answers Bearer challenges with tokens from the realm (cached per
+ * host+scope+credentials until expires_in) and never sends an Authorization header to a host
  * other than the one whose challenge produced the token. Intermediate responses (redirects,
  * 401s) are consumed internally: the callbacks see only the final response. Once a repository
  * path (/v2/<name>/) of a host needed a token, later requests for that path send the cached
  * token at once. Accept, Range and the method go to every hop; Authorization only to its host.
+ *
+ * Credentials (up_req_t.userpwd, "user:password"; NULL = anonymous) never go to a host that
+ * did not ask for them. They are only ever sent as HTTP Basic, and only
+ *   - to the token realm named by a Bearer challenge of the registry host (the host of
+ *     up_req_t.url): the token request carries them, and a redirect of the token request to
+ *     another host does not;
+ *   - to the registry host itself after it answered with a Basic challenge (and no Bearer
+ *     one): the request is repeated once with Basic; a second 401 is final. Later hops of the
+ *     same fetch back to that host carry Basic too; other hosts never do.
+ * A challenge from a host the fetch was redirected to is answered anonymously. Tokens are
+ * cached per credentials (a SHA-256 of userpwd is the key; anonymous is a key of its own), so
+ * a token obtained with credentials is never sent by an anonymous fetch or one with other
+ * credentials. With up_req_t.no_auth nothing is sent and no challenge is answered: a 401 is
+ * the final response (health probes of /v2/).
  *
  * Timings: every fetch measures its phases (up_fetch_timings) with the monotonic clock
  * (uv_hrtime), in microseconds.
@@ -44,11 +58,12 @@ typedef int (*up_headers_cb)(up_fetch_t *f, int status, void *arg);
  * to deliver. */
 typedef int (*up_data_cb)(up_fetch_t *f, const char *buf, size_t len, void *arg);
 /** The fetch ended: rc 0 when the whole final response was received (whatever its status,
- * e.g. 404, or a 401 that a Bearer token did not cure, or any Basic challenge);
+ * e.g. 404, or a 401 that a Bearer token or Basic credentials did not cure, a Basic challenge
+ * to an anonymous fetch, any 401 with no_auth);
  * else PC_E_UPSTREAM_TIMEOUT (connect/first byte/stall), PC_E_UPSTREAM (transport, TLS, body
  * shorter than Content-Length, too many redirects, bad Location, token endpoint answered
- * non-200 or without a token), PC_E_UPSTREAM_UNAVAILABLE (connection refused / DNS), or the
- * negative value on_headers/on_data returned. A transport error of the token request is
+ * non-200 or without a token, e.g. 401 for wrong credentials), PC_E_UPSTREAM_UNAVAILABLE
+ * (connection refused / DNS), or the negative value on_headers/on_data returned. A transport error of the token request is
  * reported as such (timeout/unavailable/upstream). status is the final HTTP status, 0 if none;
  * when the token endpoint failed, its status; after too many redirects, the last 3xx. */
 typedef void (*up_done_cb)(up_fetch_t *f, int rc, int status, void *arg);
@@ -73,6 +88,10 @@ typedef struct up_req {
   up_data_cb on_data;       /**< may be NULL (body discarded) */
   up_done_cb on_done;       /**< required */
   void *arg;
+  const char *userpwd; /**< "user:password" for the registry of url (see the top of this
+                            file for where it goes), or NULL (or "") for anonymous */
+  int no_auth;         /**< non-zero: send no Authorization at all (no cached token, no
+                            credentials) and answer no challenge; a 401 is final */
 } up_req_t;
 
 typedef struct up_stats {
@@ -89,7 +108,7 @@ typedef struct up_timings {
   uint64_t token_us;      /**< waiting for token endpoint requests (redirects of those
                                included) */
   uint64_t redirect_us;   /**< hops that ended in a redirect (3xx with Location), and 401 hops
-                               that up answered with a token */
+                               that up answered (with a token or Basic credentials) */
   uint64_t first_byte_us; /**< from up_fetch_start to the final response's headers */
   uint64_t last_byte_us;  /**< from up_fetch_start to the end of the fetch (the last body
                                byte, or the error); 0 before on_done */

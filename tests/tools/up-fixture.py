@@ -23,10 +23,20 @@ Routes (both ports):
                             delay=<ms> waits first
   /token500                 500
   /basic                    401 with a Basic challenge
+  /v2/priv<x>/manifests/<r> like /v2/<name>/manifests/<r>, but wants "Bearer ctok-*" and the
+                            realm is http://127.0.0.1:B/ctoken ("privredir": B/ctokenredir)
+  /ctoken                   Basic alice:secret -> {"token": "ctok-<k>"}; other Basic -> 401;
+                            no Authorization -> {"token": "anon-<k>"}
+  /ctokenredir              307 -> http://127.0.0.1:A/ctoken?<same query>
+  /basicauth/<n>            /blob/<n> for Basic alice:secret, else 401 with a Basic challenge
+  /basicauth/redir          the same auth, then 307 -> http://127.0.0.1:B/blob/100
+  /tobasic/<n>              307 -> http://127.0.0.1:B/basicauth/<n>
+  /topriv                   307 -> http://127.0.0.1:B/v2/priv2/manifests/v1
   /stall                    Content-Length 1000, 10 bytes, then silence for 5 s
   /stallhdr                 silence for 5 s before the status line
   /trunc                    Content-Length 1000, 100 bytes, then the connection closes
 """
+import base64
 import http.server
 import os
 import sys
@@ -35,6 +45,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 PATTERN = bytes((7 * i + 3) % 251 for i in range(251))
+GOOD_BASIC = "Basic " + base64.b64encode(b"alice:secret").decode()
 lock = threading.Lock()
 state = {"tokens": 0, "ports": (0, 0)}
 
@@ -69,11 +80,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
     def authorized(self, name):
-        if self.headers.get("Authorization", "").startswith("Bearer tok-"):
-            return True
-        a = state["ports"][0]
-        path = {"failtok": "token500", "slowtok": "token?delay=250"}.get(name, "token")
-        realm = "http://127.0.0.1:%d/%s" % (a, path)
+        a, b = state["ports"]
+        if name.startswith("priv"):
+            if self.headers.get("Authorization", "").startswith("Bearer ctok-"):
+                return True
+            realm = "http://127.0.0.1:%d/%s" % (
+                b, "ctokenredir" if name == "privredir" else "ctoken")
+        else:
+            if self.headers.get("Authorization", "").startswith("Bearer tok-"):
+                return True
+            path = {"failtok": "token500", "slowtok": "token?delay=250"}.get(name, "token")
+            realm = "http://127.0.0.1:%d/%s" % (a, path)
         chal = 'Bearer realm="%s",service="fixture",scope="repository:%s:pull"' % (realm, name)
         self.send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
                   {"WWW-Authenticate": chal, "Content-Type": "application/json"})
@@ -131,6 +148,30 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 k = state["tokens"]
             self.send(200, b'{"token": "tok-%d", "expires_in": 300}' % k,
                       {"Content-Type": "application/json"})
+        elif u.path == "/ctoken":
+            auth = self.headers.get("Authorization", "")
+            if auth.startswith("Basic ") and auth != GOOD_BASIC:
+                self.send(401, b"bad credentials", {"WWW-Authenticate": 'Basic realm="tok"'})
+                return
+            with lock:
+                state["tokens"] += 1
+                k = state["tokens"]
+            kind = b"ctok" if auth == GOOD_BASIC else b"anon"
+            self.send(200, b'{"token": "%s-%d", "expires_in": 300}' % (kind, k),
+                      {"Content-Type": "application/json"})
+        elif u.path == "/ctokenredir":
+            self.send(307, b"", {"Location": "http://127.0.0.1:%d/ctoken?%s" % (a, u.query)})
+        elif u.path.startswith("/basicauth/"):
+            if self.headers.get("Authorization", "") != GOOD_BASIC:
+                self.send(401, b"no", {"WWW-Authenticate": 'Basic realm="fixture"'})
+            elif parts[2] == "redir":
+                self.send(307, b"", {"Location": "http://127.0.0.1:%d/blob/100" % b})
+            else:
+                self.send(200, body(int(parts[2])), {"Content-Type": "application/octet-stream"})
+        elif u.path.startswith("/tobasic/"):
+            self.send(307, b"", {"Location": "http://127.0.0.1:%d/basicauth/%s" % (b, parts[2])})
+        elif u.path == "/topriv":
+            self.send(307, b"", {"Location": "http://127.0.0.1:%d/v2/priv2/manifests/v1" % b})
         elif u.path == "/token500":
             self.send(500, b"token service down")
         elif u.path == "/basic":

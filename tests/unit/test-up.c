@@ -215,6 +215,17 @@ static void fetch(up_t *u, uv_loop_t *loop, const char *method, const char *url,
   ASSERT_EQ(1, r->done);
 }
 
+/* fetch() with credentials and no_auth. */
+static void fetch_auth(up_t *u, uv_loop_t *loop, const char *url, const char *userpwd,
+                       int no_auth, struct res *r)
+{
+  up_req_t req = {.method = "GET", .url = url, .on_headers = on_headers, .on_data = on_data,
+                  .on_done = on_done, .arg = r, .userpwd = userpwd, .no_auth = no_auth};
+  ASSERT_OK(up_fetch_start(u, &req, &r->f));
+  run_until(loop, &r->done);
+  ASSERT_EQ(1, r->done);
+}
+
 static up_t *mk(uv_loop_t *loop, const up_opts_t *o)
 {
   up_t *u;
@@ -802,5 +813,216 @@ TEST(timings_phases)
   free(s.body);
   free(d.body);
   free(t.body);
+  fx_stop(&x);
+}
+
+#define ALICE "alice:secret"
+#define ALICE_B64 "YWxpY2U6c2VjcmV0"
+#define BOB "bob:wrong"
+#define BOB_B64 "Ym9iOndyb25n"
+
+TEST(credentials_token_realm)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res a1 = {0}, an = {0}, b = {0}, a2 = {0}, rd = {0};
+  char url[128], needle[200];
+  up_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/priv/manifests/v1", x.a);
+  /* With credentials: the token request to the realm (port B) carries them as Basic, the
+   * registry (port A) never sees them. */
+  fetch_auth(u, &loop, url, ALICE, 0, &a1);
+  ASSERT_OK(a1.rc);
+  ASSERT_EQ(200, a1.status);
+  ASSERT_EQ(strlen("manifest:priv"), a1.len);
+  snprintf(needle, sizeof(needle),
+           "%d GET /ctoken?service=fixture&scope=repository%%3Apriv%%3Apull auth=[Basic " ALICE_B64
+           "]",
+           x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/priv/manifests/v1 auth=[-]"));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/priv/manifests/v1 auth=[Bearer ctok-1]"));
+  ASSERT_EQ(0, log_count(&x, "/v2/priv/manifests/v1 auth=[Basic"));
+
+  /* Anonymous: the credentialed token is not offered; an anonymous one is fetched (without
+   * Authorization) and the registry refuses it: a final 401. */
+  fetch_auth(u, &loop, url, NULL, 0, &an);
+  ASSERT_OK(an.rc);
+  ASSERT_EQ(401, an.status);
+  ASSERT_EQ(1, log_count(&x, "GET /v2/priv/manifests/v1 auth=[Bearer ctok-1]"));
+  ASSERT_EQ(1, log_count(&x, "/ctoken?service=fixture&scope=repository%3Apriv%3Apull auth=[-]"));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/priv/manifests/v1 auth=[Bearer anon-2]"));
+
+  /* Other credentials: their own token request, which the realm refuses. */
+  fetch_auth(u, &loop, url, BOB, 0, &b);
+  ASSERT_EQ(PC_E_UPSTREAM, b.rc);
+  ASSERT_EQ(401, b.status);
+  ASSERT_EQ(0, b.hdr_calls);
+  ASSERT_EQ(1, log_count(&x, "/ctoken?service=fixture&scope=repository%3Apriv%3Apull "
+                             "auth=[Basic " BOB_B64 "]"));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/priv/manifests/v1 auth=[Bearer ctok-1]"));
+
+  /* Alice again: her cached token goes out at once; no new token request. */
+  fetch_auth(u, &loop, url, ALICE, 0, &a2);
+  ASSERT_EQ(200, a2.status);
+  ASSERT_EQ(2, log_count(&x, "GET /v2/priv/manifests/v1 auth=[Bearer ctok-1]"));
+  ASSERT_EQ(1, log_count(&x, "auth=[Basic " ALICE_B64 "]"));
+  /* Requests to the registry: a1 twice, an twice, b once (its token failed), a2 once. */
+  ASSERT_EQ(6, log_count(&x, "GET /v2/priv/manifests/v1 auth=["));
+  ASSERT_EQ(3, log_count(&x, "GET /v2/priv/manifests/v1 auth=[-]"));
+
+  /* The realm redirects the token request to another host: the credentials stay behind. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/privredir/manifests/v1", x.a);
+  fetch_auth(u, &loop, url, ALICE, 0, &rd);
+  ASSERT_OK(rd.rc);
+  ASSERT_EQ(401, rd.status); /* the anonymous token it got is refused */
+  snprintf(needle, sizeof(needle), "%d GET /ctokenredir?service=fixture&scope=repository%%3A"
+           "privredir%%3Apull auth=[Basic " ALICE_B64 "]", x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+  snprintf(needle, sizeof(needle), "%d GET /ctoken?service=fixture&scope=repository%%3A"
+           "privredir%%3Apull auth=[-]", x.a);
+  ASSERT_EQ(1, log_count(&x, needle));
+  ASSERT_EQ(2, log_count(&x, "auth=[Basic " ALICE_B64 "]"));
+  up_get_stats(u, &st);
+  ASSERT_EQ(3, st.tokens); /* ctok-1, anon-2, and privredir's anonymous one; none for bob */
+  close_all(&loop, u);
+  free(a1.body);
+  free(an.body);
+  free(a2.body);
+  free(rd.body);
+  fx_stop(&x);
+}
+
+TEST(credentials_basic_challenge)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res an = {0}, a = {0}, b = {0}, rd = {0}, plain = {0}, far = {0}, farb = {0};
+  char url[128], needle[160];
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/basicauth/1000", x.a);
+  /* Anonymous: the Basic challenge is final. */
+  fetch_auth(u, &loop, url, NULL, 0, &an);
+  ASSERT_OK(an.rc);
+  ASSERT_EQ(401, an.status);
+  ASSERT_EQ(1, an.td.hops);
+  /* With credentials: asked once without, then once with Basic. */
+  fetch_auth(u, &loop, url, ALICE, 0, &a);
+  ASSERT_OK(a.rc);
+  ASSERT_EQ(200, a.status);
+  ASSERT_EQ(1, a.hdr_calls);
+  ASSERT(body_ok(&a, 0, 1000));
+  ASSERT_EQ(2, a.td.hops);
+  ASSERT(a.td.redirect_us > 0); /* the 401 hop */
+  ASSERT_EQ(2, log_count(&x, "GET /basicauth/1000 auth=[-]"));
+  ASSERT_EQ(1, log_count(&x, "GET /basicauth/1000 auth=[Basic " ALICE_B64 "]"));
+  /* Wrong credentials: answered once only; the second 401 is final. */
+  fetch_auth(u, &loop, url, BOB, 0, &b);
+  ASSERT_OK(b.rc);
+  ASSERT_EQ(401, b.status);
+  ASSERT_EQ(2, b.td.hops);
+  ASSERT_EQ(1, log_count(&x, "GET /basicauth/1000 auth=[Basic " BOB_B64 "]"));
+  ASSERT_EQ(5, log_count(&x, "GET /basicauth/1000 auth=["));
+
+  /* After the Basic answer the registry redirects to another host: no credentials there. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/basicauth/redir", x.a);
+  fetch_auth(u, &loop, url, ALICE, 0, &rd);
+  ASSERT_OK(rd.rc);
+  ASSERT_EQ(200, rd.status);
+  ASSERT(body_ok(&rd, 0, 100));
+  ASSERT_EQ(3, rd.td.hops);
+  snprintf(needle, sizeof(needle), "%d GET /blob/100 auth=[-]", x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+
+  /* No challenge, no credentials. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/10", x.a);
+  fetch_auth(u, &loop, url, ALICE, 0, &plain);
+  ASSERT_EQ(200, plain.status);
+  ASSERT_EQ(1, log_count(&x, "GET /blob/10 auth=[-]"));
+
+  /* A host the fetch was redirected to challenges: it is not the registry the credentials
+   * are for. Basic is not answered; a Bearer realm is asked anonymously. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/tobasic/10", x.a);
+  fetch_auth(u, &loop, url, ALICE, 0, &far);
+  ASSERT_OK(far.rc);
+  ASSERT_EQ(401, far.status);
+  ASSERT_EQ(2, far.td.hops);
+  snprintf(needle, sizeof(needle), "%d GET /basicauth/10 auth=[-]", x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/topriv", x.a);
+  fetch_auth(u, &loop, url, ALICE, 0, &farb);
+  ASSERT_OK(farb.rc);
+  ASSERT_EQ(401, farb.status); /* the anonymous token does not open priv2 */
+  ASSERT_EQ(1, log_count(&x, "/ctoken?service=fixture&scope=repository%3Apriv2%3Apull "
+                             "auth=[-]"));
+  ASSERT_EQ(0, log_count(&x, "/v2/priv2/manifests/v1 auth=[Basic"));
+  /* Alice's password went out exactly twice in all, both times to /basicauth on port A. */
+  ASSERT_EQ(2, log_count(&x, "auth=[Basic " ALICE_B64 "]"));
+  snprintf(needle, sizeof(needle), "%d GET /basicauth/1000 auth=[Basic " ALICE_B64 "]", x.a);
+  ASSERT_EQ(1, log_count(&x, needle));
+  snprintf(needle, sizeof(needle), "%d GET /basicauth/redir auth=[Basic " ALICE_B64 "]", x.a);
+  ASSERT_EQ(1, log_count(&x, needle));
+  close_all(&loop, u);
+  free(an.body);
+  free(a.body);
+  free(b.body);
+  free(rd.body);
+  free(plain.body);
+  free(far.body);
+  free(farb.body);
+  fx_stop(&x);
+}
+
+TEST(no_auth)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res p1 = {0}, n = {0}, p2 = {0}, pb = {0};
+  char url[128];
+  up_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/lib/app/manifests/v1", x.a);
+  /* The Bearer challenge is the final response: no token request. */
+  fetch_auth(u, &loop, url, NULL, 1, &p1);
+  ASSERT_OK(p1.rc);
+  ASSERT_EQ(401, p1.status);
+  ASSERT_EQ(1, p1.hdr_calls);
+  ASSERT_EQ(1, p1.td.hops);
+  ASSERT_EQ(0, p1.td.token_fetches);
+  ASSERT_EQ(0, log_count(&x, "GET /token"));
+  /* A normal fetch caches a token for the repository ... */
+  fetch_auth(u, &loop, url, NULL, 0, &n);
+  ASSERT_EQ(200, n.status);
+  ASSERT_EQ(1, log_count(&x, "GET /token"));
+  /* ... which a no_auth fetch does not send. */
+  fetch_auth(u, &loop, url, NULL, 1, &p2);
+  ASSERT_EQ(401, p2.status);
+  ASSERT_EQ(3, log_count(&x, "GET /v2/lib/app/manifests/v1 auth=[-]"));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/lib/app/manifests/v1 auth=[Bearer"));
+  /* Credentials with no_auth: not sent, even to a Basic challenge. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/basicauth/10", x.a);
+  fetch_auth(u, &loop, url, ALICE, 1, &pb);
+  ASSERT_OK(pb.rc);
+  ASSERT_EQ(401, pb.status);
+  ASSERT_EQ(1, log_count(&x, "GET /basicauth/10 auth=["));
+  ASSERT_EQ(0, log_count(&x, "auth=[Basic"));
+  up_get_stats(u, &st);
+  ASSERT_EQ(1, st.tokens);
+  ASSERT_EQ(0, st.errors);
+  close_all(&loop, u);
+  free(p1.body);
+  free(n.body);
+  free(p2.body);
+  free(pb.body);
   fx_stop(&x);
 }
