@@ -11,7 +11,8 @@
  * each response when its header block ends:
  *
  *   up_fetch_start ──▶ RUNNING ──(3xx + Location: next hop, at most max_redirects)──▶ RUNNING
- *                        │  └──(401 Bearer: cached token, or fetch one)──▶ TOKEN ──▶ RUNNING
+ *                        │  ├──(401 Bearer: cached token, or fetch one)──▶ TOKEN ──▶ RUNNING
+ *                        │  └──(401 Basic from the registry host, userpwd, once)──▶ RUNNING
  *                        └──(final response complete / transport error / timeout)──▶ DONE
  *   DONE: on_done runs, then the fetch is released: easy handle freed, timer closed, the memory
  *         freed in the timer's close callback.
@@ -19,9 +20,16 @@
  *         idle handle when we are inside a curl callback (curl forbids removing handles there).
  *
  * The token fetch is an internal fetch (same machinery, no auth of its own) whose on_done
- * resumes its parent. Tokens are cached per (host key of the challenging server, scope); a
- * per-(host, repository path) hint remembers which scope a path needed, so later requests for
- * the same repository send the cached token at once instead of taking a 401 round trip.
+ * resumes its parent. Tokens are cached per (host key of the challenging server, scope,
+ * credentials); a per-(host, repository path) hint remembers which scope a path needed, so
+ * later requests for the same repository send the cached token at once instead of taking a
+ * 401 round trip.
+ *
+ * Credentials: a token is cached under the SHA-256 of the userpwd it was fetched with (all
+ * zero for anonymous). hop_cred decides whose tokens a hop uses: the fetch's own only on the
+ * registry host (origin), so a challenge from a host we were redirected to never pulls the
+ * credentials to its realm. Basic goes only where basic_host says: the realm, for a token
+ * fetch; the registry, once it asked for Basic. curl encodes it (CURLOPT_USERPWD).
  *
  * Timeouts: curl enforces connect_timeout_ms. Each fetch has one uv_timer_t: in the header
  * phase it fires first_byte ms after the request went out (CURLOPT_PREREQFUNCTION; until then
