@@ -11,13 +11,15 @@
  * each response when its header block ends:
  *
  *   up_fetch_start ──▶ RUNNING ──(3xx + Location: next hop, at most max_redirects)──▶ RUNNING
- *                        │  ├──(401 Bearer: cached token, or fetch one)──▶ TOKEN ──▶ RUNNING
- *                        │  └──(401 Basic from the registry host, userpwd, once)──▶ RUNNING
- *                        └──(final response complete / transport error / timeout)──▶ DONE
+ *        │               │  ├──(401 Bearer: cached token, or fetch one)──▶ TOKEN ──▶ RUNNING
+ *        │               │  └──(401 Basic from the registry host, userpwd, once)──▶ RUNNING
+ *        │               └──(final response complete / transport error / timeout)──▶ DONE
+ *        └──(pool: no slot, no rate token, or a queue)──▶ QUEUED ──(pool_dispatch)──▶ RUNNING
  *   DONE: on_done runs, then the fetch is released: easy handle freed, timer closed, the memory
  *         freed in the timer's close callback.
  *   up_fetch_cancel (any state): no more callbacks; the release happens at once, or from the
  *         idle handle when we are inside a curl callback (curl forbids removing handles there).
+ *         A queued fetch leaves the queue at once in any case.
  *
  * The token fetch is an internal fetch (same machinery, no auth of its own) whose on_done
  * resumes its parent. Tokens are cached per (host key of the challenging server, scope,
@@ -36,7 +38,18 @@
  * it is armed for connect + first_byte as a backstop); in the body phase it checks that some
  * bytes arrived in the last stall_timeout_ms (not counting time paused by the user).
  *
- * Timings (up_fetch_timings) are uv_hrtime stamps kept in ns: t_begin when the fetch starts,
+ * Pools: a fetch with a pool takes a slot (max_active) and a rate token (a bucket refilled
+ * from uv_hrtime, so the refill is exact whatever the loop's cached time) when it starts, or
+ * waits in the pool's FIFO queue. The slot is given back in fetch_release. Queues move only
+ * from the loop: pool_kick marks the pool and starts the idle handle, whose run_kicks calls
+ * pool_dispatch, which may start fetches and so call on_done (a fetch curl refuses); hence
+ * never from a caller's stack. A queue that waits for a rate token only notes when it is due
+ * (wake_ns); the one pool_timer of up_t is armed for the earliest of those. Every fetch holds
+ * a reference on its pool (token fetches too, for the stats); a pool is freed when its owner
+ * released it and the last reference went, or in teardown.
+ *
+ * Timings (up_fetch_timings) are uv_hrtime stamps kept in ns: t_created in up_fetch_start,
+ * t_begin when the fetch starts (leaves the queue; queue_ns is the difference),
  * t_hop per hop (a hop that ends as a redirect or an answered 401 adds to redirect_ns), t_token
  * around the token fetch; first_byte_ns is set when the final header block ends.
  *
@@ -50,6 +63,7 @@
 #include <curl/curl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <math.h>
 #include <openssl/evp.h>
 #include <string.h>
 #include <strings.h>
@@ -68,6 +82,7 @@
 #define UP_CRED_LEN 32 /* SHA-256 of userpwd: the token cache's credentials key */
 
 enum fetch_state {
+  F_QUEUED,  /* waiting in its pool's queue: no easy handle in use, no timer running */
   F_RUNNING, /* a hop is in flight (easy handle in the multi, or about to be added) */
   F_TOKEN,   /* waiting for the token fetch (child) */
   F_DONE,    /* on_done called (or being called); release follows */
@@ -109,11 +124,30 @@ struct hint {
   char *scope;
 };
 
+struct up_pool {
+  up_t *u;
+  struct up_pool *prev, *next;
+  char *name;
+  unsigned max_active; /* 0: unlimited */
+  double rate;         /* starts per second; 0: unlimited */
+  double burst;        /* bucket size */
+  double tokens;       /* rate tokens in the bucket */
+  uint64_t refill_ns;  /* uv_hrtime of the last refill */
+  uint64_t wake_ns;    /* queued fetches wait for the token due then (0: not for a token) */
+  struct up_fetch *qhead, *qtail;
+  unsigned refs; /* fetches using the pool (queued, running, token fetches), dispatch running */
+  int released;  /* the owner let go: freed when refs drops to 0 */
+  int kick;      /* dispatch from the idle handle */
+  up_pool_stats_t stats; /* active and queued are kept up to date in here */
+};
+
 struct up {
   uv_loop_t *loop;
   CURLM *multi;
-  uv_timer_t timer; /* curl's timeout */
-  uv_idle_t idle;   /* deferred work: releases, handle adds, resumes, teardown */
+  uv_timer_t timer;      /* curl's timeout */
+  uv_idle_t idle;        /* deferred work: releases, handle adds, resumes, pool dispatch,
+                            teardown */
+  uv_timer_t pool_timer; /* the earliest rate token any pool queue waits for */
   long connect_timeout_ms;
   long first_byte_timeout_ms;
   long stall_timeout_ms;
@@ -127,7 +161,9 @@ struct up {
   struct hint *hints;
   size_t nhints;
   up_stats_t stats;
-  int in_curl_cb; /* depth of curl callbacks on the stack */
+  struct up_pool *pools;
+  int kick_pending; /* some pool wants a dispatch */
+  int in_curl_cb;   /* depth of curl callbacks on the stack */
   int closing;
   int torn_down;
   int handles; /* uv handles not yet closed */
@@ -141,9 +177,13 @@ struct up_fetch {
   struct up_fetch *defer_next;
   int deferred;
   enum fetch_state state;
+  struct up_pool *pool;           /* NULL: none; token fetches point at their parent's */
+  struct up_fetch *qprev, *qnext; /* in pool's queue while queued */
+  int queued;                     /* in pool's queue (state F_QUEUED until the release) */
+  int slot;                       /* holds one of pool's max_active slots */
   CURL *easy;
-  int attached;     /* easy handle is in the multi */
-  int add_pending;  /* easy handle to be added from the idle handle */
+  int attached;    /* easy handle is in the multi */
+  int add_pending; /* easy handle to be added from the idle handle */
   int released;
   uv_timer_t timer; /* first byte / stall; its close callback frees the fetch */
   char errbuf[CURL_ERROR_SIZE];
@@ -189,10 +229,11 @@ struct up_fetch {
   char *body;             /* internal fetches: the response body */
   size_t body_len;
   /* timings (uv_hrtime ns) */
-  uint64_t t_begin; /* the fetch started */
-  uint64_t t_hop;   /* the current hop started */
-  uint64_t t_token; /* the token fetch in flight started */
-  uint64_t token_ns, redirect_ns, first_byte_ns, last_byte_ns;
+  uint64_t t_created; /* up_fetch_start */
+  uint64_t t_begin;   /* the fetch started (left the queue) */
+  uint64_t t_hop;     /* the current hop started */
+  uint64_t t_token;   /* the token fetch in flight started */
+  uint64_t queue_ns, token_ns, redirect_ns, first_byte_ns, last_byte_ns;
   unsigned hops, token_fetches;
 };
 
@@ -212,10 +253,16 @@ static void on_idle(uv_idle_t *h);
 static void on_fetch_closed(uv_handle_t *h);
 static void on_sock_closed(uv_handle_t *h);
 static void on_up_handle_closed(uv_handle_t *h);
+static void on_pool_timer(uv_timer_t *t);
 
 static int hop_start(struct up_fetch *f, const char *token);
 static void fetch_finish(struct up_fetch *f, int rc, int status);
 static void fetch_release(struct up_fetch *f);
+static void queue_remove(struct up_pool *p, struct up_fetch *f);
+static void pool_kick(struct up_pool *p);
+static void pool_unref(struct up_pool *p);
+static void pool_free(struct up_pool *p);
+static void run_kicks(up_t *u);
 static void teardown(up_t *u);
 
 /* ---------------------------------------------------------------------------------------- */
@@ -892,6 +939,21 @@ static int on_curl_prereq(void *arg, char *ip, char *local_ip, int port, int loc
   return CURL_PREREQFUNC_OK;
 }
 
+const double up_hist_bounds_s[UP_HIST_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                  0.5,   1,    2.5,   5,    10};
+/* The same bounds in microseconds, so that the comparison is exact. */
+static const uint64_t hist_bounds_us[UP_HIST_BUCKETS] = {
+    5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000};
+
+static void hist_add(up_pool_stats_t *st, uint64_t us)
+{
+  size_t i = 0;
+  while (i < UP_HIST_BUCKETS && us > hist_bounds_us[i])
+    i++;
+  st->first_byte_hist[i]++;
+  st->first_byte_sum_us += us;
+}
+
 /* One header line (status line, header, or the empty line ending the block). Returns 0, or
  * an rc that aborts the transfer. */
 static int header_line(struct up_fetch *f, const char *buf, size_t len)
@@ -924,6 +986,8 @@ static int header_line(struct up_fetch *f, const char *buf, size_t len)
   uv_timer_start(&f->timer, on_fetch_timer, (uint64_t)u->stall_timeout_ms, 0);
   if (f->kind == HOP_FINAL) {
     f->first_byte_ns = uv_hrtime() - f->t_begin;
+    if (f->pool && !f->internal)
+      hist_add(&f->pool->stats, f->first_byte_ns / 1000);
     return deliver_headers(f);
   }
   return 0;
@@ -958,8 +1022,11 @@ static size_t on_curl_write(char *buf, size_t size, size_t n, void *arg)
     f->curl_paused = 1;
     return CURL_WRITEFUNC_PAUSE;
   }
-  if (!f->internal)
+  if (!f->internal) {
     u->stats.body_bytes += len;
+    if (f->pool)
+      f->pool->stats.body_bytes += len;
+  }
   if (!f->on_data)
     return len;
   u->in_curl_cb++;
@@ -1123,6 +1190,8 @@ static int hop_start(struct up_fetch *f, const char *token)
   if (rc)
     goto out;
   u->stats.requests++;
+  if (f->pool)
+    f->pool->stats.requests++;
   if (!f->internal)
     f->hops++;
   f->state = F_RUNNING;
@@ -1259,6 +1328,7 @@ static void answer_challenge(struct up_fetch *f)
   req.accept = "application/json";
   req.ca_file = f->ca_file;
   req.userpwd = cred == anonymous ? NULL : f->userpwd; /* to the realm host only */
+  req.pool = f->pool; /* for the stats: the parent's slot covers it */
   req.on_done = on_token_data_done;
   req.arg = f;
   f->t_token = uv_hrtime();
@@ -1342,6 +1412,8 @@ static void on_token_data_done(up_fetch_t *child, int rc, int status, void *arg)
     return;
   }
   u->stats.tokens++;
+  if (f->pool)
+    f->pool->stats.tokens++;
   token_store(u, f->hostkey, scope, hop_cred(f), token, ttl);
   hint_store(u, f->hostkey, f->url, scope);
   f->fresh_auth = 1;
@@ -1370,8 +1442,15 @@ static void fetch_finish(struct up_fetch *f, int rc, int status)
   uv_timer_stop(&f->timer);
   f->state = F_DONE;
   f->last_byte_ns = uv_hrtime() - f->t_begin;
-  if (rc < 0 && !f->internal)
+  if (rc < 0 && !f->internal) {
     u->stats.errors++;
+    if (f->pool && rc == PC_E_UPSTREAM_TIMEOUT)
+      f->pool->stats.errors_timeout++;
+    else if (f->pool && rc == PC_E_UPSTREAM_UNAVAILABLE)
+      f->pool->stats.errors_unavailable++;
+    else if (f->pool)
+      f->pool->stats.errors_other++;
+  }
   if (!f->cancelled)
     f->on_done(f, rc, status, f->arg);
   fetch_release(f);
@@ -1389,6 +1468,18 @@ static void fetch_release(struct up_fetch *f)
   if (f->child) {
     up_fetch_cancel(f->child);
     f->child = NULL;
+  }
+  if (f->pool) {
+    struct up_pool *p = f->pool;
+    f->pool = NULL;
+    if (f->queued)
+      queue_remove(p, f);
+    if (f->slot) {
+      f->slot = 0;
+      p->stats.active--;
+      pool_kick(p);
+    }
+    pool_unref(p);
   }
   detach(f);
   defer_remove(f);
@@ -1497,9 +1588,11 @@ static void on_idle(uv_idle_t *h)
       }
     }
   }
+  if (u->kick_pending && !u->closing)
+    run_kicks(u);
   if (u->closing && !u->torn_down)
     teardown(u);
-  else if (!u->defer_head)
+  else if (!u->defer_head && !u->kick_pending)
     uv_idle_stop(&u->idle);
 }
 
@@ -1530,8 +1623,259 @@ static void teardown(up_t *u)
     u->hints = h->next;
     hint_free(h);
   }
+  /* Every fetch let go of its pool above; what is left belongs to owners. */
+  while (u->pools)
+    pool_free(u->pools);
   uv_close((uv_handle_t *)&u->timer, on_up_handle_closed);
   uv_close((uv_handle_t *)&u->idle, on_up_handle_closed);
+  uv_close((uv_handle_t *)&u->pool_timer, on_up_handle_closed);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Pools                                                                                     */
+
+static void queue_push(struct up_pool *p, struct up_fetch *f)
+{
+  f->qnext = NULL;
+  f->qprev = p->qtail;
+  if (p->qtail)
+    p->qtail->qnext = f;
+  else
+    p->qhead = f;
+  p->qtail = f;
+  f->queued = 1;
+  f->state = F_QUEUED;
+  p->stats.queued++;
+}
+
+static void queue_remove(struct up_pool *p, struct up_fetch *f)
+{
+  if (f->qprev)
+    f->qprev->qnext = f->qnext;
+  else
+    p->qhead = f->qnext;
+  if (f->qnext)
+    f->qnext->qprev = f->qprev;
+  else
+    p->qtail = f->qprev;
+  f->qprev = f->qnext = NULL;
+  f->queued = 0;
+  p->stats.queued--;
+}
+
+/* Add the rate tokens earned since the last refill (at most burst). */
+static void pool_refill(struct up_pool *p, uint64_t now)
+{
+  if (p->rate > 0 && now > p->refill_ns) {
+    p->tokens += (double)(now - p->refill_ns) * 1e-9 * p->rate;
+    if (p->tokens > p->burst)
+      p->tokens = p->burst;
+  }
+  p->refill_ns = now;
+}
+
+static int pool_has_slot(const struct up_pool *p)
+{
+  return p->max_active == 0 || p->stats.active < p->max_active;
+}
+
+/* The epsilon absorbs the rounding of the refill sums: a token due now counts as there. */
+static int pool_has_token(const struct up_pool *p)
+{
+  return p->rate <= 0 || p->tokens >= 1.0 - 1e-9;
+}
+
+/* The fetch takes a slot and a rate token. */
+static void pool_take(struct up_pool *p, struct up_fetch *f)
+{
+  p->stats.active++;
+  f->slot = 1;
+  if (p->rate > 0)
+    p->tokens -= 1.0;
+}
+
+static void pool_apply_opts(struct up_pool *p, const up_pool_opts_t *o)
+{
+  uint64_t now = uv_hrtime();
+  double rate = o ? o->rate : 0;
+  int had_rate = p->rate > 0;
+
+  if (!isfinite(rate) || rate < 0)
+    rate = 0;
+  pool_refill(p, now); /* what the old rate earned so far */
+  p->max_active = o ? o->max_active : 0;
+  p->rate = rate;
+  p->burst = o && o->burst ? (double)o->burst : fmax(1.0, ceil(rate));
+  if (rate > 0 && !had_rate)
+    p->tokens = p->burst;
+  if (p->tokens > p->burst)
+    p->tokens = p->burst;
+  p->wake_ns = 0;
+}
+
+/* Ask for a dispatch of p's queue from the idle handle (no user callback can run from the
+ * caller's stack that way). */
+static void pool_kick(struct up_pool *p)
+{
+  up_t *u = p->u;
+  if (u->closing)
+    return;
+  p->kick = 1;
+  u->kick_pending = 1;
+  uv_idle_start(&u->idle, on_idle);
+}
+
+static void pool_free(struct up_pool *p)
+{
+  up_t *u = p->u;
+  PC_ASSERT(!p->qhead);
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    u->pools = p->next;
+  if (p->next)
+    p->next->prev = p->prev;
+  free(p->name);
+  free(p);
+}
+
+static void pool_unref(struct up_pool *p)
+{
+  PC_ASSERT(p->refs > 0);
+  p->refs--;
+  if (p->refs == 0 && p->released)
+    pool_free(p);
+}
+
+/* A queued fetch starts. From the loop only (it may call on_done when curl refuses it). */
+static void fetch_begin(struct up_fetch *f)
+{
+  int rc;
+  f->t_begin = uv_hrtime();
+  f->queue_ns = f->t_begin - f->t_created;
+  f->state = F_RUNNING;
+  f->pool->stats.fetches++;
+  rc = hop_start(f, NULL);
+  if (rc)
+    fetch_finish(f, rc, 0);
+}
+
+/* Start queued fetches while p has a slot and a rate token for them; when only the token is
+ * missing, note when it is due (the pool timer is armed by the caller). */
+static void pool_dispatch(struct up_pool *p)
+{
+  up_t *u = p->u;
+  uint64_t now = uv_hrtime();
+
+  p->refs++; /* a fetch's on_done may release p */
+  p->wake_ns = 0;
+  pool_refill(p, now);
+  while (p->qhead && !u->closing && pool_has_slot(p)) {
+    struct up_fetch *f = p->qhead;
+    if (!pool_has_token(p)) {
+      double wait = (1.0 - p->tokens) / p->rate * 1e9;
+      p->wake_ns = now + (wait < 1e15 ? (uint64_t)wait : (uint64_t)1e15) + 1;
+      break;
+    }
+    queue_remove(p, f);
+    pool_take(p, f);
+    fetch_begin(f);
+    now = uv_hrtime();
+    pool_refill(p, now);
+  }
+  pool_unref(p);
+}
+
+/* Arm the pool timer for the earliest rate token a queue waits for. */
+static void pool_timer_arm(up_t *u)
+{
+  uint64_t next = 0, now, ms;
+  for (struct up_pool *p = u->pools; p; p = p->next)
+    if (p->qhead && p->wake_ns && (next == 0 || p->wake_ns < next))
+      next = p->wake_ns;
+  if (next == 0) {
+    uv_timer_stop(&u->pool_timer);
+    return;
+  }
+  now = uv_hrtime();
+  ms = next > now ? (next - now + 999999) / 1000000 : 0;
+  uv_timer_start(&u->pool_timer, on_pool_timer, ms, 0);
+}
+
+/* Dispatch every kicked pool. A dispatch runs user callbacks, which may kick, release or free
+ * pools: start over from the head after each one. */
+static void run_kicks(up_t *u)
+{
+  struct up_pool *p;
+again:
+  for (p = u->pools; p && !u->closing; p = p->next) {
+    if (!p->kick)
+      continue;
+    p->kick = 0;
+    pool_dispatch(p);
+    goto again;
+  }
+  u->kick_pending = 0;
+  if (!u->closing)
+    pool_timer_arm(u);
+}
+
+static void on_pool_timer(uv_timer_t *t)
+{
+  up_t *u = container_of(t, up_t, pool_timer);
+  if (u->closing)
+    return;
+  for (struct up_pool *p = u->pools; p; p = p->next)
+    if (p->qhead)
+      p->kick = 1;
+  run_kicks(u);
+}
+
+int up_pool_new(up_t *u, const char *name, const up_pool_opts_t *o, up_pool_t **out)
+{
+  struct up_pool *p;
+  *out = NULL;
+  if (!u || !name || (o && (!isfinite(o->rate) || o->rate < 0)))
+    return UV_EINVAL;
+  if (u->closing)
+    return UV_ECANCELED;
+  p = pc_xcalloc(1, sizeof(*p));
+  p->u = u;
+  p->name = pc_xstrdup(name);
+  pool_apply_opts(p, o);
+  p->next = u->pools;
+  if (u->pools)
+    u->pools->prev = p;
+  u->pools = p;
+  *out = p;
+  return 0;
+}
+
+void up_pool_set_opts(up_pool_t *p, const up_pool_opts_t *o)
+{
+  pool_apply_opts(p, o);
+  if (p->qhead)
+    pool_kick(p);
+}
+
+void up_pool_release(up_pool_t *p)
+{
+  if (!p)
+    return;
+  PC_ASSERT(!p->released);
+  p->released = 1;
+  if (p->refs == 0)
+    pool_free(p);
+}
+
+void up_pool_get_stats(const up_pool_t *p, up_pool_stats_t *out)
+{
+  *out = p->stats;
+}
+
+const char *up_pool_name(const up_pool_t *p)
+{
+  return p->name;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1573,9 +1917,12 @@ int up_new(uv_loop_t *loop, const up_opts_t *opts, up_t **out)
     goto out;
   rc = uv_idle_init(loop, &u->idle);
   PC_ASSERT(rc == 0); /* cannot fail once the timer could be made */
+  rc = uv_timer_init(loop, &u->pool_timer);
+  PC_ASSERT(rc == 0);
   u->timer.data = u;
   u->idle.data = u;
-  u->handles = 2;
+  u->pool_timer.data = u;
+  u->handles = 3;
   *out = u;
   rc = 0;
 out:
@@ -1621,7 +1968,8 @@ int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out)
 {
   char key[UP__HOSTKEY_MAX];
   struct up_fetch *f;
-  int rc, head;
+  struct up_pool *p;
+  int rc, head, internal;
 
   if (out)
     *out = NULL;
@@ -1629,6 +1977,11 @@ int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out)
     return UV_EINVAL;
   if (u->closing)
     return UV_ECANCELED;
+  p = r->pool;
+  internal = r->on_done == on_token_data_done;
+  /* A token fetch may still use a released pool: its parent keeps it alive. */
+  if (p && (p->u != u || (p->released && !internal)))
+    return UV_EINVAL;
   if (strcasecmp(r->method, "GET") == 0)
     head = 0;
   else if (strcasecmp(r->method, "HEAD") == 0)
@@ -1669,7 +2022,7 @@ int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out)
   f->on_data = r->on_data;
   f->on_done = r->on_done;
   f->arg = r->arg;
-  if (r->on_done == on_token_data_done) {
+  if (internal) {
     f->internal = 1;
     f->on_data = on_token_data;
     if (f->userpwd)
@@ -1679,13 +2032,33 @@ int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out)
   if (u->fetches)
     u->fetches->prev = f;
   u->fetches = f;
-  f->t_begin = uv_hrtime();
+  f->t_created = uv_hrtime();
+  if (p) {
+    f->pool = p;
+    p->refs++;
+  }
+  if (p && !internal) {
+    pool_refill(p, f->t_created);
+    if (p->qhead || !pool_has_slot(p) || !pool_has_token(p)) {
+      /* Behind the others; the dispatch works out when a rate token is due. */
+      queue_push(p, f);
+      pool_kick(p);
+      if (out)
+        *out = f;
+      return 0;
+    }
+    pool_take(p, f);
+  }
+  f->t_begin = f->t_created;
+  f->state = F_RUNNING;
   rc = hop_start(f, NULL);
   if (rc) {
     f->cancelled = 1;
     fetch_release(f);
     return rc;
   }
+  if (p && !internal)
+    p->stats.fetches++;
   if (out)
     *out = f;
   return 0;
@@ -1697,6 +2070,8 @@ void up_fetch_cancel(up_fetch_t *f)
     return;
   f->cancelled = 1;
   uv_timer_stop(&f->timer);
+  if (f->queued)
+    queue_remove(f->pool, f); /* at once: no dispatch may start it */
   if (f->child) {
     up_fetch_cancel(f->child);
     f->child = NULL;
@@ -1732,6 +2107,7 @@ const char *up_fetch_url(const up_fetch_t *f)
 void up_fetch_timings(const up_fetch_t *f, up_timings_t *out)
 {
   memset(out, 0, sizeof(*out));
+  out->queue_us = f->queue_ns / 1000;
   out->token_us = f->token_ns / 1000;
   out->redirect_us = f->redirect_ns / 1000;
   out->first_byte_us = f->first_byte_ns / 1000;

@@ -11,6 +11,8 @@ listen, and appends one line per request to LOGFILE before answering:
 Routes (both ports):
   /blob/<n>                 n pattern bytes (byte i = (7*i + 3) % 251); honours Range: bytes=N-
   /sleep/<ms>/<n>           /blob/<n> after ms milliseconds
+  /hold/<name>              /blob/10 once the file go-<name> exists next to LOGFILE (the
+                            request is logged on arrival, before the wait)
   /slowredir/<ms>           302 -> /blob/10 after ms milliseconds
   /r307/<n>                 307 -> http://127.0.0.1:B/r307b/<n>
   /r307b/<n>                307 -> /blob/<n> (relative)
@@ -118,6 +120,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif u.path.startswith("/sleep/"):
             time.sleep(int(parts[2]) / 1000)
             self.send(200, body(int(parts[3])), {"Content-Type": "application/octet-stream"})
+        elif u.path.startswith("/hold/"):
+            go = os.path.join(os.path.dirname(sys.argv[2]), "go-" + parts[2])
+            deadline = time.monotonic() + 60
+            while not os.path.exists(go) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self.send(200, body(10), {"Content-Type": "application/octet-stream"})
         elif u.path.startswith("/slowredir/"):
             time.sleep(int(parts[2]) / 1000)
             self.send(302, b"", {"Location": "/blob/10"})
