@@ -28,6 +28,11 @@ typedef struct up__challenge {
 int up__challenge_parse(const char *value, up__challenge_t *out);
 void up__challenge_free(up__challenge_t *c);
 
+/** 1 when a WWW-Authenticate value holds a challenge of the auth-scheme scheme
+ * (case-insensitive; "Basic"), else 0. Parameter values never count ("Bearer realm=\"Basic\""
+ * has no Basic challenge). */
+int up__challenge_has(const char *value, const char *scheme);
+
 /** "<realm>?service=<service>&scope=<s1>&scope=<s2>" with every value URL-encoded, one scope
  * parameter per space-separated scope, '&' instead of '?' when realm has a query already.
  * service and scope may be NULL. Returns a malloc'd string (free()), or NULL when realm is not

@@ -11,22 +11,47 @@
  * each response when its header block ends:
  *
  *   up_fetch_start ──▶ RUNNING ──(3xx + Location: next hop, at most max_redirects)──▶ RUNNING
- *                        │  └──(401 Bearer: cached token, or fetch one)──▶ TOKEN ──▶ RUNNING
- *                        └──(final response complete / transport error / timeout)──▶ DONE
+ *        │               │  ├──(401 Bearer: cached token, or fetch one)──▶ TOKEN ──▶ RUNNING
+ *        │               │  └──(401 Basic from the registry host, userpwd, once)──▶ RUNNING
+ *        │               └──(final response complete / transport error / timeout)──▶ DONE
+ *        └──(pool: no slot, no rate token, or a queue)──▶ QUEUED ──(pool_dispatch)──▶ RUNNING
  *   DONE: on_done runs, then the fetch is released: easy handle freed, timer closed, the memory
  *         freed in the timer's close callback.
  *   up_fetch_cancel (any state): no more callbacks; the release happens at once, or from the
  *         idle handle when we are inside a curl callback (curl forbids removing handles there).
+ *         A queued fetch leaves the queue at once in any case.
  *
  * The token fetch is an internal fetch (same machinery, no auth of its own) whose on_done
- * resumes its parent. Tokens are cached per (host key of the challenging server, scope); a
- * per-(host, repository path) hint remembers which scope a path needed, so later requests for
- * the same repository send the cached token at once instead of taking a 401 round trip.
+ * resumes its parent. Tokens are cached per (host key of the challenging server, scope,
+ * credentials); a per-(host, repository path) hint remembers which scope a path needed, so
+ * later requests for the same repository send the cached token at once instead of taking a
+ * 401 round trip.
+ *
+ * Credentials: a token is cached under the SHA-256 of the userpwd it was fetched with (all
+ * zero for anonymous). hop_cred decides whose tokens a hop uses: the fetch's own only on the
+ * registry host (origin), so a challenge from a host we were redirected to never pulls the
+ * credentials to its realm. Basic goes only where basic_host says: the realm, for a token
+ * fetch; the registry, once it asked for Basic. curl encodes it (CURLOPT_USERPWD).
  *
  * Timeouts: curl enforces connect_timeout_ms. Each fetch has one uv_timer_t: in the header
  * phase it fires first_byte ms after the request went out (CURLOPT_PREREQFUNCTION; until then
  * it is armed for connect + first_byte as a backstop); in the body phase it checks that some
  * bytes arrived in the last stall_timeout_ms (not counting time paused by the user).
+ *
+ * Pools: a fetch with a pool takes a slot (max_active) and a rate token (a bucket refilled
+ * from uv_hrtime, so the refill is exact whatever the loop's cached time) when it starts, or
+ * waits in the pool's FIFO queue. The slot is given back in fetch_release. Queues move only
+ * from the loop: pool_kick marks the pool and starts the idle handle, whose run_kicks calls
+ * pool_dispatch, which may start fetches and so call on_done (a fetch curl refuses); hence
+ * never from a caller's stack. A queue that waits for a rate token only notes when it is due
+ * (wake_ns); the one pool_timer of up_t is armed for the earliest of those. Every fetch holds
+ * a reference on its pool (token fetches too, for the stats); a pool is freed when its owner
+ * released it and the last reference went, or in teardown.
+ *
+ * Timings (up_fetch_timings) are uv_hrtime stamps kept in ns: t_created in up_fetch_start,
+ * t_begin when the fetch starts (leaves the queue; queue_ns is the difference),
+ * t_hop per hop (a hop that ends as a redirect or an answered 401 adds to redirect_ns), t_token
+ * around the token fetch; first_byte_ns is set when the final header block ends.
  *
  * Pause: when on_data returns UP_PAUSE the bytes count as consumed; the next write callback of
  * curl returns CURL_WRITEFUNC_PAUSE (curl keeps those bytes). up_fetch_resume clears the flag and
@@ -38,6 +63,8 @@
 #include <curl/curl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <math.h>
+#include <openssl/evp.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -52,8 +79,10 @@
 #define UP_TOKEN_SKEW_MS 5000
 #define UP_CACHE_MAX 256 /* tokens, and path hints */
 #define UP_PATH_MAX 1024
+#define UP_CRED_LEN 32 /* SHA-256 of userpwd: the token cache's credentials key */
 
 enum fetch_state {
+  F_QUEUED,  /* waiting in its pool's queue: no easy handle in use, no timer running */
   F_RUNNING, /* a hop is in flight (easy handle in the multi, or about to be added) */
   F_TOKEN,   /* waiting for the token fetch (child) */
   F_DONE,    /* on_done called (or being called); release follows */
@@ -63,6 +92,7 @@ enum hop_kind {
   HOP_PENDING,  /* header block not complete yet */
   HOP_REDIRECT, /* 3xx with Location: body discarded, next hop follows */
   HOP_AUTH,     /* 401 with a Bearer challenge: body discarded, retried with a token */
+  HOP_BASIC,    /* 401 with a Basic challenge from the registry: retried once with userpwd */
   HOP_FINAL,    /* what the user sees */
 };
 
@@ -82,6 +112,7 @@ struct token {
   struct token *next;
   char *host;
   char *scope;
+  unsigned char cred[UP_CRED_LEN]; /* whose token: all zero for anonymous */
   char *value;
   uint64_t expires; /* uv_now ms */
 };
@@ -93,11 +124,30 @@ struct hint {
   char *scope;
 };
 
+struct up_pool {
+  up_t *u;
+  struct up_pool *prev, *next;
+  char *name;
+  unsigned max_active; /* 0: unlimited */
+  double rate;         /* starts per second; 0: unlimited */
+  double burst;        /* bucket size */
+  double tokens;       /* rate tokens in the bucket */
+  uint64_t refill_ns;  /* uv_hrtime of the last refill */
+  uint64_t wake_ns;    /* queued fetches wait for the token due then (0: not for a token) */
+  struct up_fetch *qhead, *qtail;
+  unsigned refs; /* fetches using the pool (queued, running, token fetches), dispatch running */
+  int released;  /* the owner let go: freed when refs drops to 0 */
+  int kick;      /* dispatch from the idle handle */
+  up_pool_stats_t stats; /* active and queued are kept up to date in here */
+};
+
 struct up {
   uv_loop_t *loop;
   CURLM *multi;
-  uv_timer_t timer; /* curl's timeout */
-  uv_idle_t idle;   /* deferred work: releases, handle adds, resumes, teardown */
+  uv_timer_t timer;      /* curl's timeout */
+  uv_idle_t idle;        /* deferred work: releases, handle adds, resumes, pool dispatch,
+                            teardown */
+  uv_timer_t pool_timer; /* the earliest rate token any pool queue waits for */
   long connect_timeout_ms;
   long first_byte_timeout_ms;
   long stall_timeout_ms;
@@ -111,7 +161,9 @@ struct up {
   struct hint *hints;
   size_t nhints;
   up_stats_t stats;
-  int in_curl_cb; /* depth of curl callbacks on the stack */
+  struct up_pool *pools;
+  int kick_pending; /* some pool wants a dispatch */
+  int in_curl_cb;   /* depth of curl callbacks on the stack */
   int closing;
   int torn_down;
   int handles; /* uv handles not yet closed */
@@ -125,9 +177,13 @@ struct up_fetch {
   struct up_fetch *defer_next;
   int deferred;
   enum fetch_state state;
+  struct up_pool *pool;           /* NULL: none; token fetches point at their parent's */
+  struct up_fetch *qprev, *qnext; /* in pool's queue while queued */
+  int queued;                     /* in pool's queue (state F_QUEUED until the release) */
+  int slot;                       /* holds one of pool's max_active slots */
   CURL *easy;
-  int attached;     /* easy handle is in the multi */
-  int add_pending;  /* easy handle to be added from the idle handle */
+  int attached;    /* easy handle is in the multi */
+  int add_pending; /* easy handle to be added from the idle handle */
   int released;
   uv_timer_t timer; /* first byte / stall; its close callback frees the fetch */
   char errbuf[CURL_ERROR_SIZE];
@@ -137,6 +193,12 @@ struct up_fetch {
   char *accept;
   uint64_t range_from;
   char *ca_file;
+  char *userpwd;                   /* NULL: anonymous */
+  unsigned char cred[UP_CRED_LEN]; /* SHA-256 of userpwd, all zero when anonymous */
+  int no_auth;
+  char origin[UP__HOSTKEY_MAX];     /* host key of the request URL: the registry */
+  char basic_host[UP__HOSTKEY_MAX]; /* Basic credentials go to this host ("": nowhere) */
+  int basic_tried;                  /* the registry's Basic challenge was answered */
   up_headers_cb on_headers;
   up_data_cb on_data;
   up_done_cb on_done;
@@ -166,6 +228,13 @@ struct up_fetch {
   struct up_fetch *child; /* token fetch in flight */
   char *body;             /* internal fetches: the response body */
   size_t body_len;
+  /* timings (uv_hrtime ns) */
+  uint64_t t_created; /* up_fetch_start */
+  uint64_t t_begin;   /* the fetch started (left the queue) */
+  uint64_t t_hop;     /* the current hop started */
+  uint64_t t_token;   /* the token fetch in flight started */
+  uint64_t queue_ns, token_ns, redirect_ns, first_byte_ns, last_byte_ns;
+  unsigned hops, token_fetches;
 };
 
 /* Forward declarations, in the order things happen. */
@@ -184,10 +253,16 @@ static void on_idle(uv_idle_t *h);
 static void on_fetch_closed(uv_handle_t *h);
 static void on_sock_closed(uv_handle_t *h);
 static void on_up_handle_closed(uv_handle_t *h);
+static void on_pool_timer(uv_timer_t *t);
 
 static int hop_start(struct up_fetch *f, const char *token);
 static void fetch_finish(struct up_fetch *f, int rc, int status);
 static void fetch_release(struct up_fetch *f);
+static void queue_remove(struct up_pool *p, struct up_fetch *f);
+static void pool_kick(struct up_pool *p);
+static void pool_unref(struct up_pool *p);
+static void pool_free(struct up_pool *p);
+static void run_kicks(up_t *u);
 static void teardown(up_t *u);
 
 /* ---------------------------------------------------------------------------------------- */
@@ -232,13 +307,16 @@ static void challenge_param(up__challenge_t *c, const char *name, size_t nlen, c
   }
 }
 
-int up__challenge_parse(const char *s, up__challenge_t *out)
+/* Walk the challenges of a WWW-Authenticate value: on_scheme for every auth-scheme (a token
+ * not followed by '='; non-zero stops the walk), on_param (may be NULL) for every auth-param.
+ * The tail of a token68 ("Negotiate abc==") parses as a parameter. */
+static void challenge_walk(const char *s, int (*on_scheme)(void *arg, const char *name, size_t n),
+                           void (*on_param)(void *arg, const char *name, size_t n, const char *v),
+                           void *arg)
 {
   const char *p = s;
-  int bearer = 0, found = 0;
   char *val = pc_xmalloc(strlen(s) + 1);
 
-  memset(out, 0, sizeof(*out));
   while (*p) {
     const char *name, *q;
     size_t nlen, vlen = 0;
@@ -256,14 +334,10 @@ int up__challenge_parse(const char *s, up__challenge_t *out)
     }
     q = skip_ws(p);
     if (*q != '=') {
-      /* A token not followed by '=' starts a challenge (it is the auth-scheme). */
-      if (found)
+      if (on_scheme(arg, name, nlen))
         break;
-      bearer = nlen == 6 && strncasecmp(name, "Bearer", 6) == 0;
-      found = bearer;
       continue;
     }
-    /* An auth-param (the tail of a token68 parses as one and is ignored). */
     p = skip_ws(q + 1);
     if (*p == '"') {
       p++;
@@ -279,17 +353,68 @@ int up__challenge_parse(const char *s, up__challenge_t *out)
         val[vlen++] = *p++;
     }
     val[vlen] = '\0';
-    if (bearer)
-      challenge_param(out, name, nlen, val);
+    if (on_param)
+      on_param(arg, name, nlen, val);
     while (*p && *p != ',')
       p++;
   }
   free(val);
-  if (!found) {
+}
+
+struct bearer_walk {
+  up__challenge_t *out;
+  int bearer; /* inside a Bearer challenge */
+  int found;
+};
+
+static int bearer_on_scheme(void *arg, const char *name, size_t nlen)
+{
+  struct bearer_walk *w = arg;
+  if (w->found)
+    return 1; /* the first Bearer challenge is complete */
+  w->bearer = nlen == 6 && strncasecmp(name, "Bearer", 6) == 0;
+  w->found = w->bearer;
+  return 0;
+}
+
+static void bearer_on_param(void *arg, const char *name, size_t nlen, const char *val)
+{
+  struct bearer_walk *w = arg;
+  if (w->bearer)
+    challenge_param(w->out, name, nlen, val);
+}
+
+int up__challenge_parse(const char *s, up__challenge_t *out)
+{
+  struct bearer_walk w = {.out = out};
+
+  memset(out, 0, sizeof(*out));
+  challenge_walk(s, bearer_on_scheme, bearer_on_param, &w);
+  if (!w.found) {
     up__challenge_free(out);
     return PC_E_NOTFOUND;
   }
   return 0;
+}
+
+struct scheme_walk {
+  const char *scheme;
+  size_t len;
+  int found;
+};
+
+static int scheme_on_scheme(void *arg, const char *name, size_t nlen)
+{
+  struct scheme_walk *w = arg;
+  w->found = nlen == w->len && strncasecmp(name, w->scheme, nlen) == 0;
+  return w->found;
+}
+
+int up__challenge_has(const char *value, const char *scheme)
+{
+  struct scheme_walk w = {.scheme = scheme, .len = strlen(scheme)};
+  challenge_walk(value, scheme_on_scheme, NULL, &w);
+  return w.found;
 }
 
 void up__challenge_free(up__challenge_t *c)
@@ -466,11 +591,19 @@ out:
 /* ---------------------------------------------------------------------------------------- */
 /* Token cache and path hints                                                                */
 
-static struct token *token_find(up_t *u, const char *host, const char *scope)
+static int token_is(const struct token *t, const char *host, const char *scope,
+                    const unsigned char *cred)
+{
+  return strcmp(t->host, host) == 0 && strcmp(t->scope, scope) == 0 &&
+         memcmp(t->cred, cred, UP_CRED_LEN) == 0;
+}
+
+static struct token *token_find(up_t *u, const char *host, const char *scope,
+                                const unsigned char *cred)
 {
   uint64_t now = uv_now(u->loop);
   for (struct token *t = u->tokens; t; t = t->next)
-    if (t->expires > now && strcmp(t->host, host) == 0 && strcmp(t->scope, scope) == 0)
+    if (t->expires > now && token_is(t, host, scope, cred))
       return t;
   return NULL;
 }
@@ -483,15 +616,15 @@ static void token_free(struct token *t)
   free(t);
 }
 
-/* Drop expired entries and the one for (host, scope); then keep at most UP_CACHE_MAX - 1. */
-static void token_prune(up_t *u, const char *host, const char *scope)
+/* Drop expired entries and the one for (host, scope, cred); then keep at most
+ * UP_CACHE_MAX - 1. */
+static void token_prune(up_t *u, const char *host, const char *scope, const unsigned char *cred)
 {
   uint64_t now = uv_now(u->loop);
   size_t kept = 0;
   for (struct token **pp = &u->tokens; *pp;) {
     struct token *t = *pp;
-    int drop = t->expires <= now || kept >= UP_CACHE_MAX - 1 ||
-               (strcmp(t->host, host) == 0 && strcmp(t->scope, scope) == 0);
+    int drop = t->expires <= now || kept >= UP_CACHE_MAX - 1 || token_is(t, host, scope, cred);
     if (drop) {
       *pp = t->next;
       token_free(t);
@@ -503,16 +636,17 @@ static void token_prune(up_t *u, const char *host, const char *scope)
   }
 }
 
-static void token_store(up_t *u, const char *host, const char *scope, const char *value,
-                        uint64_t ttl_ms)
+static void token_store(up_t *u, const char *host, const char *scope, const unsigned char *cred,
+                        const char *value, uint64_t ttl_ms)
 {
   struct token *t;
-  token_prune(u, host, scope);
+  token_prune(u, host, scope, cred);
   if (ttl_ms == 0)
     return;
   t = pc_xcalloc(1, sizeof(*t));
   t->host = pc_xstrdup(host);
   t->scope = pc_xstrdup(scope);
+  memcpy(t->cred, cred, UP_CRED_LEN);
   t->value = pc_xstrdup(value);
   t->expires = uv_now(u->loop) + ttl_ms;
   t->next = u->tokens;
@@ -564,18 +698,27 @@ static void hint_store(up_t *u, const char *host, const char *url, const char *s
   u->nhints++;
 }
 
+static const unsigned char anonymous[UP_CRED_LEN];
+
+/* Whose tokens this hop uses: the fetch's credentials when it is on the registry host (the
+ * only host whose challenges may send them to a realm), else anonymous. */
+static const unsigned char *hop_cred(const struct up_fetch *f)
+{
+  return f->userpwd && strcmp(f->hostkey, f->origin) == 0 ? f->cred : anonymous;
+}
+
 /* A cached token to send proactively on this hop, or NULL. */
 static const char *proactive_token(struct up_fetch *f)
 {
   char path[UP_PATH_MAX];
   const char *scope;
   struct token *t;
-  if (f->internal || up__repo_path(f->url, path, sizeof(path)) != 0)
+  if (f->internal || f->no_auth || up__repo_path(f->url, path, sizeof(path)) != 0)
     return NULL;
   scope = hint_find(f->u, f->hostkey, path);
   if (!scope)
     return NULL;
-  t = token_find(f->u, f->hostkey, scope);
+  t = token_find(f->u, f->hostkey, scope, hop_cred(f));
   return t ? t->value : NULL;
 }
 
@@ -658,21 +801,27 @@ static int is_redirect(int status)
   return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
 }
 
-/* Decide what the response whose header block just ended is. */
+/* Decide what the response whose header block just ended is. A Bearer challenge wins over a
+ * Basic one; Basic is answered once, and only for the registry host itself. */
 static enum hop_kind classify(struct up_fetch *f)
 {
+  int basic = 0;
   if (is_redirect(f->status) && hdr_get(f, "Location"))
     return HOP_REDIRECT;
-  if (f->status == 401 && !f->internal && !f->fresh_auth) {
+  if (f->status != 401 || f->internal || f->no_auth)
+    return HOP_FINAL;
+  up__challenge_free(&f->chal);
+  for (size_t i = 0; i < f->nhdrs; i++) {
+    if (strcasecmp(f->hdrs[i].name, "WWW-Authenticate") != 0)
+      continue;
+    if (up__challenge_parse(f->hdrs[i].value, &f->chal) == 0 && f->chal.realm)
+      return f->fresh_auth ? HOP_FINAL : HOP_AUTH;
     up__challenge_free(&f->chal);
-    for (size_t i = 0; i < f->nhdrs; i++) {
-      if (strcasecmp(f->hdrs[i].name, "WWW-Authenticate") != 0)
-        continue;
-      if (up__challenge_parse(f->hdrs[i].value, &f->chal) == 0 && f->chal.realm)
-        return HOP_AUTH;
-      up__challenge_free(&f->chal);
-    }
+    if (up__challenge_has(f->hdrs[i].value, "Basic"))
+      basic = 1;
   }
+  if (basic && f->userpwd && !f->basic_tried && strcmp(f->hostkey, f->origin) == 0)
+    return HOP_BASIC;
   return HOP_FINAL;
 }
 
@@ -790,6 +939,21 @@ static int on_curl_prereq(void *arg, char *ip, char *local_ip, int port, int loc
   return CURL_PREREQFUNC_OK;
 }
 
+const double up_hist_bounds_s[UP_HIST_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                  0.5,   1,    2.5,   5,    10};
+/* The same bounds in microseconds, so that the comparison is exact. */
+static const uint64_t hist_bounds_us[UP_HIST_BUCKETS] = {
+    5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000};
+
+static void hist_add(up_pool_stats_t *st, uint64_t us)
+{
+  size_t i = 0;
+  while (i < UP_HIST_BUCKETS && us > hist_bounds_us[i])
+    i++;
+  st->first_byte_hist[i]++;
+  st->first_byte_sum_us += us;
+}
+
 /* One header line (status line, header, or the empty line ending the block). Returns 0, or
  * an rc that aborts the transfer. */
 static int header_line(struct up_fetch *f, const char *buf, size_t len)
@@ -820,8 +984,12 @@ static int header_line(struct up_fetch *f, const char *buf, size_t len)
   f->body_phase = 1;
   f->last_activity = uv_now(u->loop);
   uv_timer_start(&f->timer, on_fetch_timer, (uint64_t)u->stall_timeout_ms, 0);
-  if (f->kind == HOP_FINAL)
+  if (f->kind == HOP_FINAL) {
+    f->first_byte_ns = uv_hrtime() - f->t_begin;
+    if (f->pool && !f->internal)
+      hist_add(&f->pool->stats, f->first_byte_ns / 1000);
     return deliver_headers(f);
+  }
   return 0;
 }
 
@@ -854,8 +1022,11 @@ static size_t on_curl_write(char *buf, size_t size, size_t n, void *arg)
     f->curl_paused = 1;
     return CURL_WRITEFUNC_PAUSE;
   }
-  if (!f->internal)
+  if (!f->internal) {
     u->stats.body_bytes += len;
+    if (f->pool)
+      f->pool->stats.body_bytes += len;
+  }
   if (!f->on_data)
     return len;
   u->in_curl_cb++;
@@ -949,7 +1120,9 @@ static int hop_start(struct up_fetch *f, const char *token)
   int rc = PC_E_UPSTREAM;
   char line[UP_TOKEN_MAX + 64];
   char range[32];
+  int basic;
 
+  f->t_hop = uv_hrtime();
   hdrs_reset(f);
   f->kind = HOP_PENDING;
   f->body_phase = 0;
@@ -960,7 +1133,10 @@ static int hop_start(struct up_fetch *f, const char *token)
   f->sent_token = NULL;
   if (up__host_key(f->url, f->hostkey, sizeof(f->hostkey)) != 0)
     goto out;
-  if (!token)
+  /* Credentials only to the host that asked for them (a Basic challenge of the registry, or
+   * the token realm); a Bearer token to answer a challenge goes instead. */
+  basic = !token && f->userpwd && strcmp(f->hostkey, f->basic_host) == 0;
+  if (!token && !basic)
     token = proactive_token(f);
   if (f->accept) {
     snprintf(line, sizeof(line), "Accept: %s", f->accept);
@@ -1005,10 +1181,19 @@ static int hop_start(struct up_fetch *f, const char *token)
   }
   if (f->ca_file)
     SETOPT(CURLOPT_CAINFO, f->ca_file);
+  if (basic) {
+    /* curl does the base64; with CURLAUTH_BASIC alone it sends it on the first request. */
+    SETOPT(CURLOPT_USERPWD, f->userpwd);
+    SETOPT(CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+  }
   rc = attach(f);
   if (rc)
     goto out;
   u->stats.requests++;
+  if (f->pool)
+    f->pool->stats.requests++;
+  if (!f->internal)
+    f->hops++;
   f->state = F_RUNNING;
   f->last_activity = uv_now(u->loop);
   uv_timer_start(&f->timer, on_fetch_timer,
@@ -1116,7 +1301,8 @@ static void answer_challenge(struct up_fetch *f)
 {
   up_t *u = f->u;
   const char *scope = f->chal.scope ? f->chal.scope : "";
-  struct token *t = token_find(u, f->hostkey, scope);
+  const unsigned char *cred = hop_cred(f);
+  struct token *t = token_find(u, f->hostkey, scope, cred);
   up_req_t req;
   char *url;
   int rc;
@@ -1129,7 +1315,7 @@ static void answer_challenge(struct up_fetch *f)
     return;
   }
   if (t)
-    token_prune(u, f->hostkey, scope); /* rejected: never offer it again */
+    token_prune(u, f->hostkey, scope, cred); /* rejected: never offer it again */
   url = up__token_url(f->chal.realm, f->chal.service, f->chal.scope);
   if (!url) {
     pc_log(PC_LOG_INFO, "up: bad token realm url=%s", f->url);
@@ -1141,14 +1327,18 @@ static void answer_challenge(struct up_fetch *f)
   req.url = url;
   req.accept = "application/json";
   req.ca_file = f->ca_file;
+  req.userpwd = cred == anonymous ? NULL : f->userpwd; /* to the realm host only */
+  req.pool = f->pool; /* for the stats: the parent's slot covers it */
   req.on_done = on_token_data_done;
   req.arg = f;
+  f->t_token = uv_hrtime();
   rc = up_fetch_start(u, &req, &f->child);
   free(url);
   if (rc) {
     fetch_finish(f, rc, 0);
     return;
   }
+  f->token_fetches++;
   f->state = F_TOKEN;
   uv_timer_stop(&f->timer); /* the child has timers of its own */
 }
@@ -1171,6 +1361,8 @@ static void on_hop_done(struct up_fetch *f, CURLcode res)
     fetch_finish(f, map_curl_error(res), f->kind == HOP_FINAL ? f->status : 0);
     return;
   }
+  if (f->kind == HOP_REDIRECT || f->kind == HOP_AUTH || f->kind == HOP_BASIC)
+    f->redirect_ns += uv_hrtime() - f->t_hop;
   switch (f->kind) {
   case HOP_FINAL:
     fetch_finish(f, 0, f->status);
@@ -1180,6 +1372,13 @@ static void on_hop_done(struct up_fetch *f, CURLcode res)
     return;
   case HOP_AUTH:
     answer_challenge(f);
+    return;
+  case HOP_BASIC:
+    f->basic_tried = 1;
+    snprintf(f->basic_host, sizeof(f->basic_host), "%s", f->hostkey);
+    rc = hop_start(f, NULL);
+    if (rc)
+      fetch_finish(f, rc, 0);
     return;
   case HOP_PENDING:
   default:
@@ -1201,6 +1400,7 @@ static void on_token_data_done(up_fetch_t *child, int rc, int status, void *arg)
 
   f->child = NULL;
   f->state = F_RUNNING;
+  f->token_ns += uv_hrtime() - f->t_token;
   if (rc < 0) {
     fetch_finish(f, rc, status);
     return;
@@ -1212,7 +1412,9 @@ static void on_token_data_done(up_fetch_t *child, int rc, int status, void *arg)
     return;
   }
   u->stats.tokens++;
-  token_store(u, f->hostkey, scope, token, ttl);
+  if (f->pool)
+    f->pool->stats.tokens++;
+  token_store(u, f->hostkey, scope, hop_cred(f), token, ttl);
   hint_store(u, f->hostkey, f->url, scope);
   f->fresh_auth = 1;
   rc = hop_start(f, token);
@@ -1239,8 +1441,16 @@ static void fetch_finish(struct up_fetch *f, int rc, int status)
   PC_ASSERT(!f->attached);
   uv_timer_stop(&f->timer);
   f->state = F_DONE;
-  if (rc < 0 && !f->internal)
+  f->last_byte_ns = uv_hrtime() - f->t_begin;
+  if (rc < 0 && !f->internal) {
     u->stats.errors++;
+    if (f->pool && rc == PC_E_UPSTREAM_TIMEOUT)
+      f->pool->stats.errors_timeout++;
+    else if (f->pool && rc == PC_E_UPSTREAM_UNAVAILABLE)
+      f->pool->stats.errors_unavailable++;
+    else if (f->pool)
+      f->pool->stats.errors_other++;
+  }
   if (!f->cancelled)
     f->on_done(f, rc, status, f->arg);
   fetch_release(f);
@@ -1258,6 +1468,18 @@ static void fetch_release(struct up_fetch *f)
   if (f->child) {
     up_fetch_cancel(f->child);
     f->child = NULL;
+  }
+  if (f->pool) {
+    struct up_pool *p = f->pool;
+    f->pool = NULL;
+    if (f->queued)
+      queue_remove(p, f);
+    if (f->slot) {
+      f->slot = 0;
+      p->stats.active--;
+      pool_kick(p);
+    }
+    pool_unref(p);
   }
   detach(f);
   defer_remove(f);
@@ -1301,6 +1523,10 @@ static void on_fetch_closed(uv_handle_t *h)
   free(f->url);
   free(f->accept);
   free(f->ca_file);
+  if (f->userpwd) {
+    explicit_bzero(f->userpwd, strlen(f->userpwd));
+    free(f->userpwd);
+  }
   free(f->sent_token);
   free(f->body);
   free(f);
@@ -1362,9 +1588,11 @@ static void on_idle(uv_idle_t *h)
       }
     }
   }
+  if (u->kick_pending && !u->closing)
+    run_kicks(u);
   if (u->closing && !u->torn_down)
     teardown(u);
-  else if (!u->defer_head)
+  else if (!u->defer_head && !u->kick_pending)
     uv_idle_stop(&u->idle);
 }
 
@@ -1395,8 +1623,259 @@ static void teardown(up_t *u)
     u->hints = h->next;
     hint_free(h);
   }
+  /* Every fetch let go of its pool above; what is left belongs to owners. */
+  while (u->pools)
+    pool_free(u->pools);
   uv_close((uv_handle_t *)&u->timer, on_up_handle_closed);
   uv_close((uv_handle_t *)&u->idle, on_up_handle_closed);
+  uv_close((uv_handle_t *)&u->pool_timer, on_up_handle_closed);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Pools                                                                                     */
+
+static void queue_push(struct up_pool *p, struct up_fetch *f)
+{
+  f->qnext = NULL;
+  f->qprev = p->qtail;
+  if (p->qtail)
+    p->qtail->qnext = f;
+  else
+    p->qhead = f;
+  p->qtail = f;
+  f->queued = 1;
+  f->state = F_QUEUED;
+  p->stats.queued++;
+}
+
+static void queue_remove(struct up_pool *p, struct up_fetch *f)
+{
+  if (f->qprev)
+    f->qprev->qnext = f->qnext;
+  else
+    p->qhead = f->qnext;
+  if (f->qnext)
+    f->qnext->qprev = f->qprev;
+  else
+    p->qtail = f->qprev;
+  f->qprev = f->qnext = NULL;
+  f->queued = 0;
+  p->stats.queued--;
+}
+
+/* Add the rate tokens earned since the last refill (at most burst). */
+static void pool_refill(struct up_pool *p, uint64_t now)
+{
+  if (p->rate > 0 && now > p->refill_ns) {
+    p->tokens += (double)(now - p->refill_ns) * 1e-9 * p->rate;
+    if (p->tokens > p->burst)
+      p->tokens = p->burst;
+  }
+  p->refill_ns = now;
+}
+
+static int pool_has_slot(const struct up_pool *p)
+{
+  return p->max_active == 0 || p->stats.active < p->max_active;
+}
+
+/* The epsilon absorbs the rounding of the refill sums: a token due now counts as there. */
+static int pool_has_token(const struct up_pool *p)
+{
+  return p->rate <= 0 || p->tokens >= 1.0 - 1e-9;
+}
+
+/* The fetch takes a slot and a rate token. */
+static void pool_take(struct up_pool *p, struct up_fetch *f)
+{
+  p->stats.active++;
+  f->slot = 1;
+  if (p->rate > 0)
+    p->tokens -= 1.0;
+}
+
+static void pool_apply_opts(struct up_pool *p, const up_pool_opts_t *o)
+{
+  uint64_t now = uv_hrtime();
+  double rate = o ? o->rate : 0;
+  int had_rate = p->rate > 0;
+
+  if (!isfinite(rate) || rate < 0)
+    rate = 0;
+  pool_refill(p, now); /* what the old rate earned so far */
+  p->max_active = o ? o->max_active : 0;
+  p->rate = rate;
+  p->burst = o && o->burst ? (double)o->burst : fmax(1.0, ceil(rate));
+  if (rate > 0 && !had_rate)
+    p->tokens = p->burst;
+  if (p->tokens > p->burst)
+    p->tokens = p->burst;
+  p->wake_ns = 0;
+}
+
+/* Ask for a dispatch of p's queue from the idle handle (no user callback can run from the
+ * caller's stack that way). */
+static void pool_kick(struct up_pool *p)
+{
+  up_t *u = p->u;
+  if (u->closing)
+    return;
+  p->kick = 1;
+  u->kick_pending = 1;
+  uv_idle_start(&u->idle, on_idle);
+}
+
+static void pool_free(struct up_pool *p)
+{
+  up_t *u = p->u;
+  PC_ASSERT(!p->qhead);
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    u->pools = p->next;
+  if (p->next)
+    p->next->prev = p->prev;
+  free(p->name);
+  free(p);
+}
+
+static void pool_unref(struct up_pool *p)
+{
+  PC_ASSERT(p->refs > 0);
+  p->refs--;
+  if (p->refs == 0 && p->released)
+    pool_free(p);
+}
+
+/* A queued fetch starts. From the loop only (it may call on_done when curl refuses it). */
+static void fetch_begin(struct up_fetch *f)
+{
+  int rc;
+  f->t_begin = uv_hrtime();
+  f->queue_ns = f->t_begin - f->t_created;
+  f->state = F_RUNNING;
+  f->pool->stats.fetches++;
+  rc = hop_start(f, NULL);
+  if (rc)
+    fetch_finish(f, rc, 0);
+}
+
+/* Start queued fetches while p has a slot and a rate token for them; when only the token is
+ * missing, note when it is due (the pool timer is armed by the caller). */
+static void pool_dispatch(struct up_pool *p)
+{
+  up_t *u = p->u;
+  uint64_t now = uv_hrtime();
+
+  p->refs++; /* a fetch's on_done may release p */
+  p->wake_ns = 0;
+  pool_refill(p, now);
+  while (p->qhead && !u->closing && pool_has_slot(p)) {
+    struct up_fetch *f = p->qhead;
+    if (!pool_has_token(p)) {
+      double wait = (1.0 - p->tokens) / p->rate * 1e9;
+      p->wake_ns = now + (wait < 1e15 ? (uint64_t)wait : (uint64_t)1e15) + 1;
+      break;
+    }
+    queue_remove(p, f);
+    pool_take(p, f);
+    fetch_begin(f);
+    now = uv_hrtime();
+    pool_refill(p, now);
+  }
+  pool_unref(p);
+}
+
+/* Arm the pool timer for the earliest rate token a queue waits for. */
+static void pool_timer_arm(up_t *u)
+{
+  uint64_t next = 0, now, ms;
+  for (struct up_pool *p = u->pools; p; p = p->next)
+    if (p->qhead && p->wake_ns && (next == 0 || p->wake_ns < next))
+      next = p->wake_ns;
+  if (next == 0) {
+    uv_timer_stop(&u->pool_timer);
+    return;
+  }
+  now = uv_hrtime();
+  ms = next > now ? (next - now + 999999) / 1000000 : 0;
+  uv_timer_start(&u->pool_timer, on_pool_timer, ms, 0);
+}
+
+/* Dispatch every kicked pool. A dispatch runs user callbacks, which may kick, release or free
+ * pools: start over from the head after each one. */
+static void run_kicks(up_t *u)
+{
+  struct up_pool *p;
+again:
+  for (p = u->pools; p && !u->closing; p = p->next) {
+    if (!p->kick)
+      continue;
+    p->kick = 0;
+    pool_dispatch(p);
+    goto again;
+  }
+  u->kick_pending = 0;
+  if (!u->closing)
+    pool_timer_arm(u);
+}
+
+static void on_pool_timer(uv_timer_t *t)
+{
+  up_t *u = container_of(t, up_t, pool_timer);
+  if (u->closing)
+    return;
+  for (struct up_pool *p = u->pools; p; p = p->next)
+    if (p->qhead)
+      p->kick = 1;
+  run_kicks(u);
+}
+
+int up_pool_new(up_t *u, const char *name, const up_pool_opts_t *o, up_pool_t **out)
+{
+  struct up_pool *p;
+  *out = NULL;
+  if (!u || !name || (o && (!isfinite(o->rate) || o->rate < 0)))
+    return UV_EINVAL;
+  if (u->closing)
+    return UV_ECANCELED;
+  p = pc_xcalloc(1, sizeof(*p));
+  p->u = u;
+  p->name = pc_xstrdup(name);
+  pool_apply_opts(p, o);
+  p->next = u->pools;
+  if (u->pools)
+    u->pools->prev = p;
+  u->pools = p;
+  *out = p;
+  return 0;
+}
+
+void up_pool_set_opts(up_pool_t *p, const up_pool_opts_t *o)
+{
+  pool_apply_opts(p, o);
+  if (p->qhead)
+    pool_kick(p);
+}
+
+void up_pool_release(up_pool_t *p)
+{
+  if (!p)
+    return;
+  PC_ASSERT(!p->released);
+  p->released = 1;
+  if (p->refs == 0)
+    pool_free(p);
+}
+
+void up_pool_get_stats(const up_pool_t *p, up_pool_stats_t *out)
+{
+  *out = p->stats;
+}
+
+const char *up_pool_name(const up_pool_t *p)
+{
+  return p->name;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1438,9 +1917,12 @@ int up_new(uv_loop_t *loop, const up_opts_t *opts, up_t **out)
     goto out;
   rc = uv_idle_init(loop, &u->idle);
   PC_ASSERT(rc == 0); /* cannot fail once the timer could be made */
+  rc = uv_timer_init(loop, &u->pool_timer);
+  PC_ASSERT(rc == 0);
   u->timer.data = u;
   u->idle.data = u;
-  u->handles = 2;
+  u->pool_timer.data = u;
+  u->handles = 3;
   *out = u;
   rc = 0;
 out:
@@ -1486,7 +1968,8 @@ int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out)
 {
   char key[UP__HOSTKEY_MAX];
   struct up_fetch *f;
-  int rc, head;
+  struct up_pool *p;
+  int rc, head, internal;
 
   if (out)
     *out = NULL;
@@ -1494,6 +1977,11 @@ int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out)
     return UV_EINVAL;
   if (u->closing)
     return UV_ECANCELED;
+  p = r->pool;
+  internal = r->on_done == on_token_data_done;
+  /* A token fetch may still use a released pool: its parent keeps it alive. */
+  if (p && (p->u != u || (p->released && !internal)))
+    return UV_EINVAL;
   if (strcasecmp(r->method, "GET") == 0)
     head = 0;
   else if (strcasecmp(r->method, "HEAD") == 0)
@@ -1522,24 +2010,55 @@ int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out)
   f->accept = r->accept ? pc_xstrdup(r->accept) : NULL;
   f->range_from = r->range_from;
   f->ca_file = r->ca_file ? pc_xstrdup(r->ca_file) : NULL;
+  f->no_auth = r->no_auth != 0;
+  memcpy(f->origin, key, sizeof(f->origin));
+  if (r->userpwd && *r->userpwd && !f->no_auth) {
+    unsigned int n = 0;
+    f->userpwd = pc_xstrdup(r->userpwd);
+    PC_ASSERT(EVP_Digest(f->userpwd, strlen(f->userpwd), f->cred, &n, EVP_sha256(), NULL) == 1 &&
+              n == UP_CRED_LEN);
+  }
   f->on_headers = r->on_headers;
   f->on_data = r->on_data;
   f->on_done = r->on_done;
   f->arg = r->arg;
-  if (r->on_done == on_token_data_done) {
+  if (internal) {
     f->internal = 1;
     f->on_data = on_token_data;
+    if (f->userpwd)
+      memcpy(f->basic_host, key, sizeof(f->basic_host)); /* the realm */
   }
   f->next = u->fetches;
   if (u->fetches)
     u->fetches->prev = f;
   u->fetches = f;
+  f->t_created = uv_hrtime();
+  if (p) {
+    f->pool = p;
+    p->refs++;
+  }
+  if (p && !internal) {
+    pool_refill(p, f->t_created);
+    if (p->qhead || !pool_has_slot(p) || !pool_has_token(p)) {
+      /* Behind the others; the dispatch works out when a rate token is due. */
+      queue_push(p, f);
+      pool_kick(p);
+      if (out)
+        *out = f;
+      return 0;
+    }
+    pool_take(p, f);
+  }
+  f->t_begin = f->t_created;
+  f->state = F_RUNNING;
   rc = hop_start(f, NULL);
   if (rc) {
     f->cancelled = 1;
     fetch_release(f);
     return rc;
   }
+  if (p && !internal)
+    p->stats.fetches++;
   if (out)
     *out = f;
   return 0;
@@ -1551,6 +2070,8 @@ void up_fetch_cancel(up_fetch_t *f)
     return;
   f->cancelled = 1;
   uv_timer_stop(&f->timer);
+  if (f->queued)
+    queue_remove(f->pool, f); /* at once: no dispatch may start it */
   if (f->child) {
     up_fetch_cancel(f->child);
     f->child = NULL;
@@ -1581,4 +2102,16 @@ const char *up_fetch_header(const up_fetch_t *f, const char *name)
 const char *up_fetch_url(const up_fetch_t *f)
 {
   return f->url;
+}
+
+void up_fetch_timings(const up_fetch_t *f, up_timings_t *out)
+{
+  memset(out, 0, sizeof(*out));
+  out->queue_us = f->queue_ns / 1000;
+  out->token_us = f->token_ns / 1000;
+  out->redirect_us = f->redirect_ns / 1000;
+  out->first_byte_us = f->first_byte_ns / 1000;
+  out->last_byte_us = f->last_byte_ns / 1000;
+  out->hops = f->hops;
+  out->token_fetches = f->token_fetches;
 }

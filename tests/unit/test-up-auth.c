@@ -148,3 +148,17 @@ TEST(cache_keys)
   ASSERT_EQ(PC_E_NOTFOUND, up__repo_path("https://r.example/v2/a/b", k, sizeof(k)));
   ASSERT_EQ(PC_E_NOTFOUND, up__repo_path("https://r.example/blob/5", k, sizeof(k)));
 }
+
+TEST(challenge_has_scheme)
+{
+  ASSERT_EQ(1, up__challenge_has("Basic realm=\"fixture\"", "Basic"));
+  ASSERT_EQ(1, up__challenge_has("basic", "Basic"));
+  ASSERT_EQ(1, up__challenge_has("Negotiate abc==, BASIC realm=\"x, y\"", "Basic"));
+  ASSERT_EQ(1, up__challenge_has("Bearer realm=\"https://r/t\", Basic realm=\"r\"", "Basic"));
+  ASSERT_EQ(1, up__challenge_has("Bearer realm=\"https://r/t\", Basic realm=\"r\"", "Bearer"));
+  /* In parameter values or as a prefix of another scheme it does not count. */
+  ASSERT_EQ(0, up__challenge_has("Bearer realm=\"Basic\",service=Basic", "Basic"));
+  ASSERT_EQ(0, up__challenge_has("Basically realm=x", "Basic"));
+  ASSERT_EQ(0, up__challenge_has("", "Basic"));
+  ASSERT_EQ(0, up__challenge_has("Bearer realm=\"x\"", "Basic"));
+}

@@ -91,7 +91,15 @@ struct res {
   int *close_in_done;   /* up_close from inside on_done; the flag is set by its callback */
   up_fetch_t *f;
   uv_timer_t resume;
+  up_timings_t th, td; /* timings seen in on_headers, in on_done */
+  int hdr_seq, done_seq;    /* order of events across fetches (seq below) */
+  up_fetch_t **cancel_other; /* cancel this fetch from inside the first on_data */
+  const struct fx *chk_fx;   /* in on_done, count the fixture log lines with chk_absent */
+  const char *chk_absent;
+  int chk_count;
 };
+
+static int seq;
 
 static void on_done(up_fetch_t *f, int rc, int status, void *arg);
 
@@ -106,6 +114,8 @@ static int on_headers(up_fetch_t *f, int status, void *arg)
   struct res *r = arg;
   r->hdr_calls++;
   r->hdr_status = status;
+  r->hdr_seq = ++seq;
+  up_fetch_timings(f, &r->th);
   copy_hdr(f, "content-type", r->ctype, sizeof(r->ctype));
   copy_hdr(f, "X-FIXTURE", r->fixture, sizeof(r->fixture));
   copy_hdr(f, "Content-Length", r->clen, sizeof(r->clen));
@@ -137,6 +147,10 @@ static int on_data(up_fetch_t *f, const char *buf, size_t len, void *arg)
     r->cancelled = 1;
     return 0;
   }
+  if (r->cancel_other) {
+    up_fetch_cancel(*r->cancel_other);
+    r->cancel_other = NULL;
+  }
   if (r->hold)
     return UP_PAUSE;
   if (r->start) {
@@ -165,6 +179,10 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
   r->done++;
   r->rc = rc;
   r->status = status;
+  r->done_seq = ++seq;
+  up_fetch_timings(f, &r->td);
+  if (r->chk_absent)
+    r->chk_count = log_count(r->chk_fx, r->chk_absent);
   snprintf(r->url, sizeof(r->url), "%s", up_fetch_url(f));
   if (!r->hdr_calls && rc == 0)
     r->data_before_hdr = 1; /* on_headers must have run for a complete response */
@@ -207,6 +225,17 @@ static void fetch(up_t *u, uv_loop_t *loop, const char *method, const char *url,
 {
   up_req_t req = {.method = method, .url = url, .range_from = from, .on_headers = on_headers,
                   .on_data = on_data, .on_done = on_done, .arg = r};
+  ASSERT_OK(up_fetch_start(u, &req, &r->f));
+  run_until(loop, &r->done);
+  ASSERT_EQ(1, r->done);
+}
+
+/* fetch() with credentials and no_auth. */
+static void fetch_auth(up_t *u, uv_loop_t *loop, const char *url, const char *userpwd,
+                       int no_auth, struct res *r)
+{
+  up_req_t req = {.method = "GET", .url = url, .on_headers = on_headers, .on_data = on_data,
+                  .on_done = on_done, .arg = r, .userpwd = userpwd, .no_auth = no_auth};
   ASSERT_OK(up_fetch_start(u, &req, &r->f));
   run_until(loop, &r->done);
   ASSERT_EQ(1, r->done);
@@ -724,5 +753,766 @@ TEST(reentrant_calls)
   free(a.body);
   free(b.body);
   free(e.body);
+  fx_stop(&x);
+}
+
+TEST(timings_phases)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res s = {0}, d = {0}, t = {0}, c = {0};
+  char url[128];
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof(sa);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  /* A slow first byte: all of it is first_byte, nothing else. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/sleep/200/1000", x.a);
+  fetch(u, &loop, "GET", url, 0, &s);
+  ASSERT_OK(s.rc);
+  ASSERT(body_ok(&s, 0, 1000));
+  ASSERT(s.th.first_byte_us >= 150000);
+  ASSERT_EQ(0, s.th.last_byte_us); /* not over yet in on_headers */
+  ASSERT_EQ(s.th.first_byte_us, s.td.first_byte_us);
+  ASSERT(s.td.last_byte_us >= s.td.first_byte_us);
+  ASSERT_EQ(1, s.td.hops);
+  ASSERT_EQ(0, s.td.redirect_us + s.td.token_us + s.td.token_fetches);
+
+  /* A slow redirect: counted as redirect time, inside first_byte. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/slowredir/200", x.a);
+  fetch(u, &loop, "GET", url, 0, &d);
+  ASSERT_OK(d.rc);
+  ASSERT(body_ok(&d, 0, 10));
+  ASSERT_EQ(2, d.td.hops);
+  ASSERT(d.td.redirect_us >= 150000);
+  ASSERT(d.td.first_byte_us >= d.td.redirect_us);
+  ASSERT(d.td.last_byte_us >= d.td.first_byte_us);
+  ASSERT_EQ(0, d.td.token_us + d.td.token_fetches);
+
+  /* A slow token endpoint: token time; the 401 hop is redirect time; both inside first_byte. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/slowtok/manifests/v1", x.a);
+  fetch(u, &loop, "GET", url, 0, &t);
+  ASSERT_OK(t.rc);
+  ASSERT_EQ(200, t.status);
+  ASSERT_EQ(1, log_count(&x, "GET /token?delay=250"));
+  ASSERT_EQ(2, t.td.hops); /* the 401 and the retry; the token request is not a hop */
+  ASSERT_EQ(1, t.td.token_fetches);
+  ASSERT(t.td.token_us >= 200000);
+  ASSERT(t.td.redirect_us > 0);
+  ASSERT(t.td.first_byte_us >= t.td.token_us + t.td.redirect_us);
+  ASSERT_EQ(t.th.token_us, t.td.token_us);
+
+  /* The token is cached now: one hop, no token time. */
+  free(t.body);
+  memset(&t, 0, sizeof(t));
+  fetch(u, &loop, "GET", url, 0, &t);
+  ASSERT_EQ(200, t.status);
+  ASSERT_EQ(1, t.td.hops);
+  ASSERT_EQ(0, t.td.token_us + t.td.token_fetches + t.td.redirect_us);
+
+  /* A failed fetch has an end but no first byte (a port bound by us, not listening). */
+  ASSERT(fd >= 0);
+  ASSERT_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)));
+  ASSERT_OK(getsockname(fd, (struct sockaddr *)&sa, &sl));
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/1", ntohs(sa.sin_port));
+  fetch(u, &loop, "GET", url, 0, &c);
+  ASSERT_EQ(PC_E_UPSTREAM_UNAVAILABLE, c.rc);
+  ASSERT_EQ(1, c.td.hops);
+  ASSERT_EQ(0, c.td.first_byte_us);
+  ASSERT(c.td.last_byte_us > 0);
+  close_all(&loop, u);
+  close(fd);
+  free(s.body);
+  free(d.body);
+  free(t.body);
+  fx_stop(&x);
+}
+
+#define ALICE "alice:secret"
+#define ALICE_B64 "YWxpY2U6c2VjcmV0"
+#define BOB "bob:wrong"
+#define BOB_B64 "Ym9iOndyb25n"
+
+TEST(credentials_token_realm)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res a1 = {0}, an = {0}, b = {0}, a2 = {0}, rd = {0};
+  char url[128], needle[200];
+  up_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/priv/manifests/v1", x.a);
+  /* With credentials: the token request to the realm (port B) carries them as Basic, the
+   * registry (port A) never sees them. */
+  fetch_auth(u, &loop, url, ALICE, 0, &a1);
+  ASSERT_OK(a1.rc);
+  ASSERT_EQ(200, a1.status);
+  ASSERT_EQ(strlen("manifest:priv"), a1.len);
+  snprintf(needle, sizeof(needle),
+           "%d GET /ctoken?service=fixture&scope=repository%%3Apriv%%3Apull auth=[Basic " ALICE_B64
+           "]",
+           x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/priv/manifests/v1 auth=[-]"));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/priv/manifests/v1 auth=[Bearer ctok-1]"));
+  ASSERT_EQ(0, log_count(&x, "/v2/priv/manifests/v1 auth=[Basic"));
+
+  /* Anonymous: the credentialed token is not offered; an anonymous one is fetched (without
+   * Authorization) and the registry refuses it: a final 401. */
+  fetch_auth(u, &loop, url, NULL, 0, &an);
+  ASSERT_OK(an.rc);
+  ASSERT_EQ(401, an.status);
+  ASSERT_EQ(1, log_count(&x, "GET /v2/priv/manifests/v1 auth=[Bearer ctok-1]"));
+  ASSERT_EQ(1, log_count(&x, "/ctoken?service=fixture&scope=repository%3Apriv%3Apull auth=[-]"));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/priv/manifests/v1 auth=[Bearer anon-2]"));
+
+  /* Other credentials: their own token request, which the realm refuses. */
+  fetch_auth(u, &loop, url, BOB, 0, &b);
+  ASSERT_EQ(PC_E_UPSTREAM, b.rc);
+  ASSERT_EQ(401, b.status);
+  ASSERT_EQ(0, b.hdr_calls);
+  ASSERT_EQ(1, log_count(&x, "/ctoken?service=fixture&scope=repository%3Apriv%3Apull "
+                             "auth=[Basic " BOB_B64 "]"));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/priv/manifests/v1 auth=[Bearer ctok-1]"));
+
+  /* Alice again: her cached token goes out at once; no new token request. */
+  fetch_auth(u, &loop, url, ALICE, 0, &a2);
+  ASSERT_EQ(200, a2.status);
+  ASSERT_EQ(2, log_count(&x, "GET /v2/priv/manifests/v1 auth=[Bearer ctok-1]"));
+  ASSERT_EQ(1, log_count(&x, "auth=[Basic " ALICE_B64 "]"));
+  /* Requests to the registry: a1 twice, an twice, b once (its token failed), a2 once. */
+  ASSERT_EQ(6, log_count(&x, "GET /v2/priv/manifests/v1 auth=["));
+  ASSERT_EQ(3, log_count(&x, "GET /v2/priv/manifests/v1 auth=[-]"));
+
+  /* The realm redirects the token request to another host: the credentials stay behind. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/privredir/manifests/v1", x.a);
+  fetch_auth(u, &loop, url, ALICE, 0, &rd);
+  ASSERT_OK(rd.rc);
+  ASSERT_EQ(401, rd.status); /* the anonymous token it got is refused */
+  snprintf(needle, sizeof(needle), "%d GET /ctokenredir?service=fixture&scope=repository%%3A"
+           "privredir%%3Apull auth=[Basic " ALICE_B64 "]", x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+  snprintf(needle, sizeof(needle), "%d GET /ctoken?service=fixture&scope=repository%%3A"
+           "privredir%%3Apull auth=[-]", x.a);
+  ASSERT_EQ(1, log_count(&x, needle));
+  ASSERT_EQ(2, log_count(&x, "auth=[Basic " ALICE_B64 "]"));
+  up_get_stats(u, &st);
+  ASSERT_EQ(3, st.tokens); /* ctok-1, anon-2, and privredir's anonymous one; none for bob */
+  close_all(&loop, u);
+  free(a1.body);
+  free(an.body);
+  free(a2.body);
+  free(rd.body);
+  fx_stop(&x);
+}
+
+TEST(credentials_basic_challenge)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res an = {0}, a = {0}, b = {0}, rd = {0}, plain = {0}, far = {0}, farb = {0};
+  char url[128], needle[160];
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/basicauth/1000", x.a);
+  /* Anonymous: the Basic challenge is final. */
+  fetch_auth(u, &loop, url, NULL, 0, &an);
+  ASSERT_OK(an.rc);
+  ASSERT_EQ(401, an.status);
+  ASSERT_EQ(1, an.td.hops);
+  /* With credentials: asked once without, then once with Basic. */
+  fetch_auth(u, &loop, url, ALICE, 0, &a);
+  ASSERT_OK(a.rc);
+  ASSERT_EQ(200, a.status);
+  ASSERT_EQ(1, a.hdr_calls);
+  ASSERT(body_ok(&a, 0, 1000));
+  ASSERT_EQ(2, a.td.hops);
+  ASSERT(a.td.redirect_us > 0); /* the 401 hop */
+  ASSERT_EQ(2, log_count(&x, "GET /basicauth/1000 auth=[-]"));
+  ASSERT_EQ(1, log_count(&x, "GET /basicauth/1000 auth=[Basic " ALICE_B64 "]"));
+  /* Wrong credentials: answered once only; the second 401 is final. */
+  fetch_auth(u, &loop, url, BOB, 0, &b);
+  ASSERT_OK(b.rc);
+  ASSERT_EQ(401, b.status);
+  ASSERT_EQ(2, b.td.hops);
+  ASSERT_EQ(1, log_count(&x, "GET /basicauth/1000 auth=[Basic " BOB_B64 "]"));
+  ASSERT_EQ(5, log_count(&x, "GET /basicauth/1000 auth=["));
+
+  /* After the Basic answer the registry redirects to another host: no credentials there. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/basicauth/redir", x.a);
+  fetch_auth(u, &loop, url, ALICE, 0, &rd);
+  ASSERT_OK(rd.rc);
+  ASSERT_EQ(200, rd.status);
+  ASSERT(body_ok(&rd, 0, 100));
+  ASSERT_EQ(3, rd.td.hops);
+  snprintf(needle, sizeof(needle), "%d GET /blob/100 auth=[-]", x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+
+  /* No challenge, no credentials. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/10", x.a);
+  fetch_auth(u, &loop, url, ALICE, 0, &plain);
+  ASSERT_EQ(200, plain.status);
+  ASSERT_EQ(1, log_count(&x, "GET /blob/10 auth=[-]"));
+
+  /* A host the fetch was redirected to challenges: it is not the registry the credentials
+   * are for. Basic is not answered; a Bearer realm is asked anonymously. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/tobasic/10", x.a);
+  fetch_auth(u, &loop, url, ALICE, 0, &far);
+  ASSERT_OK(far.rc);
+  ASSERT_EQ(401, far.status);
+  ASSERT_EQ(2, far.td.hops);
+  snprintf(needle, sizeof(needle), "%d GET /basicauth/10 auth=[-]", x.b);
+  ASSERT_EQ(1, log_count(&x, needle));
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/topriv", x.a);
+  fetch_auth(u, &loop, url, ALICE, 0, &farb);
+  ASSERT_OK(farb.rc);
+  ASSERT_EQ(401, farb.status); /* the anonymous token does not open priv2 */
+  ASSERT_EQ(1, log_count(&x, "/ctoken?service=fixture&scope=repository%3Apriv2%3Apull "
+                             "auth=[-]"));
+  ASSERT_EQ(0, log_count(&x, "/v2/priv2/manifests/v1 auth=[Basic"));
+  /* Alice's password went out exactly twice in all, both times to /basicauth on port A. */
+  ASSERT_EQ(2, log_count(&x, "auth=[Basic " ALICE_B64 "]"));
+  snprintf(needle, sizeof(needle), "%d GET /basicauth/1000 auth=[Basic " ALICE_B64 "]", x.a);
+  ASSERT_EQ(1, log_count(&x, needle));
+  snprintf(needle, sizeof(needle), "%d GET /basicauth/redir auth=[Basic " ALICE_B64 "]", x.a);
+  ASSERT_EQ(1, log_count(&x, needle));
+  close_all(&loop, u);
+  free(an.body);
+  free(a.body);
+  free(b.body);
+  free(rd.body);
+  free(plain.body);
+  free(far.body);
+  free(farb.body);
+  fx_stop(&x);
+}
+
+TEST(no_auth)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res p1 = {0}, n = {0}, p2 = {0}, pb = {0};
+  char url[128];
+  up_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/lib/app/manifests/v1", x.a);
+  /* The Bearer challenge is the final response: no token request. */
+  fetch_auth(u, &loop, url, NULL, 1, &p1);
+  ASSERT_OK(p1.rc);
+  ASSERT_EQ(401, p1.status);
+  ASSERT_EQ(1, p1.hdr_calls);
+  ASSERT_EQ(1, p1.td.hops);
+  ASSERT_EQ(0, p1.td.token_fetches);
+  ASSERT_EQ(0, log_count(&x, "GET /token"));
+  /* A normal fetch caches a token for the repository ... */
+  fetch_auth(u, &loop, url, NULL, 0, &n);
+  ASSERT_EQ(200, n.status);
+  ASSERT_EQ(1, log_count(&x, "GET /token"));
+  /* ... which a no_auth fetch does not send. */
+  fetch_auth(u, &loop, url, NULL, 1, &p2);
+  ASSERT_EQ(401, p2.status);
+  ASSERT_EQ(3, log_count(&x, "GET /v2/lib/app/manifests/v1 auth=[-]"));
+  ASSERT_EQ(1, log_count(&x, "GET /v2/lib/app/manifests/v1 auth=[Bearer"));
+  /* Credentials with no_auth: not sent, even to a Basic challenge. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/basicauth/10", x.a);
+  fetch_auth(u, &loop, url, ALICE, 1, &pb);
+  ASSERT_OK(pb.rc);
+  ASSERT_EQ(401, pb.status);
+  ASSERT_EQ(1, log_count(&x, "GET /basicauth/10 auth=["));
+  ASSERT_EQ(0, log_count(&x, "auth=[Basic"));
+  up_get_stats(u, &st);
+  ASSERT_EQ(1, st.tokens);
+  ASSERT_EQ(0, st.errors);
+  close_all(&loop, u);
+  free(p1.body);
+  free(n.body);
+  free(p2.body);
+  free(pb.body);
+  fx_stop(&x);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Pools                                                                                     */
+
+/* Let a /hold/<name> request of the fixture answer. */
+static void fx_go(const struct fx *x, const char *name)
+{
+  char path[700];
+  const char *slash = strrchr(x->log, '/');
+  FILE *fp;
+  snprintf(path, sizeof(path), "%.*s/go-%s", (int)(slash - x->log), x->log, name);
+  fp = fopen(path, "w");
+  ASSERT(fp);
+  fclose(fp);
+}
+
+/* The t= of the first fixture log line containing needle. */
+static double log_time(const struct fx *x, const char *needle)
+{
+  FILE *fp = fopen(x->log, "r");
+  char *line = NULL, *t;
+  size_t cap = 0;
+  double v = -1;
+  ASSERT(fp);
+  while (v < 0 && getline(&line, &cap, fp) > 0)
+    if (strstr(line, needle)) {
+      t = strstr(line, " t=");
+      ASSERT(t);
+      v = strtod(t + 3, NULL);
+    }
+  free(line);
+  fclose(fp);
+  ASSERT(v >= 0);
+  return v;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+  (void)t;
+}
+
+/* Run the loop (waking at least every 5 ms) until cond(arg) holds; fail after limit_ms. */
+static void run_while(uv_loop_t *loop, int (*cond)(const void *arg), const void *arg,
+                      uint64_t limit_ms)
+{
+  uv_timer_t tick;
+  uint64_t end = uv_hrtime() + limit_ms * 1000000;
+  ASSERT_OK(uv_timer_init(loop, &tick));
+  ASSERT_OK(uv_timer_start(&tick, on_tick, 5, 5));
+  while (!cond(arg) && uv_hrtime() < end)
+    uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&tick, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  ASSERT(cond(arg));
+}
+
+static int never(const void *arg)
+{
+  (void)arg;
+  return 0;
+}
+
+/* Run the loop for ms (a run in which nothing must happen). */
+static void spin(uv_loop_t *loop, uint64_t ms)
+{
+  uv_timer_t tick;
+  uint64_t end = uv_hrtime() + ms * 1000000;
+  ASSERT_OK(uv_timer_init(loop, &tick));
+  ASSERT_OK(uv_timer_start(&tick, on_tick, 5, 5));
+  while (uv_hrtime() < end && !never(NULL))
+    uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&tick, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+}
+
+struct logwait {
+  const struct fx *x;
+  const char *needle;
+  int n;
+};
+
+static int log_has(const void *arg)
+{
+  const struct logwait *w = arg;
+  return log_count(w->x, w->needle) >= w->n;
+}
+
+static void wait_log(uv_loop_t *loop, const struct fx *x, const char *needle, int n)
+{
+  struct logwait w = {x, needle, n};
+  run_while(loop, log_has, &w, 30000);
+}
+
+static int is_done(const void *arg)
+{
+  return ((const struct res *)arg)->done > 0;
+}
+
+/* Start a GET of path on port A through pool p. */
+static void start_pooled(up_t *u, up_pool_t *p, const struct fx *x, const char *path,
+                         struct res *r)
+{
+  char url[128];
+  up_req_t req = {.method = "GET", .url = url, .on_headers = on_headers, .on_data = on_data,
+                  .on_done = on_done, .arg = r, .pool = p};
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", x->a, path);
+  ASSERT_OK(up_fetch_start(u, &req, &r->f));
+}
+
+static void pool_counts(up_pool_t *p, unsigned active, unsigned queued)
+{
+  up_pool_stats_t st;
+  up_pool_get_stats(p, &st);
+  ASSERT_EQ(active, st.active);
+  ASSERT_EQ(queued, st.queued);
+}
+
+TEST(pool_max_active_serializes)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  up_pool_t *p;
+  up_pool_opts_t po = {.max_active = 1};
+  struct res a = {0}, b = {0};
+  up_pool_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  ASSERT_OK(up_pool_new(u, "fx", &po, &p));
+  ASSERT_STREQ("fx", up_pool_name(p));
+  a.chk_fx = &x;
+  a.chk_absent = "GET /hold/b";
+  start_pooled(u, p, &x, "/hold/a", &a);
+  start_pooled(u, p, &x, "/hold/b", &b);
+  pool_counts(p, 1, 1);
+  wait_log(&loop, &x, "GET /hold/a", 1);
+  /* a is held by the server: b must not go out meanwhile. */
+  spin(&loop, 300);
+  ASSERT_EQ(0, log_count(&x, "GET /hold/b"));
+  pool_counts(p, 1, 1);
+  fx_go(&x, "a");
+  run_while(&loop, is_done, &a, 30000);
+  ASSERT_OK(a.rc);
+  ASSERT_EQ(0, a.chk_count); /* when a ended, b had not reached the server */
+  wait_log(&loop, &x, "GET /hold/b", 1);
+  pool_counts(p, 1, 0);
+  fx_go(&x, "b");
+  run_while(&loop, is_done, &b, 30000);
+  ASSERT_OK(b.rc);
+  ASSERT(body_ok(&b, 0, 10));
+  ASSERT(a.done_seq < b.hdr_seq);
+  ASSERT_EQ(0, a.td.queue_us); /* a never waited */
+  ASSERT(b.td.queue_us >= 250000); /* b waited for a, which the server held >= 300 ms */
+  ASSERT(b.td.last_byte_us >= b.td.first_byte_us); /* measured from leaving the queue */
+  up_pool_get_stats(p, &st);
+  ASSERT_EQ(2, st.fetches);
+  ASSERT_EQ(2, st.requests);
+  ASSERT_EQ(0, st.active + st.queued);
+  ASSERT_EQ(20, st.body_bytes);
+  close_all(&loop, u); /* frees the pool, which was never released */
+  free(a.body);
+  free(b.body);
+  fx_stop(&x);
+}
+
+TEST(pool_cancel_queued)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  up_pool_t *p;
+  up_pool_opts_t po = {.max_active = 1};
+  struct res a = {0}, b = {0}, c = {0}, d = {0};
+  up_pool_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  ASSERT_OK(up_pool_new(u, "fx", &po, &p));
+  a.cancel_other = &b.f; /* b is cancelled from inside a's on_data (a curl callback) */
+  start_pooled(u, p, &x, "/hold/a", &a);
+  start_pooled(u, p, &x, "/blob/10", &b);
+  start_pooled(u, p, &x, "/blob/20", &c);
+  start_pooled(u, p, &x, "/blob/30", &d);
+  pool_counts(p, 1, 3);
+  up_fetch_cancel(c.f); /* from the loop */
+  pool_counts(p, 1, 2);
+  wait_log(&loop, &x, "GET /hold/a", 1);
+  fx_go(&x, "a");
+  run_while(&loop, is_done, &d, 30000);
+  ASSERT_OK(a.rc);
+  ASSERT_OK(d.rc);
+  ASSERT(body_ok(&d, 0, 30));
+  spin(&loop, 50);
+  ASSERT_EQ(0, b.done + b.hdr_calls + c.done + c.hdr_calls);
+  ASSERT_EQ(0, log_count(&x, "GET /blob/10 "));
+  ASSERT_EQ(0, log_count(&x, "GET /blob/20 "));
+  up_pool_get_stats(p, &st);
+  ASSERT_EQ(2, st.fetches);
+  ASSERT_EQ(0, st.active + st.queued);
+  close_all(&loop, u);
+  free(a.body);
+  free(d.body);
+  fx_stop(&x);
+}
+
+TEST(pool_rate)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  up_pool_t *p;
+  up_pool_opts_t po = {.rate = 2, .burst = 1};
+  struct res r[3];
+  const char *paths[3] = {"/blob/10", "/blob/11", "/blob/12"};
+  double t0, t1, t2;
+  up_pool_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  ASSERT_OK(up_pool_new(u, "fx", &po, &p));
+  memset(r, 0, sizeof(r));
+  for (int i = 0; i < 3; i++)
+    start_pooled(u, p, &x, paths[i], &r[i]);
+  pool_counts(p, 1, 2); /* one token in the bucket */
+  run_while(&loop, is_done, &r[2], 30000);
+  for (int i = 0; i < 3; i++) {
+    ASSERT_OK(r[i].rc);
+    ASSERT(body_ok(&r[i], 0, 10 + (size_t)i));
+  }
+  ASSERT(r[0].done_seq < r[1].hdr_seq && r[1].done_seq < r[2].hdr_seq);
+  /* 2/s: a token every 500 ms (lower bounds only). */
+  ASSERT_EQ(0, r[0].td.queue_us);
+  ASSERT(r[1].td.queue_us >= 400000);
+  ASSERT(r[2].td.queue_us >= 900000);
+  t0 = log_time(&x, "GET /blob/10 ");
+  t1 = log_time(&x, "GET /blob/11 ");
+  t2 = log_time(&x, "GET /blob/12 ");
+  ASSERT(t0 <= t1 && t1 <= t2);
+  ASSERT(t2 - t0 >= 0.3);
+  up_pool_get_stats(p, &st);
+  ASSERT_EQ(3, st.fetches);
+  close_all(&loop, u);
+  for (int i = 0; i < 3; i++)
+    free(r[i].body);
+  fx_stop(&x);
+}
+
+TEST(pool_burst_and_rate_change)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  up_pool_t *p;
+  up_pool_opts_t po = {.rate = 0.01, .burst = 2}, off = {0};
+  struct res r[3];
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  ASSERT_OK(up_pool_new(u, "fx", &po, &p));
+  memset(r, 0, sizeof(r));
+  for (int i = 0; i < 3; i++)
+    start_pooled(u, p, &x, "/blob/10", &r[i]);
+  pool_counts(p, 2, 1); /* the burst of 2 at once; the third waits ~100 s for a token */
+  run_while(&loop, is_done, &r[1], 30000);
+  spin(&loop, 100);
+  ASSERT_EQ(0, r[2].done);
+  pool_counts(p, 0, 1);
+  /* Dropping the rate cap starts it now, from the loop. */
+  up_pool_set_opts(p, &off);
+  pool_counts(p, 0, 1);
+  run_while(&loop, is_done, &r[2], 10000);
+  ASSERT_OK(r[2].rc);
+  ASSERT(r[2].td.queue_us >= 100000);
+  ASSERT_EQ(3, log_count(&x, "GET /blob/10 "));
+  close_all(&loop, u);
+  for (int i = 0; i < 3; i++)
+    free(r[i].body);
+  fx_stop(&x);
+}
+
+TEST(pool_set_opts_starts_queued)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  up_pool_t *p;
+  up_pool_opts_t one = {.max_active = 1}, three = {.max_active = 3};
+  struct res a = {0}, b = {0}, c = {0}, d = {0}, e = {0};
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  ASSERT_OK(up_pool_new(u, "fx", &one, &p));
+  start_pooled(u, p, &x, "/hold/a", &a);
+  start_pooled(u, p, &x, "/hold/b", &b);
+  start_pooled(u, p, &x, "/hold/c", &c);
+  pool_counts(p, 1, 2);
+  wait_log(&loop, &x, "GET /hold/a", 1);
+  up_pool_set_opts(p, &three);
+  pool_counts(p, 1, 2); /* they start from the loop, not from inside set_opts */
+  /* b and c reach the server while a is still held. */
+  wait_log(&loop, &x, "GET /hold/b", 1);
+  wait_log(&loop, &x, "GET /hold/c", 1);
+  ASSERT_EQ(0, a.done);
+  pool_counts(p, 3, 0);
+  /* Lowering the cap stops nothing that runs, but holds back new fetches. */
+  up_pool_set_opts(p, &one);
+  pool_counts(p, 3, 0);
+  start_pooled(u, p, &x, "/hold/d", &d);
+  pool_counts(p, 3, 1);
+  fx_go(&x, "a");
+  fx_go(&x, "b");
+  run_while(&loop, is_done, &b, 30000);
+  run_while(&loop, is_done, &a, 30000);
+  spin(&loop, 100);
+  ASSERT_EQ(0, log_count(&x, "GET /hold/d")); /* c still runs: 1 active is the cap */
+  pool_counts(p, 1, 1);
+  fx_go(&x, "c");
+  wait_log(&loop, &x, "GET /hold/d", 1);
+  start_pooled(u, p, &x, "/hold/e", &e);
+  pool_counts(p, 1, 1);
+  fx_go(&x, "d");
+  fx_go(&x, "e");
+  run_while(&loop, is_done, &e, 30000);
+  ASSERT(d.done_seq < e.hdr_seq);
+  ASSERT_OK(a.rc + b.rc + c.rc + d.rc + e.rc);
+  ASSERT_EQ(5, a.done + b.done + c.done + d.done + e.done);
+  close_all(&loop, u);
+  free(a.body);
+  free(b.body);
+  free(c.body);
+  free(d.body);
+  free(e.body);
+  fx_stop(&x);
+}
+
+TEST(pool_release_while_in_use)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  up_pool_t *p, *q, *t;
+  up_pool_opts_t po = {.max_active = 1};
+  struct res a = {0}, b = {0}, tk = {0}, after = {0};
+  char url[128];
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  /* Released with no fetch: freed at once (LeakSanitizer would see it otherwise). */
+  ASSERT_OK(up_pool_new(u, "idle", NULL, &q));
+  up_pool_release(q);
+  up_pool_release(NULL);
+
+  /* Released with one fetch running and one queued: both still run. */
+  ASSERT_OK(up_pool_new(u, "fx", &po, &p));
+  start_pooled(u, p, &x, "/hold/a", &a);
+  start_pooled(u, p, &x, "/blob/10", &b);
+  up_pool_release(p);
+  wait_log(&loop, &x, "GET /hold/a", 1);
+  fx_go(&x, "a");
+  run_while(&loop, is_done, &b, 30000);
+  ASSERT_OK(a.rc);
+  ASSERT_OK(b.rc);
+  ASSERT(body_ok(&b, 0, 10));
+
+  /* Released while the fetch waits for its token: the token fetch counts in the pool too,
+   * and the pool lives until both ended. */
+  ASSERT_OK(up_pool_new(u, "tok", NULL, &t));
+  start_pooled(u, t, &x, "/v2/slowtok/manifests/v1", &tk);
+  wait_log(&loop, &x, "GET /token?delay=250", 1);
+  up_pool_release(t);
+  run_while(&loop, is_done, &tk, 30000);
+  ASSERT_OK(tk.rc);
+  ASSERT_EQ(200, tk.status);
+  ASSERT_EQ(1, tk.td.token_fetches);
+
+  /* The client goes on without pools. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/10", x.a);
+  fetch(u, &loop, "GET", url, 0, &after);
+  ASSERT_OK(after.rc);
+  close_all(&loop, u);
+  free(a.body);
+  free(b.body);
+  free(tk.body);
+  free(after.body);
+  fx_stop(&x);
+}
+
+TEST(pool_stats)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_opts_t o = {.first_byte_timeout_ms = 1000, .stall_timeout_ms = 1000};
+  up_t *u;
+  up_pool_t *p;
+  struct res r[9];
+  const char *paths[8] = {"/blob/1000", "/r307/500", "/v2/lib/app/manifests/v1", "/nothing",
+                          NULL,         "/stallhdr", "/trunc",                   "/sleep/300/10"};
+  uint64_t hist[UP_HIST_BUCKETS + 1] = {0}, sum = 0, n = 0;
+  up_pool_stats_t st;
+  up_stats_t gs;
+  char url[128];
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof(sa);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+  ASSERT(fd >= 0);
+  ASSERT_OK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)));
+  ASSERT_OK(getsockname(fd, (struct sockaddr *)&sa, &sl));
+  fx_start(&x);
+  u = mk(&loop, &o);
+  ASSERT_OK(up_pool_new(u, "fx", NULL, &p));
+  memset(r, 0, sizeof(r));
+  for (int i = 0; i < 8; i++) {
+    if (paths[i]) {
+      start_pooled(u, p, &x, paths[i], &r[i]);
+    } else {
+      /* refused: a port bound by us, not listening */
+      up_req_t req = {.method = "GET", .url = url, .on_headers = on_headers,
+                      .on_data = on_data, .on_done = on_done, .arg = &r[i], .pool = p};
+      snprintf(url, sizeof(url), "http://127.0.0.1:%d/x", ntohs(sa.sin_port));
+      ASSERT_OK(up_fetch_start(u, &req, &r[i].f));
+    }
+    run_while(&loop, is_done, &r[i], 30000);
+  }
+  /* Not in the pool. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/10", x.a);
+  fetch(u, &loop, "GET", url, 0, &r[8]);
+
+  ASSERT_EQ(404, r[3].status);
+  ASSERT_EQ(PC_E_UPSTREAM_UNAVAILABLE, r[4].rc);
+  ASSERT_EQ(PC_E_UPSTREAM_TIMEOUT, r[5].rc);
+  ASSERT_EQ(PC_E_UPSTREAM, r[6].rc);
+  up_pool_get_stats(p, &st);
+  ASSERT_EQ(8, st.fetches);
+  ASSERT_EQ(1 + 3 + 3 + 1 + 1 + 1 + 1 + 1, st.requests); /* hops and the token request */
+  ASSERT_EQ(1, st.tokens);
+  ASSERT_EQ(1, st.errors_unavailable);
+  ASSERT_EQ(1, st.errors_timeout);
+  ASSERT_EQ(1, st.errors_other);
+  ASSERT_EQ(1000 + 500 + strlen("manifest:lib/app") + strlen("not found") + 100 + 10,
+            st.body_bytes);
+  ASSERT_EQ(0, st.active + st.queued);
+  /* The histogram holds exactly the first_byte_us of the fetches with a final response. */
+  for (int i = 0; i < 8; i++) {
+    size_t b = 0;
+    if (r[i].hdr_calls == 0)
+      continue;
+    while (b < UP_HIST_BUCKETS && (double)r[i].td.first_byte_us > up_hist_bounds_s[b] * 1e6)
+      b++;
+    hist[b]++;
+    sum += r[i].td.first_byte_us;
+    n++;
+  }
+  ASSERT_EQ(6, n);
+  for (int b = 0; b <= UP_HIST_BUCKETS; b++)
+    ASSERT_EQ(hist[b], st.first_byte_hist[b]);
+  ASSERT_EQ(sum, st.first_byte_sum_us);
+  /* The slow one is above 0.25 s (bucket 5): in bucket 6 (0.5 s) or later. */
+  ASSERT(r[7].td.first_byte_us >= 300000);
+  ASSERT(up_hist_bounds_s[5] == 0.25);
+  ASSERT(st.first_byte_hist[0] + st.first_byte_hist[1] + st.first_byte_hist[2] +
+             st.first_byte_hist[3] + st.first_byte_hist[4] + st.first_byte_hist[5] <=
+         5);
+  /* The global stats count everything. */
+  up_get_stats(u, &gs);
+  ASSERT_EQ(st.requests + 1, gs.requests);
+  ASSERT_EQ(st.body_bytes + 10, gs.body_bytes);
+  ASSERT_EQ(3, gs.errors);
+  close_all(&loop, u);
+  close(fd);
+  for (int i = 0; i < 9; i++)
+    free(r[i].body);
   fx_stop(&x);
 }
