@@ -967,9 +967,11 @@ TEST(tmp_sweep_at_open)
 struct conc {
   store_t *s;
   char digests[CONC_N][72];
+  uint64_t prefix[CONC_N + 1]; /**< prefix[k]: the bytes of blobs 0..k-1 */
   atomic_int done;
   atomic_long opened;
   atomic_long absent;
+  atomic_long stats_calls;
 };
 
 static void *conc_reader(void *arg)
@@ -1003,6 +1005,23 @@ static void *conc_reader(void *arg)
   return NULL;
 }
 
+/* store_stats from another thread while commits run. Blobs are committed one after another
+ * (also when the flusher records a file first), so a snapshot with k blobs holds exactly blobs
+ * 0..k-1: its byte total must be theirs, i.e. count and bytes come from one snapshot. */
+static void *conc_stats(void *arg)
+{
+  struct conc *c = arg;
+  store_stats_t st;
+  while (!atomic_load(&c->done)) {
+    ASSERT_OK(store_stats(c->s, &st));
+    ASSERT(st.blobs <= CONC_N);
+    ASSERT_EQ(c->prefix[st.blobs], st.blob_bytes);
+    ASSERT_EQ(0, st.manifests);
+    atomic_fetch_add(&c->stats_calls, 1);
+  }
+  return NULL;
+}
+
 static void *conc_flusher(void *arg)
 {
   struct conc *c = arg;
@@ -1022,12 +1041,14 @@ TEST(concurrent_readers)
     size_t n;
     unsigned char *b = content(9, i, &n);
     store_digest_of(b, n, c.digests[i]);
+    c.prefix[i + 1] = c.prefix[i] + n;
     free(b);
   }
-  pthread_t th[5];
+  pthread_t th[6];
   for (int i = 0; i < 4; i++)
     ASSERT_EQ(0, pthread_create(&th[i], NULL, conc_reader, &c));
   ASSERT_EQ(0, pthread_create(&th[4], NULL, conc_flusher, &c));
+  ASSERT_EQ(0, pthread_create(&th[5], NULL, conc_stats, &c));
   for (unsigned i = 0; i < CONC_N; i++) {
     size_t n;
     unsigned char *b = content(9, i, &n);
@@ -1036,8 +1057,10 @@ TEST(concurrent_readers)
     free(b);
   }
   atomic_store(&c.done, 1);
-  for (int i = 0; i < 5; i++)
+  for (int i = 0; i < 6; i++)
     ASSERT_EQ(0, pthread_join(th[i], NULL));
+  ASSERT(atomic_load(&c.stats_calls) > 0);
+  EXPECT_STATS(c.s, CONC_N, c.prefix[CONC_N], 0, 0, 0);
   for (unsigned i = 0; i < CONC_N; i++) {
     size_t n;
     unsigned char *b = content(9, i, &n);
@@ -1132,6 +1155,10 @@ TEST(crash_safety)
 
     store_t *s = open_store();
     ASSERT_EQ(0, count_sub("tmp"));
+    /* the totals were committed with the records: never stale after a kill (no scan at open),
+     * and equal to a recount of the records */
+    ASSERT_EQ(0, atomic_load(&s->totals_scans));
+    EXPECT_STATS_RECOUNT(s);
     /* every acknowledged commit survived, with its bytes and its tag */
     for (unsigned i = 0; i < acked; i++) {
       size_t n;
@@ -1163,8 +1190,16 @@ TEST(crash_safety)
     ASSERT_EQ(0, rep.missing_files);
     ASSERT_EQ(0, rep.stray_files);
     ASSERT(rep.orphan_files <= 1); /* at most the one commit cut between rename and record */
+    ASSERT_EQ(0, rep.totals_repaired);
     ASSERT_EQ(files, rep.blobs_checked);
+    EXPECT_STATS_RECOUNT(s);
     ASSERT_OK(store_fsck(s, NULL, &rep)); /* and it is clean now */
+    /* now every file has its record and no record lacks its file: the totals are the files' */
+    store_stats_t st;
+    ASSERT_OK(store_stats(s, &st));
+    ASSERT_EQ(rep.blobs_checked, st.blobs);
+    ASSERT_EQ(rep.bytes_checked, st.blob_bytes);
+    ASSERT(st.tags >= (uint64_t)(total_acked + 2) / 3);
     store_close(s);
     fprintf(stderr, "round %u: killed after %ld us, %u acknowledged, %d files\n", round, us, acked,
             files);
