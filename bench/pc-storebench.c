@@ -4,7 +4,8 @@
  *                                               then measure
  *   pc-storebench [--no-fsck] DIR 0             measure an existing store only
  *
- * Prints "store_open_ms: <ms>" (bench/compare reads it). Not part of ctest: run by hand or by
+ * Prints "store_open_ms: <ms>" (bench/compare reads it), then the time of store_stats on the
+ * opened store (the first call, and the mean of 1000 more). Not part of ctest: run by hand or by
  * bench/compare (100,000 blobs take minutes to fill on a disk, every commit fsyncs; tmpfs makes
  * that cheap).
  */
@@ -24,6 +25,13 @@ struct fill {
   unsigned seed;
   char (*digests)[72];
 };
+
+static double mono_us(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
 
 static void make(unsigned seed, unsigned long i, unsigned char *b, size_t *n)
 {
@@ -122,6 +130,18 @@ int main(int argc, char **argv)
   if (rc)
     pc_fatal("open: %s", pc_strerror(rc));
   printf("store_open_ms: %llu\n", (unsigned long long)(pc_mono_ms() - t0));
+  store_stats_t st;
+  double u0 = mono_us();
+  rc = store_stats(s, &st);
+  double first = mono_us() - u0;
+  if (rc)
+    pc_fatal("stats: %s", pc_strerror(rc));
+  u0 = mono_us();
+  for (int i = 0; i < 1000; i++)
+    store_stats(s, &st);
+  printf("store_stats_us: %.1f first, %.2f mean of 1000 (%llu blobs, %llu bytes)\n", first,
+         (mono_us() - u0) / 1000, (unsigned long long)st.blobs,
+         (unsigned long long)st.blob_bytes);
   fflush(stdout);
   if (!fsck) {
     store_close(s);

@@ -13,7 +13,8 @@ static void usage(FILE *f)
              "\n"
              "Rehash every blob in the store: files that do not match their digest are moved\n"
              "to DIR/quarantine/, records whose file is gone are dropped, verified files with\n"
-             "no record are recorded. Run it while the daemon is stopped.\n"
+             "no record are recorded, and the store's running totals are recomputed from the\n"
+             "records (rewritten if they disagree). Run it while the daemon is stopped.\n"
              "\n"
              "  --store DIR   the store directory (default ./pullcache-data)\n"
              "  -h, --help    show this help\n"
@@ -26,6 +27,7 @@ int cmd_fsck(int argc, char **argv)
   const char *dir = "./pullcache-data";
   store_t *s = NULL;
   store_fsck_report_t r;
+  store_stats_t st;
   int code = 2;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
@@ -51,11 +53,16 @@ int cmd_fsck(int argc, char **argv)
   memset(&r, 0, sizeof(r));
   rc = store_fsck(s, stdout, &r);
   printf("fsck %s: %llu blobs, %llu bytes checked; corrupt=%llu missing=%llu orphan=%llu "
-         "stray=%llu; %llu ms\n",
+         "stray=%llu totals=%llu; %llu ms\n",
          dir, (unsigned long long)r.blobs_checked, (unsigned long long)r.bytes_checked,
          (unsigned long long)r.corrupt, (unsigned long long)r.missing_files,
          (unsigned long long)r.orphan_files, (unsigned long long)r.stray_files,
-         (unsigned long long)(pc_mono_ms() - t0));
+         (unsigned long long)r.totals_repaired, (unsigned long long)(pc_mono_ms() - t0));
+  if (store_stats(s, &st) == 0)
+    printf("store %s: %llu blobs (%llu bytes), %llu manifests (%llu bytes), %llu tags\n", dir,
+           (unsigned long long)st.blobs, (unsigned long long)st.blob_bytes,
+           (unsigned long long)st.manifests, (unsigned long long)st.manifest_bytes,
+           (unsigned long long)st.tags);
   if (rc == 0)
     code = 0;
   else if (rc == PC_E_CORRUPT)

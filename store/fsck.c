@@ -4,7 +4,10 @@
  * quarantine/ and its records dropped; a verified file without a record (or with a record of
  * the wrong size) is recorded; a name that is not a digest is reported as stray and left
  * alone. Pass 2 walks the blobs and manifests databases and drops records whose file is gone.
- * Each repair is its own short write transaction, so readers are never blocked for long.
+ * Each repair is its own short write transaction, so readers are never blocked for long, and
+ * moves the running totals with the records (store__wtxn_*). Pass 3 recomputes the totals from
+ * the records in one write transaction and rewrites the totals record if it disagrees: with
+ * every write going through store__wtxn_* that finds nothing unless the record was damaged.
  */
 #include "store/store-int.h"
 
@@ -42,47 +45,45 @@ static int is_hex(const char *s, size_t n)
 /* Delete the blob and manifest records of digest (either may be absent). */
 static int drop_records(store_t *s, const char *digest)
 {
-  MDB_txn *txn = NULL;
+  store__wtxn_t w;
   MDB_val k = {STORE__SHA256_LEN, (void *)digest};
-  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
+  int rc = store__wtxn_begin(s, &w);
   if (rc)
     return rc;
-  int a = mdb_del(txn, s->blobs, &k, NULL);
-  int b = mdb_del(txn, s->manifests, &k, NULL);
-  if ((a && a != MDB_NOTFOUND) || (b && b != MDB_NOTFOUND)) {
-    mdb_txn_abort(txn);
-    return store__mdb_err(a && a != MDB_NOTFOUND ? a : b, "del");
+  rc = store__wtxn_del(s, &w, s->blobs, &k);
+  if (rc == 0 || rc == PC_E_NOTFOUND)
+    rc = store__wtxn_del(s, &w, s->manifests, &k);
+  if (rc && rc != PC_E_NOTFOUND) {
+    store__wtxn_abort(&w);
+    return rc;
   }
-  return store__mdb_err(mdb_txn_commit(txn), "commit");
+  return store__wtxn_commit(s, &w);
 }
 
 /* Record a verified file. Keeps the media type and creation time of a wrong-sized record. */
 static int record_file(store_t *s, const char *digest, uint64_t size, int64_t mtime)
 {
-  MDB_txn *txn = NULL;
+  store__wtxn_t w;
   MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
-  unsigned char buf[160];
   store__blob_rec_t r;
-  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
+  int rc = store__wtxn_begin(s, &w);
   if (rc)
     return rc;
-  if (mdb_get(txn, s->blobs, &k, &v) != 0 || store__blob_rec_decode(&v, &r) != 0) {
+  if (mdb_get(w.txn, s->blobs, &k, &v) != 0 || store__blob_rec_decode(&v, &r) != 0) {
     memset(&r, 0, sizeof(r));
     r.created = mtime;
     r.last_access = mtime;
     store_manifest_info_t mi;
-    if (mdb_get(txn, s->manifests, &k, &v) == 0 && store__manifest_rec_decode(&v, &mi) == 0)
+    if (mdb_get(w.txn, s->manifests, &k, &v) == 0 && store__manifest_rec_decode(&v, &mi) == 0)
       memcpy(r.media_type, mi.media_type, sizeof(r.media_type));
   }
   r.size = size;
-  v.mv_data = buf;
-  v.mv_size = store__blob_rec_encode(&r, buf);
-  rc = store__mdb_err(mdb_put(txn, s->blobs, &k, &v, 0), "put");
+  rc = store__wtxn_put_blob(s, &w, digest, &r);
   if (rc) {
-    mdb_txn_abort(txn);
+    store__wtxn_abort(&w);
     return rc;
   }
-  return store__mdb_err(mdb_txn_commit(txn), "commit");
+  return store__wtxn_commit(s, &w);
 }
 
 static int quarantine(store_t *s, const char *path, const char *name)
@@ -212,6 +213,7 @@ static int walk_records(store_t *s, FILE *out, store_fsck_report_t *r, MDB_dbi d
 {
   char path[PATH_MAX], digest[STORE_DIGEST_MAX];
   MDB_txn *txn = NULL;
+  store__wtxn_t w = {NULL, {0, 0, 0}};
   MDB_cursor *cur = NULL;
   struct gone {
     size_t len;
@@ -256,7 +258,7 @@ static int walk_records(store_t *s, FILE *out, store_fsck_report_t *r, MDB_dbi d
   if (!ngone)
     goto out;
 
-  rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
+  rc = store__wtxn_begin(s, &w);
   if (rc)
     goto out;
   for (size_t i = 0; i < ngone; i++) {
@@ -264,22 +266,69 @@ static int walk_records(store_t *s, FILE *out, store_fsck_report_t *r, MDB_dbi d
         store_blob_path(s, gone[i].key, path, sizeof(path)) == 0 && access(path, F_OK) == 0)
       continue; /* committed again meanwhile */
     MDB_val dk = {gone[i].len, gone[i].key};
-    int drc = mdb_del(txn, dbi, &dk, NULL);
-    if (drc && drc != MDB_NOTFOUND) {
-      rc = store__mdb_err(drc, "del");
-      goto out;
+    rc = store__wtxn_del(s, &w, dbi, &dk);
+    if (rc == PC_E_NOTFOUND) {
+      rc = 0;
+      continue; /* dropped meanwhile */
     }
+    if (rc)
+      goto out;
     r->missing_files++;
     say(out, "missing: %s record %s has no file; record removed", what, gone[i].key);
   }
-  rc = store__mdb_err(mdb_txn_commit(txn), "commit");
-  txn = NULL;
+  rc = store__wtxn_commit(s, &w);
 out:
   if (cur)
     mdb_cursor_close(cur);
   if (txn)
     mdb_txn_abort(txn);
+  store__wtxn_abort(&w);
   free(gone);
+  return rc;
+}
+
+/* Recompute the byte totals from the records and rewrite the totals record when it is missing,
+ * undecodable, stale or different. One write transaction, so no commit can slip in between
+ * the scan and the rewrite (it holds the writer lock for one scan of the records). Not through
+ * store__wtxn_begin, which would quietly repair what this reports. */
+static int check_totals(store_t *s, FILE *out, store_fsck_report_t *r)
+{
+  MDB_txn *txn = NULL;
+  store__totals_t rec, sum;
+  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
+  if (rc)
+    return rc;
+  int rrc = store__totals_read(s, txn, &rec);
+  if (rrc && rrc != PC_E_NOTFOUND && rrc != PC_E_CORRUPT) {
+    rc = rrc;
+    goto out;
+  }
+  rc = store__totals_scan(s, txn, &sum);
+  if (rc)
+    goto out;
+  if (rrc == 0 && rec.txnid == (uint64_t)mdb_txn_id(txn) - 1 &&
+      rec.blob_bytes == sum.blob_bytes && rec.manifest_bytes == sum.manifest_bytes)
+    goto out; /* agrees: nothing to write */
+  r->totals_repaired++;
+  if (rrc == PC_E_NOTFOUND)
+    say(out, "totals: the totals record is missing; rewritten");
+  else if (rrc == PC_E_CORRUPT)
+    say(out, "totals: the totals record does not decode; rewritten");
+  else
+    say(out,
+        "totals: the record says blob_bytes=%llu manifest_bytes=%llu (txn %llu), the records "
+        "sum to %llu and %llu (txn %llu); rewritten",
+        (unsigned long long)rec.blob_bytes, (unsigned long long)rec.manifest_bytes,
+        (unsigned long long)rec.txnid, (unsigned long long)sum.blob_bytes,
+        (unsigned long long)sum.manifest_bytes, (unsigned long long)mdb_txn_id(txn) - 1);
+  rc = store__totals_write(s, txn, &sum);
+  if (rc)
+    goto out;
+  rc = store__mdb_err(mdb_txn_commit(txn), "commit");
+  txn = NULL;
+out:
+  if (txn)
+    mdb_txn_abort(txn);
   return rc;
 }
 
@@ -292,11 +341,15 @@ int store_fsck(store_t *s, FILE *out, store_fsck_report_t *report)
     rc = walk_records(s, out, &r, s->blobs, "blob");
   if (rc == 0)
     rc = walk_records(s, out, &r, s->manifests, "manifest");
+  if (rc == 0)
+    rc = check_totals(s, out, &r);
   if (report)
     *report = r;
   if (rc) {
     say(out, "error: fsck stopped: %s", pc_strerror(rc));
     return rc;
   }
-  return r.corrupt || r.missing_files || r.orphan_files || r.stray_files ? PC_E_CORRUPT : 0;
+  return r.corrupt || r.missing_files || r.orphan_files || r.stray_files || r.totals_repaired
+             ? PC_E_CORRUPT
+             : 0;
 }

@@ -1,7 +1,8 @@
-/* store-int — private declarations shared by the store/ sources. Never included outside store/.
+/* store-int — private declarations shared by the store/ sources. Never included outside store/
+ * (the unit tests include it to damage the LMDB records on purpose).
  *
  * The struct store is immutable after store_open except for the access-time batch (guarded by
- * atime_mu) and the temp-name counter (atomic), so every thread may use one store_t at once.
+ * atime_mu) and two counters (atomic), so every thread may use one store_t at once.
  */
 #ifndef STORE_INT_H
 #define STORE_INT_H
@@ -31,7 +32,9 @@ struct store {
   int lock_fd; /**< flock(LOCK_EX) on <root>/lock: one process per store */
   MDB_env *env;
   MDB_dbi blobs, manifests, tags;
+  MDB_dbi stats; /**< one record, "totals" (see store__totals_t) */
   atomic_uint_fast64_t tmp_seq;
+  atomic_uint_fast64_t totals_scans; /**< how often the totals were recomputed by a scan */
 
   pthread_mutex_t atime_mu;
   store__atime_t *atimes; /**< ring of STORE__ATIME_MAX */
@@ -46,6 +49,59 @@ typedef struct store__blob_rec {
   int64_t last_access;
   char media_type[STORE__MT_MAX + 1];
 } store__blob_rec_t;
+
+/** The running totals record: key "totals" in the stats database. The record counts come from
+ * LMDB (mdb_stat ms_entries); the byte sums cannot, so they are kept here and changed in the same
+ * write transaction as the records they sum. blob_bytes is the sum of the size fields of the
+ * decodable blob records (an undecodable record adds 0), manifest_bytes the same over the
+ * manifest records. txnid is the id of the write transaction that wrote the record: every write
+ * transaction of the store rewrites it, so a record whose txnid is not the last committed one
+ * was left behind by a writer that does not know about totals (an older pullcache, a raw LMDB
+ * tool) and is recomputed. Compare it in write transactions only: a read transaction's
+ * mdb_txn_id may lag the snapshot it reads. */
+typedef struct store__totals {
+  uint64_t blob_bytes;
+  uint64_t manifest_bytes;
+  uint64_t txnid;
+} store__totals_t;
+
+/** A write transaction of the store. Every LMDB write goes through one, so the totals record
+ * is rewritten in every commit and can never disagree with the records after a crash. */
+typedef struct store__wtxn {
+  MDB_txn *txn;
+  store__totals_t tot; /**< the totals as of this transaction, adjusted by the puts and dels */
+} store__wtxn_t;
+
+/** Begin a write transaction and load the totals. When the totals record is missing,
+ * undecodable or stale (see store__totals_t) the totals are recomputed by a scan of the records
+ * (logged; counted in s->totals_scans), so the commit also repairs the record. 0 or an error
+ * (then no transaction is open). */
+int store__wtxn_begin(store_t *s, store__wtxn_t *w);
+/** Write the totals record (stamped with this transaction's id) and commit. Ends the
+ * transaction in every case. */
+int store__wtxn_commit(store_t *s, store__wtxn_t *w);
+/** Abort (nothing is written). A wtxn whose txn is NULL is a no-op. */
+void store__wtxn_abort(store__wtxn_t *w);
+/** Insert or replace the blob record of digest (STORE__SHA256_LEN bytes), moving blob_bytes
+ * by the difference with the old record's size. */
+int store__wtxn_put_blob(store_t *s, store__wtxn_t *w, const char *digest,
+                         const store__blob_rec_t *r);
+/** Insert or replace the manifest record of digest, moving manifest_bytes likewise.
+ * mt may be NULL; at most STORE__MT_MAX bytes of it are kept. */
+int store__wtxn_put_manifest(store_t *s, store__wtxn_t *w, const char *digest, uint64_t size,
+                             const char *mt);
+/** Delete the record key from dbi (s->blobs or s->manifests), taking its size off the totals.
+ * 0, PC_E_NOTFOUND when there was no such record, or another error. */
+int store__wtxn_del(store_t *s, store__wtxn_t *w, MDB_dbi dbi, const MDB_val *key);
+
+/** Read the totals record as stored. 0, PC_E_NOTFOUND, PC_E_CORRUPT (undecodable) or an
+ * error. */
+int store__totals_read(store_t *s, MDB_txn *txn, store__totals_t *t);
+/** Recompute the byte sums by a scan of the blob and manifest records (O(records)); t->txnid
+ * is set to 0. */
+int store__totals_scan(store_t *s, MDB_txn *txn, store__totals_t *t);
+/** Write the totals record, stamped with mdb_txn_id(txn) (a write transaction). */
+int store__totals_write(store_t *s, MDB_txn *txn, const store__totals_t *t);
 
 /** Map an LMDB return code to a pc error (MDB_NOTFOUND -> PC_E_NOTFOUND). */
 int store__mdb_err(int rc, const char *what);

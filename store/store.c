@@ -20,6 +20,18 @@
  *              (upstream, repo) are contiguous and in the tag's lexical order
  *              val u8 version=1 | u64 size | i64 fetched_at | i64 checked_at | u8 dlen | digest
  *                  | u8 mtlen | mt bytes
+ *   stats      key "totals"
+ *              val u8 version=1 | u64 blob_bytes | u64 manifest_bytes | u64 txnid
+ *
+ * Totals (store_stats). The record counts are the databases' ms_entries, which LMDB keeps. The
+ * byte sums live in the totals record, and every write transaction goes through store__wtxn_*,
+ * which moves the sums with each put and del and rewrites the record just before the commit:
+ * records and totals change in one commit or not at all, whatever is killed when. The record is
+ * stamped with its transaction's id, so one left behind by a writer that does not know about it
+ * (a store written by an older pullcache, which has none, or one used by it since) is detected
+ * at store_open and recomputed there by one scan of the records; store_stats itself never
+ * scans. The stamp is compared only in write transactions, whose id is exact under the writer
+ * lock (see store_stats).
  *
  * Presence of a blob = its file exists. A record without its file is "not present"; a file
  * without a record (a crash between rename and the LMDB commit) is served, and the next
@@ -159,6 +171,245 @@ int store__manifest_rec_decode(const MDB_val *v, store_manifest_info_t *info)
   info->size = get_u64(p + 1);
   memcpy(info->media_type, p + 10, p[9]);
   info->media_type[p[9]] = '\0';
+  return 0;
+}
+
+/* ---- totals (see the comment at the top) ---------------------------------------------- */
+
+#define TOTALS_KEY "totals"
+#define TOTALS_LEN 25
+
+static MDB_val totals_key(void)
+{
+  MDB_val k = {sizeof(TOTALS_KEY) - 1, (void *)TOTALS_KEY};
+  return k;
+}
+
+int store__totals_read(store_t *s, MDB_txn *txn, store__totals_t *t)
+{
+  MDB_val k = totals_key(), v;
+  int rc = store__mdb_err(mdb_get(txn, s->stats, &k, &v), "get");
+  if (rc)
+    return rc;
+  const unsigned char *p = v.mv_data;
+  if (v.mv_size != TOTALS_LEN || p[0] != REC_VERSION)
+    return PC_E_CORRUPT;
+  t->blob_bytes = get_u64(p + 1);
+  t->manifest_bytes = get_u64(p + 9);
+  t->txnid = get_u64(p + 17);
+  return 0;
+}
+
+int store__totals_write(store_t *s, MDB_txn *txn, const store__totals_t *t)
+{
+  unsigned char buf[TOTALS_LEN];
+  buf[0] = REC_VERSION;
+  put_u64(buf + 1, t->blob_bytes);
+  put_u64(buf + 9, t->manifest_bytes);
+  put_u64(buf + 17, (uint64_t)mdb_txn_id(txn));
+  MDB_val k = totals_key(), v = {sizeof(buf), buf};
+  return store__mdb_err(mdb_put(txn, s->stats, &k, &v, 0), "put");
+}
+
+/* What a record of dbi adds to the totals: its size field, or 0 when it does not decode. */
+static uint64_t rec_size(const store_t *s, MDB_dbi dbi, const MDB_val *v)
+{
+  if (dbi == s->manifests) {
+    store_manifest_info_t mi;
+    return store__manifest_rec_decode(v, &mi) == 0 ? mi.size : 0;
+  }
+  store__blob_rec_t r;
+  return store__blob_rec_decode(v, &r) == 0 ? r.size : 0;
+}
+
+static uint64_t *totals_field(const store_t *s, store__wtxn_t *w, MDB_dbi dbi)
+{
+  return dbi == s->manifests ? &w->tot.manifest_bytes : &w->tot.blob_bytes;
+}
+
+static int sum_sizes(store_t *s, MDB_txn *txn, MDB_dbi dbi, uint64_t *sum)
+{
+  MDB_cursor *cur = NULL;
+  MDB_val k, v;
+  uint64_t total = 0;
+  int rc = store__mdb_err(mdb_cursor_open(txn, dbi, &cur), "cursor_open");
+  if (rc)
+    return rc;
+  int mrc;
+  for (mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); mrc == 0;
+       mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    total += rec_size(s, dbi, &v);
+  mdb_cursor_close(cur);
+  if (mrc != MDB_NOTFOUND)
+    return store__mdb_err(mrc, "cursor_get");
+  *sum = total;
+  return 0;
+}
+
+int store__totals_scan(store_t *s, MDB_txn *txn, store__totals_t *t)
+{
+  memset(t, 0, sizeof(*t));
+  int rc = sum_sizes(s, txn, s->blobs, &t->blob_bytes);
+  if (rc == 0)
+    rc = sum_sizes(s, txn, s->manifests, &t->manifest_bytes);
+  return rc;
+}
+
+/* Load the totals within the write txn. When the record is missing, undecodable or stale they
+ * are recomputed (by a scan unless both record databases are empty) and *redo is set: the
+ * caller must write the record before committing. */
+static int totals_load(store_t *s, MDB_txn *txn, store__totals_t *t, int *redo)
+{
+  const char *why;
+  MDB_stat bs, ms;
+  *redo = 0;
+  int rc = store__totals_read(s, txn, t);
+  if (rc == 0 && t->txnid == (uint64_t)mdb_txn_id(txn) - 1)
+    return 0; /* written by the last commit */
+  if (rc == 0)
+    why = "is older than the last commit (a writer without totals, e.g. an older pullcache)";
+  else if (rc == PC_E_NOTFOUND)
+    why = "is missing";
+  else if (rc == PC_E_CORRUPT)
+    why = "does not decode";
+  else
+    return rc;
+  *redo = 1;
+  rc = store__mdb_err(mdb_stat(txn, s->blobs, &bs), "stat");
+  if (rc == 0)
+    rc = store__mdb_err(mdb_stat(txn, s->manifests, &ms), "stat");
+  if (rc)
+    return rc;
+  if (bs.ms_entries == 0 && ms.ms_entries == 0) {
+    memset(t, 0, sizeof(*t)); /* a new store */
+    return 0;
+  }
+  uint64_t t0 = pc_mono_ms();
+  rc = store__totals_scan(s, txn, t);
+  if (rc)
+    return rc;
+  atomic_fetch_add(&s->totals_scans, 1);
+  pc_log(PC_LOG_NOTICE,
+         "store: the totals record %s; recomputed from %zu blob and %zu manifest records in "
+         "%llu ms",
+         why, bs.ms_entries, ms.ms_entries, (unsigned long long)(pc_mono_ms() - t0));
+  return 0;
+}
+
+int store__wtxn_begin(store_t *s, store__wtxn_t *w)
+{
+  int redo;
+  w->txn = NULL;
+  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &w->txn), "txn_begin");
+  if (rc) {
+    w->txn = NULL;
+    return rc;
+  }
+  rc = totals_load(s, w->txn, &w->tot, &redo);
+  if (rc)
+    store__wtxn_abort(w);
+  return rc;
+}
+
+int store__wtxn_commit(store_t *s, store__wtxn_t *w)
+{
+  int rc = store__totals_write(s, w->txn, &w->tot);
+  if (rc) {
+    store__wtxn_abort(w);
+    return rc;
+  }
+  rc = store__mdb_err(mdb_txn_commit(w->txn), "commit");
+  w->txn = NULL;
+  return rc;
+}
+
+void store__wtxn_abort(store__wtxn_t *w)
+{
+  if (w->txn)
+    mdb_txn_abort(w->txn);
+  w->txn = NULL;
+}
+
+/* Put k/v into dbi, moving the totals by the size difference with the record it replaces. */
+static int wtxn_put(store_t *s, store__wtxn_t *w, MDB_dbi dbi, MDB_val *k, MDB_val *v)
+{
+  MDB_val old;
+  uint64_t old_size = 0;
+  int grc = mdb_get(w->txn, dbi, k, &old);
+  if (grc == 0)
+    old_size = rec_size(s, dbi, &old);
+  else if (grc != MDB_NOTFOUND)
+    return store__mdb_err(grc, "get");
+  uint64_t new_size = rec_size(s, dbi, v);
+  int rc = store__mdb_err(mdb_put(w->txn, dbi, k, v, 0), "put");
+  if (rc)
+    return rc;
+  uint64_t *f = totals_field(s, w, dbi);
+  *f = *f - old_size + new_size;
+  return 0;
+}
+
+int store__wtxn_put_blob(store_t *s, store__wtxn_t *w, const char *digest,
+                         const store__blob_rec_t *r)
+{
+  unsigned char buf[160];
+  MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v = {0, buf};
+  v.mv_size = store__blob_rec_encode(r, buf);
+  return wtxn_put(s, w, s->blobs, &k, &v);
+}
+
+int store__wtxn_put_manifest(store_t *s, store__wtxn_t *w, const char *digest, uint64_t size,
+                             const char *mt)
+{
+  unsigned char buf[160];
+  MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v = {0, buf};
+  v.mv_size = manifest_rec_encode(size, mt, buf);
+  return wtxn_put(s, w, s->manifests, &k, &v);
+}
+
+int store__wtxn_del(store_t *s, store__wtxn_t *w, MDB_dbi dbi, const MDB_val *key)
+{
+  MDB_val k = *key, v;
+  int rc = store__mdb_err(mdb_get(w->txn, dbi, &k, &v), "get");
+  if (rc)
+    return rc;
+  uint64_t old_size = rec_size(s, dbi, &v);
+  rc = store__mdb_err(mdb_del(w->txn, dbi, &k, NULL), "del");
+  if (rc)
+    return rc;
+  uint64_t *f = totals_field(s, w, dbi);
+  *f -= old_size;
+  return 0;
+}
+
+int store_stats(store_t *s, store_stats_t *out)
+{
+  MDB_txn *txn = NULL;
+  MDB_stat bs, ms, ts;
+  store__totals_t t;
+  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  if (rc)
+    return rc;
+  /* No staleness check here (unlike totals_load): a read txn's mdb_txn_id may lag the snapshot
+   * it reads when commits race its start (LMDB 0.9 picks the meta page by that id without
+   * rechecking it), while a write txn's is exact. */
+  rc = store__totals_read(s, txn, &t);
+  if (rc == PC_E_NOTFOUND)
+    rc = PC_E_CORRUPT;
+  if (rc == 0)
+    rc = store__mdb_err(mdb_stat(txn, s->blobs, &bs), "stat");
+  if (rc == 0)
+    rc = store__mdb_err(mdb_stat(txn, s->manifests, &ms), "stat");
+  if (rc == 0)
+    rc = store__mdb_err(mdb_stat(txn, s->tags, &ts), "stat");
+  mdb_txn_abort(txn);
+  if (rc)
+    return rc;
+  out->blobs = bs.ms_entries;
+  out->blob_bytes = t.blob_bytes;
+  out->manifests = ms.ms_entries;
+  out->manifest_bytes = t.manifest_bytes;
+  out->tags = ts.ms_entries;
   return 0;
 }
 
@@ -303,7 +554,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   rc = store__mdb_err(mdb_env_create(&s->env), "env_create");
   if (rc)
     goto out;
-  mdb_env_set_maxdbs(s->env, 4);
+  mdb_env_set_maxdbs(s->env, 8); /* blobs, manifests, tags, stats, and room to grow */
   mdb_env_set_maxreaders(s->env, 256);
   rc = store__mdb_err(
       mdb_env_set_mapsize(s->env, opts && opts->map_size ? opts->map_size : DEFAULT_MAP_SIZE),
@@ -329,6 +580,17 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
     rc = store__mdb_err(mdb_dbi_open(txn, "manifests", MDB_CREATE, &s->manifests), "dbi_open");
   if (rc == 0)
     rc = store__mdb_err(mdb_dbi_open(txn, "tags", MDB_CREATE, &s->tags), "dbi_open");
+  if (rc == 0)
+    rc = store__mdb_err(mdb_dbi_open(txn, "stats", MDB_CREATE, &s->stats), "dbi_open");
+  if (rc)
+    goto out;
+  /* O(1) unless the totals record is missing or stale (a store written by a pullcache without
+   * totals): then one scan of the records, once. A commit without changes writes nothing. */
+  store__totals_t tot;
+  int redo = 0;
+  rc = totals_load(s, txn, &tot, &redo);
+  if (rc == 0 && redo)
+    rc = store__totals_write(s, txn, &tot);
   if (rc)
     goto out;
   rc = store__mdb_err(mdb_txn_commit(txn), "commit");
@@ -518,7 +780,7 @@ int store_blob_open(store_t *s, const char *digest, int *fd, uint64_t *size)
 int store_flush_atimes(store_t *s)
 {
   int rc = 0;
-  MDB_txn *txn = NULL;
+  store__wtxn_t w = {NULL, {0, 0, 0}};
   char path[PATH_MAX];
   pthread_mutex_lock(&s->atime_mu);
   size_t n = s->atime_n;
@@ -533,14 +795,13 @@ int store_flush_atimes(store_t *s)
   if (!n)
     return 0;
 
-  rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
+  rc = store__wtxn_begin(s, &w);
   if (rc)
     goto out;
   for (size_t i = 0; i < n; i++) {
     MDB_val k = {STORE__SHA256_LEN, batch[i].digest}, v;
     store__blob_rec_t r;
-    unsigned char buf[160];
-    int grc = mdb_get(txn, s->blobs, &k, &v);
+    int grc = mdb_get(w.txn, s->blobs, &k, &v);
     if (grc == MDB_NOTFOUND) {
       /* A served file without a record (crash between rename and commit): record it now. */
       struct stat st;
@@ -558,17 +819,13 @@ int store_flush_atimes(store_t *s)
       rc = store__mdb_err(grc, "get");
       goto out;
     }
-    v.mv_data = buf;
-    v.mv_size = store__blob_rec_encode(&r, buf);
-    rc = store__mdb_err(mdb_put(txn, s->blobs, &k, &v, 0), "put");
+    rc = store__wtxn_put_blob(s, &w, batch[i].digest, &r);
     if (rc)
       goto out;
   }
-  rc = store__mdb_err(mdb_txn_commit(txn), "commit");
-  txn = NULL;
+  rc = store__wtxn_commit(s, &w);
 out:
-  if (txn)
-    mdb_txn_abort(txn);
+  store__wtxn_abort(&w);
   free(batch);
   return rc;
 }
@@ -680,16 +937,15 @@ void store_writer_abort(store_writer_t *w)
  * existing blob record keeps its creation time. */
 static int record_put(store_t *s, const char *digest, uint64_t size, const char *mt, int manifest)
 {
-  MDB_txn *txn = NULL;
+  store__wtxn_t w;
   MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
-  unsigned char buf[160];
   store__blob_rec_t r;
   int64_t now = pc_now_sec();
-  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
+  int rc = store__wtxn_begin(s, &w);
   if (rc)
     return rc;
   memset(&r, 0, sizeof(r));
-  if (mdb_get(txn, s->blobs, &k, &v) != 0 || store__blob_rec_decode(&v, &r) != 0) {
+  if (mdb_get(w.txn, s->blobs, &k, &v) != 0 || store__blob_rec_decode(&v, &r) != 0) {
     memset(&r, 0, sizeof(r));
     r.created = now;
   }
@@ -700,24 +956,14 @@ static int record_put(store_t *s, const char *digest, uint64_t size, const char 
     memcpy(r.media_type, mt, ml);
     r.media_type[ml] = '\0';
   }
-  v.mv_data = buf;
-  v.mv_size = store__blob_rec_encode(&r, buf);
-  rc = store__mdb_err(mdb_put(txn, s->blobs, &k, &v, 0), "put");
-  if (rc)
-    goto out;
-  if (manifest) {
-    v.mv_data = buf;
-    v.mv_size = manifest_rec_encode(size, mt, buf);
-    rc = store__mdb_err(mdb_put(txn, s->manifests, &k, &v, 0), "put");
-    if (rc)
-      goto out;
+  rc = store__wtxn_put_blob(s, &w, digest, &r);
+  if (rc == 0 && manifest)
+    rc = store__wtxn_put_manifest(s, &w, digest, size, mt);
+  if (rc) {
+    store__wtxn_abort(&w);
+    return rc;
   }
-  rc = store__mdb_err(mdb_txn_commit(txn), "commit");
-  txn = NULL;
-out:
-  if (txn)
-    mdb_txn_abort(txn);
-  return rc;
+  return store__wtxn_commit(s, &w);
 }
 
 int store_writer_verify(store_writer_t *w)
@@ -949,7 +1195,7 @@ int store_tag_put(store_t *s, const char *upstream, const char *repo, const char
                   const store_tag_t *t)
 {
   unsigned char key[1024], val[8 * 3 + 3 + STORE_DIGEST_MAX + STORE__MT_MAX + 1];
-  MDB_txn *txn = NULL;
+  store__wtxn_t w;
   int kl = tag_key(s, upstream, repo, tag, key, sizeof(key));
   if (kl < 0)
     return kl;
@@ -970,14 +1216,16 @@ int store_tag_put(store_t *s, const char *upstream, const char *repo, const char
   val[26 + dl] = (unsigned char)ml;
   memcpy(val + 27 + dl, t->media_type, ml);
   MDB_val k = {(size_t)kl, key}, v = {27 + dl + ml, val};
-  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
+  /* Tags add nothing to the byte totals (their count is the database's), but every write
+   * transaction restamps the totals record. */
+  int rc = store__wtxn_begin(s, &w);
   if (rc)
     return rc;
-  rc = store__mdb_err(mdb_put(txn, s->tags, &k, &v, 0), "put");
+  rc = store__mdb_err(mdb_put(w.txn, s->tags, &k, &v, 0), "put");
   if (rc == 0)
-    rc = store__mdb_err(mdb_txn_commit(txn), "commit");
+    rc = store__wtxn_commit(s, &w);
   else
-    mdb_txn_abort(txn);
+    store__wtxn_abort(&w);
   return rc;
 }
 

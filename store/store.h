@@ -4,13 +4,14 @@
  *   blobs/sha256/<2 hex>/<64 hex>   committed blobs (manifests are blobs too), never modified
  *   tmp/                             writers stream here; swept at open
  *   quarantine/                      fsck moves mismatching files here
- *   meta/                            one LMDB environment: blobs, manifests, tags
+ *   meta/                            one LMDB environment: blobs, manifests, tags, totals
  *
  * Invariants: a file is visible under blobs/ only after its bytes hashed to its name and were
  * fsynced; an LMDB record is written only after its file was renamed into place and its
  * directory fsynced. A crash at any point leaves at most a temp file (swept) or a file without
  * a record (which open() repairs lazily: a present file with no record is still served, and
- * fsck reports it).
+ * fsck reports it). The running totals (store_stats) are written in the same LMDB transaction
+ * as the records they sum, so no crash leaves them out of step with the records.
  *
  * Threads: a store_t may be used from several threads at once (the loop and uv worker threads).
  * Read calls are cheap (one short LMDB read txn, no directory scan). Calls that fsync
@@ -38,7 +39,10 @@ typedef struct store_opts {
 /** Open (creating if needed) the store at root. Sweeps tmp/. *out owned by caller, free with
  * store_close. opts may be NULL. Takes an exclusive flock on <root>/lock for as long as the
  * store is open: -EBUSY when another opener (process or store_t) holds it, so `pullcache fsck`
- * never sweeps a running daemon's temp files. Open once per process, after any fork (LMDB). */
+ * never sweeps a running daemon's temp files. Open once per process, after any fork (LMDB).
+ * Does not scan the records, except once when the totals record (store_stats) is missing or
+ * stale, i.e. the store was written by a pullcache without totals: then the byte totals are
+ * recomputed from the records (a NOTICE is logged) and stored. */
 int store_open(const char *root, const store_opts_t *opts, store_t **out);
 /** Flush pending access times and close. NULL is a no-op. */
 void store_close(store_t *s);
@@ -157,6 +161,32 @@ typedef int (*store_tag_cb)(void *arg, const char *tag, const store_tag_t *t);
 int store_tag_list(store_t *s, const char *upstream, const char *repo, const char *after,
                    store_tag_cb cb, void *arg);
 
+/* ---- totals ------------------------------------------------------------------------------ */
+
+/** Totals of the LMDB records. Manifests are blobs too: each manifest has a blob record as
+ * well, so manifests and manifest_bytes are (normally) included in blobs and blob_bytes, and
+ * blob_bytes is what the committed files take. The counts are of records: a blob whose record
+ * was lost in a crash (the file is present and served) is not counted until store_flush_atimes
+ * or store_fsck records it; a record whose file was deleted by hand is counted until store_fsck
+ * drops it. */
+typedef struct store_stats {
+  uint64_t blobs;          /**< committed blobs (blob records) */
+  uint64_t blob_bytes;     /**< the sum of their sizes */
+  uint64_t manifests;      /**< stored manifests (manifest records) */
+  uint64_t manifest_bytes; /**< the sum of their sizes */
+  uint64_t tags;           /**< tag records, over every (upstream, repository) */
+} store_stats_t;
+
+/** Totals of what is committed. Cheap (O(1): no scan; one short LMDB read transaction), safe
+ * from any thread, consistent with the last committed transaction: the counts come from LMDB's
+ * own entry counts and the byte sums from a totals record that every write transaction
+ * rewrites along with the records, all read in one snapshot. Returns 0, or PC_E_CORRUPT when
+ * the totals record is missing or undecodable, which only a writer other than this store_t (a
+ * raw LMDB tool run on the open store) can cause; such a writer can also leave the sums stale
+ * without an error here. The next write of this store_t, the next store_open or store_fsck
+ * recomputes them. *out is untouched on error. */
+int store_stats(store_t *s, store_stats_t *out);
+
 /* ---- fsck -------------------------------------------------------------------------------- */
 
 typedef struct store_fsck_report {
@@ -166,13 +196,17 @@ typedef struct store_fsck_report {
   uint64_t missing_files;   /**< records whose file is gone: records removed */
   uint64_t orphan_files;    /**< files without a (correct) record: recorded (they verified) */
   uint64_t stray_files;     /**< files under blobs/ whose name is not a digest */
+  uint64_t totals_repaired; /**< 1 when the totals record disagreed with the records: rewritten */
 } store_fsck_report_t;
 
 /** Rehash every blob; quarantine mismatches (moved to quarantine/), drop records whose file
- * is missing, record verified files that had no record. Prints one line per problem to out
- * (may be NULL). Blocking; intended for the `pullcache fsck` command. Returns 0 when the store
- * was healthy, PC_E_CORRUPT when anything was found (strays are reported, not removed), or
- * another error if the walk itself failed; *report (may be NULL) is filled in every case. */
+ * is missing, record verified files that had no record; every repair moves the totals with the
+ * records. Last, recompute the byte totals from the records (one write transaction holding the
+ * writer lock for one scan) and rewrite the totals record if it disagrees. Prints one line per
+ * problem to out (may be NULL). Blocking; intended for the `pullcache fsck` command. Returns 0
+ * when the store was healthy, PC_E_CORRUPT when anything was found (strays are reported, not
+ * removed), or another error if the walk itself failed; *report (may be NULL) is filled in
+ * every case. */
 int store_fsck(store_t *s, FILE *out, store_fsck_report_t *report);
 
 #endif

@@ -1,5 +1,5 @@
 /* test-store — the content-addressed store: commits, verification, metadata, atimes, tags,
- * concurrency, crash safety (SIGKILL of a writing child) and fsck. */
+ * running totals, concurrency, crash safety (SIGKILL of a writing child) and fsck. */
 #include "tests/unit/unit.h"
 
 #include <dirent.h>
@@ -15,7 +15,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/cmd.h"
 #include "store/store.h"
+#include "store/store-int.h" /* raw LMDB: independent recounts, damaging the totals record */
 
 #define MT_LAYER "application/vnd.oci.image.layer.v1.tar+gzip"
 #define MT_MANIFEST "application/vnd.oci.image.manifest.v1+json"
@@ -143,6 +145,76 @@ static void write_file(const char *path, const void *b, size_t n)
   ASSERT_EQ(n, write(fd, b, n));
   close(fd);
 }
+
+/* Recount the totals by walking every record, independently of the totals record and of
+ * LMDB's entry counts: the number of records of each database and the sizes of the decodable
+ * blob and manifest records. */
+static void recount(store_t *s, store_stats_t *out)
+{
+  MDB_txn *txn = NULL;
+  const MDB_dbi dbis[3] = {s->blobs, s->manifests, s->tags};
+  uint64_t n[3] = {0, 0, 0}, bytes[2] = {0, 0};
+  ASSERT_EQ(0, mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn));
+  for (int i = 0; i < 3; i++) {
+    MDB_cursor *cur = NULL;
+    MDB_val k, v;
+    int rc;
+    ASSERT_EQ(0, mdb_cursor_open(txn, dbis[i], &cur));
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      store__blob_rec_t r;
+      store_manifest_info_t mi;
+      n[i]++;
+      if (i == 0 && store__blob_rec_decode(&v, &r) == 0)
+        bytes[0] += r.size;
+      if (i == 1 && store__manifest_rec_decode(&v, &mi) == 0)
+        bytes[1] += mi.size;
+    }
+    ASSERT_EQ(MDB_NOTFOUND, rc);
+    mdb_cursor_close(cur);
+  }
+  mdb_txn_abort(txn);
+  out->blobs = n[0];
+  out->blob_bytes = bytes[0];
+  out->manifests = n[1];
+  out->manifest_bytes = bytes[1];
+  out->tags = n[2];
+}
+
+static void stats_fail(int line, const char *what, const store_stats_t *a, const store_stats_t *b)
+{
+  unit__fail(__FILE__, line,
+             "%s: blobs %llu/%llu blob_bytes %llu/%llu manifests %llu/%llu manifest_bytes "
+             "%llu/%llu tags %llu/%llu",
+             what, (unsigned long long)a->blobs, (unsigned long long)b->blobs,
+             (unsigned long long)a->blob_bytes, (unsigned long long)b->blob_bytes,
+             (unsigned long long)a->manifests, (unsigned long long)b->manifests,
+             (unsigned long long)a->manifest_bytes, (unsigned long long)b->manifest_bytes,
+             (unsigned long long)a->tags, (unsigned long long)b->tags);
+}
+
+/* store_stats succeeds, equals a recount, and (when want is not NULL) equals *want. */
+static void expect_stats_at(int line, store_t *s, const store_stats_t *want)
+{
+  store_stats_t got, rc;
+  memset(&got, 0xa5, sizeof(got));
+  int e = store_stats(s, &got);
+  if (e != 0)
+    unit__fail(__FILE__, line, "store_stats: %s", pc_errname(e));
+  recount(s, &rc);
+  if (memcmp(&got, &rc, sizeof(got)) != 0)
+    stats_fail(line, "store_stats/recount", &got, &rc);
+  if (want && memcmp(&got, want, sizeof(got)) != 0)
+    stats_fail(line, "store_stats/expected", &got, want);
+}
+
+#define EXPECT_STATS(s, nb, bb, nm, mb, nt)                                                        \
+  do {                                                                                             \
+    store_stats_t w_ = {(uint64_t)(nb), (uint64_t)(bb), (uint64_t)(nm), (uint64_t)(mb),            \
+                        (uint64_t)(nt)};                                                           \
+    expect_stats_at(__LINE__, (s), &w_);                                                           \
+  } while (0)
+#define EXPECT_STATS_RECOUNT(s) expect_stats_at(__LINE__, (s), NULL)
 
 /* ---- basic commits ---------------------------------------------------------------------- */
 
@@ -604,6 +676,188 @@ TEST(tags_list_many)
   store_close(s);
 }
 
+/* ---- running totals --------------------------------------------------------------------- */
+
+TEST(stats_totals)
+{
+  store_t *s = open_store();
+  EXPECT_STATS(s, 0, 0, 0, 0, 0);
+  size_t n1, n2;
+  unsigned char *b1 = content(4, 1, &n1), *b2 = content(4, 2, &n2);
+  char d1[72], d2[72], de[72], dh[72], wrong[72];
+  ASSERT_OK(put_blob(s, b1, n1, NULL, -1, d1));
+  ASSERT_OK(put_blob(s, b2, n2, NULL, (int64_t)n2, d2));
+  ASSERT_OK(put_blob(s, "", 0, NULL, 0, de));
+  ASSERT_OK(put_blob(s, "hello", 5, NULL, 5, dh));
+  EXPECT_STATS(s, 4, n1 + n2 + 5, 0, 0, 0);
+
+  /* committing digests that are already present changes nothing */
+  ASSERT_OK(put_blob(s, b1, n1, d1, (int64_t)n1, NULL));
+  ASSERT_OK(put_blob(s, b1, n1, NULL, -1, NULL));
+  ASSERT_OK(put_blob(s, "", 0, de, 0, NULL));
+  EXPECT_STATS(s, 4, n1 + n2 + 5, 0, 0, 0);
+  /* nor do failed commits and aborted writers */
+  store_digest_of("other", 5, wrong);
+  ASSERT_EQ(PC_E_DIGEST_INVALID, put_blob(s, "new bytes", 9, wrong, -1, NULL));
+  ASSERT_EQ(PC_E_SIZE_INVALID, put_blob(s, "new bytes", 9, NULL, 10, NULL));
+  store_writer_t *w = NULL;
+  ASSERT_OK(store_writer_new(s, NULL, -1, &w));
+  ASSERT_OK(store_writer_write(w, "abandoned", 9));
+  store_writer_abort(w);
+  EXPECT_STATS(s, 4, n1 + n2 + 5, 0, 0, 0);
+
+  /* a manifest is a blob too; putting it again does not count it twice */
+  const char *m = "{\"schemaVersion\":2}";
+  size_t lm = strlen(m);
+  char md[72];
+  ASSERT_OK(store_manifest_put(s, m, lm, MT_MANIFEST, NULL, md));
+  EXPECT_STATS(s, 5, n1 + n2 + 5 + lm, 1, lm, 0);
+  ASSERT_OK(store_manifest_put(s, m, lm, MT_MANIFEST, md, NULL));
+  ASSERT_OK(put_blob(s, m, lm, md, (int64_t)lm, NULL)); /* the same bytes as a layer */
+  EXPECT_STATS(s, 5, n1 + n2 + 5 + lm, 1, lm, 0);
+  ASSERT_EQ(PC_E_DIGEST_INVALID, store_manifest_put(s, "{}", 2, MT_MANIFEST, wrong, NULL));
+  /* bytes already stored as a layer become a manifest: one more manifest, no more blobs */
+  ASSERT_OK(store_manifest_put(s, "hello", 5, MT_MANIFEST, dh, NULL));
+  EXPECT_STATS(s, 5, n1 + n2 + 5 + lm, 2, lm + 5, 0);
+
+  /* tags: a replaced tag is still one tag */
+  tag_set(s, "up", "repo", "v1", 1);
+  tag_set(s, "up", "repo", "v2", 2);
+  tag_set(s, "up2", "repo", "v1", 3);
+  tag_set(s, "up", "repo", "v1", 4);
+  EXPECT_STATS(s, 5, n1 + n2 + 5 + lm, 2, lm + 5, 3);
+
+  /* a file whose record never made it (a crash between rename and record) is counted once
+   * the access-time flush records it */
+  char d3[72], p3[PATH_MAX], dir[PATH_MAX];
+  store_digest_of("orphan!", 7, d3);
+  ASSERT_OK(store_blob_path(s, d3, p3, sizeof(p3)));
+  snprintf(dir, sizeof(dir), "%s/blobs/sha256/%.2s", root_dir(), d3 + 7);
+  mkdir(dir, 0755);
+  write_file(p3, "orphan!", 7);
+  EXPECT_STATS(s, 5, n1 + n2 + 5 + lm, 2, lm + 5, 3);
+  expect_blob(s, d3, "orphan!", 7);
+  expect_blob(s, d1, b1, n1);
+  ASSERT_OK(store_flush_atimes(s));
+  EXPECT_STATS(s, 6, n1 + n2 + 5 + lm + 7, 2, lm + 5, 3);
+  ASSERT_OK(store_flush_atimes(s)); /* access times only: no change */
+  EXPECT_STATS(s, 6, n1 + n2 + 5 + lm + 7, 2, lm + 5, 3);
+
+  /* they persist, and reopening does not scan */
+  ASSERT_EQ(0, atomic_load(&s->totals_scans));
+  store_close(s);
+  s = open_store();
+  ASSERT_EQ(0, atomic_load(&s->totals_scans));
+  EXPECT_STATS(s, 6, n1 + n2 + 5 + lm + 7, 2, lm + 5, 3);
+  store_fsck_report_t r;
+  ASSERT_OK(store_fsck(s, NULL, &r));
+  ASSERT_EQ(0, r.totals_repaired);
+  ASSERT_EQ(6, r.blobs_checked);
+  ASSERT_EQ(n1 + n2 + 5 + lm + 7, r.bytes_checked);
+  free(b1);
+  free(b2);
+  store_close(s);
+}
+
+/* Raw LMDB writes, bypassing store__wtxn_*: what an older pullcache (or a damaged record)
+ * leaves behind. */
+static void raw_totals_del(store_t *s)
+{
+  MDB_txn *txn = NULL;
+  MDB_val k = {6, (void *)"totals"};
+  ASSERT_EQ(0, mdb_txn_begin(s->env, NULL, 0, &txn));
+  ASSERT_EQ(0, mdb_del(txn, s->stats, &k, NULL));
+  ASSERT_EQ(0, mdb_txn_commit(txn));
+}
+
+static void raw_totals_put(store_t *s, const void *val, size_t len)
+{
+  MDB_txn *txn = NULL;
+  MDB_val k = {6, (void *)"totals"}, v = {len, (void *)val};
+  ASSERT_EQ(0, mdb_txn_begin(s->env, NULL, 0, &txn));
+  ASSERT_EQ(0, mdb_put(txn, s->stats, &k, &v, 0));
+  ASSERT_EQ(0, mdb_txn_commit(txn));
+}
+
+/* Add a blob record the way a pullcache without totals commits one. */
+static void raw_blob_put(store_t *s, const char *digest, uint64_t size)
+{
+  MDB_txn *txn = NULL;
+  unsigned char buf[160];
+  store__blob_rec_t r;
+  memset(&r, 0, sizeof(r));
+  r.size = size;
+  MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v = {store__blob_rec_encode(&r, buf), buf};
+  ASSERT_EQ(0, mdb_txn_begin(s->env, NULL, 0, &txn));
+  ASSERT_EQ(0, mdb_put(txn, s->blobs, &k, &v, 0));
+  ASSERT_EQ(0, mdb_txn_commit(txn));
+}
+
+TEST(stats_recomputed_at_open)
+{
+  store_t *s = open_store();
+  size_t n;
+  unsigned char *b = content(5, 1, &n);
+  ASSERT_OK(put_blob(s, b, n, NULL, -1, NULL));
+  ASSERT_OK(put_blob(s, "abcd", 4, NULL, -1, NULL));
+  ASSERT_OK(store_manifest_put(s, "{}", 2, MT_MANIFEST, NULL, NULL));
+  tag_set(s, "up", "repo", "v1", 1);
+  store_stats_t want = {3, n + 6, 1, 2, 1}, got;
+  expect_stats_at(__LINE__, s, &want);
+  ASSERT_EQ(0, atomic_load(&s->totals_scans)); /* a new store starts at zero without a scan */
+
+  /* a store written by the previous version: no stats database at all */
+  MDB_txn *txn = NULL;
+  ASSERT_EQ(0, mdb_txn_begin(s->env, NULL, 0, &txn));
+  ASSERT_EQ(0, mdb_drop(txn, s->stats, 1));
+  ASSERT_EQ(0, mdb_txn_commit(txn));
+  store_close(s);
+  s = open_store();
+  ASSERT_EQ(1, atomic_load(&s->totals_scans));
+  expect_stats_at(__LINE__, s, &want);
+  store_close(s);
+  s = open_store(); /* recomputed once, stored: the next open does not scan */
+  ASSERT_EQ(0, atomic_load(&s->totals_scans));
+  expect_stats_at(__LINE__, s, &want);
+
+  /* the record deleted, then an undecodable record */
+  raw_totals_del(s);
+  ASSERT_EQ(PC_E_CORRUPT, store_stats(s, &got));
+  store_close(s);
+  s = open_store();
+  ASSERT_EQ(1, atomic_load(&s->totals_scans));
+  expect_stats_at(__LINE__, s, &want);
+  raw_totals_put(s, "\x01xyz", 4);
+  ASSERT_EQ(PC_E_CORRUPT, store_stats(s, &got));
+  store_close(s);
+  s = open_store();
+  ASSERT_EQ(1, atomic_load(&s->totals_scans));
+  expect_stats_at(__LINE__, s, &want);
+
+  /* a pullcache without totals committed into a store that has them: the record is stale */
+  char dx[72], dy[72];
+  store_digest_of("x", 1, dx);
+  store_digest_of("y", 1, dy);
+  raw_blob_put(s, dx, 1000);
+  store_close(s);
+  s = open_store();
+  ASSERT_EQ(1, atomic_load(&s->totals_scans));
+  want.blobs++;
+  want.blob_bytes += 1000;
+  expect_stats_at(__LINE__, s, &want);
+
+  /* left stale while open (store_stats cannot tell): the next write of the store recomputes it */
+  raw_blob_put(s, dy, 77);
+  tag_set(s, "up", "repo", "v2", 2);
+  ASSERT_EQ(2, atomic_load(&s->totals_scans));
+  want.blobs++;
+  want.blob_bytes += 77;
+  want.tags++;
+  expect_stats_at(__LINE__, s, &want);
+  free(b);
+  store_close(s);
+}
+
 /* ---- access times, persistence, sweep --------------------------------------------------- */
 
 TEST(atime_batching)
@@ -713,9 +967,11 @@ TEST(tmp_sweep_at_open)
 struct conc {
   store_t *s;
   char digests[CONC_N][72];
+  uint64_t prefix[CONC_N + 1]; /**< prefix[k]: the bytes of blobs 0..k-1 */
   atomic_int done;
   atomic_long opened;
   atomic_long absent;
+  atomic_long stats_calls;
 };
 
 static void *conc_reader(void *arg)
@@ -749,6 +1005,23 @@ static void *conc_reader(void *arg)
   return NULL;
 }
 
+/* store_stats from another thread while commits run. Blobs are committed one after another
+ * (also when the flusher records a file first), so a snapshot with k blobs holds exactly blobs
+ * 0..k-1: its byte total must be theirs, i.e. count and bytes come from one snapshot. */
+static void *conc_stats(void *arg)
+{
+  struct conc *c = arg;
+  store_stats_t st;
+  while (!atomic_load(&c->done)) {
+    ASSERT_OK(store_stats(c->s, &st));
+    ASSERT(st.blobs <= CONC_N);
+    ASSERT_EQ(c->prefix[st.blobs], st.blob_bytes);
+    ASSERT_EQ(0, st.manifests);
+    atomic_fetch_add(&c->stats_calls, 1);
+  }
+  return NULL;
+}
+
 static void *conc_flusher(void *arg)
 {
   struct conc *c = arg;
@@ -768,12 +1041,14 @@ TEST(concurrent_readers)
     size_t n;
     unsigned char *b = content(9, i, &n);
     store_digest_of(b, n, c.digests[i]);
+    c.prefix[i + 1] = c.prefix[i] + n;
     free(b);
   }
-  pthread_t th[5];
+  pthread_t th[6];
   for (int i = 0; i < 4; i++)
     ASSERT_EQ(0, pthread_create(&th[i], NULL, conc_reader, &c));
   ASSERT_EQ(0, pthread_create(&th[4], NULL, conc_flusher, &c));
+  ASSERT_EQ(0, pthread_create(&th[5], NULL, conc_stats, &c));
   for (unsigned i = 0; i < CONC_N; i++) {
     size_t n;
     unsigned char *b = content(9, i, &n);
@@ -782,8 +1057,10 @@ TEST(concurrent_readers)
     free(b);
   }
   atomic_store(&c.done, 1);
-  for (int i = 0; i < 5; i++)
+  for (int i = 0; i < 6; i++)
     ASSERT_EQ(0, pthread_join(th[i], NULL));
+  ASSERT(atomic_load(&c.stats_calls) > 0);
+  EXPECT_STATS(c.s, CONC_N, c.prefix[CONC_N], 0, 0, 0);
   for (unsigned i = 0; i < CONC_N; i++) {
     size_t n;
     unsigned char *b = content(9, i, &n);
@@ -878,6 +1155,10 @@ TEST(crash_safety)
 
     store_t *s = open_store();
     ASSERT_EQ(0, count_sub("tmp"));
+    /* the totals were committed with the records: never stale after a kill (no scan at open),
+     * and equal to a recount of the records */
+    ASSERT_EQ(0, atomic_load(&s->totals_scans));
+    EXPECT_STATS_RECOUNT(s);
     /* every acknowledged commit survived, with its bytes and its tag */
     for (unsigned i = 0; i < acked; i++) {
       size_t n;
@@ -909,8 +1190,16 @@ TEST(crash_safety)
     ASSERT_EQ(0, rep.missing_files);
     ASSERT_EQ(0, rep.stray_files);
     ASSERT(rep.orphan_files <= 1); /* at most the one commit cut between rename and record */
+    ASSERT_EQ(0, rep.totals_repaired);
     ASSERT_EQ(files, rep.blobs_checked);
+    EXPECT_STATS_RECOUNT(s);
     ASSERT_OK(store_fsck(s, NULL, &rep)); /* and it is clean now */
+    /* now every file has its record and no record lacks its file: the totals are the files' */
+    store_stats_t st;
+    ASSERT_OK(store_stats(s, &st));
+    ASSERT_EQ(rep.blobs_checked, st.blobs);
+    ASSERT_EQ(rep.bytes_checked, st.blob_bytes);
+    ASSERT(st.tags >= (uint64_t)(total_acked + 2) / 3);
     store_close(s);
     fprintf(stderr, "round %u: killed after %ld us, %u acknowledged, %d files\n", round, us, acked,
             files);
@@ -997,9 +1286,128 @@ TEST(fsck_repairs)
   store_close(s);
 }
 
-/* cmd_fsck is the CLI glue around store_fsck. */
-#include "daemon/cmd.h"
+/* The totals follow every fsck repair: quarantine, dropped records, recorded files, a record
+ * whose size was wrong. */
+TEST(stats_follow_fsck_repairs)
+{
+  store_t *s = open_store();
+  char a[72], m[72], ok[72], orphan[72], path[PATH_MAX], dir[PATH_MAX];
+  store_fsck_report_t r;
+  ASSERT_OK(put_blob(s, "blob-a-contents", 15, NULL, -1, a));
+  ASSERT_OK(store_manifest_put(s, "{\"m\":1}", 7, MT_MANIFEST, NULL, m));
+  ASSERT_OK(put_blob(s, "fine", 4, NULL, -1, ok));
+  EXPECT_STATS(s, 3, 26, 1, 7, 0);
 
+  /* a corrupted blob is quarantined: the totals drop by it */
+  ASSERT_OK(store_blob_path(s, a, path, sizeof(path)));
+  int fd = open(path, O_RDWR);
+  ASSERT(fd >= 0);
+  ASSERT_EQ(1, pwrite(fd, "B", 1, 0));
+  close(fd);
+  ASSERT_EQ(PC_E_CORRUPT, store_fsck(s, NULL, &r));
+  ASSERT_EQ(1, r.corrupt);
+  ASSERT_EQ(0, r.totals_repaired);
+  EXPECT_STATS(s, 2, 11, 1, 7, 0);
+
+  /* a manifest's file lost: both of its records go, and their sizes */
+  ASSERT_OK(store_blob_path(s, m, path, sizeof(path)));
+  ASSERT_EQ(0, unlink(path));
+  EXPECT_STATS(s, 2, 11, 1, 7, 0); /* records, not files, until fsck */
+  /* a verified file without a record is recorded and counted */
+  store_digest_of("orphan", 6, orphan);
+  ASSERT_OK(store_blob_path(s, orphan, path, sizeof(path)));
+  snprintf(dir, sizeof(dir), "%s/blobs/sha256/%.2s", root_dir(), orphan + 7);
+  mkdir(dir, 0755);
+  write_file(path, "orphan", 6);
+  ASSERT_EQ(PC_E_CORRUPT, store_fsck(s, NULL, &r));
+  ASSERT_EQ(2, r.missing_files);
+  ASSERT_EQ(1, r.orphan_files);
+  ASSERT_EQ(0, r.totals_repaired);
+  EXPECT_STATS(s, 2, 10, 0, 0, 0);
+
+  /* a record with the wrong size, counted as such, is corrected by fsck: so are the totals */
+  store__wtxn_t w;
+  store__blob_rec_t rec;
+  memset(&rec, 0, sizeof(rec));
+  rec.size = 999;
+  ASSERT_OK(store__wtxn_begin(s, &w));
+  ASSERT_OK(store__wtxn_put_blob(s, &w, ok, &rec));
+  ASSERT_OK(store__wtxn_commit(s, &w));
+  EXPECT_STATS(s, 2, 1005, 0, 0, 0);
+  ASSERT_EQ(PC_E_CORRUPT, store_fsck(s, NULL, &r));
+  ASSERT_EQ(1, r.orphan_files);
+  ASSERT_EQ(0, r.totals_repaired);
+  EXPECT_STATS(s, 2, 10, 0, 0, 0);
+  ASSERT_OK(store_fsck(s, NULL, &r));
+  ASSERT_EQ(0, atomic_load(&s->totals_scans));
+  store_close(s);
+}
+
+/* A totals record that is well formed and current but wrong (what a bug would leave) is
+ * trusted by store_stats and repaired by fsck, which reports it. */
+TEST(fsck_repairs_totals)
+{
+  store_t *s = open_store();
+  char d[72];
+  ASSERT_OK(put_blob(s, "some bytes", 10, NULL, -1, d));
+  ASSERT_OK(store_manifest_put(s, "{\"a\":2}", 7, MT_MANIFEST, NULL, NULL));
+  tag_set(s, "up", "repo", "v1", 1);
+  store_stats_t want = {2, 17, 1, 7, 1}, got;
+  expect_stats_at(__LINE__, s, &want);
+
+  store__totals_t bad = {17 + 12345, 8, 0};
+  MDB_txn *txn = NULL;
+  ASSERT_EQ(0, mdb_txn_begin(s->env, NULL, 0, &txn));
+  ASSERT_OK(store__totals_write(s, txn, &bad)); /* stamped with this txn: current */
+  ASSERT_EQ(0, mdb_txn_commit(txn));
+  ASSERT_OK(store_stats(s, &got));
+  ASSERT_EQ(17 + 12345, got.blob_bytes);
+  ASSERT_EQ(8, got.manifest_bytes);
+
+  char *buf = NULL;
+  size_t len = 0;
+  store_fsck_report_t r;
+  FILE *out = open_memstream(&buf, &len);
+  ASSERT(out != NULL);
+  ASSERT_EQ(PC_E_CORRUPT, store_fsck(s, out, &r));
+  fclose(out);
+  fprintf(stderr, "%s", buf);
+  ASSERT_EQ(1, r.totals_repaired);
+  ASSERT_EQ(0, r.corrupt + r.missing_files + r.orphan_files + r.stray_files);
+  ASSERT(strstr(buf, "totals:") && strstr(buf, "12362") && strstr(buf, "rewritten"));
+  free(buf);
+  expect_stats_at(__LINE__, s, &want);
+  ASSERT_OK(store_fsck(s, NULL, &r));
+  ASSERT_EQ(0, r.totals_repaired);
+
+  /* a record deleted under an open store: store_stats refuses, fsck rewrites it */
+  raw_totals_del(s);
+  ASSERT_EQ(PC_E_CORRUPT, store_stats(s, &got));
+  buf = NULL;
+  out = open_memstream(&buf, &len);
+  ASSERT(out != NULL);
+  ASSERT_EQ(PC_E_CORRUPT, store_fsck(s, out, &r));
+  fclose(out);
+  ASSERT_EQ(1, r.totals_repaired);
+  ASSERT(strstr(buf, "totals: the totals record is missing"));
+  free(buf);
+  expect_stats_at(__LINE__, s, &want);
+
+  /* the CLI: exit 1 when it repaired the totals, then 0 */
+  ASSERT_EQ(0, mdb_txn_begin(s->env, NULL, 0, &txn));
+  ASSERT_OK(store__totals_write(s, txn, &bad));
+  ASSERT_EQ(0, mdb_txn_commit(txn));
+  store_close(s);
+  char *args[] = {(char *)"fsck", (char *)"--store", root_buf, NULL};
+  ASSERT_EQ(1, cmd_fsck(3, args));
+  ASSERT_EQ(0, cmd_fsck(3, args));
+  s = open_store();
+  ASSERT_EQ(0, atomic_load(&s->totals_scans));
+  expect_stats_at(__LINE__, s, &want);
+  store_close(s);
+}
+
+/* cmd_fsck is the CLI glue around store_fsck. */
 TEST(cmd_fsck_exit_codes)
 {
   store_t *s = open_store();
