@@ -14,6 +14,10 @@ int cmd_fsck(int argc, char **argv);
  * after a clean stop, 1 on a runtime error (store, listen), 2 on a usage/config error. */
 int cmd_serve(int argc, char **argv);
 
+/** `pullcache check-config [--quiet] [serve flags]` (daemon/cmd_check.c): build the `serve`
+ * configuration and print it. Returns 0 when valid, 2 otherwise (the reason on stderr). */
+int cmd_check_config(int argc, char **argv);
+
 /** `pullcache import --store DIR --upstream NAME --repo NAME [--tag TAG] LAYOUT_DIR`
  * (daemon/cmd_import.c): copy an OCI image layout into the store. Returns 0, 1 on a runtime
  * error (bad layout, digest mismatch), 2 on a usage error. */

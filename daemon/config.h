@@ -1,60 +1,75 @@
 /* daemon/config — defaults, the INI config file (libinih) and `serve` command-line flags.
  *
- * Precedence: built-in defaults < config file < command-line flags.
+ * Precedence: built-in defaults < config file < command-line flags. The file is
+ * --config FILE, or DAEMON_CONFIG_DEFAULT when that exists and neither --config nor
+ * --no-config is given. Every key is in one table (config.c), which also drives
+ * `pullcache check-config` output; README.md "Configuration" documents each one.
  *
- * Config file (--config FILE):
+ *   [server]   listen (repeatable or comma-separated), max_conns, header_timeout,
+ *              idle_timeout, write_timeout, max_header_bytes, max_url_bytes, max_headers,
+ *              max_manifest, drain_timeout, offline
+ *   [fetch]    connect_timeout, first_byte_timeout, stall_timeout, max_redirects
+ *   [store]    path, max_size, min_free
+ *   [log]      level, format, access
+ *   [upstream "NAME"]  url, tag_ttl, ca_file, credentials_file, max_connections, rate_limit,
+ *              rate_burst — one section per upstream; NAME is the registry host[:port] as
+ *              clients name it (ns= or the path prefix); the first one is the default.
  *
- *   [server]
- *   listen = 127.0.0.1:5000        ; repeatable, or a comma-separated list; [::1]:5000 for IPv6
- *   store = /var/lib/pullcache     ; store directory
- *   tag_ttl = 300                  ; seconds a tag is served from the store before revalidation
- *   offline = false                ; true: never contact an upstream (serve the store only)
- *   max_manifest = 4194304         ; bytes
- *   max_conns = 4096               ; open client connections
- *   log_level = info               ; err | warn | notice | info | debug
- *
- *   [upstream "registry.k8s.io"]   ; one section per upstream; the name is the registry host[:port]
- *   url = https://registry.k8s.io  ; as clients name it (ns= or the path prefix); the first
- *   ca_file = /path/ca.pem         ; section is the default upstream. Optional ca_file.
+ * Values: durations are a number with an optional unit (ms, s, m, h, d; none = seconds);
+ * sizes a number with an optional K, M, G or T (powers of 1024, "KiB"/"KB" also accepted);
+ * booleans true/false/yes/no/on/off/1/0. Unknown sections or keys, bad values and duplicate
+ * upstreams are errors that name the file, the line and the reason.
  *
  * Any [upstream "..."] section in the file replaces the built-in upstream list; the first
- * `listen` in the file replaces the default address. Unknown sections or keys are errors.
- *
- * Flags (`pullcache serve ...`): --config FILE, --listen ADDR:PORT (repeatable), --store DIR,
- * --upstream NAME=URL (repeatable), --tag-ttl SECONDS, --offline, --log-level LEVEL. Each may
- * be written --flag VALUE or --flag=VALUE. The first --listen (--upstream) replaces the list
- * from the defaults and the file; later ones append.
+ * `listen` in the file replaces the default address; the first --listen (--upstream) flag
+ * replaces those of the defaults and the file, later ones append. --tag-ttl applies to every
+ * upstream.
  */
 #ifndef CONFIG_H
 #define CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "daemon/daemon.h"
 
-/** Fill cfg with the defaults: listen 127.0.0.1:5000, store ./pullcache-data, upstream
- * registry.k8s.io=https://registry.k8s.io, tag_ttl 300, max_manifest 4 MiB, log level info,
- * server and upstream limits zeroed (= the modules' defaults). */
+#define DAEMON_CONFIG_DEFAULT "/etc/pullcache/pullcache.conf"
+
+/** Fill cfg with the built-in defaults (listen 127.0.0.1:5000, store ./pullcache-data, one
+ * upstream registry.k8s.io=https://registry.k8s.io, and the defaults of every key). */
 void config_defaults(daemon_config_t *cfg);
 
-/** Apply an INI file on top of cfg. Returns 0, or -EINVAL with a message in err (which names
- * the file and line), or -errno when the file can't be read. */
+/** Apply an INI file on top of cfg (records the path in cfg->path). Returns 0, -EINVAL with
+ * "FILE:LINE: reason" in err, or -errno when the file can't be read. */
 int config_load_file(daemon_config_t *cfg, const char *path, char *err, size_t errlen);
 
-/** Build the whole `serve` configuration: defaults, then --config FILE (wherever it appears),
- * then the other flags in order, then config_validate. argv[0] is the first flag (not the
- * command name). *log_level (may be NULL) gets the level from the file or --log-level, or is
- * left as it was. Returns 0, or -EINVAL with a message in err (exit code 2). */
-int config_from_args(daemon_config_t *cfg, int argc, char **argv, int *log_level, char *err,
-                     size_t errlen);
+/** Build the whole `serve` configuration: defaults, then the config file, then the other
+ * flags in order, then config_validate. argv[0] is the first flag (not the command name).
+ * Returns 0, or -EINVAL with a message in err (exit code 2). */
+int config_from_args(daemon_config_t *cfg, int argc, char **argv, char *err, size_t errlen);
 
-/** Check names, URLs, listen addresses, counts. Returns 0 or -EINVAL with a message. */
+/** Check names, URLs, listen addresses (numeric IPv4/IPv6 with a port), counts. Returns 0 or
+ * -EINVAL with a message. */
 int config_validate(const daemon_config_t *cfg, char *err, size_t errlen);
+
+/** Write cfg as a complete config file (every key, effective values; credentials are never
+ * printed, only the file they come from). */
+void config_print(const daemon_config_t *cfg, FILE *out);
+
+/** Call cb for every key the file accepts: section ("upstream" for [upstream "NAME"]), key,
+ * and its default as written by config_print. For documentation checks. */
+void config_each_key(void (*cb)(void *arg, const char *section, const char *key,
+                                const char *def),
+                     void *arg);
 
 /** Validators exposed for tests: 1 if valid. */
 int config_upstream_name_valid(const char *name);
 int config_url_valid(const char *url);
 /** "err" | "warn" | "notice" | "info" | "debug" -> PC_LOG_*; -1 if unknown. */
 int config_log_level(const char *s);
+/** "15", "15s", "250ms", "5m", "2h", "1d" -> milliseconds; -1 if invalid. */
+int64_t config_parse_duration_ms(const char *s);
+/** "4096", "4K", "4KiB", "16M", "1G" -> bytes; -1 if invalid. */
+int64_t config_parse_size(const char *s);
 
 #endif

@@ -16,9 +16,11 @@ static void usage(FILE *f)
           "A caching pull-through mirror for OCI registries (registry.k8s.io by default).\n"
           "\n"
           "commands:\n"
-          "  serve    run the mirror: pullcache serve [--config FILE] [--listen ADDR:PORT]...\n"
-          "           [--store DIR] [--upstream NAME=URL]... [--tag-ttl SECONDS] [--offline]\n"
-          "           [--log-level LEVEL]\n"
+          "  serve    run the mirror: pullcache serve [--config FILE | --no-config]\n"
+          "           [--listen ADDR:PORT]... [--store DIR] [--upstream NAME=URL]...\n"
+          "           [--tag-ttl DURATION] [--offline] [--log-level LEVEL] [--log-format F]\n"
+          "  check-config  validate the configuration and print it: pullcache check-config\n"
+          "           [--quiet] [serve flags]\n"
           "  import   copy an OCI image layout into the store: pullcache import --store DIR\n"
           "           --upstream NAME --repo NAME [--tag TAG] OCI_LAYOUT_DIR\n"
           "  fsck     verify and repair the store: pullcache fsck [--store DIR]\n"
@@ -37,6 +39,8 @@ int main(int argc, char **argv)
   }
   if (!strcmp(cmd, "serve"))
     return cmd_serve(argc - 1, argv + 1);
+  if (!strcmp(cmd, "check-config"))
+    return cmd_check_config(argc - 1, argv + 1);
   if (!strcmp(cmd, "import"))
     return cmd_import(argc - 1, argv + 1);
   if (!strcmp(cmd, "fsck"))

@@ -58,7 +58,9 @@ struct waiter {
   mirror_range_t range;
   int streaming;       /**< srv_respond_file was called: follows the fill */
   uint64_t end;        /**< one past the last byte this answer sends (file offsets) */
-  const daemon_upstream_t *up; /**< blob waiters: where this request asked for the digest */
+  daemon_upstream_t *up; /**< blob waiters: where this request asked (a reference) */
+  int joined;          /**< joined a job or fill another request started */
+  int late;            /**< came after the job had answered: served from its memory (HIT) */
   char repo[256];
   waiter_t *next, *prev;
 };
@@ -73,7 +75,7 @@ struct mjob {
   mirror_t *m;
   enum mjob_kind kind;
   char *key;
-  const daemon_upstream_t *up;
+  daemon_upstream_t *up;  /**< a reference */
   char repo[256];
   char ref[STORE_DIGEST_MAX];
   store_tag_t old;        /**< the known tag (revalidate: served if upstream fails) */
@@ -88,6 +90,7 @@ struct mjob {
   size_t len, cap;
   char digest[STORE_DIGEST_MAX]; /**< what waiters are served */
   int answered;           /**< outcome given to the waiters; only the store write is left */
+  int stale, revalidated; /**< how a known tag was answered (X-Cache) */
   int store_rc;
   uv_work_t work;
   wlist_t waiters;
@@ -101,7 +104,7 @@ struct fill {
   enum fill_state state;
   char digest[STORE_DIGEST_MAX];
   char repo[256];
-  const daemon_upstream_t *up;
+  daemon_upstream_t *up;   /**< a reference */
   store_writer_t *w;
   char *tmp_path;          /**< copy of the writer's path, for waiters' descriptors */
   up_fetch_t *fetch;
@@ -171,10 +174,41 @@ static void copy_media_type(char *dst, size_t cap, const char *ct)
 static char *upstream_url(const daemon_upstream_t *up, const char *repo, const char *kind,
                           const char *ref)
 {
-  size_t n = strlen(up->url) + strlen(repo) + strlen(kind) + strlen(ref) + 8;
+  size_t n = strlen(up->conf.url) + strlen(repo) + strlen(kind) + strlen(ref) + 8;
   char *url = pc_xmalloc(n);
-  snprintf(url, n, "%s/v2/%s/%s/%s", up->url, repo, kind, ref);
+  snprintf(url, n, "%s/v2/%s/%s/%s", up->conf.url, repo, kind, ref);
   return url;
+}
+
+/* The fetch fields every upstream request of an upstream shares. */
+static void upstream_req(up_req_t *r, const daemon_upstream_t *up)
+{
+  r->ca_file = up->conf.ca_file[0] ? up->conf.ca_file : NULL;
+  r->userpwd = up->conf.userpwd[0] ? up->conf.userpwd : NULL;
+  r->pool = up->pool;
+}
+
+/* Per-phase timings of a finished fetch on the access-log line of every waiter still here. */
+static void log_timings(waiter_t *head, up_fetch_t *f)
+{
+  up_timings_t t;
+  char v[5][32];
+  if (!head)
+    return;
+  up_fetch_timings(f, &t);
+  snprintf(v[0], sizeof(v[0]), "%.1f", (double)t.queue_us / 1000.0);
+  snprintf(v[1], sizeof(v[1]), "%.1f", (double)t.token_us / 1000.0);
+  snprintf(v[2], sizeof(v[2]), "%.1f", (double)t.redirect_us / 1000.0);
+  snprintf(v[3], sizeof(v[3]), "%.1f", (double)t.first_byte_us / 1000.0);
+  snprintf(v[4], sizeof(v[4]), "%.1f", (double)t.last_byte_us / 1000.0);
+  for (waiter_t *w = head; w; w = w->next) {
+    if (t.queue_us)
+      srv_req_log(w->req, "up_queue_ms", v[0]);
+    srv_req_log(w->req, "up_token_ms", v[1]);
+    srv_req_log(w->req, "up_redirect_ms", v[2]);
+    srv_req_log(w->req, "up_first_byte_ms", v[3]);
+    srv_req_log(w->req, "up_last_byte_ms", v[4]);
+  }
 }
 
 /* The client answer for an upstream outcome that is not a usable 200. */
@@ -208,6 +242,13 @@ static waiter_t *waiter_new(srv_req_t *req)
   w->req = req;
   srv_req_on_done(req, on_waiter_done, w);
   return w;
+}
+
+static void waiter_free(waiter_t *w)
+{
+  if (w->up)
+    daemon_upstream_unref(w->up);
+  free(w);
 }
 
 /* ---- manifests ---------------------------------------------------------------------------- */
@@ -245,6 +286,7 @@ static void mjob_free(mjob_t *j)
 {
   mirror_t *m = j->m;
   LIST_UNLINK(m->jobs, j);
+  daemon_upstream_unref(j->up);
   free(j->key);
   free(j->body);
   free(j);
@@ -256,8 +298,15 @@ static void mjob_free(mjob_t *j)
 static void mjob_answer(mjob_t *j, waiter_t *w)
 {
   srv_req_t *req = w->req;
+  daemon_t *d = j->m->d;
+  int outcome = w->late          ? DAEMON_CACHE_HIT
+                : j->stale       ? DAEMON_CACHE_STALE
+                : j->revalidated ? DAEMON_CACHE_REVALIDATED
+                : w->joined      ? DAEMON_CACHE_JOIN
+                                 : DAEMON_CACHE_MISS;
   w->job = NULL;
   if (j->rc == 0 && j->body) {
+    registry_cache(d, req, 0, outcome);
     char etag[STORE_DIGEST_MAX + 2];
     snprintf(etag, sizeof(etag), "\"%s\"", j->digest);
     registry_common_headers(req);
@@ -267,7 +316,7 @@ static void mjob_answer(mjob_t *j, waiter_t *w)
     return;
   }
   if (j->rc == 0) {
-    int rc = registry_serve_manifest(j->m->d, req, j->digest);
+    int rc = registry_serve_manifest(d, req, j->digest, outcome);
     if (rc)
       registry_error(req, rc == PC_E_NOTFOUND ? PC_E_MANIFEST_UNKNOWN : rc,
                      rc == PC_E_NOTFOUND ? NULL : "stored manifest unreadable");
@@ -276,6 +325,7 @@ static void mjob_answer(mjob_t *j, waiter_t *w)
   const char *detail = NULL;
   if (j->rc == PC_E_UPSTREAM_DIGEST)
     detail = "the upstream manifest did not match its digest; nothing was cached";
+  registry_cache(d, req, 0, outcome);
   answer_error(req, j->rc, j->retry_after, detail);
 }
 
@@ -329,7 +379,7 @@ static void mjob_work(uv_work_t *work)
       t.fetched_at = now;
     }
     t.checked_at = now;
-    rc = store_tag_put(s, j->up->name, j->repo, j->ref, &t);
+    rc = store_tag_put(s, j->up->conf.name, j->repo, j->ref, &t);
     if (rc)
       pc_log(PC_LOG_ERR, "store tag_put repo=%s tag=%s rc=%s", j->repo, j->ref, pc_errname(rc));
   }
@@ -380,16 +430,15 @@ static void mjob_fail(mjob_t *j, int err)
   if (j->have_old && err != PC_E_MANIFEST_UNKNOWN &&
       err != PC_E_UPSTREAM_DIGEST) {
     j->m->st.stale_served++;
+    j->stale = 1;
     pc_log(PC_LOG_WARN, "stale tag served upstream=%s repo=%s tag=%s digest=%s rc=%s",
-           j->up->name, j->repo, j->ref, j->old.digest, pc_errname(err));
+           j->up->conf.name, j->repo, j->ref, j->old.digest, pc_errname(err));
     copy_str(j->digest, sizeof(j->digest), j->old.digest);
     /* Whatever of a new manifest arrived before the failure is not the old one: drop it, so
      * the waiters are answered from the store with the bytes of the old digest. */
     free(j->body);
     j->body = NULL;
     j->len = j->cap = 0;
-    for (waiter_t *w = j->waiters.head; w; w = w->next)
-      srv_req_log(w->req, "cache", "stale");
     j->rc = 0;
     mjob_finish(j);
     return;
@@ -401,19 +450,23 @@ static void mjob_fail(mjob_t *j, int err)
 static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
 {
   mjob_t *j = arg;
-  (void)f;
   j->fetch = NULL;
+  daemon_upstream_seen(j->up, rc, status);
+  if (!(j->kind == MJOB_TAG_REVALIDATE && rc == 0 && status == 200))
+    log_timings(j->waiters.head, f); /* the final fetch of this job */
   if (rc < 0 || status != 200) {
     int err = map_upstream(rc, status, PC_E_MANIFEST_UNKNOWN);
     pc_log(PC_LOG_WARN, "upstream manifest upstream=%s repo=%s ref=%s status=%d rc=%s",
-           j->up->name, j->repo, j->ref, status, pc_errname(rc));
+           j->up->conf.name, j->repo, j->ref, status, pc_errname(rc));
     mjob_fail(j, err);
     return;
   }
   if (j->kind == MJOB_TAG_REVALIDATE) {
     /* HEAD answered: unchanged -> touch the tag; changed -> fetch the new manifest. */
     if (j->up_digest[0] && strcmp(j->up_digest, j->old.digest) == 0) {
+      log_timings(j->waiters.head, f);
       j->m->st.tags_revalidated++;
+      j->revalidated = 1;
       copy_str(j->digest, sizeof(j->digest), j->old.digest);
       mjob_answer_then_store(j);
       return;
@@ -423,7 +476,7 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
     return;
   }
   if (j->len == 0) {
-    pc_log(PC_LOG_WARN, "upstream manifest empty upstream=%s repo=%s ref=%s", j->up->name,
+    pc_log(PC_LOG_WARN, "upstream manifest empty upstream=%s repo=%s ref=%s", j->up->conf.name,
            j->repo, j->ref);
     mjob_fail(j, PC_E_UPSTREAM);
     return;
@@ -434,7 +487,7 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
   if (want && strcmp(want, got) != 0) {
     j->m->st.digest_mismatches++;
     pc_log(PC_LOG_ERR, "upstream manifest digest mismatch upstream=%s repo=%s ref=%s want=%s got=%s",
-           j->up->name, j->repo, j->ref, want, got);
+           j->up->conf.name, j->repo, j->ref, want, got);
     mjob_fail(j, PC_E_UPSTREAM_DIGEST);
     return;
   }
@@ -454,7 +507,7 @@ static void mjob_start(mjob_t *j)
   r.method = head ? "HEAD" : "GET";
   r.url = url;
   r.accept = MIRROR_ACCEPT;
-  r.ca_file = j->up->ca_file[0] ? j->up->ca_file : NULL;
+  upstream_req(&r, j->up);
   r.on_headers = mjob_on_headers;
   r.on_data = mjob_on_data;
   r.on_done = mjob_on_done;
@@ -469,7 +522,7 @@ static void mjob_start(mjob_t *j)
   }
 }
 
-void mirror_manifest(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, const char *repo,
+void mirror_manifest(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char *repo,
                      const char *ref, int ref_is_digest)
 {
   daemon_t *d = m->d;
@@ -477,49 +530,44 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, c
   int have_tag = 0;
 
   if (!ref_is_digest) {
-    have_tag = store_tag_get(d->store, up->name, repo, ref, &t) == 0 &&
+    have_tag = store_tag_get(d->store, up->conf.name, repo, ref, &t) == 0 &&
                store_manifest_stat(d->store, t.digest, NULL) == 0;
     if (have_tag) {
       int64_t age = pc_now_sec() - t.checked_at;
-      if (d->cfg.offline || !d->up || age < d->cfg.tag_ttl) {
-        if (registry_serve_manifest(d, req, t.digest) == 0) {
-          d->counters.manifest_hits++;
-          srv_req_log(req, "cache", "hit");
+      if (d->cfg.offline || !d->up || age < up->conf.tag_ttl) {
+        if (registry_serve_manifest(d, req, t.digest, DAEMON_CACHE_HIT) == 0)
           return;
-        }
         have_tag = 0; /* the tag points at a manifest we no longer have */
       }
     }
   }
   if (d->cfg.offline || !d->up) {
-    srv_req_log(req, "cache", "miss");
+    registry_cache(d, req, 0, DAEMON_CACHE_MISS);
     registry_error(req, PC_E_MANIFEST_UNKNOWN, "not cached and the mirror is offline");
     return;
   }
   if (ref_is_digest && store_digest_parse(ref, strlen(ref)) != STORE_DIGEST_SHA256) {
-    srv_req_log(req, "cache", "miss");
     registry_error(req, PC_E_MANIFEST_UNKNOWN, "only sha256 content is mirrored");
     return;
   }
 
-  size_t klen = strlen(up->name) + strlen(repo) + strlen(ref) + 8;
+  size_t klen = strlen(up->conf.name) + strlen(repo) + strlen(ref) + 8;
   char *key = pc_xmalloc(klen);
-  snprintf(key, klen, "m %s %s %s", up->name, repo, ref);
+  snprintf(key, klen, "m %s %s %s", up->conf.name, repo, ref);
   mjob_t *j = mjob_find(m, key);
   if (!j && ref_is_digest)
     j = mjob_find_answered_digest(m, up, ref);
   if (j && j->answered) {
     /* Fetched and verified a moment ago; its store write is still running. */
     free(key);
-    srv_req_log(req, "cache", "joined");
-    waiter_t tmp = {.req = req};
+    waiter_t tmp = {.req = req, .late = 1};
     mjob_answer(j, &tmp);
     return;
   }
   waiter_t *w = waiter_new(req);
   if (j) {
     free(key);
-    srv_req_log(req, "cache", "joined");
+    w->joined = 1;
     w->job = j;
     LIST_PUSH(j->waiters.head, w);
     return;
@@ -527,7 +575,7 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, c
   j = pc_xcalloc(1, sizeof(*j));
   j->m = m;
   j->key = key;
-  j->up = up;
+  j->up = daemon_upstream_ref(up);
   copy_str(j->repo, sizeof(j->repo), repo);
   copy_str(j->ref, sizeof(j->ref), ref);
   if (ref_is_digest) {
@@ -539,7 +587,6 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, c
   } else {
     j->kind = MJOB_TAG_FETCH;
   }
-  srv_req_log(req, "cache", have_tag ? "revalidate" : "miss");
   LIST_PUSH(m->jobs, j);
   w->job = j;
   LIST_PUSH(j->waiters.head, w);
@@ -564,6 +611,7 @@ static void fill_stream_waiter(fill_t *f, waiter_t *w, uint64_t written)
   srv_req_t *req = w->req;
   uint64_t size = (uint64_t)f->total, start = 0, len = size;
   int status = 200;
+  registry_cache(f->m->d, req, 1, w->joined ? DAEMON_CACHE_JOIN : DAEMON_CACHE_MISS);
   if (w->range.has) {
     int rc = registry_range_resolve(&w->range, size, &start, &len);
     if (rc) {
@@ -627,6 +675,7 @@ static void fill_free(fill_t *f)
     w->fill = NULL;
   }
   LIST_UNLINK(f->m->fills, f);
+  daemon_upstream_unref(f->up);
   store_writer_abort(f->w);
   free(f->tmp_path);
   free(f);
@@ -660,13 +709,19 @@ static void fill_end(fill_t *f)
       else
         srv_abort(w->req); /* promised the full length; a short body tells the client */
     } else if (f->rc == 0) {
-      int rc = registry_serve_blob(m->d, w->req, f->digest, &w->range);
-      if (rc)
+      int outcome = w->late     ? DAEMON_CACHE_HIT
+                    : w->joined ? DAEMON_CACHE_JOIN
+                                : DAEMON_CACHE_MISS;
+      int rc = registry_serve_blob(m->d, w->req, f->digest, &w->range, outcome);
+      if (rc) {
+        registry_cache(m->d, w->req, 1, outcome);
         registry_error(w->req, rc == PC_E_NOTFOUND ? PC_E_BLOB_UNKNOWN : rc, NULL);
+      }
     } else {
       const char *detail = f->rc == PC_E_UPSTREAM_DIGEST
                                ? "the upstream blob did not match its digest; nothing was cached"
                                : NULL;
+      registry_cache(m->d, w->req, 1, w->joined ? DAEMON_CACHE_JOIN : DAEMON_CACHE_MISS);
       answer_error(w->req, f->rc, f->retry_after, detail);
     }
   }
@@ -676,12 +731,14 @@ static void fill_end(fill_t *f)
   while ((w = retry.head)) {
     LIST_UNLINK(retry.head, w);
     srv_req_t *req = w->req;
-    const daemon_upstream_t *up = w->up;
+    daemon_upstream_t *up = w->up;
     char repo[256];
     mirror_range_t range = w->range;
     copy_str(repo, sizeof(repo), w->repo);
-    free(w); /* mirror_blob registers a new waiter (and done callback) for req */
+    w->up = NULL;
+    waiter_free(w); /* mirror_blob registers a new waiter (and done callback) for req */
     mirror_blob(m, req, up, repo, digest, &range);
+    daemon_upstream_unref(up);
   }
 }
 
@@ -780,8 +837,8 @@ static void fill_fail(fill_t *f, int err)
 static void fill_on_done(up_fetch_t *uf, int rc, int status, void *arg)
 {
   fill_t *f = arg;
-  (void)uf;
   f->fetch = NULL;
+  daemon_upstream_seen(f->up, rc, status);
   uint64_t written = store_writer_size(f->w);
   int transport = rc == PC_E_UPSTREAM || rc == PC_E_UPSTREAM_TIMEOUT;
   if (transport && f->total > 0 && written == (uint64_t)f->total &&
@@ -797,9 +854,10 @@ static void fill_on_done(up_fetch_t *uf, int rc, int status, void *arg)
     fill_start_fetch(f);
     return;
   }
+  log_timings(f->waiters.head, uf);
   if (rc < 0 || (status != 200 && status != 206)) {
     pc_log(PC_LOG_WARN, "upstream blob upstream=%s repo=%s digest=%s status=%d rc=%s",
-           f->up->name, f->repo, f->digest, status, pc_errname(rc));
+           f->up->conf.name, f->repo, f->digest, status, pc_errname(rc));
     fill_fail(f, map_upstream(rc, status, PC_E_BLOB_UNKNOWN));
     return;
   }
@@ -809,7 +867,7 @@ static void fill_on_done(up_fetch_t *uf, int rc, int status, void *arg)
   if (rc) {
     f->m->st.digest_mismatches++;
     pc_log(PC_LOG_ERR, "upstream blob digest mismatch upstream=%s repo=%s digest=%s rc=%s",
-           f->up->name, f->repo, f->digest, pc_errname(rc));
+           f->up->conf.name, f->repo, f->digest, pc_errname(rc));
     fill_fail(f, rc == PC_E_DIGEST_INVALID || rc == PC_E_SIZE_INVALID ? PC_E_UPSTREAM_DIGEST : rc);
     return;
   }
@@ -831,7 +889,7 @@ static void fill_start_fetch(fill_t *f)
   r.method = "GET";
   r.url = url;
   r.range_from = store_writer_size(f->w);
-  r.ca_file = f->up->ca_file[0] ? f->up->ca_file : NULL;
+  upstream_req(&r, f->up);
   r.on_headers = fill_on_headers;
   r.on_data = fill_on_data;
   r.on_done = fill_on_done;
@@ -846,12 +904,12 @@ static void fill_start_fetch(fill_t *f)
   }
 }
 
-void mirror_blob(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, const char *repo,
+void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char *repo,
                  const char *digest, const mirror_range_t *range)
 {
   daemon_t *d = m->d;
   if (d->cfg.offline || !d->up) {
-    srv_req_log(req, "cache", "miss");
+    registry_cache(d, req, 1, DAEMON_CACHE_MISS);
     registry_error(req, PC_E_BLOB_UNKNOWN, "not cached and the mirror is offline");
     return;
   }
@@ -863,11 +921,13 @@ void mirror_blob(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, const
   waiter_t *w = waiter_new(req);
   if (range)
     w->range = *range;
-  w->up = up;
+  w->up = daemon_upstream_ref(up);
   copy_str(w->repo, sizeof(w->repo), repo);
   if (f) {
-    srv_req_log(req, "cache", "joined");
-    m->st.waiters_joined++;
+    /* A fill already verified is content we have (its store write is finishing): a hit. */
+    w->late = f->verified;
+    w->joined = !w->late;
+    m->st.waiters_joined += (uint64_t)w->joined;
     w->fill = f;
     LIST_PUSH(f->waiters.head, w);
     if (f->state == FILL_STREAMING && f->total > 0)
@@ -876,21 +936,20 @@ void mirror_blob(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, const
   }
   f = pc_xcalloc(1, sizeof(*f));
   f->m = m;
-  f->up = up;
   f->total = -1;
   copy_str(f->digest, sizeof(f->digest), digest);
   copy_str(f->repo, sizeof(f->repo), repo);
   int rc = store_writer_new(d->store, digest, -1, &f->w);
   if (rc) {
     free(f);
-    srv_req_log(req, "cache", "miss");
+    registry_cache(d, req, 1, DAEMON_CACHE_MISS);
     registry_error(req, rc, "cannot start a fill");
     return;
   }
+  f->up = daemon_upstream_ref(up);
   f->tmp_path = pc_xstrdup(store_writer_path(f->w));
   LIST_PUSH(m->fills, f);
   m->st.fills_started++;
-  srv_req_log(req, "cache", "miss");
   w->fill = f;
   LIST_PUSH(f->waiters.head, w);
   fill_start_fetch(f);
@@ -907,7 +966,7 @@ static void on_waiter_done(srv_req_t *req, int status, void *arg)
     LIST_UNLINK(w->job->waiters.head, w);
   if (w->fill)
     LIST_UNLINK(w->fill->waiters.head, w);
-  free(w);
+  waiter_free(w);
 }
 
 void mirror_get_stats(const mirror_t *m, mirror_stats_t *out)

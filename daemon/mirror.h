@@ -6,7 +6,11 @@
  *   - a manifest by digest that is not in the store;
  *   - a blob that is not in the store (single-flight fill, streamed to every waiter).
  * The mirror answers the request itself (srv_respond* or an OCI error through registry_error),
- * now or later. All strings are copied; the request must still be open when called.
+ * now or later, with X-Cache MISS, JOIN, STALE or REVALIDATED (HIT for a fresh tag), and puts
+ * the per-phase timings of the upstream fetch (up_queue_ms when it waited for a cap,
+ * up_token_ms, up_redirect_ms, up_first_byte_ms, up_last_byte_ms) on the access-log line of
+ * every request still waiting when the fetch ends. All strings are copied; the upstream is
+ * referenced while used; the request must still be open when called.
  */
 #ifndef MIRROR_H
 #define MIRROR_H
@@ -37,10 +41,10 @@ void mirror_get_stats(const mirror_t *m, mirror_stats_t *out);
 void mirror_free(mirror_t *m);
 
 /** Manifest by tag (ref_is_digest = 0) or by digest not in the store (ref_is_digest = 1). */
-void mirror_manifest(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, const char *repo,
+void mirror_manifest(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char *repo,
                      const char *ref, int ref_is_digest);
 /** Blob not in the store. */
-void mirror_blob(mirror_t *m, srv_req_t *req, const daemon_upstream_t *up, const char *repo,
+void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char *repo,
                  const char *digest, const mirror_range_t *range);
 
 #endif

@@ -95,13 +95,27 @@ static int not_modified(srv_req_t *req, const char *digest, int fd)
   return 1;
 }
 
-int registry_serve_manifest(daemon_t *d, srv_req_t *req, const char *digest)
+void registry_cache(daemon_t *d, srv_req_t *req, int is_blob, int outcome)
+{
+  static const char *const hdr[DAEMON_CACHE_N] = {"HIT", "MISS", "JOIN", "STALE",
+                                                  "REVALIDATED"};
+  static const char *const log[DAEMON_CACHE_N] = {"hit", "miss", "join", "stale",
+                                                  "revalidated"};
+  if (outcome < 0 || outcome >= DAEMON_CACHE_N)
+    return;
+  srv_resp_header(req, "X-Cache", hdr[outcome]);
+  srv_req_log(req, "cache", log[outcome]);
+  metrics_mark_cache(d, req, is_blob, (enum daemon_cache)outcome);
+}
+
+int registry_serve_manifest(daemon_t *d, srv_req_t *req, const char *digest, int outcome)
 {
   store_manifest_info_t info;
   int fd = -1;
   int rc = store_manifest_open(d->store, digest, &fd, &info);
   if (rc)
     return rc;
+  registry_cache(d, req, 0, outcome);
   if (not_modified(req, digest, fd))
     return 0;
   digest_headers(req, digest);
@@ -111,7 +125,7 @@ int registry_serve_manifest(daemon_t *d, srv_req_t *req, const char *digest)
 }
 
 int registry_serve_blob(daemon_t *d, srv_req_t *req, const char *digest,
-                        const mirror_range_t *range)
+                        const mirror_range_t *range, int outcome)
 {
   store_blob_info_t info;
   uint64_t size, start = 0, len;
@@ -119,6 +133,7 @@ int registry_serve_blob(daemon_t *d, srv_req_t *req, const char *digest,
   int rc = store_blob_open_info(d->store, digest, &fd, &info);
   if (rc)
     return rc;
+  registry_cache(d, req, 1, outcome);
   if (not_modified(req, digest, fd))
     return 0;
   size = len = info.size;
@@ -271,20 +286,20 @@ static int on_any_tag(void *arg, const char *tag, const store_tag_t *t)
 
 static void handle_tags(daemon_t *d, srv_req_t *req, const route_t *r)
 {
-  const daemon_upstream_t *up = &d->cfg.upstreams[r->upstream];
+  const daemon_upstream_t *up = d->ups[r->upstream];
   tags_ctx_t c = {.tags = json_array(), .limit = r->has_n ? r->n : UINT32_MAX};
   json_t *root = NULL;
   char *body = NULL;
   int rc = 0, exists = 0;
 
   if (c.limit > 0)
-    rc = store_tag_list(d->store, up->name, r->name, r->last[0] ? r->last : NULL, on_tag, &c);
+    rc = store_tag_list(d->store, up->conf.name, r->name, r->last[0] ? r->last : NULL, on_tag, &c);
   if (rc < 0) {
     registry_error(req, rc, "cannot list tags");
     goto out;
   }
   if (c.count == 0) {
-    rc = store_tag_list(d->store, up->name, r->name, NULL, on_any_tag, &exists);
+    rc = store_tag_list(d->store, up->conf.name, r->name, NULL, on_any_tag, &exists);
     if (rc < 0) {
       registry_error(req, rc, "cannot list tags");
       goto out;
@@ -300,7 +315,7 @@ static void handle_tags(daemon_t *d, srv_req_t *req, const route_t *r)
     char link[2048];
     int n = snprintf(link, sizeof(link), "<%s?n=%u&last=%s%s%s>; rel=\"next\"",
                      srv_req_path(req), r->n, c.last, r->ns_given ? "&ns=" : "",
-                     r->ns_given ? up->name : "");
+                     r->ns_given ? up->conf.name : "");
     if (n > 0 && (size_t)n < sizeof(link))
       srv_resp_header(req, "Link", link);
   }
@@ -338,16 +353,17 @@ void registry_handle(srv_req_t *req, void *arg)
 {
   daemon_t *d = arg;
   const char *names[DAEMON_MAX_UPSTREAMS];
-  const daemon_upstream_t *up = NULL;
+  daemon_upstream_t *up = NULL;
   route_t r;
   mirror_range_t range;
   int rc;
 
-  for (int i = 0; i < d->cfg.nupstreams; i++)
-    names[i] = d->cfg.upstreams[i].name;
-  rc = route_parse(srv_req_method(req), srv_req_path(req), srv_req_query(req), names,
-                   d->cfg.nupstreams, &r);
+  for (int i = 0; i < d->nups; i++)
+    names[i] = d->ups[i]->conf.name;
+  rc = route_parse(srv_req_method(req), srv_req_path(req), srv_req_query(req), names, d->nups,
+                   &r);
   srv_req_log(req, "route", route_kind_name(r.kind));
+  metrics_mark_route(req, r.kind);
   if (rc) {
     const char *detail = NULL;
     if (rc == PC_E_UPSTREAM_UNKNOWN)
@@ -357,10 +373,10 @@ void registry_handle(srv_req_t *req, void *arg)
     registry_error(req, rc, detail);
     return;
   }
-  if (r.upstream >= 0 && r.upstream < d->cfg.nupstreams) {
-    up = &d->cfg.upstreams[r.upstream];
+  if (r.upstream >= 0 && r.upstream < d->nups) {
+    up = d->ups[r.upstream];
     if (r.kind >= ROUTE_MANIFEST && r.kind <= ROUTE_REFERRERS) {
-      srv_req_log(req, "upstream", up->name);
+      srv_req_log(req, "upstream", up->conf.name);
       if (r.ns_given)
         srv_req_log(req, "ns", r.ns);
     }
@@ -375,12 +391,9 @@ void registry_handle(srv_req_t *req, void *arg)
     if (!up)
       break;
     if (r.is_digest) {
-      rc = registry_serve_manifest(d, req, r.ref);
-      if (rc == 0) {
-        d->counters.manifest_hits++;
-        srv_req_log(req, "cache", "hit");
+      rc = registry_serve_manifest(d, req, r.ref, DAEMON_CACHE_HIT);
+      if (rc == 0)
         return;
-      }
       if (rc != PC_E_NOTFOUND) {
         registry_error(req, rc, NULL);
         return;
@@ -394,12 +407,9 @@ void registry_handle(srv_req_t *req, void *arg)
     /* An unparseable range comes back as one that never resolves: 416 below or in the
      * mirror, once the size is known. */
     (void)registry_parse_range(srv_req_header(req, "Range"), &range);
-    rc = registry_serve_blob(d, req, r.ref, &range);
-    if (rc == 0) {
-      d->counters.blob_hits++;
-      srv_req_log(req, "cache", "hit");
+    rc = registry_serve_blob(d, req, r.ref, &range, DAEMON_CACHE_HIT);
+    if (rc == 0)
       return;
-    }
     if (rc != PC_E_NOTFOUND) {
       registry_error(req, rc, NULL);
       return;
@@ -418,10 +428,7 @@ void registry_handle(srv_req_t *req, void *arg)
     srv_respond(req, 200, "text/plain", "ok\n", 3);
     return;
   case ROUTE_READYZ:
-    if (d->stopping)
-      srv_respond(req, 503, "text/plain", "stopping\n", 9);
-    else
-      srv_respond(req, 200, "text/plain", "ready\n", 6);
+    daemon_readyz(d, req);
     return;
   case ROUTE_METRICS:
     handle_metrics(d, req);

@@ -170,6 +170,8 @@ struct srv {
   srv_closed_cb drain_cb;  /* called once when the last connection is gone */
   void *drain_arg;
   srv_stats_t stats;
+  srv_finish_cb finish_cb; /* srv_set_finish_cb */
+  void *finish_arg;
 };
 
 static void conn_parse(conn_t *c);
@@ -506,6 +508,8 @@ static void finish_req(conn_t *c, int status)
   c->s->stats.requests++;
   c->s->stats.by_class[r->status >= 100 && r->status < 600 ? r->status / 100 : 0]++;
   c->s->stats.body_bytes += r->body_bytes;
+  if (c->s->finish_cb)
+    c->s->finish_cb(r, r->status, r->body_bytes, c->s->finish_arg);
   req_log(r);
   if (r->done)
     r->done(r, status, r->done_arg);
@@ -1133,14 +1137,9 @@ int srv__adopt(srv_t *s, int fd)
 
 /* ---- the server --------------------------------------------------------------------------- */
 
-int srv_new(uv_loop_t *loop, const srv_opts_t *opts, srv_handler_cb cb, void *arg, srv_t **out)
+void srv_set_opts(srv_t *s, const srv_opts_t *opts)
 {
-  if (!loop || !cb || !out)
-    return UV_EINVAL;
-  srv_t *s = pc_xcalloc(1, sizeof(*s));
-  s->loop = loop;
-  s->cb = cb;
-  s->arg = arg;
+  memset(&s->o, 0, sizeof(s->o));
   if (opts)
     s->o = *opts;
   if (!s->o.max_header_bytes)
@@ -1157,6 +1156,23 @@ int srv_new(uv_loop_t *loop, const srv_opts_t *opts, srv_handler_cb cb, void *ar
     s->o.write_timeout_ms = 120000;
   if (!s->o.max_conns)
     s->o.max_conns = 4096;
+}
+
+void srv_set_finish_cb(srv_t *s, srv_finish_cb cb, void *arg)
+{
+  s->finish_cb = cb;
+  s->finish_arg = arg;
+}
+
+int srv_new(uv_loop_t *loop, const srv_opts_t *opts, srv_handler_cb cb, void *arg, srv_t **out)
+{
+  if (!loop || !cb || !out)
+    return UV_EINVAL;
+  srv_t *s = pc_xcalloc(1, sizeof(*s));
+  s->loop = loop;
+  s->cb = cb;
+  s->arg = arg;
+  srv_set_opts(s, opts);
   *out = s;
   return 0;
 }

@@ -73,6 +73,14 @@ typedef struct srv_opts {
 
 /** Create a server on loop. opts may be NULL (defaults). *out freed by srv_close. */
 int srv_new(uv_loop_t *loop, const srv_opts_t *opts, srv_handler_cb cb, void *arg, srv_t **out);
+/** Replace the limits and timeouts (a config reload). New values apply to what starts after
+ * the call: connections accepted, requests parsed and timers armed from now on. */
+void srv_set_opts(srv_t *s, const srv_opts_t *opts);
+/** Called for every request that ends (answered, aborted or client gone), before its
+ * access-log line is written (so it may still add srv_req_log fields) and before the done
+ * callback. status 0 = did not complete; body_bytes = body bytes sent. */
+typedef void (*srv_finish_cb)(srv_req_t *r, int status, uint64_t body_bytes, void *arg);
+void srv_set_finish_cb(srv_t *s, srv_finish_cb cb, void *arg);
 /** Listen on "IPv4:PORT", "[IPv6]:PORT" or "host:PORT" (numeric addresses only). Port 0 picks
  * a free port; srv_port tells which. May be called several times. */
 int srv_listen(srv_t *s, const char *addr);

@@ -1881,6 +1881,15 @@ const char *up_pool_name(const up_pool_t *p)
 /* ---------------------------------------------------------------------------------------- */
 /* API                                                                                       */
 
+void up_set_opts(up_t *u, const up_opts_t *opts)
+{
+  u->connect_timeout_ms = opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 10000;
+  u->first_byte_timeout_ms =
+      opts && opts->first_byte_timeout_ms > 0 ? opts->first_byte_timeout_ms : 30000;
+  u->stall_timeout_ms = opts && opts->stall_timeout_ms > 0 ? opts->stall_timeout_ms : 30000;
+  u->max_redirects = opts && opts->max_redirects > 0 ? opts->max_redirects : 10;
+}
+
 int up_new(uv_loop_t *loop, const up_opts_t *opts, up_t **out)
 {
   int rc = PC_E_INTERNAL;
@@ -1893,11 +1902,7 @@ int up_new(uv_loop_t *loop, const up_opts_t *opts, up_t **out)
   curl_inited = 1;
   u = pc_xcalloc(1, sizeof(*u));
   u->loop = loop;
-  u->connect_timeout_ms = opts && opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 10000;
-  u->first_byte_timeout_ms =
-      opts && opts->first_byte_timeout_ms > 0 ? opts->first_byte_timeout_ms : 30000;
-  u->stall_timeout_ms = opts && opts->stall_timeout_ms > 0 ? opts->stall_timeout_ms : 30000;
-  u->max_redirects = opts && opts->max_redirects > 0 ? opts->max_redirects : 10;
+  up_set_opts(u, opts);
   u->user_agent = pc_xstrdup(opts && opts->user_agent ? opts->user_agent : "pullcache/0.1");
   if (strpbrk(u->user_agent, "\r\n")) {
     rc = UV_EINVAL;

@@ -172,6 +172,9 @@ int up_new(uv_loop_t *loop, const up_opts_t *opts, up_t **out);
  * loop iteration. Safe from any callback, including up's own. After cb the loop holds no
  * handle of up (uv_loop_close succeeds). Idempotent: a second call does nothing. */
 void up_close(up_t *u, void (*cb)(void *arg), void *arg);
+/** Replace the timeouts and max_redirects (a config reload; user_agent stays). Fields <= 0 take
+ * their defaults. Applies to hops and timers started after the call. */
+void up_set_opts(up_t *u, const up_opts_t *opts);
 void up_get_stats(const up_t *u, up_stats_t *out);
 
 /** Start a fetch. All strings in r are copied. *out (may be NULL) gets the handle. Returns 0,

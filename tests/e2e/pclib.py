@@ -415,9 +415,9 @@ class TestEnv:
         return up
 
     def start_pullcache(self, args=(), env=None, upstream=None, port=None, store=None,
-                        ready="ready", timeout=20, name="pullcache", binary=None):
-        """Run $PULLCACHE serve --listen 127.0.0.1:PORT --store STORE
-        [--upstream registry.k8s.io=<UPSTREAM url>] ARGS..., wait until its output contains
+                        ready="ready listen=", timeout=20, name="pullcache", binary=None):
+        """Run $PULLCACHE serve --listen 127.0.0.1:PORT --store STORE [--no-config unless ARGS has
+        --config] [--upstream registry.k8s.io=<UPSTREAM url>] ARGS..., wait until its output contains
         READY (a substring, or a callable(server) -> bool). UPSTREAM: an Upstream, a URL string,
         or None (no --upstream). Returns a Server (port, url, store, log_path, tail())."""
         binary = binary or os.environ.get("PULLCACHE")
@@ -425,6 +425,8 @@ class TestEnv:
         port = port or free_port()
         store = store or self.path("%s-store" % name)
         argv = [binary, "serve", "--listen", "127.0.0.1:%d" % port, "--store", store]
+        if not any(str(a).startswith("--config") for a in args):
+            argv.append("--no-config")  # never pick up the machine's /etc/pullcache
         if upstream is not None:
             url = upstream if isinstance(upstream, str) else upstream.url
             argv += ["--upstream", "registry.k8s.io=" + url]

@@ -163,7 +163,7 @@ static void cleanup(void)
 
 static void add_upstream(const char *name, const char *url)
 {
-  daemon_upstream_t *u = &d.cfg.upstreams[d.cfg.nupstreams++];
+  daemon_upstream_conf_t *u = &d.cfg.upstreams[d.cfg.nupstreams++];
   snprintf(u->name, sizeof(u->name), "%s", name);
   snprintf(u->url, sizeof(u->url), "%s", url);
 }
@@ -183,6 +183,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
   atexit(cleanup);
   seed_store();
   PC_ASSERT(srv_new(&loop, &d.cfg.srv, handler, &d, &d.srv) == 0);
+  daemon_upstreams_apply(&d, &d.cfg);
   PC_ASSERT(mirror_new(&d, &d.mirror) == 0);
   fuzz_harness_init(&harness, &loop, d.srv, OUT_CAP, 1);
   return 0;

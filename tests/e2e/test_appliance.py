@@ -1,0 +1,458 @@
+#!/usr/bin/python3
+"""Running pullcache as an appliance: the config file and check-config, sd_notify, SIGHUP
+reload under load, SIGTERM drain of a live fill, /readyz, X-Cache, /metrics checked by
+promtool, JSON logs with per-phase upstream timings, and upstream connection caps. Everything
+runs on loopback against the registry.k8s.io-like test upstream.
+
+    PULLCACHE=build/pullcache PC_BUILD=build python3 tests/e2e/test_appliance.py [test_name ...]
+"""
+
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pclib  # noqa: E402
+from pclib import check, http, sha256_digest  # noqa: E402
+
+PULLCACHE = os.environ.get("PULLCACHE")
+
+
+def images(scale="small"):
+    d = pclib.make_images(scale)
+    return d, pclib.load_images(d)
+
+
+def biggest_layers(img, n=1):
+    layers = sorted((b for b in img["blobs"] if b["kind"] == "layer"), key=lambda b: -b["size"])
+    return layers[:n]
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def metrics(server):
+    """{name{labels}: value} from /metrics (the raw text too)."""
+    r = http("GET", server.url + "/metrics")
+    check(r.status == 200, "/metrics answered %d" % r.status)
+    check(r.headers.get("content-type", "").startswith("text/plain"), "metrics content type")
+    out = {}
+    for line in r.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out, r.body
+
+
+def log_text(server):
+    with open(server.log_path, "rb") as f:
+        return f.read().decode(errors="replace")
+
+
+def wait_log(server, pattern, timeout=20, start=0):
+    """Wait until the daemon's log (from offset START) matches regex PATTERN; the match."""
+    found = []
+
+    def seen():
+        m = re.search(pattern, log_text(server)[start:])
+        if m:
+            found.append(m)
+        return bool(m)
+    pclib.wait_for(seen, timeout, "log line %r" % pattern)
+    return found[0]
+
+
+class Notify:
+    """A $NOTIFY_SOCKET for the daemon: a datagram socket in the test directory."""
+
+    def __init__(self, env):
+        self.path = env.path("notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.seen = []
+
+    def expect(self, what, timeout=20):
+        """Wait for a datagram containing line WHAT; returns the whole datagram."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = self.sock.recv(4096).decode()
+            except socket.timeout:
+                continue
+            self.seen.append(msg)
+            if what in msg.split("\n"):
+                return msg
+        raise pclib.CheckFailed("no %r on NOTIFY_SOCKET within %ds (got %r)"
+                                % (what, timeout, self.seen))
+
+    def close(self):
+        self.sock.close()
+
+
+def conf_for(env, up, store, extra_server="", extra_upstream="", more=""):
+    return write(env.path("pullcache.conf"),
+                 "[server]\nlisten = 127.0.0.1:0\n%s\n"
+                 "[store]\npath = %s\n\n"
+                 "[log]\nlevel = info\n\n"
+                 "[upstream \"registry.k8s.io\"]\nurl = %s\n%s\n%s"
+                 % (extra_server, store, up.url, extra_upstream, more))
+
+
+def run_pc(*args, timeout=30):
+    return subprocess.run([PULLCACHE] + list(args), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=timeout)
+
+
+# ---- tests -------------------------------------------------------------------------------------
+
+def test_check_config_and_bad_files():
+    with pclib.TestEnv("appl-check") as env:
+        good = write(env.path("good.conf"),
+                     "[server]\nlisten = 127.0.0.1:5999\n[store]\npath = %s\n"
+                     "[upstream \"registry.k8s.io\"]\nurl = http://127.0.0.1:9/\ntag_ttl = 90s\n"
+                     "max_connections = 4\n" % env.path("store"))
+        r = run_pc("check-config", "--config", good)
+        check(r.returncode == 0, "check-config on a good file: %d %s" % (r.returncode, r.stderr))
+        out = r.stdout.decode()
+        for want in ("[server]\nlisten = 127.0.0.1:5999\n", "header_timeout = 15s\n",
+                     "[fetch]\n", "path = %s\n" % env.path("store"), "[log]\nlevel = info\n",
+                     "[upstream \"registry.k8s.io\"]\nurl = http://127.0.0.1:9\n",
+                     "tag_ttl = 90s\n", "max_connections = 4\n"):
+            check(want in out, "check-config output lacks %r:\n%s" % (want, out))
+        # flags override the file, as for serve
+        r = run_pc("check-config", "--quiet", "--config", good, "--listen", "127.0.0.1:6001")
+        check(r.returncode == 0 and r.stdout == b"", "check-config --quiet: %r" % r.stdout)
+        # the printed file loads back
+        printed = write(env.path("printed.conf"), out)
+        r2 = run_pc("check-config", "--config", printed)
+        check(r2.returncode == 0 and r2.stdout.decode().split("\n", 1)[1] == out.split("\n", 1)[1],
+              "check-config output does not load back to itself")
+        # bad files: exit 2, file:line: reason, and serve refuses to start the same way
+        cases = [("[server]\nlisten = 127.0.0.1:0\nlisen = 1\n", 3, 'unknown key "lisen"'),
+                 ("[server]\n\nidle_timeout = soon\n", 3, "idle_timeout"),
+                 ("[upstream \"registry.k8s.io\"]\nurl = http://x\nca_file = /nonexistent\n", 3,
+                  "No such file"),
+                 ("[upstream \"registry.k8s.io\"]\ntag_ttl = 5m\n", 1, "has no url")]
+        for i, (text, line, reason) in enumerate(cases):
+            bad = write(env.path("bad%d.conf" % i), text)
+            want = "%s:%d: " % (bad, line)
+            for argv in (["check-config", "--config", bad],
+                         ["serve", "--config", bad, "--store", env.path("s%d" % i)]):
+                r = run_pc(*argv)
+                err = r.stderr.decode()
+                check(r.returncode == 2 and want in err and reason in err,
+                      "%s on bad file %d: rc %d, stderr %r (want %r ... %r)"
+                      % (argv[0], i, r.returncode, err, want, reason))
+            check(not os.path.exists(env.path("s%d" % i)), "serve created a store on a bad config")
+
+
+def test_notify_reload_under_load_and_drain():
+    d, imgs = images()
+    img = imgs["etcd"]
+    layer, layer2 = biggest_layers(img, 2)
+    data = pclib.read_blob(d, img, layer["digest"])
+    data2 = pclib.read_blob(d, img, layer2["digest"])
+    with pclib.TestEnv("appl-reload") as env:
+        up = env.start_upstream(d)
+        notify = Notify(env)
+        store = env.path("store")
+        conf = conf_for(env, up, store)
+        pc = env.start_pullcache(args=["--config", conf], store=store,
+                                 env=dict(os.environ, NOTIFY_SOCKET=notify.path))
+        notify.expect("READY=1")
+        slow = {"role": "blobs", "fault": "slow", "chunk": 32768, "delay_ms": 20}
+        up.faults([dict(slow, path_re=layer["digest"].split(":", 1)[1]),
+                   dict(slow, path_re=layer2["digest"].split(":", 1)[1])])
+        url = pc.url + "/v2/etcd/blobs/" + layer["digest"]
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            pull = ex.submit(http, "GET", url, None, None, 120)
+            pclib.wait_for(lambda: metrics(pc)[0].get("pullcache_fills_in_flight") == 1, 20,
+                           "the fill to start")
+            # Reload: a new upstream, debug logging, another tag_ttl; the pull must go on.
+            mark = len(log_text(pc))
+            conf_for(env, up, store, extra_server="max_conns = 500",
+                     extra_upstream="tag_ttl = 1m\n",
+                     more="[upstream \"mirror.example\"]\nurl = %s\n" % up.url)
+            write(conf, open(conf).read().replace("level = info", "level = debug"))
+            os.kill(pc.pid, signal.SIGHUP)
+            msg = notify.expect("RELOADING=1")
+            check(re.search(r"^MONOTONIC_USEC=\d+$", msg, re.M), "RELOADING=1 without MONOTONIC_USEC: %r" % msg)
+            notify.expect("READY=1")
+            wait_log(pc, r"reloaded config=\S+ upstreams=2 log_level=7", start=mark)
+            check(metrics(pc)[0].get("pullcache_fills_in_flight") == 1,
+                  "the reload ended the fill in flight")
+            r = pull.result()
+        check(r.status == 200 and r.body == data, "the pull across the reload: %d, %d bytes"
+              % (r.status, len(r.body)))
+        check(r.headers.get("x-cache") == "MISS", "X-Cache of the miss: %r" % r.headers.get("x-cache"))
+        check(up.blob_gets().get(layer["digest"]) == 1, "the reload caused a second fetch")
+        # The new upstream serves (by ns=), the old one still does.
+        r = http("GET", pc.url + "/v2/pause/manifests/3.10?ns=mirror.example",
+                 {"Accept": "application/vnd.oci.image.index.v1+json"})
+        check(r.status == 200, "new upstream after reload: %d %r" % (r.status, r.body[:200]))
+        r = http("GET", pc.url + "/v2/pause/manifests/3.10?ns=registry.k8s.io",
+                 {"Accept": "application/vnd.oci.image.index.v1+json"})
+        check(r.status == 200, "old upstream after reload: %d" % r.status)
+
+        # A broken file: logged with file:line, nothing changes, still serving.
+        mark = len(log_text(pc))
+        write(conf, open(conf).read() + "[server]\nmax_conns = lots\n")
+        os.kill(pc.pid, signal.SIGHUP)
+        notify.expect("RELOADING=1")
+        notify.expect("READY=1")
+        wait_log(pc, r'reload-failed configuration=unchanged reason="%s:\d+: bad value for max_conns'
+                 % re.escape(conf), start=mark)
+        r = http("GET", pc.url + "/v2/pause/manifests/3.10?ns=mirror.example",
+                 {"Accept": "application/vnd.oci.image.index.v1+json"})
+        check(r.status == 200, "a failed reload changed the upstreams: %d" % r.status)
+        m, _ = metrics(pc)
+        check(m['pullcache_config_reloads_total{result="ok"}'] == 1 and
+              m['pullcache_config_reloads_total{result="failed"}'] == 1,
+              "reload counters: %s" % {k: v for k, v in m.items() if "reload" in k})
+
+        # SIGTERM while a fill streams: the answer completes, new connections are refused,
+        # exit 0, and the blob is committed.
+        url2 = pc.url + "/v2/etcd/blobs/" + layer2["digest"]
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            pull = ex.submit(http, "GET", url2, None, None, 120)
+            pclib.wait_for(lambda: metrics(pc)[0].get("pullcache_fills_in_flight") == 1, 20,
+                           "the second fill to start")
+            os.kill(pc.pid, signal.SIGTERM)
+            notify.expect("STOPPING=1")
+
+            def refused():
+                try:
+                    socket.create_connection(("127.0.0.1", pc.port), timeout=1).close()
+                    return False
+                except OSError:
+                    return True
+            pclib.wait_for(refused, 10, "the listener to close after SIGTERM")
+            r = pull.result()
+        check(r.status == 200 and r.body == data2, "the fill across SIGTERM: %d, %d of %d bytes"
+              % (r.status, len(r.body), len(data2)))
+        pc.popen.wait(timeout=30)
+        check(pc.popen.returncode == 0, "exit code after drain: %s" % pc.popen.returncode)
+        check(re.search(r"(^|\s|>)stopped$", log_text(pc), re.M), "no clean stop logged")
+        notify.close()
+        r = run_pc("fsck", "--store", store, timeout=120)
+        check(r.returncode == 0, "fsck after the drain: %d %s" % (r.returncode, r.stdout[-500:]))
+        pc2 = env.start_pullcache(args=["--offline"], store=store, name="offline")
+        r = http("GET", pc2.url + "/v2/etcd/blobs/" + layer2["digest"])
+        check(r.status == 200 and sha256_digest(r.body) == layer2["digest"] and
+              r.headers.get("x-cache") == "HIT", "the drained fill was not committed: %d" % r.status)
+
+
+def test_readyz():
+    d, imgs = images("tiny")
+    with pclib.TestEnv("appl-ready") as env:
+        up = env.start_upstream(d)
+        pc = env.start_pullcache(upstream=up)
+        r = http("GET", pc.url + "/readyz")
+        check(r.status == 200 and r.body == b"ready\n", "readyz with a live upstream: %d %r"
+              % (r.status, r.body))
+        check(up.count("redirector", "/v2/") >= 1, "readyz did not probe the upstream")
+        check(http("GET", pc.url + "/healthz").status == 200, "healthz")
+        m, _ = metrics(pc)
+        check(m['pullcache_upstream_reachable{upstream="registry.k8s.io"}'] == 1, "reachable gauge")
+        check(m["pullcache_ready"] == 1, "pullcache_ready gauge")
+
+        dead = "http://127.0.0.1:%d" % pclib.free_port()
+        pc2 = env.start_pullcache(upstream=dead, name="dead")
+        r = http("GET", pc2.url + "/readyz")
+        check(r.status == 503 and r.body == b"not ready: no upstream reachable\n",
+              "readyz with a dead upstream: %d %r" % (r.status, r.body))
+        check(http("GET", pc2.url + "/healthz").status == 200, "healthz with a dead upstream")
+
+        pc3 = env.start_pullcache(upstream=dead, args=["--offline"], name="offline")
+        r = http("GET", pc3.url + "/readyz")
+        check(r.status == 200, "readyz offline: %d %r" % (r.status, r.body))
+
+        conf = write(env.path("full.conf"), "[store]\nmin_free = 1000T\n")
+        pc4 = env.start_pullcache(upstream=up, args=["--config", conf], name="full")
+        r = http("GET", pc4.url + "/readyz")
+        check(r.status == 503 and b"min_free" in r.body, "readyz with a full disk: %d %r"
+              % (r.status, r.body))
+
+
+def test_x_cache_and_metrics_promtool():
+    d, imgs = images("small")
+    img = imgs["coredns/coredns"]
+    layer = biggest_layers(img)[0]
+    small = min((b for b in img["blobs"] if b["kind"] == "layer"), key=lambda b: b["size"])
+    idx = "application/vnd.oci.image.index.v1+json"
+    with pclib.TestEnv("appl-metrics") as env:
+        up = env.start_upstream(d)
+        pc = env.start_pullcache(upstream=up)
+        seen = {}
+
+        def get(path, kind, hdrs=None):
+            r = http("GET", pc.url + path, hdrs)
+            x = r.headers.get("x-cache")
+            seen[(kind, x)] = seen.get((kind, x), 0) + 1
+            return r
+
+        tag = "/v2/coredns/coredns/manifests/" + img["tag"]
+        r = get(tag, "manifest", {"Accept": idx})
+        check(r.status == 200 and r.headers.get("x-cache") == "MISS", "tag miss: %r" % r.headers)
+        r = get(tag, "manifest", {"Accept": idx})
+        check(r.headers.get("x-cache") == "HIT", "tag hit: %r" % r.headers.get("x-cache"))
+        r = get("/v2/coredns/coredns/blobs/" + small["digest"], "blob")
+        check(r.status == 200 and r.headers.get("x-cache") == "MISS", "blob miss")
+        r = get("/v2/coredns/coredns/blobs/" + small["digest"], "blob")
+        check(r.status == 200 and r.headers.get("x-cache") == "HIT", "blob hit")
+        hit_bytes = len(r.body)
+        # Two clients for one slow blob: one fetch, MISS and JOIN.
+        up.faults([{"role": "blobs", "path_re": layer["digest"].split(":", 1)[1], "fault": "slow",
+                    "chunk": 65536, "delay_ms": 20}])
+        url = "/v2/coredns/coredns/blobs/" + layer["digest"]
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            a = ex.submit(get, url, "blob")
+            pclib.wait_for(lambda: metrics(pc)[0].get("pullcache_fills_in_flight") == 1, 20, "fill")
+            b = ex.submit(get, url, "blob")
+            ra, rb = a.result(), b.result()
+        check(sorted([ra.headers.get("x-cache"), rb.headers.get("x-cache")]) == ["JOIN", "MISS"],
+              "concurrent blob: %s %s" % (ra.headers.get("x-cache"), rb.headers.get("x-cache")))
+        check(up.blob_gets().get(layer["digest"]) == 1, "join fetched twice")
+        up.faults([])
+        r = get("/v2/coredns/coredns/blobs/sha256:" + "0" * 64, "blob")
+        check(r.status == 404 and r.headers.get("x-cache") == "MISS", "unknown blob: %d %r"
+              % (r.status, r.headers.get("x-cache")))
+
+        # tag_ttl 0: every tag request revalidates; the upstream down -> stale.
+        pc2 = env.start_pullcache(upstream=up, args=["--tag-ttl", "0"], name="ttl0")
+        r = http("GET", pc2.url + tag, {"Accept": idx})
+        check(r.headers.get("x-cache") == "MISS", "ttl0 first: %r" % r.headers.get("x-cache"))
+        # (until the tag is stored, a request is answered from the job's memory: a HIT)
+        pclib.wait_for(lambda: metrics(pc2)[0]["pullcache_store_tags"] == 1, 20, "the tag stored")
+        r = http("GET", pc2.url + tag, {"Accept": idx})
+        check(r.status == 200 and r.headers.get("x-cache") == "REVALIDATED",
+              "ttl0 second: %r" % r.headers.get("x-cache"))
+        up.faults([{"role": "redirector", "path_re": "manifests", "fault": "status", "status": 503}])
+        r = http("GET", pc2.url + tag, {"Accept": idx})
+        check(r.status == 200 and r.headers.get("x-cache") == "STALE",
+              "upstream down: %d %r" % (r.status, r.headers.get("x-cache")))
+        up.faults([])
+        m2, _ = metrics(pc2)
+        for outcome, n in (("miss", 1), ("revalidated", 1), ("stale", 1)):
+            key = 'pullcache_cache_requests_total{kind="manifest",outcome="%s"}' % outcome
+            check(m2[key] == n, "%s = %s, want %d" % (key, m2.get(key), n))
+
+        # The exposition passes promtool, and its counts match what clients saw.
+        m, raw = metrics(pc)
+        p = subprocess.run(["promtool", "check", "metrics"], input=raw, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=60)
+        check(p.returncode == 0 and p.stdout.strip() == b"",
+              "promtool check metrics: rc %d\n%s" % (p.returncode, p.stdout.decode()))
+        for (kind, x), n in seen.items():
+            key = 'pullcache_cache_requests_total{kind="%s",outcome="%s"}' % (kind, x.lower())
+            check(m.get(key) == n, "%s = %s, clients saw %d" % (key, m.get(key), n))
+        check(m['pullcache_requests_total{route="blob",code="200"}'] == 4, "blob 200s")
+        check(m['pullcache_requests_total{route="blob",code="404"}'] == 1, "blob 404s")
+        check(m['pullcache_requests_total{route="manifest",code="200"}'] == 2, "manifest 200s")
+        check(m['pullcache_served_bytes_total{source="store"}'] >= hit_bytes, "store bytes")
+        check(m['pullcache_served_bytes_total{source="upstream"}'] >= 2 * layer["size"] + small["size"],
+              "upstream bytes: %s" % m['pullcache_served_bytes_total{source="upstream"}'])
+        u = '{upstream="registry.k8s.io"}'
+        check(m["pullcache_upstream_fetches_total" + u] >= 3, "upstream fetches")
+        check(m["pullcache_upstream_requests_total" + u] > m["pullcache_upstream_fetches_total" + u],
+              "redirect hops and tokens are requests too")
+        check(m["pullcache_upstream_tokens_total" + u] >= 1, "token fetches")
+        check(m['pullcache_upstream_first_byte_seconds_count' + u] >= 3 and
+              m['pullcache_upstream_first_byte_seconds_bucket{upstream="registry.k8s.io",le="+Inf"}']
+              == m['pullcache_upstream_first_byte_seconds_count' + u], "first-byte histogram")
+        check(m["pullcache_digest_mismatches_total"] == 0 and m["pullcache_fills_in_flight"] == 0,
+              "fill gauges")
+        # Manifests are content-addressed files too: blobs = the two layers + the manifests.
+        pclib.wait_for(lambda: metrics(pc)[0]["pullcache_store_blobs"] ==
+                       2 + metrics(pc)[0]["pullcache_store_manifests"], 20, "store blob count")
+        m, _ = metrics(pc)
+        want = layer["size"] + small["size"] + m["pullcache_store_manifest_bytes"]
+        check(m["pullcache_store_blob_bytes"] == want,
+              "store bytes %s != %d" % (m["pullcache_store_blob_bytes"], want))
+        check(m["pullcache_store_tags"] == 1 and m["pullcache_store_manifests"] == 1,
+              "store counts: %s tags, %s manifests" % (m["pullcache_store_tags"],
+                                                       m["pullcache_store_manifests"]))
+
+
+def test_json_logs_with_phase_timings():
+    d, imgs = images("tiny")
+    img = imgs["pause"]
+    layer = biggest_layers(img)[0]
+    with pclib.TestEnv("appl-json") as env:
+        up = env.start_upstream(d)
+        pc = env.start_pullcache(upstream=up, args=["--log-format", "json"],
+                                 ready='"event":"ready","listen":')
+        r = http("GET", pc.url + "/v2/pause/manifests/" + img["tag"],
+                 {"Accept": "application/vnd.oci.image.index.v1+json"})
+        check(r.status == 200, "manifest: %d" % r.status)
+        r = http("GET", pc.url + "/v2/pause/blobs/" + layer["digest"])
+        check(r.status == 200, "blob: %d" % r.status)
+        http("GET", pc.url + "/v2/pause/blobs/" + layer["digest"])
+        reqs = []
+
+        def lines():
+            reqs.clear()
+            for line in log_text(pc).splitlines():
+                obj = json.loads(line)  # every line is one JSON object
+                check("ts" in obj and "level" in obj, "line without ts/level: %r" % line)
+                if obj.get("event") == "req":
+                    reqs.append(obj)
+            return len(reqs) >= 3
+        pclib.wait_for(lines, 10, "three request lines")
+        man, blob, hit = reqs[0], reqs[1], reqs[2]
+        check(man["status"] == 200 and man["cache"] == "miss" and man["route"] == "manifest",
+              "manifest line: %r" % man)
+        for k in ("up_token_ms", "up_redirect_ms", "up_first_byte_ms", "up_last_byte_ms"):
+            check(k in man and k in blob, "%s missing from a miss: %r %r" % (k, man, blob))
+        # The manifest went redirector -> 307 -> registry -> 401 -> token -> registry.
+        check(float(man["up_token_ms"]) > 0 and float(man["up_redirect_ms"]) > 0,
+              "manifest phases: %r" % man)
+        check(float(blob["up_redirect_ms"]) > 0, "blob redirect phase: %r" % blob)
+        check(float(blob["up_first_byte_ms"]) <= float(blob["up_last_byte_ms"]), "phase order")
+        check(hit["cache"] == "hit" and "up_first_byte_ms" not in hit, "hit line: %r" % hit)
+        check(isinstance(hit["status"], int) and isinstance(hit["bytes"], int), "numbers are numbers")
+
+
+def test_upstream_connection_cap():
+    d, imgs = images()
+    img = imgs["kube-apiserver"]
+    layers = biggest_layers(img, 3)
+    with pclib.TestEnv("appl-cap") as env:
+        up = env.start_upstream(d)
+        conf = write(env.path("cap.conf"), "[upstream \"registry.k8s.io\"]\nurl = %s\n"
+                     "max_connections = 1\n" % up.url)
+        pc = env.start_pullcache(args=["--config", conf])
+        up.faults([{"role": "blobs", "path_re": l["digest"].split(":", 1)[1], "fault": "slow",
+                    "chunk": 65536, "delay_ms": 15} for l in layers])
+        peak = {"active": 0, "queued": 0}
+        u = '{upstream="registry.k8s.io"}'
+        with concurrent.futures.ThreadPoolExecutor(3) as ex:
+            futs = [ex.submit(http, "GET", pc.url + "/v2/kube-apiserver/blobs/" + l["digest"],
+                              None, None, 120) for l in layers]
+            while not all(f.done() for f in futs):
+                m, _ = metrics(pc)
+                peak["active"] = max(peak["active"], m["pullcache_upstream_active_fetches" + u])
+                peak["queued"] = max(peak["queued"], m["pullcache_upstream_queued_fetches" + u])
+                time.sleep(0.05)
+            rs = [f.result() for f in futs]
+        for l, r in zip(layers, rs):
+            check(r.status == 200 and sha256_digest(r.body) == l["digest"], "capped pull %d" % r.status)
+        check(peak["active"] == 1, "max_connections = 1 but %d fetches ran at once" % peak["active"])
+        check(peak["queued"] >= 1, "no fetch ever waited for the cap")
+        check(re.search(r"up_queue_ms=\d", log_text(pc)), "no up_queue_ms on a queued request")
+
+
+if __name__ == "__main__":
+    pclib.run_tests([test_check_config_and_bad_files, test_notify_reload_under_load_and_drain,
+                     test_readyz, test_x_cache_and_metrics_promtool,
+                     test_json_logs_with_phase_timings, test_upstream_connection_cap])
