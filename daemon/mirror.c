@@ -218,6 +218,8 @@ static int map_upstream(int rc, int status, int unknown)
     return rc;
   if (status == 404)
     return unknown;
+  if (status == 401 || status == 403)
+    return PC_E_DENIED; /* the upstream refused this mirror (its credentials, or none) */
   if (status == 429)
     return PC_E_TOOMANYREQUESTS;
   if (status == 503)

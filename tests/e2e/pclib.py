@@ -449,9 +449,10 @@ class TestEnv:
         return s
 
     def start_docker_registry(self, port=None, root=None, proxy_remote=None, timeout=20,
-                              name="docker-registry"):
+                              name="docker-registry", htpasswd=None):
         """CNCF distribution (/usr/bin/docker-registry) on 127.0.0.1:PORT with filesystem storage
-        at ROOT, optionally a pull-through cache of PROXY_REMOTE. Waits for GET /v2/ = 200."""
+        at ROOT, optionally a pull-through cache of PROXY_REMOTE, optionally with Basic auth from
+        the htpasswd(1) file HTPASSWD (bcrypt). Waits for GET /v2/ = 200 (401 with auth)."""
         port = port or free_port()
         root = root or self.path("%s-root" % name)
         os.makedirs(root, exist_ok=True)
@@ -462,6 +463,8 @@ class TestEnv:
                     "http: {addr: 127.0.0.1:%d}\n" % (json.dumps(root), port))
             if proxy_remote:
                 f.write("proxy: {remoteurl: %s}\n" % json.dumps(proxy_remote))
+            if htpasswd:
+                f.write("auth: {htpasswd: {realm: pullcache-test, path: %s}}\n" % json.dumps(htpasswd))
         s = self.spawn(name, ["/usr/bin/docker-registry", "serve", cfg], cls=Server)
         s.port, s.url, s.root = port, "http://127.0.0.1:%d" % port, root
 
@@ -469,7 +472,7 @@ class TestEnv:
             if not s.alive():
                 raise CheckFailed("docker-registry exited: %s\n%s" % (s.popen.returncode, s.tail()))
             try:
-                return http("GET", s.url + "/v2/", timeout=2).status == 200
+                return http("GET", s.url + "/v2/", timeout=2).status == (401 if htpasswd else 200)
             except OSError:
                 return False
         wait_for(ok, timeout, "docker-registry /v2/ on port %d" % port, 0.1)

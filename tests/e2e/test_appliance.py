@@ -452,7 +452,46 @@ def test_upstream_connection_cap():
         check(re.search(r"up_queue_ms=\d", log_text(pc)), "no up_queue_ms on a queued request")
 
 
+def test_credentials_file_basic_auth():
+    """An upstream that wants a login (distribution with htpasswd): the credentials_file is
+    used, a wrong one is refused, and check-config never shows the secret."""
+    d, imgs = images("tiny")
+    img = imgs["pause"]
+    with pclib.TestEnv("appl-creds") as env:
+        hp = env.path("htpasswd")
+        with open(hp, "wb") as f:
+            f.write(subprocess.run(["htpasswd", "-Bbn", "puller", "s3cret pass"], check=True,
+                                   stdout=subprocess.PIPE, timeout=30).stdout)
+        reg = env.start_docker_registry(htpasswd=hp)
+        pclib.skopeo("copy", "--all", "--preserve-digests", "--dest-tls-verify=false",
+                     "--dest-creds", "puller:s3cret pass", "oci:" + os.path.join(d, img["layout_dir"]),
+                     "docker://127.0.0.1:%d/pause:%s" % (reg.port, img["tag"]))
+        good = write(env.path("good.cred"), "puller:s3cret pass\n")
+        bad = write(env.path("bad.cred"), "puller:wrong\n")
+        layer = biggest_layers(img)[0]
+        # A refused login is 403 DENIED to the client (a 401 would ask the client to log in to
+        # the mirror, which has no accounts).
+        for name, cred, want in (("good", good, 200), ("bad", bad, 403)):
+            conf = write(env.path(name + ".conf"), "[upstream \"registry.k8s.io\"]\nurl = %s\n"
+                         "credentials_file = %s\n" % (reg.url, cred))
+            r = run_pc("check-config", "--config", conf)
+            check(r.returncode == 0 and cred.encode() in r.stdout and b"s3cret" not in r.stdout
+                  and b"wrong" not in r.stdout, "check-config with credentials: %r" % r.stdout)
+            pc = env.start_pullcache(args=["--config", conf], name="pc-" + name)
+            r = http("GET", pc.url + "/v2/pause/manifests/" + img["tag"],
+                     {"Accept": img["index_media_type"]})
+            check(r.status == want, "%s credentials: manifest %d %r" % (name, r.status, r.body[:200]))
+            r = http("GET", pc.url + "/v2/pause/blobs/" + layer["digest"])
+            check(r.status == want, "%s credentials: blob %d" % (name, r.status))
+            if want == 403:
+                check(b'"DENIED"' in r.body, "refused login: %r" % r.body)
+            if want == 200:
+                check(sha256_digest(r.body) == layer["digest"], "blob through Basic auth")
+            check(b"s3cret" not in open(pc.log_path, "rb").read(), "the password reached the log")
+
+
 if __name__ == "__main__":
     pclib.run_tests([test_check_config_and_bad_files, test_notify_reload_under_load_and_drain,
                      test_readyz, test_x_cache_and_metrics_promtool,
-                     test_json_logs_with_phase_timings, test_upstream_connection_cap])
+                     test_json_logs_with_phase_timings, test_upstream_connection_cap,
+                     test_credentials_file_basic_auth])
