@@ -32,6 +32,7 @@ int cmd_check_config(int argc, char **argv)
   cfg = pc_xmalloc(sizeof(*cfg));
   if (config_from_args(cfg, n, args, err, sizeof(err)) < 0) {
     fprintf(stderr, "pullcache check-config: %s\n", err);
+    explicit_bzero(cfg, sizeof(*cfg));
     free(cfg);
     free(args);
     return 2;

@@ -407,6 +407,7 @@ static int read_credentials(const char *path, char *out, size_t outlen, char *er
   if (ok)
     line[strcspn(line, "\r\n")] = '\0';
   if (!ok || !strchr(line, ':') || line[0] == ':' || strlen(line) >= outlen) {
+    explicit_bzero(line, sizeof(line));
     set_err(err, errlen, "credentials_file %s: the first line must be user:password", path);
     return -EINVAL;
   }
@@ -548,7 +549,8 @@ typedef struct load_ctx {
   FILE *f;
   int line;              /**< of the line inih is handling (counted by file_reader) */
   int section_line;      /**< of the last section header read */
-  int err_line;          /**< where the error is, when not the line inih stopped at */
+  char section[300];     /**< its name, whole (inih cuts section names at 50 bytes) */
+  int err_line;          /**< where the handler or the reader failed */
   int listen_replaced;
   int upstreams_replaced;
   int up_line[DAEMON_MAX_UPSTREAMS]; /**< where each upstream's section started */
@@ -586,6 +588,7 @@ static int on_ini(void *user, const char *section, const char *name, const char 
 
   if (c->failed)
     return 0;
+  section = c->section; /* the whole name, as file_reader saw it */
   if (upstream_section(section, uname, sizeof(uname)) == 0) {
     int idx = find_upstream_idx(c->cfg, uname);
     if (idx < 0 || !c->upstreams_replaced) {
@@ -593,6 +596,11 @@ static int on_ini(void *user, const char *section, const char *name, const char 
         goto fail;
       idx = c->cfg->nupstreams - 1;
       c->up_line[idx] = c->section_line;
+    } else if (c->up_line[idx] != c->section_line) {
+      set_err(c->msg, sizeof(c->msg), "[upstream \"%s\"] appears twice (first at line %d)",
+              uname, c->up_line[idx]);
+      c->err_line = c->section_line;
+      goto fail;
     }
     base = &c->cfg->upstreams[idx];
     s = S_UPSTREAM;
@@ -619,23 +627,56 @@ static int on_ini(void *user, const char *section, const char *name, const char 
   return 1;
 fail:
   c->failed = 1;
+  if (!c->err_line)
+    c->err_line = c->line;
   return 0;
 }
 
 /* inih's reader: fgets, counting lines so the handler knows where it is. */
+/* inih's reader: fgets, counting lines so the handler knows where it is. It also refuses what
+ * inih (as Debian builds it) would misread: a line longer than its buffer (it would split it),
+ * an indented key (it would append it to the previous value), and it keeps section names whole
+ * (inih cuts them at 50 bytes). Stopping here ends the parse like an end of file. */
 static char *file_reader(char *buf, int size, void *stream)
 {
   load_ctx_t *c = stream;
-  char *r = fgets(buf, size, c->f);
-  if (r) {
-    const char *p = r;
-    c->line++;
-    while (*p == ' ' || *p == '\t')
-      p++;
-    if (*p == '[')
-      c->section_line = c->line;
+  char *r;
+  const char *p;
+  size_t n;
+
+  if (c->failed)
+    return NULL;
+  r = fgets(buf, size, c->f);
+  if (!r)
+    return NULL;
+  c->line++;
+  n = strlen(r);
+  if (n > 0 && r[n - 1] != '\n' && !feof(c->f)) {
+    set_err(c->msg, sizeof(c->msg), "line longer than %d bytes (the INI parser's limit)",
+            size - 2);
+    goto fail;
+  }
+  p = r;
+  while (*p == ' ' || *p == '\t')
+    p++;
+  if (p != r && *p && *p != '\r' && *p != '\n' && *p != ';' && *p != '#') {
+    set_err(c->msg, sizeof(c->msg), "indented line: keys and sections start the line");
+    goto fail;
+  }
+  if (*p == '[') {
+    const char *end = strchr(p, ']');
+    size_t len = end ? (size_t)(end - p - 1) : 0;
+    c->section_line = c->line;
+    if (len >= sizeof(c->section))
+      len = sizeof(c->section) - 1;
+    memcpy(c->section, p + 1, len);
+    c->section[len] = '\0';
   }
   return r;
+fail:
+  c->failed = 1;
+  c->err_line = c->line;
+  return NULL;
 }
 
 int config_load_file(daemon_config_t *cfg, const char *path, char *err, size_t errlen)
@@ -653,9 +694,12 @@ int config_load_file(daemon_config_t *cfg, const char *path, char *err, size_t e
   copy_str(cfg->path, sizeof(cfg->path), path);
   rc = ini_parse_stream(file_reader, c, on_ini, c);
   fclose(c->f);
-  if (rc > 0) {
-    set_err(err, errlen, "%s:%d: %s", path, c->err_line ? c->err_line : rc,
-            c->failed ? c->msg : "syntax error");
+  if (rc > 0 && (!c->failed || rc < c->err_line)) {
+    /* inih's own first error (a syntax error) comes before any of ours */
+    set_err(err, errlen, "%s:%d: syntax error", path, rc);
+    rc = -EINVAL;
+  } else if (c->failed) {
+    set_err(err, errlen, "%s:%d: %s", path, c->err_line, c->msg);
     rc = -EINVAL;
   } else if (rc < 0) {
     set_err(err, errlen, "%s: cannot parse (out of memory)", path);

@@ -2,7 +2,7 @@
  *
  *   cmd_serve: config -> loop -> store_open -> srv_new + srv_listen (each address) -> up_new
  *   (unless offline) -> upstream objects (pools) -> mirror_new -> atime timer + signals ->
- *   reachability probes -> "ready" log line + READY=1 -> uv_run.
+ *   "ready" log line + READY=1 -> uv_run. Upstreams are probed only when /readyz asks.
  *   SIGHUP: RELOADING=1; the config is built again from the same flags and file; on success
  *   log level/format, server limits, fetch timeouts, offline and the upstreams are replaced
  *   (fetches in flight keep the upstream object they started with); listen addresses and the
@@ -36,6 +36,8 @@
 #define ATIME_FLUSH_MS 5000
 /** A failed or unknown upstream is probed again at most this often (driven by /readyz). */
 #define PROBE_INTERVAL_MS 2000
+/** A /readyz request waits at most this long for the probes it started (then 503). */
+#define READYZ_WAIT_MS 2000
 
 static void readyz_settle(daemon_t *d);
 
@@ -81,16 +83,6 @@ static void sd_notify_msg(const char *msg)
 }
 
 /* ---- upstream objects --------------------------------------------------------------------- */
-
-daemon_upstream_t *daemon_upstream_find(const daemon_t *d, const char *name, size_t len)
-{
-  for (int i = 0; i < d->nups; i++) {
-    daemon_upstream_t *u = d->ups[i];
-    if (strlen(u->conf.name) == len && strncasecmp(u->conf.name, name, len) == 0)
-      return u;
-  }
-  return NULL;
-}
 
 daemon_upstream_t *daemon_upstream_ref(daemon_upstream_t *u)
 {
@@ -321,16 +313,18 @@ static void on_readyz_gone(srv_req_t *req, int status, void *arg)
   }
 }
 
-/* After a probe: answer the waiting /readyz requests once the outcome is known. */
-static void readyz_settle(daemon_t *d)
+/* Answer the waiting /readyz requests once the outcome is known (or when out of time: force). */
+static void readyz_answer_all(daemon_t *d, int force)
 {
   const char *reason;
   int ready;
   if (!d->readyz_waiting)
     return;
   ready = daemon_ready(d, 0, &reason);
-  if (ready < 0)
+  if (ready < 0 && !force)
     return;
+  if (d->readyz_timer_init)
+    uv_timer_stop(&d->readyz_timer);
   while (d->readyz_waiting) {
     readyz_wait_t *w = d->readyz_waiting;
     d->readyz_waiting = w->next;
@@ -340,14 +334,26 @@ static void readyz_settle(daemon_t *d)
   }
 }
 
+static void readyz_settle(daemon_t *d)
+{
+  readyz_answer_all(d, 0);
+}
+
+static void on_readyz_timeout(uv_timer_t *t)
+{
+  readyz_answer_all(container_of(t, daemon_t, readyz_timer), 1);
+}
+
 void daemon_readyz(daemon_t *d, srv_req_t *req)
 {
   const char *reason;
   int ready = daemon_ready(d, 1, &reason);
-  if (ready >= 0) {
+  if (ready >= 0 || !d->readyz_timer_init) {
     readyz_answer(req, ready, reason);
     return;
   }
+  if (!d->readyz_waiting)
+    uv_timer_start(&d->readyz_timer, on_readyz_timeout, READYZ_WAIT_MS, 0);
   readyz_wait_t *w = pc_xcalloc(1, sizeof(*w));
   w->req = req;
   w->next = d->readyz_waiting;
@@ -399,6 +405,10 @@ static void on_srv_closed(void *arg)
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sighup, NULL);
     s->sig_init = 0;
+  }
+  if (d->readyz_timer_init) {
+    uv_close((uv_handle_t *)&d->readyz_timer, NULL);
+    d->readyz_timer_init = 0;
   }
   mirror_free(d->mirror);
   d->mirror = NULL;
@@ -492,6 +502,14 @@ static void reload(serve_t *s)
     pc_log(PC_LOG_ERR, "reload-failed configuration=unchanged reason=%s", q);
     goto out;
   }
+  if (d->cfg.path[0] && strcmp(cfg->path, d->cfg.path) != 0) {
+    /* The file the daemon runs from is gone (without --config the default is read only when
+     * it exists): built-in defaults are not what the operator meant. */
+    d->counters.reloads_failed++;
+    pc_log(PC_LOG_ERR, "reload-failed configuration=unchanged reason=\"%s is gone\"",
+           d->cfg.path);
+    goto out;
+  }
   /* What only a restart can change: keep the running values. */
   if (cfg->nlisten != d->cfg.nlisten ||
       memcmp(cfg->listen, d->cfg.listen, sizeof(cfg->listen)) != 0) {
@@ -527,6 +545,7 @@ static void reload(serve_t *s)
 out:
   explicit_bzero(cfg, sizeof(*cfg));
   free(cfg);
+  readyz_settle(d); /* offline now, or the upstream being probed replaced */
   sd_notify_msg("READY=1");
 }
 
@@ -611,6 +630,7 @@ int cmd_serve(int argc, char **argv)
   s->argv = argv + 1;
   if (config_from_args(&d->cfg, s->argc, s->argv, err, sizeof(err)) < 0) {
     fprintf(stderr, "pullcache serve: %s\n", err);
+    explicit_bzero(&d->cfg, sizeof(d->cfg));
     free(s);
     return 2;
   }
@@ -670,6 +690,8 @@ int cmd_serve(int argc, char **argv)
   uv_signal_start(&d->sigint, on_signal, SIGINT);
   uv_signal_start(&d->sighup, on_signal, SIGHUP);
   s->sig_init = 1;
+  uv_timer_init(d->loop, &d->readyz_timer);
+  d->readyz_timer_init = 1;
   log_ready(d);
   sd_notify_msg("READY=1");
 

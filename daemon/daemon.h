@@ -97,6 +97,8 @@ typedef struct daemon {
   int nups;
   daemon_upstream_t *live; /**< every upstream object not yet freed (shutdown detaches pools) */
   struct readyz_wait *readyz_waiting; /**< /readyz requests waiting for probes */
+  uv_timer_t readyz_timer;            /**< bounds that wait */
+  int readyz_timer_init;
   uv_timer_t atime_timer; /**< flushes batched access times */
   uv_signal_t sigterm, sigint, sighup;
   int stopping;
@@ -104,8 +106,6 @@ typedef struct daemon {
   daemon_counters_t counters;
 } daemon_t;
 
-/** Look up a configured upstream by its name (exact, case-insensitive); NULL if none. */
-daemon_upstream_t *daemon_upstream_find(const daemon_t *d, const char *name, size_t len);
 /** Keep an upstream alive while a fetch for it runs (a reload may drop it from d->ups). */
 daemon_upstream_t *daemon_upstream_ref(daemon_upstream_t *u);
 void daemon_upstream_unref(daemon_upstream_t *u);
@@ -121,7 +121,7 @@ void daemon_upstream_seen(daemon_upstream_t *u, int rc, int status);
  * upstreams not known reachable (at most every 2 s each); probes run only when asked. */
 int daemon_ready(daemon_t *d, int probe, const char **reason);
 /** Answer GET /readyz: 200 "ready" or 503 "not ready: <reason>", once the probes it starts
- * have answered. */
+ * have answered, or after 2 s ("not ready: probing upstreams"). */
 void daemon_readyz(daemon_t *d, srv_req_t *req);
 
 #endif

@@ -54,6 +54,8 @@ void metrics_on_finish(srv_req_t *req, int status, uint64_t body_bytes, void *ar
   if (route < 0)
     route = ROUTE_UNKNOWN;
   d->counters.requests[route][metrics_code_idx(status)]++;
+  if (status < 200 || status > 299)
+    return; /* error bodies are not content served */
   if (outcome == DAEMON_CACHE_MISS || outcome == DAEMON_CACHE_JOIN)
     d->counters.served_upstream += body_bytes;
   else if (outcome >= 0)
@@ -124,7 +126,7 @@ static void render_requests(out_t *o, const daemon_t *d, const srv_stats_t *ss)
       emit(o, "pullcache_cache_requests_total{kind=\"%s\",outcome=\"%s\"} %" PRIu64 "\n",
            k ? "blob" : "manifest", cache_names[i], d->counters.cache[k][i]);
   family(o, "pullcache_served_bytes_total", "counter",
-         "Manifest and blob body bytes sent to clients, by where they came from (store: a "
+         "Manifest and blob body bytes of 2xx answers, by where they came from (store: a "
          "hit, stale or revalidated answer; upstream: a miss or a join, streamed during the "
          "fetch).");
   emit(o, "pullcache_served_bytes_total{source=\"store\"} %" PRIu64 "\n",

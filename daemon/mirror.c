@@ -76,6 +76,8 @@ struct mjob {
   enum mjob_kind kind;
   char *key;
   daemon_upstream_t *up;  /**< a reference */
+  char up_name[256];      /**< its name now (the store write runs on a worker; a reload may
+                               rewrite up->conf meanwhile) */
   char repo[256];
   char ref[STORE_DIGEST_MAX];
   store_tag_t old;        /**< the known tag (revalidate: served if upstream fails) */
@@ -301,9 +303,9 @@ static void mjob_answer(mjob_t *j, waiter_t *w)
 {
   srv_req_t *req = w->req;
   daemon_t *d = j->m->d;
-  int outcome = w->late          ? DAEMON_CACHE_HIT
-                : j->stale       ? DAEMON_CACHE_STALE
+  int outcome = j->stale         ? DAEMON_CACHE_STALE
                 : j->revalidated ? DAEMON_CACHE_REVALIDATED
+                : w->late        ? DAEMON_CACHE_HIT
                 : w->joined      ? DAEMON_CACHE_JOIN
                                  : DAEMON_CACHE_MISS;
   w->job = NULL;
@@ -319,9 +321,11 @@ static void mjob_answer(mjob_t *j, waiter_t *w)
   }
   if (j->rc == 0) {
     int rc = registry_serve_manifest(d, req, j->digest, outcome);
-    if (rc)
+    if (rc) {
+      registry_cache(d, req, 0, outcome);
       registry_error(req, rc == PC_E_NOTFOUND ? PC_E_MANIFEST_UNKNOWN : rc,
                      rc == PC_E_NOTFOUND ? NULL : "stored manifest unreadable");
+    }
     return;
   }
   const char *detail = NULL;
@@ -381,7 +385,7 @@ static void mjob_work(uv_work_t *work)
       t.fetched_at = now;
     }
     t.checked_at = now;
-    rc = store_tag_put(s, j->up->conf.name, j->repo, j->ref, &t);
+    rc = store_tag_put(s, j->up_name, j->repo, j->ref, &t);
     if (rc)
       pc_log(PC_LOG_ERR, "store tag_put repo=%s tag=%s rc=%s", j->repo, j->ref, pc_errname(rc));
   }
@@ -549,6 +553,7 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const c
     return;
   }
   if (ref_is_digest && store_digest_parse(ref, strlen(ref)) != STORE_DIGEST_SHA256) {
+    registry_cache(d, req, 0, DAEMON_CACHE_MISS);
     registry_error(req, PC_E_MANIFEST_UNKNOWN, "only sha256 content is mirrored");
     return;
   }
@@ -578,6 +583,7 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const c
   j->m = m;
   j->key = key;
   j->up = daemon_upstream_ref(up);
+  copy_str(j->up_name, sizeof(j->up_name), up->conf.name);
   copy_str(j->repo, sizeof(j->repo), repo);
   copy_str(j->ref, sizeof(j->ref), ref);
   if (ref_is_digest) {
@@ -738,7 +744,8 @@ static void fill_end(fill_t *f)
     mirror_range_t range = w->range;
     copy_str(repo, sizeof(repo), w->repo);
     w->up = NULL;
-    waiter_free(w); /* mirror_blob registers a new waiter (and done callback) for req */
+    srv_req_on_done(req, NULL, NULL); /* mirror_blob may answer without a waiter (offline) */
+    waiter_free(w);
     mirror_blob(m, req, up, repo, digest, &range);
     daemon_upstream_unref(up);
   }
@@ -916,6 +923,7 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
     return;
   }
   if (store_digest_parse(digest, strlen(digest)) != STORE_DIGEST_SHA256) {
+    registry_cache(d, req, 1, DAEMON_CACHE_MISS);
     registry_error(req, PC_E_BLOB_UNKNOWN, "only sha256 content is mirrored");
     return;
   }

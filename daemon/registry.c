@@ -395,6 +395,7 @@ void registry_handle(srv_req_t *req, void *arg)
       if (rc == 0)
         return;
       if (rc != PC_E_NOTFOUND) {
+        registry_cache(d, req, 0, DAEMON_CACHE_HIT); /* the store had it but failed to read */
         registry_error(req, rc, NULL);
         return;
       }
@@ -411,6 +412,7 @@ void registry_handle(srv_req_t *req, void *arg)
     if (rc == 0)
       return;
     if (rc != PC_E_NOTFOUND) {
+      registry_cache(d, req, 1, DAEMON_CACHE_HIT); /* the store had it but failed to read */
       registry_error(req, rc, NULL);
       return;
     }

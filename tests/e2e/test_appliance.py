@@ -252,6 +252,33 @@ def test_notify_reload_under_load_and_drain():
               r.headers.get("x-cache") == "HIT", "the drained fill was not committed: %d" % r.status)
 
 
+def test_reload_to_offline_while_a_refused_fill_has_joiners():
+    """A fill refused for one repository hands its joiners from other repositories a fill of
+    their own; if a reload made the mirror offline meanwhile, they get an offline answer."""
+    d, imgs = images()
+    with pclib.TestEnv("appl-offline") as env:
+        up = env.start_upstream(d)
+        store = env.path("store")
+        conf = conf_for(env, up, store)
+        pc = env.start_pullcache(args=["--config", conf], store=store)
+        layer = biggest_layers(imgs["kube-proxy"])[0]
+        up.faults([{"role": "redirector", "path_re": "^/v2/nosuch/", "fault": "status",
+                    "status": 404, "delay_ms": 1500}])
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            bad = ex.submit(http, "GET", pc.url + "/v2/nosuch/blobs/" + layer["digest"], None, None, 30)
+            pclib.wait_for(lambda: metrics(pc)[0].get("pullcache_fills_in_flight") == 1, 20, "fill")
+            good = ex.submit(http, "GET", pc.url + "/v2/kube-proxy/blobs/" + layer["digest"],
+                             None, None, 30)
+            pclib.wait_for(lambda: metrics(pc)[0].get("pullcache_fill_joins_total") == 1, 20, "join")
+            write(conf, open(conf).read().replace("[server]\n", "[server]\noffline = true\n"))
+            os.kill(pc.pid, signal.SIGHUP)
+            rb, rg = bad.result(), good.result()
+        check(rb.status == 404, "refused repository: %d" % rb.status)
+        check(rg.status == 404 and b"offline" in rg.body, "the joiner after going offline: %d %r"
+              % (rg.status, rg.body))
+        check(pc.alive() and http("GET", pc.url + "/healthz").status == 200, "daemon died")
+
+
 def test_readyz():
     d, imgs = images("tiny")
     with pclib.TestEnv("appl-ready") as env:
@@ -276,6 +303,19 @@ def test_readyz():
         pc3 = env.start_pullcache(upstream=dead, args=["--offline"], name="offline")
         r = http("GET", pc3.url + "/readyz")
         check(r.status == 200, "readyz offline: %d %r" % (r.status, r.body))
+
+        # An upstream that accepts connections and never answers: /readyz does not hang.
+        hole = socket.socket()
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)
+        pc5 = env.start_pullcache(upstream="http://127.0.0.1:%d" % hole.getsockname()[1],
+                                  name="blackhole")
+        t0 = time.monotonic()
+        r = http("GET", pc5.url + "/readyz")
+        check(r.status == 503 and r.body == b"not ready: probing upstreams\n",
+              "readyz with a silent upstream: %d %r" % (r.status, r.body))
+        check(time.monotonic() - t0 >= 1.5, "the probe wait was not bounded by its timer")
+        hole.close()
 
         conf = write(env.path("full.conf"), "[store]\nmin_free = 1000T\n")
         pc4 = env.start_pullcache(upstream=up, args=["--config", conf], name="full")
@@ -492,6 +532,7 @@ def test_credentials_file_basic_auth():
 
 if __name__ == "__main__":
     pclib.run_tests([test_check_config_and_bad_files, test_notify_reload_under_load_and_drain,
+                     test_reload_to_offline_while_a_refused_fill_has_joiners,
                      test_readyz, test_x_cache_and_metrics_promtool,
                      test_json_logs_with_phase_timings, test_upstream_connection_cap,
                      test_credentials_file_basic_auth])

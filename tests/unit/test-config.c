@@ -186,6 +186,21 @@ TEST(ini_file)
   ASSERT_EQ(3600, c.upstreams[0].tag_ttl);
 }
 
+/* Section names are kept whole (inih alone cuts them at 50 bytes): long registry hosts work. */
+TEST(long_upstream_name)
+{
+  daemon_config_t c;
+  char err[256] = "";
+  const char *host = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+  char text[512];
+  snprintf(text, sizeof(text), "[upstream \"%s\"]\nurl = https://%s\n", host, host);
+  const char *p = write_ini("ecr.conf", text);
+  const char *argv_[] = {"--config", p};
+  ASSERT_OK(from_args(&c, 2, av(argv_, 2), err, sizeof(err)));
+  ASSERT_EQ(1, c.nupstreams);
+  ASSERT_STREQ(host, c.upstreams[0].name);
+}
+
 TEST(flags_override_file)
 {
   daemon_config_t c;
@@ -249,6 +264,12 @@ TEST(bad_files)
        "No such file"},
       {"[upstream ghcr.io]\nurl = https://ghcr.io\n", 1, "write [upstream \"HOST\"]"},
       {"[server\n", 1, "syntax"},
+      {"[server]\nmax_conns = 5\n  drain_timeout = 3s\n", 3, "indented line"},
+      {"[upstream \"a.io\"]\nurl = https://a.io\n[upstream \"b.io\"]\nurl = https://b.io\n"
+       "[upstream \"a.io\"]\ntag_ttl = 5\n", 5, "appears twice (first at line 1)"},
+      /* inih's first error (a syntax error at line 2) is the one reported */
+      {"[server]\ngarbage\nmax_conns = abc\n", 2, "syntax error"},
+      {"[server]\nmax_conns = abc\ngarbage\n", 2, "bad value for max_conns"},
   };
   for (size_t i = 0; i < PC_ARRAY_SIZE(cases); i++) {
     const char *p = write_ini("bad.conf", cases[i].text);
@@ -269,6 +290,14 @@ TEST(bad_files)
   const char *argv3_[] = {"--config", p};
   ASSERT_EQ(-EINVAL, from_args(&c, 2, av(argv3_, 2), err, sizeof(err)));
   ASSERT(strstr(err, "numeric") != NULL);
+
+  /* a line longer than the INI parser's buffer is refused where it is, not split */
+  char longline[600];
+  snprintf(longline, sizeof(longline), "[server]\nmax_conns = 5\n[upstream \"a.io\"]\nurl = https://a.io/%0300d\n", 0);
+  p = write_ini("bad4.conf", longline);
+  const char *argv4_[] = {"--config", p};
+  ASSERT_EQ(-EINVAL, from_args(&c, 2, av(argv4_, 2), err, sizeof(err)));
+  ASSERT(strstr(err, "bad4.conf:4: line longer than") != NULL);
 
   const char *argv_[] = {"--config", "/nonexistent/pullcache.conf"};
   ASSERT_EQ(-EINVAL, from_args(&c, 2, av(argv_, 2), err, sizeof(err)));
