@@ -293,7 +293,8 @@ static void handle_tags(daemon_t *d, srv_req_t *req, const route_t *r)
   int rc = 0, exists = 0;
 
   if (c.limit > 0)
-    rc = store_tag_list(d->store, up->conf.name, r->name, r->last[0] ? r->last : NULL, on_tag, &c);
+    rc = store_tag_list(d->store, up->conf.name, r->name, r->last[0] ? r->last : NULL, on_tag,
+                        &c);
   if (rc < 0) {
     registry_error(req, rc, "cannot list tags");
     goto out;

@@ -35,8 +35,9 @@ void registry_error(srv_req_t *req, int err, const char *detail);
  * before answering. */
 void registry_cache(daemon_t *d, srv_req_t *req, int is_blob, int outcome);
 
-/** Serve a manifest from the store (registry_cache(outcome) when answered): 200 with the exact stored bytes, Content-Type = stored
- * media type, Docker-Content-Digest, ETag "<digest>"; 304 when If-None-Match matches.
+/** Serve a manifest from the store (registry_cache(outcome) when answered): 200 with the exact
+ * stored bytes, Content-Type = stored media type, Docker-Content-Digest, ETag "<digest>"; 304
+ * when If-None-Match matches.
  * Returns 0 when answered, PC_E_NOTFOUND without answering when the store lacks it, or another
  * error without answering (the caller answers). */
 int registry_serve_manifest(daemon_t *d, srv_req_t *req, const char *digest, int outcome);
