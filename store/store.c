@@ -54,6 +54,9 @@
 #define DEFAULT_MAP_SIZE (4ULL << 30)
 #define REC_VERSION 1
 #define TAG_BATCH 32
+/* Log values cut at these many bytes: error text, and file paths (see pc_log_quote). */
+#define LOG_ERR_MAX 128
+#define LOG_PATH_MAX 512
 
 struct store_writer {
   store_t *s;
@@ -93,7 +96,9 @@ int store__mdb_err(int rc, const char *what)
     return PC_E_NOTFOUND;
   if (rc > 0)
     return -rc;
-  pc_log(PC_LOG_ERR, "store: lmdb %s: %s", what, mdb_strerror(rc));
+  char q[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+  pc_log_quote(q, sizeof(q), mdb_strerror(rc), LOG_ERR_MAX);
+  pc_log(PC_LOG_ERR, "store-lmdb-error op=%s rc=%d err=%s", what, rc, q);
   if (rc == MDB_MAP_FULL)
     return -ENOSPC;
   return PC_E_INTERNAL;
@@ -267,11 +272,11 @@ static int totals_load(store_t *s, MDB_txn *txn, store__totals_t *t, int *redo)
   if (rc == 0 && t->txnid == (uint64_t)mdb_txn_id(txn) - 1)
     return 0; /* written by the last commit */
   if (rc == 0)
-    why = "is older than the last commit (a writer without totals, e.g. an older pullcache)";
+    why = "stale"; /* older than the last commit: a writer without totals (an older pullcache) */
   else if (rc == PC_E_NOTFOUND)
-    why = "is missing";
+    why = "missing";
   else if (rc == PC_E_CORRUPT)
-    why = "does not decode";
+    why = "undecodable";
   else
     return rc;
   *redo = 1;
@@ -289,10 +294,8 @@ static int totals_load(store_t *s, MDB_txn *txn, store__totals_t *t, int *redo)
   if (rc)
     return rc;
   atomic_fetch_add(&s->totals_scans, 1);
-  pc_log(PC_LOG_NOTICE,
-         "store: the totals record %s; recomputed from %zu blob and %zu manifest records in "
-         "%llu ms",
-         why, bs.ms_entries, ms.ms_entries, (unsigned long long)(pc_mono_ms() - t0));
+  pc_log(PC_LOG_NOTICE, "store-totals-recomputed record=%s blobs=%zu manifests=%zu ms=%llu", why,
+         bs.ms_entries, ms.ms_entries, (unsigned long long)(pc_mono_ms() - t0));
   return 0;
 }
 
@@ -485,14 +488,21 @@ static void sweep_tmp(store_t *s)
     int n = snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
     if (n < 0 || (size_t)n >= sizeof(p))
       continue;
-    if (unlink(p) == 0)
+    if (unlink(p) == 0) {
       swept++;
-    else
-      pc_log(PC_LOG_WARN, "store: cannot remove temp file %s: %s", p, strerror(errno));
+    } else {
+      char qp[PC_LOG_QUOTE_SIZE(LOG_PATH_MAX)], qe[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+      pc_log_quote(qe, sizeof(qe), strerror(errno), LOG_ERR_MAX);
+      pc_log_quote(qp, sizeof(qp), p, LOG_PATH_MAX);
+      pc_log(PC_LOG_WARN, "store-tmp-unlink-failed path=%s err=%s", qp, qe);
+    }
   }
   closedir(d);
-  if (swept)
-    pc_log(PC_LOG_NOTICE, "store: swept %u temp file(s) from %s", swept, dir);
+  if (swept) {
+    char qd[PC_LOG_QUOTE_SIZE(LOG_PATH_MAX)];
+    pc_log_quote(qd, sizeof(qd), dir, LOG_PATH_MAX);
+    pc_log(PC_LOG_NOTICE, "store-tmp-swept files=%u dir=%s", swept, qd);
+  }
 }
 
 int store_open(const char *root, const store_opts_t *opts, store_t **out)
@@ -545,7 +555,9 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   }
   if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
     rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
-    pc_log(PC_LOG_ERR, "store: %s is in use by another process", s->root);
+    char qr[PC_LOG_QUOTE_SIZE(LOG_PATH_MAX)];
+    pc_log_quote(qr, sizeof(qr), s->root, LOG_PATH_MAX);
+    pc_log(PC_LOG_ERR, "store-in-use path=%s hint=\"another pullcache holds its lock\"", qr);
     goto out;
   }
 
@@ -570,7 +582,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   int dead = 0;
   mdb_reader_check(s->env, &dead);
   if (dead)
-    pc_log(PC_LOG_NOTICE, "store: cleared %d stale lmdb reader slot(s)", dead);
+    pc_log(PC_LOG_NOTICE, "store-stale-readers-cleared slots=%d", dead);
 
   rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
   if (rc)
@@ -621,8 +633,11 @@ void store_close(store_t *s)
   if (!s)
     return;
   int rc = store_flush_atimes(s);
-  if (rc)
-    pc_log(PC_LOG_WARN, "store: final access-time flush failed: %s", pc_strerror(rc));
+  if (rc) {
+    char q[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+    pc_log_quote(q, sizeof(q), pc_strerror(rc), LOG_ERR_MAX);
+    pc_log(PC_LOG_WARN, "store-atime-flush-failed when=close rc=%s err=%s", pc_errname(rc), q);
+  }
   mdb_env_close(s->env);
   close(s->lock_fd);
   pthread_mutex_destroy(&s->atime_mu);
@@ -729,7 +744,8 @@ static int open_checked(store_t *s, const char *digest, int64_t rec_size, int *f
     return rc;
   }
   if (rec_size >= 0 && (uint64_t)rec_size != (uint64_t)st.st_size) {
-    pc_log(PC_LOG_ERR, "store: %s is %lld bytes, its record says %llu (run fsck)", digest,
+    pc_log(PC_LOG_ERR,
+           "store-blob-size-mismatch digest=%s size=%lld recorded=%llu hint=\"run fsck\"", digest,
            (long long)st.st_size, (unsigned long long)rec_size);
     close(f);
     return PC_E_CORRUPT;
@@ -1036,13 +1052,18 @@ static int commit(store_writer_t *w, const char *mt, int manifest, char *out_dig
     rc = fsync_path(dir);
     if (rc) {
       /* The file is in place but its entry may not be durable; still a valid blob. */
-      pc_log(PC_LOG_WARN, "store: fsync %s: %s", dir, pc_strerror(rc));
+      char qd[PC_LOG_QUOTE_SIZE(LOG_PATH_MAX)], qe[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+      pc_log_quote(qd, sizeof(qd), dir, LOG_PATH_MAX);
+      pc_log_quote(qe, sizeof(qe), pc_strerror(rc), LOG_ERR_MAX);
+      pc_log(PC_LOG_WARN, "store-fsync-failed path=%s rc=%s err=%s", qd, pc_errname(rc), qe);
     }
   }
   rc = record_put(s, digest, w->size, mt, manifest);
   if (rc) {
     /* The file is committed and will be served; its record is written lazily. */
-    pc_log(PC_LOG_ERR, "store: recording %s failed: %s", digest, pc_strerror(rc));
+    char q[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+    pc_log_quote(q, sizeof(q), pc_strerror(rc), LOG_ERR_MAX);
+    pc_log(PC_LOG_ERR, "store-record-failed digest=%s rc=%s err=%s", digest, pc_errname(rc), q);
     if (manifest)
       goto done; /* without the manifest record the media type would be lost */
     rc = 0;
