@@ -417,7 +417,7 @@ static void on_timer(uv_timer_t *t)
       uv_timer_start(&c->timer, on_timer, c->s->o.write_timeout_ms, 0);
       return;
     }
-    pc_log(PC_LOG_NOTICE, "srv write stalled peer=%s", c->peer);
+    pc_log(PC_LOG_NOTICE, "srv-write-stalled peer=%s", c->peer);
     conn_abort(c);
     return;
   }
@@ -575,7 +575,7 @@ static void wait_writable(conn_t *c)
       rc = c->dupfd < 0 ? -errno : uv_poll_init(c->s->loop, &c->poll, c->dupfd);
     }
     if (rc != 0) {
-      pc_log(PC_LOG_WARN, "srv poll setup failed err=%s", pc_errname(rc));
+      pc_log(PC_LOG_WARN, "srv-poll-setup-failed err=%s", pc_errname(rc));
       conn_abort(c);
       return;
     }
@@ -640,9 +640,9 @@ static void on_sendfile(uv_work_t *w, int status)
     wait_writable(c);
   } else {
     if (res == 0)
-      pc_log(PC_LOG_WARN, "srv file shorter than announced peer=%s", c->peer);
+      pc_log(PC_LOG_WARN, "srv-file-shorter-than-announced peer=%s", c->peer);
     else if (res != UV_EPIPE && res != UV_ECONNRESET)
-      pc_log(PC_LOG_WARN, "srv sendfile failed err=%s peer=%s", pc_errname((int)res), c->peer);
+      pc_log(PC_LOG_WARN, "srv-sendfile-failed err=%s peer=%s", pc_errname((int)res), c->peer);
     conn_abort(c);
   }
 }
@@ -1000,7 +1000,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
      * first on an "insecure" mirror. An HTTP 400 would mean nothing to it; say so in the log
      * and close, and the client falls back to plain HTTP. */
     if ((unsigned char)c->rbuf[c->rlen] == 0x16) {
-      pc_log(PC_LOG_INFO, "conn tls-handshake-on-plain-http peer=%s (closed; clients fall back to http)",
+      pc_log(PC_LOG_INFO,
+             "tls-handshake-on-plain-http peer=%s action=closed hint=\"clients fall back to http\"",
              c->peer);
       conn_abort(c);
       return;
@@ -1081,7 +1082,7 @@ static void conn_start(conn_t *c)
   peer_name(c);
   if (s->nactive >= s->o.max_conns) {
     c->reject = 1;
-    pc_log(PC_LOG_WARN, "srv max_conns reached peer=%s", c->peer);
+    pc_log(PC_LOG_WARN, "srv-max-conns-reached peer=%s max_conns=%u", c->peer, s->o.max_conns);
     uv_buf_t ub = uv_buf_init((char *)reject_503, sizeof(reject_503) - 1);
     c->state = C_WRITE;
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &ub, 1, on_write) != 0)
@@ -1101,14 +1102,14 @@ static void on_connection(uv_stream_t *server, int status)
   listener_t *l = container_of((uv_tcp_t *)server, listener_t, tcp);
   srv_t *s = l->s;
   if (status < 0) {
-    pc_log(PC_LOG_WARN, "srv accept failed err=%s", pc_errname(status));
+    pc_log(PC_LOG_WARN, "srv-accept-failed err=%s", pc_errname(status));
     return;
   }
   conn_t *c = conn_new(s);
   c->reject = 1; /* not counted in nactive until conn_start */
   int rc = uv_accept(server, (uv_stream_t *)&c->tcp);
   if (rc != 0) {
-    pc_log(PC_LOG_WARN, "srv accept failed err=%s", pc_errname(rc));
+    pc_log(PC_LOG_WARN, "srv-accept-failed err=%s", pc_errname(rc));
     c->closing = 1;
     conn_close_handles(c);
     return;
@@ -1435,14 +1436,14 @@ static int header_ok(const char *s)
 void srv_resp_header(srv_req_t *r, const char *name, const char *value)
 {
   if (!name || !value || !name[0] || strchr(name, ':') || !header_ok(name) || !header_ok(value)) {
-    pc_log(PC_LOG_WARN, "srv invalid response header dropped");
+    pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=invalid");
     return;
   }
   if (strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Connection") == 0 ||
       strcasecmp(name, "Date") == 0 || strcasecmp(name, "Transfer-Encoding") == 0)
     return;
   if (r->rh.len + strlen(name) + strlen(value) + 4 > SRV_RESP_HDR_MAX) {
-    pc_log(PC_LOG_WARN, "srv response headers too large, header dropped");
+    pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
     return;
   }
   buf_adds(&r->rh, name);

@@ -80,6 +80,8 @@
 #define UP_CACHE_MAX 256 /* tokens, and path hints */
 #define UP_PATH_MAX 1024
 #define UP_CRED_LEN 32 /* SHA-256 of userpwd: the token cache's credentials key */
+#define UP_LOG_URL_MAX 1024 /* URLs in log lines are cut here (see pc_log_quote) */
+#define UP_LOG_ERR_MAX 256  /* and curl's error text */
 
 enum fetch_state {
   F_QUEUED,  /* waiting in its pool's queue: no easy handle in use, no timer running */
@@ -1238,7 +1240,9 @@ static void on_fetch_timer(uv_timer_t *t)
       return;
     }
   }
-  pc_log(PC_LOG_INFO, "up: timeout url=%s phase=%s", f->url, f->body_phase ? "body" : "headers");
+  char q[PC_LOG_QUOTE_SIZE(UP_LOG_URL_MAX)];
+  pc_log_quote(q, sizeof(q), f->url, UP_LOG_URL_MAX);
+  pc_log(PC_LOG_INFO, "upstream-timeout url=%s phase=%s", q, f->body_phase ? "body" : "headers");
   detach(f);
   fetch_finish(f, PC_E_UPSTREAM_TIMEOUT, f->kind == HOP_FINAL ? f->status : 0);
 }
@@ -1272,17 +1276,20 @@ static void follow_redirect(struct up_fetch *f)
 {
   char *loc = NULL;
   char key[UP__HOSTKEY_MAX];
+  char q[PC_LOG_QUOTE_SIZE(UP_LOG_URL_MAX)];
   int rc;
 
   if (f->redirects >= f->u->max_redirects) {
-    pc_log(PC_LOG_INFO, "up: too many redirects url=%s", f->url);
+    pc_log_quote(q, sizeof(q), f->url, UP_LOG_URL_MAX);
+    pc_log(PC_LOG_INFO, "upstream-too-many-redirects url=%s max=%d", q, f->u->max_redirects);
     fetch_finish(f, PC_E_UPSTREAM, f->status);
     return;
   }
   /* curl resolves a relative Location against the current URL for us. */
   curl_easy_getinfo(f->easy, CURLINFO_REDIRECT_URL, &loc);
   if (!loc || up__host_key(loc, key, sizeof(key)) != 0) {
-    pc_log(PC_LOG_INFO, "up: bad redirect url=%s", f->url);
+    pc_log_quote(q, sizeof(q), f->url, UP_LOG_URL_MAX);
+    pc_log(PC_LOG_INFO, "upstream-bad-redirect url=%s", q);
     fetch_finish(f, PC_E_UPSTREAM, f->status);
     return;
   }
@@ -1318,7 +1325,9 @@ static void answer_challenge(struct up_fetch *f)
     token_prune(u, f->hostkey, scope, cred); /* rejected: never offer it again */
   url = up__token_url(f->chal.realm, f->chal.service, f->chal.scope);
   if (!url) {
-    pc_log(PC_LOG_INFO, "up: bad token realm url=%s", f->url);
+    char q[PC_LOG_QUOTE_SIZE(UP_LOG_URL_MAX)];
+    pc_log_quote(q, sizeof(q), f->url, UP_LOG_URL_MAX);
+    pc_log(PC_LOG_INFO, "upstream-bad-token-realm url=%s", q);
     fetch_finish(f, PC_E_UPSTREAM, f->status);
     return;
   }
@@ -1356,8 +1365,11 @@ static void on_hop_done(struct up_fetch *f, CURLcode res)
     return;
   }
   if (res != CURLE_OK) {
-    pc_log(PC_LOG_INFO, "up: transfer failed url=%s curl=%d err=\"%s\"", f->url, (int)res,
-           f->errbuf[0] ? f->errbuf : curl_easy_strerror(res));
+    char qu[PC_LOG_QUOTE_SIZE(UP_LOG_URL_MAX)], qe[PC_LOG_QUOTE_SIZE(UP_LOG_ERR_MAX)];
+    pc_log_quote(qu, sizeof(qu), f->url, UP_LOG_URL_MAX);
+    pc_log_quote(qe, sizeof(qe), f->errbuf[0] ? f->errbuf : curl_easy_strerror(res),
+                 UP_LOG_ERR_MAX);
+    pc_log(PC_LOG_INFO, "upstream-transfer-failed url=%s curl=%d err=%s", qu, (int)res, qe);
     fetch_finish(f, map_curl_error(res), f->kind == HOP_FINAL ? f->status : 0);
     return;
   }
@@ -1407,7 +1419,9 @@ static void on_token_data_done(up_fetch_t *child, int rc, int status, void *arg)
   }
   if (status != 200 ||
       up__token_parse(child->body, child->body_len, pc_now_sec(), &token, &ttl) != 0) {
-    pc_log(PC_LOG_INFO, "up: token endpoint failed url=%s status=%d", child->url, status);
+    char q[PC_LOG_QUOTE_SIZE(UP_LOG_URL_MAX)];
+    pc_log_quote(q, sizeof(q), child->url, UP_LOG_URL_MAX);
+    pc_log(PC_LOG_INFO, "upstream-token-failed url=%s status=%d", q, status);
     fetch_finish(f, PC_E_UPSTREAM, status);
     return;
   }
