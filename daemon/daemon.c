@@ -38,6 +38,9 @@
 #define PROBE_INTERVAL_MS 2000
 /** A /readyz request waits at most this long for the probes it started (then 503). */
 #define READYZ_WAIT_MS 2000
+/* Values in log lines are cut here (see pc_log_quote): error text, and paths or reasons. */
+#define LOG_ERR_MAX 128
+#define LOG_TEXT_MAX 512
 
 static void readyz_settle(daemon_t *d);
 
@@ -77,8 +80,12 @@ static void sd_notify_msg(const char *msg)
   if (fd < 0)
     return;
   if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa,
-             (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0)
-    pc_log(PC_LOG_WARN, "sd_notify failed: %s", strerror(errno));
+             (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0) {
+    int e = errno;
+    char q[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+    pc_log_quote(q, sizeof(q), strerror(e), LOG_ERR_MAX);
+    pc_log(PC_LOG_WARN, "sd-notify-failed rc=%s err=%s", pc_errname(-e), q);
+  }
   close(fd);
 }
 
@@ -111,9 +118,10 @@ void daemon_upstream_seen(daemon_upstream_t *u, int rc, int status)
   if (!reached && rc != PC_E_UPSTREAM_UNAVAILABLE && rc != PC_E_UPSTREAM_TIMEOUT &&
       rc != PC_E_UPSTREAM)
     return; /* our own refusal (size cap, digest): says nothing about the network */
-  if (u->reachable != reached)
-    pc_log(reached ? PC_LOG_NOTICE : PC_LOG_WARN, "upstream %s upstream=%s rc=%s",
-           reached ? "reachable" : "unreachable", u->conf.name, reached ? "OK" : pc_errname(rc));
+  if (u->reachable != reached && reached)
+    pc_log(PC_LOG_NOTICE, "upstream-reachable upstream=%s", u->conf.name);
+  else if (u->reachable != reached)
+    pc_log(PC_LOG_WARN, "upstream-unreachable upstream=%s rc=%s", u->conf.name, pc_errname(rc));
   u->reachable = reached;
   u->reach_ms = pc_mono_ms();
 }
@@ -130,7 +138,7 @@ static void upstream_set_pool(daemon_t *d, daemon_upstream_t *u)
     return;
   }
   if (up_pool_new(d->up, u->conf.name, &o, &u->pool) != 0) {
-    pc_log(PC_LOG_ERR, "cannot create the fetch pool upstream=%s", u->conf.name);
+    pc_log(PC_LOG_ERR, "upstream-pool-create-failed upstream=%s", u->conf.name);
     u->pool = NULL;
   }
 }
@@ -367,8 +375,11 @@ static void atime_work(uv_work_t *w)
 {
   serve_t *s = container_of(w, serve_t, atime_work);
   int rc = store_flush_atimes(s->d.store);
-  if (rc)
-    pc_log(PC_LOG_WARN, "atime flush failed: %s", pc_strerror(rc));
+  if (rc) {
+    char q[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+    pc_log_quote(q, sizeof(q), pc_strerror(rc), LOG_ERR_MAX);
+    pc_log(PC_LOG_WARN, "store-atime-flush-failed rc=%s err=%s", pc_errname(rc), q);
+  }
 }
 
 static void atime_after(uv_work_t *w, int status)
@@ -487,6 +498,7 @@ static void reload(serve_t *s)
   daemon_t *d = &s->d;
   daemon_config_t *cfg = pc_xmalloc(sizeof(*cfg));
   char err[512] = "", msg[96];
+  char q[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)];
   struct timespec ts;
   int rc;
 
@@ -496,8 +508,7 @@ static void reload(serve_t *s)
   sd_notify_msg(msg);
   rc = config_from_args(cfg, s->argc, s->argv, err, sizeof(err));
   if (rc < 0) {
-    char q[PC_LOG_QUOTE_SIZE(512)];
-    pc_log_quote(q, sizeof(q), err, 512);
+    pc_log_quote(q, sizeof(q), err, LOG_TEXT_MAX);
     d->counters.reloads_failed++;
     pc_log(PC_LOG_ERR, "reload-failed configuration=unchanged reason=%s", q);
     goto out;
@@ -506,27 +517,31 @@ static void reload(serve_t *s)
     /* The file the daemon runs from is gone (without --config the default is read only when
      * it exists): built-in defaults are not what the operator meant. */
     d->counters.reloads_failed++;
-    pc_log(PC_LOG_ERR, "reload-failed configuration=unchanged reason=\"%s is gone\"",
-           d->cfg.path);
+    pc_log_quote(q, sizeof(q), d->cfg.path, LOG_TEXT_MAX);
+    pc_log(PC_LOG_ERR,
+           "reload-failed configuration=unchanged reason=\"the file is gone\" config=%s", q);
     goto out;
   }
   /* What only a restart can change: keep the running values. */
   if (cfg->nlisten != d->cfg.nlisten ||
       memcmp(cfg->listen, d->cfg.listen, sizeof(cfg->listen)) != 0) {
-    pc_log(PC_LOG_WARN, "reload-restart-needed key=listen (the running addresses stay)");
+    pc_log(PC_LOG_WARN,
+           "reload-restart-needed key=listen hint=\"the running addresses stay until a restart\"");
     memcpy(cfg->listen, d->cfg.listen, sizeof(cfg->listen));
     cfg->nlisten = d->cfg.nlisten;
   }
   if (strcmp(cfg->store_dir, d->cfg.store_dir) != 0) {
-    pc_log(PC_LOG_WARN, "reload-restart-needed key=store.path (the running store stays)");
+    pc_log(PC_LOG_WARN,
+           "reload-restart-needed key=store.path hint=\"the running store stays until a restart\"");
     memcpy(cfg->store_dir, d->cfg.store_dir, sizeof(cfg->store_dir));
   }
   if (!cfg->offline && !d->up) {
     rc = up_new(d->loop, &cfg->up, &d->up);
     if (rc) {
       d->counters.reloads_failed++;
-      pc_log(PC_LOG_ERR, "reload-failed configuration=unchanged reason=\"cannot create the upstream client: %s\"",
-             pc_strerror(rc));
+      snprintf(err, sizeof(err), "cannot create the upstream client: %s", pc_strerror(rc));
+      pc_log_quote(q, sizeof(q), err, LOG_TEXT_MAX);
+      pc_log(PC_LOG_ERR, "reload-failed configuration=unchanged reason=%s", q);
       goto out;
     }
   } else if (d->up) {
@@ -539,9 +554,9 @@ static void reload(serve_t *s)
   d->cfg = *cfg;
   d->counters.reloads_ok++;
   d->counters.reload_time = pc_now_sec();
-  pc_log(PC_LOG_NOTICE, "reloaded config=%s upstreams=%d log_level=%d%s",
-         d->cfg.path[0] ? d->cfg.path : "-", d->nups, d->cfg.log_level,
-         d->cfg.offline ? " offline=1" : "");
+  pc_log_quote(q, sizeof(q), d->cfg.path[0] ? d->cfg.path : "-", LOG_TEXT_MAX);
+  pc_log(PC_LOG_NOTICE, "reloaded config=%s upstreams=%d log_level=%d%s", q, d->nups,
+         d->cfg.log_level, d->cfg.offline ? " offline=1" : "");
 out:
   explicit_bzero(cfg, sizeof(*cfg));
   free(cfg);
@@ -558,7 +573,7 @@ static void on_signal(uv_signal_t *h, int signum)
     return;
   }
   if (s->d.stopping) {
-    pc_log(PC_LOG_NOTICE, "stopping-now signal=%s (second signal)",
+    pc_log(PC_LOG_NOTICE, "stopping-now signal=%s reason=second-signal",
            signum == SIGTERM ? "TERM" : "INT");
     on_drained(s);
     return;
@@ -589,6 +604,7 @@ static void with_port(const char *addr, int port, char *out, size_t outlen)
 static void log_ready(daemon_t *d)
 {
   char ready[1024], ports[128];
+  char qs[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)], qc[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)];
   size_t rl = 0, pl = 0;
   ready[0] = ports[0] = '\0';
   for (int i = 0; i < d->cfg.nlisten; i++) {
@@ -602,9 +618,18 @@ static void log_ready(daemon_t *d)
     if (n > 0 && (size_t)n < sizeof(ports) - pl)
       pl += (size_t)n;
   }
-  pc_log(PC_LOG_NOTICE, "ready listen=%s ports=%s store=%s upstream=%s config=%s%s",
-         ready, ports, d->cfg.store_dir, d->ups[0]->conf.name,
-         d->cfg.path[0] ? d->cfg.path : "-", d->cfg.offline ? " offline=1" : "");
+  pc_log_quote(qs, sizeof(qs), d->cfg.store_dir, LOG_TEXT_MAX);
+  pc_log_quote(qc, sizeof(qc), d->cfg.path[0] ? d->cfg.path : "-", LOG_TEXT_MAX);
+  pc_log(PC_LOG_NOTICE, "ready listen=%s ports=%s store=%s upstream=%s config=%s%s", ready, ports,
+         qs, d->ups[0]->conf.name, qc, d->cfg.offline ? " offline=1" : "");
+}
+
+/* A start-up step failed: "event rc=NAME err=TEXT". */
+static void log_start_failed(const char *event, int rc)
+{
+  char q[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+  pc_log_quote(q, sizeof(q), pc_strerror(rc), LOG_ERR_MAX);
+  pc_log(PC_LOG_ERR, "%s rc=%s err=%s", event, pc_errname(rc), q);
 }
 
 int cmd_serve(int argc, char **argv)
@@ -641,7 +666,7 @@ int cmd_serve(int argc, char **argv)
 
   rc = uv_loop_init(&s->loop);
   if (rc) {
-    pc_log(PC_LOG_ERR, "uv_loop_init: %s", uv_strerror(rc));
+    log_start_failed("uv-loop-init-failed", rc);
     goto out;
   }
   loop_init = 1;
@@ -649,34 +674,40 @@ int cmd_serve(int argc, char **argv)
 
   rc = store_open(d->cfg.store_dir, NULL, &d->store);
   if (rc) {
-    pc_log(PC_LOG_ERR, "cannot open store %s: %s", d->cfg.store_dir,
-           rc == -EBUSY ? "in use by another process" : pc_strerror(rc));
+    char qp[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)], qe[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+    pc_log_quote(qp, sizeof(qp), d->cfg.store_dir, LOG_TEXT_MAX);
+    pc_log_quote(qe, sizeof(qe), rc == -EBUSY ? "in use by another process" : pc_strerror(rc),
+                 LOG_ERR_MAX);
+    pc_log(PC_LOG_ERR, "store-open-failed path=%s rc=%s err=%s", qp, pc_errname(rc), qe);
     goto out;
   }
   rc = srv_new(d->loop, &d->cfg.srv, registry_handle, d, &d->srv);
   if (rc) {
-    pc_log(PC_LOG_ERR, "cannot create the server: %s", pc_strerror(rc));
+    log_start_failed("srv-create-failed", rc);
     goto out;
   }
   srv_set_finish_cb(d->srv, metrics_on_finish, d);
   for (int i = 0; i < d->cfg.nlisten; i++) {
     rc = srv_listen(d->srv, d->cfg.listen[i]);
     if (rc) {
-      pc_log(PC_LOG_ERR, "cannot listen on %s: %s", d->cfg.listen[i], pc_strerror(rc));
+      char q[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+      pc_log_quote(q, sizeof(q), pc_strerror(rc), LOG_ERR_MAX);
+      const char *a = d->cfg.listen[i]; /* validated ADDR:PORT, a plain value */
+      pc_log(PC_LOG_ERR, "listen-failed listen=%s rc=%s err=%s", a, pc_errname(rc), q);
       goto out;
     }
   }
   if (!d->cfg.offline) {
     rc = up_new(d->loop, &d->cfg.up, &d->up);
     if (rc) {
-      pc_log(PC_LOG_ERR, "cannot create the upstream client: %s", pc_strerror(rc));
+      log_start_failed("upstream-client-create-failed", rc);
       goto out;
     }
   }
   daemon_upstreams_apply(d, &d->cfg);
   rc = mirror_new(d, &d->mirror);
   if (rc) {
-    pc_log(PC_LOG_ERR, "cannot create the mirror: %s", pc_strerror(rc));
+    log_start_failed("mirror-create-failed", rc);
     goto out;
   }
   uv_timer_init(d->loop, &d->atime_timer);
@@ -706,7 +737,7 @@ out:
   }
   if (loop_init) {
     if (uv_loop_close(&s->loop) != 0) {
-      pc_log(PC_LOG_ERR, "handles left open at exit");
+      pc_log(PC_LOG_ERR, "handles-left-open-at-exit");
       uv_walk(&s->loop, on_walk_close, NULL);
       uv_run(&s->loop, UV_RUN_DEFAULT);
       uv_loop_close(&s->loop);

@@ -371,7 +371,7 @@ static void mjob_work(uv_work_t *work)
   if (j->body) {
     rc = store_manifest_put(s, j->body, j->len, j->media_type, j->digest, NULL);
     if (rc)
-      pc_log(PC_LOG_ERR, "store manifest_put digest=%s rc=%s", j->digest, pc_errname(rc));
+      pc_log(PC_LOG_ERR, "store-manifest-put-failed digest=%s rc=%s", j->digest, pc_errname(rc));
   }
   if (rc == 0 && j->kind != MJOB_DIGEST) {
     store_tag_t t;
@@ -387,7 +387,8 @@ static void mjob_work(uv_work_t *work)
     t.checked_at = now;
     rc = store_tag_put(s, j->up_name, j->repo, j->ref, &t);
     if (rc)
-      pc_log(PC_LOG_ERR, "store tag_put repo=%s tag=%s rc=%s", j->repo, j->ref, pc_errname(rc));
+      pc_log(PC_LOG_ERR, "store-tag-put-failed repo=%s tag=%s rc=%s", j->repo, j->ref,
+             pc_errname(rc));
   }
   j->store_rc = rc;
 }
@@ -437,7 +438,7 @@ static void mjob_fail(mjob_t *j, int err)
       err != PC_E_UPSTREAM_DIGEST) {
     j->m->st.stale_served++;
     j->stale = 1;
-    pc_log(PC_LOG_WARN, "stale tag served upstream=%s repo=%s tag=%s digest=%s rc=%s",
+    pc_log(PC_LOG_WARN, "stale-tag-served upstream=%s repo=%s tag=%s digest=%s rc=%s",
            j->up->conf.name, j->repo, j->ref, j->old.digest, pc_errname(err));
     copy_str(j->digest, sizeof(j->digest), j->old.digest);
     /* Whatever of a new manifest arrived before the failure is not the old one: drop it, so
@@ -462,7 +463,7 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
     log_timings(j->waiters.head, f); /* the final fetch of this job */
   if (rc < 0 || status != 200) {
     int err = map_upstream(rc, status, PC_E_MANIFEST_UNKNOWN);
-    pc_log(PC_LOG_WARN, "upstream manifest upstream=%s repo=%s ref=%s status=%d rc=%s",
+    pc_log(PC_LOG_WARN, "upstream-manifest-failed upstream=%s repo=%s ref=%s status=%d rc=%s",
            j->up->conf.name, j->repo, j->ref, status, pc_errname(rc));
     mjob_fail(j, err);
     return;
@@ -482,7 +483,7 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
     return;
   }
   if (j->len == 0) {
-    pc_log(PC_LOG_WARN, "upstream manifest empty upstream=%s repo=%s ref=%s", j->up->conf.name,
+    pc_log(PC_LOG_WARN, "upstream-manifest-empty upstream=%s repo=%s ref=%s", j->up->conf.name,
            j->repo, j->ref);
     mjob_fail(j, PC_E_UPSTREAM);
     return;
@@ -492,7 +493,8 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
   const char *want = j->kind == MJOB_DIGEST ? j->ref : (j->up_digest[0] ? j->up_digest : NULL);
   if (want && strcmp(want, got) != 0) {
     j->m->st.digest_mismatches++;
-    pc_log(PC_LOG_ERR, "upstream manifest digest mismatch upstream=%s repo=%s ref=%s want=%s got=%s",
+    pc_log(PC_LOG_ERR,
+           "upstream-manifest-digest-mismatch upstream=%s repo=%s ref=%s want=%s got=%s",
            j->up->conf.name, j->repo, j->ref, want, got);
     mjob_fail(j, PC_E_UPSTREAM_DIGEST);
     return;
@@ -764,7 +766,7 @@ static void fill_after_work(uv_work_t *work, int status)
   fill_t *f = container_of(work, fill_t, work);
   (void)status;
   if (f->rc) {
-    pc_log(PC_LOG_ERR, "store commit failed digest=%s rc=%s", f->digest, pc_errname(f->rc));
+    pc_log(PC_LOG_ERR, "store-commit-failed digest=%s rc=%s", f->digest, pc_errname(f->rc));
   }
   fill_end(f);
 }
@@ -858,14 +860,15 @@ static void fill_on_done(up_fetch_t *uf, int rc, int status, void *arg)
       (f->total < 0 || written < (uint64_t)f->total)) {
     f->attempts++;
     f->m->st.resumes++;
-    pc_log(PC_LOG_WARN, "upstream blob broken, resuming digest=%s at=%" PRIu64 " attempt=%d rc=%s",
-           f->digest, written, f->attempts, pc_errname(rc));
+    pc_log(PC_LOG_WARN,
+           "upstream-blob-resuming upstream=%s repo=%s digest=%s at=%" PRIu64 " attempt=%d rc=%s",
+           f->up->conf.name, f->repo, f->digest, written, f->attempts, pc_errname(rc));
     fill_start_fetch(f);
     return;
   }
   log_timings(f->waiters.head, uf);
   if (rc < 0 || (status != 200 && status != 206)) {
-    pc_log(PC_LOG_WARN, "upstream blob upstream=%s repo=%s digest=%s status=%d rc=%s",
+    pc_log(PC_LOG_WARN, "upstream-blob-failed upstream=%s repo=%s digest=%s status=%d rc=%s",
            f->up->conf.name, f->repo, f->digest, status, pc_errname(rc));
     fill_fail(f, map_upstream(rc, status, PC_E_BLOB_UNKNOWN));
     return;
@@ -875,7 +878,7 @@ static void fill_on_done(up_fetch_t *uf, int rc, int status, void *arg)
   rc = store_writer_verify(f->w);
   if (rc) {
     f->m->st.digest_mismatches++;
-    pc_log(PC_LOG_ERR, "upstream blob digest mismatch upstream=%s repo=%s digest=%s rc=%s",
+    pc_log(PC_LOG_ERR, "upstream-blob-digest-mismatch upstream=%s repo=%s digest=%s rc=%s",
            f->up->conf.name, f->repo, f->digest, pc_errname(rc));
     fill_fail(f, rc == PC_E_DIGEST_INVALID || rc == PC_E_SIZE_INVALID ? PC_E_UPSTREAM_DIGEST : rc);
     return;

@@ -230,7 +230,8 @@ def test_corrupt_blob_not_stored():
         except http_client.IncompleteRead as e:
             check(len(e.partial) < layer["size"], "short read delivered everything")
         check(not store_has(pc, layer["digest"]), "corrupt blob was stored")
-        check(b"digest mismatch" in open(pc.log_path, "rb").read(), "mismatch not logged")
+        check(b"upstream-blob-digest-mismatch " in open(pc.log_path, "rb").read(),
+              "mismatch not logged")
         # Once the upstream is healthy, the same digest fills correctly.
         up.faults([])
         r = http("GET", pc.url + "/v2/kube-proxy/blobs/" + layer["digest"])
