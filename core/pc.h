@@ -73,14 +73,17 @@ char *pc__xstrndup(const char *s, size_t n, const char *file, int line);
 /* Logging: one line per event on stderr, text or JSON, journald priority prefix under systemd.
  *
  * Messages follow one convention, "event key=value key=value ...":
- * - the event is the first word (up to the first space);
- * - keys are 1 to PC_LOG_KEY_MAX of [A-Za-z0-9_.-] (pc_log_key makes any string one);
+ * - the event is the first word (up to the first space): one token naming what happened,
+ *   lowercase words joined by '-' ("store-lmdb-error", "upstream-timeout");
+ * - every variable part is a field; keys are 1 to PC_LOG_KEY_MAX of [A-Za-z0-9_.-]
+ *   (pc_log_key makes any string one);
  * - a value is written as is when it is plain (non-empty printable ASCII without space, '"',
- *   '\' or '='), else in double quotes with \" \\ and \xHH escapes: pc_log_quote does both,
- *   and every value that did not come from our own code must go through it, so that it can
- *   neither end the line nor fake a field;
- * - free text may follow the fields ("store: swept 3 temp file(s)" is all free text after
- *   the event "store:").
+ *   '\' or '='), else in double quotes with \" \\ and \xHH escapes: pc_log_quote does both.
+ *   Tokens (pc_errname() names, digests, numbers, validated names) need no quoting; every
+ *   other value (strerror and other error text, file paths, URLs, anything from the network)
+ *   must go through it, so that it can neither end the line nor fake a field;
+ * - an explanation for the reader is a quoted field too (hint="run fsck"), never bare words.
+ *   The JSON format still copes with free text (see "msg" below); no message of ours has any.
  *
  * pc_log_setup(format) chooses the format and detects journald (see pc_log_journald). The
  * lines look like this (one write(2) each, at most PC_LOG_LINE_MAX bytes with the newline):

@@ -461,6 +461,13 @@ def test_json_logs_with_phase_timings():
         check(float(blob["up_first_byte_ms"]) <= float(blob["up_last_byte_ms"]), "phase order")
         check(hit["cache"] == "hit" and "up_first_byte_ms" not in hit, "hit line: %r" % hit)
         check(isinstance(hit["status"], int) and isinstance(hit["bytes"], int), "numbers are numbers")
+        # Every message follows "event key=value ...": nothing this run logged has free text,
+        # and every event is one lowercase token.
+        objs = [json.loads(l) for l in log_text(pc).splitlines()]
+        free = [o for o in objs if "msg" in o]
+        check(not free, "lines with free text (a \"msg\" field): %r" % free)
+        bad = [o for o in objs if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", o["event"])]
+        check(not bad, "events that are not lowercase-hyphen tokens: %r" % bad)
 
 
 def test_upstream_connection_cap():
