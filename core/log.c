@@ -33,6 +33,8 @@ int pc_log_format = PC_LOG_TEXT;
  * thread racing on the first detection computes the same answer. */
 static atomic_int journald = -1;
 
+#define FATAL_FILE_MAX 256 /* a fatal line's file= value is cut here */
+
 static const char *const level_names[8] = {"emerg", "alert",  "crit", "err",
                                            "warn",  "notice", "info", "debug"};
 
@@ -516,16 +518,22 @@ void pc__log(int lvl, const char *fmt, ...)
   errno = saved;
 }
 
+/* "fatal file=F line=N reason=R", the reason last: when a long one is cut, the file and line
+ * still come out as fields. */
 _Noreturn void pc__fatal(const char *file, int line, const char *fmt, ...)
 {
-  char msg[PC_LOG_LINE_MAX];
-  int n = snprintf(msg, sizeof(msg), "fatal: ");
+  char why[PC_LOG_LINE_MAX], msg[PC_LOG_LINE_MAX];
+  char qf[PC_LOG_QUOTE_SIZE(FATAL_FILE_MAX)], qr[PC_LOG_QUOTE_SIZE(PC_LOG_LINE_MAX)];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(msg + n, sizeof(msg) - (size_t)n, fmt, ap);
+  vsnprintf(why, sizeof(why), fmt, ap);
   va_end(ap);
-  size_t len = strlen(msg);
-  snprintf(msg + len, sizeof(msg) - len, " (%s:%d)", file, line);
-  emit(2, msg, strlen(msg), 0);
+  pc_log_quote(qf, sizeof(qf), file, FATAL_FILE_MAX);
+  pc_log_quote(qr, sizeof(qr), why, sizeof(why));
+  int n = snprintf(msg, sizeof(msg), "fatal file=%s line=%d reason=%s", qf, line, qr);
+  if (n < 0)
+    n = 0;
+  int cut = (size_t)n >= sizeof(msg);
+  emit(2, msg, cut ? sizeof(msg) - 1 : (size_t)n, cut);
   abort();
 }

@@ -78,7 +78,9 @@ const char *pc_err_code(int err)
 
 static _Noreturn void oom(size_t n, const char *file, int line)
 {
-  pc__log(2, "fatal: out of memory allocating %zu bytes at %s:%d", n, file, line);
+  char qf[PC_LOG_QUOTE_SIZE(256)]; /* no allocation on this path */
+  pc_log_quote(qf, sizeof(qf), file, 256);
+  pc__log(2, "fatal file=%s line=%d reason=\"out of memory\" bytes=%zu", qf, line, n);
   abort();
 }
 

@@ -158,7 +158,9 @@ size_t pc_log_key(char *dst, size_t dstlen, const char *key);
 /** Log one line at level lvl (0..7), without looking at pc_log_level. */
 void pc__log(int lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/** Always-on assertion: logs the expression, file and line at level 2 (crit), then aborts. */
+/** Always-on assertion: logs the expression, file and line at level 2 (crit), then aborts.
+ * pc_fatal and PC_ASSERT write "fatal file=F line=N reason=R", R being the formatted text
+ * (quoted); running out of memory in pc_x* writes reason="out of memory" bytes=N. */
 #define PC_ASSERT(e)                                                                               \
   do {                                                                                             \
     if (!(e))                                                                                      \

@@ -795,12 +795,15 @@ TEST(fatal_line)
     ASSERT(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
     ASSERT_EQ(1, count_lines(out));
     if (fmt == PC_LOG_TEXT) {
-      ASSERT(matches("^<2>fatal: boom x=1 \\(.*test-log\\.c:[0-9]+\\)\n$", out));
+      ASSERT(matches("^<2>fatal file=[^ ]*test-log\\.c line=[0-9]+ reason=\"boom x=1\"\n$", out));
     } else {
       json_t *j = parse_line(line_at(out, 0), 2);
       ASSERT_STREQ("crit", jget_str(j, "level"));
-      ASSERT_STREQ("fatal:", jget_str(j, "event"));
-      ASSERT(matches("^boom x=1 \\(.*test-log\\.c:[0-9]+\\)$", jget_str(j, "msg")));
+      ASSERT_STREQ("fatal", jget_str(j, "event"));
+      ASSERT(matches("test-log\\.c$", jget_str(j, "file")));
+      ASSERT(jget_int(j, "line") > 0);
+      ASSERT_STREQ("boom x=1", jget_str(j, "reason"));
+      ASSERT(!json_object_get(j, "msg"));
       json_decref(j);
     }
   }
