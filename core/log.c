@@ -196,17 +196,6 @@ static size_t text_body(char *dst, size_t cap, const char *msg, size_t mlen)
 
 /* ---- the JSON format: parsing the convention back ------------------------------------------ */
 
-static int hexval(char c)
-{
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 when the byte at s does not start one
  * (overlong forms, surrogates and code points above U+10FFFF are invalid, as for jansson). */
 static size_t utf8_len(const unsigned char *s, size_t n)
@@ -312,8 +301,8 @@ static const char *unquote(const char *s, const char *end, char *out, size_t *ol
       return NULL;
     if (*s == '"' || *s == '\\') {
       out[o++] = *s;
-    } else if (*s == 'x' && end - s >= 3 && hexval(s[1]) >= 0 && hexval(s[2]) >= 0) {
-      out[o++] = (char)(hexval(s[1]) * 16 + hexval(s[2]));
+    } else if (*s == 'x' && end - s >= 3 && pc_hexval(s[1]) >= 0 && pc_hexval(s[2]) >= 0) {
+      out[o++] = (char)(pc_hexval(s[1]) * 16 + pc_hexval(s[2]));
       s += 2;
     } else {
       return NULL;

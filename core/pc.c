@@ -121,6 +121,17 @@ char *pc__xstrndup(const char *s, size_t n, const char *file, int line)
   return p;
 }
 
+int pc_hexval(int c)
+{
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
 int64_t pc_now_sec(void)
 {
   struct timespec ts;

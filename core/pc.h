@@ -170,6 +170,9 @@ void pc__log(int lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 _Noreturn void pc__fatal(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/** The value of one hex digit (either case), or -1. */
+int pc_hexval(int c);
+
 /** Wall-clock seconds since the epoch (for metadata timestamps). */
 int64_t pc_now_sec(void);
 /** Monotonic milliseconds (for durations). */

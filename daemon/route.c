@@ -82,17 +82,6 @@ int route_tag_valid(const char *s, size_t len)
   return 1;
 }
 
-static int hexval(unsigned char c)
-{
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 int route_pct_decode(const char *src, size_t len, char *dst, size_t dstlen)
 {
   size_t o = 0;
@@ -102,8 +91,8 @@ int route_pct_decode(const char *src, size_t len, char *dst, size_t dstlen)
       int hi, lo;
       if (i + 2 >= len)
         return -1;
-      hi = hexval((unsigned char)src[i + 1]);
-      lo = hexval((unsigned char)src[i + 2]);
+      hi = pc_hexval(src[i + 1]);
+      lo = pc_hexval(src[i + 2]);
       if (hi < 0 || lo < 0)
         return -1;
       c = (unsigned char)(hi * 16 + lo);
