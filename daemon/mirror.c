@@ -16,8 +16,9 @@
  *     descriptor on the temp file and the server sends what is written so far, then follows
  *     the transfer (srv_file_avail). The last byte of a full-length answer is held back until
  *     the digest has been verified (on the loop, before the fsync and rename run on a worker),
- *     so no client ever receives a complete blob that does not match its digest. A broken upstream connection is resumed with a Range
- *     request from the last byte written (the running hash goes on).
+ *     so no client ever receives a complete blob that does not match its digest. A broken
+ *     upstream connection is resumed with a Range request from the last byte written (the
+ *     running hash goes on).
  *
  *       FETCHING --headers--> STREAMING --done--> COMMITTING --work--> COMMITTED | FAILED
  *          ^                      | transport error, written > 0, attempts left

@@ -449,10 +449,11 @@ class TestEnv:
         return s
 
     def start_docker_registry(self, port=None, root=None, proxy_remote=None, timeout=20,
-                              name="docker-registry", htpasswd=None):
+                              name="docker-registry", htpasswd=None, tls=None):
         """CNCF distribution (/usr/bin/docker-registry) on 127.0.0.1:PORT with filesystem storage
         at ROOT, optionally a pull-through cache of PROXY_REMOTE, optionally with Basic auth from
-        the htpasswd(1) file HTPASSWD (bcrypt). Waits for GET /v2/ = 200 (401 with auth)."""
+        the htpasswd(1) file HTPASSWD (bcrypt), optionally over HTTPS with TLS = (cert, key)
+        files. Waits for GET /v2/ = 200 (401 with auth; a TCP accept with TLS)."""
         port = port or free_port()
         root = root or self.path("%s-root" % name)
         os.makedirs(root, exist_ok=True)
@@ -460,18 +461,25 @@ class TestEnv:
         with open(cfg, "w") as f:
             f.write("version: 0.1\nlog: {level: info, formatter: text}\n"
                     "storage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\n"
-                    "http: {addr: 127.0.0.1:%d}\n" % (json.dumps(root), port))
+                    "http: {addr: 127.0.0.1:%d%s}\n"
+                    % (json.dumps(root), port,
+                       ", tls: {certificate: %s, key: %s}" % (json.dumps(tls[0]), json.dumps(tls[1]))
+                       if tls else ""))
             if proxy_remote:
                 f.write("proxy: {remoteurl: %s}\n" % json.dumps(proxy_remote))
             if htpasswd:
                 f.write("auth: {htpasswd: {realm: pullcache-test, path: %s}}\n" % json.dumps(htpasswd))
         s = self.spawn(name, ["/usr/bin/docker-registry", "serve", cfg], cls=Server)
-        s.port, s.url, s.root = port, "http://127.0.0.1:%d" % port, root
+        s.port, s.root = port, root
+        s.url = "%s://127.0.0.1:%d" % ("https" if tls else "http", port)
 
         def ok():
             if not s.alive():
                 raise CheckFailed("docker-registry exited: %s\n%s" % (s.popen.returncode, s.tail()))
             try:
+                if tls:
+                    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                    return True
                 return http("GET", s.url + "/v2/", timeout=2).status == (401 if htpasswd else 200)
             except OSError:
                 return False

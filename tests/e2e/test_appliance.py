@@ -537,9 +537,51 @@ def test_credentials_file_basic_auth():
             check(b"s3cret" not in open(pc.log_path, "rb").read(), "the password reached the log")
 
 
+def test_tls_upstream_with_ca_file():
+    """An HTTPS upstream signed by a private CA: trusted through the upstream's ca_file, and
+    refused (502, nothing cached) without it, so TLS is really verified."""
+    d, imgs = images("tiny")
+    img = imgs["pause"]
+    layer = biggest_layers(img)[0]
+    with pclib.TestEnv("appl-tls") as env:
+        ca, ca_key = env.path("ca.pem"), env.path("ca.key")
+        crt, key, csr = env.path("srv.pem"), env.path("srv.key"), env.path("srv.csr")
+        ext = write(env.path("san.ext"), "subjectAltName=IP:127.0.0.1\n")
+
+        def ssl(*args):
+            subprocess.run(["openssl"] + list(args), check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=60)
+        ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+            "-days", "2", "-subj", "/CN=pullcache test CA")
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+            "-subj", "/CN=127.0.0.1")
+        ssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+            "-out", crt, "-days", "2", "-extfile", ext)
+        reg = env.start_docker_registry(tls=(crt, key))
+        pclib.skopeo("copy", "--all", "--preserve-digests", "--dest-tls-verify=false",
+                     "oci:" + os.path.join(d, img["layout_dir"]),
+                     "docker://127.0.0.1:%d/pause:%s" % (reg.port, img["tag"]))
+        for name, ca_line, want in (("trusted", "ca_file = %s\n" % ca, 200), ("untrusted", "", 502)):
+            conf = write(env.path(name + ".conf"), "[upstream \"registry.k8s.io\"]\nurl = %s\n%s"
+                         % (reg.url, ca_line))
+            pc = env.start_pullcache(args=["--config", conf], name="pc-" + name)
+            r = http("GET", pc.url + "/v2/pause/manifests/" + img["tag"],
+                     {"Accept": img["index_media_type"]})
+            check(r.status == want, "%s CA: manifest %d %r" % (name, r.status, r.body[:200]))
+            r = http("GET", pc.url + "/v2/pause/blobs/" + layer["digest"])
+            check(r.status == want, "%s CA: blob %d" % (name, r.status))
+            if want == 200:
+                check(sha256_digest(r.body) == layer["digest"], "blob over TLS")
+            else:
+                check(re.search(r"upstream-transfer-failed .*curl=60", log_text(pc)),
+                      "no certificate verification failure logged:\n" + log_text(pc)[-2000:])
+                m, _ = metrics(pc)
+                check(m["pullcache_store_blobs"] == 0, "something was cached from an untrusted peer")
+
+
 if __name__ == "__main__":
     pclib.run_tests([test_check_config_and_bad_files, test_notify_reload_under_load_and_drain,
                      test_reload_to_offline_while_a_refused_fill_has_joiners,
                      test_readyz, test_x_cache_and_metrics_promtool,
                      test_json_logs_with_phase_timings, test_upstream_connection_cap,
-                     test_credentials_file_basic_auth])
+                     test_credentials_file_basic_auth, test_tls_upstream_with_ca_file])
