@@ -617,6 +617,12 @@ static int on_ini(void *user, const char *section, const char *name, const char 
   }
   if (!name) /* section start (INI_CALL_HANDLER_ON_NEW_SECTION builds only) */
     return 1;
+  if (value[0] == ';') {
+    /* "key=;x" is the value ";x", but "key = ;x" is an empty value and a comment: refuse
+     * the first, so that check-config's "key = value" output means the same. */
+    set_err(c->msg, sizeof(c->msg), "value of %s starts with ';' (a comment character)", name);
+    goto fail;
+  }
   k = find_key(s, name);
   if (!k) {
     set_err(c->msg, sizeof(c->msg), "unknown key \"%s\" in [%s]", name, section);

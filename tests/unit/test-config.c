@@ -270,6 +270,8 @@ TEST(bad_files)
       /* inih's first error (a syntax error at line 2) is the one reported */
       {"[server]\ngarbage\nmax_conns = abc\n", 2, "syntax error"},
       {"[server]\nmax_conns = abc\ngarbage\n", 2, "bad value for max_conns"},
+      /* found by fuzz-config: would print as "path = ;x", which reads back as a comment */
+      {"[store]\npath=;x\n", 2, "starts with ';'"},
   };
   for (size_t i = 0; i < PC_ARRAY_SIZE(cases); i++) {
     const char *p = write_ini("bad.conf", cases[i].text);
