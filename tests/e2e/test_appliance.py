@@ -252,6 +252,41 @@ def test_notify_reload_under_load_and_drain():
               r.headers.get("x-cache") == "HIT", "the drained fill was not committed: %d" % r.status)
 
 
+def test_reload_applies_limits_timeouts_and_logging():
+    """What a SIGHUP changes takes effect: fetch timeouts (up_set_opts), server limits
+    (srv_set_opts) and the log format."""
+    d, imgs = images("tiny")
+    with pclib.TestEnv("appl-reload-apply") as env:
+        up = env.start_upstream(d)
+        store = env.path("store")
+        conf = conf_for(env, up, store, extra_server="max_conns = 100")
+        pc = env.start_pullcache(args=["--config", conf], store=store)
+        up.faults([{"role": "redirector", "path_re": "^/v2/slow/", "fault": "status",
+                    "status": 404, "delay_ms": 2500}])
+        r = http("GET", pc.url + "/v2/slow/manifests/a")
+        check(r.status == 404, "slow 404 before the reload: %d" % r.status)
+        wait_log(pc, r"path=/v2/slow/manifests/a status=404")  # logged after the answer
+        text = open(conf).read().replace("max_conns = 100", "max_conns = 1")
+        text = text.replace("[log]\nlevel = info\n", "[log]\nlevel = info\nformat = json\n")
+        write(conf, text + "[fetch]\nfirst_byte_timeout = 1s\n")
+        mark = len(log_text(pc))
+        os.kill(pc.pid, signal.SIGHUP)
+        wait_log(pc, r'"event":"reloaded"', start=mark)
+        r = http("GET", pc.url + "/v2/slow/manifests/b")
+        check(r.status == 504, "first_byte_timeout 1s after the reload: %d %r" % (r.status, r.body))
+        idle = socket.create_connection(("127.0.0.1", pc.port), timeout=5)
+        try:
+            r = http("GET", pc.url + "/v2/")
+            check(r.status == 503, "max_conns 1 after the reload: a second connection got %d"
+                  % r.status)
+        finally:
+            idle.close()
+        lines = [l for l in log_text(pc)[mark:].splitlines() if l.strip()]
+        check(lines, "nothing logged after the reload")
+        for line in lines:
+            json.loads(line)  # format = json took effect at once
+
+
 def test_reload_to_offline_while_a_refused_fill_has_joiners():
     """A fill refused for one repository hands its joiners from other repositories a fill of
     their own; if a reload made the mirror offline meanwhile, they get an offline answer."""
@@ -581,6 +616,7 @@ def test_tls_upstream_with_ca_file():
 
 if __name__ == "__main__":
     pclib.run_tests([test_check_config_and_bad_files, test_notify_reload_under_load_and_drain,
+                     test_reload_applies_limits_timeouts_and_logging,
                      test_reload_to_offline_while_a_refused_fill_has_joiners,
                      test_readyz, test_x_cache_and_metrics_promtool,
                      test_json_logs_with_phase_timings, test_upstream_connection_cap,
