@@ -170,6 +170,9 @@ void pc__log(int lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 _Noreturn void pc__fatal(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/** The version `pullcache version` and /metrics report. */
+#define PC_VERSION "0.1.0"
+
 /** The value of one hex digit (either case), or -1. */
 int pc_hexval(int c);
 

@@ -2,11 +2,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/pc.h"
 #include "daemon/cmd.h"
-
-#ifndef PULLCACHE_VERSION
-#define PULLCACHE_VERSION "0.1.0"
-#endif
 
 static void usage(FILE *f)
 {
@@ -52,7 +49,7 @@ int main(int argc, char **argv)
     return 0;
   }
   if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-    printf("pullcache %s\n", PULLCACHE_VERSION);
+    printf("pullcache %s\n", PC_VERSION);
     return 0;
   }
   fprintf(stderr, "pullcache: unknown command '%s'\n\n", cmd);

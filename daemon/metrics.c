@@ -11,10 +11,6 @@
 #include "daemon/mirror.h"
 #include "daemon/route.h"
 
-#ifndef PULLCACHE_VERSION
-#define PULLCACHE_VERSION "0.1.0"
-#endif
-
 /* Statuses counted one by one; anything else is "other" (the last slot). */
 static const int codes[] = {0,   200, 206, 304, 400, 401, 403, 404, 405, 413,
                             414, 416, 429, 431, 500, 502, 503, 504};
@@ -275,7 +271,7 @@ void metrics_render(daemon_t *d, char **outp, size_t *lenp)
     mirror_get_stats(d->mirror, &ms);
 
   family(&o, "pullcache_build_info", "gauge", "The running version (always 1).");
-  emit(&o, "pullcache_build_info{version=\"%s\"} 1\n", PULLCACHE_VERSION);
+  emit(&o, "pullcache_build_info{version=\"%s\"} 1\n", PC_VERSION);
   metric(&o, "pullcache_start_time_seconds", "gauge", "When the daemon started (Unix time).",
          (uint64_t)d->start_time);
   metric(&o, "pullcache_ready", "gauge", "1 when /readyz answers 200.", (uint64_t)ready);
