@@ -1002,7 +1002,7 @@ static void fmt_key(const cfgkey_t *k, const void *base, char *out, size_t n)
   }
 }
 
-static void print_section(const daemon_config_t *cfg, enum sect s, const void *base, FILE *out)
+static void print_section(enum sect s, const void *base, FILE *out)
 {
   char v[2048];
   for (size_t i = 0; i < PC_ARRAY_SIZE(keys); i++) {
@@ -1014,7 +1014,6 @@ static void print_section(const daemon_config_t *cfg, enum sect s, const void *b
       continue;
     fprintf(out, "%s = %s\n", keys[i].name, v);
   }
-  (void)cfg;
 }
 
 void config_print(const daemon_config_t *cfg, FILE *out)
@@ -1023,11 +1022,11 @@ void config_print(const daemon_config_t *cfg, FILE *out)
           cfg->path);
   for (enum sect s = S_SERVER; s < S_UPSTREAM; s++) {
     fprintf(out, "\n[%s]\n", sect_names[s]);
-    print_section(cfg, s, cfg, out);
+    print_section(s, cfg, out);
   }
   for (int i = 0; i < cfg->nupstreams; i++) {
     fprintf(out, "\n[upstream \"%s\"]\n", cfg->upstreams[i].name);
-    print_section(cfg, S_UPSTREAM, &cfg->upstreams[i], out);
+    print_section(S_UPSTREAM, &cfg->upstreams[i], out);
   }
 }
 

@@ -437,7 +437,6 @@ static void mjob_fail(mjob_t *j, int err)
   /* A tag we knew, and an upstream that could not confirm or deny it: serve it stale. */
   if (j->have_old && err != PC_E_MANIFEST_UNKNOWN &&
       err != PC_E_UPSTREAM_DIGEST) {
-    j->m->st.stale_served++;
     j->stale = 1;
     pc_log(PC_LOG_WARN, "stale-tag-served upstream=%s repo=%s tag=%s digest=%s rc=%s",
            j->up->conf.name, j->repo, j->ref, j->old.digest, pc_errname(err));
@@ -473,7 +472,6 @@ static void mjob_on_done(up_fetch_t *f, int rc, int status, void *arg)
     /* HEAD answered: unchanged -> touch the tag; changed -> fetch the new manifest. */
     if (j->up_digest[0] && strcmp(j->up_digest, j->old.digest) == 0) {
       log_timings(j->waiters.head, f);
-      j->m->st.tags_revalidated++;
       j->revalidated = 1;
       copy_str(j->digest, sizeof(j->digest), j->old.digest);
       mjob_answer_then_store(j);

@@ -32,7 +32,7 @@ typedef struct mirror_stats {
   uint64_t fills_in_flight, waiters_joined;   /**< now; requests that joined a running fill */
   uint64_t digest_mismatches;                 /**< upstream bytes that failed verification */
   uint64_t resumes;                           /**< broken upstream bodies continued with Range */
-  uint64_t manifests_fetched, tags_revalidated, stale_served;
+  uint64_t manifests_fetched;
 } mirror_stats_t;
 
 int mirror_new(daemon_t *d, mirror_t **out);
