@@ -32,6 +32,7 @@
 #include "daemon/metrics.h"
 #include "daemon/mirror.h"
 #include "daemon/registry.h"
+#include "daemon/reqctx.h"
 
 #define ATIME_FLUSH_MS 5000
 /** A failed or unknown upstream is probed again at most this often (driven by /readyz). */
@@ -307,12 +308,11 @@ static void readyz_answer(srv_req_t *req, int ready, const char *reason)
   srv_respond(req, 503, "text/plain", msg, (size_t)n);
 }
 
-static void on_readyz_gone(srv_req_t *req, int status, void *arg)
+static void on_readyz_gone(reqctx_t *ctx, void *arg)
 {
   daemon_t *d = arg;
-  (void)status;
   for (readyz_wait_t **pp = &d->readyz_waiting; *pp; pp = &(*pp)->next) {
-    if ((*pp)->req == req) {
+    if ((*pp)->req == ctx->req) {
       readyz_wait_t *w = *pp;
       *pp = w->next;
       free(w);
@@ -336,7 +336,7 @@ static void readyz_answer_all(daemon_t *d, int force)
   while (d->readyz_waiting) {
     readyz_wait_t *w = d->readyz_waiting;
     d->readyz_waiting = w->next;
-    srv_req_on_done(w->req, NULL, NULL);
+    reqctx_unpark(reqctx_of(w->req));
     readyz_answer(w->req, ready, reason);
     free(w);
   }
@@ -366,7 +366,7 @@ void daemon_readyz(daemon_t *d, srv_req_t *req)
   w->req = req;
   w->next = d->readyz_waiting;
   d->readyz_waiting = w;
-  srv_req_on_done(req, on_readyz_gone, d);
+  reqctx_park(reqctx_of(req), on_readyz_gone, d);
 }
 
 /* ---- store upkeep ------------------------------------------------------------------------- */

@@ -9,6 +9,7 @@
 
 #include "core/pc.h"
 #include "daemon/mirror.h"
+#include "daemon/reqctx.h"
 #include "daemon/route.h"
 
 /* Statuses counted one by one; anything else is "other" (the last slot). */
@@ -28,27 +29,11 @@ int metrics_code_idx(int status)
   return DAEMON_CODES - 1;
 }
 
-/* The request's data slot holds (route + 1) | (outcome + 1) << 8; 0 = untagged. */
-void metrics_mark_route(srv_req_t *req, int route)
-{
-  uintptr_t v = (uintptr_t)srv_req_data(req) & ~(uintptr_t)0xff;
-  srv_req_set_data(req, (void *)(v | (uintptr_t)(route + 1)));
-}
-
-void metrics_mark_cache(daemon_t *d, srv_req_t *req, int is_blob, enum daemon_cache outcome)
-{
-  uintptr_t v = (uintptr_t)srv_req_data(req) & 0xff;
-  srv_req_set_data(req, (void *)(v | (uintptr_t)(outcome + 1) << 8));
-  d->counters.cache[is_blob ? 1 : 0][outcome]++;
-}
-
 void metrics_on_finish(srv_req_t *req, int status, uint64_t body_bytes, void *arg)
 {
   daemon_t *d = arg;
-  uintptr_t v = (uintptr_t)srv_req_data(req);
-  int route = (int)(v & 0xff) - 1, outcome = (int)(v >> 8) - 1;
-  if (route < 0)
-    route = ROUTE_UNKNOWN;
+  const reqctx_t *ctx = reqctx_of(req); /* NULL: answered by the server before the daemon */
+  int route = ctx ? ctx->route : ROUTE_UNKNOWN, outcome = ctx ? ctx->outcome : -1;
   d->counters.requests[route][metrics_code_idx(status)]++;
   if (status < 200 || status > 299)
     return; /* error bodies are not content served */

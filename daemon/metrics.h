@@ -17,13 +17,9 @@
 void metrics_render(daemon_t *d, char **out, size_t *len);
 
 /** The srv finish callback (srv_set_finish_cb, arg = the daemon_t): counts the request by
- * route and status and its body bytes by source (metrics_mark). */
+ * the route and cache outcome its context (daemon/reqctx.h) recorded, its status, and its
+ * body bytes by source. */
 void metrics_on_finish(srv_req_t *req, int status, uint64_t body_bytes, void *daemon);
-
-/** Tag a request with its route (route_kind) for the count above. */
-void metrics_mark_route(srv_req_t *req, int route);
-/** Tag a request with its cache outcome (counted now; its body bytes at the end). */
-void metrics_mark_cache(daemon_t *d, srv_req_t *req, int is_blob, enum daemon_cache outcome);
 
 /** Index of an HTTP status in daemon_counters_t.requests (the last one is "other"). */
 int metrics_code_idx(int status);

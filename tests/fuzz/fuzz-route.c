@@ -11,7 +11,7 @@
 #include <strings.h>
 
 #include "core/pc.h"
-#include "daemon/registry.h"
+#include "daemon/answer.h"
 #include "daemon/route.h"
 
 static const char *const UPS[] = {"registry.k8s.io", "ghcr.io", "host:5000"};
@@ -39,7 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   char buf[4097];
   const char *f[4];
   route_t r;
-  mirror_range_t range;
+  answer_range_t range;
   uint64_t start, len;
 
   if (size > 4096)
@@ -75,14 +75,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     PC_ASSERT(rc < 0 && pc_err_status(rc) >= 400);
   }
 
-  rc = registry_parse_range(f[3][0] ? f[3] : NULL, &range);
+  rc = answer_parse_range(f[3][0] ? f[3] : NULL, &range);
   PC_ASSERT(rc == 0 || rc == PC_E_RANGE_INVALID);
   if (rc == PC_E_RANGE_INVALID)
     PC_ASSERT(range.has);
   if (range.has) {
     static const uint64_t sizes[] = {0, 1, 2048, UINT64_MAX};
     for (size_t i = 0; i < PC_ARRAY_SIZE(sizes); i++) {
-      int rr = registry_range_resolve(&range, sizes[i], &start, &len);
+      int rr = answer_range_resolve(&range, sizes[i], &start, &len);
       if (rc)
         PC_ASSERT(rr == PC_E_RANGE_INVALID);
       if (rr == 0) {

@@ -1,6 +1,6 @@
 /* Unit tests: daemon/route (path/query parsing, upstream selection) and the range helpers of
  * daemon/registry. */
-#include "daemon/registry.h"
+#include "daemon/answer.h"
 #include "daemon/route.h"
 #include "unit.h"
 
@@ -320,11 +320,11 @@ TEST(grammar_helpers)
 
 static int resolve(const char *hdr, uint64_t size, uint64_t *start, uint64_t *len)
 {
-  mirror_range_t r;
-  int rc = registry_parse_range(hdr, &r);
+  answer_range_t r;
+  int rc = answer_parse_range(hdr, &r);
   if (!r.has)
     return 1; /* no range: whole body */
-  int rc2 = registry_range_resolve(&r, size, start, len);
+  int rc2 = answer_range_resolve(&r, size, start, len);
   if (rc)
     ASSERT_EQ(PC_E_RANGE_INVALID, rc2); /* a parse failure never resolves */
   return rc2;

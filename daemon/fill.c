@@ -1,0 +1,377 @@
+/* daemon/fill — a blob fill with subscribers (see fill.h).
+ *
+ *   FETCHING --200/206 headers--> STREAMING --all bytes, digest ok--> COMMITTING --work--> DONE
+ *      |                            |    ^
+ *      |      transport error after |    | 206 (or 200: the prefix is skipped)
+ *      |      some bytes, tries left v    |
+ *      |                          RESUMING
+ *      +------------+---------------+---- any other error, bad digest --> FAILED (fill_fail)
+ *
+ * The last byte of the blob is never announced before verification (fill_avail), so no
+ * subscriber sends a complete blob that does not match its digest. Verification runs on the
+ * loop (the hash was computed as the bytes came in); the fsync, rename and LMDB record follow
+ * on a worker. A broken upstream body is resumed with Range from the last byte written, up to
+ * FILL_RESUMES times; the running hash goes on.
+ */
+#include "daemon/fill.h"
+
+#include <inttypes.h>
+#include <string.h>
+
+#include "core/num.h"
+#include "core/pc.h"
+#include "daemon/daemon.h"
+#include "store/digest.h"
+
+#define FILL_RESUMES 3
+
+struct fill {
+  pull_env_t *env;
+  fill_state state;
+  char digest[STORE_DIGEST_MAX];
+  char repo[256];
+  daemon_upstream_t *up;   /**< a reference */
+  store_writer_t *w;       /**< NULL once handed to the commit */
+  char *tmp_path;          /**< copy of the writer's path, for subscribers' descriptors */
+  up_fetch_t *fetch;       /**< the fetch in flight, or NULL */
+  int64_t total;           /**< upstream length; -1 until known (or when not given) */
+  uint64_t written;        /**< bytes in the writer */
+  uint64_t skip;           /**< bytes of the current answer to drop (a resume overlap) */
+  int attempts;            /**< resumes so far */
+  int rc;
+  int status;              /**< the current fetch's HTTP status */
+  char retry_after[32];
+  uv_work_t work;
+  pc_list_t subs;          /**< fill_sub_t.link */
+  pc_list_t link;          /**< in env->fills */
+};
+
+static void fill_fetch(fill_t *f);
+
+fill_t *fill_find(pull_env_t *env, const char *digest)
+{
+  pc_list_foreach(l, &env->fills)
+  {
+    fill_t *f = pc_list_entry(l, fill_t, link);
+    if (strcmp(f->digest, digest) == 0)
+      return f;
+  }
+  return NULL;
+}
+
+fill_state fill_get_state(const fill_t *f)
+{
+  return f->state;
+}
+
+int fill_verified(const fill_t *f)
+{
+  return f->state == FILL_COMMITTING || f->state == FILL_DONE;
+}
+
+const char *fill_tmp_path(const fill_t *f)
+{
+  return f->tmp_path;
+}
+
+int64_t fill_total(const fill_t *f)
+{
+  return f->total;
+}
+
+uint64_t fill_avail(const fill_t *f)
+{
+  if (f->total <= 0)
+    return 0;
+  if (fill_verified(f))
+    return (uint64_t)f->total;
+  uint64_t cap = (uint64_t)f->total - 1; /* the last byte waits for verification */
+  return f->written < cap ? f->written : cap;
+}
+
+/* The length is known and bytes may be sent (the fill is STREAMING or RESUMING). */
+static int length_known(const fill_t *f)
+{
+  return f->total > 0 && (f->state == FILL_STREAMING || f->state == FILL_RESUMING ||
+                          f->state == FILL_COMMITTING);
+}
+
+static void sub_start(fill_t *f, fill_sub_t *s)
+{
+  s->streamed = 1;
+  s->ops->on_length(s, (uint64_t)f->total, fill_avail(f));
+}
+
+void fill_subscribe(fill_t *f, fill_sub_t *s)
+{
+  PC_ASSERT(f->state != FILL_DONE && f->state != FILL_FAILED);
+  s->fill = f;
+  s->streamed = 0;
+  pc_list_push_back(&f->subs, &s->link);
+  if (length_known(f) && f->state != FILL_COMMITTING)
+    sub_start(f, s);
+}
+
+void fill_unsubscribe(fill_sub_t *s)
+{
+  pc_list_remove(&s->link);
+  s->fill = NULL;
+}
+
+/* Announce to every started subscriber (a callback may unsubscribe itself, not others). */
+static void announce(fill_t *f, uint64_t avail)
+{
+  pc_list_foreach_safe(l, nx, &f->subs)
+  {
+    fill_sub_t *s = pc_list_entry(l, fill_sub_t, link);
+    if (s->streamed)
+      s->ops->on_avail(s, avail);
+  }
+}
+
+static void fill_free(fill_t *f)
+{
+  pull_env_t *env = f->env;
+  daemon_upstream_unref(f->up);
+  store_writer_abort(f->w);
+  free(f->tmp_path);
+  free(f);
+  if (env->released)
+    env->released(env);
+}
+
+/* The one way out: every subscriber gets the outcome, then the fill goes away. */
+static void fill_end(fill_t *f)
+{
+  pull_env_t *env = f->env;
+  int verified = fill_verified(f);
+  if (f->rc == 0)
+    env->st.fills_committed++;
+  else
+    env->st.fills_failed++;
+  f->state = verified ? FILL_DONE : FILL_FAILED; /* FAILED: fill_fail's path, nothing stored */
+  pc_list_remove(&f->link); /* a subscriber may start a new fill of this digest in on_end */
+  fill_result_t r = {.rc = f->rc,
+                     .verified = verified,
+                     .status = f->status,
+                     .retry_after = f->retry_after,
+                     .digest = f->digest,
+                     .repo = f->repo,
+                     .up = f->up};
+  pc_list_t *l;
+  while ((l = pc_list_first(&f->subs))) {
+    fill_sub_t *s = pc_list_entry(l, fill_sub_t, link);
+    fill_unsubscribe(s);
+    s->ops->on_end(s, &r);
+  }
+  fill_free(f);
+}
+
+static void fill_fail(fill_t *f, int err)
+{
+  f->rc = err;
+  fill_end(f);
+}
+
+static void fill_work(uv_work_t *work)
+{
+  fill_t *f = container_of(work, fill_t, work);
+  store_writer_t *w = f->w;
+  f->w = NULL;
+  f->rc = store_writer_commit(w, NULL, NULL);
+}
+
+static void fill_after_work(uv_work_t *work, int status)
+{
+  fill_t *f = container_of(work, fill_t, work);
+  (void)status;
+  if (f->rc)
+    pc_log(PC_LOG_ERR, "store-commit-failed digest=%s rc=%s", f->digest, pc_errname(f->rc));
+  fill_end(f);
+}
+
+static int on_headers(up_fetch_t *uf, int status, void *arg)
+{
+  fill_t *f = arg;
+  pull_env_t *env = f->env;
+  f->status = status;
+  pc_strlcpy(f->retry_after, sizeof(f->retry_after),
+             env->fetch->header(env, uf, "retry-after"));
+  if (status != 200 && status != 206)
+    return 0; /* an error: decided in on_done */
+  if (f->written > 0) {
+    if (status == 200) {
+      f->skip = f->written; /* the upstream ignored Range: drop what we already have */
+    } else {
+      /* Resumed: the answer must start at or before the first byte we lack. */
+      const char *cr = env->fetch->header(env, uf, "content-range");
+      uint64_t start = 0;
+      if (!cr || strncmp(cr, "bytes ", 6) != 0)
+        return PC_E_UPSTREAM;
+      cr += 6;
+      if (pc_parse_u64_prefix(&cr, &start) < 0 || *cr != '-' || start > f->written)
+        return PC_E_UPSTREAM;
+      f->skip = f->written - start;
+    }
+    f->state = FILL_STREAMING;
+    return 0;
+  }
+  f->state = FILL_STREAMING;
+  if (status != 200)
+    return 0; /* a 206 without our Range: no length to stream by; verification decides */
+  uint64_t v;
+  const char *cl = env->fetch->header(env, uf, "content-length");
+  if (cl && pc_parse_u64(cl, INT64_MAX, &v) == 0)
+    f->total = (int64_t)v;
+  if (f->total > 0) {
+    /* Every subscriber starts (an empty blob is answered once committed). */
+    pc_list_foreach_safe(l, nx, &f->subs)
+    {
+      fill_sub_t *s = pc_list_entry(l, fill_sub_t, link);
+      if (!s->streamed)
+        sub_start(f, s);
+    }
+  }
+  return 0;
+}
+
+static int on_data(up_fetch_t *uf, const char *buf, size_t len, void *arg)
+{
+  fill_t *f = arg;
+  (void)uf;
+  if (f->state != FILL_STREAMING)
+    return 0; /* an error body */
+  if (f->skip) {
+    size_t n = len < f->skip ? len : (size_t)f->skip;
+    f->skip -= n;
+    buf += n;
+    len -= n;
+    if (!len)
+      return 0;
+  }
+  int rc = store_writer_write(f->w, buf, len);
+  if (rc)
+    return rc;
+  f->written = store_writer_size(f->w);
+  if (f->total > 0)
+    announce(f, fill_avail(f));
+  return 0;
+}
+
+static void tell_fetched(fill_t *f, up_fetch_t *uf)
+{
+  up_timings_t t;
+  if (pc_list_empty(&f->subs))
+    return;
+  f->env->fetch->timings(f->env, uf, &t);
+  pc_list_foreach_safe(l, nx, &f->subs)
+  {
+    fill_sub_t *s = pc_list_entry(l, fill_sub_t, link);
+    if (s->ops->on_fetched)
+      s->ops->on_fetched(s, &t);
+  }
+}
+
+static void on_done(up_fetch_t *uf, int rc, int status, void *arg)
+{
+  fill_t *f = arg;
+  pull_env_t *env = f->env;
+  f->fetch = NULL;
+  daemon_upstream_seen(f->up, rc, status);
+  int transport = rc == PC_E_UPSTREAM || rc == PC_E_UPSTREAM_TIMEOUT;
+  int body = f->state == FILL_STREAMING;
+  if (transport && body && f->total > 0 && f->written == (uint64_t)f->total)
+    rc = 0; /* every byte arrived before the connection broke: verification decides */
+  if (transport && f->written > 0 && f->attempts < FILL_RESUMES &&
+      (f->total < 0 || f->written < (uint64_t)f->total)) {
+    f->attempts++;
+    env->st.resumes++;
+    pc_log(PC_LOG_WARN,
+           "upstream-blob-resuming upstream=%s repo=%s digest=%s at=%" PRIu64 " attempt=%d rc=%s",
+           f->up->conf.name, f->repo, f->digest, f->written, f->attempts, pc_errname(rc));
+    f->state = FILL_RESUMING;
+    fill_fetch(f);
+    return;
+  }
+  tell_fetched(f, uf);
+  if (rc < 0 || !body) {
+    pc_log(PC_LOG_WARN, "upstream-blob-failed upstream=%s repo=%s digest=%s status=%d rc=%s",
+           f->up->conf.name, f->repo, f->digest, status, pc_errname(rc));
+    fill_fail(f, pull_map_upstream(rc, status, PC_E_BLOB_UNKNOWN));
+    return;
+  }
+  rc = store_writer_verify(f->w);
+  if (rc) {
+    env->st.digest_mismatches++;
+    pc_log(PC_LOG_ERR, "upstream-blob-digest-mismatch upstream=%s repo=%s digest=%s rc=%s",
+           f->up->conf.name, f->repo, f->digest, pc_errname(rc));
+    fill_fail(f, rc == PC_E_DIGEST_INVALID || rc == PC_E_SIZE_INVALID ? PC_E_UPSTREAM_DIGEST : rc);
+    return;
+  }
+  /* Verified: the held-back last byte goes out at once, before the fsync and rename. */
+  f->state = FILL_COMMITTING;
+  if (f->total > 0)
+    announce(f, (uint64_t)f->total);
+  uv_queue_work(env->loop, &f->work, fill_work, fill_after_work);
+}
+
+static void fill_fetch(fill_t *f)
+{
+  pull_env_t *env = f->env;
+  char *url = pull_url(f->up, f->repo, "blobs", f->digest);
+  up_req_t r;
+  pull_req_init(&r, f->up);
+  r.method = "GET";
+  r.url = url;
+  r.range_from = f->written;
+  r.on_headers = on_headers;
+  r.on_data = on_data;
+  r.on_done = on_done;
+  r.arg = f;
+  f->status = 0;
+  f->skip = 0;
+  int rc = env->fetch->start(env, &r, &f->fetch);
+  free(url);
+  if (rc) {
+    f->fetch = NULL;
+    fill_fail(f, rc);
+  }
+}
+
+int fill_start(pull_env_t *env, daemon_upstream_t *up, const char *repo, const char *digest,
+               fill_sub_t *first)
+{
+  fill_t *f = pc_xcalloc(1, sizeof(*f));
+  f->env = env;
+  f->state = FILL_FETCHING;
+  f->total = -1;
+  pc_strlcpy(f->digest, sizeof(f->digest), digest);
+  pc_strlcpy(f->repo, sizeof(f->repo), repo);
+  pc_list_init(&f->subs);
+  int rc = store_writer_new(env->store, digest, -1, &f->w);
+  if (rc) {
+    free(f);
+    return rc;
+  }
+  f->up = daemon_upstream_ref(up);
+  f->tmp_path = pc_xstrdup(store_writer_path(f->w));
+  pc_list_push_back(&env->fills, &f->link);
+  env->st.fills_started++;
+  if (first)
+    fill_subscribe(f, first);
+  fill_fetch(f);
+  return 0;
+}
+
+void fill_cancel_all(pull_env_t *env, int err)
+{
+  pc_list_foreach_safe(l, nx, &env->fills)
+  {
+    fill_t *f = pc_list_entry(l, fill_t, link);
+    if (f->fetch) {
+      env->fetch->cancel(env, f->fetch);
+      f->fetch = NULL;
+      fill_fail(f, err);
+    }
+  }
+}

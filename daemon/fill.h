@@ -1,0 +1,98 @@
+/* daemon/fill — one blob fill: a digest fetched from an upstream into the store, with any
+ * number of subscribers.
+ *
+ * A fill is not tied to a client: a subscriber is any object that embeds a fill_sub_t and
+ * recovers itself with container_of in the callbacks (a client request in mirror.c; a
+ * prefetch or a parent-tier fill later). The fill writes the upstream's bytes into a store
+ * writer (a temp file, hashed as written), tells subscribers how much of it may be sent, and
+ * verifies the digest before anything is committed:
+ *
+ *   on_length(total, avail) once the upstream's length is known (at once for a subscriber that
+ *             joins later): the temp file (fill_tmp_path) holds [0, avail);
+ *   on_avail(avail)         more bytes may be sent. avail stays below total (the last byte is
+ *                           held) until the digest has been verified, then becomes total;
+ *   on_fetched(timings)     the last upstream fetch of the fill ended (optional);
+ *   on_end(result)          the fill is over (committed, or failed: result->verified says
+ *                           whether the bytes matched even if the commit failed). The
+ *                           subscriber is unsubscribed before the call.
+ * A subscriber may unsubscribe at any time outside its callbacks (fill_unsubscribe); the fill
+ * goes on without it, and a fill with no subscribers still completes and commits. Callbacks
+ * run on the loop thread; only on_length may run inside fill_subscribe (a late subscriber
+ * starts at once), and only on_end inside fill_start (the fetch could not be sent).
+ *
+ * Lifetime: a fill is in env->fills from fill_start until just before its on_end calls, and
+ * is freed right after them; it holds a reference on its upstream.
+ */
+#ifndef FILL_H
+#define FILL_H
+
+#include <stdint.h>
+
+#include "core/list.h"
+#include "daemon/pull.h"
+
+struct daemon_upstream;
+typedef struct fill fill_t;
+typedef struct fill_sub fill_sub_t;
+
+/** How a fill ended. Strings live as long as the on_end call. */
+typedef struct fill_result {
+  int rc;                  /**< 0: verified and committed; else the error for a client */
+  int verified;            /**< the bytes matched the digest (a commit may still have failed) */
+  int status;              /**< the upstream's final HTTP status (0 if none) */
+  const char *retry_after; /**< the upstream's Retry-After, "" if none */
+  const char *digest;
+  const char *repo;        /**< where it was fetched from */
+  const struct daemon_upstream *up;
+} fill_result_t;
+
+typedef struct fill_sub_ops {
+  void (*on_length)(fill_sub_t *s, uint64_t total, uint64_t avail);
+  void (*on_avail)(fill_sub_t *s, uint64_t avail);
+  void (*on_fetched)(fill_sub_t *s, const up_timings_t *t); /**< may be NULL */
+  void (*on_end)(fill_sub_t *s, const fill_result_t *r);
+} fill_sub_ops_t;
+
+struct fill_sub {
+  const fill_sub_ops_t *ops; /**< set by the subscriber */
+  fill_t *fill;              /**< the fill while subscribed (fill.c) */
+  int streamed;              /**< on_length was called (fill.c) */
+  pc_list_t link;            /**< in the fill's subscribers (fill.c) */
+};
+
+/** Explicit states; the diagram is at the top of fill.c. */
+typedef enum fill_state {
+  FILL_FETCHING,   /**< request sent, no usable answer yet */
+  FILL_STREAMING,  /**< a 200/206 answer's bytes flow into the writer */
+  FILL_RESUMING,   /**< the body broke after some bytes: asking again with Range */
+  FILL_COMMITTING, /**< verified; fsync + rename + LMDB record on a worker */
+  FILL_DONE,       /**< committed (or the commit failed after verification) */
+  FILL_FAILED,     /**< not verified: nothing stored */
+} fill_state;
+
+/** The fill of digest in flight, or NULL. */
+fill_t *fill_find(pull_env_t *env, const char *digest);
+/** Start a fill of digest (sha256) from up/repo, with first (may be NULL) as its first
+ * subscriber, and send the fetch. Returns 0, or an error when no fill could be made (no temp
+ * file: nothing happened, no callback). When the fetch cannot even be sent, the fill ends at
+ * once: first's on_end runs before fill_start returns 0. */
+int fill_start(pull_env_t *env, struct daemon_upstream *up, const char *repo, const char *digest,
+               fill_sub_t *first);
+/** Subscribe (s->ops set). When the length is already known, on_length is called before this
+ * returns. */
+void fill_subscribe(fill_t *f, fill_sub_t *s);
+void fill_unsubscribe(fill_sub_t *s);
+
+fill_state fill_get_state(const fill_t *f);
+/** 1 once the bytes matched the digest (COMMITTING or DONE). */
+int fill_verified(const fill_t *f);
+/** The temp file being written (open your own descriptor on it). */
+const char *fill_tmp_path(const fill_t *f);
+/** The upstream's length, -1 until known. */
+int64_t fill_total(const fill_t *f);
+/** Bytes that may be sent now (see on_avail). */
+uint64_t fill_avail(const fill_t *f);
+/** Fail every fill that is not yet verified (their fetch cancelled) — mirror_free. */
+void fill_cancel_all(pull_env_t *env, int err);
+
+#endif

@@ -1,0 +1,40 @@
+/* daemon/pull — helpers shared by fills and manifest jobs (see pull.h). */
+#include "daemon/pull.h"
+
+#include <string.h>
+
+#include "core/pc.h"
+#include "daemon/daemon.h"
+
+char *pull_url(const daemon_upstream_t *up, const char *repo, const char *kind, const char *ref)
+{
+  size_t n = strlen(up->conf.url) + strlen(repo) + strlen(kind) + strlen(ref) + 8;
+  char *url = pc_xmalloc(n);
+  snprintf(url, n, "%s/v2/%s/%s/%s", up->conf.url, repo, kind, ref);
+  return url;
+}
+
+void pull_req_init(up_req_t *r, const daemon_upstream_t *up)
+{
+  memset(r, 0, sizeof(*r));
+  r->ca_file = up->conf.ca_file[0] ? up->conf.ca_file : NULL;
+  r->userpwd = up->conf.userpwd[0] ? up->conf.userpwd : NULL;
+  r->pool = up->pool;
+}
+
+int pull_map_upstream(int rc, int status, int unknown)
+{
+  if (rc < 0)
+    return rc;
+  if (status == 404)
+    return unknown;
+  if (status == 401 || status == 403)
+    return PC_E_DENIED; /* the upstream refused this mirror (its credentials, or none) */
+  if (status == 429)
+    return PC_E_TOOMANYREQUESTS;
+  if (status == 503)
+    return PC_E_UPSTREAM_UNAVAILABLE;
+  if (status == 504)
+    return PC_E_UPSTREAM_TIMEOUT;
+  return PC_E_UPSTREAM;
+}

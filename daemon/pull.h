@@ -1,0 +1,70 @@
+/* daemon/pull — what blob fills (fill.c) and manifest jobs (mjob.c) share: the loop, the
+ * store, the upstream seam, the counters, and the sets of work in flight.
+ *
+ * The upstream seam (pull_fetch_ops_t) is http/up in the daemon (pull_env_init_up) and a fake
+ * in the unit tests (tests/unit/test-mirror.c), so the fill and manifest machines and the
+ * mirror policy are tested without a socket. An up_fetch_t is an opaque handle the seam
+ * hands out: only the seam's own functions look inside it.
+ *
+ * The env is owned by the mirror (daemon/mirror.c), lives on the loop thread, and outlives
+ * every fill and job it holds: after mirror_free it is freed by the last one to end
+ * (pull_env_released, called by fill.c and mjob.c whenever they free an object).
+ */
+#ifndef PULL_H
+#define PULL_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/list.h"
+#include "http/up.h"
+#include "store/store.h"
+
+struct daemon_upstream;
+
+/** Counters since the mirror started (exported on /metrics). */
+typedef struct mirror_stats {
+  uint64_t fills_started, fills_committed, fills_failed; /**< blob fills */
+  uint64_t fills_in_flight, waiters_joined;   /**< now; requests that joined a running fill */
+  uint64_t digest_mismatches;                 /**< upstream bytes that failed verification */
+  uint64_t resumes;                           /**< broken upstream bodies continued with Range */
+  uint64_t manifests_fetched;
+} mirror_stats_t;
+
+typedef struct pull_env pull_env_t;
+
+/** The upstream seam: the calls of http/up that fills and jobs make. start has up_fetch_start's
+ * contract (0 and *out, callbacks later; or an error and no callback ever). */
+typedef struct pull_fetch_ops {
+  int (*start)(pull_env_t *env, const up_req_t *r, up_fetch_t **out);
+  void (*cancel)(pull_env_t *env, up_fetch_t *f);
+  const char *(*header)(pull_env_t *env, up_fetch_t *f, const char *lname);
+  void (*timings)(pull_env_t *env, up_fetch_t *f, up_timings_t *t);
+  /** 1 when fetches can be started now (an upstream client exists and the mirror is online). */
+  int (*online)(pull_env_t *env);
+} pull_fetch_ops_t;
+
+struct pull_env {
+  uv_loop_t *loop;
+  store_t *store;
+  const pull_fetch_ops_t *fetch;
+  void *fetch_ctx;          /**< for the seam (the daemon_t in production) */
+  const uint64_t *max_manifest; /**< bytes; a bigger manifest fails its job (read at its start) */
+  int64_t (*now)(void);     /**< wall-clock seconds (pc_now_sec; a fake clock in tests) */
+  mirror_stats_t st;
+  pc_list_t fills;          /**< fill_t.link */
+  pc_list_t jobs;           /**< mjob_t.link */
+  int closing;              /**< mirror_free ran: free the env when the last one ends */
+  void (*released)(pull_env_t *env); /**< called after a fill or job is freed */
+};
+
+/** The full URL of /v2/<repo>/<kind>/<ref> on an upstream (malloc'd). */
+char *pull_url(const struct daemon_upstream *up, const char *repo, const char *kind,
+               const char *ref);
+/** The fetch fields every request to an upstream shares (CA, credentials, pool). */
+void pull_req_init(up_req_t *r, const struct daemon_upstream *up);
+/** The client answer for an upstream outcome that is not a usable 200: rc when < 0, else
+ * by status (404 -> unknown, 401/403 -> DENIED, 429, 503, 504, other -> UPSTREAM). */
+int pull_map_upstream(int rc, int status, int unknown);
+
+#endif
