@@ -421,6 +421,7 @@ void mirror_get_stats(const mirror_t *m, mirror_stats_t *out)
 {
   *out = m->env.st;
   out->fills_in_flight = pc_list_count(&m->env.fills);
+  out->jobs_in_flight = pc_list_count(&m->env.jobs);
 }
 
 void mirror_free(mirror_t *m)

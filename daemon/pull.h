@@ -29,6 +29,7 @@ typedef struct mirror_stats {
   uint64_t digest_mismatches;                 /**< upstream bytes that failed verification */
   uint64_t resumes;                           /**< broken upstream bodies continued with Range */
   uint64_t manifests_fetched;
+  uint64_t jobs_in_flight;                    /**< now: manifest jobs fetching or storing */
 } mirror_stats_t;
 
 typedef struct pull_env pull_env_t;

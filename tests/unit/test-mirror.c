@@ -1,0 +1,774 @@
+/* Unit tests for the mirror policy and the fill and manifest machines (daemon/mirror.c,
+ * fill.c, mjob.c, answer.c) against a fake upstream: the upstream seam (pull_fetch_ops_t) is
+ * replaced by one that records every fetch and lets the test deliver headers, bytes and the
+ * end when it chooses, and the clock is injected. Requests come from real HTTP clients on a
+ * socketpair adopted by the real server (srv__adopt) and go through registry_handle; the store
+ * is real, in a temp directory. No socket reaches any registry. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/num.h"
+#include "core/pc.h"
+#include "daemon/config.h"
+#include "daemon/daemon.h"
+#include "daemon/metrics.h"
+#include "daemon/mirror.h"
+#include "daemon/registry.h"
+#include "http/srv-int.h"
+#include "store/digest.h"
+#include "unit.h"
+
+/* ---- fake upstream -------------------------------------------------------------------------- */
+
+typedef struct ff {
+  char method[8];
+  char url[512];
+  uint64_t range_from;
+  up_headers_cb on_headers;
+  up_data_cb on_data;
+  up_done_cb on_done;
+  void *arg;
+  char hn[8][64], hv[8][256];
+  int nh;
+  int cancelled, ended;
+} ff_t;
+
+#define MAX_FF 64
+static ff_t *fx[MAX_FF];
+static int nfx;
+static int online = 1;
+static int64_t fake_now = 1000000;
+
+static int fk_start(pull_env_t *env, const up_req_t *r, up_fetch_t **out)
+{
+  (void)env;
+  PC_ASSERT(nfx < MAX_FF);
+  ff_t *f = pc_xcalloc(1, sizeof(*f));
+  snprintf(f->method, sizeof(f->method), "%s", r->method);
+  snprintf(f->url, sizeof(f->url), "%s", r->url);
+  f->range_from = r->range_from;
+  f->on_headers = r->on_headers;
+  f->on_data = r->on_data;
+  f->on_done = r->on_done;
+  f->arg = r->arg;
+  fx[nfx++] = f;
+  *out = (up_fetch_t *)f;
+  return 0;
+}
+
+static void fk_cancel(pull_env_t *env, up_fetch_t *uf)
+{
+  (void)env;
+  ((ff_t *)uf)->cancelled = 1;
+}
+
+static const char *fk_header(pull_env_t *env, up_fetch_t *uf, const char *lname)
+{
+  ff_t *f = (ff_t *)uf;
+  (void)env;
+  for (int i = 0; i < f->nh; i++)
+    if (strcasecmp(f->hn[i], lname) == 0)
+      return f->hv[i];
+  return NULL;
+}
+
+static void fk_timings(pull_env_t *env, up_fetch_t *uf, up_timings_t *t)
+{
+  (void)env;
+  (void)uf;
+  memset(t, 0, sizeof(*t));
+  t->first_byte_us = 1500;
+}
+
+static int fk_online(pull_env_t *env)
+{
+  (void)env;
+  return online;
+}
+
+static const pull_fetch_ops_t fake_ops = {fk_start, fk_cancel, fk_header, fk_timings, fk_online};
+
+static int64_t now_fn(void)
+{
+  return fake_now;
+}
+
+/* The upstream answers a fetch's head: status, then name/value pairs, NULL-terminated. */
+static int ff_headers(ff_t *f, int status, ...)
+{
+  va_list ap;
+  va_start(ap, status);
+  const char *n;
+  while ((n = va_arg(ap, const char *))) {
+    PC_ASSERT(f->nh < 8);
+    snprintf(f->hn[f->nh], sizeof(f->hn[0]), "%s", n);
+    snprintf(f->hv[f->nh], sizeof(f->hv[0]), "%s", va_arg(ap, const char *));
+    f->nh++;
+  }
+  va_end(ap);
+  return f->on_headers ? f->on_headers((up_fetch_t *)f, status, f->arg) : 0;
+}
+
+static int ff_body(ff_t *f, const void *p, size_t len)
+{
+  return f->on_data((up_fetch_t *)f, p, len, f->arg);
+}
+
+static void ff_done(ff_t *f, int rc, int status)
+{
+  PC_ASSERT(!f->ended);
+  f->ended = 1;
+  f->on_done((up_fetch_t *)f, rc, status, f->arg);
+}
+
+/* ---- the daemon under test ------------------------------------------------------------------ */
+
+static uv_loop_t loop;
+static daemon_t d;
+
+#define UP "registry.k8s.io"
+
+static void setup(void)
+{
+  signal(SIGPIPE, SIG_IGN);
+  pc_log_level = PC_LOG_ERR;
+  ASSERT_OK(uv_loop_init(&loop));
+  memset(&d, 0, sizeof(d));
+  d.loop = &loop;
+  config_defaults(&d.cfg);
+  d.cfg.upstreams[0].tag_ttl = 300;
+  ASSERT_OK(store_open(unit_tmpdir(), NULL, &d.store));
+  daemon_upstreams_apply(&d, &d.cfg);
+  ASSERT_OK(mirror_new_with(&d, &fake_ops, NULL, now_fn, &d.mirror));
+  ASSERT_OK(srv_new(&loop, NULL, registry_handle, &d, &d.srv));
+  srv_set_finish_cb(d.srv, metrics_on_finish, &d);
+}
+
+/* One loop turn, and a short nap so worker-thread commits make progress. */
+static void turn(void)
+{
+  uv_run(&loop, UV_RUN_NOWAIT);
+  struct timespec ts = {0, 200000};
+  nanosleep(&ts, NULL);
+}
+
+static void teardown(void)
+{
+  srv_close(d.srv, NULL, NULL);
+  mirror_free(d.mirror);
+  for (int i = 0; i < 2000 && uv_loop_alive(&loop); i++)
+    turn();
+  for (int i = 0; i < d.nups; i++)
+    daemon_upstream_unref(d.ups[i]);
+  store_close(d.store);
+  for (int i = 0; i < nfx; i++)
+    free(fx[i]);
+  nfx = 0;
+  ASSERT_OK(uv_loop_close(&loop));
+}
+
+/* ---- clients -------------------------------------------------------------------------------- */
+
+typedef struct cli {
+  int fd;
+  char buf[1 << 18];
+  size_t len;
+  int eof;
+} cli_t;
+
+typedef struct resp {
+  int status;
+  char head[4096];
+  const char *body;
+  size_t body_len;
+  long clen; /**< Content-Length, -1 if none */
+} resp_t;
+
+static void cli_drain(cli_t *c)
+{
+  for (;;) {
+    if (c->len == sizeof(c->buf))
+      return;
+    ssize_t n = read(c->fd, c->buf + c->len, sizeof(c->buf) - c->len);
+    if (n > 0) {
+      c->len += (size_t)n;
+      continue;
+    }
+    if (n == 0)
+      c->eof = 1;
+    return;
+  }
+}
+
+static cli_t *cli_get(const char *path, const char *extra)
+{
+  int sv[2];
+  cli_t *c = pc_xcalloc(1, sizeof(*c));
+  ASSERT_OK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 ? -errno : 0);
+  c->fd = sv[0];
+  fcntl(c->fd, F_SETFL, O_NONBLOCK);
+  ASSERT_OK(srv__adopt(d.srv, sv[1]));
+  char req[1024];
+  int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: m\r\n%s\r\n", path,
+                   extra ? extra : "");
+  ASSERT_EQ(n, write(c->fd, req, (size_t)n));
+  turn();
+  turn();
+  return c;
+}
+
+static void cli_close(cli_t *c)
+{
+  close(c->fd);
+  free(c);
+}
+
+/* Parse what arrived; 1 when a whole head is there. */
+static int parse(cli_t *c, resp_t *r)
+{
+  memset(r, 0, sizeof(*r));
+  r->clen = -1;
+  const char *end = memmem(c->buf, c->len, "\r\n\r\n", 4);
+  if (!end)
+    return 0;
+  size_t hl = (size_t)(end - c->buf) + 4;
+  PC_ASSERT(hl < sizeof(r->head));
+  memcpy(r->head, c->buf, hl);
+  r->head[hl] = '\0';
+  uint64_t v = 0;
+  PC_ASSERT(pc_parse_u64_n(r->head + 9, 3, 999, &v) == 0); /* "HTTP/1.1 NNN" */
+  r->status = (int)v;
+  const char *cl = strcasestr(r->head, "\r\nContent-Length: ");
+  if (cl) {
+    cl += 18;
+    PC_ASSERT(pc_parse_u64_prefix(&cl, &v) == 0);
+    r->clen = (long)v;
+  }
+  r->body = c->buf + hl;
+  r->body_len = c->len - hl;
+  return 1;
+}
+
+/* Pump the loop until the client has its whole answer (or the connection ended). */
+static void cli_wait(cli_t *c, resp_t *r)
+{
+  for (int i = 0; i < 5000; i++) {
+    cli_drain(c);
+    if (parse(c, r) && (r->status == 304 || (r->clen >= 0 && r->body_len >= (size_t)r->clen)))
+      return;
+    if (c->eof)
+      return;
+    turn();
+  }
+  unit__fail(__FILE__, __LINE__, "no complete answer");
+}
+
+/* Pump until the head and at least n body bytes arrived (bounded), then a few more turns so
+ * that bytes the server should not send would show. */
+static void cli_until(cli_t *c, resp_t *r, size_t n)
+{
+  int i;
+  for (i = 0; i < 5000; i++) {
+    cli_drain(c);
+    if (parse(c, r) && r->body_len >= n)
+      break;
+    turn();
+  }
+  if (i == 5000)
+    unit__fail(__FILE__, __LINE__, "fewer than %zu body bytes arrived", n);
+  for (i = 0; i < 20; i++) {
+    turn();
+    cli_drain(c);
+  }
+  parse(c, r);
+}
+
+static const char *hdr(const resp_t *r, const char *name, char *out, size_t cap)
+{
+  char key[80];
+  snprintf(key, sizeof(key), "\r\n%s: ", name);
+  const char *p = strcasestr(r->head, key);
+  if (!p)
+    return NULL;
+  p += strlen(key);
+  size_t n = strcspn(p, "\r");
+  if (n >= cap)
+    n = cap - 1;
+  memcpy(out, p, n);
+  out[n] = '\0';
+  return out;
+}
+
+#define ASSERT_HDR(r, name, want)                                                                  \
+  do {                                                                                             \
+    char v_[256];                                                                                  \
+    ASSERT_STREQ(want, hdr((r), (name), v_, sizeof(v_)));                                          \
+  } while (0)
+
+/* Pump until the store has the blob (the commit runs on a worker). */
+static void wait_stored(const char *digest)
+{
+  for (int i = 0; i < 5000; i++) {
+    if (store_blob_stat(d.store, digest, NULL) == 0)
+      return;
+    turn();
+  }
+  unit__fail(__FILE__, __LINE__, "not committed: %s", digest);
+}
+
+static void wait_idle(void)
+{
+  mirror_stats_t st;
+  for (int i = 0; i < 5000; i++) {
+    mirror_get_stats(d.mirror, &st);
+    if (st.fills_in_flight == 0 && st.jobs_in_flight == 0)
+      break;
+    turn();
+  }
+  for (int i = 0; i < 50; i++)
+    turn();
+}
+
+/* ---- content -------------------------------------------------------------------------------- */
+
+#define BLOB_LEN 200000
+static char blob[BLOB_LEN];
+static char blob_digest[STORE_DIGEST_MAX];
+static char blob_path[256];
+
+static void make_blob(void)
+{
+  for (int i = 0; i < BLOB_LEN; i++)
+    blob[i] = (char)(i * 7 + i / 251);
+  store_digest_of(blob, BLOB_LEN, blob_digest);
+  snprintf(blob_path, sizeof(blob_path), "/v2/pause/blobs/%s", blob_digest);
+}
+
+static const char manifest1[] = "{\"schemaVersion\":2,\"mediaType\":"
+                                "\"application/vnd.oci.image.manifest.v1+json\",\"n\":1}";
+static const char manifest2[] = "{\"schemaVersion\":2,\"mediaType\":"
+                                "\"application/vnd.oci.image.manifest.v1+json\",\"n\":2}";
+#define CT_M "application/vnd.oci.image.manifest.v1+json"
+
+static void serve_manifest(ff_t *f, const char *body)
+{
+  char dg[STORE_DIGEST_MAX], cl[32];
+  store_digest_of(body, strlen(body), dg);
+  snprintf(cl, sizeof(cl), "%zu", strlen(body));
+  ASSERT_OK(ff_headers(f, 200, "content-type", CT_M, "docker-content-digest", dg,
+                       "content-length", cl, NULL));
+  if (strcmp(f->method, "GET") == 0)
+    ASSERT_OK(ff_body(f, body, strlen(body)));
+  ff_done(f, 0, 200);
+}
+
+static char blen_s[32];
+static void blob_headers(ff_t *f)
+{
+  snprintf(blen_s, sizeof(blen_s), "%d", BLOB_LEN);
+  ASSERT_OK(ff_headers(f, 200, "content-length", blen_s, NULL));
+}
+
+/* ---- tests: blobs --------------------------------------------------------------------------- */
+
+/* One upstream fetch for many clients; joiners get JOIN, later clients HIT from the store; the
+ * answers from the live fill carry the same headers as store hits (Cache-Control, ETag). */
+TEST(blob_fill_single_flight_and_join)
+{
+  make_blob();
+  setup();
+  resp_t r;
+  cli_t *a = cli_get(blob_path, NULL);
+  ASSERT_EQ(1, nfx);
+  ASSERT_STREQ("GET", fx[0]->method);
+  ASSERT(strstr(fx[0]->url, "/v2/pause/blobs/sha256:") != NULL);
+  blob_headers(fx[0]);
+  ASSERT_OK(ff_body(fx[0], blob, BLOB_LEN / 2));
+  cli_until(a, &r, BLOB_LEN / 2);
+  ASSERT_EQ(200, r.status);
+  ASSERT_HDR(&r, "X-Cache", "MISS");
+  ASSERT_HDR(&r, "Cache-Control", "max-age=31536000");
+  ASSERT_HDR(&r, "Docker-Content-Digest", blob_digest);
+  ASSERT_EQ(BLOB_LEN, r.clen);
+  ASSERT_EQ(BLOB_LEN / 2, r.body_len); /* what the fill holds so far, streamed at once */
+
+  cli_t *b = cli_get(blob_path, NULL); /* joins the running fill */
+  ASSERT_EQ(1, nfx);
+  cli_until(b, &r, BLOB_LEN / 2);
+  ASSERT_HDR(&r, "X-Cache", "JOIN");
+  ASSERT_HDR(&r, "Cache-Control", "max-age=31536000");
+
+  ASSERT_OK(ff_body(fx[0], blob + BLOB_LEN / 2, BLOB_LEN - BLOB_LEN / 2));
+  /* Every byte is in, but not verified: the last byte is held back. */
+  cli_until(a, &r, BLOB_LEN - 1);
+  ASSERT_EQ(BLOB_LEN - 1, r.body_len);
+  ff_done(fx[0], 0, 200);
+  cli_wait(a, &r);
+  ASSERT_EQ(BLOB_LEN, r.body_len);
+  ASSERT(memcmp(r.body, blob, BLOB_LEN) == 0);
+  cli_wait(b, &r);
+  ASSERT_EQ(BLOB_LEN, r.body_len);
+  ASSERT(memcmp(r.body, blob, BLOB_LEN) == 0);
+  wait_stored(blob_digest);
+
+  cli_t *c = cli_get(blob_path, NULL);
+  cli_wait(c, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_HDR(&r, "X-Cache", "HIT");
+  ASSERT_EQ(1, nfx); /* still the one upstream fetch */
+  wait_idle();
+  mirror_stats_t st;
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(1, st.fills_started);
+  ASSERT_EQ(1, st.fills_committed);
+  ASSERT_EQ(1, st.waiters_joined);
+  ASSERT_EQ(1, d.counters.cache[ANSWER_BLOB][DAEMON_CACHE_MISS]);
+  ASSERT_EQ(1, d.counters.cache[ANSWER_BLOB][DAEMON_CACHE_JOIN]);
+  ASSERT_EQ(1, d.counters.cache[ANSWER_BLOB][DAEMON_CACHE_HIT]);
+  cli_close(a);
+  cli_close(b);
+  cli_close(c);
+  teardown();
+}
+
+/* If-None-Match and Range are honoured by answers from a live fill as by store hits. */
+TEST(blob_live_fill_304_and_range)
+{
+  make_blob();
+  setup();
+  resp_t r;
+  char inm[200];
+  snprintf(inm, sizeof(inm), "If-None-Match: \"%s\"\r\n", blob_digest);
+  cli_t *a = cli_get(blob_path, NULL);
+  blob_headers(fx[0]);
+  ASSERT_OK(ff_body(fx[0], blob, 1000));
+  cli_t *b = cli_get(blob_path, inm);
+  cli_wait(b, &r);
+  ASSERT_EQ(304, r.status);
+  ASSERT_HDR(&r, "X-Cache", "JOIN");
+  char etag[STORE_DIGEST_MAX + 2];
+  snprintf(etag, sizeof(etag), "\"%s\"", blob_digest);
+  ASSERT_HDR(&r, "ETag", etag);
+  cli_close(b);
+  cli_t *c = cli_get(blob_path, "Range: bytes=100-199\r\n");
+  cli_wait(c, &r);
+  ASSERT_EQ(206, r.status);
+  ASSERT_HDR(&r, "Content-Range", "bytes 100-199/200000");
+  ASSERT_EQ(100, r.body_len);
+  ASSERT(memcmp(r.body, blob + 100, 100) == 0);
+  cli_close(c);
+  cli_t *e = cli_get(blob_path, "Range: bytes=300000-\r\n");
+  cli_wait(e, &r);
+  ASSERT_EQ(416, r.status);
+  ASSERT_HDR(&r, "Content-Range", "bytes */200000");
+  cli_close(e);
+  ASSERT_OK(ff_body(fx[0], blob + 1000, BLOB_LEN - 1000));
+  ff_done(fx[0], 0, 200);
+  cli_wait(a, &r);
+  ASSERT_EQ(BLOB_LEN, r.body_len);
+  cli_close(a);
+  wait_stored(blob_digest);
+  ASSERT_EQ(1, nfx);
+  teardown();
+}
+
+/* Bytes that do not match the digest: the streaming client is cut one byte short, nothing is
+ * stored, and the next request starts a new fill. */
+TEST(blob_digest_mismatch_never_delivered_whole)
+{
+  make_blob();
+  setup();
+  resp_t r;
+  cli_t *a = cli_get(blob_path, NULL);
+  blob_headers(fx[0]);
+  blob[500] ^= 1;
+  ASSERT_OK(ff_body(fx[0], blob, BLOB_LEN));
+  blob[500] ^= 1;
+  cli_until(a, &r, BLOB_LEN - 1);
+  ASSERT_EQ(BLOB_LEN - 1, r.body_len); /* all but the held-back byte */
+  ff_done(fx[0], 0, 200);
+  cli_wait(a, &r);
+  ASSERT(a->eof); /* cut one byte short: the client sees a broken body */
+  ASSERT_EQ(BLOB_LEN - 1, r.body_len);
+  cli_close(a);
+  wait_idle();
+  ASSERT_EQ(PC_E_NOTFOUND, store_blob_stat(d.store, blob_digest, NULL));
+  mirror_stats_t st;
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(1, st.digest_mismatches);
+  ASSERT_EQ(1, st.fills_failed);
+  cli_t *b = cli_get(blob_path, NULL);
+  ASSERT_EQ(2, nfx);
+  ff_headers(fx[1], 503, NULL);
+  ff_done(fx[1], 0, 503);
+  cli_wait(b, &r);
+  ASSERT_EQ(503, r.status);
+  ASSERT_HDR(&r, "X-Cache", "MISS");
+  cli_close(b);
+  teardown();
+}
+
+/* A broken upstream body is resumed with Range from the last byte written. */
+TEST(blob_resume_after_break)
+{
+  make_blob();
+  setup();
+  resp_t r;
+  cli_t *a = cli_get(blob_path, NULL);
+  blob_headers(fx[0]);
+  ASSERT_OK(ff_body(fx[0], blob, 70000));
+  ff_done(fx[0], PC_E_UPSTREAM, 200);
+  ASSERT_EQ(2, nfx);
+  ASSERT_EQ(70000, fx[1]->range_from);
+  /* The upstream restarts a little earlier than asked: the overlap is skipped. */
+  ASSERT_OK(ff_headers(fx[1], 206, "content-range", "bytes 69000-199999/200000", NULL));
+  ASSERT_OK(ff_body(fx[1], blob + 69000, BLOB_LEN - 69000));
+  ff_done(fx[1], 0, 206);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(BLOB_LEN, r.body_len);
+  ASSERT(memcmp(r.body, blob, BLOB_LEN) == 0);
+  cli_close(a);
+  wait_stored(blob_digest);
+  mirror_stats_t st;
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(1, st.resumes);
+  teardown();
+}
+
+/* "Not here" from one repository is no answer for a request that joined from another: it
+ * gets a fill of its own. The first repository's request gets the 404. */
+TEST(blob_repo_refusal_refills_for_other_repo)
+{
+  make_blob();
+  setup();
+  resp_t r;
+  char other[256];
+  snprintf(other, sizeof(other), "/v2/other/blobs/%s", blob_digest);
+  cli_t *a = cli_get(blob_path, NULL);
+  cli_t *b = cli_get(other, NULL);
+  ASSERT_EQ(1, nfx);
+  ff_headers(fx[0], 404, NULL);
+  ff_done(fx[0], 0, 404);
+  cli_wait(a, &r);
+  ASSERT_EQ(404, r.status);
+  ASSERT(strstr(r.body, "BLOB_UNKNOWN") != NULL);
+  ASSERT_EQ(2, nfx);
+  ASSERT(strstr(fx[1]->url, "/v2/other/blobs/") != NULL);
+  blob_headers(fx[1]);
+  ASSERT_OK(ff_body(fx[1], blob, BLOB_LEN));
+  ff_done(fx[1], 0, 200);
+  cli_wait(b, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(BLOB_LEN, r.body_len);
+  cli_close(a);
+  cli_close(b);
+  wait_stored(blob_digest);
+  teardown();
+}
+
+/* A fill with no client left still completes and commits (a prefetch needs no connection). */
+TEST(blob_fill_outlives_its_clients)
+{
+  make_blob();
+  setup();
+  cli_t *a = cli_get(blob_path, NULL);
+  blob_headers(fx[0]);
+  ASSERT_OK(ff_body(fx[0], blob, 1000));
+  cli_close(a);
+  for (int i = 0; i < 20; i++)
+    turn();
+  ASSERT_OK(ff_body(fx[0], blob + 1000, BLOB_LEN - 1000));
+  ff_done(fx[0], 0, 200);
+  wait_stored(blob_digest);
+  teardown();
+}
+
+/* Offline: a miss is a clean 404, no fetch. */
+TEST(blob_offline_miss)
+{
+  make_blob();
+  setup();
+  resp_t r;
+  online = 0;
+  cli_t *a = cli_get(blob_path, NULL);
+  cli_wait(a, &r);
+  online = 1;
+  ASSERT_EQ(404, r.status);
+  ASSERT(strstr(r.body, "offline") != NULL);
+  ASSERT_HDR(&r, "X-Cache", "MISS");
+  ASSERT_EQ(0, nfx);
+  cli_close(a);
+  teardown();
+}
+
+/* ---- tests: manifests ----------------------------------------------------------------------- */
+
+/* Two requests for one tag: one upstream GET; the second joins. A request that comes during
+ * the store write is answered from the job's memory (HIT), with 304 when it asks. */
+TEST(manifest_join_and_answer_from_memory)
+{
+  setup();
+  resp_t r;
+  char dg[STORE_DIGEST_MAX], inm[200];
+  store_digest_of(manifest1, strlen(manifest1), dg);
+  snprintf(inm, sizeof(inm), "If-None-Match: \"%s\"\r\n", dg);
+  cli_t *a = cli_get("/v2/pause/manifests/3.10", NULL);
+  cli_t *b = cli_get("/v2/pause/manifests/3.10", inm);
+  ASSERT_EQ(1, nfx);
+  serve_manifest(fx[0], manifest1);
+  /* The store write is queued on a worker; this request is answered from memory. */
+  cli_t *c = cli_get("/v2/pause/manifests/3.10", inm);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_HDR(&r, "X-Cache", "MISS");
+  ASSERT_HDR(&r, "Docker-Content-Digest", dg);
+  ASSERT_HDR(&r, "Content-Type", CT_M);
+  ASSERT_EQ(strlen(manifest1), r.body_len);
+  cli_wait(b, &r);
+  ASSERT_EQ(304, r.status); /* from memory, If-None-Match honoured */
+  ASSERT_HDR(&r, "X-Cache", "JOIN");
+  cli_wait(c, &r);
+  ASSERT(r.status == 304);
+  ASSERT_EQ(1, nfx);
+  cli_close(a);
+  cli_close(b);
+  cli_close(c);
+  wait_idle();
+  store_tag_t t;
+  ASSERT_OK(store_tag_get(d.store, UP, "pause", "3.10", &t));
+  ASSERT_STREQ(dg, t.digest);
+  ASSERT_EQ(fake_now, t.checked_at);
+  teardown();
+}
+
+/* Tag freshness with the injected clock: within the TTL a HIT with no fetch; after it a HEAD
+ * (unchanged: REVALIDATED); a changed digest is fetched with a GET. */
+TEST(manifest_tag_ttl_revalidate_and_change)
+{
+  setup();
+  resp_t r;
+  cli_t *a = cli_get("/v2/pause/manifests/3.10", NULL);
+  serve_manifest(fx[0], manifest1);
+  cli_wait(a, &r);
+  cli_close(a);
+  wait_idle();
+  fake_now += 299;
+  a = cli_get("/v2/pause/manifests/3.10", NULL);
+  cli_wait(a, &r);
+  ASSERT_HDR(&r, "X-Cache", "HIT");
+  ASSERT_EQ(1, nfx);
+  cli_close(a);
+
+  fake_now += 1; /* the TTL (300 s) has run out */
+  a = cli_get("/v2/pause/manifests/3.10", NULL);
+  ASSERT_EQ(2, nfx);
+  ASSERT_STREQ("HEAD", fx[1]->method);
+  serve_manifest(fx[1], manifest1);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_HDR(&r, "X-Cache", "REVALIDATED");
+  ASSERT_EQ(strlen(manifest1), r.body_len);
+  cli_close(a);
+  wait_idle();
+
+  fake_now += 301;
+  a = cli_get("/v2/pause/manifests/3.10", NULL);
+  ASSERT_STREQ("HEAD", fx[2]->method);
+  serve_manifest(fx[2], manifest2); /* HEAD: a new digest */
+  ASSERT_EQ(4, nfx);
+  ASSERT_STREQ("GET", fx[3]->method);
+  serve_manifest(fx[3], manifest2);
+  cli_wait(a, &r);
+  ASSERT_HDR(&r, "X-Cache", "MISS");
+  ASSERT(r.body_len == strlen(manifest2) && memcmp(r.body, manifest2, r.body_len) == 0);
+  cli_close(a);
+  wait_idle();
+  teardown();
+}
+
+/* Stale-if-error: after the TTL, an upstream that fails (503) gets the known manifest served
+ * STALE; one that says 404 is believed. */
+TEST(manifest_stale_if_error_but_not_on_404)
+{
+  setup();
+  resp_t r;
+  cli_t *a = cli_get("/v2/pause/manifests/3.10", NULL);
+  serve_manifest(fx[0], manifest1);
+  cli_wait(a, &r);
+  cli_close(a);
+  wait_idle();
+  fake_now += 1000;
+  a = cli_get("/v2/pause/manifests/3.10", NULL);
+  ff_headers(fx[1], 503, NULL);
+  ff_done(fx[1], 0, 503);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_HDR(&r, "X-Cache", "STALE");
+  ASSERT(r.body_len == strlen(manifest1) && memcmp(r.body, manifest1, r.body_len) == 0);
+  cli_close(a);
+  a = cli_get("/v2/pause/manifests/3.10", NULL);
+  ASSERT_EQ(3, nfx); /* stale is not a revalidation: the next request asks again */
+  ff_headers(fx[2], 404, NULL);
+  ff_done(fx[2], 0, 404);
+  cli_wait(a, &r);
+  ASSERT_EQ(404, r.status);
+  ASSERT(strstr(r.body, "MANIFEST_UNKNOWN") != NULL);
+  cli_close(a);
+  /* Offline, the known tag is served whatever its age. */
+  online = 0;
+  a = cli_get("/v2/pause/manifests/3.10", NULL);
+  cli_wait(a, &r);
+  online = 1;
+  ASSERT_HDR(&r, "X-Cache", "HIT");
+  ASSERT_EQ(3, nfx);
+  cli_close(a);
+  teardown();
+}
+
+/* A manifest by digest whose bytes do not match is a 502, not cached; a too-large one fails. */
+TEST(manifest_by_digest_mismatch_and_cap)
+{
+  setup();
+  resp_t r;
+  char dg[STORE_DIGEST_MAX], path[256];
+  store_digest_of(manifest1, strlen(manifest1), dg);
+  snprintf(path, sizeof(path), "/v2/pause/manifests/%s", dg);
+  cli_t *a = cli_get(path, NULL);
+  ASSERT_OK(ff_headers(fx[0], 200, "content-type", CT_M, NULL));
+  ASSERT_OK(ff_body(fx[0], manifest2, strlen(manifest2)));
+  ff_done(fx[0], 0, 200);
+  cli_wait(a, &r);
+  ASSERT_EQ(502, r.status);
+  ASSERT(strstr(r.body, "did not match") != NULL);
+  cli_close(a);
+  wait_idle();
+  ASSERT_EQ(PC_E_NOTFOUND, store_manifest_stat(d.store, dg, NULL));
+  d.cfg.max_manifest = 10;
+  a = cli_get(path, NULL);
+  ASSERT_OK(ff_headers(fx[1], 200, "content-type", CT_M, NULL));
+  ASSERT_EQ(PC_E_TOOBIG, ff_body(fx[1], manifest1, strlen(manifest1)));
+  ff_done(fx[1], PC_E_TOOBIG, 200);
+  cli_wait(a, &r);
+  ASSERT_EQ(413, r.status);
+  cli_close(a);
+  teardown();
+}
+
+/* The policy's pure part. */
+TEST(tag_fresh_is_pure)
+{
+  store_tag_t t;
+  memset(&t, 0, sizeof(t));
+  t.checked_at = 1000;
+  ASSERT(mirror_tag_fresh(&t, 1000, 300));
+  ASSERT(mirror_tag_fresh(&t, 1299, 300));
+  ASSERT(!mirror_tag_fresh(&t, 1300, 300));
+  ASSERT(!mirror_tag_fresh(&t, 5000, 300));
+  ASSERT(!mirror_tag_fresh(&t, 1000, 0)); /* tag_ttl 0: always revalidate */
+}
