@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "core/num.h"
 #include "core/pc.h"
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -31,27 +32,21 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
   va_end(ap);
 }
 
+/* A value that does not fit its field is an error (never cut). */
 static int copy_str(char *dst, size_t dstlen, const char *src)
 {
-  size_t n = strlen(src);
-  if (n >= dstlen)
-    return -1;
-  memcpy(dst, src, n + 1);
-  return 0;
+  return pc_strlcpy(dst, dstlen, src) == 0 ? 0 : -1;
 }
 
 /* ---- value parsers ------------------------------------------------------------------------ */
 
-/* Decimal integer in [min, max]; 0 or -1. */
+/* Decimal integer in [min, max] (an optional '+', no '-'); 0 or -1. */
 static int parse_int(const char *s, long long min, long long max, long long *out)
 {
-  char *end = NULL;
-  long long v;
-  if (!s || !*s || (*s != '+' && (*s < '0' || *s > '9')))
-    return -1;
-  errno = 0;
-  v = strtoll(s, &end, 10);
-  if (errno || !end || *end != '\0' || v < min || v > max)
+  int64_t v;
+  if (s && *s == '+')
+    s++;
+  if (!s || *s < '0' || *s > '9' || pc_parse_i64(s, min, max, &v) < 0)
     return -1;
   *out = v;
   return 0;
@@ -78,19 +73,15 @@ typedef struct unit {
 
 static int64_t parse_with_unit(const char *s, const unit_t *units)
 {
-  char *end = NULL;
-  unsigned long long v;
-  if (!s || *s < '0' || *s > '9')
-    return -1;
-  errno = 0;
-  v = strtoull(s, &end, 10);
-  if (errno || v > (unsigned long long)INT64_MAX)
+  const char *end = s;
+  uint64_t v;
+  if (!s || pc_parse_u64_prefix(&end, &v) < 0 || v > (uint64_t)INT64_MAX)
     return -1;
   while (*end == ' ')
     end++;
   for (const unit_t *u = units; u->name; u++) {
     if (strcasecmp(end, u->name) == 0) {
-      if (v > (unsigned long long)(INT64_MAX / u->factor))
+      if (v > (uint64_t)(INT64_MAX / u->factor))
         return -1;
       return (int64_t)v * u->factor;
     }
