@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/num.h"
 #include "core/pc.h"
 #include "store/store.h"
 
@@ -77,10 +78,14 @@ int main(int argc, char **argv)
     return 2;
   }
   const char *dir = argv[1];
-  unsigned long n = strtoul(argv[2], NULL, 10);
-  int threads = argc > 3 ? (int)strtol(argv[3], NULL, 10) : 2;
-  if (threads < 1 || threads > 16)
-    threads = 2;
+  uint64_t nv = 0, tv = 2;
+  if (pc_parse_u64(argv[2], 100000000, &nv) < 0 ||
+      (argc > 3 && pc_parse_u64(argv[3], 16, &tv) < 0) || tv < 1) {
+    fprintf(stderr, "pc-storebench: N is a count (at most 100000000), THREADS 1 to 16\n");
+    return 2;
+  }
+  unsigned long n = (unsigned long)nv;
+  int threads = (int)tv;
   store_t *s = NULL;
   int rc;
   uint64_t t0;

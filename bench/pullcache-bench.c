@@ -37,6 +37,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "core/num.h"
 #include "core/pc.h"
 
 #define BENCH_MAX_DOC (4 << 20)  /* containerd rejects manifests above ~4 MiB */
@@ -326,7 +327,10 @@ static size_t on_header(char *data, size_t size, size_t nitems, void *arg)
   size_t n = size * nitems;
   if (n >= 5 && strncmp(data, "HTTP/", 5) == 0) {
     const char *sp = memchr(data, ' ', n);
-    x->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+    uint64_t st = 0;
+    x->status = sp && (size_t)(sp + 4 - data) <= n && pc_parse_u64_n(sp + 1, 3, 999, &st) == 0
+                    ? (int)st
+                    : 0;
     x->h_digest[0] = x->h_ctype[0] = '\0';
     free(x->h_auth);
     x->h_auth = NULL;
@@ -1045,10 +1049,8 @@ static void usage(FILE *f)
 
 static int parse_int(const char *s, int lo, int hi, int *out)
 {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || *end || end == s || v < lo || v > hi)
+  int64_t v;
+  if (pc_parse_i64(s, lo, hi, &v) < 0)
     return -1;
   *out = (int)v;
   return 0;
