@@ -36,7 +36,7 @@
  * Timeouts: curl enforces connect_timeout_ms. Each fetch has one uv_timer_t: in the header
  * phase it fires first_byte ms after the request went out (CURLOPT_PREREQFUNCTION; until then
  * it is armed for connect + first_byte as a backstop); in the body phase it checks that some
- * bytes arrived in the last stall_timeout_ms (not counting time paused by the user).
+ * bytes arrived in the last stall_timeout_ms.
  *
  * Pools: a fetch with a pool takes a slot (max_active) and a rate token (a bucket refilled
  * from uv_hrtime, so the refill is exact whatever the loop's cached time) when it starts, or
@@ -52,10 +52,6 @@
  * t_begin when the fetch starts (leaves the queue; queue_ns is the difference),
  * t_hop per hop (a hop that ends as a redirect or an answered 401 adds to redirect_ns), t_token
  * around the token fetch; first_byte_ns is set when the final header block ends.
- *
- * Pause: when on_data returns UP_PAUSE the bytes count as consumed; the next write callback of
- * curl returns CURL_WRITEFUNC_PAUSE (curl keeps those bytes). up_fetch_resume clears the flag and
- * has the idle handle call curl_easy_pause(CURLPAUSE_CONT), which redelivers them.
  */
 #include "http/up.h"
 
@@ -147,8 +143,7 @@ struct up {
   uv_loop_t *loop;
   CURLM *multi;
   uv_timer_t timer;      /* curl's timeout */
-  uv_idle_t idle;        /* deferred work: releases, handle adds, resumes, pool dispatch,
-                            teardown */
+  uv_idle_t idle;        /* deferred work: releases, handle adds, pool dispatch, teardown */
   uv_timer_t pool_timer; /* the earliest rate token any pool queue waits for */
   long connect_timeout_ms;
   long first_byte_timeout_ms;
@@ -220,9 +215,6 @@ struct up_fetch {
   uint64_t last_activity;
   /* flags */
   int cancelled;
-  int paused;      /* user asked for a pause */
-  int curl_paused; /* curl holds bytes we refused with CURL_WRITEFUNC_PAUSE */
-  int resume_pending;
   int headers_delivered;
   int abort_rc;
   /* token fetch */
@@ -1020,10 +1012,6 @@ static size_t on_curl_write(char *buf, size_t size, size_t n, void *arg)
   f->last_activity = uv_now(u->loop);
   if (f->kind != HOP_FINAL)
     return len; /* body of a redirect or a 401: discarded */
-  if (f->paused) {
-    f->curl_paused = 1;
-    return CURL_WRITEFUNC_PAUSE;
-  }
   if (!f->internal) {
     u->stats.body_bytes += len;
     if (f->pool)
@@ -1040,8 +1028,6 @@ static size_t on_curl_write(char *buf, size_t size, size_t n, void *arg)
     f->abort_rc = r;
     return 0;
   }
-  if (r == UP_PAUSE)
-    f->paused = 1;
   return len;
 }
 
@@ -1230,11 +1216,6 @@ static void on_fetch_timer(uv_timer_t *t)
   if (f->state != F_RUNNING || f->cancelled || u->closing)
     return;
   if (f->body_phase) {
-    if (f->paused) {
-      f->last_activity = now; /* time paused by the user is no stall */
-      uv_timer_start(&f->timer, on_fetch_timer, stall, 0);
-      return;
-    }
     if (now - f->last_activity < stall) {
       uv_timer_start(&f->timer, on_fetch_timer, stall - (now - f->last_activity), 0);
       return;
@@ -1571,7 +1552,6 @@ static void on_idle(uv_idle_t *h)
   struct up_fetch *f;
 
   while (u->defer_head) {
-    CURLcode res;
     f = u->defer_head;
     u->defer_head = f->defer_next;
     if (!u->defer_head)
@@ -1588,18 +1568,6 @@ static void on_idle(uv_idle_t *h)
         continue;
       }
       f->attached = 1;
-    }
-    if (f->resume_pending) {
-      f->resume_pending = 0;
-      if (f->curl_paused && f->attached) {
-        f->curl_paused = 0;
-        /* curl redelivers the bytes it kept, from inside this call. */
-        res = curl_easy_pause(f->easy, CURLPAUSE_CONT);
-        if (res != CURLE_OK && !f->cancelled) {
-          detach(f);
-          fetch_finish(f, f->abort_rc ? f->abort_rc : PC_E_UPSTREAM, f->status);
-        }
-      }
     }
   }
   if (u->kick_pending && !u->closing)
@@ -2099,18 +2067,6 @@ void up_fetch_cancel(up_fetch_t *f)
     defer_push(f); /* released from the idle handle */
   else
     fetch_release(f);
-}
-
-void up_fetch_resume(up_fetch_t *f)
-{
-  if (!f || f->cancelled || f->state != F_RUNNING || !f->paused)
-    return;
-  f->paused = 0;
-  f->last_activity = uv_now(f->u->loop);
-  if (f->curl_paused) {
-    f->resume_pending = 1;
-    defer_push(f);
-  }
 }
 
 const char *up_fetch_header(const up_fetch_t *f, const char *name)
