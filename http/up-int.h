@@ -158,6 +158,15 @@ struct up_pool {
   up_pool_stats_t stats; /* active and queued are kept up to date in here */
 };
 
+/** The life of an up_t: OPEN ──(up_close)──▶ CLOSING ──(the idle handle: teardown)──▶
+ * TORN_DOWN ──(the last of its uv handles closed)──▶ freed, close callback. */
+enum up__state {
+  UP__OPEN,      /* fetches and pools may be made */
+  UP__CLOSING,   /* up_close was called: every fetch is CANCELLED, nothing new starts, curl is
+                    not driven any more; the teardown runs from the idle handle */
+  UP__TORN_DOWN, /* fetches released, multi and caches freed, handles closing */
+};
+
 struct up {
   uv_loop_t *loop;
   CURLM *multi;
@@ -179,8 +188,7 @@ struct up {
   pc_list_t pools;  /* struct up_pool, newest first */
   int kick_pending; /* some pool wants a dispatch */
   int in_curl_cb;   /* depth of curl callbacks on the stack */
-  int closing;
-  int torn_down;
+  enum up__state state;
   int handles; /* uv handles not yet closed */
   void (*close_cb)(void *arg);
   void *close_arg;

@@ -6,7 +6,9 @@
  * uv_poll_t per socket, attached with curl_multi_assign) and when to call it back
  * (on_curl_timer: the one uv_timer_t of up_t). Readiness and timer expiry go back into
  * curl_multi_socket_action; after each call check_multi_info drains the finished transfers.
- * curl_multi_socket_action is never called from inside a curl callback.
+ * curl_multi_socket_action is never called from inside a curl callback. The client's own life
+ * is enum up__state (OPEN, CLOSING after up_close, TORN_DOWN once the idle handle tore it down;
+ * freed when its last uv handle closed).
  *
  * A fetch is a series of hops, one curl transfer each, on the same easy handle. curl does not
  * follow redirects (we do, so a token never crosses hosts) and the header callback classifies
@@ -245,7 +247,7 @@ static void on_up_timer(uv_timer_t *t)
 {
   up_t *u = container_of(t, up_t, timer);
   int running;
-  if (u->closing)
+  if (u->state != UP__OPEN)
     return;
   curl_multi_socket_action(u->multi, CURL_SOCKET_TIMEOUT, 0, &running);
   check_multi_info(u);
@@ -257,7 +259,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
   up_t *u = c->u;
   int flags = 0, running;
 
-  if (u->closing)
+  if (u->state != UP__OPEN)
     return;
   if (status < 0) {
     flags = CURL_CSELECT_ERR;
@@ -565,7 +567,7 @@ static void on_fetch_timer(uv_timer_t *t)
   uint64_t now = uv_now(u->loop), stall = (uint64_t)u->stall_timeout_ms;
   char q[PC_LOG_QUOTE_SIZE(UP__LOG_URL_MAX)];
 
-  if (u->closing ||
+  if (u->state != UP__OPEN ||
       (f->state != UP__F_ADDING && f->state != UP__F_HEADERS && f->state != UP__F_BODY))
     return;
   if (f->state == UP__F_BODY && now - f->last_activity < stall) {
@@ -587,7 +589,7 @@ static void check_multi_info(up_t *u)
     struct up_fetch *f;
     CURLcode res;
 
-    if (u->closing)
+    if (u->state != UP__OPEN)
       break;
     m = curl_multi_info_read(u->multi, &left);
     if (!m)
@@ -746,7 +748,7 @@ static void maybe_free(up_t *u)
 {
   void (*cb)(void *);
   void *arg;
-  if (!u->torn_down || u->handles > 0)
+  if (u->state != UP__TORN_DOWN || u->handles > 0)
     return;
   cb = u->close_cb;
   arg = u->close_arg;
@@ -811,9 +813,9 @@ static void on_idle(uv_idle_t *h)
       f->state = UP__F_HEADERS;
     }
   }
-  if (u->kick_pending && !u->closing)
+  if (u->kick_pending && u->state == UP__OPEN)
     up__pool_run_kicks(u);
-  if (u->closing && !u->torn_down)
+  if (u->state == UP__CLOSING)
     teardown(u);
   else if (pc_list_empty(&u->defer) && !u->kick_pending)
     uv_idle_stop(&u->idle);
@@ -822,7 +824,7 @@ static void on_idle(uv_idle_t *h)
 static void teardown(up_t *u)
 {
   pc_list_t *l;
-  u->torn_down = 1;
+  u->state = UP__TORN_DOWN;
   uv_idle_stop(&u->idle);
   while ((l = pc_list_first(&u->fetches))) {
     struct up_fetch *f = pc_list_entry(l, struct up_fetch, link);
@@ -867,6 +869,21 @@ void up_set_opts(up_t *u, const up_opts_t *opts)
   u->max_redirects = opts && opts->max_redirects > 0 ? opts->max_redirects : 10;
 }
 
+/* u's multi handle, wired to the socket and timer callbacks. 0 or PC_E_INTERNAL. */
+static int multi_new(up_t *u)
+{
+  u->multi = curl_multi_init();
+  if (!u->multi)
+    return PC_E_INTERNAL;
+  if (curl_multi_setopt(u->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket) != CURLM_OK ||
+      curl_multi_setopt(u->multi, CURLMOPT_SOCKETDATA, u) != CURLM_OK ||
+      curl_multi_setopt(u->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer) != CURLM_OK ||
+      curl_multi_setopt(u->multi, CURLMOPT_TIMERDATA, u) != CURLM_OK ||
+      curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, 64L) != CURLM_OK)
+    return PC_E_INTERNAL;
+  return 0;
+}
+
 int up_new(uv_loop_t *loop, const up_opts_t *opts, up_t **out)
 {
   int rc = PC_E_INTERNAL;
@@ -891,14 +908,7 @@ int up_new(uv_loop_t *loop, const up_opts_t *opts, up_t **out)
     rc = UV_EINVAL;
     goto out;
   }
-  u->multi = curl_multi_init();
-  if (!u->multi)
-    goto out;
-  if (curl_multi_setopt(u->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket) != CURLM_OK ||
-      curl_multi_setopt(u->multi, CURLMOPT_SOCKETDATA, u) != CURLM_OK ||
-      curl_multi_setopt(u->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer) != CURLM_OK ||
-      curl_multi_setopt(u->multi, CURLMOPT_TIMERDATA, u) != CURLM_OK ||
-      curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, 64L) != CURLM_OK)
+  if (multi_new(u) != 0)
     goto out;
   rc = uv_timer_init(loop, &u->timer);
   if (rc)
@@ -929,9 +939,9 @@ out:
 
 void up_close(up_t *u, void (*cb)(void *arg), void *arg)
 {
-  if (!u || u->closing)
+  if (!u || u->state != UP__OPEN)
     return;
-  u->closing = 1;
+  u->state = UP__CLOSING;
   u->close_cb = cb;
   u->close_arg = arg;
   pc_list_foreach(it, &u->fetches)
@@ -1014,7 +1024,7 @@ int up__fetch_start(up_t *u, const up_req_t *r, up_fetch_t *parent, up_fetch_t *
     *out = NULL;
   if (!u || !r || !r->url || !r->on_done || !r->method)
     return UV_EINVAL;
-  if (u->closing)
+  if (u->state != UP__OPEN)
     return UV_ECANCELED;
   p = r->pool;
   /* A token fetch may still use a released pool: its parent keeps it alive. */

@@ -107,7 +107,7 @@ static void pool_apply_opts(struct up_pool *p, const up_pool_opts_t *o)
 static void pool_kick(struct up_pool *p)
 {
   up_t *u = p->u;
-  if (u->closing)
+  if (u->state != UP__OPEN)
     return;
   p->kick = 1;
   u->kick_pending = 1;
@@ -176,7 +176,7 @@ static void pool_dispatch(struct up_pool *p)
   p->refs++; /* a fetch's on_done may release p */
   p->wake_ns = 0;
   pool_refill(p, now);
-  while ((l = pc_list_first(&p->queue)) && !u->closing && pool_has_slot(p)) {
+  while ((l = pc_list_first(&p->queue)) && u->state == UP__OPEN && pool_has_slot(p)) {
     struct up_fetch *f = pc_list_entry(l, struct up_fetch, qlink);
     if (!pool_has_token(p)) {
       double wait = (1.0 - p->tokens) / p->rate * 1e9;
@@ -219,7 +219,7 @@ again:
   pc_list_foreach(it, &u->pools)
   {
     struct up_pool *p = pc_list_entry(it, struct up_pool, link);
-    if (u->closing)
+    if (u->state != UP__OPEN)
       break;
     if (!p->kick)
       continue;
@@ -228,14 +228,14 @@ again:
     goto again;
   }
   u->kick_pending = 0;
-  if (!u->closing)
+  if (u->state == UP__OPEN)
     pool_timer_arm(u);
 }
 
 static void on_pool_timer(uv_timer_t *t)
 {
   up_t *u = container_of(t, up_t, pool_timer);
-  if (u->closing)
+  if (u->state != UP__OPEN)
     return;
   pc_list_foreach(it, &u->pools)
   {
@@ -259,7 +259,7 @@ int up_pool_new(up_t *u, const char *name, const up_pool_opts_t *o, up_pool_t **
   *out = NULL;
   if (!u || !name || (o && (!isfinite(o->rate) || o->rate < 0)))
     return UV_EINVAL;
-  if (u->closing)
+  if (u->state != UP__OPEN)
     return UV_ECANCELED;
   p = pc_xcalloc(1, sizeof(*p));
   p->u = u;
