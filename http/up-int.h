@@ -286,6 +286,21 @@ void up__auth_basic(up_fetch_t *f);
 /** Free the token cache and the hints (teardown). */
 void up__auth_free_cache(up_t *u);
 
+/* up_auth.c: the token cache and the hints (here for the unit tests). At most UP__CACHE_MAX
+ * of each, newest first: storing one drops the oldest beyond that. Times are uv_now. */
+#define UP__CACHE_MAX 256
+/** Cache value for (host key, scope, credentials key) for ttl_ms: the entry for the same key
+ * and every expired one are dropped first; ttl_ms 0 caches nothing. */
+void up__token_store(up_t *u, const char *host, const char *scope, const unsigned char *cred,
+                     const char *value, uint64_t ttl_ms);
+/** The unexpired token for (host, scope, cred), or NULL. */
+const char *up__token_get(up_t *u, const char *host, const char *scope, const unsigned char *cred);
+/** Note that the repository of url (up__repo_path) on host needed scope (the note for the same
+ * host and path is replaced; an url with no repository path notes nothing). */
+void up__hint_store(up_t *u, const char *host, const char *url, const char *scope);
+/** The scope noted for (host, repository path), or NULL. */
+const char *up__hint_find(up_t *u, const char *host, const char *path);
+
 /* up_pool.c: pools, for up.c */
 
 /** f uses p (a reference on p, for its whole life). */

@@ -20,7 +20,7 @@
  * fetch; the registry, once it asked for Basic (up__auth_basic, once per fetch). curl encodes
  * it (CURLOPT_USERPWD, in up.c's hop_start).
  *
- * Cache bounds: at most UP_CACHE_MAX tokens and as many hints, newest first; expired tokens go
+ * Cache bounds: at most UP__CACHE_MAX tokens and as many hints, newest first; expired tokens go
  * whenever one is stored.
  */
 #include <ctype.h>
@@ -36,7 +36,6 @@
 #include "http/up-int.h"
 
 #define UP_TOKEN_SKEW_MS 5000
-#define UP_CACHE_MAX 256 /* tokens, and path hints */
 #define UP_PATH_MAX 1024
 
 struct token {
@@ -401,6 +400,12 @@ static struct token *token_find(up_t *u, const char *host, const char *scope,
   return NULL;
 }
 
+const char *up__token_get(up_t *u, const char *host, const char *scope, const unsigned char *cred)
+{
+  struct token *t = token_find(u, host, scope, cred);
+  return t ? t->value : NULL;
+}
+
 static void token_free(up_t *u, struct token *t)
 {
   pc_list_remove(&t->link);
@@ -412,7 +417,7 @@ static void token_free(up_t *u, struct token *t)
 }
 
 /* Drop expired entries and the one for (host, scope, cred); then keep at most
- * UP_CACHE_MAX - 1. */
+ * UP__CACHE_MAX - 1. */
 static void token_prune(up_t *u, const char *host, const char *scope, const unsigned char *cred)
 {
   uint64_t now = uv_now(u->loop);
@@ -420,15 +425,15 @@ static void token_prune(up_t *u, const char *host, const char *scope, const unsi
   pc_list_foreach_safe(it, nx, &u->tokens)
   {
     struct token *t = pc_list_entry(it, struct token, link);
-    if (t->expires <= now || kept >= UP_CACHE_MAX - 1 || token_is(t, host, scope, cred))
+    if (t->expires <= now || kept >= UP__CACHE_MAX - 1 || token_is(t, host, scope, cred))
       token_free(u, t);
     else
       kept++;
   }
 }
 
-static void token_store(up_t *u, const char *host, const char *scope, const unsigned char *cred,
-                        const char *value, uint64_t ttl_ms)
+void up__token_store(up_t *u, const char *host, const char *scope, const unsigned char *cred,
+                     const char *value, uint64_t ttl_ms)
 {
   struct token *t;
   token_prune(u, host, scope, cred);
@@ -444,7 +449,7 @@ static void token_store(up_t *u, const char *host, const char *scope, const unsi
   u->ntokens++;
 }
 
-static const char *hint_find(up_t *u, const char *host, const char *path)
+const char *up__hint_find(up_t *u, const char *host, const char *path)
 {
   pc_list_foreach(it, &u->hints)
   {
@@ -465,7 +470,7 @@ static void hint_free(up_t *u, struct hint *h)
   free(h);
 }
 
-static void hint_store(up_t *u, const char *host, const char *url, const char *scope)
+void up__hint_store(up_t *u, const char *host, const char *url, const char *scope)
 {
   char path[UP_PATH_MAX];
   struct hint *h;
@@ -476,7 +481,7 @@ static void hint_store(up_t *u, const char *host, const char *url, const char *s
   pc_list_foreach_safe(it, nx, &u->hints)
   {
     h = pc_list_entry(it, struct hint, link);
-    if (kept >= UP_CACHE_MAX - 1 || (strcmp(h->host, host) == 0 && strcmp(h->path, path) == 0))
+    if (kept >= UP__CACHE_MAX - 1 || (strcmp(h->host, host) == 0 && strcmp(h->path, path) == 0))
       hint_free(u, h);
     else
       kept++;
@@ -525,7 +530,7 @@ const char *up__auth_proactive_token(up_fetch_t *f)
   struct token *t;
   if (f->kind == UP__FETCH_TOKEN || f->no_auth || up__repo_path(f->url, path, sizeof(path)) != 0)
     return NULL;
-  scope = hint_find(f->u, f->hostkey, path);
+  scope = up__hint_find(f->u, f->hostkey, path);
   if (!scope)
     return NULL;
   t = token_find(f->u, f->hostkey, scope, hop_cred(f));
@@ -595,8 +600,8 @@ static void token_done(up_fetch_t *child, int rc, int status, void *arg)
   u->stats.tokens++;
   if (f->pool)
     f->pool->stats.tokens++;
-  token_store(u, f->hostkey, scope, hop_cred(f), token, ttl);
-  hint_store(u, f->hostkey, f->url, scope);
+  up__token_store(u, f->hostkey, scope, hop_cred(f), token, ttl);
+  up__hint_store(u, f->hostkey, f->url, scope);
   f->fresh_auth = 1;
   up__hop_next(f, token);
   free(token);
