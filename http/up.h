@@ -51,19 +51,14 @@ typedef struct up up_t;
 typedef struct up_fetch up_fetch_t;
 typedef struct up_pool up_pool_t;
 
-/** Return value of up_data_cb asking to pause the transfer (resume with up_fetch_resume). */
-#define UP_PAUSE 1
-
 /** Final response headers are in (status after redirects and auth). Called exactly once per
  * fetch that gets a final response, before its first on_data, also for HEAD and empty bodies;
  * never for intermediate responses (redirects, 401s answered with a token). up_fetch_header
  * works from here on. Return 0 to go on, or non-zero to stop the fetch: on_done then gets the
  * returned value if it is negative, else PC_E_UPSTREAM. */
 typedef int (*up_headers_cb)(up_fetch_t *f, int status, void *arg);
-/** Body bytes of the final response (buf is valid during the call only). Return 0, UP_PAUSE
- * (these bytes count as consumed; no more on_data until up_fetch_resume), or a negative value
- * to abort (on_done gets it). A paused fetch may still end with on_done when nothing was left
- * to deliver. */
+/** Body bytes of the final response (buf is valid during the call only). Return 0 to go on, or
+ * a negative value to abort (on_done gets it). */
 typedef int (*up_data_cb)(up_fetch_t *f, const char *buf, size_t len, void *arg);
 /** The fetch ended: rc 0 when the whole final response was received (whatever its status,
  * e.g. 404, or a 401 that a Bearer token or Basic credentials did not cure, a Basic challenge
@@ -81,8 +76,7 @@ typedef struct up_opts {
   long connect_timeout_ms;    /**< default 10000 */
   long first_byte_timeout_ms; /**< request sent -> end of response headers, per hop;
                                    default 30000 */
-  long stall_timeout_ms;      /**< no body bytes for this long (time paused by UP_PAUSE does
-                                   not count); default 30000 */
+  long stall_timeout_ms;      /**< no body bytes for this long; default 30000 */
   int max_redirects;          /**< default 10 */
   const char *user_agent;     /**< default "pullcache/<version>" */
 } up_opts_t;
@@ -188,10 +182,6 @@ int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out);
  * (on_done excepted: the fetch is over then, and the call does nothing) and other fetches'.
  * A queued fetch leaves the queue at once (the next one may start from the loop). */
 void up_fetch_cancel(up_fetch_t *f);
-/** Resume a fetch paused by UP_PAUSE. The transfer restarts from up's idle handle (bytes that
- * curl held back are delivered there), so this is safe from anywhere; it does nothing when the
- * fetch is not paused. */
-void up_fetch_resume(up_fetch_t *f);
 /** A header of the final response (case-insensitive), or NULL. Valid from on_headers until
  * on_done returns. */
 const char *up_fetch_header(const up_fetch_t *f, const char *name);

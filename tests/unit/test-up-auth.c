@@ -1,5 +1,6 @@
-/* test-up-auth — the pure parts of http/up's token flow: the WWW-Authenticate parser, the
- * token URL, the token response, the cache keys (http/up-int.h). */
+/* test-up-auth — the parts of http/up's token flow that need no network: the WWW-Authenticate
+ * parser, the token URL, the token response, the cache keys, the token cache and the scope
+ * hints (http/up-int.h). */
 #include <curl/curl.h>
 
 #include "http/up-int.h"
@@ -161,4 +162,101 @@ TEST(challenge_has_scheme)
   ASSERT_EQ(0, up__challenge_has("Basically realm=x", "Basic"));
   ASSERT_EQ(0, up__challenge_has("", "Basic"));
   ASSERT_EQ(0, up__challenge_has("Bearer realm=\"x\"", "Basic"));
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* The token cache and the hints (a real up_t: they live in it; nothing goes on the wire)     */
+
+static up_t *cache_new(uv_loop_t *loop)
+{
+  up_t *u;
+  ASSERT_OK(uv_loop_init(loop));
+  ASSERT_OK(up_new(loop, NULL, &u));
+  return u;
+}
+
+static void on_closed(void *arg)
+{
+  *(int *)arg = 1;
+}
+
+static void cache_close(uv_loop_t *loop, up_t *u)
+{
+  int closed = 0;
+  up_close(u, on_closed, &closed);
+  uv_run(loop, UV_RUN_DEFAULT);
+  ASSERT(closed);
+  ASSERT_EQ(0, uv_loop_close(loop));
+}
+
+TEST(token_cache_keys_and_bounds)
+{
+  uv_loop_t loop;
+  up_t *u = cache_new(&loop);
+  unsigned char anon[UP__CRED_LEN] = {0}, alice[UP__CRED_LEN] = {1};
+  const char *h = "https://r.example:443";
+  char scope[64], want[64];
+
+  /* One entry per (host, scope, credentials); storing the same key replaces it. */
+  up__token_store(u, h, "s", anon, "t-anon", 60000);
+  up__token_store(u, h, "s", alice, "t-alice", 60000);
+  ASSERT_STREQ("t-anon", up__token_get(u, h, "s", anon));
+  ASSERT_STREQ("t-alice", up__token_get(u, h, "s", alice));
+  ASSERT(up__token_get(u, h, "other", anon) == NULL);
+  ASSERT(up__token_get(u, "https://x.example:443", "s", anon) == NULL);
+  up__token_store(u, h, "s", anon, "t-anon-2", 60000);
+  ASSERT_STREQ("t-anon-2", up__token_get(u, h, "s", anon));
+  ASSERT_EQ(2, u->ntokens);
+  ASSERT_EQ(2, pc_list_count(&u->tokens));
+  /* A token that may not be cached (ttl 0) drops the one it replaces. */
+  up__token_store(u, h, "s", alice, "t-alice-2", 0);
+  ASSERT(up__token_get(u, h, "s", alice) == NULL);
+  ASSERT_EQ(1, u->ntokens);
+
+  /* At most UP__CACHE_MAX: the oldest go first. */
+  for (int i = 0; i < UP__CACHE_MAX + 10; i++) {
+    snprintf(scope, sizeof(scope), "scope-%d", i);
+    snprintf(want, sizeof(want), "tok-%d", i);
+    up__token_store(u, h, scope, anon, want, 60000);
+  }
+  ASSERT_EQ(UP__CACHE_MAX, u->ntokens);
+  ASSERT_EQ(UP__CACHE_MAX, pc_list_count(&u->tokens));
+  ASSERT(up__token_get(u, h, "s", anon) == NULL);
+  ASSERT(up__token_get(u, h, "scope-9", anon) == NULL);
+  ASSERT_STREQ("tok-10", up__token_get(u, h, "scope-10", anon));
+  snprintf(scope, sizeof(scope), "scope-%d", UP__CACHE_MAX + 9);
+  snprintf(want, sizeof(want), "tok-%d", UP__CACHE_MAX + 9);
+  ASSERT_STREQ(want, up__token_get(u, h, scope, anon));
+  cache_close(&loop, u); /* frees the cache (LSan checks) */
+}
+
+TEST(hint_cache_keys_and_bounds)
+{
+  uv_loop_t loop;
+  up_t *u = cache_new(&loop);
+  const char *h = "https://r.example:443";
+  char url[128], path[64];
+
+  up__hint_store(u, h, "https://r.example/v2/lib/app/manifests/v1", "repository:lib/app:pull");
+  ASSERT_STREQ("repository:lib/app:pull", up__hint_find(u, h, "/v2/lib/app/"));
+  ASSERT(up__hint_find(u, "https://x.example:443", "/v2/lib/app/") == NULL);
+  /* The same repository path (here through a blob URL) replaces the note. */
+  up__hint_store(u, h, "https://r.example/v2/lib/app/blobs/sha256:00", "s2");
+  ASSERT_STREQ("s2", up__hint_find(u, h, "/v2/lib/app/"));
+  ASSERT_EQ(1, u->nhints);
+  /* A URL with no repository path notes nothing. */
+  up__hint_store(u, h, "https://r.example/token", "s3");
+  ASSERT_EQ(1, u->nhints);
+
+  for (int i = 0; i < UP__CACHE_MAX + 5; i++) {
+    snprintf(url, sizeof(url), "https://r.example/v2/r%d/manifests/latest", i);
+    up__hint_store(u, h, url, "s");
+  }
+  ASSERT_EQ(UP__CACHE_MAX, u->nhints);
+  ASSERT_EQ(UP__CACHE_MAX, pc_list_count(&u->hints));
+  ASSERT(up__hint_find(u, h, "/v2/lib/app/") == NULL);
+  ASSERT(up__hint_find(u, h, "/v2/r4/") == NULL);
+  snprintf(path, sizeof(path), "/v2/r%d/", 5);
+  ASSERT_STREQ("s", up__hint_find(u, h, path));
+  cache_close(&loop, u);
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "http/up-int.h" /* the state of a fetch, for the white-box tests */
 #include "http/up.h"
 #include "tests/unit/unit.h"
 
@@ -79,20 +80,21 @@ struct res {
   size_t len;
   char ctype[128], fixture[64], clen[32], url[256];
   /* behaviours */
-  int pause;          /* return UP_PAUSE on every chunk, resume from a timer */
-  int pauses;
+  int chunks;         /* on_data calls */
   int cancel_in_data; /* cancel inside the first on_data */
   int cancelled;
-  int hold; /* return UP_PAUSE and never resume */
   int cancel_in_headers;
-  up_t *u;              /* for the re-entrant calls below */
-  struct res *start;    /* start this fetch (url start_url) from inside on_data */
+  int hdr_rc, data_rc; /* what on_headers, on_data return */
+  /* the fetch's state seen in on_headers, in on_done, right after the cancel in on_data, and
+   * of the other fetch right after cancel_other */
+  int st_hdr, st_done, st_cancel, st_other;
+  up_t *u;           /* for the re-entrant calls below */
+  struct res *start; /* start this fetch (url start_url) from inside on_data */
   const char *start_url;
-  int *close_in_done;   /* up_close from inside on_done; the flag is set by its callback */
+  int *close_in_done; /* up_close from inside on_done; the flag is set by its callback */
   up_fetch_t *f;
-  uv_timer_t resume;
-  up_timings_t th, td; /* timings seen in on_headers, in on_done */
-  int hdr_seq, done_seq;    /* order of events across fetches (seq below) */
+  up_timings_t th, td;       /* timings seen in on_headers, in on_done */
+  int hdr_seq, done_seq;     /* order of events across fetches (seq below) */
   up_fetch_t **cancel_other; /* cancel this fetch from inside the first on_data */
   const struct fx *chk_fx;   /* in on_done, count the fixture log lines with chk_absent */
   const char *chk_absent;
@@ -119,17 +121,12 @@ static int on_headers(up_fetch_t *f, int status, void *arg)
   copy_hdr(f, "content-type", r->ctype, sizeof(r->ctype));
   copy_hdr(f, "X-FIXTURE", r->fixture, sizeof(r->fixture));
   copy_hdr(f, "Content-Length", r->clen, sizeof(r->clen));
+  r->st_hdr = (int)f->state;
   if (r->cancel_in_headers) {
     up_fetch_cancel(f);
     r->cancelled = 1;
   }
-  return 0;
-}
-
-static void on_resume(uv_timer_t *t)
-{
-  struct res *r = container_of(t, struct res, resume);
-  up_fetch_resume(r->f);
+  return r->hdr_rc;
 }
 
 static int on_data(up_fetch_t *f, const char *buf, size_t len, void *arg)
@@ -141,28 +138,30 @@ static int on_data(up_fetch_t *f, const char *buf, size_t len, void *arg)
   ASSERT(r->body);
   memcpy(r->body + r->len, buf, len);
   r->len += len;
+  r->chunks++;
   if (r->cancel_in_data) {
     up_fetch_cancel(f);
     up_fetch_cancel(f); /* twice is harmless */
+    r->st_cancel = (int)f->state;
     r->cancelled = 1;
     return 0;
   }
   if (r->cancel_other) {
     up_fetch_cancel(*r->cancel_other);
+    r->st_other = (int)(*r->cancel_other)->state;
     r->cancel_other = NULL;
   }
-  if (r->hold)
-    return UP_PAUSE;
+  if (r->data_rc)
+    return r->data_rc;
   if (r->start) {
-    up_req_t req = {.method = "GET", .url = r->start_url, .on_headers = on_headers,
-                    .on_data = on_data, .on_done = on_done, .arg = r->start};
+    up_req_t req = {.method = "GET",
+                    .url = r->start_url,
+                    .on_headers = on_headers,
+                    .on_data = on_data,
+                    .on_done = on_done,
+                    .arg = r->start};
     ASSERT_OK(up_fetch_start(r->u, &req, &r->start->f));
     r->start = NULL;
-  }
-  if (r->pause) {
-    r->pauses++;
-    uv_timer_start(&r->resume, on_resume, 1, 0);
-    return UP_PAUSE;
   }
   return 0;
 }
@@ -177,6 +176,7 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
     up_fetch_cancel(f); /* the fetch is over: does nothing */
   }
   r->done++;
+  r->st_done = (int)f->state;
   r->rc = rc;
   r->status = status;
   r->done_seq = ++seq;
@@ -223,19 +223,30 @@ static int body_ok(const struct res *r, size_t from, size_t n)
 static void fetch(up_t *u, uv_loop_t *loop, const char *method, const char *url, uint64_t from,
                   struct res *r)
 {
-  up_req_t req = {.method = method, .url = url, .range_from = from, .on_headers = on_headers,
-                  .on_data = on_data, .on_done = on_done, .arg = r};
+  up_req_t req = {.method = method,
+                  .url = url,
+                  .range_from = from,
+                  .on_headers = on_headers,
+                  .on_data = on_data,
+                  .on_done = on_done,
+                  .arg = r};
   ASSERT_OK(up_fetch_start(u, &req, &r->f));
   run_until(loop, &r->done);
   ASSERT_EQ(1, r->done);
 }
 
 /* fetch() with credentials and no_auth. */
-static void fetch_auth(up_t *u, uv_loop_t *loop, const char *url, const char *userpwd,
-                       int no_auth, struct res *r)
+static void fetch_auth(up_t *u, uv_loop_t *loop, const char *url, const char *userpwd, int no_auth,
+                       struct res *r)
 {
-  up_req_t req = {.method = "GET", .url = url, .on_headers = on_headers, .on_data = on_data,
-                  .on_done = on_done, .arg = r, .userpwd = userpwd, .no_auth = no_auth};
+  up_req_t req = {.method = "GET",
+                  .url = url,
+                  .on_headers = on_headers,
+                  .on_data = on_data,
+                  .on_done = on_done,
+                  .arg = r,
+                  .userpwd = userpwd,
+                  .no_auth = no_auth};
   ASSERT_OK(up_fetch_start(u, &req, &r->f));
   run_until(loop, &r->done);
   ASSERT_EQ(1, r->done);
@@ -258,8 +269,13 @@ TEST(get_body_and_headers)
   struct res r = {0};
   char url[128], needle[128];
   up_stats_t st;
-  up_req_t req = {.method = "GET", .url = url, .accept = "application/x-test, */*",
-                  .on_headers = on_headers, .on_data = on_data, .on_done = on_done, .arg = &r};
+  up_req_t req = {.method = "GET",
+                  .url = url,
+                  .accept = "application/x-test, */*",
+                  .on_headers = on_headers,
+                  .on_data = on_data,
+                  .on_done = on_done,
+                  .arg = &r};
 
   fx_start(&x);
   u = mk(&loop, &o);
@@ -609,27 +625,26 @@ TEST(truncated_body)
   fx_stop(&x);
 }
 
-TEST(pause_resume)
+/* A body of many chunks arrives whole, once and in order, and is counted. */
+TEST(big_body_in_chunks)
 {
   struct fx x;
   uv_loop_t loop;
   up_t *u;
-  struct res r = {.pause = 1};
+  struct res r = {0};
   char url[128];
   up_stats_t st;
 
   fx_start(&x);
   u = mk(&loop, NULL);
-  ASSERT_OK(uv_timer_init(&loop, &r.resume));
   snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/3000000", x.a);
   fetch(u, &loop, "GET", url, 0, &r);
   ASSERT_OK(r.rc);
   ASSERT_EQ(200, r.status);
-  ASSERT(r.pauses > 10);
+  ASSERT(r.chunks > 10);
   ASSERT(body_ok(&r, 0, 3000000)); /* every byte once, in order */
   up_get_stats(u, &st);
   ASSERT_EQ(3000000, st.body_bytes);
-  uv_close((uv_handle_t *)&r.resume, NULL);
   close_all(&loop, u);
   free(r.body);
   fx_stop(&x);
@@ -642,14 +657,19 @@ TEST(cancel_in_on_data)
   up_t *u;
   struct res r = {.cancel_in_data = 1}, r2 = {0};
   char url[128];
-  up_req_t req = {.method = "GET", .url = url, .on_headers = on_headers, .on_data = on_data,
-                  .on_done = on_done, .arg = &r};
+  up_req_t req = {.method = "GET",
+                  .url = url,
+                  .on_headers = on_headers,
+                  .on_data = on_data,
+                  .on_done = on_done,
+                  .arg = &r};
 
   fx_start(&x);
   u = mk(&loop, NULL);
   snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/2000000", x.a);
   ASSERT_OK(up_fetch_start(u, &req, &r.f));
   run_until(&loop, &r.cancelled);
+  ASSERT_EQ(UP__F_CANCELLED, r.st_cancel); /* the release waits for the idle handle */
   for (int i = 0; i < 20; i++)
     uv_run(&loop, UV_RUN_NOWAIT);
   ASSERT_EQ(0, r.done);
@@ -673,20 +693,25 @@ TEST(close_with_fetches_in_flight)
   up_t *u;
   struct res r[4];
   char url[4][128];
-  const char *paths[4] = {"/stall", "/blob/3000000", "/v2/lib/app/manifests/v1", "/stallhdr"};
+  /* Two fetches in their body phase (the stalled bodies), one in the token flow, one waiting
+   * for its status line. */
+  const char *paths[4] = {"/stall", "/stall", "/v2/lib/app/manifests/v1", "/stallhdr"};
   int done2;
 
   fx_start(&x);
   u = mk(&loop, NULL);
   memset(r, 0, sizeof(r));
-  r[1].hold = 1; /* the big blob stays in flight, paused */
   for (int i = 0; i < 4; i++) {
-    up_req_t req = {.method = "GET", .url = url[i], .on_headers = on_headers,
-                    .on_data = on_data, .on_done = on_done, .arg = &r[i]};
+    up_req_t req = {.method = "GET",
+                    .url = url[i],
+                    .on_headers = on_headers,
+                    .on_data = on_data,
+                    .on_done = on_done,
+                    .arg = &r[i]};
     snprintf(url[i], sizeof(url[i]), "http://127.0.0.1:%d%s", x.a, paths[i]);
     ASSERT_OK(up_fetch_start(u, &req, &r[i].f));
   }
-  /* Until the stalled body and the big blob are flowing (the token flow may be anywhere). */
+  /* Until both stalled bodies are flowing (the token flow may be anywhere). */
   for (int i = 0; i < 200000 && (r[0].len == 0 || r[1].len == 0); i++)
     uv_run(&loop, UV_RUN_ONCE);
   ASSERT(r[0].len > 0 && r[1].len > 0);
@@ -708,7 +733,10 @@ TEST(reentrant_calls)
   struct res a = {0}, b = {0}, c = {.cancel_in_headers = 1}, d = {0}, e = {0};
   char url[128], burl[128];
   int closed = 0;
-  up_req_t req = {.method = "GET", .url = url, .on_headers = on_headers, .on_data = on_data,
+  up_req_t req = {.method = "GET",
+                  .url = url,
+                  .on_headers = on_headers,
+                  .on_data = on_data,
                   .on_done = on_done};
 
   fx_start(&x);
@@ -895,11 +923,15 @@ TEST(credentials_token_realm)
   fetch_auth(u, &loop, url, ALICE, 0, &rd);
   ASSERT_OK(rd.rc);
   ASSERT_EQ(401, rd.status); /* the anonymous token it got is refused */
-  snprintf(needle, sizeof(needle), "%d GET /ctokenredir?service=fixture&scope=repository%%3A"
-           "privredir%%3Apull auth=[Basic " ALICE_B64 "]", x.b);
+  snprintf(needle, sizeof(needle),
+           "%d GET /ctokenredir?service=fixture&scope=repository%%3A"
+           "privredir%%3Apull auth=[Basic " ALICE_B64 "]",
+           x.b);
   ASSERT_EQ(1, log_count(&x, needle));
-  snprintf(needle, sizeof(needle), "%d GET /ctoken?service=fixture&scope=repository%%3A"
-           "privredir%%3Apull auth=[-]", x.a);
+  snprintf(needle, sizeof(needle),
+           "%d GET /ctoken?service=fixture&scope=repository%%3A"
+           "privredir%%3Apull auth=[-]",
+           x.a);
   ASSERT_EQ(1, log_count(&x, needle));
   ASSERT_EQ(2, log_count(&x, "auth=[Basic " ALICE_B64 "]"));
   up_get_stats(u, &st);
@@ -1140,12 +1172,16 @@ static int is_done(const void *arg)
 }
 
 /* Start a GET of path on port A through pool p. */
-static void start_pooled(up_t *u, up_pool_t *p, const struct fx *x, const char *path,
-                         struct res *r)
+static void start_pooled(up_t *u, up_pool_t *p, const struct fx *x, const char *path, struct res *r)
 {
   char url[128];
-  up_req_t req = {.method = "GET", .url = url, .on_headers = on_headers, .on_data = on_data,
-                  .on_done = on_done, .arg = r, .pool = p};
+  up_req_t req = {.method = "GET",
+                  .url = url,
+                  .on_headers = on_headers,
+                  .on_data = on_data,
+                  .on_done = on_done,
+                  .arg = r,
+                  .pool = p};
   snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", x->a, path);
   ASSERT_OK(up_fetch_start(u, &req, &r->f));
 }
@@ -1193,7 +1229,7 @@ TEST(pool_max_active_serializes)
   ASSERT_OK(b.rc);
   ASSERT(body_ok(&b, 0, 10));
   ASSERT(a.done_seq < b.hdr_seq);
-  ASSERT_EQ(0, a.td.queue_us); /* a never waited */
+  ASSERT_EQ(0, a.td.queue_us);     /* a never waited */
   ASSERT(b.td.queue_us >= 250000); /* b waited for a, which the server held >= 300 ms */
   ASSERT(b.td.last_byte_us >= b.td.first_byte_us); /* measured from leaving the queue */
   up_pool_get_stats(p, &st);
@@ -1226,7 +1262,9 @@ TEST(pool_cancel_queued)
   start_pooled(u, p, &x, "/blob/20", &c);
   start_pooled(u, p, &x, "/blob/30", &d);
   pool_counts(p, 1, 3);
-  up_fetch_cancel(c.f); /* from the loop */
+  ASSERT_EQ(UP__F_QUEUED, c.f->state);
+  up_fetch_cancel(c.f); /* from the loop: released at once (the memory goes with the loop) */
+  ASSERT_EQ(UP__F_RELEASED, c.f->state);
   pool_counts(p, 1, 2);
   wait_log(&loop, &x, "GET /hold/a", 1);
   fx_go(&x, "a");
@@ -1236,6 +1274,7 @@ TEST(pool_cancel_queued)
   ASSERT(body_ok(&d, 0, 30));
   spin(&loop, 50);
   ASSERT_EQ(0, b.done + b.hdr_calls + c.done + c.hdr_calls);
+  ASSERT_EQ(UP__F_CANCELLED, a.st_other); /* inside a curl callback: released from the idle */
   ASSERT_EQ(0, log_count(&x, "GET /blob/10 "));
   ASSERT_EQ(0, log_count(&x, "GET /blob/20 "));
   up_pool_get_stats(p, &st);
@@ -1437,8 +1476,9 @@ TEST(pool_stats)
   up_t *u;
   up_pool_t *p;
   struct res r[9];
-  const char *paths[8] = {"/blob/1000", "/r307/500", "/v2/lib/app/manifests/v1", "/nothing",
-                          NULL,         "/stallhdr", "/trunc",                   "/sleep/300/10"};
+  const char *paths[8] = {"/blob/1000", "/r307/500",    "/v2/lib/app/manifests/v1",
+                          "/nothing",   NULL,           "/stallhdr",
+                          "/trunc",     "/sleep/300/10"};
   uint64_t hist[UP_HIST_BUCKETS + 1] = {0}, sum = 0, n = 0;
   up_pool_stats_t st;
   up_stats_t gs;
@@ -1459,8 +1499,13 @@ TEST(pool_stats)
       start_pooled(u, p, &x, paths[i], &r[i]);
     } else {
       /* refused: a port bound by us, not listening */
-      up_req_t req = {.method = "GET", .url = url, .on_headers = on_headers,
-                      .on_data = on_data, .on_done = on_done, .arg = &r[i], .pool = p};
+      up_req_t req = {.method = "GET",
+                      .url = url,
+                      .on_headers = on_headers,
+                      .on_data = on_data,
+                      .on_done = on_done,
+                      .arg = &r[i],
+                      .pool = p};
       snprintf(url, sizeof(url), "http://127.0.0.1:%d/x", ntohs(sa.sin_port));
       ASSERT_OK(up_fetch_start(u, &req, &r[i].f));
     }
@@ -1514,5 +1559,118 @@ TEST(pool_stats)
   close(fd);
   for (int i = 0; i < 9; i++)
     free(r[i].body);
+  fx_stop(&x);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* States (white box: http/up-int.h)                                                        */
+
+/* The states a fetch goes through, as http/up-int.h names them: HEADERS once started, BODY in
+ * on_headers, DONE in on_done; the fail path from an error of on_headers or on_data (counted,
+ * on_done gets the rc); a cancel from the loop releases at once. */
+TEST(fetch_states_on_fail_and_cancel)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res ok = {0}, hdr_fail = {.hdr_rc = 1}, data_fail = {.data_rc = -42}, c = {0};
+  char url[128];
+  up_stats_t st;
+  up_req_t req = {.method = "GET",
+                  .url = url,
+                  .on_headers = on_headers,
+                  .on_data = on_data,
+                  .on_done = on_done,
+                  .arg = &c};
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/1000", x.a);
+  fetch(u, &loop, "GET", url, 0, &ok);
+  ASSERT_OK(ok.rc);
+  ASSERT_EQ(UP__F_BODY, ok.st_hdr);
+  ASSERT_EQ(UP__F_DONE, ok.st_done);
+
+  /* on_headers returns non-zero, not negative: the fetch fails with PC_E_UPSTREAM. */
+  fetch(u, &loop, "GET", url, 0, &hdr_fail);
+  ASSERT_EQ(PC_E_UPSTREAM, hdr_fail.rc);
+  ASSERT_EQ(200, hdr_fail.status);
+  ASSERT_EQ(0, hdr_fail.len);
+  ASSERT_EQ(UP__F_DONE, hdr_fail.st_done);
+  /* on_data returns an error: on_done gets it. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/200000", x.a);
+  fetch(u, &loop, "GET", url, 0, &data_fail);
+  ASSERT_EQ(-42, data_fail.rc);
+  ASSERT_EQ(200, data_fail.status);
+  ASSERT(data_fail.len > 0 && data_fail.len < 200000);
+  ASSERT_EQ(UP__F_DONE, data_fail.st_done);
+  up_get_stats(u, &st);
+  ASSERT_EQ(2, st.errors);
+
+  /* A cancel outside any callback: released at once, never a callback. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/stallhdr", x.a);
+  ASSERT_OK(up_fetch_start(u, &req, &c.f));
+  ASSERT_EQ(UP__F_HEADERS, c.f->state);
+  up_fetch_cancel(c.f);
+  ASSERT_EQ(UP__F_RELEASED, c.f->state);
+  spin(&loop, 50);
+  ASSERT_EQ(0, c.done + c.hdr_calls);
+  up_get_stats(u, &st);
+  ASSERT_EQ(2, st.errors); /* a cancel is no error */
+  close_all(&loop, u);
+  free(ok.body);
+  free(data_fail.body);
+  fx_stop(&x);
+}
+
+/* A token request is a fetch of its own kind, marked so when the auth code starts it: the
+ * parent waits in TOKEN with the child in f->child, and the child's work is not counted as a
+ * fetch's (hops, body bytes). */
+TEST(token_fetch_is_marked)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0};
+  char url[128];
+  up_req_t req = {.method = "GET",
+                  .url = url,
+                  .on_headers = on_headers,
+                  .on_data = on_data,
+                  .on_done = on_done,
+                  .arg = &r};
+  up_stats_t st;
+  int saw = 0;
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  /* "slowtok": the token endpoint waits 250 ms, so the parent is seen waiting. */
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/v2/slowtok/manifests/v1", x.a);
+  ASSERT_OK(up_fetch_start(u, &req, &r.f));
+  for (int i = 0; i < 200000 && !r.done && !saw; i++) {
+    uv_run(&loop, UV_RUN_ONCE);
+    if (!r.done && r.f->state == UP__F_TOKEN) {
+      saw = 1;
+      ASSERT(r.f->child != NULL);
+      ASSERT_EQ(UP__FETCH_TOKEN, r.f->child->kind);
+      ASSERT_EQ(UP__FETCH_USER, r.f->kind);
+      ASSERT(r.f->child->child == NULL);
+      ASSERT(r.f->child->state == UP__F_ADDING || r.f->child->state == UP__F_HEADERS ||
+             r.f->child->state == UP__F_BODY);
+    }
+  }
+  ASSERT(saw);
+  run_until(&loop, &r.done);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(UP__F_BODY, r.st_hdr); /* the parent's final response, not the token's */
+  ASSERT_EQ(2, r.td.hops);         /* the 401 and the retry; the token request is not a hop */
+  ASSERT_EQ(1, r.td.token_fetches);
+  up_get_stats(u, &st);
+  ASSERT_EQ(3, st.requests);
+  ASSERT_EQ(1, st.tokens);
+  ASSERT_EQ(r.len, st.body_bytes); /* the token response's body is not counted */
+  close_all(&loop, u);
+  free(r.body);
   fx_stop(&x);
 }
