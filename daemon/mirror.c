@@ -38,6 +38,7 @@
 
 #include "core/pc.h"
 #include "daemon/registry.h"
+#include "daemon/upstream.h"
 
 #define MIRROR_ACCEPT                                                                              \
   "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "       \

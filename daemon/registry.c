@@ -19,7 +19,9 @@
 #include "core/pc.h"
 #include "daemon/config.h"
 #include "daemon/metrics.h"
+#include "daemon/ready.h"
 #include "daemon/route.h"
+#include "daemon/upstream.h"
 
 #define CT_JSON "application/json"
 #define CT_OCI_INDEX "application/vnd.oci.image.index.v1+json"

@@ -1,4 +1,7 @@
-/* daemon/daemon — the serve lifecycle: open the store, listen, run, reload, stop cleanly.
+/* daemon/serve — the serve lifecycle (cmd_serve, daemon/cmd.h): open the store, listen, run,
+ * reload, stop cleanly; signals, sd_notify and the access-time flush timer. It creates and
+ * destroys the daemon_t (daemon/daemon.h); the upstream objects are daemon/upstream, readiness
+ * and /readyz daemon/ready, the request counters daemon/counters.
  *
  *   cmd_serve: config -> loop -> store_open -> srv_new + srv_listen (each address) -> up_new
  *   (unless offline) -> upstream objects (pools) -> mirror_new -> atime timer + signals ->
@@ -13,46 +16,42 @@
  *   the loop then runs dry (queued store work finishes), the store is closed and the loop
  *   closed (must return 0).
  */
-#include "daemon/daemon.h"
+#include "daemon/cmd.h"
 
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
-#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "core/pc.h"
-#include "daemon/cmd.h"
 #include "daemon/config.h"
-#include "daemon/metrics.h"
+#include "daemon/counters.h"
+#include "daemon/daemon.h"
 #include "daemon/mirror.h"
+#include "daemon/ready.h"
 #include "daemon/registry.h"
+#include "daemon/upstream.h"
 
 #define ATIME_FLUSH_MS 5000
-/** A failed or unknown upstream is probed again at most this often (driven by /readyz). */
-#define PROBE_INTERVAL_MS 2000
-/** A /readyz request waits at most this long for the probes it started (then 503). */
-#define READYZ_WAIT_MS 2000
 /* Values in log lines are cut here (see pc_log_quote): error text, and paths or reasons. */
 #define LOG_ERR_MAX 128
 #define LOG_TEXT_MAX 512
-
-static void readyz_settle(daemon_t *d);
 
 /* The daemon plus what only the lifecycle needs. */
 typedef struct serve {
   daemon_t d;
   uv_loop_t loop;
-  int argc;         /**< the serve flags, kept for SIGHUP */
+  int argc; /**< the serve flags, kept for SIGHUP */
   char **argv;
+  uv_timer_t atime_timer; /**< flushes batched access times */
   uv_work_t atime_work;
   int atime_busy;
   int timer_init, sig_init;
+  uv_signal_t sigterm, sigint, sighup;
   uv_timer_t drain_timer; /**< bounds the graceful drain on SIGTERM/SIGINT */
   int drain_init;
 } serve_t;
@@ -89,286 +88,6 @@ static void sd_notify_msg(const char *msg)
   close(fd);
 }
 
-/* ---- upstream objects --------------------------------------------------------------------- */
-
-daemon_upstream_t *daemon_upstream_ref(daemon_upstream_t *u)
-{
-  u->refs++;
-  return u;
-}
-
-void daemon_upstream_unref(daemon_upstream_t *u)
-{
-  PC_ASSERT(u->refs > 0);
-  if (--u->refs > 0)
-    return;
-  daemon_upstream_t **pp = &u->d->live;
-  while (*pp != u)
-    pp = &(*pp)->live_next;
-  *pp = u->live_next;
-  if (u->pool)
-    up_pool_release(u->pool);
-  explicit_bzero(u->conf.userpwd, sizeof(u->conf.userpwd));
-  free(u);
-}
-
-void daemon_upstream_seen(daemon_upstream_t *u, int rc, int status)
-{
-  int reached = status > 0 || rc == 0;
-  if (!reached && rc != PC_E_UPSTREAM_UNAVAILABLE && rc != PC_E_UPSTREAM_TIMEOUT &&
-      rc != PC_E_UPSTREAM)
-    return; /* our own refusal (size cap, digest): says nothing about the network */
-  if (u->reachable != reached && reached)
-    pc_log(PC_LOG_NOTICE, "upstream-reachable upstream=%s", u->conf.name);
-  else if (u->reachable != reached)
-    pc_log(PC_LOG_WARN, "upstream-unreachable upstream=%s rc=%s", u->conf.name, pc_errname(rc));
-  u->reachable = reached;
-  u->reach_ms = pc_mono_ms();
-}
-
-static void upstream_set_pool(daemon_t *d, daemon_upstream_t *u)
-{
-  up_pool_opts_t o = {.max_active = u->conf.max_connections,
-                      .rate = u->conf.rate_limit,
-                      .burst = u->conf.rate_burst};
-  if (!d->up)
-    return;
-  if (u->pool) {
-    up_pool_set_opts(u->pool, &o);
-    return;
-  }
-  if (up_pool_new(d->up, u->conf.name, &o, &u->pool) != 0) {
-    pc_log(PC_LOG_ERR, "upstream-pool-create-failed upstream=%s", u->conf.name);
-    u->pool = NULL;
-  }
-}
-
-static daemon_upstream_t *upstream_new(daemon_t *d, const daemon_upstream_conf_t *c)
-{
-  daemon_upstream_t *u = pc_xcalloc(1, sizeof(*u));
-  u->refs = 1;
-  u->conf = *c;
-  u->reachable = -1;
-  u->d = d;
-  u->live_next = d->live;
-  d->live = u;
-  upstream_set_pool(d, u);
-  return u;
-}
-
-/* Can a running upstream object take this configuration in place? Only when where and how it
- * fetches stay the same; tag_ttl and the caps may change under running fetches. */
-static int upstream_same_target(const daemon_upstream_conf_t *a, const daemon_upstream_conf_t *b)
-{
-  return !strcasecmp(a->name, b->name) && !strcmp(a->url, b->url) &&
-         !strcmp(a->ca_file, b->ca_file) && !strcmp(a->userpwd, b->userpwd);
-}
-
-void daemon_upstreams_apply(daemon_t *d, const daemon_config_t *cfg)
-{
-  daemon_upstream_t *old[DAEMON_MAX_UPSTREAMS];
-  int nold = d->nups;
-  memcpy(old, d->ups, sizeof(old));
-  d->nups = 0;
-  for (int i = 0; i < cfg->nupstreams; i++) {
-    const daemon_upstream_conf_t *c = &cfg->upstreams[i];
-    daemon_upstream_t *u = NULL;
-    for (int j = 0; j < nold; j++) {
-      if (old[j] && upstream_same_target(&old[j]->conf, c)) {
-        u = old[j];
-        old[j] = NULL;
-        break;
-      }
-    }
-    if (u) {
-      u->conf = *c;
-      upstream_set_pool(d, u);
-    } else {
-      u = upstream_new(d, c);
-    }
-    d->ups[d->nups++] = u;
-  }
-  for (int j = 0; j < nold; j++)
-    if (old[j])
-      daemon_upstream_unref(old[j]);
-}
-
-static void on_probe_done(up_fetch_t *f, int rc, int status, void *arg)
-{
-  daemon_upstream_t *u = arg;
-  (void)f;
-  daemon_t *d = u->d;
-  u->probe = NULL;
-  daemon_upstream_seen(u, rc, status);
-  daemon_upstream_unref(u);
-  readyz_settle(d);
-}
-
-/* GET <url>/v2/ without answering challenges: any HTTP answer means reachable. */
-static void probe_start(daemon_t *d, daemon_upstream_t *u)
-{
-  char url[1100];
-  up_req_t r;
-  if (!d->up || u->probe || d->stopping)
-    return;
-  snprintf(url, sizeof(url), "%s/v2/", u->conf.url);
-  memset(&r, 0, sizeof(r));
-  r.method = "GET";
-  r.url = url;
-  r.ca_file = u->conf.ca_file[0] ? u->conf.ca_file : NULL;
-  r.no_auth = 1;
-  r.on_done = on_probe_done;
-  r.arg = daemon_upstream_ref(u);
-  u->reach_ms = pc_mono_ms();
-  if (up_fetch_start(d->up, &r, &u->probe) != 0) {
-    u->probe = NULL;
-    daemon_upstream_seen(u, PC_E_UPSTREAM_UNAVAILABLE, 0);
-    daemon_upstream_unref(u);
-  }
-}
-
-static void probes_cancel(daemon_t *d)
-{
-  for (daemon_upstream_t *u = d->live, *next; u; u = next) {
-    next = u->live_next;
-    if (u->probe) {
-      up_fetch_cancel(u->probe);
-      u->probe = NULL;
-      daemon_upstream_unref(u); /* may free u: next was read first */
-    }
-  }
-}
-
-static int probes_running(const daemon_t *d)
-{
-  for (int i = 0; i < d->nups; i++)
-    if (d->ups[i]->probe)
-      return 1;
-  return 0;
-}
-
-int daemon_ready(daemon_t *d, int probe, const char **reason)
-{
-  struct statvfs sv;
-  if (d->stopping) {
-    *reason = "stopping";
-    return 0;
-  }
-  if (!d->store) {
-    *reason = "store not open";
-    return 0;
-  }
-  if (statvfs(d->cfg.store_dir, &sv) == 0 &&
-      (uint64_t)sv.f_bavail * sv.f_frsize < d->cfg.store_min_free) {
-    *reason = "store disk below min_free";
-    return 0;
-  }
-  if (d->cfg.offline) {
-    *reason = "offline";
-    return 1;
-  }
-  for (int i = 0; i < d->nups; i++)
-    if (d->ups[i]->reachable == 1) {
-      *reason = "ok";
-      return 1;
-    }
-  /* None known reachable: ask again (at most every PROBE_INTERVAL_MS per upstream). */
-  for (int i = 0; probe && i < d->nups; i++) {
-    daemon_upstream_t *u = d->ups[i];
-    if (!u->probe && (u->reachable < 0 || pc_mono_ms() - u->reach_ms >= PROBE_INTERVAL_MS))
-      probe_start(d, u);
-  }
-  if (probes_running(d)) {
-    *reason = "probing upstreams";
-    return -1;
-  }
-  *reason = "no upstream reachable";
-  return 0;
-}
-
-/* ---- /readyz ------------------------------------------------------------------------------ */
-
-/* A /readyz request waiting for the probes it started. */
-typedef struct readyz_wait {
-  srv_req_t *req;
-  struct readyz_wait *next;
-} readyz_wait_t;
-
-static void readyz_answer(srv_req_t *req, int ready, const char *reason)
-{
-  char msg[96];
-  int n;
-  if (ready > 0) {
-    srv_respond(req, 200, "text/plain", "ready\n", 6);
-    return;
-  }
-  n = snprintf(msg, sizeof(msg), "not ready: %s\n", reason);
-  srv_req_log(req, "reason", reason);
-  srv_respond(req, 503, "text/plain", msg, (size_t)n);
-}
-
-static void on_readyz_gone(srv_req_t *req, int status, void *arg)
-{
-  daemon_t *d = arg;
-  (void)status;
-  for (readyz_wait_t **pp = &d->readyz_waiting; *pp; pp = &(*pp)->next) {
-    if ((*pp)->req == req) {
-      readyz_wait_t *w = *pp;
-      *pp = w->next;
-      free(w);
-      return;
-    }
-  }
-}
-
-/* Answer the waiting /readyz requests once the outcome is known (or when out of time: force). */
-static void readyz_answer_all(daemon_t *d, int force)
-{
-  const char *reason;
-  int ready;
-  if (!d->readyz_waiting)
-    return;
-  ready = daemon_ready(d, 0, &reason);
-  if (ready < 0 && !force)
-    return;
-  if (d->readyz_timer_init)
-    uv_timer_stop(&d->readyz_timer);
-  while (d->readyz_waiting) {
-    readyz_wait_t *w = d->readyz_waiting;
-    d->readyz_waiting = w->next;
-    srv_req_on_done(w->req, NULL, NULL);
-    readyz_answer(w->req, ready, reason);
-    free(w);
-  }
-}
-
-static void readyz_settle(daemon_t *d)
-{
-  readyz_answer_all(d, 0);
-}
-
-static void on_readyz_timeout(uv_timer_t *t)
-{
-  readyz_answer_all(container_of(t, daemon_t, readyz_timer), 1);
-}
-
-void daemon_readyz(daemon_t *d, srv_req_t *req)
-{
-  const char *reason;
-  int ready = daemon_ready(d, 1, &reason);
-  if (ready >= 0 || !d->readyz_timer_init) {
-    readyz_answer(req, ready, reason);
-    return;
-  }
-  if (!d->readyz_waiting)
-    uv_timer_start(&d->readyz_timer, on_readyz_timeout, READYZ_WAIT_MS, 0);
-  readyz_wait_t *w = pc_xcalloc(1, sizeof(*w));
-  w->req = req;
-  w->next = d->readyz_waiting;
-  d->readyz_waiting = w;
-  srv_req_on_done(req, on_readyz_gone, d);
-}
-
 /* ---- store upkeep ------------------------------------------------------------------------- */
 
 static void atime_work(uv_work_t *w)
@@ -391,7 +110,7 @@ static void atime_after(uv_work_t *w, int status)
 
 static void on_atime_timer(uv_timer_t *t)
 {
-  serve_t *s = container_of(t, serve_t, d.atime_timer);
+  serve_t *s = container_of(t, serve_t, atime_timer);
   if (s->atime_busy || s->d.stopping)
     return;
   s->atime_busy = 1;
@@ -412,28 +131,15 @@ static void on_srv_closed(void *arg)
   daemon_t *d = &s->d;
   d->srv = NULL;
   if (s->sig_init) {
-    uv_close((uv_handle_t *)&d->sigterm, NULL);
-    uv_close((uv_handle_t *)&d->sigint, NULL);
-    uv_close((uv_handle_t *)&d->sighup, NULL);
+    uv_close((uv_handle_t *)&s->sigterm, NULL);
+    uv_close((uv_handle_t *)&s->sigint, NULL);
+    uv_close((uv_handle_t *)&s->sighup, NULL);
     s->sig_init = 0;
   }
-  if (d->readyz_timer_init) {
-    uv_close((uv_handle_t *)&d->readyz_timer, NULL);
-    d->readyz_timer_init = 0;
-  }
+  daemon_ready_close(d);
   mirror_free(d->mirror);
   d->mirror = NULL;
-  probes_cancel(d);
-  /* Objects still held by store work finishing on a worker outlive the client: detach their
-   * pools now (up_close frees every pool). */
-  for (daemon_upstream_t *u = d->live; u; u = u->live_next) {
-    if (u->pool)
-      up_pool_release(u->pool);
-    u->pool = NULL;
-  }
-  for (int i = 0; i < d->nups; i++)
-    daemon_upstream_unref(d->ups[i]);
-  d->nups = 0;
+  daemon_upstreams_close(d);
   if (d->up) {
     up_close(d->up, on_up_closed, s);
     d->up = NULL;
@@ -466,9 +172,9 @@ static void stop(serve_t *s)
   if (d->stopping)
     return;
   d->stopping = 1;
-  readyz_settle(d); /* waiting /readyz requests learn "stopping" now */
+  daemon_ready_settle(d); /* waiting /readyz requests learn "stopping" now */
   if (s->timer_init)
-    uv_close((uv_handle_t *)&d->atime_timer, NULL);
+    uv_close((uv_handle_t *)&s->atime_timer, NULL);
   s->timer_init = 0;
   /* The signal handlers stay until the server is closed: a second signal cuts the drain. */
   if (d->srv) {
@@ -560,7 +266,7 @@ static void reload(serve_t *s)
 out:
   explicit_bzero(cfg, sizeof(*cfg));
   free(cfg);
-  readyz_settle(d); /* offline now, or the upstream being probed replaced */
+  daemon_ready_settle(d); /* offline now, or the upstream being probed replaced */
   sd_notify_msg("READY=1");
 }
 
@@ -686,7 +392,7 @@ int cmd_serve(int argc, char **argv)
     log_start_failed("srv-create-failed", rc);
     goto out;
   }
-  srv_set_finish_cb(d->srv, metrics_on_finish, d);
+  srv_set_finish_cb(d->srv, counters_on_finish, &d->counters);
   for (int i = 0; i < d->cfg.nlisten; i++) {
     rc = srv_listen(d->srv, d->cfg.listen[i]);
     if (rc) {
@@ -710,19 +416,18 @@ int cmd_serve(int argc, char **argv)
     log_start_failed("mirror-create-failed", rc);
     goto out;
   }
-  uv_timer_init(d->loop, &d->atime_timer);
-  uv_timer_start(&d->atime_timer, on_atime_timer, ATIME_FLUSH_MS, ATIME_FLUSH_MS);
+  uv_timer_init(d->loop, &s->atime_timer);
+  uv_timer_start(&s->atime_timer, on_atime_timer, ATIME_FLUSH_MS, ATIME_FLUSH_MS);
   s->timer_init = 1;
-  uv_signal_init(d->loop, &d->sigterm);
-  uv_signal_init(d->loop, &d->sigint);
-  uv_signal_init(d->loop, &d->sighup);
-  d->sigterm.data = d->sigint.data = d->sighup.data = s;
-  uv_signal_start(&d->sigterm, on_signal, SIGTERM);
-  uv_signal_start(&d->sigint, on_signal, SIGINT);
-  uv_signal_start(&d->sighup, on_signal, SIGHUP);
+  uv_signal_init(d->loop, &s->sigterm);
+  uv_signal_init(d->loop, &s->sigint);
+  uv_signal_init(d->loop, &s->sighup);
+  s->sigterm.data = s->sigint.data = s->sighup.data = s;
+  uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+  uv_signal_start(&s->sigint, on_signal, SIGINT);
+  uv_signal_start(&s->sighup, on_signal, SIGHUP);
   s->sig_init = 1;
-  uv_timer_init(d->loop, &d->readyz_timer);
-  d->readyz_timer_init = 1;
+  daemon_ready_init(d);
   log_ready(d);
   sd_notify_msg("READY=1");
 
