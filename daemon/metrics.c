@@ -86,6 +86,71 @@ static void render_mirror(pc_buf_t *o, const mirror_stats_t *ms)
          ms->manifests_fetched);
 }
 
+/* The first-byte histogram of every upstream pool (st: their stats, in d->ups order). */
+static void render_first_byte(pc_buf_t *o, const daemon_t *d, const up_pool_stats_t *st)
+{
+  family(o, "pullcache_upstream_first_byte_seconds", "histogram",
+         "Time from the start of an upstream fetch to its final response headers (token and "
+         "redirect hops included).");
+  for (int i = 0; i < d->nups; i++) {
+    const char *n = d->ups[i]->conf.name;
+    uint64_t cum = 0;
+    for (int b = 0; b < UP_HIST_BUCKETS; b++) {
+      cum += st[i].first_byte_hist[b];
+      pc_buf_printf(
+          o,
+          "pullcache_upstream_first_byte_seconds_bucket{upstream=\"%s\",le=\"%g\"} %" PRIu64 "\n",
+          n, up_hist_bounds_s[b], cum);
+    }
+    cum += st[i].first_byte_hist[UP_HIST_BUCKETS];
+    pc_buf_printf(
+        o,
+        "pullcache_upstream_first_byte_seconds_bucket{upstream=\"%s\",le=\"+Inf\"} %" PRIu64 "\n",
+        n, cum);
+    pc_buf_printf(o, "pullcache_upstream_first_byte_seconds_sum{upstream=\"%s\"} %.6f\n", n,
+                  (double)st[i].first_byte_sum_us / 1e6);
+    pc_buf_printf(o, "pullcache_upstream_first_byte_seconds_count{upstream=\"%s\"} %" PRIu64 "\n",
+                  n, cum);
+  }
+}
+
+/* One sample line (or three, for errors) of upstream family f for upstream n. */
+static void upstream_sample(pc_buf_t *o, size_t f, const char *fam, const char *n,
+                            const up_pool_stats_t *s, int reachable)
+{
+  switch (f) {
+  case 0:
+    pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fam, n, s->fetches);
+    break;
+  case 1:
+    pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fam, n, s->requests);
+    break;
+  case 2:
+    pc_buf_printf(o, "%s{upstream=\"%s\",kind=\"timeout\"} %" PRIu64 "\n", fam, n,
+                  s->errors_timeout);
+    pc_buf_printf(o, "%s{upstream=\"%s\",kind=\"unavailable\"} %" PRIu64 "\n", fam, n,
+                  s->errors_unavailable);
+    pc_buf_printf(o, "%s{upstream=\"%s\",kind=\"other\"} %" PRIu64 "\n", fam, n, s->errors_other);
+    break;
+  case 3:
+    pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fam, n, s->body_bytes);
+    break;
+  case 4:
+    pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fam, n, s->tokens);
+    break;
+  case 5:
+    pc_buf_printf(o, "%s{upstream=\"%s\"} %u\n", fam, n, s->active);
+    break;
+  case 6:
+    pc_buf_printf(o, "%s{upstream=\"%s\"} %u\n", fam, n, s->queued);
+    break;
+  case 7:
+    if (reachable >= 0)
+      pc_buf_printf(o, "%s{upstream=\"%s\"} %d\n", fam, n, reachable);
+    break;
+  }
+}
+
 static void render_upstreams(pc_buf_t *o, const daemon_t *d)
 {
   static const struct {
@@ -114,66 +179,10 @@ static void render_upstreams(pc_buf_t *o, const daemon_t *d)
   }
   for (size_t f = 0; f < PC_ARRAY_SIZE(fams); f++) {
     family(o, fams[f].name, fams[f].type, fams[f].help);
-    for (int i = 0; i < d->nups; i++) {
-      const char *n = d->ups[i]->conf.name;
-      const up_pool_stats_t *s = &st[i];
-      switch (f) {
-      case 0:
-        pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fams[f].name, n, s->fetches);
-        break;
-      case 1:
-        pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fams[f].name, n, s->requests);
-        break;
-      case 2:
-        pc_buf_printf(o, "%s{upstream=\"%s\",kind=\"timeout\"} %" PRIu64 "\n", fams[f].name, n,
-                      s->errors_timeout);
-        pc_buf_printf(o, "%s{upstream=\"%s\",kind=\"unavailable\"} %" PRIu64 "\n", fams[f].name, n,
-                      s->errors_unavailable);
-        pc_buf_printf(o, "%s{upstream=\"%s\",kind=\"other\"} %" PRIu64 "\n", fams[f].name, n,
-                      s->errors_other);
-        break;
-      case 3:
-        pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fams[f].name, n, s->body_bytes);
-        break;
-      case 4:
-        pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fams[f].name, n, s->tokens);
-        break;
-      case 5:
-        pc_buf_printf(o, "%s{upstream=\"%s\"} %u\n", fams[f].name, n, s->active);
-        break;
-      case 6:
-        pc_buf_printf(o, "%s{upstream=\"%s\"} %u\n", fams[f].name, n, s->queued);
-        break;
-      case 7:
-        if (d->ups[i]->reachable >= 0)
-          pc_buf_printf(o, "%s{upstream=\"%s\"} %d\n", fams[f].name, n, d->ups[i]->reachable);
-        break;
-      }
-    }
+    for (int i = 0; i < d->nups; i++)
+      upstream_sample(o, f, fams[f].name, d->ups[i]->conf.name, &st[i], d->ups[i]->reachable);
   }
-  family(o, "pullcache_upstream_first_byte_seconds", "histogram",
-         "Time from the start of an upstream fetch to its final response headers (token and "
-         "redirect hops included).");
-  for (int i = 0; i < d->nups; i++) {
-    const char *n = d->ups[i]->conf.name;
-    uint64_t cum = 0;
-    for (int b = 0; b < UP_HIST_BUCKETS; b++) {
-      cum += st[i].first_byte_hist[b];
-      pc_buf_printf(
-          o,
-          "pullcache_upstream_first_byte_seconds_bucket{upstream=\"%s\",le=\"%g\"} %" PRIu64 "\n",
-          n, up_hist_bounds_s[b], cum);
-    }
-    cum += st[i].first_byte_hist[UP_HIST_BUCKETS];
-    pc_buf_printf(
-        o,
-        "pullcache_upstream_first_byte_seconds_bucket{upstream=\"%s\",le=\"+Inf\"} %" PRIu64 "\n",
-        n, cum);
-    pc_buf_printf(o, "pullcache_upstream_first_byte_seconds_sum{upstream=\"%s\"} %.6f\n", n,
-                  (double)st[i].first_byte_sum_us / 1e6);
-    pc_buf_printf(o, "pullcache_upstream_first_byte_seconds_count{upstream=\"%s\"} %" PRIu64 "\n",
-                  n, cum);
-  }
+  render_first_byte(o, d, st);
 }
 
 static void render_store(pc_buf_t *o, const daemon_t *d)

@@ -199,35 +199,34 @@ static void apply_logging(const daemon_config_t *cfg)
   pc_log_setup(cfg->log_format == DAEMON_LOG_JSON ? PC_LOG_JSON : PC_LOG_TEXT);
 }
 
-static void reload(serve_t *s)
+/* A reload that changes nothing: count it and say why. */
+static int reload_failed(daemon_t *d, const char *reason, const char *config)
+{
+  char q[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)], qc[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)];
+  d->counters.reloads_failed++;
+  pc_log_quote(q, sizeof(q), reason, LOG_TEXT_MAX);
+  if (config) {
+    pc_log_quote(qc, sizeof(qc), config, LOG_TEXT_MAX);
+    pc_log(PC_LOG_ERR, "reload-failed configuration=unchanged reason=%s config=%s", q, qc);
+  } else {
+    pc_log(PC_LOG_ERR, "reload-failed configuration=unchanged reason=%s", q);
+  }
+  return -1;
+}
+
+/* Build the configuration a reload would run (into cfg) and get the upstream client it needs;
+ * 0, or -1 when nothing may change (counted and logged). */
+static int reload_prepare(serve_t *s, daemon_config_t *cfg)
 {
   daemon_t *d = &s->d;
-  daemon_config_t *cfg = pc_xmalloc(sizeof(*cfg));
-  char err[512] = "", msg[96];
-  char q[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)];
-  struct timespec ts;
-  int rc;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
-           (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
-  sd_notify_msg(msg);
-  rc = config_from_args(cfg, s->argc, s->argv, err, sizeof(err));
-  if (rc < 0) {
-    pc_log_quote(q, sizeof(q), err, LOG_TEXT_MAX);
-    d->counters.reloads_failed++;
-    pc_log(PC_LOG_ERR, "reload-failed configuration=unchanged reason=%s", q);
-    goto out;
-  }
-  if (d->cfg.path[0] && strcmp(cfg->path, d->cfg.path) != 0) {
-    /* The file the daemon runs from is gone (without --config the default is read only when
-     * it exists): built-in defaults are not what the operator meant. */
-    d->counters.reloads_failed++;
-    pc_log_quote(q, sizeof(q), d->cfg.path, LOG_TEXT_MAX);
-    pc_log(PC_LOG_ERR,
-           "reload-failed configuration=unchanged reason=\"the file is gone\" config=%s", q);
-    goto out;
-  }
+  char err[512] = "";
+  int rc = config_from_args(cfg, s->argc, s->argv, err, sizeof(err));
+  if (rc < 0)
+    return reload_failed(d, err, NULL);
+  /* The file the daemon runs from is gone (without --config the default is read only when it
+   * exists): built-in defaults are not what the operator meant. */
+  if (d->cfg.path[0] && strcmp(cfg->path, d->cfg.path) != 0)
+    return reload_failed(d, "the file is gone", d->cfg.path);
   /* What only a restart can change: keep the running values. */
   if (cfg->nlisten != d->cfg.nlisten ||
       memcmp(cfg->listen, d->cfg.listen, sizeof(cfg->listen)) != 0) {
@@ -244,26 +243,39 @@ static void reload(serve_t *s)
   if (!cfg->offline && !d->up) {
     rc = up_new(d->loop, &cfg->up, &d->up);
     if (rc) {
-      d->counters.reloads_failed++;
       snprintf(err, sizeof(err), "cannot create the upstream client: %s", pc_strerror(rc));
-      pc_log_quote(q, sizeof(q), err, LOG_TEXT_MAX);
-      pc_log(PC_LOG_ERR, "reload-failed configuration=unchanged reason=%s", q);
-      goto out;
+      return reload_failed(d, err, NULL);
     }
   } else if (d->up) {
     up_set_opts(d->up, &cfg->up);
   }
-  apply_logging(cfg);
-  srv_set_opts(d->srv, &cfg->srv);
-  daemon_upstreams_apply(d, cfg);
-  explicit_bzero(&d->cfg, sizeof(d->cfg));
-  d->cfg = *cfg;
-  d->counters.reloads_ok++;
-  d->counters.reload_time = pc_now_sec();
-  pc_log_quote(q, sizeof(q), d->cfg.path[0] ? d->cfg.path : "-", LOG_TEXT_MAX);
-  pc_log(PC_LOG_NOTICE, "reloaded config=%s upstreams=%d log_level=%d%s", q, d->nups,
-         d->cfg.log_level, d->cfg.offline ? " offline=1" : "");
-out:
+  return 0;
+}
+
+/* SIGHUP: RELOADING=1, build and apply the configuration (or keep the running one), READY=1. */
+static void reload(serve_t *s)
+{
+  daemon_t *d = &s->d;
+  daemon_config_t *cfg = pc_xmalloc(sizeof(*cfg));
+  char msg[96], q[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)];
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+           (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+  sd_notify_msg(msg);
+  if (reload_prepare(s, cfg) == 0) {
+    apply_logging(cfg);
+    srv_set_opts(d->srv, &cfg->srv);
+    daemon_upstreams_apply(d, cfg);
+    explicit_bzero(&d->cfg, sizeof(d->cfg));
+    d->cfg = *cfg;
+    d->counters.reloads_ok++;
+    d->counters.reload_time = pc_now_sec();
+    pc_log_quote(q, sizeof(q), d->cfg.path[0] ? d->cfg.path : "-", LOG_TEXT_MAX);
+    pc_log(PC_LOG_NOTICE, "reloaded config=%s upstreams=%d log_level=%d%s", q, d->nups,
+           d->cfg.log_level, d->cfg.offline ? " offline=1" : "");
+  }
   explicit_bzero(cfg, sizeof(*cfg));
   free(cfg);
   daemon_ready_settle(d); /* offline now, or the upstream being probed replaced */
@@ -338,13 +350,9 @@ static void log_start_failed(const char *event, int rc)
   pc_log(PC_LOG_ERR, "%s rc=%s err=%s", event, pc_errname(rc), q);
 }
 
-int cmd_serve(int argc, char **argv)
+/* `serve --help`: print the usage and return 1; 0 when not asked. */
+static int serve_help(int argc, char **argv)
 {
-  serve_t *s = pc_xcalloc(1, sizeof(*s));
-  daemon_t *d = &s->d;
-  char err[512] = "";
-  int code = 1, rc, loop_init = 0;
-
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
       printf("usage: pullcache serve [--config FILE | --no-config] [--listen ADDR:PORT]...\n"
@@ -353,10 +361,100 @@ int cmd_serve(int argc, char **argv)
              "                      [--log-format text|json]\n"
              "Without --config, " DAEMON_CONFIG_DEFAULT " is read when it exists.\n"
              "SIGHUP reloads the configuration; SIGTERM drains and stops.\n");
-      free(s);
-      return 0;
+      return 1;
     }
   }
+  return 0;
+}
+
+/* Store, server and listeners, upstream client and objects, mirror: 0, or -1 (logged; what
+ * exists is torn down by stop). */
+static int serve_open(serve_t *s)
+{
+  daemon_t *d = &s->d;
+  int rc = store_open(d->cfg.store_dir, NULL, &d->store);
+  if (rc) {
+    char qp[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)], qe[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+    pc_log_quote(qp, sizeof(qp), d->cfg.store_dir, LOG_TEXT_MAX);
+    pc_log_quote(qe, sizeof(qe), rc == -EBUSY ? "in use by another process" : pc_strerror(rc),
+                 LOG_ERR_MAX);
+    pc_log(PC_LOG_ERR, "store-open-failed path=%s rc=%s err=%s", qp, pc_errname(rc), qe);
+    return -1;
+  }
+  rc = srv_new(d->loop, &d->cfg.srv, registry_handle, d, &d->srv);
+  if (rc) {
+    log_start_failed("srv-create-failed", rc);
+    return -1;
+  }
+  srv_set_finish_cb(d->srv, counters_on_finish, &d->counters);
+  for (int i = 0; i < d->cfg.nlisten; i++) {
+    rc = srv_listen(d->srv, d->cfg.listen[i]);
+    if (rc) {
+      char q[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+      pc_log_quote(q, sizeof(q), pc_strerror(rc), LOG_ERR_MAX);
+      const char *a = d->cfg.listen[i]; /* validated ADDR:PORT, a plain value */
+      pc_log(PC_LOG_ERR, "listen-failed listen=%s rc=%s err=%s", a, pc_errname(rc), q);
+      return -1;
+    }
+  }
+  if (!d->cfg.offline) {
+    rc = up_new(d->loop, &d->cfg.up, &d->up);
+    if (rc) {
+      log_start_failed("upstream-client-create-failed", rc);
+      return -1;
+    }
+  }
+  daemon_upstreams_apply(d, &d->cfg);
+  rc = mirror_new(d, &d->mirror);
+  if (rc) {
+    log_start_failed("mirror-create-failed", rc);
+    return -1;
+  }
+  return 0;
+}
+
+/* The access-time flush timer, the signal handlers and the /readyz timer. */
+static void serve_arm(serve_t *s)
+{
+  daemon_t *d = &s->d;
+  uv_timer_init(d->loop, &s->atime_timer);
+  uv_timer_start(&s->atime_timer, on_atime_timer, ATIME_FLUSH_MS, ATIME_FLUSH_MS);
+  s->timer_init = 1;
+  uv_signal_init(d->loop, &s->sigterm);
+  uv_signal_init(d->loop, &s->sigint);
+  uv_signal_init(d->loop, &s->sighup);
+  s->sigterm.data = s->sigint.data = s->sighup.data = s;
+  uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+  uv_signal_start(&s->sigint, on_signal, SIGINT);
+  uv_signal_start(&s->sighup, on_signal, SIGHUP);
+  s->sig_init = 1;
+  daemon_ready_init(d);
+}
+
+/* After uv_run: the loop must close with nothing open (else 1 when code was 0). */
+static int serve_close_loop(serve_t *s, int code)
+{
+  if (uv_loop_close(&s->loop) != 0) {
+    pc_log(PC_LOG_ERR, "handles-left-open-at-exit");
+    uv_walk(&s->loop, on_walk_close, NULL);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&s->loop);
+    code = code ? code : 1;
+  }
+  return code;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+  serve_t *s;
+  daemon_t *d;
+  char err[512] = "";
+  int code = 1, rc;
+
+  if (serve_help(argc, argv))
+    return 0;
+  s = pc_xcalloc(1, sizeof(*s));
+  d = &s->d;
   s->argc = argc - 1;
   s->argv = argv + 1;
   if (config_from_args(&d->cfg, s->argc, s->argv, err, sizeof(err)) < 0) {
@@ -373,81 +471,20 @@ int cmd_serve(int argc, char **argv)
   rc = uv_loop_init(&s->loop);
   if (rc) {
     log_start_failed("uv-loop-init-failed", rc);
-    goto out;
-  }
-  loop_init = 1;
-  d->loop = &s->loop;
-
-  rc = store_open(d->cfg.store_dir, NULL, &d->store);
-  if (rc) {
-    char qp[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)], qe[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
-    pc_log_quote(qp, sizeof(qp), d->cfg.store_dir, LOG_TEXT_MAX);
-    pc_log_quote(qe, sizeof(qe), rc == -EBUSY ? "in use by another process" : pc_strerror(rc),
-                 LOG_ERR_MAX);
-    pc_log(PC_LOG_ERR, "store-open-failed path=%s rc=%s err=%s", qp, pc_errname(rc), qe);
-    goto out;
-  }
-  rc = srv_new(d->loop, &d->cfg.srv, registry_handle, d, &d->srv);
-  if (rc) {
-    log_start_failed("srv-create-failed", rc);
-    goto out;
-  }
-  srv_set_finish_cb(d->srv, counters_on_finish, &d->counters);
-  for (int i = 0; i < d->cfg.nlisten; i++) {
-    rc = srv_listen(d->srv, d->cfg.listen[i]);
-    if (rc) {
-      char q[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
-      pc_log_quote(q, sizeof(q), pc_strerror(rc), LOG_ERR_MAX);
-      const char *a = d->cfg.listen[i]; /* validated ADDR:PORT, a plain value */
-      pc_log(PC_LOG_ERR, "listen-failed listen=%s rc=%s err=%s", a, pc_errname(rc), q);
-      goto out;
-    }
-  }
-  if (!d->cfg.offline) {
-    rc = up_new(d->loop, &d->cfg.up, &d->up);
-    if (rc) {
-      log_start_failed("upstream-client-create-failed", rc);
-      goto out;
-    }
-  }
-  daemon_upstreams_apply(d, &d->cfg);
-  rc = mirror_new(d, &d->mirror);
-  if (rc) {
-    log_start_failed("mirror-create-failed", rc);
-    goto out;
-  }
-  uv_timer_init(d->loop, &s->atime_timer);
-  uv_timer_start(&s->atime_timer, on_atime_timer, ATIME_FLUSH_MS, ATIME_FLUSH_MS);
-  s->timer_init = 1;
-  uv_signal_init(d->loop, &s->sigterm);
-  uv_signal_init(d->loop, &s->sigint);
-  uv_signal_init(d->loop, &s->sighup);
-  s->sigterm.data = s->sigint.data = s->sighup.data = s;
-  uv_signal_start(&s->sigterm, on_signal, SIGTERM);
-  uv_signal_start(&s->sigint, on_signal, SIGINT);
-  uv_signal_start(&s->sighup, on_signal, SIGHUP);
-  s->sig_init = 1;
-  daemon_ready_init(d);
-  log_ready(d);
-  sd_notify_msg("READY=1");
-
-  uv_run(d->loop, UV_RUN_DEFAULT);
-  code = 0;
-
-out:
-  if (code != 0 && loop_init) {
-    /* A start-up failure: tear down what exists through the same path. */
-    stop(s);
-    uv_run(&s->loop, UV_RUN_DEFAULT);
-  }
-  if (loop_init) {
-    if (uv_loop_close(&s->loop) != 0) {
-      pc_log(PC_LOG_ERR, "handles-left-open-at-exit");
-      uv_walk(&s->loop, on_walk_close, NULL);
+  } else {
+    d->loop = &s->loop;
+    if (serve_open(s) == 0) {
+      serve_arm(s);
+      log_ready(d);
+      sd_notify_msg("READY=1");
+      uv_run(d->loop, UV_RUN_DEFAULT);
+      code = 0;
+    } else {
+      /* A start-up failure: tear down what exists through the same path. */
+      stop(s);
       uv_run(&s->loop, UV_RUN_DEFAULT);
-      uv_loop_close(&s->loop);
-      code = code ? code : 1;
     }
+    code = serve_close_loop(s, code);
   }
   store_close(d->store);
   if (code == 0)
