@@ -10,7 +10,7 @@
  * clean, 1 when problems were found and repaired, 2 on a usage or runtime error. */
 int cmd_fsck(int argc, char **argv);
 
-/** `pullcache serve [flags]` (daemon/daemon.c): run the mirror until SIGTERM/SIGINT. Returns 0
+/** `pullcache serve [flags]` (daemon/serve.c): run the mirror until SIGTERM/SIGINT. Returns 0
  * after a clean stop, 1 on a runtime error (store, listen), 2 on a usage/config error. */
 int cmd_serve(int argc, char **argv);
 

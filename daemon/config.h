@@ -1,4 +1,9 @@
-/* daemon/config — defaults, the INI config file (libinih) and `serve` command-line flags.
+/* daemon/config — the configuration types (daemon_config_t, daemon_upstream_conf_t), their
+ * defaults, the INI config file (libinih) and `serve` command-line flags.
+ *
+ * The types are plain data: a configuration is built whole (config_from_args) and then copied
+ * by value into the daemon (daemon/daemon.h) or into an upstream object (daemon/upstream.h);
+ * nothing here knows the running daemon, and nothing here allocates.
  *
  * Precedence: built-in defaults < config file < command-line flags. The file is
  * --config FILE, or DAEMON_CONFIG_DEFAULT when that exists and neither --config nor
@@ -29,11 +34,51 @@
 #define CONFIG_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
-#include "daemon/daemon.h"
+#include "http/srv.h"
+#include "http/up.h"
 
 #define DAEMON_CONFIG_DEFAULT "/etc/pullcache/pullcache.conf"
+
+#define DAEMON_MAX_UPSTREAMS 16
+#define DAEMON_MAX_LISTEN 8
+
+/** One configured upstream (plain data, as configured): NAME is the registry host as clients
+ * name it (what `ns=` and the path prefix carry), URL where it is fetched from. */
+typedef struct daemon_upstream_conf {
+  char name[256];              /**< "registry.k8s.io" */
+  char url[1024];              /**< "https://registry.k8s.io" (no trailing slash) */
+  char ca_file[1024];          /**< CA bundle for this upstream; "" = system store */
+  char credentials_file[1024]; /**< "user:password" file; "" = anonymous */
+  char userpwd[512];           /**< read from credentials_file when the config is loaded */
+  int64_t tag_ttl;             /**< seconds a tag is served without revalidation; default 300 */
+  unsigned max_connections;    /**< concurrent upstream fetches; 0 = no cap */
+  double rate_limit;           /**< fetch starts per second; 0 = no cap */
+  unsigned rate_burst;         /**< token bucket size; 0 = about one second's worth */
+} daemon_upstream_conf_t;
+
+enum { DAEMON_LOG_TEXT = 0, DAEMON_LOG_JSON = 1 };
+
+/** The whole configuration of `serve` (plain data; copied by value, no pointers inside). */
+typedef struct daemon_config {
+  char path[1024];                     /**< the config file read; "" = none */
+  char listen[DAEMON_MAX_LISTEN][128]; /**< "127.0.0.1:5000", "[::1]:5000" */
+  int nlisten;
+  srv_opts_t srv;            /**< server limits and timeouts */
+  unsigned drain_timeout_ms; /**< SIGTERM: answers in progress may run this long */
+  int offline;               /**< never contact an upstream */
+  uint64_t max_manifest;     /**< bytes; default 4 MiB */
+  up_opts_t up;              /**< upstream client timeouts */
+  char store_dir[1024];
+  uint64_t store_max_size; /**< size budget (0 = none); for eviction */
+  uint64_t store_min_free; /**< /readyz fails below this much free disk */
+  daemon_upstream_conf_t upstreams[DAEMON_MAX_UPSTREAMS]; /**< [0] is the default */
+  int nupstreams;
+  int log_level;  /**< PC_LOG_* */
+  int log_format; /**< DAEMON_LOG_TEXT | DAEMON_LOG_JSON */
+} daemon_config_t;
 
 /** Fill cfg with the built-in defaults (listen 127.0.0.1:5000, store ./pullcache-data, one
  * upstream registry.k8s.io=https://registry.k8s.io, and the defaults of every key). */
@@ -58,8 +103,7 @@ void config_print(const daemon_config_t *cfg, FILE *out);
 
 /** Call cb for every key the file accepts: section ("upstream" for [upstream "NAME"]), key,
  * and its default as written by config_print. For documentation checks. */
-void config_each_key(void (*cb)(void *arg, const char *section, const char *key,
-                                const char *def),
+void config_each_key(void (*cb)(void *arg, const char *section, const char *key, const char *def),
                      void *arg);
 
 /** Validators exposed for tests: 1 if valid. */

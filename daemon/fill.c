@@ -20,7 +20,7 @@
 
 #include "core/num.h"
 #include "core/pc.h"
-#include "daemon/daemon.h"
+#include "daemon/upstream.h"
 #include "store/digest.h"
 
 #define FILL_RESUMES 3

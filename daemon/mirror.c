@@ -30,6 +30,7 @@
 #include "daemon/mjob.h"
 #include "daemon/reqctx.h"
 #include "store/digest.h"
+#include "daemon/upstream.h"
 
 struct mirror {
   daemon_t *d;

@@ -19,7 +19,7 @@
 #include "core/buf.h"
 #include "core/num.h"
 #include "core/pc.h"
-#include "daemon/daemon.h"
+#include "daemon/upstream.h"
 #include "store/digest.h"
 
 #define MJOB_ACCEPT                                                                                \

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "core/pc.h"
-#include "daemon/daemon.h"
+#include "daemon/upstream.h"
 
 char *pull_url(const daemon_upstream_t *up, const char *repo, const char *kind, const char *ref)
 {

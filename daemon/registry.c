@@ -20,7 +20,9 @@
 #include "daemon/metrics.h"
 #include "daemon/mirror.h"
 #include "daemon/reqctx.h"
+#include "daemon/ready.h"
 #include "daemon/route.h"
+#include "daemon/upstream.h"
 
 #define CT_OCI_INDEX "application/vnd.oci.image.index.v1+json"
 

@@ -10,7 +10,7 @@
  * Lifetime: from reqctx_new until the request's done callback, which first calls the gone
  * callback of a holder that is still parked (the client left or the connection was cut:
  * the holder must forget the request there and may not answer it), then frees the context.
- * The srv finish callback (metrics_on_finish) runs before that and may read it.
+ * The srv finish callback (counters_on_finish) runs before that and may read it.
  */
 #ifndef REQCTX_H
 #define REQCTX_H

@@ -33,6 +33,7 @@
 #include "daemon/daemon.h"
 #include "daemon/mirror.h"
 #include "daemon/registry.h"
+#include "daemon/upstream.h"
 
 #include <ftw.h>
 #include <jansson.h>

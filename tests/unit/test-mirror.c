@@ -16,7 +16,8 @@
 #include "core/pc.h"
 #include "daemon/config.h"
 #include "daemon/daemon.h"
-#include "daemon/metrics.h"
+#include "daemon/counters.h"
+#include "daemon/upstream.h"
 #include "daemon/mirror.h"
 #include "daemon/registry.h"
 #include "http/srv-int.h"
@@ -146,7 +147,7 @@ static void setup(void)
   daemon_upstreams_apply(&d, &d.cfg);
   ASSERT_OK(mirror_new_with(&d, &fake_ops, NULL, now_fn, &d.mirror));
   ASSERT_OK(srv_new(&loop, NULL, registry_handle, &d, &d.srv));
-  srv_set_finish_cb(d.srv, metrics_on_finish, &d);
+  srv_set_finish_cb(d.srv, counters_on_finish, &d.counters);
 }
 
 /* One loop turn, and a short nap so worker-thread commits make progress. */

@@ -1,0 +1,54 @@
+/* daemon/counters — the request counters behind /metrics, and the calls that count.
+ *
+ * Plain integers, touched only on the loop thread: a daemon_counters_t lives inside the daemon
+ * (daemon_t.counters) for the life of the process. This module only counts; rendering them is
+ * daemon/metrics. It knows nothing of the daemon: every call takes the counters (or the
+ * request) it changes, and none can fail.
+ *
+ * A request's route and cache outcome are recorded in its context (daemon/reqctx.h: the
+ * registry sets the route, daemon/answer counts the outcome in cache[][] as it answers); the
+ * server's finish callback (counters_on_finish, registered with srv_set_finish_cb) then counts
+ * it by route and status and its body bytes by where they came from.
+ */
+#ifndef COUNTERS_H
+#define COUNTERS_H
+
+#include <stdint.h>
+
+#include "http/srv.h"
+
+/** Cache outcomes, as sent in X-Cache and counted on /metrics. */
+enum daemon_cache {
+  DAEMON_CACHE_HIT,         /**< answered from the store */
+  DAEMON_CACHE_MISS,        /**< fetched from the upstream for this request */
+  DAEMON_CACHE_JOIN,        /**< joined a fetch already running for the same content */
+  DAEMON_CACHE_STALE,       /**< the upstream failed; an expired tag was served */
+  DAEMON_CACHE_REVALIDATED, /**< an expired tag confirmed unchanged by the upstream */
+  DAEMON_CACHE_N
+};
+
+#define DAEMON_ROUTES 9 /**< route_kind values (daemon/route.h) */
+#define DAEMON_CODES 20 /**< distinct statuses counted per route (counters_code_idx) */
+
+/** Counters kept on the loop thread for /metrics. */
+typedef struct daemon_counters {
+  uint64_t requests[DAEMON_ROUTES][DAEMON_CODES]; /**< by route and status (counters_code_idx) */
+  uint64_t cache[2][DAEMON_CACHE_N];              /**< [0] manifests, [1] blobs */
+  uint64_t served_store, served_upstream;         /**< body bytes by source */
+  uint64_t reloads_ok, reloads_failed;
+  int64_t reload_time; /**< last successful (re)load, epoch s */
+} daemon_counters_t;
+
+/** The srv finish callback (srv_set_finish_cb, arg = the daemon_counters_t): counts the request
+ * by route (ROUTE_UNKNOWN without a context) and status, and for 2xx answers its body bytes by
+ * source (upstream for a miss or a join, store for the other outcomes, none without one). */
+void counters_on_finish(srv_req_t *req, int status, uint64_t body_bytes, void *counters);
+
+/** Index of an HTTP status in daemon_counters_t.requests (the last one is "other"). */
+int counters_code_idx(int status);
+/** The status counted at index i, or 0 for the last ("other") slot. */
+int counters_code(int i);
+/** "hit", "miss", "join", "stale", "revalidated". */
+const char *counters_cache_name(enum daemon_cache outcome);
+
+#endif

@@ -1,0 +1,143 @@
+/* daemon/ready — readiness and /readyz (see ready.h). */
+#include "daemon/ready.h"
+
+#include <stdio.h>
+#include <sys/statvfs.h>
+
+#include "core/pc.h"
+#include "daemon/reqctx.h"
+#include "daemon/upstream.h"
+
+/* A /readyz request waiting for the probes it started. */
+typedef struct readyz_wait {
+  srv_req_t *req;
+  pc_list_t link; /**< on d->readyz.waiting */
+} readyz_wait_t;
+
+static void on_probe_settled(daemon_t *d)
+{
+  daemon_ready_settle(d);
+}
+
+int daemon_ready(daemon_t *d, int probe, const char **reason)
+{
+  struct statvfs sv;
+  if (d->stopping) {
+    *reason = "stopping";
+    return 0;
+  }
+  if (!d->store) {
+    *reason = "store not open";
+    return 0;
+  }
+  if (statvfs(d->cfg.store_dir, &sv) == 0 &&
+      (uint64_t)sv.f_bavail * sv.f_frsize < d->cfg.store_min_free) {
+    *reason = "store disk below min_free";
+    return 0;
+  }
+  if (d->cfg.offline) {
+    *reason = "offline";
+    return 1;
+  }
+  for (int i = 0; i < d->nups; i++)
+    if (d->ups[i]->reachable == 1) {
+      *reason = "ok";
+      return 1;
+    }
+  /* None known reachable: ask again (at most every probe interval per upstream). */
+  for (int i = 0; probe && i < d->nups; i++)
+    daemon_upstream_probe(d->ups[i], on_probe_settled);
+  if (daemon_upstreams_probing(d)) {
+    *reason = "probing upstreams";
+    return -1;
+  }
+  *reason = "no upstream reachable";
+  return 0;
+}
+
+/* ---- /readyz ------------------------------------------------------------------------------ */
+
+static void readyz_answer(srv_req_t *req, int ready, const char *reason)
+{
+  char msg[96];
+  int n;
+  if (ready > 0) {
+    srv_respond(req, 200, "text/plain", "ready\n", 6);
+    return;
+  }
+  n = snprintf(msg, sizeof(msg), "not ready: %s\n", reason);
+  srv_req_log(req, "reason", reason);
+  srv_respond(req, 503, "text/plain", msg, (size_t)n);
+}
+
+/* The client left while its /readyz waited: forget it. */
+static void on_readyz_gone(reqctx_t *ctx, void *arg)
+{
+  readyz_wait_t *w = arg;
+  (void)ctx;
+  pc_list_remove(&w->link);
+  free(w);
+}
+
+/* Answer the waiting /readyz requests once the outcome is known (or when out of time: force). */
+static void readyz_answer_all(daemon_t *d, int force)
+{
+  const char *reason;
+  int ready;
+  if (!d->readyz.timer_init || pc_list_empty(&d->readyz.waiting))
+    return;
+  ready = daemon_ready(d, 0, &reason);
+  if (ready < 0 && !force)
+    return;
+  uv_timer_stop(&d->readyz.timer);
+  /* Newest first, as they were always answered. */
+  while (!pc_list_empty(&d->readyz.waiting)) {
+    readyz_wait_t *w = pc_list_entry(d->readyz.waiting.next, readyz_wait_t, link);
+    pc_list_remove(&w->link);
+    reqctx_unpark(reqctx_of(w->req));
+    readyz_answer(w->req, ready, reason);
+    free(w);
+  }
+}
+
+void daemon_ready_settle(daemon_t *d)
+{
+  readyz_answer_all(d, 0);
+}
+
+static void on_readyz_timeout(uv_timer_t *t)
+{
+  daemon_t *d = container_of(t, daemon_t, readyz.timer);
+  readyz_answer_all(d, 1);
+}
+
+void daemon_readyz(daemon_t *d, srv_req_t *req)
+{
+  const char *reason;
+  int ready = daemon_ready(d, 1, &reason);
+  if (ready >= 0 || !d->readyz.timer_init) {
+    readyz_answer(req, ready, reason);
+    return;
+  }
+  if (pc_list_empty(&d->readyz.waiting))
+    uv_timer_start(&d->readyz.timer, on_readyz_timeout, DAEMON_READYZ_WAIT_MS, 0);
+  readyz_wait_t *w = pc_xcalloc(1, sizeof(*w));
+  w->req = req;
+  pc_list_push_front(&d->readyz.waiting, &w->link);
+  reqctx_park(reqctx_of(req), on_readyz_gone, w);
+}
+
+void daemon_ready_init(daemon_t *d)
+{
+  pc_list_init(&d->readyz.waiting);
+  uv_timer_init(d->loop, &d->readyz.timer);
+  d->readyz.timer_init = 1;
+}
+
+void daemon_ready_close(daemon_t *d)
+{
+  if (!d->readyz.timer_init)
+    return;
+  uv_close((uv_handle_t *)&d->readyz.timer, NULL);
+  d->readyz.timer_init = 0;
+}

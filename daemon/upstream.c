@@ -1,0 +1,192 @@
+/* daemon/upstream — the reference-counted upstream objects (see upstream.h). */
+#include "daemon/upstream.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/pc.h"
+
+daemon_upstream_t *daemon_upstream_ref(daemon_upstream_t *u)
+{
+  u->refs++;
+  return u;
+}
+
+void daemon_upstream_unref(daemon_upstream_t *u)
+{
+  PC_ASSERT(u->refs > 0);
+  if (--u->refs > 0)
+    return;
+  pc_list_remove(&u->live_link);
+  if (u->pool)
+    up_pool_release(u->pool);
+  explicit_bzero(u->conf.userpwd, sizeof(u->conf.userpwd));
+  free(u);
+}
+
+void daemon_upstream_seen(daemon_upstream_t *u, int rc, int status)
+{
+  int reached = status > 0 || rc == 0;
+  if (!reached && rc != PC_E_UPSTREAM_UNAVAILABLE && rc != PC_E_UPSTREAM_TIMEOUT &&
+      rc != PC_E_UPSTREAM)
+    return; /* our own refusal (size cap, digest): says nothing about the network */
+  if (u->reachable != reached && reached)
+    pc_log(PC_LOG_NOTICE, "upstream-reachable upstream=%s", u->conf.name);
+  else if (u->reachable != reached)
+    pc_log(PC_LOG_WARN, "upstream-unreachable upstream=%s rc=%s", u->conf.name, pc_errname(rc));
+  u->reachable = reached;
+  u->reach_ms = pc_mono_ms();
+}
+
+/* ---- the configured set ------------------------------------------------------------------- */
+
+static void upstream_set_pool(daemon_t *d, daemon_upstream_t *u)
+{
+  up_pool_opts_t o = {.max_active = u->conf.max_connections,
+                      .rate = u->conf.rate_limit,
+                      .burst = u->conf.rate_burst};
+  if (!d->up)
+    return;
+  if (u->pool) {
+    up_pool_set_opts(u->pool, &o);
+    return;
+  }
+  if (up_pool_new(d->up, u->conf.name, &o, &u->pool) != 0) {
+    pc_log(PC_LOG_ERR, "upstream-pool-create-failed upstream=%s", u->conf.name);
+    u->pool = NULL;
+  }
+}
+
+static daemon_upstream_t *upstream_new(daemon_t *d, const daemon_upstream_conf_t *c)
+{
+  daemon_upstream_t *u = pc_xcalloc(1, sizeof(*u));
+  u->refs = 1;
+  u->conf = *c;
+  u->reachable = -1;
+  u->d = d;
+  pc_list_push_front(&d->live, &u->live_link);
+  upstream_set_pool(d, u);
+  return u;
+}
+
+/* Can a running upstream object take this configuration in place? Only when where and how it
+ * fetches stay the same; tag_ttl and the caps may change under running fetches. */
+static int upstream_same_target(const daemon_upstream_conf_t *a, const daemon_upstream_conf_t *b)
+{
+  return !strcasecmp(a->name, b->name) && !strcmp(a->url, b->url) &&
+         !strcmp(a->ca_file, b->ca_file) && !strcmp(a->userpwd, b->userpwd);
+}
+
+void daemon_upstreams_apply(daemon_t *d, const daemon_config_t *cfg)
+{
+  daemon_upstream_t *old[DAEMON_MAX_UPSTREAMS];
+  int nold = d->nups;
+  if (!d->live.next)
+    pc_list_init(&d->live); /* first use of an all-zero daemon_t */
+  memcpy(old, d->ups, sizeof(old));
+  d->nups = 0;
+  for (int i = 0; i < cfg->nupstreams; i++) {
+    const daemon_upstream_conf_t *c = &cfg->upstreams[i];
+    daemon_upstream_t *u = NULL;
+    for (int j = 0; j < nold; j++) {
+      if (old[j] && upstream_same_target(&old[j]->conf, c)) {
+        u = old[j];
+        old[j] = NULL;
+        break;
+      }
+    }
+    if (u) {
+      u->conf = *c;
+      upstream_set_pool(d, u);
+    } else {
+      u = upstream_new(d, c);
+    }
+    d->ups[d->nups++] = u;
+  }
+  for (int j = 0; j < nold; j++)
+    if (old[j])
+      daemon_upstream_unref(old[j]);
+}
+
+/* ---- reachability probes ------------------------------------------------------------------ */
+
+static void on_probe_done(up_fetch_t *f, int rc, int status, void *arg)
+{
+  daemon_upstream_t *u = arg;
+  void (*done)(daemon_t *) = u->probe_done;
+  daemon_t *d = u->d;
+  (void)f;
+  u->probe = NULL;
+  u->probe_done = NULL;
+  daemon_upstream_seen(u, rc, status);
+  daemon_upstream_unref(u);
+  if (done)
+    done(d);
+}
+
+/* GET <url>/v2/ without answering challenges: any HTTP answer means reachable. */
+void daemon_upstream_probe(daemon_upstream_t *u, void (*done)(daemon_t *d))
+{
+  daemon_t *d = u->d;
+  char url[1100];
+  up_req_t r;
+  if (!d->up || u->probe || d->stopping)
+    return;
+  if (u->reachable >= 0 && pc_mono_ms() - u->reach_ms < DAEMON_UPSTREAM_PROBE_INTERVAL_MS)
+    return;
+  snprintf(url, sizeof(url), "%s/v2/", u->conf.url);
+  memset(&r, 0, sizeof(r));
+  r.method = "GET";
+  r.url = url;
+  r.ca_file = u->conf.ca_file[0] ? u->conf.ca_file : NULL;
+  r.no_auth = 1;
+  r.on_done = on_probe_done;
+  r.arg = daemon_upstream_ref(u);
+  u->reach_ms = pc_mono_ms();
+  u->probe_done = done;
+  if (up_fetch_start(d->up, &r, &u->probe) != 0) {
+    u->probe = NULL;
+    u->probe_done = NULL;
+    daemon_upstream_seen(u, PC_E_UPSTREAM_UNAVAILABLE, 0);
+    daemon_upstream_unref(u);
+  }
+}
+
+int daemon_upstreams_probing(const daemon_t *d)
+{
+  for (int i = 0; i < d->nups; i++)
+    if (d->ups[i]->probe)
+      return 1;
+  return 0;
+}
+
+/* ---- shutdown ----------------------------------------------------------------------------- */
+
+void daemon_upstreams_close(daemon_t *d)
+{
+  if (!d->live.next)
+    pc_list_init(&d->live);
+  pc_list_foreach_safe(it, next, &d->live)
+  {
+    daemon_upstream_t *u = pc_list_entry(it, daemon_upstream_t, live_link);
+    if (u->probe) {
+      up_fetch_cancel(u->probe);
+      u->probe = NULL;
+      u->probe_done = NULL;
+      daemon_upstream_unref(u); /* may free u: next was read first */
+    }
+  }
+  /* Objects still held by store work finishing on a worker outlive the client: detach their
+   * pools now (up_close frees every pool). */
+  pc_list_foreach(it, &d->live)
+  {
+    daemon_upstream_t *u = pc_list_entry(it, daemon_upstream_t, live_link);
+    if (u->pool)
+      up_pool_release(u->pool);
+    u->pool = NULL;
+  }
+  for (int i = 0; i < d->nups; i++)
+    daemon_upstream_unref(d->ups[i]);
+  d->nups = 0;
+}

@@ -1,0 +1,69 @@
+/* daemon/upstream — a configured upstream at run time: a reference-counted object holding its
+ * configuration (a copy), its up_pool_t (the max_connections/rate_limit caps and per-upstream
+ * statistics, http/up) and what is known of its reachability.
+ *
+ * Ownership and lifetime: daemon_t.ups[0..nups) hold one reference each (the configured set,
+ * made and replaced by daemon_upstreams_apply). A manifest job, a blob fill, every blob waiter
+ * and a running probe hold one more for as long as they use the object, so a reload that drops
+ * an upstream from the set never frees one under a fetch: the fetch finishes against the
+ * upstream it started with. The last daemon_upstream_unref frees the object and releases its
+ * pool. Every object not yet freed is on daemon_t.live, so shutdown (daemon_upstreams_close)
+ * can detach the pools of objects that store work still holds, before up_close frees them.
+ *
+ * Errors: nothing here fails towards the caller. A pool that cannot be made is logged and left
+ * NULL (fetches then run uncapped); a probe that cannot start counts as "unreachable".
+ * Everything runs on the loop thread.
+ */
+#ifndef UPSTREAM_H
+#define UPSTREAM_H
+
+#include <stdint.h>
+
+#include "core/list.h"
+#include "daemon/config.h"
+#include "daemon/daemon.h"
+#include "http/up.h"
+
+struct daemon_upstream {
+  unsigned refs;
+  daemon_upstream_conf_t conf;
+  up_pool_t *pool;   /**< connection and rate caps, per-upstream stats; NULL offline */
+  int reachable;     /**< last probe or fetch reached it: 1, 0, or -1 unknown */
+  uint64_t reach_ms; /**< when reachable was last set or a probe started (pc_mono_ms) */
+  up_fetch_t *probe; /**< a /v2/ reachability probe in flight */
+  void (*probe_done)(daemon_t *d); /**< called when that probe ends (not when cancelled) */
+  daemon_t *d;
+  pc_list_t live_link; /**< on d->live until freed */
+};
+
+/** Keep an upstream alive while a fetch for it runs (a reload may drop it from d->ups). */
+daemon_upstream_t *daemon_upstream_ref(daemon_upstream_t *u);
+/** Drop a reference; the last one frees u (and releases its pool). */
+void daemon_upstream_unref(daemon_upstream_t *u);
+
+/** d->ups := the upstreams of cfg: objects whose target (name, url, CA, credentials) did not
+ * change are kept and take the new tag_ttl and caps; the others are made new, and the old ones
+ * released (fetches still running hold them). Pools exist when d->up does. An all-zero
+ * daemon_t is a valid start (d->live is set up on first use). */
+void daemon_upstreams_apply(daemon_t *d, const daemon_config_t *cfg);
+/** Shutdown, before up_close: cancel running probes (their done callbacks do not run), detach
+ * the pools of every object still alive (up_close frees the pools), and drop d->ups. */
+void daemon_upstreams_close(daemon_t *d);
+
+/** Record what a fetch learned about reachability: rc/status of an upstream fetch (our own
+ * refusals, such as a size cap or a digest mismatch, say nothing and are ignored). */
+void daemon_upstream_seen(daemon_upstream_t *u, int rc, int status);
+
+/** Start a GET <url>/v2/ probe (no auth, outside the caps; any HTTP answer means reachable)
+ * when none runs, the daemon is online and not stopping, and what is known of u is unknown or
+ * older than DAEMON_UPSTREAM_PROBE_INTERVAL_MS. When it ends its result is recorded
+ * (daemon_upstream_seen) and done(d) runs; a probe that cannot start is recorded as
+ * unreachable at once, without done. */
+void daemon_upstream_probe(daemon_upstream_t *u, void (*done)(daemon_t *d));
+/** 1 while a probe of one of d->ups runs. */
+int daemon_upstreams_probing(const daemon_t *d);
+
+/** A failed or unknown upstream is probed again at most this often (driven by /readyz). */
+#define DAEMON_UPSTREAM_PROBE_INTERVAL_MS 2000
+
+#endif
