@@ -14,7 +14,8 @@ Typical use:
 
 Every wait is bounded; children are started in their own session and stopped by PID (SIGTERM,
 then SIGKILL after a timeout); only loopback addresses are used. Set PC_KEEP=1 to keep the
-temporary directory (its path is printed).
+temporary directory (its path is printed). A ThreadSanitizer report in the log of any child (a
+daemon built with -DPC_TSAN=ON) fails the TestEnv that started it.
 """
 
 import fcntl
