@@ -26,8 +26,10 @@
 #include <time.h>
 #include <unistd.h>
 
-int pc_log_level = PC_LOG_INFO;
-int pc_log_format = PC_LOG_TEXT;
+/* Written by pc_log_setup (and the daemon's reload) while other threads log: atomics, and every
+ * access here is relaxed, since each value stands alone (no other data is published with it). */
+_Atomic int pc_log_level = PC_LOG_INFO;
+_Atomic int pc_log_format = PC_LOG_TEXT;
 
 /* -1: not detected yet (pc_log_setup was not called; the first line detects), 0 or 1. Any
  * thread racing on the first detection computes the same answer. */
@@ -66,17 +68,18 @@ static int detect_journald(void)
 void pc_log_setup(int format)
 {
   int saved = errno;
-  pc_log_format = format == PC_LOG_JSON ? PC_LOG_JSON : PC_LOG_TEXT;
-  atomic_store(&journald, detect_journald());
+  atomic_store_explicit(&pc_log_format, format == PC_LOG_JSON ? PC_LOG_JSON : PC_LOG_TEXT,
+                        memory_order_relaxed);
+  atomic_store_explicit(&journald, detect_journald(), memory_order_relaxed);
   errno = saved;
 }
 
 int pc_log_journald(void)
 {
-  int j = atomic_load(&journald);
+  int j = atomic_load_explicit(&journald, memory_order_relaxed);
   if (j < 0) {
     j = detect_journald();
-    atomic_store(&journald, j);
+    atomic_store_explicit(&journald, j, memory_order_relaxed);
   }
   return j;
 }
@@ -466,7 +469,7 @@ static void emit(int lvl, const char *msg, size_t mlen, int cut)
   char line[PC_LOG_LINE_MAX];
   size_t len = 0, body = 0;
   int jd = pc_log_journald();
-  int json = pc_log_format == PC_LOG_JSON;
+  int json = atomic_load_explicit(&pc_log_format, memory_order_relaxed) == PC_LOG_JSON;
 
   if (lvl < 0)
     lvl = 0;

@@ -8,6 +8,7 @@
 #ifndef PC_H
 #define PC_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -118,7 +119,9 @@ char *pc__xstrndup(const char *s, size_t n, const char *file, int line);
  *     holds a shortened number.
  *   - If jansson fails (out of memory), that one line is written in the text format.
  * Levels above pc_log_level are dropped before the arguments are even evaluated. Any thread
- * may log; errno is preserved.
+ * may log; errno is preserved. The level and the format may change at any time (a reload sets
+ * them on the loop thread while workers log): both are atomics, read with relaxed loads, so a
+ * line logged meanwhile uses the old or the new value, each whole.
  */
 enum { PC_LOG_ERR = 3, PC_LOG_WARN = 4, PC_LOG_NOTICE = 5, PC_LOG_INFO = 6, PC_LOG_DEBUG = 7 };
 enum { PC_LOG_TEXT, PC_LOG_JSON };
@@ -127,12 +130,16 @@ enum { PC_LOG_TEXT, PC_LOG_JSON };
 /** The size pc_log_quote needs for a value cut at max bytes, NUL included. */
 #define PC_LOG_QUOTE_SIZE(max) (4 * (size_t)(max) + 6)
 
-extern int pc_log_level;  /**< messages above this level are dropped before formatting */
-extern int pc_log_format; /**< PC_LOG_TEXT (default) or PC_LOG_JSON; set by pc_log_setup */
+/** Messages above this level are dropped before formatting. Set it from any thread with a
+ * plain assignment (an atomic store). */
+extern _Atomic int pc_log_level;
+/** PC_LOG_TEXT (default) or PC_LOG_JSON; set by pc_log_setup. */
+extern _Atomic int pc_log_format;
 
 /** Choose the format (PC_LOG_TEXT or PC_LOG_JSON; anything else is text) and detect whether
- * stderr is the journal. Call it once at startup, before other threads log, and again after
- * redirecting stderr. Without it, lines are text and journald is detected on the first line. */
+ * stderr is the journal. Call it at startup, again after redirecting stderr, and on a reload
+ * (other threads may be logging meanwhile). Without it, lines are text and journald is detected
+ * on the first line. */
 void pc_log_setup(int format);
 /** 1 when stderr is the systemd journal: $JOURNAL_STREAM ("DEV:INODE") names the device and
  * inode of fd 2 (systemd sets it for services whose output goes to the journal; a child whose
@@ -151,7 +158,7 @@ size_t pc_log_key(char *dst, size_t dstlen, const char *key);
 
 #define pc_log(lvl, ...)                                                                           \
   do {                                                                                             \
-    if ((lvl) > pc_log_level)                                                                      \
+    if ((lvl) > atomic_load_explicit(&pc_log_level, memory_order_relaxed))                         \
       break;                                                                                       \
     pc__log((lvl), __VA_ARGS__);                                                                   \
   } while (0)

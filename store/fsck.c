@@ -306,8 +306,8 @@ static int check_totals(store_t *s, FILE *out, store_fsck_report_t *r)
   rc = store__totals_scan(s, txn, &sum);
   if (rc)
     goto out;
-  if (rrc == 0 && rec.txnid == (uint64_t)mdb_txn_id(txn) - 1 &&
-      rec.blob_bytes == sum.blob_bytes && rec.manifest_bytes == sum.manifest_bytes)
+  if (rrc == 0 && rec.txnid == (uint64_t)mdb_txn_id(txn) - 1 && rec.blob_bytes == sum.blob_bytes &&
+      rec.manifest_bytes == sum.manifest_bytes)
     goto out; /* agrees: nothing to write */
   r->totals_repaired++;
   if (rrc == PC_E_NOTFOUND)

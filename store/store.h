@@ -32,7 +32,7 @@ typedef struct store store_t;
 typedef struct store_writer store_writer_t;
 
 typedef struct store_opts {
-  uint64_t map_size; /**< LMDB map size in bytes; 0 = default (4 GiB) */
+  uint64_t map_size;  /**< LMDB map size in bytes; 0 = default (4 GiB) */
   int atime_flush_ms; /**< unused by the store itself; the daemon flushes on its own timer */
 } store_opts_t;
 

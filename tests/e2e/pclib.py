@@ -14,7 +14,8 @@ Typical use:
 
 Every wait is bounded; children are started in their own session and stopped by PID (SIGTERM,
 then SIGKILL after a timeout); only loopback addresses are used. Set PC_KEEP=1 to keep the
-temporary directory (its path is printed).
+temporary directory (its path is printed). A ThreadSanitizer report in the log of any child (a
+daemon built with -DPC_TSAN=ON) fails the TestEnv that started it.
 """
 
 import fcntl
@@ -343,6 +344,7 @@ class TestEnv:
         self.name = name
         self.stop_timeout = stop_timeout
         self.procs = []
+        self.logs = []  # (name, log path) of every child ever spawned, for the TSan scan
         self.dir = None
 
     def __enter__(self):
@@ -358,11 +360,35 @@ class TestEnv:
                                  % (p.name, p.pid, p.log_path, p.tail()))
         for p in reversed(self.procs):
             self.stop(p)
+        reports = self.tsan_reports()
+        for name, path, text in reports:
+            sys.stderr.write("---- ThreadSanitizer report in %s log %s ----\n%s\n" % (name, path, text))
         if os.environ.get("PC_KEEP"):
             sys.stderr.write("PC_KEEP: kept %s\n" % self.dir)
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
+        if reports and etype is None:
+            raise CheckFailed("CHECK FAILED: ThreadSanitizer reported in the log of %s"
+                              % ", ".join(sorted(set(r[0] for r in reports))))
         return False
+
+    def tsan_reports(self):
+        """[(name, log path, report text)] for every child log holding a ThreadSanitizer report
+        (a TSan build of the daemon writes them to stderr, i.e. its log). With halt_on_error=1 the
+        daemon also dies at the first one, but a report at exit would otherwise go unnoticed."""
+        out = []
+        for name, path in self.logs:
+            try:
+                with open(path, "rb") as f:
+                    text = f.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            i = text.find("ThreadSanitizer")
+            if i >= 0:
+                j = text.rfind("==================", 0, i)  # the line a report starts with
+                start = j if j >= 0 else text.rfind("\n", 0, i) + 1
+                out.append((name, path, text[start:start + 20000]))
+        return out
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
@@ -378,6 +404,7 @@ class TestEnv:
                                      preexec_fn=_die_with_parent)
         p = cls(self, name, popen, log)
         self.procs.append(p)
+        self.logs.append((name, log))
         return p
 
     def stop(self, p):

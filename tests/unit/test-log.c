@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <regex.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -853,6 +854,73 @@ TEST(threads)
     for (const char *c = pad; *c; c++)
       ASSERT_EQ('a' + id, *c);
     json_decref(j);
+    p = e + 1;
+  }
+  arena_free();
+}
+
+/* A reload sets the level and the format while other threads log (the daemon's workers do):
+ * every line still comes out whole, in one format or the other, and a line at a level that
+ * stays enabled throughout is never lost. Under ThreadSanitizer (.ci/run's TSan step) this is
+ * also the check that the log globals are read and written without a data race. */
+static atomic_int reload_done;
+
+static void *reload_log_thread(void *arg)
+{
+  int id = (int)(intptr_t)arg;
+  for (int i = 0; i < PER_THREAD; i++)
+    pc_log(PC_LOG_NOTICE, "th id=%d i=%d", id, i);
+  return NULL;
+}
+
+static void *reload_thread(void *arg)
+{
+  for (int i = 0; !atomic_load(&reload_done); i++) {
+    pc_log_level = i % 2 ? PC_LOG_DEBUG : PC_LOG_NOTICE;
+    pc_log_setup(i % 2 ? PC_LOG_JSON : PC_LOG_TEXT);
+  }
+  return NULL;
+}
+
+TEST(reload_while_threads_log)
+{
+  unsetenv("JOURNAL_STREAM");
+  cap_start();
+  pc_log_level = PC_LOG_NOTICE;
+  atomic_store(&reload_done, 0);
+  pthread_t r, t[THREADS];
+  ASSERT_EQ(0, pthread_create(&r, NULL, reload_thread, NULL));
+  for (int i = 0; i < THREADS; i++)
+    ASSERT_EQ(0, pthread_create(&t[i], NULL, reload_log_thread, (void *)(intptr_t)i));
+  for (int i = 0; i < THREADS; i++)
+    ASSERT_EQ(0, pthread_join(t[i], NULL));
+  atomic_store(&reload_done, 1);
+  ASSERT_EQ(0, pthread_join(r, NULL));
+  pc_log_level = PC_LOG_INFO;
+  pc_log_setup(PC_LOG_TEXT);
+  char *out = cap_end(NULL);
+  ASSERT_EQ(THREADS * PER_THREAD, count_lines(out));
+  int seen[THREADS] = {0};
+  char *p = out;
+  for (size_t i = 0; i < THREADS * PER_THREAD; i++) {
+    char *e = strchr(p, '\n');
+    *e = '\0';
+    int id, n;
+    if (*p == '{') {
+      json_t *j = parse_line(p, -1);
+      ASSERT_STREQ("notice", jget_str(j, "level"));
+      ASSERT_STREQ("th", jget_str(j, "event"));
+      id = (int)jget_int(j, "id");
+      n = (int)jget_int(j, "i");
+      json_decref(j);
+    } else {
+      const char *m = strstr(p, " notice th id=");
+      ASSERT(m && matches("^[0-9T:.-]+Z notice th id=[0-9]+ i=[0-9]+$", p));
+      ASSERT_EQ(2, sscanf(m, " notice th id=%d i=%d", &id, &n));
+    }
+    ASSERT(id >= 0 && id < THREADS);
+    ASSERT_EQ(seen[id], n);
+    seen[id]++;
     p = e + 1;
   }
   arena_free();
