@@ -72,6 +72,9 @@ static void render_mirror(pc_buf_t *o, const mirror_stats_t *ms)
          ms->fills_committed);
   metric(o, "pullcache_fills_failed_total", "counter", "Blob fills that failed.", ms->fills_failed);
   metric(o, "pullcache_fills_in_flight", "gauge", "Blob fills running now.", ms->fills_in_flight);
+  metric(o, "pullcache_manifest_jobs_in_flight", "gauge",
+         "Manifest jobs running now (fetching, or storing what they answered).",
+         ms->jobs_in_flight);
   metric(o, "pullcache_fill_joins_total", "counter",
          "Blob requests that joined a fill already running (single flight), retried ones "
          "included.",

@@ -412,6 +412,10 @@ def test_x_cache_and_metrics_promtool():
         r = http("GET", pc2.url + tag, {"Accept": idx})
         check(r.status == 200 and r.headers.get("x-cache") == "REVALIDATED",
               "ttl0 second: %r" % r.headers.get("x-cache"))
+        # Until its tag write has finished, the revalidation answers requests for the same tag
+        # itself (REVALIDATED): wait for it to end, so the next request asks the upstream.
+        pclib.wait_for(lambda: metrics(pc2)[0]["pullcache_manifest_jobs_in_flight"] == 0, 20,
+                       "the revalidation's tag write")
         up.faults([{"role": "redirector", "path_re": "manifests", "fault": "status", "status": 503}])
         r = http("GET", pc2.url + tag, {"Accept": idx})
         check(r.status == 200 and r.headers.get("x-cache") == "STALE",
@@ -615,9 +619,9 @@ def test_tls_upstream_with_ca_file():
 
 
 if __name__ == "__main__":
-    pclib.run_tests([test_check_config_and_bad_files, test_notify_reload_under_load_and_drain,
+    sys.exit(pclib.run_tests([test_check_config_and_bad_files, test_notify_reload_under_load_and_drain,
                      test_reload_applies_limits_timeouts_and_logging,
                      test_reload_to_offline_while_a_refused_fill_has_joiners,
                      test_readyz, test_x_cache_and_metrics_promtool,
                      test_json_logs_with_phase_timings, test_upstream_connection_cap,
-                     test_credentials_file_basic_auth, test_tls_upstream_with_ca_file])
+                     test_credentials_file_basic_auth, test_tls_upstream_with_ca_file]))
