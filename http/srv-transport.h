@@ -25,11 +25,12 @@
  *   buffer, then read is called with UV_ENOBUFS. read_start again with other callbacks
  *   replaces them. After read_stop or close, read is not called again; read_stop when not
  *   reading does nothing.
- * - close(t, cb) is the end, and may be called at any time, once, also with ops in flight: the
- *   transport stops reading, makes pending ops complete (a send_file running on a worker is
- *   cut short, e.g. by shutdown(2), and completes when the worker returns), releases its
- *   resources, then calls cb (may be NULL) exactly once, last. t is freed by the
- *   implementation after cb returns. No other op may be called after close.
+ * - close(t, cb) is the end, and may be called at any time, once, also with ops in flight. It
+ *   runs no callback itself: the transport stops reading, makes pending ops complete on later
+ *   loop turns (a send_file running on a worker is cut short, e.g. by shutdown(2), and
+ *   completes when the worker returns), releases its resources, then calls cb (may be NULL)
+ *   exactly once, last. t is freed by the implementation after cb returns. No other op may be
+ *   called after close.
  * - write_queue_size: bytes accepted by write but not yet handed to the kernel (the write
  *   stall detector compares it between timer runs).
  * - peer: the peer address as text for the access log ("1.2.3.4:5", "[::1]:5", "unix", ...).

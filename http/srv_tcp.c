@@ -25,7 +25,8 @@
  *                           v  |
  *                          F_POLL --close or poll error--> F_NONE (completion with the error)
  *
- * A close in F_WORK waits for the worker; a close in F_POLL completes the op with UV_ECANCELED.
+ * A close in F_WORK waits for the worker; a close in F_POLL completes the op with UV_ECANCELED
+ * once the handles are closed. Either way the completion runs before the close callback.
  */
 #include "core/pc.h"
 #include "http/srv-transport.h"
@@ -248,6 +249,8 @@ static void on_handle_close(uv_handle_t *h)
     return;
   if (t->dupfd >= 0)
     close(t->dupfd);
+  if (t->fstate == F_POLL) /* closed while waiting for the socket to drain */
+    file_complete(t, UV_ECANCELED);
   srv_tr_close_cb cb = t->close_cb;
   if (cb)
     cb(&t->tr);
@@ -276,11 +279,9 @@ static void tcp_close(srv_tr_t *tr, srv_tr_close_cb cb)
     shutdown(t->sock, SHUT_RDWR);
     return;
   }
-  if (t->fstate == F_POLL) {
-    uv_poll_stop(&t->poll);
-    file_complete(t, UV_ECANCELED);
-  }
-  tcp_close_handles(t); /* a pending write or shutdown completes with UV_ECANCELED */
+  if (t->fstate == F_POLL)
+    uv_poll_stop(&t->poll); /* the op completes (UV_ECANCELED) in on_handle_close */
+  tcp_close_handles(t);     /* a pending write or shutdown completes with UV_ECANCELED */
 }
 
 static void tcp_peer(srv_tr_t *tr, char *buf, size_t cap)
