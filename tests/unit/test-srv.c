@@ -1149,29 +1149,36 @@ static void mem_on_idle_close(uv_handle_t *h)
   free(m);
 }
 
+/* Closing: every op still pending completes with UV_ECANCELED, then the close callback. */
+static void mem_cancel_all(mem_tr_t *m)
+{
+  mem_log_t *l = m->log;
+  if (m->wpend) {
+    m->wpend = 0;
+    l->cancelled++;
+    m->wcb(&m->tr, UV_ECANCELED);
+  }
+  if (m->fpend) {
+    m->fpend = 0;
+    l->cancelled++;
+    mem_order(l, 'F');
+    m->fcb(&m->tr, UV_ECANCELED);
+  }
+  if (m->spend) {
+    m->spend = 0;
+    l->cancelled++;
+    m->scb(&m->tr, UV_ECANCELED);
+  }
+  uv_close((uv_handle_t *)&m->idle, mem_on_idle_close);
+}
+
 /* One step per loop turn: a completion, or a read; stop when there is nothing to do. */
 static void mem_on_idle(uv_idle_t *h)
 {
   mem_tr_t *m = h->data;
   mem_log_t *l = m->log;
   if (m->closing) {
-    if (m->wpend) {
-      m->wpend = 0;
-      l->cancelled++;
-      m->wcb(&m->tr, UV_ECANCELED);
-    }
-    if (m->fpend) {
-      m->fpend = 0;
-      l->cancelled++;
-      mem_order(l, 'F');
-      m->fcb(&m->tr, UV_ECANCELED);
-    }
-    if (m->spend) {
-      m->spend = 0;
-      l->cancelled++;
-      m->scb(&m->tr, UV_ECANCELED);
-    }
-    uv_close((uv_handle_t *)h, mem_on_idle_close);
+    mem_cancel_all(m);
     return;
   }
   if (m->wpend) {
