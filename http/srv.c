@@ -1,84 +1,85 @@
-/* srv — the HTTP/1.1 server: libuv TCP, llhttp parsing, keep-alive, pipelining, limits.
+/* srv — the HTTP/1.1 server: llhttp parsing, keep-alive, pipelining, limits, timers, access
+ * log, over a transport (http/srv-transport.h; TCP is http/srv_tcp.c).
  *
- * Connection states (conn_t.state), one request at a time:
+ * Connection states (enum conn_state, conn_t.state), one request at a time:
  *
- *   IDLE --first byte--> HEAD --headers complete--> HANDLER --srv_respond*--> WRITE
- *     ^                   |  (limit/parse error: short plain answer, close_after)   |
- *     |                   v                                                        v
- *     +----- done, keep-alive: resume parser on buffered bytes ----------- FILE (sendfile)
- *                                                                          |
- *             done, close_after: LINGER (shutdown, discard input) ---------+--> closed
+ *   C_IDLE --first byte--> C_HEAD --headers complete--> C_HANDLER --srv_respond*--> C_WRITE
+ *     ^                      |                                                        |
+ *     |                      +--limit or parse error: short plain answer (close_after)-+
+ *     |                                                                  file body    |
+ *     |                                                                               v
+ *     |                   C_FILE_WAIT <--the file's producer is behind-- C_FILE (send_file)
+ *     |                        +----------------srv_file_avail-------------->  |
+ *     |                                                                        |
+ *     +------ answer done, keep-alive: resume the parser on buffered bytes <---+-- (or WRITE)
+ *                                                                              |
+ *             answer done, close_after: C_LINGER (shutdown, discard input) <---+
+ *
+ *   any state --abort: srv_abort, read error, EOF while waiting, timeout, srv_close--> C_CLOSED
+ *   C_LINGER --EOF, linger timeout, too much input--> C_CLOSED
+ *   C_WRITE/C_FILE --a write or send_file that cannot start--> C_HANDLER, aborted by a 0 ms
+ *   timer (abort_soon: srv_respond* never runs a done callback before it returns)
  *
  * Reading and parsing. Bytes land in a fixed per-connection buffer (SRV_RBUF). The parser is
  * paused (HPE_PAUSED) in on_message_begin (to know where a head starts, so the head size is
  * counted exactly) and in on_headers_complete (the dispatch point). While a request is in
  * flight the parser stays paused and later bytes (pipelined requests) wait in the buffer; when
- * the buffer is full reading stops (uv_read_stop) until the response is done, then parsing
+ * the buffer is full reading stops (read_stop) until the response is done, then parsing
  * resumes at llhttp_get_error_pos. URL and header tokens are copied out of the buffer into the
- * request as they are parsed, so the buffer can be compacted at any time. Request bodies are
- * never read: a body on GET/HEAD is a 400; on other methods the handler answers (the daemon
- * says 405) and the connection is closed after the response.
+ * request as they are parsed (into pc_buf_t's capped at the limits), so the buffer can be
+ * compacted at any time. Request bodies are never read: a body on GET/HEAD is a 400; on other
+ * methods the handler answers (the daemon says 405) and the connection is closed after the
+ * response.
  *
  * Closing. A completed response on a connection that must close (Connection: close, HTTP/1.0,
- * an error, a body we did not read) is followed by a lingering close: shutdown(SHUT_WR), then
- * input is read and discarded for up to SRV_LINGER_MS so the kernel does not answer unread
+ * an error, a body we did not read) is followed by a lingering close: the transport's shutdown,
+ * then input is read and discarded for up to SRV_LINGER_MS so the kernel does not answer unread
  * input with a RST that would destroy the response in flight. An abort (srv_abort, read
- * error, write stall, srv_close) closes at once. Every uv handle is closed with uv_close and
- * the connection is freed in the last close callback (`pending` counts them).
+ * error, write stall, srv_close) closes at once. The connection is freed when both its timer
+ * and its transport have closed (`pending` counts them); the transport completes any op in
+ * flight before its close callback.
  *
- * Small complete file bodies (<= SRV_SMALL_FILE: manifests, configs) are read inline and written
- * with the head in one write. Larger ones:
- * File bodies: sendfile(2) on the socket fd, in the libuv threadpool, SRV_SENDFILE_CHUNK
- * bytes at most per call. Why this design: sendfile(2) from a file that is not in the page
- * cache blocks on disk reads, which must not stall the loop thread, so the call runs in the
- * threadpool; the socket is non-blocking (libuv made it so), so the thread never blocks on a
- * slow client: sendfile returns a short count or EAGAIN. On EAGAIN we wait for writability
- * with a uv_poll_t on a dup() of the socket fd (libuv forbids a uv_poll_t on the fd of a
- * uv_tcp_t it already watches, but epoll accepts a second descriptor of the same socket), then
- * send the next chunk. While a sendfile runs in the threadpool, the socket fd and the file fd
- * must stay open (the number could be reused by a new accept), so an abort shuts the socket
- * down at once and defers uv_close to the sendfile callback (`fs_busy`). Nothing else is
- * written on the socket while a file body is in flight (responses are strictly ordered). Per
- * connection memory is the read buffer, the request and the response head: it does not depend
- * on the body size.
+ * Writing. Small complete file bodies (<= SRV_SMALL_FILE: manifests, configs) are read inline
+ * and written with the head in one write. Larger ones go out with the transport's send_file,
+ * SRV_FILE_CHUNK bytes at most per op (TCP: sendfile(2) on the thread pool, waiting for the
+ * socket to drain; see http/srv_tcp.c); the file fd is the connection's and stays open until
+ * the transport has closed. Nothing else is written while a file body is in flight (responses
+ * are strictly ordered). Per connection memory is the read buffer, the request and the
+ * response head: it does not depend on the body size.
  *
  * The process must ignore SIGPIPE (libuv and sendfile write to sockets that may be closed).
  */
 #include "http/srv.h"
 
+#include "core/buf.h"
+#include "core/list.h"
+#include "core/num.h"
 #include "core/pc.h"
 #include "http/srv-int.h"
+#include "http/srv-transport.h"
 
 #include <errno.h>
 #include <llhttp.h>
-#include <poll.h>
-#include <stdarg.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <sys/sendfile.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define SRV_RBUF 16384u                  /* read buffer per connection */
-#define SRV_SENDFILE_CHUNK (1024u * 1024u) /* bytes per sendfile call */
-#define SRV_SENDFILE_POLL_MS 20             /* a worker waits this long for a full socket */
-#define SRV_SMALL_FILE 65536u            /* complete file bodies up to this are read inline */
-#define SRV_LINGER_MS 2000u              /* lingering close: discard input this long at most */
-#define SRV_LINGER_MAX (1024u * 1024u)   /* ... and this many bytes at most */
-#define SRV_LOG_PATH_MAX 256u            /* paths longer than this are cut in the access log */
-#define SRV_LOGF_MAX 1024u               /* srv_req_log fields per request */
-#define SRV_LOG_VALUE_MAX 256u           /* longest value (before quoting) in the access log */
-#define SRV_RESP_HDR_MAX 16384u          /* srv_resp_header bytes per response */
+#define SRV_RBUF 16384u                /* read buffer per connection */
+#define SRV_FILE_CHUNK (1024u * 1024u) /* bytes per send_file op */
+#define SRV_SMALL_FILE 65536u          /* complete file bodies up to this are read inline */
+#define SRV_LINGER_MS 2000u            /* lingering close: discard input this long at most */
+#define SRV_LINGER_MAX (1024u * 1024u) /* ... and this many bytes at most */
+#define SRV_LOG_PATH_MAX 256u          /* paths longer than this are cut in the access log */
+#define SRV_LOGF_MAX 1024u             /* srv_req_log fields per request */
+#define SRV_LOG_VALUE_MAX 256u         /* longest value (before quoting) in the access log */
+#define SRV_LOG_LINE_MAX 4096u         /* an access-log line (bounded by the above anyway) */
+#define SRV_RESP_HDR_MAX 16384u        /* srv_resp_header bytes per response */
 #define SRV_BACKLOG 511
 
 enum conn_state { C_IDLE, C_HEAD, C_HANDLER, C_WRITE, C_FILE, C_FILE_WAIT, C_LINGER, C_CLOSED };
 enum pause_why { P_NONE, P_BEGIN, P_HEADERS };
-
-typedef struct buf {
-  char *p;
-  size_t len, cap;
-} buf_t;
 
 typedef struct conn conn_t;
 
@@ -92,9 +93,9 @@ struct srv_req {
   int is_head;
   int dispatched; /* handed to the handler (or answered by the server): gets a log line */
   int responded;
-  buf_t url;   /* the request target, then split: path NUL query NUL */
-  char *query; /* into url.p */
-  buf_t arena; /* header names and values, NUL-terminated */
+  pc_buf_t url;   /* the request target, then split: path NUL query NUL; cap max_url_bytes */
+  char *query;    /* into url.p */
+  pc_buf_t arena; /* header names and values, NUL-terminated; cap max_header_bytes + NULs */
   hdr_t *h;
   size_t nh, hcap;
   char **merged; /* lazily: merged value per first occurrence of a repeated header */
@@ -102,8 +103,8 @@ struct srv_req {
   uint64_t t0;   /* uv_now at the first byte */
   /* response */
   int status;
-  buf_t rh;   /* user headers, "Name: value\r\n"... */
-  buf_t logf; /* " key=value" fields */
+  pc_buf_t rh;   /* user headers, "Name: value\r\n"...; cap SRV_RESP_HDR_MAX */
+  pc_buf_t logf; /* " key=value" fields; cap SRV_LOGF_MAX */
   int is_file;
   uint64_t pos, end, avail; /* file body: next byte, end, announced end */
   uint64_t body_bytes;      /* body bytes written */
@@ -113,19 +114,11 @@ struct srv_req {
 };
 
 struct conn {
-  uv_tcp_t tcp;
+  srv_tr_t *tr; /* the byte stream (owned: closed by conn_close_handles) */
   uv_timer_t timer;
-  uv_poll_t poll; /* on dupfd, only while a file body waits for the socket to drain */
-  uv_write_t wreq;
-  uv_shutdown_t sreq;
-  uv_work_t sfwork; /* sendfile(2) on the thread pool (see file_pump) */
-  int sf_sock;      /* its arguments and result */
-  int64_t sf_off;
-  size_t sf_len;
-  ssize_t sf_res;
   llhttp_t parser;
   srv_t *s;
-  conn_t *prev, *next;
+  pc_list_t link; /* in srv.conns while open and not closing */
   enum conn_state state;
   char *rbuf;
   size_t rlen, rpos; /* bytes in rbuf; bytes of them already parsed */
@@ -135,11 +128,9 @@ struct conn {
   int in_head;
   enum pause_why why;
   int err_status; /* set by a parser callback that returns HPE_USER */
-  unsigned reading : 1, eof : 1, closing : 1, close_after : 1, reject : 1, fs_busy : 1,
-      poll_init : 1, has_body : 1;
-  int dupfd;  /* dup of the socket for uv_poll, or -1 */
-  int ffd;    /* file being sent, or -1 (owned by the connection, see fs_busy) */
-  int pending; /* handles still to be closed before the free */
+  unsigned reading : 1, eof : 1, closing : 1, close_after : 1, reject : 1, fs_busy : 1;
+  int ffd;     /* file being sent, or -1 (owned by the connection; see fs_busy) */
+  int pending; /* the timer and the transport, still to be closed before the free */
   char *wbuf;  /* response head (+ memory body) being written */
   srv_req_t *req;
   uint64_t progress, last_progress; /* write stall detection */
@@ -147,27 +138,22 @@ struct conn {
   char peer[64];
 };
 
-typedef struct listener {
-  uv_tcp_t tcp;
-  srv_t *s;
-} listener_t;
-
 struct srv {
   uv_loop_t *loop;
   srv_opts_t o;
   srv_handler_cb cb;
   void *arg;
-  listener_t **ls;
+  srv_tcp_listener_t **ls;
   int nls;
   unsigned lpending; /* listeners not yet closed (incl. failed ones) */
-  conn_t *conns;     /* open, not closing */
+  pc_list_t conns;   /* conn_t.link: open, not closing */
   unsigned nconns;   /* connections not yet freed */
   unsigned nactive;  /* open, not closing, not rejected */
   int closing;
   srv_closed_cb closed_cb;
   void *closed_arg;
-  int draining;            /* srv_drain: no listeners, connections close after their answer */
-  srv_closed_cb drain_cb;  /* called once when the last connection is gone */
+  int draining;           /* srv_drain: no listeners, connections close after their answer */
+  srv_closed_cb drain_cb; /* called once when the last connection is gone */
   void *drain_arg;
   srv_stats_t stats;
   srv_finish_cb finish_cb; /* srv_set_finish_cb */
@@ -181,89 +167,99 @@ static void file_pump(conn_t *c);
 static void finish_req(conn_t *c, int status);
 static void srv_maybe_free(srv_t *s);
 
-/* ---- small buffers ------------------------------------------------------------------------ */
+/* ---- small helpers ------------------------------------------------------------------------ */
 
-static void buf_add(buf_t *b, const void *p, size_t n)
+/* pc_buf_add with its common case inline: the room is allocated and the cap not reached. A
+ * request appends some 60 small tokens (header names and values, response headers, log
+ * fields), so the call into core/buf.c is kept for growth and the cap check. Same result as
+ * pc_buf_add (0, or PC_E_TOOBIG and nothing appended). */
+static inline int hbuf_add(pc_buf_t *b, const void *p, size_t n)
 {
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + n + 1)
-      cap *= 2;
-    b->p = pc_xrealloc(b->p, cap);
-    b->cap = cap;
-  }
-  if (n)
+  if (n && b->cap - b->len > n && (b->max == 0 || b->max - b->len >= n)) {
     memcpy(b->p + b->len, p, n);
-  b->len += n;
-  b->p[b->len] = '\0';
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+  }
+  return pc_buf_add(b, p, n);
 }
 
-static void buf_adds(buf_t *b, const char *s)
+static inline int hbuf_adds(pc_buf_t *b, const char *str)
 {
-  buf_add(b, s, strlen(s));
-}
-
-__attribute__((format(printf, 2, 3))) static void buf_printf(buf_t *b, const char *fmt, ...)
-{
-  char tmp[256];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-  va_end(ap);
-  if (n < 0)
-    return;
-  buf_add(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
-}
-
-static void buf_free(buf_t *b)
-{
-  free(b->p);
-  b->p = NULL;
-  b->len = b->cap = 0;
+  return hbuf_add(b, str, strlen(str));
 }
 
 /* Append v as a log value (pc_log_quote: as is when plain, else quoted and escaped), cut at
  * max bytes (marked with "..."), max <= SRV_LOG_VALUE_MAX. */
-static void log_value(buf_t *b, const char *v, size_t max)
+static void log_value(pc_buf_t *b, const char *v, size_t max)
 {
   char q[PC_LOG_QUOTE_SIZE(SRV_LOG_VALUE_MAX)];
   PC_ASSERT(max <= SRV_LOG_VALUE_MAX);
   size_t n = pc_log_quote(q, sizeof(q), v, max);
-  buf_add(b, q, n);
+  (void)hbuf_add(b, q, n);
 }
 
 static const char *reason_phrase(int status)
 {
   switch (status) {
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 204: return "No Content";
-  case 206: return "Partial Content";
-  case 301: return "Moved Permanently";
-  case 302: return "Found";
-  case 304: return "Not Modified";
-  case 307: return "Temporary Redirect";
-  case 308: return "Permanent Redirect";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 409: return "Conflict";
-  case 413: return "Content Too Large";
-  case 414: return "URI Too Long";
-  case 416: return "Range Not Satisfiable";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  case 507: return "Insufficient Storage";
-  default: break;
+  case 200:
+    return "OK";
+  case 201:
+    return "Created";
+  case 202:
+    return "Accepted";
+  case 204:
+    return "No Content";
+  case 206:
+    return "Partial Content";
+  case 301:
+    return "Moved Permanently";
+  case 302:
+    return "Found";
+  case 304:
+    return "Not Modified";
+  case 307:
+    return "Temporary Redirect";
+  case 308:
+    return "Permanent Redirect";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 409:
+    return "Conflict";
+  case 413:
+    return "Content Too Large";
+  case 414:
+    return "URI Too Long";
+  case 416:
+    return "Range Not Satisfiable";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
+  case 502:
+    return "Bad Gateway";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  case 507:
+    return "Insufficient Storage";
+  default:
+    break;
   }
   if (status >= 200 && status < 300)
     return "OK";
@@ -282,7 +278,12 @@ static srv_req_t *req_new(conn_t *c)
   r->c = c;
   r->method = "-";
   r->t0 = uv_now(c->s->loop);
-  buf_add(&r->url, "", 0);
+  /* empty buffers with their caps (as pc_buf_init makes them; r is zeroed) */
+  r->url.max = c->s->o.max_url_bytes;
+  r->arena.max = c->s->o.max_header_bytes + 2 * c->s->o.max_headers;
+  r->rh.max = SRV_RESP_HDR_MAX;
+  r->logf.max = SRV_LOGF_MAX;
+  (void)pc_buf_add(&r->url, "", 0); /* url.p is a string from the start */
   return r;
 }
 
@@ -294,10 +295,10 @@ static void req_free(srv_req_t *r)
     free(r->merged);
   }
   free(r->h);
-  buf_free(&r->url);
-  buf_free(&r->arena);
-  buf_free(&r->rh);
-  buf_free(&r->logf);
+  pc_buf_free(&r->url);
+  pc_buf_free(&r->arena);
+  pc_buf_free(&r->rh);
+  pc_buf_free(&r->logf);
   free(r);
 }
 
@@ -306,31 +307,28 @@ static void req_log(srv_req_t *r)
   conn_t *c = r->c;
   if (c->s->o.access_log < 0)
     return;
-  buf_t b = {0};
-  buf_adds(&b, "req method=");
+  pc_buf_t b = {.max = SRV_LOG_LINE_MAX};
+  (void)hbuf_adds(&b, "req method=");
   log_value(&b, r->method, 32);
-  buf_adds(&b, " path=");
+  (void)hbuf_adds(&b, " path=");
   log_value(&b, r->url.p && r->url.p[0] ? r->url.p : "-", SRV_LOG_PATH_MAX);
-  buf_printf(&b, " status=%d bytes=%llu ms=%llu peer=", r->status,
-             (unsigned long long)r->body_bytes,
-             (unsigned long long)(uv_now(c->s->loop) - r->t0));
+  (void)pc_buf_printf(&b, " status=%d bytes=%llu ms=%llu peer=", r->status,
+                      (unsigned long long)r->body_bytes,
+                      (unsigned long long)(uv_now(c->s->loop) - r->t0));
   log_value(&b, c->peer, 64);
-  if (r->logf.len)
-    buf_add(&b, r->logf.p, r->logf.len);
+  (void)hbuf_add(&b, r->logf.p, r->logf.len);
   pc_log(PC_LOG_INFO, "%s", b.p);
-  buf_free(&b);
+  pc_buf_free(&b);
 }
 
 /* ---- connections: closing ----------------------------------------------------------------- */
 
-static void on_conn_close(uv_handle_t *h)
+/* One of the connection's two closables (its timer, its transport) is closed. */
+static void conn_closed_one(conn_t *c)
 {
-  conn_t *c = h->data;
   if (--c->pending > 0)
     return;
   srv_t *s = c->s;
-  if (c->dupfd >= 0)
-    close(c->dupfd);
   if (c->ffd >= 0)
     close(c->ffd);
   free(c->rbuf);
@@ -347,31 +345,31 @@ static void on_conn_close(uv_handle_t *h)
   srv_maybe_free(s);
 }
 
-/* Close every handle; the free happens in the last close callback. */
+static void on_timer_close(uv_handle_t *h)
+{
+  conn_closed_one(h->data);
+}
+
+/* Every op in flight on the transport has completed by now (srv-transport.h). */
+static void on_tr_close(srv_tr_t *t)
+{
+  conn_closed_one(t->data);
+}
+
+/* Close the timer and the transport; the free happens in the last close callback. */
 static void conn_close_handles(conn_t *c)
 {
   c->state = C_CLOSED;
   c->pending = 2;
-  uv_close((uv_handle_t *)&c->tcp, on_conn_close);
-  uv_close((uv_handle_t *)&c->timer, on_conn_close);
-  if (c->poll_init) {
-    c->pending++;
-    uv_close((uv_handle_t *)&c->poll, on_conn_close);
-  }
+  uv_close((uv_handle_t *)&c->timer, on_timer_close);
+  c->tr->ops->close(c->tr, on_tr_close);
 }
 
 static void conn_unlink(conn_t *c)
 {
-  srv_t *s = c->s;
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    s->conns = c->next;
-  if (c->next)
-    c->next->prev = c->prev;
-  c->prev = c->next = NULL;
+  pc_list_remove(&c->link);
   if (!c->reject)
-    s->nactive--;
+    c->s->nactive--;
 }
 
 /* Close at once. A request in flight ends with status 0. Idempotent. */
@@ -382,10 +380,8 @@ static void conn_abort(conn_t *c)
   c->closing = 1;
   conn_unlink(c);
   uv_timer_stop(&c->timer);
-  uv_read_stop((uv_stream_t *)&c->tcp);
+  c->tr->ops->read_stop(c->tr);
   c->reading = 0;
-  if (c->poll_init)
-    uv_poll_stop(&c->poll);
   if (c->req) {
     if (c->req->dispatched)
       finish_req(c, 0); /* returns early: closing is set */
@@ -394,13 +390,7 @@ static void conn_abort(conn_t *c)
       c->req = NULL;
     }
   }
-  if (c->fs_busy) {
-    /* The threadpool is using the fds: make its sendfile fail fast, close when it returns. */
-    uv_os_fd_t fd;
-    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
-      shutdown(fd, SHUT_RDWR);
-    return;
-  }
+  /* A send_file in flight is cut short by the transport's close, and completes before it. */
   conn_close_handles(c);
 }
 
@@ -410,7 +400,7 @@ static void on_timer(uv_timer_t *t)
   switch (c->state) {
   case C_WRITE:
   case C_FILE: {
-    size_t wqs = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    size_t wqs = c->tr->ops->write_queue_size(c->tr);
     if (c->progress != c->last_progress || wqs != c->last_wqs) {
       c->last_progress = c->progress;
       c->last_wqs = wqs;
@@ -443,13 +433,13 @@ static void abort_soon(conn_t *c)
 static void write_timer_arm(conn_t *c)
 {
   c->last_progress = c->progress;
-  c->last_wqs = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+  c->last_wqs = c->tr->ops->write_queue_size(c->tr);
   timer_arm(c, c->s->o.write_timeout_ms);
 }
 
-static void on_linger_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+static void on_linger_read(srv_tr_t *t, ssize_t nread, const uv_buf_t *b)
 {
-  conn_t *c = container_of(st, conn_t, tcp);
+  conn_t *c = t->data;
   if (nread == 0)
     return;
   if (nread < 0) {
@@ -461,12 +451,12 @@ static void on_linger_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
     conn_abort(c);
 }
 
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b);
+static void on_alloc(srv_tr_t *t, uv_buf_t *b);
 static void read_start(conn_t *c);
 
-static void on_shutdown(uv_shutdown_t *req, int status)
+static void on_shutdown(srv_tr_t *t, ssize_t status)
 {
-  conn_t *c = container_of(req, conn_t, sreq);
+  conn_t *c = t->data;
   if (c->closing)
     return;
   if (status < 0 || c->eof)
@@ -483,9 +473,9 @@ static void conn_end(conn_t *c)
     return;
   }
   c->state = C_LINGER;
-  uv_read_stop((uv_stream_t *)&c->tcp);
-  if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0 ||
-      uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_linger_read) != 0) {
+  c->tr->ops->read_stop(c->tr);
+  if (c->tr->ops->shutdown(c->tr, on_shutdown) != 0 ||
+      c->tr->ops->read_start(c->tr, on_alloc, on_linger_read) != 0) {
     conn_abort(c);
     return;
   }
@@ -526,9 +516,9 @@ static void finish_req(conn_t *c, int status)
   conn_parse(c);
 }
 
-static void on_write(uv_write_t *w, int status)
+static void on_write(srv_tr_t *t, ssize_t status)
 {
-  conn_t *c = container_of(w, conn_t, wreq);
+  conn_t *c = t->data;
   free(c->wbuf);
   c->wbuf = NULL;
   if (c->closing)
@@ -551,103 +541,28 @@ static void on_write(uv_write_t *w, int status)
   finish_req(c, r->status);
 }
 
-static void on_poll(uv_poll_t *p, int status, int events)
+static void on_file_sent(srv_tr_t *t, ssize_t res)
 {
-  conn_t *c = container_of(p, conn_t, poll);
-  uv_poll_stop(p);
+  conn_t *c = t->data;
+  c->fs_busy = 0;
   if (c->closing)
     return;
-  if (status < 0) {
-    conn_abort(c);
-    return;
-  }
-  file_pump(c);
-}
-
-static void wait_writable(conn_t *c)
-{
-  int rc;
-  if (!c->poll_init) {
-    uv_os_fd_t fd;
-    rc = uv_fileno((uv_handle_t *)&c->tcp, &fd);
-    if (rc == 0) {
-      c->dupfd = dup(fd);
-      rc = c->dupfd < 0 ? -errno : uv_poll_init(c->s->loop, &c->poll, c->dupfd);
-    }
-    if (rc != 0) {
-      pc_log(PC_LOG_WARN, "srv-poll-setup-failed err=%s", pc_errname(rc));
-      conn_abort(c);
-      return;
-    }
-    c->poll_init = 1;
-  }
-  rc = uv_poll_start(&c->poll, UV_WRITABLE, on_poll);
-  if (rc != 0)
-    conn_abort(c);
-}
-
-/* Thread pool: one sendfile(2) call on the non-blocking socket. libuv's uv_fs_sendfile is not
- * used: on Linux it first tries copy_file_range, which fails on a socket, and then falls back to
- * copying through an 8 KiB user-space buffer instead of calling sendfile. */
-static void sendfile_work(uv_work_t *w)
-{
-  conn_t *c = container_of(w, conn_t, sfwork);
-  off_t off = (off_t)c->sf_off;
-  size_t done = 0;
-  int err = 0;
-  while (done < c->sf_len) {
-    ssize_t r = sendfile(c->sf_sock, c->ffd, &off, c->sf_len - done);
-    if (r > 0) {
-      done += (size_t)r;
-      continue;
-    }
-    if (r == 0)
-      break; /* the file is shorter than announced */
-    if (errno == EINTR)
-      continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      err = -errno;
-      break;
-    }
-    /* The socket buffer is full. A client that reads on frees it within microseconds: wait a
-     * little here rather than pay a loop round trip per buffer; a slow one is left to the
-     * loop's writability poll, so no thread ever waits long on a client. */
-    struct pollfd p = {c->sf_sock, POLLOUT, 0};
-    if (poll(&p, 1, SRV_SENDFILE_POLL_MS) != 1) {
-      err = UV_EAGAIN;
-      break;
-    }
-  }
-  c->sf_res = done > 0 ? (ssize_t)done : err;
-}
-
-static void on_sendfile(uv_work_t *w, int status)
-{
-  conn_t *c = container_of(w, conn_t, sfwork);
-  ssize_t res = status < 0 ? status : c->sf_res;
-  c->fs_busy = 0;
-  if (c->closing) {
-    conn_close_handles(c);
-    return;
-  }
   srv_req_t *r = c->req;
   if (res > 0) {
     r->pos += (uint64_t)res;
     r->body_bytes += (uint64_t)res;
     c->progress++;
     file_pump(c);
-  } else if (res == UV_EAGAIN) {
-    wait_writable(c);
-  } else {
-    if (res == 0)
-      pc_log(PC_LOG_WARN, "srv-file-shorter-than-announced peer=%s", c->peer);
-    else if (res != UV_EPIPE && res != UV_ECONNRESET)
-      pc_log(PC_LOG_WARN, "srv-sendfile-failed err=%s peer=%s", pc_errname((int)res), c->peer);
-    conn_abort(c);
+    return;
   }
+  if (res == 0)
+    pc_log(PC_LOG_WARN, "srv-file-shorter-than-announced peer=%s", c->peer);
+  else if (res != UV_EPIPE && res != UV_ECONNRESET)
+    pc_log(PC_LOG_WARN, "srv-sendfile-failed err=%s peer=%s", pc_errname((int)res), c->peer);
+  conn_abort(c);
 }
 
-/* Send the next chunk of a file body, or wait for the socket or for srv_file_avail. */
+/* Send the next chunk of a file body, or wait for srv_file_avail. */
 static void file_pump(conn_t *c)
 {
   srv_req_t *r = c->req;
@@ -665,17 +580,9 @@ static void file_pump(conn_t *c)
     return;
   }
   uint64_t n = r->avail - r->pos;
-  if (n > SRV_SENDFILE_CHUNK)
-    n = SRV_SENDFILE_CHUNK;
-  uv_os_fd_t sock;
-  int rc = uv_fileno((uv_handle_t *)&c->tcp, &sock);
-  if (rc == 0) {
-    c->sf_sock = sock;
-    c->sf_off = (int64_t)r->pos;
-    c->sf_len = (size_t)n;
-    rc = uv_queue_work(c->s->loop, &c->sfwork, sendfile_work, on_sendfile);
-  }
-  if (rc != 0) {
+  if (n > SRV_FILE_CHUNK)
+    n = SRV_FILE_CHUNK;
+  if (c->tr->ops->send_file(c->tr, c->ffd, r->pos, (size_t)n, on_file_sent) != 0) {
     abort_soon(c);
     return;
   }
@@ -698,30 +605,30 @@ static void resp_send(srv_req_t *r, int status, const char *ctype, uint64_t clen
   r->status = status;
   if (c->closing)
     return;
-  buf_t b = {0};
-  buf_printf(&b, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
-  if (r->rh.len)
-    buf_add(&b, r->rh.p, r->rh.len);
+  /* No cap: the head is bounded by the capped rh, the body is the caller's (copied once). */
+  pc_buf_t b = {.max = 0};
+  (void)pc_buf_printf(&b, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
+  (void)hbuf_add(&b, r->rh.p, r->rh.len);
   if (ctype) {
-    buf_adds(&b, "Content-Type: ");
-    buf_adds(&b, ctype);
-    buf_adds(&b, "\r\n");
+    (void)hbuf_adds(&b, "Content-Type: ");
+    (void)hbuf_adds(&b, ctype);
+    (void)hbuf_adds(&b, "\r\n");
   }
   if (status != 204 && status != 304 && status >= 200)
-    buf_printf(&b, "Content-Length: %llu\r\n", (unsigned long long)clen);
+    (void)pc_buf_printf(&b, "Content-Length: %llu\r\n", (unsigned long long)clen);
   if (c->close_after)
-    buf_adds(&b, "Connection: close\r\n");
+    (void)hbuf_adds(&b, "Connection: close\r\n");
   else if (c->parser.http_major == 1 && c->parser.http_minor == 0)
-    buf_adds(&b, "Connection: keep-alive\r\n");
-  buf_adds(&b, "\r\n");
+    (void)hbuf_adds(&b, "Connection: keep-alive\r\n");
+  (void)hbuf_adds(&b, "\r\n");
   if (blen && !r->is_head) {
-    buf_add(&b, body, blen);
+    (void)hbuf_add(&b, body, blen);
     r->body_bytes = blen;
   }
   c->wbuf = b.p;
   uv_buf_t ub = uv_buf_init(b.p, (unsigned)b.len);
   c->state = C_WRITE;
-  int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
+  int rc = c->tr->ops->write(c->tr, &ub, 1, on_write);
   if (rc != 0) {
     free(c->wbuf);
     c->wbuf = NULL;
@@ -766,18 +673,16 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
 {
   conn_t *c = container_of(p, conn_t, parser);
   srv_req_t *r = c->req;
-  if (r->url.len + len > c->s->o.max_url_bytes)
+  if (hbuf_add(&r->url, at, len) != 0)
     return limit(c, 414);
-  buf_add(&r->url, at, len);
   return 0;
 }
 
 static int arena_add(conn_t *c, const char *at, size_t len)
 {
   srv_req_t *r = c->req;
-  if (r->arena.len + len > c->s->o.max_header_bytes + 2 * c->s->o.max_headers)
+  if (hbuf_add(&r->arena, at, len) != 0) /* cap: max_header_bytes plus the NULs */
     return limit(c, 431);
-  buf_add(&r->arena, at, len);
   return 0;
 }
 
@@ -874,8 +779,8 @@ static void conn_dispatch(conn_t *c)
     return;
   }
   /* p->upgrade is computed after on_headers_complete returns, so look at the flags here */
-  int upgrade = p->method == HTTP_CONNECT ||
-                ((p->flags & F_UPGRADE) && (p->flags & F_CONNECTION_UPGRADE));
+  int upgrade =
+      p->method == HTTP_CONNECT || ((p->flags & F_UPGRADE) && (p->flags & F_CONNECTION_UPGRADE));
   if (has_body || upgrade || !llhttp_should_keep_alive(p))
     c->close_after = 1; /* the body (or another protocol) is never read */
   char *q = memchr(r->url.p, '?', r->url.len);
@@ -946,9 +851,9 @@ static void conn_parse(conn_t *c)
   }
 }
 
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+static void on_alloc(srv_tr_t *t, uv_buf_t *b)
 {
-  conn_t *c = container_of((uv_tcp_t *)h, conn_t, tcp);
+  conn_t *c = t->data;
   if (c->state == C_LINGER) {
     *b = uv_buf_init(c->rbuf, SRV_RBUF);
     return;
@@ -965,13 +870,13 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
 static void read_stop(conn_t *c)
 {
   if (c->reading)
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->tr->ops->read_stop(c->tr);
   c->reading = 0;
 }
 
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+static void on_read(srv_tr_t *t, ssize_t nread, const uv_buf_t *b)
 {
-  conn_t *c = container_of(st, conn_t, tcp);
+  conn_t *c = t->data;
   if (nread == 0 || c->closing)
     return;
   if (nread == UV_ENOBUFS) {
@@ -1022,7 +927,7 @@ static void read_start(conn_t *c)
 {
   if (c->reading || c->eof || c->closing)
     return;
-  if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+  if (c->tr->ops->read_start(c->tr, on_alloc, on_read) == 0)
     c->reading = 1;
   else
     conn_abort(c);
@@ -1034,58 +939,35 @@ static const char reject_503[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Ty
                                  "Content-Length: 24\r\nConnection: close\r\n\r\n"
                                  "503 Service Unavailable\n";
 
-static void peer_name(conn_t *c)
-{
-  struct sockaddr_storage ss;
-  int len = sizeof(ss);
-  char ip[INET6_ADDRSTRLEN] = "?";
-  snprintf(c->peer, sizeof(c->peer), "unix");
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
-    return;
-  if (ss.ss_family == AF_INET) {
-    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-    uv_ip4_name(a, ip, sizeof(ip));
-    snprintf(c->peer, sizeof(c->peer), "%s:%u", ip, (unsigned)ntohs(a->sin_port));
-  } else if (ss.ss_family == AF_INET6) {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-    uv_ip6_name(a, ip, sizeof(ip));
-    snprintf(c->peer, sizeof(c->peer), "[%s]:%u", ip, (unsigned)ntohs(a->sin6_port));
-  }
-}
-
-static conn_t *conn_new(srv_t *s)
+/* A connection over transport t (owned from here on). */
+static conn_t *conn_new(srv_t *s, srv_tr_t *t)
 {
   conn_t *c = pc_xcalloc(1, sizeof(*c));
   c->s = s;
-  c->dupfd = -1;
+  c->tr = t;
+  t->data = c;
   c->ffd = -1;
   c->rbuf = pc_xmalloc(SRV_RBUF);
-  uv_tcp_init(s->loop, &c->tcp);
+  pc_list_init(&c->link);
   uv_timer_init(s->loop, &c->timer);
-  c->tcp.data = c;
   c->timer.data = c;
-  c->poll.data = c;
   llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
   s->nconns++;
   return c;
 }
 
-/* The socket is connected: start serving it (or reject it past max_conns). */
+/* The transport is connected: start serving it (or reject it past max_conns). */
 static void conn_start(conn_t *c)
 {
   srv_t *s = c->s;
-  c->next = s->conns;
-  if (s->conns)
-    s->conns->prev = c;
-  s->conns = c;
-  uv_tcp_nodelay(&c->tcp, 1);
-  peer_name(c);
+  pc_list_push_front(&s->conns, &c->link);
+  c->tr->ops->peer(c->tr, c->peer, sizeof(c->peer));
   if (s->nactive >= s->o.max_conns) {
     c->reject = 1;
     pc_log(PC_LOG_WARN, "srv-max-conns-reached peer=%s max_conns=%u", c->peer, s->o.max_conns);
     uv_buf_t ub = uv_buf_init((char *)reject_503, sizeof(reject_503) - 1);
     c->state = C_WRITE;
-    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &ub, 1, on_write) != 0)
+    if (c->tr->ops->write(c->tr, &ub, 1, on_write) != 0)
       conn_abort(c);
     else
       write_timer_arm(c);
@@ -1097,25 +979,26 @@ static void conn_start(conn_t *c)
   read_start(c);
 }
 
-static void on_connection(uv_stream_t *server, int status)
+static void on_connection(srv_tcp_listener_t *l, int status, void *arg)
 {
-  listener_t *l = container_of((uv_tcp_t *)server, listener_t, tcp);
-  srv_t *s = l->s;
-  if (status < 0) {
-    pc_log(PC_LOG_WARN, "srv-accept-failed err=%s", pc_errname(status));
-    return;
-  }
-  conn_t *c = conn_new(s);
-  c->reject = 1; /* not counted in nactive until conn_start */
-  int rc = uv_accept(server, (uv_stream_t *)&c->tcp);
+  srv_t *s = arg;
+  srv_tr_t *t;
+  int rc = status < 0 ? status : srv_tcp_accept(l, &t);
   if (rc != 0) {
     pc_log(PC_LOG_WARN, "srv-accept-failed err=%s", pc_errname(rc));
-    c->closing = 1;
-    conn_close_handles(c);
     return;
   }
-  c->reject = 0;
-  conn_start(c);
+  conn_start(conn_new(s, t));
+}
+
+int srv__adopt_transport(srv_t *s, srv_tr_t *t)
+{
+  if (s->closing || s->draining) {
+    t->ops->close(t, NULL);
+    return UV_EINVAL;
+  }
+  conn_start(conn_new(s, t));
+  return 0;
 }
 
 int srv__adopt(srv_t *s, int fd)
@@ -1124,16 +1007,11 @@ int srv__adopt(srv_t *s, int fd)
     close(fd);
     return UV_EINVAL;
   }
-  conn_t *c = conn_new(s);
-  int rc = uv_tcp_open(&c->tcp, fd);
-  if (rc != 0) {
-    close(fd);
-    c->closing = 1;
-    conn_close_handles(c);
+  srv_tr_t *t;
+  int rc = srv_tcp_open(s->loop, fd, &t);
+  if (rc != 0)
     return rc;
-  }
-  conn_start(c);
-  return 0;
+  return srv__adopt_transport(s, t);
 }
 
 /* ---- the server --------------------------------------------------------------------------- */
@@ -1173,16 +1051,15 @@ int srv_new(uv_loop_t *loop, const srv_opts_t *opts, srv_handler_cb cb, void *ar
   s->loop = loop;
   s->cb = cb;
   s->arg = arg;
+  pc_list_init(&s->conns);
   srv_set_opts(s, opts);
   *out = s;
   return 0;
 }
 
-static void on_listener_close(uv_handle_t *h)
+static void on_listener_close(void *arg)
 {
-  listener_t *l = container_of((uv_tcp_t *)h, listener_t, tcp);
-  srv_t *s = l->s;
-  free(l);
+  srv_t *s = arg;
   s->lpending--;
   srv_maybe_free(s);
 }
@@ -1210,10 +1087,8 @@ static int parse_addr(const char *addr, struct sockaddr_storage *ss)
     return UV_EINVAL;
   memcpy(host, h, hl);
   host[hl] = '\0';
-  char *end;
-  errno = 0;
-  long port = strtol(colon + 1, &end, 10);
-  if (errno || end == colon + 1 || *end || port < 0 || port > 65535)
+  uint64_t port;
+  if (pc_parse_u64(colon + 1, 65535, &port) != 0)
     return UV_EINVAL;
   if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0)
     return 0;
@@ -1228,15 +1103,11 @@ int srv_listen(srv_t *s, const char *addr)
   int rc = s->closing || s->draining || !addr ? UV_EINVAL : parse_addr(addr, &ss);
   if (rc != 0)
     return rc;
-  listener_t *l = pc_xcalloc(1, sizeof(*l));
-  l->s = s;
-  uv_tcp_init(s->loop, &l->tcp);
+  srv_tcp_listener_t *l;
   s->lpending++;
-  rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&ss, ss.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0);
-  if (rc == 0)
-    rc = uv_listen((uv_stream_t *)&l->tcp, SRV_BACKLOG, on_connection);
+  rc = srv_tcp_listen(s->loop, (struct sockaddr *)&ss, SRV_BACKLOG, on_connection, s, &l);
   if (rc != 0) {
-    uv_close((uv_handle_t *)&l->tcp, on_listener_close);
+    srv_tcp_listener_close(l, on_listener_close, s);
     return rc;
   }
   s->ls = pc_xrealloc(s->ls, (size_t)(s->nls + 1) * sizeof(*s->ls));
@@ -1248,15 +1119,7 @@ int srv_port(const srv_t *s, int idx)
 {
   if (!s || idx < 0 || idx >= s->nls || s->closing)
     return -1;
-  struct sockaddr_storage ss;
-  int len = sizeof(ss);
-  if (uv_tcp_getsockname(&s->ls[idx]->tcp, (struct sockaddr *)&ss, &len) != 0)
-    return -1;
-  if (ss.ss_family == AF_INET)
-    return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-  if (ss.ss_family == AF_INET6)
-    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-  return -1;
+  return srv_tcp_listener_port(s->ls[idx]);
 }
 
 static void srv_maybe_free(srv_t *s)
@@ -1279,13 +1142,13 @@ void srv_close(srv_t *s, srv_closed_cb cb, void *arg)
   s->closed_cb = cb;
   s->closed_arg = arg;
   for (int i = 0; i < s->nls; i++)
-    uv_close((uv_handle_t *)&s->ls[i]->tcp, on_listener_close);
+    srv_tcp_listener_close(s->ls[i], on_listener_close, s);
   s->nls = 0;
   /* Each abort unlinks its connection first, so this ends even if a done callback aborts
    * another connection. nconns keeps s alive until the last close callback. */
   s->nconns++;
-  while (s->conns)
-    conn_abort(s->conns);
+  while (!pc_list_empty(&s->conns))
+    conn_abort(pc_list_entry(pc_list_first(&s->conns), conn_t, link));
   s->nconns--;
   srv_maybe_free(s);
 }
@@ -1298,18 +1161,17 @@ void srv_drain(srv_t *s, srv_closed_cb cb, void *arg)
   s->drain_cb = cb;
   s->drain_arg = arg;
   for (int i = 0; i < s->nls; i++)
-    uv_close((uv_handle_t *)&s->ls[i]->tcp, on_listener_close);
+    srv_tcp_listener_close(s->ls[i], on_listener_close, s);
   s->nls = 0;
   /* Idle keep-alive connections (and half-received heads) go now; a connection with a request
    * in progress finishes that answer and then closes. */
-  conn_t *c = s->conns;
-  while (c) {
-    conn_t *next = c->next;
+  pc_list_foreach_safe(it, next, &s->conns)
+  {
+    conn_t *c = pc_list_entry(it, conn_t, link);
     if (c->state == C_IDLE || c->state == C_HEAD)
       conn_abort(c);
     else
       c->close_after = 1;
-    c = next;
   }
   if (s->nconns == 0 && s->drain_cb) {
     s->drain_cb = NULL;
@@ -1399,12 +1261,12 @@ void srv_req_log(srv_req_t *r, const char *key, const char *value)
     return;
   size_t kn = pc_log_key(k, sizeof(k), key);
   size_t vn = pc_log_quote(v, sizeof(v), value, SRV_LOG_VALUE_MAX);
-  if (!kn || r->logf.len + kn + vn + 2 > SRV_LOGF_MAX)
+  if (!kn || r->logf.len + kn + vn + 2 > r->logf.max) /* a whole field or none */
     return;
-  buf_adds(&r->logf, " ");
-  buf_add(&r->logf, k, kn);
-  buf_adds(&r->logf, "=");
-  buf_add(&r->logf, v, vn);
+  (void)hbuf_add(&r->logf, " ", 1);
+  (void)hbuf_add(&r->logf, k, kn);
+  (void)hbuf_add(&r->logf, "=", 1);
+  (void)hbuf_add(&r->logf, v, vn);
 }
 
 void srv_req_on_done(srv_req_t *r, srv_done_cb cb, void *arg)
@@ -1442,18 +1304,18 @@ void srv_resp_header(srv_req_t *r, const char *name, const char *value)
   if (strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Connection") == 0 ||
       strcasecmp(name, "Date") == 0 || strcasecmp(name, "Transfer-Encoding") == 0)
     return;
-  if (r->rh.len + strlen(name) + strlen(value) + 4 > SRV_RESP_HDR_MAX) {
+  size_t nl = strlen(name), vl = strlen(value);
+  if (r->rh.len + nl + vl + 4 > r->rh.max) { /* a whole header or none */
     pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
     return;
   }
-  buf_adds(&r->rh, name);
-  buf_adds(&r->rh, ": ");
-  buf_adds(&r->rh, value);
-  buf_adds(&r->rh, "\r\n");
+  (void)hbuf_add(&r->rh, name, nl);
+  (void)hbuf_add(&r->rh, ": ", 2);
+  (void)hbuf_add(&r->rh, value, vl);
+  (void)hbuf_add(&r->rh, "\r\n", 2);
 }
 
-void srv_respond(srv_req_t *r, int status, const char *content_type, const void *body,
-                 size_t len)
+void srv_respond(srv_req_t *r, int status, const char *content_type, const void *body, size_t len)
 {
   resp_send(r, status, content_type, len, body, len);
 }

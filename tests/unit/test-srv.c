@@ -1,5 +1,7 @@
 /* test-srv — the HTTP/1.1 server, in process: the loop runs on a thread, the test is the client
  * with plain blocking sockets (receive timeouts bound every wait). */
+#include "core/buf.h"
+#include "http/srv-int.h"
 #include "http/srv.h"
 #include "tests/unit/unit.h"
 
@@ -162,6 +164,13 @@ static void handler(srv_req_t *r, void *arg)
     memset(b, 'x', BIG_MEM);
     srv_respond(r, 200, NULL, b, BIG_MEM);
     free(b);
+  } else if (strcmp(path, "/caps") == 0) {
+    char v[1001];
+    memset(v, 'v', 1000);
+    v[1000] = '\0';
+    for (int i = 0; i < 20; i++) /* 20 x 1009 bytes: past the 16 KiB of response headers */
+      srv_resp_header(r, "X-Big", v);
+    srv_respond(r, 200, NULL, NULL, 0);
   } else if (strcmp(path, "/bigfile") == 0) {
     srv_respond_file(r, 200, NULL, open_file(T.bigfile), 0, BIGFILE_SIZE, BIGFILE_SIZE);
   } else if (strcmp(srv_req_method(r), "GET") != 0 && strcmp(srv_req_method(r), "HEAD") != 0) {
@@ -501,7 +510,8 @@ TEST(pipelining_in_order)
   ASSERT(strstr(r.body, "q=n=3") != NULL);
   resp_free(&r);
   /* many pipelined requests: more than the read buffer holds, so reading must pause/resume */
-  char req[] = "GET /echo?n=xxxxx HTTP/1.1\r\nHost: x\r\nUser-Agent: pipelining-test-client/1.0\r\n\r\n";
+  char req[] =
+      "GET /echo?n=xxxxx HTTP/1.1\r\nHost: x\r\nUser-Agent: pipelining-test-client/1.0\r\n\r\n";
   size_t rl = strlen(req);
   size_t nreq = 1000;
   char *all = pc_xmalloc(rl * nreq);
@@ -1038,6 +1048,10 @@ TEST(listen_addresses)
   ASSERT_NE(0, srv_listen(s, "127.0.0.1:99999"));
   ASSERT_NE(0, srv_listen(s, "[::1:0"));
   ASSERT_NE(0, srv_listen(s, "127.0.0.1:x"));
+  ASSERT_NE(0, srv_listen(s, "127.0.0.1:+80")); /* digits only (core/num.h) */
+  ASSERT_NE(0, srv_listen(s, "127.0.0.1: 80"));
+  ASSERT_NE(0, srv_listen(s, "127.0.0.1:"));
+  ASSERT_NE(0, srv_listen(s, "[::1]:65536"));
   ASSERT_OK(srv_listen(s, "127.0.0.1:0"));
   int p = srv_port(s, 0);
   ASSERT(p > 0);
@@ -1087,4 +1101,393 @@ TEST(access_log_line)
   ASSERT(strstr(text, " peer=127.0.0.1:") != NULL);
   ASSERT(strstr(text, " test=\"a value\"\n") != NULL);
   ASSERT(strstr(text, "req method=GET path=\"/a\\\"b\" status=404 bytes=0 ") != NULL);
+}
+
+/* ---- a second transport: in memory, no socket at all ------------------------------------- */
+
+/* What the in-memory transport did, owned by the test (the transport frees itself on close). */
+typedef struct mem_log {
+  pc_buf_t out;         /* every byte written or "sent from the file", in order */
+  int nwrites, nfiles;  /* ops started */
+  int nshutdown, nread; /* shutdowns started; reads delivered */
+  int file_fd;          /* the fd of the last send_file */
+  int cancelled;        /* completions with UV_ECANCELED */
+  int closed;           /* close callbacks run */
+  char order[16];       /* 'F' file completed, 'W' write completed, 'C' closed */
+} mem_log_t;
+
+typedef struct mem_tr {
+  srv_tr_t tr;    /* first */
+  uv_idle_t idle; /* drives every callback on a later loop turn */
+  mem_log_t *log;
+  const char *in;
+  size_t in_len, in_pos, piece; /* input, delivered piece by piece */
+  size_t file_max;              /* bytes per send_file op at most (partial sends) */
+  int hold_file;                /* never complete a send_file (a client that stopped reading) */
+  srv_tr_alloc_cb alloc;
+  srv_tr_read_cb read;
+  srv_tr_done_cb wcb, fcb, scb;
+  ssize_t fres;
+  int reading, wpend, fpend, spend, shut, eof_sent, closing;
+  srv_tr_close_cb close_cb;
+} mem_tr_t;
+
+static void mem_order(mem_log_t *l, char what)
+{
+  size_t n = strlen(l->order);
+  if (n + 1 < sizeof(l->order))
+    l->order[n] = what;
+}
+
+static void mem_on_idle_close(uv_handle_t *h)
+{
+  mem_tr_t *m = h->data;
+  m->log->closed++;
+  mem_order(m->log, 'C');
+  if (m->close_cb)
+    m->close_cb(&m->tr);
+  free(m);
+}
+
+/* Closing: every op still pending completes with UV_ECANCELED, then the close callback. */
+static void mem_cancel_all(mem_tr_t *m)
+{
+  mem_log_t *l = m->log;
+  if (m->wpend) {
+    m->wpend = 0;
+    l->cancelled++;
+    m->wcb(&m->tr, UV_ECANCELED);
+  }
+  if (m->fpend) {
+    m->fpend = 0;
+    l->cancelled++;
+    mem_order(l, 'F');
+    m->fcb(&m->tr, UV_ECANCELED);
+  }
+  if (m->spend) {
+    m->spend = 0;
+    l->cancelled++;
+    m->scb(&m->tr, UV_ECANCELED);
+  }
+  uv_close((uv_handle_t *)&m->idle, mem_on_idle_close);
+}
+
+/* One step per loop turn: a completion, or a read; stop when there is nothing to do. */
+static void mem_on_idle(uv_idle_t *h)
+{
+  mem_tr_t *m = h->data;
+  mem_log_t *l = m->log;
+  if (m->closing) {
+    mem_cancel_all(m);
+    return;
+  }
+  if (m->wpend) {
+    m->wpend = 0;
+    mem_order(l, 'W');
+    m->wcb(&m->tr, 0);
+  } else if (m->fpend && !m->hold_file) {
+    m->fpend = 0;
+    mem_order(l, 'F');
+    m->fcb(&m->tr, m->fres);
+  } else if (m->spend) {
+    m->spend = 0;
+    m->shut = 1;
+    m->scb(&m->tr, 0);
+  } else if (m->reading && m->in_pos < m->in_len) {
+    uv_buf_t b;
+    m->alloc(&m->tr, &b);
+    size_t n = m->in_len - m->in_pos;
+    if (n > m->piece)
+      n = m->piece;
+    if (n > b.len)
+      n = b.len;
+    if (n == 0) {
+      m->read(&m->tr, UV_ENOBUFS, &b);
+      return;
+    }
+    memcpy(b.base, m->in + m->in_pos, n);
+    m->in_pos += n;
+    l->nread++;
+    m->read(&m->tr, (ssize_t)n, &b);
+  } else if (m->reading && m->shut && !m->eof_sent) {
+    /* the peer saw our FIN and closes its side too */
+    m->eof_sent = 1;
+    uv_buf_t b = uv_buf_init(NULL, 0);
+    m->read(&m->tr, UV_EOF, &b);
+  } else {
+    uv_idle_stop(h);
+  }
+}
+
+static void mem_kick(mem_tr_t *m)
+{
+  uv_idle_start(&m->idle, mem_on_idle);
+}
+
+static int mem_read_start(srv_tr_t *t, srv_tr_alloc_cb alloc, srv_tr_read_cb read)
+{
+  mem_tr_t *m = (mem_tr_t *)t;
+  ASSERT(!m->closing);
+  m->alloc = alloc;
+  m->read = read;
+  m->reading = 1;
+  mem_kick(m);
+  return 0;
+}
+
+static void mem_read_stop(srv_tr_t *t)
+{
+  ((mem_tr_t *)t)->reading = 0;
+}
+
+static int mem_write(srv_tr_t *t, const uv_buf_t *bufs, unsigned nbufs, srv_tr_done_cb cb)
+{
+  mem_tr_t *m = (mem_tr_t *)t;
+  ASSERT(!m->closing && !m->wpend && !m->fpend); /* one write or send_file at a time */
+  for (unsigned i = 0; i < nbufs; i++)
+    ASSERT_OK(pc_buf_add(&m->log->out, bufs[i].base, bufs[i].len));
+  m->log->nwrites++;
+  m->wcb = cb;
+  m->wpend = 1;
+  mem_kick(m);
+  return 0;
+}
+
+static int mem_send_file(srv_tr_t *t, int fd, uint64_t off, size_t len, srv_tr_done_cb cb)
+{
+  mem_tr_t *m = (mem_tr_t *)t;
+  ASSERT(!m->closing && !m->wpend && !m->fpend && len > 0);
+  size_t n = len < m->file_max ? len : m->file_max;
+  char *b = pc_xmalloc(n);
+  ssize_t got = pread(fd, b, n, (off_t)off);
+  ASSERT(got >= 0);
+  ASSERT_OK(pc_buf_add(&m->log->out, b, (size_t)got));
+  free(b);
+  m->log->nfiles++;
+  m->log->file_fd = fd;
+  m->fres = got;
+  m->fcb = cb;
+  m->fpend = 1;
+  mem_kick(m);
+  return 0;
+}
+
+static size_t mem_write_queue_size(const srv_tr_t *t)
+{
+  (void)t;
+  return 0;
+}
+
+static int mem_shutdown(srv_tr_t *t, srv_tr_done_cb cb)
+{
+  mem_tr_t *m = (mem_tr_t *)t;
+  ASSERT(!m->closing && !m->wpend && !m->fpend); /* after the last write */
+  m->log->nshutdown++;
+  m->scb = cb;
+  m->spend = 1;
+  mem_kick(m);
+  return 0;
+}
+
+static void mem_close(srv_tr_t *t, srv_tr_close_cb cb)
+{
+  mem_tr_t *m = (mem_tr_t *)t;
+  ASSERT(!m->closing);
+  m->closing = 1;
+  m->reading = 0;
+  m->close_cb = cb;
+  mem_kick(m); /* completions and the close callback on later loop turns */
+}
+
+static void mem_peer(srv_tr_t *t, char *buf, size_t cap)
+{
+  (void)t;
+  snprintf(buf, cap, "mem");
+}
+
+static const srv_tr_ops_t mem_ops = {
+    .read_start = mem_read_start,
+    .read_stop = mem_read_stop,
+    .write = mem_write,
+    .send_file = mem_send_file,
+    .write_queue_size = mem_write_queue_size,
+    .shutdown = mem_shutdown,
+    .close = mem_close,
+    .peer = mem_peer,
+};
+
+static mem_tr_t *mem_new(uv_loop_t *loop, mem_log_t *log, const char *in)
+{
+  mem_tr_t *m = pc_xcalloc(1, sizeof(*m));
+  m->tr.ops = &mem_ops;
+  m->log = log;
+  m->in = in;
+  m->in_len = strlen(in);
+  m->piece = 7; /* heads arrive split across reads */
+  m->file_max = 300000;
+  uv_idle_init(loop, &m->idle);
+  m->idle.data = m;
+  return m;
+}
+
+/* Parse one response from *p (a complete one must be there). */
+static void mem_resp(const char **p, const char *end, resp_t *r)
+{
+  memset(r, 0, sizeof(*r));
+  const char *e = memmem(*p, (size_t)(end - *p), "\r\n\r\n", 4);
+  ASSERT(e);
+  size_t hl = (size_t)(e - *p) + 4;
+  ASSERT(hl < sizeof(r->head));
+  memcpy(r->head, *p, hl);
+  ASSERT_EQ(0, strncmp(r->head, "HTTP/1.1 ", 9));
+  r->status = (int)strtol(r->head + 9, NULL, 10);
+  const char *cl = strcasestr(r->head, "\r\nContent-Length: ");
+  ASSERT(cl);
+  r->clen = strtoll(cl + 18, NULL, 10);
+  ASSERT((size_t)(end - *p) >= hl + (size_t)r->clen);
+  r->body = (char *)*p + hl; /* not owned */
+  r->blen = (size_t)r->clen;
+  *p += hl + (size_t)r->clen;
+}
+
+static void mem_finish(srv_req_t *r, int status, uint64_t body_bytes, void *arg)
+{
+  (void)status;
+  (void)body_bytes;
+  snprintf(arg, 16, "%s", srv_req_peer(r));
+}
+
+/* A full exchange through srv over the in-memory transport: pipelined requests split across
+ * reads, a file body in several partial send_file ops, a small file inline, a memory body, and
+ * the lingering close (shutdown, then the peer's EOF) — no TCP handle anywhere. */
+TEST(transport_in_memory_full_exchange)
+{
+  mem_log_t log = {0};
+  pc_buf_init(&log.out, 16u * 1024 * 1024);
+  make_files();
+  ASSERT_OK(uv_loop_init(&T.loop));
+  srv_opts_t o = {.access_log = -1};
+  ASSERT_OK(srv_new(&T.loop, &o, handler, NULL, &T.srv));
+  char peer[16] = "";
+  srv_set_finish_cb(T.srv, mem_finish, peer);
+  mem_tr_t *m = mem_new(&T.loop, &log,
+                        "GET /file HTTP/1.1\r\nHost: x\r\n\r\n"
+                        "GET /slice HTTP/1.1\r\nHost: x\r\n\r\n"
+                        "GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  ASSERT_OK(srv__adopt_transport(T.srv, &m->tr));
+  ASSERT_EQ(1, srv_conn_count(T.srv));
+  ASSERT_OK(uv_run(&T.loop, UV_RUN_DEFAULT)); /* ends when the connection is gone */
+  ASSERT_EQ(0, srv_conn_count(T.srv));
+  ASSERT_EQ(1, log.closed);
+  ASSERT_EQ(1, log.nshutdown); /* Connection: close -> lingering close via the transport */
+  ASSERT_EQ(0, log.cancelled);
+  ASSERT_EQ(3, log.nwrites); /* one head per response; small bodies inline with it */
+  ASSERT_EQ((FILE_SIZE + 299999) / 300000, log.nfiles); /* partial sends resume at pos */
+  ASSERT_STREQ("mem", peer);
+
+  const char *p = log.out.p, *end = log.out.p + log.out.len;
+  resp_t r;
+  mem_resp(&p, end, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(FILE_SIZE, r.blen);
+  for (uint64_t i = 0; i < FILE_SIZE; i++)
+    if ((unsigned char)r.body[i] != pattern(i))
+      ASSERT_EQ(pattern(i), (unsigned char)r.body[i]);
+  ASSERT(!has_header(&r, "Connection: close"));
+  mem_resp(&p, end, &r);
+  ASSERT_EQ(206, r.status);
+  ASSERT_EQ(5000, r.blen);
+  for (uint64_t i = 0; i < 5000; i++)
+    if ((unsigned char)r.body[i] != pattern(1000 + i))
+      ASSERT_EQ(pattern(1000 + i), (unsigned char)r.body[i]);
+  mem_resp(&p, end, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(5, r.blen);
+  ASSERT(memcmp(r.body, "hello", 5) == 0);
+  ASSERT(has_header(&r, "\r\nConnection: close\r\n"));
+  ASSERT(p == end); /* nothing else was written */
+
+  ASSERT_EQ(3, T.ndone);
+  ASSERT_STREQ("/file", T.done[0].path);
+  ASSERT_EQ(200, T.done[0].status);
+  ASSERT_STREQ("/slice", T.done[1].path);
+  ASSERT_EQ(206, T.done[1].status);
+  ASSERT_STREQ("/hello", T.done[2].path);
+  ASSERT_EQ(200, T.done[2].status);
+  srv_stats_t st;
+  srv_get_stats(T.srv, &st);
+  ASSERT_EQ(3, st.requests);
+  ASSERT_EQ(FILE_SIZE + 5000 + 5, st.body_bytes);
+  ASSERT_EQ(-1, fcntl(log.file_fd, F_GETFD)); /* the file body's fd was closed */
+
+  T.closed = 0;
+  srv_close(T.srv, on_closed, NULL);
+  ASSERT_OK(uv_run(&T.loop, UV_RUN_DEFAULT));
+  ASSERT(T.closed);
+  ASSERT_OK(uv_loop_close(&T.loop));
+  pc_buf_free(&log.out);
+}
+
+/* srv_close while a send_file is in flight (the client stopped reading): the transport
+ * completes the op with UV_ECANCELED before its close callback, the request ends with status
+ * 0, the file is closed only after the transport let go of it, and srv frees everything. */
+TEST(transport_close_with_file_in_flight)
+{
+  mem_log_t log = {0};
+  pc_buf_init(&log.out, 16u * 1024 * 1024);
+  make_files();
+  ASSERT_OK(uv_loop_init(&T.loop));
+  srv_opts_t o = {.access_log = -1};
+  ASSERT_OK(srv_new(&T.loop, &o, handler, NULL, &T.srv));
+  mem_tr_t *m = mem_new(&T.loop, &log, "GET /file HTTP/1.1\r\nHost: x\r\n\r\n");
+  m->hold_file = 1;
+  ASSERT_OK(srv__adopt_transport(T.srv, &m->tr));
+  for (int i = 0; i < 10000 && log.nfiles == 0; i++)
+    uv_run(&T.loop, UV_RUN_NOWAIT);
+  ASSERT_EQ(1, log.nfiles);
+  ASSERT_EQ(0, T.ndone);
+  ASSERT(fcntl(log.file_fd, F_GETFD) != -1); /* in use by the transport */
+  T.closed = 0;
+  srv_close(T.srv, on_closed, NULL);
+  ASSERT_EQ(1, T.ndone); /* pending requests get their done callback from inside srv_close */
+  ASSERT_EQ(0, T.done[0].status);
+  ASSERT_EQ(0, log.closed); /* the transport's close runs no callback itself */
+  ASSERT_OK(uv_run(&T.loop, UV_RUN_DEFAULT));
+  ASSERT_EQ(1, log.closed);
+  ASSERT_EQ(1, log.cancelled);
+  ASSERT_STREQ("WFC", log.order); /* head written; the file op completed before the close */
+  ASSERT(T.closed);
+  ASSERT_EQ(-1, fcntl(log.file_fd, F_GETFD));
+  ASSERT_OK(uv_loop_close(&T.loop));
+  pc_buf_free(&log.out);
+}
+
+/* The response-header buffer is capped (16 KiB): a header past it is dropped whole. */
+TEST(transport_resp_header_cap)
+{
+  mem_log_t log = {0};
+  pc_buf_init(&log.out, 1024 * 1024);
+  ASSERT_OK(uv_loop_init(&T.loop));
+  srv_opts_t o = {.access_log = -1};
+  ASSERT_OK(srv_new(&T.loop, &o, handler, NULL, &T.srv));
+  mem_tr_t *m = mem_new(&T.loop, &log, "GET /caps HTTP/1.1\r\nConnection: close\r\n\r\n");
+  m->piece = 4096;
+  ASSERT_OK(srv__adopt_transport(T.srv, &m->tr));
+  ASSERT_OK(uv_run(&T.loop, UV_RUN_DEFAULT));
+  const char *p = log.out.p, *end = log.out.p + log.out.len;
+  resp_t r;
+  mem_resp(&p, end, &r);
+  ASSERT_EQ(200, r.status);
+  int n = 0;
+  for (const char *h = r.head; (h = strstr(h, "\r\nX-Big: ")) != NULL; h += 9) {
+    ASSERT_EQ(0, strncmp(h + 9 + 1000, "\r\n", 2)); /* every one whole */
+    n++;
+  }
+  ASSERT_EQ(16384 / 1009, n);
+  T.closed = 0;
+  srv_close(T.srv, on_closed, NULL);
+  ASSERT_OK(uv_run(&T.loop, UV_RUN_DEFAULT));
+  ASSERT(T.closed);
+  ASSERT_OK(uv_loop_close(&T.loop));
+  pc_buf_free(&log.out);
 }
