@@ -31,7 +31,7 @@ static int reserve(pc_buf_t *b, size_t need)
   return 0;
 }
 
-int pc_buf_add(pc_buf_t *b, const void *p, size_t n)
+int pc__buf_add(pc_buf_t *b, const void *p, size_t n)
 {
   if (n > SIZE_MAX - 1 - b->len)
     return PC_E_TOOBIG;
@@ -43,11 +43,6 @@ int pc_buf_add(pc_buf_t *b, const void *p, size_t n)
   b->len += n;
   b->p[b->len] = '\0';
   return 0;
-}
-
-int pc_buf_adds(pc_buf_t *b, const char *s)
-{
-  return pc_buf_add(b, s, strlen(s));
 }
 
 int pc_buf_printf(pc_buf_t *b, const char *fmt, ...)

@@ -11,6 +11,7 @@
 #define PC_BUF_H
 
 #include <stddef.h>
+#include <string.h>
 
 typedef struct pc_buf {
   char *p;    /**< content, NUL-terminated; NULL until the first append */
@@ -21,10 +22,28 @@ typedef struct pc_buf {
 
 /** An empty buffer that holds at most max bytes (0 = no cap). */
 void pc_buf_init(pc_buf_t *b, size_t max);
-/** Append n bytes (p may be NULL when n is 0). 0, or PC_E_TOOBIG (nothing appended). */
-int pc_buf_add(pc_buf_t *b, const void *p, size_t n);
+/** The out-of-line part of pc_buf_add: growth and the cap check. */
+int pc__buf_add(pc_buf_t *b, const void *p, size_t n);
+
+/** Append n bytes (p may be NULL when n is 0). 0, or PC_E_TOOBIG (nothing appended). The
+ * common case (room allocated, cap not reached) is inline: the server appends some 60 small
+ * tokens per request, and the call cost ~1,800 instructions per warm request (callgrind). */
+static inline int pc_buf_add(pc_buf_t *b, const void *p, size_t n)
+{
+  if (n && b->cap - b->len > n && (b->max == 0 || b->max - b->len >= n)) {
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+  }
+  return pc__buf_add(b, p, n);
+}
+
 /** Append a C string. */
-int pc_buf_adds(pc_buf_t *b, const char *s);
+static inline int pc_buf_adds(pc_buf_t *b, const char *s)
+{
+  return pc_buf_add(b, s, strlen(s));
+}
 /** Append formatted text (whole, or nothing and PC_E_TOOBIG). */
 int pc_buf_printf(pc_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /** Drop the first n bytes of content (n <= len), keeping the allocation. */

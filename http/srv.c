@@ -169,26 +169,6 @@ static void srv_maybe_free(srv_t *s);
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-/* pc_buf_add with its common case inline: the room is allocated and the cap not reached. A
- * request appends some 60 small tokens (header names and values, response headers, log
- * fields), so the call into core/buf.c is kept for growth and the cap check. Same result as
- * pc_buf_add (0, or PC_E_TOOBIG and nothing appended). */
-static inline int hbuf_add(pc_buf_t *b, const void *p, size_t n)
-{
-  if (n && b->cap - b->len > n && (b->max == 0 || b->max - b->len >= n)) {
-    memcpy(b->p + b->len, p, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-  }
-  return pc_buf_add(b, p, n);
-}
-
-static inline int hbuf_adds(pc_buf_t *b, const char *str)
-{
-  return hbuf_add(b, str, strlen(str));
-}
-
 /* Append v as a log value (pc_log_quote: as is when plain, else quoted and escaped), cut at
  * max bytes (marked with "..."), max <= SRV_LOG_VALUE_MAX. */
 static void log_value(pc_buf_t *b, const char *v, size_t max)
@@ -196,7 +176,7 @@ static void log_value(pc_buf_t *b, const char *v, size_t max)
   char q[PC_LOG_QUOTE_SIZE(SRV_LOG_VALUE_MAX)];
   PC_ASSERT(max <= SRV_LOG_VALUE_MAX);
   size_t n = pc_log_quote(q, sizeof(q), v, max);
-  (void)hbuf_add(b, q, n);
+  (void)pc_buf_add(b, q, n);
 }
 
 static const char *reason_phrase(int status)
@@ -308,15 +288,15 @@ static void req_log(srv_req_t *r)
   if (c->s->o.access_log < 0)
     return;
   pc_buf_t b = {.max = SRV_LOG_LINE_MAX};
-  (void)hbuf_adds(&b, "req method=");
+  (void)pc_buf_adds(&b, "req method=");
   log_value(&b, r->method, 32);
-  (void)hbuf_adds(&b, " path=");
+  (void)pc_buf_adds(&b, " path=");
   log_value(&b, r->url.p && r->url.p[0] ? r->url.p : "-", SRV_LOG_PATH_MAX);
   (void)pc_buf_printf(&b, " status=%d bytes=%llu ms=%llu peer=", r->status,
                       (unsigned long long)r->body_bytes,
                       (unsigned long long)(uv_now(c->s->loop) - r->t0));
   log_value(&b, c->peer, 64);
-  (void)hbuf_add(&b, r->logf.p, r->logf.len);
+  (void)pc_buf_add(&b, r->logf.p, r->logf.len);
   pc_log(PC_LOG_INFO, "%s", b.p);
   pc_buf_free(&b);
 }
@@ -608,21 +588,21 @@ static void resp_send(srv_req_t *r, int status, const char *ctype, uint64_t clen
   /* No cap: the head is bounded by the capped rh, the body is the caller's (copied once). */
   pc_buf_t b = {.max = 0};
   (void)pc_buf_printf(&b, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
-  (void)hbuf_add(&b, r->rh.p, r->rh.len);
+  (void)pc_buf_add(&b, r->rh.p, r->rh.len);
   if (ctype) {
-    (void)hbuf_adds(&b, "Content-Type: ");
-    (void)hbuf_adds(&b, ctype);
-    (void)hbuf_adds(&b, "\r\n");
+    (void)pc_buf_adds(&b, "Content-Type: ");
+    (void)pc_buf_adds(&b, ctype);
+    (void)pc_buf_adds(&b, "\r\n");
   }
   if (status != 204 && status != 304 && status >= 200)
     (void)pc_buf_printf(&b, "Content-Length: %llu\r\n", (unsigned long long)clen);
   if (c->close_after)
-    (void)hbuf_adds(&b, "Connection: close\r\n");
+    (void)pc_buf_adds(&b, "Connection: close\r\n");
   else if (c->parser.http_major == 1 && c->parser.http_minor == 0)
-    (void)hbuf_adds(&b, "Connection: keep-alive\r\n");
-  (void)hbuf_adds(&b, "\r\n");
+    (void)pc_buf_adds(&b, "Connection: keep-alive\r\n");
+  (void)pc_buf_adds(&b, "\r\n");
   if (blen && !r->is_head) {
-    (void)hbuf_add(&b, body, blen);
+    (void)pc_buf_add(&b, body, blen);
     r->body_bytes = blen;
   }
   c->wbuf = b.p;
@@ -673,7 +653,7 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
 {
   conn_t *c = container_of(p, conn_t, parser);
   srv_req_t *r = c->req;
-  if (hbuf_add(&r->url, at, len) != 0)
+  if (pc_buf_add(&r->url, at, len) != 0)
     return limit(c, 414);
   return 0;
 }
@@ -681,7 +661,7 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
 static int arena_add(conn_t *c, const char *at, size_t len)
 {
   srv_req_t *r = c->req;
-  if (hbuf_add(&r->arena, at, len) != 0) /* cap: max_header_bytes plus the NULs */
+  if (pc_buf_add(&r->arena, at, len) != 0) /* cap: max_header_bytes plus the NULs */
     return limit(c, 431);
   return 0;
 }
@@ -1263,10 +1243,10 @@ void srv_req_log(srv_req_t *r, const char *key, const char *value)
   size_t vn = pc_log_quote(v, sizeof(v), value, SRV_LOG_VALUE_MAX);
   if (!kn || r->logf.len + kn + vn + 2 > r->logf.max) /* a whole field or none */
     return;
-  (void)hbuf_add(&r->logf, " ", 1);
-  (void)hbuf_add(&r->logf, k, kn);
-  (void)hbuf_add(&r->logf, "=", 1);
-  (void)hbuf_add(&r->logf, v, vn);
+  (void)pc_buf_add(&r->logf, " ", 1);
+  (void)pc_buf_add(&r->logf, k, kn);
+  (void)pc_buf_add(&r->logf, "=", 1);
+  (void)pc_buf_add(&r->logf, v, vn);
 }
 
 void srv_req_on_done(srv_req_t *r, srv_done_cb cb, void *arg)
@@ -1309,10 +1289,10 @@ void srv_resp_header(srv_req_t *r, const char *name, const char *value)
     pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
     return;
   }
-  (void)hbuf_add(&r->rh, name, nl);
-  (void)hbuf_add(&r->rh, ": ", 2);
-  (void)hbuf_add(&r->rh, value, vl);
-  (void)hbuf_add(&r->rh, "\r\n", 2);
+  (void)pc_buf_add(&r->rh, name, nl);
+  (void)pc_buf_add(&r->rh, ": ", 2);
+  (void)pc_buf_add(&r->rh, value, vl);
+  (void)pc_buf_add(&r->rh, "\r\n", 2);
 }
 
 void srv_respond(srv_req_t *r, int status, const char *content_type, const void *body, size_t len)
