@@ -17,6 +17,8 @@
  */
 #include "core/pc.h"
 
+#include "core/num.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <stdarg.h>
@@ -50,19 +52,14 @@ static int detect_journald(void)
   const char *e = getenv("JOURNAL_STREAM");
   if (!e || !*e)
     return 0;
-  char *end;
-  errno = 0;
-  unsigned long long dev = strtoull(e, &end, 10);
-  if (end == e || *end != ':' || errno)
-    return 0;
-  const char *p = end + 1;
-  unsigned long long ino = strtoull(p, &end, 10);
-  if (end == p || *end || errno)
+  const char *p = e;
+  uint64_t dev, ino;
+  if (pc_parse_u64_prefix(&p, &dev) < 0 || *p != ':' || pc_parse_u64(p + 1, UINT64_MAX, &ino) < 0)
     return 0;
   struct stat st;
   if (fstat(STDERR_FILENO, &st) < 0)
     return 0;
-  return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+  return (uint64_t)st.st_dev == dev && (uint64_t)st.st_ino == ino;
 }
 
 void pc_log_setup(int format)
@@ -263,22 +260,18 @@ static json_t *jstr(const char *s, size_t n, char *scratch)
   return json_stringn(scratch, o);
 }
 
-/* A plain decimal integer: optional '-', no leading zero (but "0"), no "-0", fits int64. */
+/* A plain decimal integer: optional '-', no leading zero (but "0"), no "-0", fits int64. The
+ * form is checked here; the number itself is pc_parse_i64's. */
 static int parse_int(const char *s, size_t n, json_int_t *out)
 {
   int neg = n && s[0] == '-';
   size_t i = (size_t)neg;
-  if (i == n || n - i > 19 || (s[i] == '0' && (n - i > 1 || neg)))
+  int64_t v;
+  if (i == n || (s[i] == '0' && (n - i > 1 || neg)))
     return 0;
-  uint64_t v = 0;
-  for (; i < n; i++) {
-    if (s[i] < '0' || s[i] > '9')
-      return 0;
-    v = v * 10 + (uint64_t)(s[i] - '0');
-  }
-  if (v > (uint64_t)INT64_MAX + neg)
+  if (pc_parse_i64_n(s, n, INT64_MIN, INT64_MAX, &v) < 0)
     return 0;
-  *out = neg ? -(json_int_t)(v - 1) - 1 : (json_int_t)v;
+  *out = (json_int_t)v;
   return 1;
 }
 
