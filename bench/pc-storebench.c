@@ -145,8 +145,7 @@ int main(int argc, char **argv)
   for (int i = 0; i < 1000; i++)
     store_stats(s, &st);
   printf("store_stats_us: %.1f first, %.2f mean of 1000 (%llu blobs, %llu bytes)\n", first,
-         (mono_us() - u0) / 1000, (unsigned long long)st.blobs,
-         (unsigned long long)st.blob_bytes);
+         (mono_us() - u0) / 1000, (unsigned long long)st.blobs, (unsigned long long)st.blob_bytes);
   fflush(stdout);
   if (!fsck) {
     store_close(s);

@@ -40,7 +40,7 @@
 #include "core/num.h"
 #include "core/pc.h"
 
-#define BENCH_MAX_DOC (4 << 20)  /* containerd rejects manifests above ~4 MiB */
+#define BENCH_MAX_DOC (4 << 20) /* containerd rejects manifests above ~4 MiB */
 #define BENCH_MAX_TOKEN (1 << 16)
 #define BENCH_MAX_HOPS 10
 #define BENCH_MAX_ERRS 16
@@ -134,7 +134,7 @@ struct xfer {
   struct pull *p;
   enum xkind kind;
   char *url;
-  char digest[72];     /* expected; "" when unknown */
+  char digest[72];      /* expected; "" when unknown */
   char media_type[128]; /* for Accept */
   int64_t size;         /* expected; -1 when unknown */
   bool layer;
@@ -148,8 +148,8 @@ struct xfer {
   long status;
   char h_digest[80], h_ctype[128];
   char *h_auth;
-  struct xfer *parent;        /* X_TOKEN: the request to retry */
-  char *tok_host, *tok_repo;  /* X_TOKEN: where the token applies */
+  struct xfer *parent;       /* X_TOKEN: the request to retry */
+  char *tok_host, *tok_repo; /* X_TOKEN: where the token applies */
 };
 
 static double now_ms(void)
@@ -182,7 +182,8 @@ static void copy_str(char *dst, size_t cap, const char *src, size_t n)
   dst[n] = '\0';
 }
 
-static void bench_error(struct bench *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void bench_error(struct bench *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void bench_error(struct bench *b, const char *fmt, ...)
 {
   char msg[512];
@@ -269,8 +270,7 @@ static void token_put(struct node *n, const char *hp, const char *repo, const ch
     }
   }
   n->tokens = pc_xrealloc(n->tokens, sizeof *n->tokens * (size_t)(n->ntokens + 1));
-  n->tokens[n->ntokens++] =
-      (struct token){pc_xstrdup(hp), pc_xstrdup(repo), pc_xstrdup(value)};
+  n->tokens[n->ntokens++] = (struct token){pc_xstrdup(hp), pc_xstrdup(repo), pc_xstrdup(value)};
 }
 
 static void tokens_clear(struct node *n)
@@ -351,8 +351,7 @@ static size_t on_header(char *data, size_t size, size_t nitems, void *arg)
   else if (kl == 12 && strncasecmp(data, "content-type", kl) == 0) {
     const char *semi = memchr(v, ';', vl);
     copy_str(x->h_ctype, sizeof x->h_ctype, v, semi ? (size_t)(semi - v) : vl);
-  }
-  else if (kl == 16 && strncasecmp(data, "www-authenticate", kl) == 0) {
+  } else if (kl == 16 && strncasecmp(data, "www-authenticate", kl) == 0) {
     free(x->h_auth);
     x->h_auth = pc_xstrndup(v, vl);
   }
@@ -816,8 +815,9 @@ static void *node_main(void *arg)
   curl_multi_setopt(n->multi, CURLMOPT_MAXCONNECTS, 64L);
   pthread_barrier_wait(&b->barrier);
   for (int i = 0; i < b->nimages; i++) {
-    struct sample *s = &b->samples[((size_t)n->run * (size_t)b->nodes + (size_t)n->id) *
-                                       (size_t)b->nimages + (size_t)i];
+    struct sample *s =
+        &b->samples[((size_t)n->run * (size_t)b->nodes + (size_t)n->id) * (size_t)b->nimages +
+                    (size_t)i];
     pull_image(n, &b->images[i], s);
   }
   curl_multi_cleanup(n->multi);
@@ -926,8 +926,8 @@ static void print_table(struct bench *b)
       printf("%s/%s%s%s%s", b->plats[i].os, b->plats[i].arch, b->plats[i].variant[0] ? "/" : "",
              b->plats[i].variant, i + 1 < b->nplats ? "," : "\n");
   printf("times in ms (p50 / p90 / p99 / max over pulls); MB/s is the median per pull\n\n");
-  printf("%-28s %5s %4s  %-27s  %-27s  %-27s %9s %8s\n", "image", "pulls", "err",
-         "resolve", "first layer byte", "pull", "MB/pull", "MB/s");
+  printf("%-28s %5s %4s  %-27s  %-27s  %-27s %9s %8s\n", "image", "pulls", "err", "resolve",
+         "first layer byte", "pull", "MB/pull", "MB/s");
   for (int i = -1; i < b->nimages; i++) {
     if (i == -1)
       continue;
@@ -963,9 +963,9 @@ static void print_json(struct bench *b)
 {
   json_t *plats = json_array();
   for (int i = 0; i < b->nplats && !b->all_platforms; i++)
-    json_array_append_new(plats, json_sprintf("%s/%s%s%s", b->plats[i].os, b->plats[i].arch,
-                                              b->plats[i].variant[0] ? "/" : "",
-                                              b->plats[i].variant));
+    json_array_append_new(plats,
+                          json_sprintf("%s/%s%s%s", b->plats[i].os, b->plats[i].arch,
+                                       b->plats[i].variant[0] ? "/" : "", b->plats[i].variant));
   json_t *imgs = json_array();
   for (int i = 0; i < b->nimages; i++) {
     struct agg a = aggregate(b, i);
@@ -986,17 +986,17 @@ static void print_json(struct bench *b)
   }
   json_t *errs = json_array();
   for (int i = 0; i < b->nerrs; i++)
-    json_array_append_new(errs, json_pack("{s:s,s:i}", "message", b->errs[i].msg, "count",
-                                          b->errs[i].count));
+    json_array_append_new(
+        errs, json_pack("{s:s,s:i}", "message", b->errs[i].msg, "count", b->errs[i].count));
   json_t *out = json_pack(
       "{s:s,s:s?,s:i,s:i,s:i,s:b,s:o,s:o,s:{s:i,s:i,s:i,s:i,s:I,s:o,s:o,s:o,s:o,s:o,s:f},s:o,s:i}",
-      "registry", b->base, "ns", b->ns, "nodes", b->nodes, "runs", b->runs, "parallel",
-      b->parallel, "all_platforms", b->all_platforms, "platforms", plats, "images", imgs,
-      "overall", "pulls", all.pulls, "errors", all.errors, "verified", all.verified, "requests",
-      all.requests, "bytes", (json_int_t)all.bytes, "resolve_ms", pct_json(all.resolve),
-      "ttfb_ms", pct_json(all.ttfb), "pull_ms", pct_json(all.pull), "mbps", pct_json(all.mbps),
-      "wall_ms", walls, "throughput_mbps", wsum > 0 ? (double)all.bytes / 1e6 / (wsum / 1e3) : 0.0,
-      "error_messages", errs, "errors_dropped", b->errs_dropped);
+      "registry", b->base, "ns", b->ns, "nodes", b->nodes, "runs", b->runs, "parallel", b->parallel,
+      "all_platforms", b->all_platforms, "platforms", plats, "images", imgs, "overall", "pulls",
+      all.pulls, "errors", all.errors, "verified", all.verified, "requests", all.requests, "bytes",
+      (json_int_t)all.bytes, "resolve_ms", pct_json(all.resolve), "ttfb_ms", pct_json(all.ttfb),
+      "pull_ms", pct_json(all.pull), "mbps", pct_json(all.mbps), "wall_ms", walls,
+      "throughput_mbps", wsum > 0 ? (double)all.bytes / 1e6 / (wsum / 1e3) : 0.0, "error_messages",
+      errs, "errors_dropped", b->errs_dropped);
   PC_ASSERT(out);
   json_dumpf(out, stdout, JSON_INDENT(2));
   fputc('\n', stdout);
@@ -1005,6 +1005,8 @@ static void print_json(struct bench *b)
 
 /* ---- command line --------------------------------------------------------------------------- */
 
+/* The help text is laid out as it prints. */
+// clang-format off
 static void usage(FILE *f)
 {
   fprintf(f,
@@ -1046,6 +1048,7 @@ static void usage(FILE *f)
 "\n"
 "exit status: 0 when every pull succeeded, 1 when any failed, 2 on bad usage.\n");
 }
+// clang-format on
 
 static int parse_int(const char *s, int lo, int hi, int *out)
 {
@@ -1095,12 +1098,12 @@ static void parse_image(const char *arg, struct image *img)
 int main(int argc, char **argv)
 {
   static const struct option opts[] = {
-      {"ns", required_argument, NULL, 'n'},       {"platform", required_argument, NULL, 'p'},
-      {"all-platforms", no_argument, NULL, 'a'},  {"parallel", required_argument, NULL, 'P'},
-      {"nodes", required_argument, NULL, 'N'},    {"runs", required_argument, NULL, 'r'},
-      {"timeout", required_argument, NULL, 't'},  {"insecure", no_argument, NULL, 'k'},
-      {"json", no_argument, NULL, 'j'},           {"verbose", no_argument, NULL, 'v'},
-      {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+      {"ns", required_argument, NULL, 'n'},      {"platform", required_argument, NULL, 'p'},
+      {"all-platforms", no_argument, NULL, 'a'}, {"parallel", required_argument, NULL, 'P'},
+      {"nodes", required_argument, NULL, 'N'},   {"runs", required_argument, NULL, 'r'},
+      {"timeout", required_argument, NULL, 't'}, {"insecure", no_argument, NULL, 'k'},
+      {"json", no_argument, NULL, 'j'},          {"verbose", no_argument, NULL, 'v'},
+      {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
   struct bench b = {.parallel = 3, .nodes = 1, .runs = 1, .timeout = 30};
   struct node *nodes = NULL;
   int rc = 2, c, t;

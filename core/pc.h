@@ -18,7 +18,7 @@
 #define PC_ERR_MAP(XX)                                                                             \
   XX(BLOB_UNKNOWN, -20001, 404, "BLOB_UNKNOWN", "blob unknown to registry")                        \
   XX(MANIFEST_UNKNOWN, -20002, 404, "MANIFEST_UNKNOWN", "manifest unknown to registry")            \
-  XX(DIGEST_INVALID, -20003, 400, "DIGEST_INVALID", "provided digest did not match content")      \
+  XX(DIGEST_INVALID, -20003, 400, "DIGEST_INVALID", "provided digest did not match content")       \
   XX(NAME_INVALID, -20004, 400, "NAME_INVALID", "invalid repository name")                         \
   XX(NAME_UNKNOWN, -20005, 404, "NAME_UNKNOWN", "repository name not known to registry")           \
   XX(TAG_INVALID, -20006, 400, "TAG_INVALID", "manifest tag did not match URI")                    \

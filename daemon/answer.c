@@ -62,8 +62,7 @@ void answer_error(srv_req_t *req, int err, const char *detail)
   json_decref(root);
 }
 
-void answer_json(srv_req_t *req, int status, const char *content_type, const char *body,
-                 size_t len)
+void answer_json(srv_req_t *req, int status, const char *content_type, const char *body, size_t len)
 {
   answer_common_headers(req);
   srv_respond(req, status, content_type ? content_type : CT_JSON, body, len);
@@ -72,10 +71,8 @@ void answer_json(srv_req_t *req, int status, const char *content_type, const cha
 /* The outcome of a manifest or blob answer, recorded once. */
 static void record(srv_req_t *req, answer_kind kind, int outcome)
 {
-  static const char *const hdr[DAEMON_CACHE_N] = {"HIT", "MISS", "JOIN", "STALE",
-                                                  "REVALIDATED"};
-  static const char *const log[DAEMON_CACHE_N] = {"hit", "miss", "join", "stale",
-                                                  "revalidated"};
+  static const char *const hdr[DAEMON_CACHE_N] = {"HIT", "MISS", "JOIN", "STALE", "REVALIDATED"};
+  static const char *const log[DAEMON_CACHE_N] = {"hit", "miss", "join", "stale", "revalidated"};
   PC_ASSERT(outcome >= 0 && outcome < DAEMON_CACHE_N);
   srv_resp_header(req, "X-Cache", hdr[outcome]);
   srv_req_log(req, "cache", log[outcome]);

@@ -49,7 +49,7 @@ typedef struct answer_content {
   uint64_t size;               /**< the whole content's length */
   const answer_range_t *range; /**< blobs only; NULL = none */
   const void *mem;
-  int fd;                      /**< when mem is NULL */
+  int fd; /**< when mem is NULL */
   uint64_t avail;
 } answer_content_t;
 
@@ -101,7 +101,6 @@ int answer_parse_range(const char *hdr, answer_range_t *out);
 /** Resolve a parsed range against a size: *start and *len of the bytes to send (an end past
  * the size is clamped; a suffix longer than the size is the whole body). Pure. Returns 0, or
  * PC_E_RANGE_INVALID when unsatisfiable (start >= size, or size 0). r->has must be 1. */
-int answer_range_resolve(const answer_range_t *r, uint64_t size, uint64_t *start,
-                         uint64_t *len);
+int answer_range_resolve(const answer_range_t *r, uint64_t size, uint64_t *start, uint64_t *len);
 
 #endif

@@ -32,9 +32,9 @@ enum client { CLIENT_CONTAINERD, CLIENT_CRIO, CLIENT_PODMAN };
 typedef struct {
   enum client client;
   const char *client_name;
-  const char *mirror_arg;  /**< --mirror as given */
-  char scheme[8];          /**< "http", "https", or "" when given as bare HOST:PORT */
-  char hostport[300];      /**< the mirror's host[:port], no scheme, no trailing slash */
+  const char *mirror_arg; /**< --mirror as given */
+  char scheme[8];         /**< "http", "https", or "" when given as bare HOST:PORT */
+  char hostport[300];     /**< the mirror's host[:port], no scheme, no trailing slash */
   const char *upstreams[CONFIG_MAX_UPSTREAMS];
   int nupstreams;
   const char *dir; /**< containerd: the config_path directory */
@@ -44,42 +44,42 @@ typedef struct {
 
 static void usage(FILE *f)
 {
-  fprintf(f,
-          "usage: pullcache config containerd --mirror URL [--upstream NAME]...\n"
-          "                                   [--dir DIR] [--write]\n"
-          "       pullcache config crio   --mirror HOST:PORT|URL [--upstream NAME]... [--insecure]\n"
-          "       pullcache config podman --mirror HOST:PORT|URL [--upstream NAME]... [--insecure]\n"
-          "\n"
-          "Print the client configuration that makes a container runtime pull through this\n"
-          "mirror. Nothing is contacted; the output goes to stdout.\n"
-          "\n"
-          "  containerd  one hosts.toml per upstream: server = \"https://NAME\", the mirror as\n"
-          "              a [host] with capabilities pull+resolve. With --write, create\n"
-          "              DIR/NAME/hosts.toml (DIR default " CONFIG_DEFAULT_DIR ").\n"
-          "              containerd picks the files up without a restart.\n"
-          "  crio|podman containers-registries.conf entries: [[registry]] NAME with a\n"
-          "              [[registry.mirror]] at HOST:PORT/NAME (path-prefix addressing);\n"
-          "              insecure = true when the mirror URL is http:// (or with --insecure).\n"
-          "              Put them in /etc/containers/registries.conf.d/50-pullcache.conf.\n"
-          "\n"
-          "  --mirror URL      the mirror as clients reach it, e.g. http://10.0.0.5:5000\n"
-          "                    (containerd needs the scheme)\n"
-          "  --upstream NAME   an upstream registry the mirror serves (repeatable;\n"
-          "                    default " CONFIG_DEFAULT_UPSTREAM ")\n"
-          "  --dir DIR         containerd config_path directory\n"
-          "  --write           containerd: write the files instead of printing them\n"
-          "  --insecure        crio/podman: mark the mirror insecure (plain http or\n"
-          "                    untrusted TLS) even when given without a scheme\n"
-          "  -h, --help        show this help\n"
-          "\n"
-          "Exit status: 0 done, 1 a file could not be written, 2 usage error.\n");
+  fprintf(
+      f, "usage: pullcache config containerd --mirror URL [--upstream NAME]...\n"
+         "                                   [--dir DIR] [--write]\n"
+         "       pullcache config crio   --mirror HOST:PORT|URL [--upstream NAME]... [--insecure]\n"
+         "       pullcache config podman --mirror HOST:PORT|URL [--upstream NAME]... [--insecure]\n"
+         "\n"
+         "Print the client configuration that makes a container runtime pull through this\n"
+         "mirror. Nothing is contacted; the output goes to stdout.\n"
+         "\n"
+         "  containerd  one hosts.toml per upstream: server = \"https://NAME\", the mirror as\n"
+         "              a [host] with capabilities pull+resolve. With --write, create\n"
+         "              DIR/NAME/hosts.toml (DIR default " CONFIG_DEFAULT_DIR ").\n"
+         "              containerd picks the files up without a restart.\n"
+         "  crio|podman containers-registries.conf entries: [[registry]] NAME with a\n"
+         "              [[registry.mirror]] at HOST:PORT/NAME (path-prefix addressing);\n"
+         "              insecure = true when the mirror URL is http:// (or with --insecure).\n"
+         "              Put them in /etc/containers/registries.conf.d/50-pullcache.conf.\n"
+         "\n"
+         "  --mirror URL      the mirror as clients reach it, e.g. http://10.0.0.5:5000\n"
+         "                    (containerd needs the scheme)\n"
+         "  --upstream NAME   an upstream registry the mirror serves (repeatable;\n"
+         "                    default " CONFIG_DEFAULT_UPSTREAM ")\n"
+         "  --dir DIR         containerd config_path directory\n"
+         "  --write           containerd: write the files instead of printing them\n"
+         "  --insecure        crio/podman: mark the mirror insecure (plain http or\n"
+         "                    untrusted TLS) even when given without a scheme\n"
+         "  -h, --help        show this help\n"
+         "\n"
+         "Exit status: 0 done, 1 a file could not be written, 2 usage error.\n");
 }
 
 /* Characters allowed in a host name or an IPv4 address. */
 static int is_host_char(char c)
 {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         c == '.' || c == '-' || c == '_';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+         c == '-' || c == '_';
 }
 
 /* Validate "host", "host:port", "[v6]" or "[v6]:port" (length LEN). Returns 0 or -EINVAL.
@@ -205,8 +205,9 @@ static void emit_hosts_toml(FILE *f, const config_args_t *a, const char *name)
 static void emit_registries_conf(FILE *f, const config_args_t *a)
 {
   int insecure = a->insecure || strcmp(a->scheme, "http") == 0;
-  fprintf(f, "# /etc/containers/registries.conf.d/50-pullcache.conf - generated by\n"
-             "# `pullcache config %s`.\n",
+  fprintf(f,
+          "# /etc/containers/registries.conf.d/50-pullcache.conf - generated by\n"
+          "# `pullcache config %s`.\n",
           a->client_name);
   if (a->client == CLIENT_CRIO)
     fprintf(f, "# CRI-O rereads it on SIGHUP (systemctl reload crio).\n");
@@ -419,8 +420,7 @@ int cmd_config(int argc, char **argv)
   } else if (strcmp(target, "podman") == 0) {
     a.client = CLIENT_PODMAN;
   } else {
-    fprintf(stderr, "pullcache config: unknown client '%s' (containerd, crio, podman)\n\n",
-            target);
+    fprintf(stderr, "pullcache config: unknown client '%s' (containerd, crio, podman)\n\n", target);
     usage(stderr);
     return 2;
   }

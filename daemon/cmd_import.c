@@ -329,8 +329,7 @@ int cmd_import(int argc, char **argv)
   rc = store_open(store_dir, NULL, &im.store);
   if (rc) {
     fprintf(stderr, "pullcache import: cannot open store %s: %s\n", store_dir,
-            rc == -EBUSY ? "in use by another process (stop the daemon first)"
-                         : pc_strerror(rc));
+            rc == -EBUSY ? "in use by another process (stop the daemon first)" : pc_strerror(rc));
     goto out;
   }
   json_array_foreach(arr, i, desc)
@@ -358,8 +357,8 @@ int cmd_import(int argc, char **argv)
       im.tags++;
     }
   }
-  printf("imported %s into %s/%s: %u manifests, %u blobs (%llu bytes), %u tags\n", layout,
-         upstream, repo, im.manifests, im.blobs, (unsigned long long)im.bytes, im.tags);
+  printf("imported %s into %s/%s: %u manifests, %u blobs (%llu bytes), %u tags\n", layout, upstream,
+         repo, im.manifests, im.blobs, (unsigned long long)im.bytes, im.tags);
   code = 0;
 out:
   store_close(im.store);

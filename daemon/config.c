@@ -91,19 +91,18 @@ static int64_t parse_with_unit(const char *s, const unit_t *units)
 
 int64_t config_parse_duration_ms(const char *s)
 {
-  static const unit_t units[] = {{"", 1000},        {"ms", 1},          {"s", 1000},
-                                 {"m", 60000},      {"min", 60000},     {"h", 3600000},
-                                 {"d", 86400000},   {NULL, 0}};
+  static const unit_t units[] = {{"", 1000},     {"ms", 1},      {"s", 1000},     {"m", 60000},
+                                 {"min", 60000}, {"h", 3600000}, {"d", 86400000}, {NULL, 0}};
   return parse_with_unit(s, units);
 }
 
 int64_t config_parse_size(const char *s)
 {
-  static const unit_t units[] = {
-      {"", 1},           {"b", 1},           {"k", 1LL << 10},  {"kb", 1LL << 10},
-      {"kib", 1LL << 10}, {"m", 1LL << 20},  {"mb", 1LL << 20}, {"mib", 1LL << 20},
-      {"g", 1LL << 30},  {"gb", 1LL << 30},  {"gib", 1LL << 30}, {"t", 1LL << 40},
-      {"tb", 1LL << 40}, {"tib", 1LL << 40}, {NULL, 0}};
+  static const unit_t units[] = {{"", 1},           {"b", 1},           {"k", 1LL << 10},
+                                 {"kb", 1LL << 10}, {"kib", 1LL << 10}, {"m", 1LL << 20},
+                                 {"mb", 1LL << 20}, {"mib", 1LL << 20}, {"g", 1LL << 30},
+                                 {"gb", 1LL << 30}, {"gib", 1LL << 30}, {"t", 1LL << 40},
+                                 {"tb", 1LL << 40}, {"tib", 1LL << 40}, {NULL, 0}};
   return parse_with_unit(s, units);
 }
 
@@ -112,8 +111,8 @@ int config_log_level(const char *s)
   static const struct {
     const char *name;
     int level;
-  } levels[] = {{"err", PC_LOG_ERR},       {"error", PC_LOG_ERR}, {"warn", PC_LOG_WARN},
-                {"warning", PC_LOG_WARN},  {"notice", PC_LOG_NOTICE}, {"info", PC_LOG_INFO},
+  } levels[] = {{"err", PC_LOG_ERR},      {"error", PC_LOG_ERR},     {"warn", PC_LOG_WARN},
+                {"warning", PC_LOG_WARN}, {"notice", PC_LOG_NOTICE}, {"info", PC_LOG_INFO},
                 {"debug", PC_LOG_DEBUG}};
   for (size_t i = 0; i < PC_ARRAY_SIZE(levels); i++) {
     if (strcasecmp(s, levels[i].name) == 0)
@@ -122,6 +121,8 @@ int config_log_level(const char *s)
   return -1;
 }
 
+/* A table reads better one case per line. */
+// clang-format off
 static const char *log_level_name(int l)
 {
   switch (l) {
@@ -132,6 +133,7 @@ static const char *log_level_name(int l)
   default: return "info";
   }
 }
+// clang-format on
 
 /* ---- the key table ------------------------------------------------------------------------ */
 
@@ -495,8 +497,7 @@ static int set_key(const cfgkey_t *k, void *base, daemon_config_t *cfg, int *lis
   case K_LEVEL:
     b = config_log_level(value);
     if (b < 0) {
-      set_err(err, errlen, "bad value for %s: \"%s\" (err|warn|notice|info|debug)", k->name,
-              value);
+      set_err(err, errlen, "bad value for %s: \"%s\" (err|warn|notice|info|debug)", k->name, value);
       return -EINVAL;
     }
     *(int *)field = b;
@@ -538,10 +539,10 @@ static const cfgkey_t *find_key(enum sect s, const char *name)
 typedef struct load_ctx {
   daemon_config_t *cfg;
   FILE *f;
-  int line;              /**< of the line inih is handling (counted by file_reader) */
-  int section_line;      /**< of the last section header read */
-  char section[300];     /**< its name, whole (inih cuts section names at 50 bytes) */
-  int err_line;          /**< where the handler or the reader failed */
+  int line;          /**< of the line inih is handling (counted by file_reader) */
+  int section_line;  /**< of the last section header read */
+  char section[300]; /**< its name, whole (inih cuts section names at 50 bytes) */
+  int err_line;      /**< where the handler or the reader failed */
   int listen_replaced;
   int upstreams_replaced;
   int up_line[DAEMON_MAX_UPSTREAMS]; /**< where each upstream's section started */
@@ -588,8 +589,8 @@ static int on_ini(void *user, const char *section, const char *name, const char 
       idx = c->cfg->nupstreams - 1;
       c->up_line[idx] = c->section_line;
     } else if (c->up_line[idx] != c->section_line) {
-      set_err(c->msg, sizeof(c->msg), "[upstream \"%s\"] appears twice (first at line %d)",
-              uname, c->up_line[idx]);
+      set_err(c->msg, sizeof(c->msg), "[upstream \"%s\"] appears twice (first at line %d)", uname,
+              c->up_line[idx]);
       c->err_line = c->section_line;
       goto fail;
     }
@@ -649,8 +650,7 @@ static char *file_reader(char *buf, int size, void *stream)
   c->line++;
   n = strlen(r);
   if (n > 0 && r[n - 1] != '\n' && !feof(c->f)) {
-    set_err(c->msg, sizeof(c->msg), "line longer than %d bytes (the INI parser's limit)",
-            size - 2);
+    set_err(c->msg, sizeof(c->msg), "line longer than %d bytes (the INI parser's limit)", size - 2);
     goto fail;
   }
   p = r;
@@ -750,8 +750,7 @@ int config_validate(const daemon_config_t *cfg, char *err, size_t errlen)
   }
   for (int i = 0; i < cfg->nlisten; i++) {
     if (!listen_valid(cfg->listen[i])) {
-      set_err(err, errlen,
-              "listen address \"%s\" is not ADDR:PORT (numeric IPv4, or [IPv6]:PORT)",
+      set_err(err, errlen, "listen address \"%s\" is not ADDR:PORT (numeric IPv4, or [IPv6]:PORT)",
               cfg->listen[i]);
       return -EINVAL;
     }
@@ -859,8 +858,8 @@ int config_from_args(daemon_config_t *cfg, int argc, char **argv, char *err, siz
       memcpy(name, v, (size_t)(eq - v));
       name[eq - v] = '\0';
       if (!config_url_valid(eq + 1)) {
-        set_err(err, errlen, "--upstream %s: url \"%s\" is not http(s)://host[:port][/path]",
-                name, eq + 1);
+        set_err(err, errlen, "--upstream %s: url \"%s\" is not http(s)://host[:port][/path]", name,
+                eq + 1);
         return -EINVAL;
       }
       if (add_upstream(cfg, &upstreams_replaced, name, eq + 1, err, errlen) < 0)
@@ -1021,8 +1020,7 @@ void config_print(const daemon_config_t *cfg, FILE *out)
   }
 }
 
-void config_each_key(void (*cb)(void *arg, const char *section, const char *key,
-                                const char *def),
+void config_each_key(void (*cb)(void *arg, const char *section, const char *key, const char *def),
                      void *arg)
 {
   daemon_config_t *cfg = pc_xmalloc(sizeof(*cfg));

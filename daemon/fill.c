@@ -30,20 +30,20 @@ struct fill {
   fill_state state;
   char digest[STORE_DIGEST_MAX];
   char repo[256];
-  daemon_upstream_t *up;   /**< a reference */
-  store_writer_t *w;       /**< NULL once handed to the commit */
-  char *tmp_path;          /**< copy of the writer's path, for subscribers' descriptors */
-  up_fetch_t *fetch;       /**< the fetch in flight, or NULL */
-  int64_t total;           /**< upstream length; -1 until known (or when not given) */
-  uint64_t written;        /**< bytes in the writer */
-  uint64_t skip;           /**< bytes of the current answer to drop (a resume overlap) */
-  int attempts;            /**< resumes so far */
+  daemon_upstream_t *up; /**< a reference */
+  store_writer_t *w;     /**< NULL once handed to the commit */
+  char *tmp_path;        /**< copy of the writer's path, for subscribers' descriptors */
+  up_fetch_t *fetch;     /**< the fetch in flight, or NULL */
+  int64_t total;         /**< upstream length; -1 until known (or when not given) */
+  uint64_t written;      /**< bytes in the writer */
+  uint64_t skip;         /**< bytes of the current answer to drop (a resume overlap) */
+  int attempts;          /**< resumes so far */
   int rc;
-  int status;              /**< the current fetch's HTTP status */
+  int status; /**< the current fetch's HTTP status */
   char retry_after[32];
   uv_work_t work;
-  pc_list_t subs;          /**< fill_sub_t.link */
-  pc_list_t link;          /**< in env->fills */
+  pc_list_t subs; /**< fill_sub_t.link */
+  pc_list_t link; /**< in env->fills */
 };
 
 static void fill_fetch(fill_t *f);
@@ -92,8 +92,8 @@ uint64_t fill_avail(const fill_t *f)
 /* The length is known and bytes may be sent (the fill is STREAMING or RESUMING). */
 static int length_known(const fill_t *f)
 {
-  return f->total > 0 && (f->state == FILL_STREAMING || f->state == FILL_RESUMING ||
-                          f->state == FILL_COMMITTING);
+  return f->total > 0 &&
+         (f->state == FILL_STREAMING || f->state == FILL_RESUMING || f->state == FILL_COMMITTING);
 }
 
 static void sub_start(fill_t *f, fill_sub_t *s)
@@ -195,8 +195,7 @@ static int on_headers(up_fetch_t *uf, int status, void *arg)
   fill_t *f = arg;
   pull_env_t *env = f->env;
   f->status = status;
-  pc_strlcpy(f->retry_after, sizeof(f->retry_after),
-             env->fetch->header(env, uf, "retry-after"));
+  pc_strlcpy(f->retry_after, sizeof(f->retry_after), env->fetch->header(env, uf, "retry-after"));
   if (status != 200 && status != 206)
     return 0; /* an error: decided in on_done */
   if (f->written > 0) {

@@ -42,7 +42,7 @@ typedef struct fill_result {
   int status;              /**< the upstream's final HTTP status (0 if none) */
   const char *retry_after; /**< the upstream's Retry-After, "" if none */
   const char *digest;
-  const char *repo;        /**< where it was fetched from */
+  const char *repo; /**< where it was fetched from */
   const struct daemon_upstream *up;
 } fill_result_t;
 

@@ -7,24 +7,23 @@
 
 static void usage(FILE *f)
 {
-  fprintf(f,
-          "usage: pullcache <command> [options]\n"
-          "\n"
-          "A caching pull-through mirror for OCI registries (registry.k8s.io by default).\n"
-          "\n"
-          "commands:\n"
-          "  serve    run the mirror: pullcache serve [--config FILE | --no-config]\n"
-          "           [--listen ADDR:PORT]... [--store DIR] [--upstream NAME=URL]...\n"
-          "           [--tag-ttl DURATION] [--offline] [--log-level LEVEL] [--log-format F]\n"
-          "  check-config  validate the configuration and print it: pullcache check-config\n"
-          "           [--quiet] [serve flags]\n"
-          "  import   copy an OCI image layout into the store: pullcache import --store DIR\n"
-          "           --upstream NAME --repo NAME [--tag TAG] OCI_LAYOUT_DIR\n"
-          "  fsck     verify and repair the store: pullcache fsck [--store DIR]\n"
-          "  config   print client configuration for the mirror: pullcache config\n"
-          "           containerd|crio|podman --mirror URL [--upstream NAME]... [--write]\n"
-          "  help     show this help (also --help); `pullcache <command> --help` for details\n"
-          "  version  show the version (also --version)\n");
+  fprintf(f, "usage: pullcache <command> [options]\n"
+             "\n"
+             "A caching pull-through mirror for OCI registries (registry.k8s.io by default).\n"
+             "\n"
+             "commands:\n"
+             "  serve    run the mirror: pullcache serve [--config FILE | --no-config]\n"
+             "           [--listen ADDR:PORT]... [--store DIR] [--upstream NAME=URL]...\n"
+             "           [--tag-ttl DURATION] [--offline] [--log-level LEVEL] [--log-format F]\n"
+             "  check-config  validate the configuration and print it: pullcache check-config\n"
+             "           [--quiet] [serve flags]\n"
+             "  import   copy an OCI image layout into the store: pullcache import --store DIR\n"
+             "           --upstream NAME --repo NAME [--tag TAG] OCI_LAYOUT_DIR\n"
+             "  fsck     verify and repair the store: pullcache fsck [--store DIR]\n"
+             "  config   print client configuration for the mirror: pullcache config\n"
+             "           containerd|crio|podman --mirror URL [--upstream NAME]... [--write]\n"
+             "  help     show this help (also --help); `pullcache <command> --help` for details\n"
+             "  version  show the version (also --version)\n");
 }
 
 int main(int argc, char **argv)

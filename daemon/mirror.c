@@ -47,10 +47,10 @@ typedef struct client {
   daemon_upstream_t *up; /**< blobs: where this request asked (a reference) */
   char repo[256];
   char digest[STORE_DIGEST_MAX];
-  int joined;            /**< joined a job or fill another request started */
-  int late;              /**< the content was verified before it came: HIT */
-  int streaming;         /**< answered with a body that follows the fill */
-  uint64_t end;          /**< one past the last file byte this answer sends */
+  int joined;    /**< joined a job or fill another request started */
+  int late;      /**< the content was verified before it came: HIT */
+  int streaming; /**< answered with a body that follows the fill */
+  uint64_t end;  /**< one past the last file byte this answer sends */
 } client_t;
 
 /* ---- the upstream seam: http/up ----------------------------------------------------------- */
@@ -268,8 +268,7 @@ static void blob_on_length(fill_sub_t *s, uint64_t total, uint64_t avail)
     srv_req_t *req = c->req;
     int outcome = blob_outcome(c);
     client_free(c);
-    answer_content_error(req, ANSWER_BLOB, outcome, err, "cannot read the blob being filled",
-                         NULL);
+    answer_content_error(req, ANSWER_BLOB, outcome, err, "cannot read the blob being filled", NULL);
     return;
   }
   answer_content_t a = {.kind = ANSWER_BLOB,

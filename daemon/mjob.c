@@ -23,10 +23,10 @@
 #include "store/digest.h"
 
 #define MJOB_ACCEPT                                                                                \
-  "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "       \
-  "application/vnd.docker.distribution.manifest.list.v2+json, "                                 \
-  "application/vnd.docker.distribution.manifest.v2+json, "                                      \
-  "application/vnd.docker.distribution.manifest.v1+prettyjws, "                                 \
+  "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "          \
+  "application/vnd.docker.distribution.manifest.list.v2+json, "                                    \
+  "application/vnd.docker.distribution.manifest.v2+json, "                                         \
+  "application/vnd.docker.distribution.manifest.v1+prettyjws, "                                    \
   "application/vnd.docker.distribution.manifest.v1+json"
 
 struct mjob {
@@ -34,24 +34,24 @@ struct mjob {
   mjob_state state;
   char *key;
   int by_digest;
-  daemon_upstream_t *up;  /**< a reference */
-  char up_name[256];      /**< its name now (the store write runs on a worker; a reload may
-                               rewrite up->conf meanwhile) */
+  daemon_upstream_t *up; /**< a reference */
+  char up_name[256];     /**< its name now (the store write runs on a worker; a reload may
+                              rewrite up->conf meanwhile) */
   char repo[256];
   char ref[STORE_DIGEST_MAX];
-  store_tag_t old;        /**< the known tag (revalidate: served if the upstream fails) */
+  store_tag_t old; /**< the known tag (revalidate: served if the upstream fails) */
   int have_old;
   up_fetch_t *fetch;
-  int status;             /**< upstream final status */
+  int status; /**< upstream final status */
   char retry_after[32];
   char up_digest[STORE_DIGEST_MAX];
   char media_type[128];
-  pc_buf_t body;          /**< capped at env->max_manifest */
+  pc_buf_t body; /**< capped at env->max_manifest */
   char digest[STORE_DIGEST_MAX];
-  mjob_result_t res;      /**< set when answered */
+  mjob_result_t res; /**< set when answered */
   uv_work_t work;
-  pc_list_t subs;         /**< mjob_sub_t.link */
-  pc_list_t link;         /**< in env->jobs */
+  pc_list_t subs; /**< mjob_sub_t.link */
+  pc_list_t link; /**< in env->jobs */
 };
 
 static void mjob_fetch(mjob_t *j);
@@ -64,8 +64,7 @@ static char *make_key(const daemon_upstream_t *up, const char *repo, const char 
   return key;
 }
 
-mjob_t *mjob_find(pull_env_t *env, const daemon_upstream_t *up, const char *repo,
-                  const char *ref)
+mjob_t *mjob_find(pull_env_t *env, const daemon_upstream_t *up, const char *repo, const char *ref)
 {
   char *key = make_key(up, repo, ref);
   mjob_t *found = NULL;
@@ -81,8 +80,7 @@ mjob_t *mjob_find(pull_env_t *env, const daemon_upstream_t *up, const char *repo
   return found;
 }
 
-mjob_t *mjob_find_answered_digest(pull_env_t *env, const daemon_upstream_t *up,
-                                  const char *digest)
+mjob_t *mjob_find_answered_digest(pull_env_t *env, const daemon_upstream_t *up, const char *digest)
 {
   pc_list_foreach(l, &env->jobs)
   {
@@ -248,7 +246,7 @@ static int on_data(up_fetch_t *f, const char *buf, size_t len, void *arg)
   mjob_t *j = arg;
   (void)f;
   if (j->status != 200)
-    return 0; /* error bodies are not kept */
+    return 0;                            /* error bodies are not kept */
   return pc_buf_add(&j->body, buf, len); /* PC_E_TOOBIG past max_manifest */
 }
 
@@ -311,8 +309,7 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
     return;
   }
   if (!j->media_type[0])
-    pc_strlcpy(j->media_type, sizeof(j->media_type),
-               "application/vnd.oci.image.manifest.v1+json");
+    pc_strlcpy(j->media_type, sizeof(j->media_type), "application/vnd.oci.image.manifest.v1+json");
   pc_strlcpy(j->digest, sizeof(j->digest), got);
   env->st.manifests_fetched++;
   mjob_answer_then_store(j, MJOB_FETCHED);

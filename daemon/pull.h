@@ -25,11 +25,11 @@ struct daemon_upstream;
 /** Counters since the mirror started (exported on /metrics). */
 typedef struct mirror_stats {
   uint64_t fills_started, fills_committed, fills_failed; /**< blob fills */
-  uint64_t fills_in_flight, waiters_joined;   /**< now; requests that joined a running fill */
-  uint64_t digest_mismatches;                 /**< upstream bytes that failed verification */
-  uint64_t resumes;                           /**< broken upstream bodies continued with Range */
+  uint64_t fills_in_flight, waiters_joined; /**< now; requests that joined a running fill */
+  uint64_t digest_mismatches;               /**< upstream bytes that failed verification */
+  uint64_t resumes;                         /**< broken upstream bodies continued with Range */
   uint64_t manifests_fetched;
-  uint64_t jobs_in_flight;                    /**< now: manifest jobs fetching or storing */
+  uint64_t jobs_in_flight; /**< now: manifest jobs fetching or storing */
 } mirror_stats_t;
 
 typedef struct pull_env pull_env_t;
@@ -49,13 +49,13 @@ struct pull_env {
   uv_loop_t *loop;
   store_t *store;
   const pull_fetch_ops_t *fetch;
-  void *fetch_ctx;          /**< for the seam (the daemon_t in production) */
+  void *fetch_ctx;              /**< for the seam (the daemon_t in production) */
   const uint64_t *max_manifest; /**< bytes; a bigger manifest fails its job (read at its start) */
-  int64_t (*now)(void);     /**< wall-clock seconds (pc_now_sec; a fake clock in tests) */
+  int64_t (*now)(void);         /**< wall-clock seconds (pc_now_sec; a fake clock in tests) */
   mirror_stats_t st;
-  pc_list_t fills;          /**< fill_t.link */
-  pc_list_t jobs;           /**< mjob_t.link */
-  int closing;              /**< mirror_free ran: free the env when the last one ends */
+  pc_list_t fills;                   /**< fill_t.link */
+  pc_list_t jobs;                    /**< mjob_t.link */
+  int closing;                       /**< mirror_free ran: free the env when the last one ends */
   void (*released)(pull_env_t *env); /**< called after a fill or job is freed */
 };
 

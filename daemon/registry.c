@@ -69,8 +69,7 @@ static void handle_tags(daemon_t *d, srv_req_t *req, const route_t *r)
   int rc = 0, exists = 0;
 
   if (c.limit > 0)
-    rc = store_tag_list(d->store, up->conf.name, r->name, r->last[0] ? r->last : NULL, on_tag,
-                        &c);
+    rc = store_tag_list(d->store, up->conf.name, r->name, r->last[0] ? r->last : NULL, on_tag, &c);
   if (rc < 0) {
     answer_error(req, rc, "cannot list tags");
     goto out;
@@ -90,9 +89,8 @@ static void handle_tags(daemon_t *d, srv_req_t *req, const route_t *r)
     /* The raw path keeps a path prefix; ns= is carried over so the next page names the
      * same upstream. */
     char link[2048];
-    int n = snprintf(link, sizeof(link), "<%s?n=%u&last=%s%s%s>; rel=\"next\"",
-                     srv_req_path(req), r->n, c.last, r->ns_given ? "&ns=" : "",
-                     r->ns_given ? up->conf.name : "");
+    int n = snprintf(link, sizeof(link), "<%s?n=%u&last=%s%s%s>; rel=\"next\"", srv_req_path(req),
+                     r->n, c.last, r->ns_given ? "&ns=" : "", r->ns_given ? up->conf.name : "");
     if (n > 0 && (size_t)n < sizeof(link))
       srv_resp_header(req, "Link", link);
   }
@@ -136,8 +134,7 @@ void registry_handle(srv_req_t *req, void *arg)
 
   for (int i = 0; i < d->nups; i++)
     names[i] = d->ups[i]->conf.name;
-  rc = route_parse(srv_req_method(req), srv_req_path(req), srv_req_query(req), names, d->nups,
-                   &r);
+  rc = route_parse(srv_req_method(req), srv_req_path(req), srv_req_query(req), names, d->nups, &r);
   srv_req_log(req, "route", route_kind_name(r.kind));
   ctx->route = r.kind;
   if (rc) {

@@ -26,10 +26,10 @@ typedef void (*reqctx_gone_cb)(reqctx_t *ctx, void *arg);
 struct reqctx {
   struct daemon *d;
   srv_req_t *req;
-  int route;            /**< route_kind; ROUTE_UNKNOWN (0) until routed */
-  int cache_kind;       /**< ANSWER_MANIFEST / ANSWER_BLOB once an outcome is set, else -1 */
-  int outcome;          /**< enum daemon_cache of the answer, or -1 */
-  reqctx_gone_cb gone;  /**< the holder parked on the request, or NULL */
+  int route;           /**< route_kind; ROUTE_UNKNOWN (0) until routed */
+  int cache_kind;      /**< ANSWER_MANIFEST / ANSWER_BLOB once an outcome is set, else -1 */
+  int outcome;         /**< enum daemon_cache of the answer, or -1 */
+  reqctx_gone_cb gone; /**< the holder parked on the request, or NULL */
   void *gone_arg;
 };
 

@@ -193,8 +193,8 @@ static int is_method(const char *m, const char *lit)
   return m && strcmp(m, lit) == 0;
 }
 
-int route_parse(const char *method, const char *path, const char *query,
-                const char *const *names, int nnames, route_t *out)
+int route_parse(const char *method, const char *path, const char *query, const char *const *names,
+                int nnames, route_t *out)
 {
   seg_t segs[MAX_SEGS];
   size_t nsegs = 0, name_end, name_start = 0;

@@ -56,17 +56,17 @@ typedef enum route_kind {
 
 typedef struct route {
   route_kind kind;
-  int is_v2;          /**< the path is under /v2 (answer errors as OCI JSON) */
-  int upstream;       /**< index into the names given to route_parse; -1 if none */
-  int ns_given;       /**< `ns=` was in the query */
-  char ns[256];       /**< decoded ns value when ns_given */
+  int is_v2;                     /**< the path is under /v2 (answer errors as OCI JSON) */
+  int upstream;                  /**< index into the names given to route_parse; -1 if none */
+  int ns_given;                  /**< `ns=` was in the query */
+  char ns[256];                  /**< decoded ns value when ns_given */
   char name[ROUTE_NAME_MAX + 1]; /**< repository, without an upstream path prefix */
   char ref[STORE_DIGEST_MAX];    /**< tag or digest (manifest), digest (blob, referrers) */
-  int is_digest;      /**< ref is a digest */
-  int has_n;          /**< `n=` given */
-  unsigned n;         /**< clamped to ROUTE_N_MAX */
-  char last[ROUTE_TAG_MAX + 1]; /**< `last=` value, "" if none */
-  char artifact_type[256];      /**< `artifactType=` value, "" if none */
+  int is_digest;                 /**< ref is a digest */
+  int has_n;                     /**< `n=` given */
+  unsigned n;                    /**< clamped to ROUTE_N_MAX */
+  char last[ROUTE_TAG_MAX + 1];  /**< `last=` value, "" if none */
+  char artifact_type[256];       /**< `artifactType=` value, "" if none */
 } route_t;
 
 /** Parse one request. method is the HTTP method ("GET"), path the raw path (no query), query
@@ -83,8 +83,8 @@ typedef struct route {
  *   PC_E_TAG_INVALID      `last=` outside the tag grammar
  *   PC_E_SIZE_INVALID     `n=` not a decimal number, `artifactType=` longer than 255 bytes
  * On error out->kind and out->is_v2 still describe the path as far as it was understood. */
-int route_parse(const char *method, const char *path, const char *query,
-                const char *const *names, int nnames, route_t *out);
+int route_parse(const char *method, const char *path, const char *query, const char *const *names,
+                int nnames, route_t *out);
 
 /** Grammar checks on s[0..len), exposed for tests and the fuzz target: 1 if valid, else 0. */
 int route_name_valid(const char *s, size_t len);

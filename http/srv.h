@@ -138,8 +138,7 @@ void *srv_req_data(const srv_req_t *r);
 void srv_resp_header(srv_req_t *r, const char *name, const char *value);
 /** Answer with an in-memory body (copied; may be NULL with len 0). content_type may be NULL.
  * For HEAD the headers (with Content-Length: len) are sent without the body. */
-void srv_respond(srv_req_t *r, int status, const char *content_type, const void *body,
-                 size_t len);
+void srv_respond(srv_req_t *r, int status, const char *content_type, const void *body, size_t len);
 /** Answer with bytes [off, off+len) of fd. Takes ownership of fd (closed when done). Bytes of
  * the file beyond avail_end are not written yet (a live fill): the server sends what exists
  * and waits for srv_file_avail. Pass avail_end = off+len for a complete file. For HEAD only

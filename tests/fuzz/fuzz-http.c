@@ -80,8 +80,7 @@ static void handler(srv_req_t *r, void *arg)
     uv_timer_start(&x->t, on_timer, 0, 0);
   } else if (strstr(p, "blob")) {
     srv_resp_header(r, "Docker-Content-Digest", "sha256:00");
-    srv_respond_file(r, 200, "application/octet-stream", dup(file_fd), 10, FILE_LEN - 10,
-                     FILE_LEN);
+    srv_respond_file(r, 200, "application/octet-stream", dup(file_fd), 10, FILE_LEN - 10, FILE_LEN);
   } else if (strstr(p, "abort")) {
     x->kind = 3;
     srv_respond_file(r, 200, NULL, dup(file_fd), 0, FILE_LEN, 100);

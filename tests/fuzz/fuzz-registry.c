@@ -66,10 +66,10 @@ static const char manifest_json[] =
     "{\"schemaVersion\":2,\"mediaType\":\"" CT_MANIFEST "\",\"config\":{\"mediaType\":\"" CT_CONFIG
     "\",\"digest\":\"" CONFIG_DIGEST "\",\"size\":78},\"layers\":[{\"mediaType\":\"" CT_LAYER
     "\",\"digest\":\"" LAYER_DIGEST "\",\"size\":3000}]}";
-static const char index_json[] =
-    "{\"schemaVersion\":2,\"mediaType\":\"" CT_INDEX "\",\"manifests\":[{\"mediaType\":\""
-    CT_MANIFEST "\",\"digest\":\"" MANIFEST_DIGEST "\",\"size\":401,\"platform\":{"
-    "\"architecture\":\"amd64\",\"os\":\"linux\"}}]}";
+static const char index_json[] = "{\"schemaVersion\":2,\"mediaType\":\"" CT_INDEX
+                                 "\",\"manifests\":[{\"mediaType\":\"" CT_MANIFEST
+                                 "\",\"digest\":\"" MANIFEST_DIGEST "\",\"size\":401,\"platform\":{"
+                                 "\"architecture\":\"amd64\",\"os\":\"linux\"}}]}";
 
 #define OUT_CAP (1024u * 1024u) /* output kept per input for the response checks */
 #define REQ_MAX 512             /* requests remembered per input */
@@ -128,11 +128,11 @@ static void seed_store(void)
   put_blob(layer, sizeof(layer), CT_LAYER, LAYER_DIGEST);
   put_blob(config_json, sizeof(config_json) - 1, CT_CONFIG, CONFIG_DIGEST);
   put_blob("", 0, NULL, EMPTY_DIGEST);
-  PC_ASSERT(store_manifest_put(d.store, manifest_json, sizeof(manifest_json) - 1, CT_MANIFEST,
-                               NULL, got) == 0);
-  PC_ASSERT(strcmp(got, MANIFEST_DIGEST) == 0);
-  PC_ASSERT(store_manifest_put(d.store, index_json, sizeof(index_json) - 1, CT_INDEX, NULL,
+  PC_ASSERT(store_manifest_put(d.store, manifest_json, sizeof(manifest_json) - 1, CT_MANIFEST, NULL,
                                got) == 0);
+  PC_ASSERT(strcmp(got, MANIFEST_DIGEST) == 0);
+  PC_ASSERT(store_manifest_put(d.store, index_json, sizeof(index_json) - 1, CT_INDEX, NULL, got) ==
+            0);
   PC_ASSERT(strcmp(got, INDEX_DIGEST) == 0);
 
   const uint64_t ml = sizeof(manifest_json) - 1, il = sizeof(index_json) - 1;
@@ -327,8 +327,8 @@ static void check_responses(const char *p, size_t len, int complete)
   if (complete && nseen <= REQ_MAX) {
     /* every request the handler saw was answered, and nothing else was written */
     if (i != nseen || pos != len) {
-      fprintf(stderr, "%zu requests, %zu answers read, %zu of %zu bytes parsed\n", nseen, i,
-              pos, len);
+      fprintf(stderr, "%zu requests, %zu answers read, %zu of %zu bytes parsed\n", nseen, i, pos,
+              len);
       abort();
     }
   }

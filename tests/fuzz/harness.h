@@ -38,7 +38,7 @@ typedef struct fuzz_harness {
   srv_t *srv;
   uv_timer_t guard; /**< bounds the wait for the close */
   int guard_fired;
-  char *out;        /**< the first out_cap bytes the server wrote for the last input */
+  char *out; /**< the first out_cap bytes the server wrote for the last input */
   size_t out_cap;
   size_t out_len;   /**< bytes kept in out (<= out_cap) */
   size_t out_total; /**< bytes the server wrote for the last input (may exceed out_len) */

@@ -17,8 +17,6 @@ static const char *write_ini(const char *name, const char *text)
   return p;
 }
 
-
-
 /* -Wwrite-strings makes literals const; argv is char **: copy into writable storage. */
 static char **av(const char *const *v, int n)
 {
@@ -76,11 +74,21 @@ TEST(flags)
 {
   daemon_config_t c;
   char err[256] = "";
-  const char *argv_[] = {"--no-config", "--listen", "127.0.0.1:0", "--listen=[::1]:5001",
-                         "--store", "/tmp/x", "--tag-ttl", "7m", "--upstream",
+  const char *argv_[] = {"--no-config",
+                         "--listen",
+                         "127.0.0.1:0",
+                         "--listen=[::1]:5001",
+                         "--store",
+                         "/tmp/x",
+                         "--tag-ttl",
+                         "7m",
+                         "--upstream",
                          "ghcr.io=https://ghcr.io/",
-                         "--upstream=127.0.0.1:5001=http://127.0.0.1:5001", "--offline",
-                         "--log-level", "debug", "--log-format=json"};
+                         "--upstream=127.0.0.1:5001=http://127.0.0.1:5001",
+                         "--offline",
+                         "--log-level",
+                         "debug",
+                         "--log-format=json"};
   ASSERT_OK(config_from_args(&c, (int)PC_ARRAY_SIZE(argv_), av(argv_, (int)PC_ARRAY_SIZE(argv_)),
                              err, sizeof(err)));
   ASSERT_EQ(2, c.nlisten);
@@ -209,9 +217,13 @@ TEST(flags_override_file)
                                       "[upstream \"ghcr.io\"]\nurl = https://ghcr.io\n"
                                       "tag_ttl = 60\n");
   /* --config may come after other flags: the file is applied first */
-  const char *argv_[] = {"--store", "/b", "--listen", "127.0.0.1:7000", "--config", p,
-                  "--upstream", "quay.io=https://quay.io", "--upstream", "ghcr.io=https://m.example"};
-  ASSERT_OK(from_args(&c, (int)PC_ARRAY_SIZE(argv_), av(argv_, (int)PC_ARRAY_SIZE(argv_)), err, sizeof(err)));
+  const char *argv_[] = {"--store",    "/b",
+                         "--listen",   "127.0.0.1:7000",
+                         "--config",   p,
+                         "--upstream", "quay.io=https://quay.io",
+                         "--upstream", "ghcr.io=https://m.example"};
+  ASSERT_OK(from_args(&c, (int)PC_ARRAY_SIZE(argv_), av(argv_, (int)PC_ARRAY_SIZE(argv_)), err,
+                      sizeof(err)));
   ASSERT_STREQ("/b", c.store_dir);
   ASSERT_EQ(1, c.nlisten);
   ASSERT_STREQ("127.0.0.1:7000", c.listen[0]);
@@ -266,7 +278,8 @@ TEST(bad_files)
       {"[server\n", 1, "syntax"},
       {"[server]\nmax_conns = 5\n  drain_timeout = 3s\n", 3, "indented line"},
       {"[upstream \"a.io\"]\nurl = https://a.io\n[upstream \"b.io\"]\nurl = https://b.io\n"
-       "[upstream \"a.io\"]\ntag_ttl = 5\n", 5, "appears twice (first at line 1)"},
+       "[upstream \"a.io\"]\ntag_ttl = 5\n",
+       5, "appears twice (first at line 1)"},
       /* inih's first error (a syntax error at line 2) is the one reported */
       {"[server]\ngarbage\nmax_conns = abc\n", 2, "syntax error"},
       {"[server]\nmax_conns = abc\ngarbage\n", 2, "bad value for max_conns"},
@@ -280,8 +293,8 @@ TEST(bad_files)
     int rc = from_args(&c, 2, av(argv_, 2), err, sizeof(err));
     snprintf(want, sizeof(want), "%s:%d: ", p, cases[i].line);
     if (rc != -EINVAL || strncmp(err, want, strlen(want)) != 0 || !strstr(err, cases[i].want))
-      unit__fail(__FILE__, __LINE__, "case %zu: rc=%d err=\"%s\" (want \"%s...%s\")", i, rc,
-                 err, want, cases[i].want);
+      unit__fail(__FILE__, __LINE__, "case %zu: rc=%d err=\"%s\" (want \"%s...%s\")", i, rc, err,
+                 want, cases[i].want);
   }
   /* semantic errors found after the file is read name the problem */
   const char *p = write_ini("bad2.conf", "[server]\nlisten = 127.0.0.1\n");
@@ -295,7 +308,8 @@ TEST(bad_files)
 
   /* a line longer than the INI parser's buffer is refused where it is, not split */
   char longline[600];
-  snprintf(longline, sizeof(longline), "[server]\nmax_conns = 5\n[upstream \"a.io\"]\nurl = https://a.io/%0300d\n", 0);
+  snprintf(longline, sizeof(longline),
+           "[server]\nmax_conns = 5\n[upstream \"a.io\"]\nurl = https://a.io/%0300d\n", 0);
   p = write_ini("bad4.conf", longline);
   const char *argv4_[] = {"--config", p};
   ASSERT_EQ(-EINVAL, from_args(&c, 2, av(argv4_, 2), err, sizeof(err)));
@@ -312,8 +326,10 @@ TEST(credentials_file)
   daemon_config_t c;
   char err[512] = "", text[1200];
   const char *cred = write_ini("cred", "robot$ci:s3cr3t:with:colons\n");
-  snprintf(text, sizeof(text), "[upstream \"ghcr.io\"]\nurl = https://ghcr.io\n"
-                               "credentials_file = %s\n", cred);
+  snprintf(text, sizeof(text),
+           "[upstream \"ghcr.io\"]\nurl = https://ghcr.io\n"
+           "credentials_file = %s\n",
+           cred);
   const char *p = write_ini("c.conf", text);
   const char *argv_[] = {"--config", p};
   ASSERT_OK(from_args(&c, 2, av(argv_, 2), err, sizeof(err)));
@@ -380,7 +396,8 @@ TEST(bad_flags)
     many_[2 * i] = "--listen";
     many_[2 * i + 1] = "127.0.0.1:0";
   }
-  ASSERT_EQ(-EINVAL, from_args(&c, (int)PC_ARRAY_SIZE(many_), av(many_, (int)PC_ARRAY_SIZE(many_)), err, sizeof(err)));
+  ASSERT_EQ(-EINVAL, from_args(&c, (int)PC_ARRAY_SIZE(many_), av(many_, (int)PC_ARRAY_SIZE(many_)),
+                               err, sizeof(err)));
   ASSERT(strstr(err, "too many") != NULL);
 }
 
@@ -490,8 +507,7 @@ static void check_documented(void *arg, const char *section, const char *key, co
     if (!def[0] || strstr(buf, d))
       return;
   }
-  fprintf(stderr, "README.md lacks a row \"| `%s` | ... `%s` ...\" for [%s]\n", key, def,
-          section);
+  fprintf(stderr, "README.md lacks a row \"| `%s` | ... `%s` ...\" for [%s]\n", key, def, section);
   c->missing++;
 }
 

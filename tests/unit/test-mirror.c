@@ -215,8 +215,8 @@ static cli_t *cli_get(const char *path, const char *extra)
   fcntl(c->fd, F_SETFL, O_NONBLOCK);
   ASSERT_OK(srv__adopt(d.srv, sv[1]));
   char req[1024];
-  int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: m\r\n%s\r\n", path,
-                   extra ? extra : "");
+  int n =
+      snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: m\r\n%s\r\n", path, extra ? extra : "");
   ASSERT_EQ(n, write(c->fd, req, (size_t)n));
   turn();
   turn();
@@ -361,8 +361,8 @@ static void serve_manifest(ff_t *f, const char *body)
   char dg[STORE_DIGEST_MAX], cl[32];
   store_digest_of(body, strlen(body), dg);
   snprintf(cl, sizeof(cl), "%zu", strlen(body));
-  ASSERT_OK(ff_headers(f, 200, "content-type", CT_M, "docker-content-digest", dg,
-                       "content-length", cl, NULL));
+  ASSERT_OK(ff_headers(f, 200, "content-type", CT_M, "docker-content-digest", dg, "content-length",
+                       cl, NULL));
   if (strcmp(f->method, "GET") == 0)
     ASSERT_OK(ff_body(f, body, strlen(body)));
   ff_done(f, 0, 200);

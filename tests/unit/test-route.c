@@ -148,12 +148,23 @@ TEST(invalid_names)
 {
   route_t r;
   static const char *bad[] = {
-      "/v2/UPPER/manifests/x",     "/v2/a//b/manifests/x",      "/v2/-a/manifests/x",
-      "/v2/a-/manifests/x",        "/v2/a..b/manifests/x",      "/v2/a___b/manifests/x",
-      "/v2/../manifests/x",        "/v2/a/../b/manifests/x",    "/v2/./manifests/x",
-      "/v2/a%2Fb/manifests/x",     "/v2/a%00/manifests/x",      "/v2/a%zz/manifests/x",
-      "/v2/a%2/manifests/x",       "/v2/a b/manifests/x",       "/v2//manifests/x",
-      "/v2/a./manifests/x",        ("/v2/a/blobs/b%2F..%2Fc/blobs/" D64),
+      "/v2/UPPER/manifests/x",
+      "/v2/a//b/manifests/x",
+      "/v2/-a/manifests/x",
+      "/v2/a-/manifests/x",
+      "/v2/a..b/manifests/x",
+      "/v2/a___b/manifests/x",
+      "/v2/../manifests/x",
+      "/v2/a/../b/manifests/x",
+      "/v2/./manifests/x",
+      "/v2/a%2Fb/manifests/x",
+      "/v2/a%00/manifests/x",
+      "/v2/a%zz/manifests/x",
+      "/v2/a%2/manifests/x",
+      "/v2/a b/manifests/x",
+      "/v2//manifests/x",
+      "/v2/a./manifests/x",
+      ("/v2/a/blobs/b%2F..%2Fc/blobs/" D64),
   };
   for (size_t i = 0; i < PC_ARRAY_SIZE(bad); i++) {
     int rc = parse("GET", bad[i], "", &r);
@@ -200,17 +211,25 @@ TEST(invalid_refs)
   ASSERT_EQ(PC_E_MANIFEST_UNKNOWN, parse("GET", "/v2/x/manifests/a%00", "", &r));
   ASSERT_EQ(PC_E_DIGEST_INVALID, parse("GET", "/v2/x/manifests/sha256:totallywrong", "", &r));
   ASSERT_EQ(PC_E_DIGEST_INVALID, parse("GET", "/v2/x/manifests/sha256:baddigeststring", "", &r));
-  ASSERT_EQ(PC_E_DIGEST_INVALID,
-            parse("GET", "/v2/x/manifests/sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
-                  "", &r));
+  ASSERT_EQ(
+      PC_E_DIGEST_INVALID,
+      parse(
+          "GET",
+          "/v2/x/manifests/sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+          "", &r));
   ASSERT_EQ(PC_E_DIGEST_INVALID, parse("GET", "/v2/x/blobs/latest", "", &r));
   ASSERT_EQ(PC_E_DIGEST_INVALID, parse("GET", "/v2/x/blobs/", "", &r));
   ASSERT_EQ(PC_E_DIGEST_INVALID, parse("GET", "/v2/x/blobs/sha256%3Ax", "", &r));
   /* an encoded ':' still makes a digest */
-  ASSERT_OK(parse("GET", "/v2/x/blobs/sha256%3A0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "", &r));
+  ASSERT_OK(
+      parse("GET",
+            "/v2/x/blobs/sha256%3A0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "", &r));
   ASSERT_STREQ(D64, r.ref);
   /* a grammatical unknown algorithm passes (the store won't have it) */
-  ASSERT_OK(parse("GET", "/v2/x/blobs/multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8", "", &r));
+  ASSERT_OK(parse("GET",
+                  "/v2/x/blobs/multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8", "",
+                  &r));
   ASSERT_EQ(1, r.is_digest);
 }
 
@@ -280,7 +299,8 @@ TEST(path_prefix_selects_upstream)
   ASSERT_STREQ("ghcr.io", r.name);
   /* an unconfigured host-like first component (a dot or a colon) is refused, never forwarded
    * to the default upstream as a repository */
-  ASSERT_EQ(PC_E_UPSTREAM_UNKNOWN, parse("GET", "/v2/docker.io/library/x/manifests/latest", "", &r));
+  ASSERT_EQ(PC_E_UPSTREAM_UNKNOWN,
+            parse("GET", "/v2/docker.io/library/x/manifests/latest", "", &r));
   ASSERT_EQ(PC_E_UPSTREAM_UNKNOWN, parse("GET", "/v2/evil.example/x/blobs/" D64, "", &r));
   /* a first component without a dot or colon is an ordinary name component */
   ASSERT_OK(parse("GET", "/v2/library/x/manifests/latest", "", &r));
