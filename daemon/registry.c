@@ -122,21 +122,51 @@ static void handle_metrics(daemon_t *d, srv_req_t *req)
   free(body);
 }
 
-void registry_handle(srv_req_t *req, void *arg)
+/* A manifest: by digest from the store when it has it, else (and always by tag) the mirror. */
+static void handle_manifest(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up)
 {
-  daemon_t *d = arg;
-  const char *names[DAEMON_MAX_UPSTREAMS];
-  daemon_upstream_t *up = NULL;
-  route_t r;
-  answer_range_t range;
-  int rc;
-  reqctx_t *ctx = reqctx_new(d, req);
+  if (r->is_digest) {
+    int rc = answer_store_manifest(req, d->store, r->ref, DAEMON_CACHE_HIT);
+    if (rc == 0)
+      return;
+    if (rc != PC_E_NOTFOUND) {
+      /* the store had it but failed to read */
+      answer_content_error(req, ANSWER_MANIFEST, DAEMON_CACHE_HIT, rc, NULL, NULL);
+      return;
+    }
+  }
+  mirror_manifest(d->mirror, req, up, r->name, r->ref, r->is_digest);
+}
 
+/* A blob: from the store when it has it, else the mirror. */
+static void handle_blob(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up)
+{
+  answer_range_t range;
+  /* An unparseable range comes back as one that never resolves: 416 below or in the mirror,
+   * once the size is known. */
+  (void)answer_parse_range(srv_req_header(req, "Range"), &range);
+  int rc = answer_store_blob(req, d->store, r->ref, &range, DAEMON_CACHE_HIT);
+  if (rc == 0)
+    return;
+  if (rc != PC_E_NOTFOUND) {
+    /* the store had it but failed to read */
+    answer_content_error(req, ANSWER_BLOB, DAEMON_CACHE_HIT, rc, NULL, NULL);
+    return;
+  }
+  mirror_blob(d->mirror, req, up, r->name, r->ref, &range);
+}
+
+/* Route the request and note it (log, context). A route error is answered here and returned;
+ * else 0, with *up the upstream it names (NULL for the routes that name none). */
+static int route_request(daemon_t *d, srv_req_t *req, route_t *r, daemon_upstream_t **up)
+{
+  const char *names[DAEMON_MAX_UPSTREAMS];
   for (int i = 0; i < d->nups; i++)
     names[i] = d->ups[i]->conf.name;
-  rc = route_parse(srv_req_method(req), srv_req_path(req), srv_req_query(req), names, d->nups, &r);
-  srv_req_log(req, "route", route_kind_name(r.kind));
-  ctx->route = r.kind;
+  int rc =
+      route_parse(srv_req_method(req), srv_req_path(req), srv_req_query(req), names, d->nups, r);
+  srv_req_log(req, "route", route_kind_name(r->kind));
+  reqctx_of(req)->route = r->kind;
   if (rc) {
     const char *detail = NULL;
     if (rc == PC_E_UPSTREAM_UNKNOWN)
@@ -144,17 +174,28 @@ void registry_handle(srv_req_t *req, void *arg)
     else if (rc == PC_E_UNSUPPORTED)
       detail = "this registry is a read-only pull-through mirror";
     answer_error(req, rc, detail);
-    return;
+    return rc;
   }
-  if (r.upstream >= 0 && r.upstream < d->nups) {
-    up = d->ups[r.upstream];
-    if (r.kind >= ROUTE_MANIFEST && r.kind <= ROUTE_REFERRERS) {
-      srv_req_log(req, "upstream", up->conf.name);
-      if (r.ns_given)
-        srv_req_log(req, "ns", r.ns);
+  *up = NULL;
+  if (r->upstream >= 0 && r->upstream < d->nups) {
+    *up = d->ups[r->upstream];
+    if (r->kind >= ROUTE_MANIFEST && r->kind <= ROUTE_REFERRERS) {
+      srv_req_log(req, "upstream", (*up)->conf.name);
+      if (r->ns_given)
+        srv_req_log(req, "ns", r->ns);
     }
   }
+  return 0;
+}
 
+void registry_handle(srv_req_t *req, void *arg)
+{
+  daemon_t *d = arg;
+  daemon_upstream_t *up = NULL;
+  route_t r;
+  (void)reqctx_new(d, req);
+  if (route_request(d, req, &r, &up))
+    return;
   switch (r.kind) {
   case ROUTE_ROOT:
     answer_json(req, 200, NULL, "{}", 2);
@@ -162,33 +203,12 @@ void registry_handle(srv_req_t *req, void *arg)
   case ROUTE_MANIFEST:
     if (!up)
       break;
-    if (r.is_digest) {
-      rc = answer_store_manifest(req, d->store, r.ref, DAEMON_CACHE_HIT);
-      if (rc == 0)
-        return;
-      if (rc != PC_E_NOTFOUND) {
-        /* the store had it but failed to read */
-        answer_content_error(req, ANSWER_MANIFEST, DAEMON_CACHE_HIT, rc, NULL, NULL);
-        return;
-      }
-    }
-    mirror_manifest(d->mirror, req, up, r.name, r.ref, r.is_digest);
+    handle_manifest(d, req, &r, up);
     return;
   case ROUTE_BLOB:
     if (!up)
       break;
-    /* An unparseable range comes back as one that never resolves: 416 below or in the
-     * mirror, once the size is known. */
-    (void)answer_parse_range(srv_req_header(req, "Range"), &range);
-    rc = answer_store_blob(req, d->store, r.ref, &range, DAEMON_CACHE_HIT);
-    if (rc == 0)
-      return;
-    if (rc != PC_E_NOTFOUND) {
-      /* the store had it but failed to read */
-      answer_content_error(req, ANSWER_BLOB, DAEMON_CACHE_HIT, rc, NULL, NULL);
-      return;
-    }
-    mirror_blob(d->mirror, req, up, r.name, r.ref, &range);
+    handle_blob(d, req, &r, up);
     return;
   case ROUTE_TAGS_LIST:
     if (!up)
