@@ -144,6 +144,12 @@ static void log_timings(srv_req_t *req, const up_timings_t *t)
   srv_req_log(req, "up_last_byte_ms", v);
 }
 
+void mirror_tags_storing(mirror_t *m, const daemon_upstream_t *up, const char *repo,
+                         void (*cb)(void *arg, const char *tag), void *arg)
+{
+  mjob_each_storing_tag(&m->env, up->conf.name, repo, cb, arg);
+}
+
 int mirror_tag_fresh(const store_tag_t *t, int64_t now, int64_t ttl)
 {
   return now - t->checked_at < ttl;

@@ -44,6 +44,11 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const c
 void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char *repo,
                  const char *digest, const answer_range_t *range);
 
+/** Call cb(arg, tag) for each tag of (up, repo) that a manifest job has answered and is still
+ * writing to the store (a tag listing includes them: the clients have seen them already). */
+void mirror_tags_storing(mirror_t *m, const daemon_upstream_t *up, const char *repo,
+                         void (*cb)(void *arg, const char *tag), void *arg);
+
 /** Tag freshness, a pure function of the record, the time and the TTL: 1 when a tag checked
  * at t->checked_at may be served without asking the upstream at time now. */
 int mirror_tag_fresh(const store_tag_t *t, int64_t now, int64_t ttl);

@@ -92,6 +92,18 @@ mjob_t *mjob_find_answered_digest(pull_env_t *env, const daemon_upstream_t *up, 
   return NULL;
 }
 
+void mjob_each_storing_tag(pull_env_t *env, const char *up_name, const char *repo,
+                           void (*cb)(void *arg, const char *tag), void *arg)
+{
+  pc_list_foreach(l, &env->jobs)
+  {
+    mjob_t *j = pc_list_entry(l, mjob_t, link);
+    if (j->state == MJOB_STORING && !j->by_digest && strcmp(j->up_name, up_name) == 0 &&
+        strcmp(j->repo, repo) == 0)
+      cb(arg, j->ref);
+  }
+}
+
 const mjob_result_t *mjob_answered(const mjob_t *j)
 {
   return j->state == MJOB_STORING ? &j->res : NULL;

@@ -74,6 +74,10 @@ mjob_t *mjob_find(pull_env_t *env, const struct daemon_upstream *up, const char 
  * digest and is storing it, or NULL. */
 mjob_t *mjob_find_answered_digest(pull_env_t *env, const struct daemon_upstream *up,
                                   const char *digest);
+/** Call cb(arg, tag) for every tag job of upstream up_name and repo that has answered and is
+ * writing the tag (STORING). */
+void mjob_each_storing_tag(pull_env_t *env, const char *up_name, const char *repo,
+                           void (*cb)(void *arg, const char *tag), void *arg);
 /** The result a job that has answered gives to late requests, or NULL while it runs. */
 const mjob_result_t *mjob_answered(const mjob_t *j);
 

@@ -29,27 +29,38 @@
 /* ---- routes -------------------------------------------------------------------------------- */
 
 typedef struct tags_ctx {
-  json_t *tags;
-  unsigned limit; /**< UINT32_MAX: no limit */
-  unsigned count;
-  int more;
-  char last[ROUTE_TAG_MAX + 1];
+  char **v; /**< tags collected (malloc'd copies) */
+  size_t n, cap;
+  size_t want;      /**< stop the store listing after this many (limit + 1) */
+  const char *last; /**< only tags after this one ("" = all) */
+  int pending;      /**< a tag of this repository is being stored right now */
 } tags_ctx_t;
+
+static void tags_push(tags_ctx_t *c, const char *tag)
+{
+  if (c->n == c->cap) {
+    c->cap = c->cap ? c->cap * 2 : 16;
+    c->v = pc_xrealloc(c->v, c->cap * sizeof(*c->v));
+  }
+  c->v[c->n++] = pc_xstrdup(tag);
+}
 
 static int on_tag(void *arg, const char *tag, const store_tag_t *t)
 {
   tags_ctx_t *c = arg;
-  size_t n = strlen(tag);
   (void)t;
-  if (c->count >= c->limit) {
-    c->more = 1;
-    return 1;
-  }
-  json_array_append_new(c->tags, json_string(tag));
-  c->count++;
-  if (n < sizeof(c->last))
-    memcpy(c->last, tag, n + 1);
-  return 0;
+  tags_push(c, tag);
+  return c->n >= c->want;
+}
+
+/* A tag a manifest job has answered and is still writing (skopeo lists tags right after
+ * pulling one): it is listed like a stored one. */
+static void on_pending_tag(void *arg, const char *tag)
+{
+  tags_ctx_t *c = arg;
+  c->pending = 1;
+  if (c->want > 1 && (!c->last[0] || strcmp(tag, c->last) > 0))
+    tags_push(c, tag);
 }
 
 static int on_any_tag(void *arg, const char *tag, const store_tag_t *t)
@@ -60,21 +71,50 @@ static int on_any_tag(void *arg, const char *tag, const store_tag_t *t)
   return 1;
 }
 
+static int tag_cmp(const void *a, const void *b)
+{
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The tags of (upstream, repository) after `last`, sorted, without duplicates. */
+static int tags_collect(daemon_t *d, const route_t *r, unsigned limit, tags_ctx_t *c)
+{
+  const daemon_upstream_t *up = d->ups[r->upstream];
+  c->want = (size_t)limit + 1;
+  c->last = r->last;
+  if (limit > 0) {
+    int rc =
+        store_tag_list(d->store, up->conf.name, r->name, r->last[0] ? r->last : NULL, on_tag, c);
+    if (rc < 0)
+      return rc;
+  }
+  mirror_tags_storing(d->mirror, up, r->name, on_pending_tag, c);
+  qsort(c->v, c->n, sizeof(*c->v), tag_cmp);
+  size_t o = 0;
+  for (size_t i = 0; i < c->n; i++) {
+    if (o && strcmp(c->v[o - 1], c->v[i]) == 0)
+      free(c->v[i]);
+    else
+      c->v[o++] = c->v[i];
+  }
+  c->n = o;
+  return 0;
+}
+
 static void handle_tags(daemon_t *d, srv_req_t *req, const route_t *r)
 {
   const daemon_upstream_t *up = d->ups[r->upstream];
-  tags_ctx_t c = {.tags = json_array(), .limit = r->has_n ? r->n : UINT32_MAX};
-  json_t *root = NULL;
+  unsigned limit = r->has_n ? r->n : UINT32_MAX;
+  tags_ctx_t c = {0};
+  json_t *tags = json_array(), *root = NULL;
   char *body = NULL;
-  int rc = 0, exists = 0;
+  int rc = tags_collect(d, r, limit, &c), exists = c.pending;
 
-  if (c.limit > 0)
-    rc = store_tag_list(d->store, up->conf.name, r->name, r->last[0] ? r->last : NULL, on_tag, &c);
   if (rc < 0) {
     answer_error(req, rc, "cannot list tags");
     goto out;
   }
-  if (c.count == 0) {
+  if (c.n == 0 && !exists) {
     rc = store_tag_list(d->store, up->conf.name, r->name, NULL, on_any_tag, &exists);
     if (rc < 0) {
       answer_error(req, rc, "cannot list tags");
@@ -85,23 +125,30 @@ static void handle_tags(daemon_t *d, srv_req_t *req, const route_t *r)
       goto out;
     }
   }
-  if (c.more) {
-    /* The raw path keeps a path prefix; ns= is carried over so the next page names the
-     * same upstream. */
+  size_t count = c.n < limit ? c.n : limit;
+  for (size_t i = 0; i < count; i++)
+    json_array_append_new(tags, json_string(c.v[i]));
+  if (c.n > count) {
+    /* More follow. The raw path keeps a path prefix; ns= is carried over so the next page
+     * names the same upstream. */
     char link[2048];
-    int n = snprintf(link, sizeof(link), "<%s?n=%u&last=%s%s%s>; rel=\"next\"", srv_req_path(req),
-                     r->n, c.last, r->ns_given ? "&ns=" : "", r->ns_given ? up->conf.name : "");
+    int n =
+        snprintf(link, sizeof(link), "<%s?n=%u&last=%s%s%s>; rel=\"next\"", srv_req_path(req), r->n,
+                 c.v[count - 1], r->ns_given ? "&ns=" : "", r->ns_given ? up->conf.name : "");
     if (n > 0 && (size_t)n < sizeof(link))
       srv_resp_header(req, "Link", link);
   }
-  root = json_pack("{s:s, s:O}", "name", r->name, "tags", c.tags);
+  root = json_pack("{s:s, s:O}", "name", r->name, "tags", tags);
   body = json_dumps(root, JSON_COMPACT);
   PC_ASSERT(body != NULL);
   answer_json(req, 200, NULL, body, strlen(body));
 out:
+  for (size_t i = 0; i < c.n; i++)
+    free(c.v[i]);
+  free(c.v);
   free(body);
   json_decref(root);
-  json_decref(c.tags);
+  json_decref(tags);
 }
 
 static void handle_referrers(srv_req_t *req, const route_t *r)

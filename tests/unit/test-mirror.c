@@ -773,3 +773,55 @@ TEST(tag_fresh_is_pure)
   ASSERT(!mirror_tag_fresh(&t, 5000, 300));
   ASSERT(!mirror_tag_fresh(&t, 1000, 0)); /* tag_ttl 0: always revalidate */
 }
+
+/* A worker that holds a thread-pool thread until the test lets it go. */
+static uv_sem_t hold_sem;
+static void hold_work(uv_work_t *w)
+{
+  (void)w;
+  uv_sem_wait(&hold_sem);
+}
+static void hold_after(uv_work_t *w, int status)
+{
+  (void)status;
+  free(w);
+}
+
+/* A tag a job has answered is listed by tags/list even while its store write waits for a
+ * worker (skopeo inspect lists the tags right after pulling one). */
+TEST(tags_list_includes_a_tag_being_stored)
+{
+  setenv("UV_THREADPOOL_SIZE", "4", 1);
+  setup();
+  resp_t r;
+  ASSERT_OK(uv_sem_init(&hold_sem, 0));
+  for (int i = 0; i < 4; i++) /* every pool thread busy: the tag write has to wait */
+    ASSERT_OK(uv_queue_work(&loop, pc_xcalloc(1, sizeof(uv_work_t)), hold_work, hold_after));
+  cli_t *a = cli_get("/v2/pause/manifests/3.10", NULL);
+  serve_manifest(fx[0], manifest1);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  cli_close(a);
+  mirror_stats_t st;
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(1, st.jobs_in_flight); /* storing */
+  store_tag_t t;
+  ASSERT_EQ(PC_E_NOTFOUND, store_tag_get(d.store, UP, "pause", "3.10", &t));
+  cli_t *b = cli_get("/v2/pause/tags/list", NULL);
+  cli_wait(b, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT(r.body_len == strlen("{\"name\":\"pause\",\"tags\":[\"3.10\"]}") &&
+         memcmp(r.body, "{\"name\":\"pause\",\"tags\":[\"3.10\"]}", r.body_len) == 0);
+  cli_close(b);
+  for (int i = 0; i < 4; i++)
+    uv_sem_post(&hold_sem);
+  wait_idle();
+  ASSERT_OK(store_tag_get(d.store, UP, "pause", "3.10", &t));
+  b = cli_get("/v2/pause/tags/list?n=1", NULL);
+  cli_wait(b, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT(strstr(r.body, "\"3.10\"") != NULL);
+  cli_close(b);
+  teardown();
+  uv_sem_destroy(&hold_sem);
+}
