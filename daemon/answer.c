@@ -160,12 +160,14 @@ int answer_content(srv_req_t *req, const answer_content_t *a, uint64_t *end)
     return ANSWER_DONE;
   }
   uint64_t stop = start + len, avail = a->avail;
-  if (avail >= stop) {
+  if (!a->live) {
     srv_respond_file(req, status, ct, a->fd, start, len, stop);
     return ANSWER_DONE;
   }
   if (avail < start)
     avail = start;
+  if (avail > stop)
+    avail = stop;
   srv_respond_file(req, status, ct, a->fd, start, len, avail);
   if (end)
     *end = stop;

@@ -38,8 +38,9 @@ typedef struct answer_range {
 } answer_range_t;
 
 /** One manifest or blob answer. Exactly one source: mem (size bytes in memory, copied), or
- * fd (taken) whose bytes [0, avail) may be sent now: avail = size for a complete file, less
- * for a live fill, whose later bytes the caller announces with srv_file_avail. */
+ * fd (taken) whose bytes [0, avail) may be sent now: avail = size for a complete file; for a
+ * live fill (live = 1) avail may be less, and the caller announces later bytes with
+ * srv_file_avail. */
 typedef struct answer_content {
   answer_kind kind;
   int outcome;                 /**< enum daemon_cache: required */
@@ -51,15 +52,18 @@ typedef struct answer_content {
   const void *mem;
   int fd; /**< when mem is NULL */
   uint64_t avail;
+  int live; /**< fd is a fill's temp file: its bytes are not verified yet */
 } answer_content_t;
 
 /** answer_content's result. */
 enum { ANSWER_DONE = 0, ANSWER_STREAMING = 1 };
 
 /** Answer with content. Returns ANSWER_DONE when the answer needs nothing more (a body from
- * memory or a complete file, a 304, a 416, HEAD); ANSWER_STREAMING when a file body follows a
- * live fill: *end (may be NULL otherwise) is one past the last file byte the answer sends, and
- * the caller calls srv_file_avail(req, min(avail, *end)) as bytes arrive. */
+ * memory or from a complete file, a 304, a 416); ANSWER_STREAMING when the body comes from a
+ * live fill (HEAD included: that answer ends with its head): *end (may be NULL otherwise) is
+ * one past the last file byte the answer sends, and the caller follows the fill until the
+ * request ends: srv_file_avail(req, min(avail, *end)) as bytes arrive, srv_abort if they fail
+ * verification (even when every byte of the answer was already there: it is cut short). */
 int answer_content(srv_req_t *req, const answer_content_t *a, uint64_t *end);
 
 /** Serve a manifest from the store: 200 with the exact stored bytes, Content-Type = stored

@@ -89,11 +89,11 @@ uint64_t fill_avail(const fill_t *f)
   return f->written < cap ? f->written : cap;
 }
 
-/* The length is known and bytes may be sent (the fill is STREAMING or RESUMING). */
+/* The length is known and bytes may be streamed to a new subscriber (STREAMING, RESUMING;
+ * once COMMITTING a new subscriber waits for on_end and is served from the store). */
 static int length_known(const fill_t *f)
 {
-  return f->total > 0 &&
-         (f->state == FILL_STREAMING || f->state == FILL_RESUMING || f->state == FILL_COMMITTING);
+  return f->total > 0 && (f->state == FILL_STREAMING || f->state == FILL_RESUMING);
 }
 
 static void sub_start(fill_t *f, fill_sub_t *s)
@@ -108,7 +108,7 @@ void fill_subscribe(fill_t *f, fill_sub_t *s)
   s->fill = f;
   s->streamed = 0;
   pc_list_push_back(&f->subs, &s->link);
-  if (length_known(f) && f->state != FILL_COMMITTING)
+  if (length_known(f))
     sub_start(f, s);
 }
 
@@ -136,6 +136,7 @@ static void fill_free(fill_t *f)
   store_writer_abort(f->w);
   free(f->tmp_path);
   free(f);
+  env->live--;
   if (env->released)
     env->released(env);
 }
@@ -355,6 +356,7 @@ int fill_start(pull_env_t *env, daemon_upstream_t *up, const char *repo, const c
   f->up = daemon_upstream_ref(up);
   f->tmp_path = pc_xstrdup(store_writer_path(f->w));
   pc_list_push_back(&env->fills, &f->link);
+  env->live++;
   env->st.fills_started++;
   if (first)
     fill_subscribe(f, first);

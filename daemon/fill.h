@@ -8,17 +8,19 @@
  * verifies the digest before anything is committed:
  *
  *   on_length(total, avail) once the upstream's length is known (at once for a subscriber that
- *             joins later): the temp file (fill_tmp_path) holds [0, avail);
+ *             joins later, unless the fill is already verified: that one gets only on_end):
+ *             the temp file (fill_tmp_path) holds [0, avail);
  *   on_avail(avail)         more bytes may be sent. avail stays below total (the last byte is
  *                           held) until the digest has been verified, then becomes total;
  *   on_fetched(timings)     the last upstream fetch of the fill ended (optional);
  *   on_end(result)          the fill is over (committed, or failed: result->verified says
  *                           whether the bytes matched even if the commit failed). The
  *                           subscriber is unsubscribed before the call.
- * A subscriber may unsubscribe at any time outside its callbacks (fill_unsubscribe); the fill
- * goes on without it, and a fill with no subscribers still completes and commits. Callbacks
- * run on the loop thread; only on_length may run inside fill_subscribe (a late subscriber
- * starts at once), and only on_end inside fill_start (the fetch could not be sent).
+ * A subscriber may unsubscribe itself at any time, also from inside its own on_length,
+ * on_avail or on_fetched (never another subscriber from a callback); the fill goes on without it,
+ * and a fill with no subscribers still completes and commits. Callbacks run on the loop thread;
+ * only on_length may run inside fill_subscribe (a late subscriber starts at once), and only on_end
+ * inside fill_start (the fetch could not be sent).
  *
  * Lifetime: a fill is in env->fills from fill_start until just before its on_end calls, and
  * is freed right after them; it holds a reference on its upstream.

@@ -6,8 +6,9 @@
  *   srv. Manifests the same way through mjob.c.
  *
  * A client is the subscriber a waiting request gets (one object, parked on the request's
- * context): it embeds a fill_sub_t and an mjob_sub_t, and is freed when its answer is given
- * or when the request goes away (client_gone), whichever is first.
+ * context): it embeds a fill_sub_t and an mjob_sub_t, and is freed when its answer is complete
+ * (for a body that follows a fill: when the fill ends) or when the request goes away
+ * (client_gone), whichever is first.
  *
  * Policy decisions made here, not in the machines:
  *   - tags: fresh within tag_ttl of checked_at (mirror_tag_fresh) or offline -> HIT from the
@@ -229,6 +230,11 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const c
       have_tag = 0; /* the tag points at a manifest we no longer have */
     }
   }
+  if (env->closing) {
+    answer_content_error(req, ANSWER_MANIFEST, DAEMON_CACHE_MISS, PC_E_UPSTREAM_UNAVAILABLE,
+                         "the mirror is shutting down", NULL);
+    return;
+  }
   if (!online) {
     answer_content_error(req, ANSWER_MANIFEST, DAEMON_CACHE_MISS, PC_E_MANIFEST_UNKNOWN,
                          "not cached and the mirror is offline", NULL);
@@ -283,11 +289,12 @@ static void blob_on_length(fill_sub_t *s, uint64_t total, uint64_t avail)
                         .size = total,
                         .range = &c->range,
                         .fd = fd,
-                        .avail = avail};
+                        .avail = avail,
+                        .live = 1};
   if (answer_content(c->req, &a, &c->end) == ANSWER_STREAMING)
-    c->streaming = 1;
+    c->streaming = 1; /* follows the fill until the request or the fill ends */
   else
-    client_free(c); /* 304, 416, HEAD, or all of it is there already */
+    client_free(c); /* 304, 416 */
 }
 
 static void blob_on_avail(fill_sub_t *s, uint64_t avail)
@@ -308,6 +315,8 @@ static void blob_on_end(fill_sub_t *s, const fill_result_t *r)
   mirror_t *m = c->m;
   srv_req_t *req = c->req;
   int outcome = blob_outcome(c);
+  /* A failed fill was no hit, even for a request that came after its verification. */
+  int failed = c->joined ? DAEMON_CACHE_JOIN : DAEMON_CACHE_MISS;
   /* "Not here" (404, 401, 403) is an answer about one repository of one upstream: a request
    * that joined from another one gets a fill of its own instead of this failure. */
   int repo_refusal = r->rc && (r->status == 404 || r->status == 401 || r->status == 403);
@@ -339,7 +348,7 @@ static void blob_on_end(fill_sub_t *s, const fill_result_t *r)
                            NULL, NULL);
     return;
   }
-  answer_content_error(req, ANSWER_BLOB, outcome, r->rc,
+  answer_content_error(req, ANSWER_BLOB, failed, r->rc,
                        r->rc == PC_E_UPSTREAM_DIGEST
                            ? "the upstream blob did not match its digest; nothing was cached"
                            : NULL,
@@ -353,6 +362,11 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
                  const char *digest, const answer_range_t *range)
 {
   pull_env_t *env = &m->env;
+  if (env->closing) {
+    answer_content_error(req, ANSWER_BLOB, DAEMON_CACHE_MISS, PC_E_UPSTREAM_UNAVAILABLE,
+                         "the mirror is shutting down", NULL);
+    return;
+  }
   if (!env->fetch->online(env)) {
     answer_content_error(req, ANSWER_BLOB, DAEMON_CACHE_MISS, PC_E_BLOB_UNKNOWN,
                          "not cached and the mirror is offline", NULL);
@@ -391,7 +405,7 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
 static void env_released(pull_env_t *env)
 {
   mirror_t *m = container_of(env, mirror_t, env);
-  if (env->closing && pc_list_empty(&env->fills) && pc_list_empty(&env->jobs))
+  if (env->closing && env->live == 0)
     free(m);
 }
 
@@ -434,10 +448,14 @@ void mirror_free(mirror_t *m)
 {
   if (!m)
     return;
-  /* Fetches are cancelled (no callbacks) and their waiters answered; work already queued on a
-   * worker finishes before the loop ends. */
+  /* No new fill or job from here on (a subscriber answered below may ask again: it gets a
+   * 503). Fetches are cancelled (no callbacks) and their subscribers answered; work already
+   * queued on a worker finishes before the loop ends, and the last object freed frees m. The
+   * extra count keeps m alive through the loops. */
+  m->env.closing = 1;
+  m->env.live++;
   mjob_cancel_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
   fill_cancel_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
-  m->env.closing = 1;
+  m->env.live--;
   env_released(&m->env);
 }

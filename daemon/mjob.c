@@ -71,7 +71,7 @@ mjob_t *mjob_find(pull_env_t *env, const daemon_upstream_t *up, const char *repo
   pc_list_foreach(l, &env->jobs)
   {
     mjob_t *j = pc_list_entry(l, mjob_t, link);
-    if (strcmp(j->key, key) == 0) {
+    if (j->state != MJOB_ENDED && strcmp(j->key, key) == 0) {
       found = j;
       break;
     }
@@ -135,6 +135,7 @@ static void mjob_free(mjob_t *j)
   free(j->key);
   pc_buf_free(&j->body);
   free(j);
+  env->live--;
   if (env->released)
     env->released(env);
 }
@@ -369,6 +370,7 @@ void mjob_start(pull_env_t *env, daemon_upstream_t *up, const char *repo, const 
   }
   j->state = j->have_old ? MJOB_HEAD : MJOB_GET;
   pc_list_push_back(&env->jobs, &j->link);
+  env->live++;
   if (first)
     mjob_subscribe(j, first);
   mjob_fetch(j);

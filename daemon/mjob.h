@@ -67,7 +67,8 @@ struct mjob_sub {
   pc_list_t link;            /**< in the job's subscribers (mjob.c) */
 };
 
-/** The job for (up, repo, ref) still running, or answered and storing; NULL if none. */
+/** The job for (up, repo, ref) still running, or answered and storing; NULL if none (a job
+ * that has ENDED is never returned, even while it answers its subscribers). */
 mjob_t *mjob_find(pull_env_t *env, const struct daemon_upstream *up, const char *repo,
                   const char *ref);
 /** A job of up (any repository: content is content) that has answered with the manifest

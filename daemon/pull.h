@@ -1,14 +1,16 @@
 /* daemon/pull — what blob fills (fill.c) and manifest jobs (mjob.c) share: the loop, the
  * store, the upstream seam, the counters, and the sets of work in flight.
  *
- * The upstream seam (pull_fetch_ops_t) is http/up in the daemon (pull_env_init_up) and a fake
+ * The upstream seam (pull_fetch_ops_t) is http/up in the daemon (mirror_new) and a fake
  * in the unit tests (tests/unit/test-mirror.c), so the fill and manifest machines and the
  * mirror policy are tested without a socket. An up_fetch_t is an opaque handle the seam
  * hands out: only the seam's own functions look inside it.
  *
  * The env is owned by the mirror (daemon/mirror.c), lives on the loop thread, and outlives
- * every fill and job it holds: after mirror_free it is freed by the last one to end
- * (pull_env_released, called by fill.c and mjob.c whenever they free an object).
+ * every fill and job it holds: `live` counts them (fill.c and mjob.c add one when they start
+ * an object and drop it, then call env->released, when they free it); after mirror_free the
+ * env is freed by the released call that brings live to 0. Once closing is set, the mirror
+ * starts no new fill or job.
  */
 #ifndef PULL_H
 #define PULL_H
@@ -55,7 +57,8 @@ struct pull_env {
   mirror_stats_t st;
   pc_list_t fills;                   /**< fill_t.link */
   pc_list_t jobs;                    /**< mjob_t.link */
-  int closing;                       /**< mirror_free ran: free the env when the last one ends */
+  unsigned live;                     /**< fills and jobs not yet freed */
+  int closing;                       /**< mirror_free ran: free the env when live reaches 0 */
   void (*released)(pull_env_t *env); /**< called after a fill or job is freed */
 };
 

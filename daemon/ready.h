@@ -7,9 +7,9 @@
  *
  * State: d->readyz (daemon/daemon.h), the list of parked requests and the timer bounding
  * their wait. A parked request is owned by the server; this module holds a record on the list
- * and the request's done callback (srv_req_on_done): when the client leaves first, the record
- * is dropped and nothing is answered; otherwise the record is dropped, the done callback
- * cleared and the request answered. Every call runs on the loop thread and none fails.
+ * and parks it on the request's context (reqctx_park): when the client leaves first, the gone
+ * callback drops the record and nothing is answered; otherwise the record is dropped, the
+ * request unparked and answered. Every call runs on the loop thread and none fails.
  */
 #ifndef READY_H
 #define READY_H

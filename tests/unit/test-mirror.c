@@ -5,6 +5,7 @@
  * socketpair adopted by the real server (srv__adopt) and go through registry_handle; the store
  * is real, in a temp directory. No socket reaches any registry. */
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <strings.h>
@@ -43,7 +44,7 @@ typedef struct ff {
 static ff_t *fx[MAX_FF];
 static int nfx;
 static int online = 1;
-static int64_t fake_now = 1000000;
+static _Atomic int64_t fake_now = 1000000; /* read by store writes on worker threads */
 
 static int fk_start(pull_env_t *env, const up_req_t *r, up_fetch_t **out)
 {
@@ -824,4 +825,35 @@ TEST(tags_list_includes_a_tag_being_stored)
   cli_close(b);
   teardown();
   uv_sem_destroy(&hold_sem);
+}
+
+/* mirror_free with requests still waiting (a prefetch or tier subscriber will do this): the
+ * fetch is cancelled, every request is answered 503, the joiners that the refusal would send
+ * to a fill of their own start none (no fetch after mirror_free), and nothing is used after
+ * it is freed (ASan). */
+TEST(mirror_free_with_waiting_clients)
+{
+  make_blob();
+  setup();
+  resp_t r;
+  char other[256], third[256];
+  snprintf(other, sizeof(other), "/v2/other/blobs/%s", blob_digest);
+  snprintf(third, sizeof(third), "/v2/third/blobs/%s", blob_digest);
+  cli_t *a = cli_get(blob_path, NULL);
+  cli_t *b = cli_get(other, NULL);
+  cli_t *c = cli_get(third, NULL);
+  ASSERT_EQ(1, nfx);
+  ASSERT_OK(ff_headers(fx[0], 404, NULL)); /* refused; the error body is still coming */
+  mirror_free(d.mirror);
+  d.mirror = NULL;
+  ASSERT(fx[0]->cancelled);
+  ASSERT_EQ(1, nfx);
+  cli_t *all[] = {a, b, c};
+  for (int i = 0; i < 3; i++) {
+    cli_wait(all[i], &r);
+    ASSERT_EQ(503, r.status);
+    ASSERT_HDR(&r, "X-Cache", "MISS");
+    cli_close(all[i]);
+  }
+  teardown();
 }
