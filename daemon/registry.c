@@ -89,7 +89,8 @@ static int tags_collect(daemon_t *d, const route_t *r, unsigned limit, tags_ctx_
       return rc;
   }
   mirror_tags_storing(d->mirror, up, r->name, on_pending_tag, c);
-  qsort(c->v, c->n, sizeof(*c->v), tag_cmp);
+  if (c->n > 1)
+    qsort(c->v, c->n, sizeof(*c->v), tag_cmp);
   size_t o = 0;
   for (size_t i = 0; i < c->n; i++) {
     if (o && strcmp(c->v[o - 1], c->v[i]) == 0)
