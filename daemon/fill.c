@@ -59,11 +59,6 @@ fill_t *fill_find(pull_env_t *env, const char *digest)
   return NULL;
 }
 
-fill_state fill_get_state(const fill_t *f)
-{
-  return f->state;
-}
-
 int fill_verified(const fill_t *f)
 {
   return f->state == FILL_COMMITTING || f->state == FILL_DONE;
@@ -74,12 +69,8 @@ const char *fill_tmp_path(const fill_t *f)
   return f->tmp_path;
 }
 
-int64_t fill_total(const fill_t *f)
-{
-  return f->total;
-}
-
-uint64_t fill_avail(const fill_t *f)
+/* Bytes that may be sent now: the last byte waits for verification. */
+static uint64_t fill_avail(const fill_t *f)
 {
   if (f->total <= 0)
     return 0;

@@ -85,15 +85,10 @@ int fill_start(pull_env_t *env, struct daemon_upstream *up, const char *repo, co
 void fill_subscribe(fill_t *f, fill_sub_t *s);
 void fill_unsubscribe(fill_sub_t *s);
 
-fill_state fill_get_state(const fill_t *f);
 /** 1 once the bytes matched the digest (COMMITTING or DONE). */
 int fill_verified(const fill_t *f);
 /** The temp file being written (open your own descriptor on it). */
 const char *fill_tmp_path(const fill_t *f);
-/** The upstream's length, -1 until known. */
-int64_t fill_total(const fill_t *f);
-/** Bytes that may be sent now (see on_avail). */
-uint64_t fill_avail(const fill_t *f);
 /** Fail every fill that is not yet verified (their fetch cancelled) — mirror_free. */
 void fill_cancel_all(pull_env_t *env, int err);
 

@@ -109,11 +109,6 @@ const mjob_result_t *mjob_answered(const mjob_t *j)
   return j->state == MJOB_STORING ? &j->res : NULL;
 }
 
-mjob_state mjob_get_state(const mjob_t *j)
-{
-  return j->state;
-}
-
 void mjob_subscribe(mjob_t *j, mjob_sub_t *s)
 {
   PC_ASSERT(j->state == MJOB_HEAD || j->state == MJOB_GET);

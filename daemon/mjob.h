@@ -89,7 +89,6 @@ void mjob_start(pull_env_t *env, struct daemon_upstream *up, const char *repo, c
 /** Subscribe to a job that has not answered (mjob_answered(j) == NULL). */
 void mjob_subscribe(mjob_t *j, mjob_sub_t *s);
 void mjob_unsubscribe(mjob_sub_t *s);
-mjob_state mjob_get_state(const mjob_t *j);
 /** End every job still fetching with err (their fetches cancelled) — mirror_free. */
 void mjob_cancel_all(pull_env_t *env, int err);
 
