@@ -53,6 +53,10 @@ static int drop_records(store_t *s, const char *digest)
   rc = store__wtxn_del(s, &w, s->blobs, &k);
   if (rc == 0 || rc == PC_E_NOTFOUND)
     rc = store__wtxn_del(s, &w, s->manifests, &k);
+  if (rc == 0 || rc == PC_E_NOTFOUND) {
+    int drc = mdb_del(w.txn, s->refs, &k, NULL); /* its references go with it */
+    rc = drc == 0 || drc == MDB_NOTFOUND ? 0 : store__mdb_err(drc, "del");
+  }
   if (rc && rc != PC_E_NOTFOUND) {
     store__wtxn_abort(&w);
     return rc;

@@ -32,7 +32,14 @@ struct store {
   int lock_fd; /**< flock(LOCK_EX) on <root>/lock: one process per store */
   MDB_env *env;
   MDB_dbi blobs, manifests, tags;
-  MDB_dbi stats; /**< one record, "totals" (see store__totals_t) */
+  MDB_dbi stats;  /**< one record, "totals" (see store__totals_t) */
+  MDB_dbi refs;   /**< manifest digest -> the sha256 digests it references (store/evict.c) */
+  MDB_dbi pins;   /**< upstream "\0" ref -> pin record (store/evict.c) */
+  MDB_dbi doomed; /**< digests whose records are gone and whose files are to be unlinked */
+  /** Held by the evictor from an eviction batch's commit until its files are unlinked, and by
+   * a writer's commit from its presence check to its record: so a commit never finds the file
+   * of a blob that is about to be unlinked and records it (a record without a file). */
+  pthread_mutex_t evict_mu;
   atomic_uint_fast64_t tmp_seq;
   atomic_uint_fast64_t totals_scans; /**< how often the totals were recomputed by a scan */
 
@@ -102,6 +109,16 @@ int store__totals_read(store_t *s, MDB_txn *txn, store__totals_t *t);
 int store__totals_scan(store_t *s, MDB_txn *txn, store__totals_t *t);
 /** Write the totals record, stamped with mdb_txn_id(txn) (a write transaction). */
 int store__totals_write(store_t *s, MDB_txn *txn, const store__totals_t *t);
+
+/** Parse manifest bytes and put their references (config, layers, blobs, manifests: the
+ * sha256 digests among them) under digest in the refs database, replacing any. Bytes that are
+ * not a JSON object with such fields put nothing (0). */
+int store__refs_put(store_t *s, store__wtxn_t *w, const char *digest, const void *bytes,
+                    size_t len);
+/** At open: unlink the files of doomed digests that have no record, then empty the table. */
+int store__doomed_sweep(store_t *s);
+/** 1 when digest is in the doomed table (txn may be a write txn). */
+int store__is_doomed(store_t *s, MDB_txn *txn, const char *digest);
 
 /** Map an LMDB return code to a pc error (MDB_NOTFOUND -> PC_E_NOTFOUND). */
 int store__mdb_err(int rc, const char *what);

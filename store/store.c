@@ -521,6 +521,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   while (s->rootlen > 1 && s->root[s->rootlen - 1] == '/')
     s->root[--s->rootlen] = '\0';
   pthread_mutex_init(&s->atime_mu, NULL);
+  pthread_mutex_init(&s->evict_mu, NULL);
   s->atimes = pc_xcalloc(STORE__ATIME_MAX, sizeof(*s->atimes));
 
   /* mkdir -p root */
@@ -566,7 +567,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   rc = store__mdb_err(mdb_env_create(&s->env), "env_create");
   if (rc)
     goto out;
-  mdb_env_set_maxdbs(s->env, 8); /* blobs, manifests, tags, stats, and room to grow */
+  mdb_env_set_maxdbs(s->env, 16); /* blobs, manifests, tags, stats, refs, pins, doomed, + room */
   mdb_env_set_maxreaders(s->env, 256);
   rc = store__mdb_err(
       mdb_env_set_mapsize(s->env, opts && opts->map_size ? opts->map_size : DEFAULT_MAP_SIZE),
@@ -594,6 +595,12 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
     rc = store__mdb_err(mdb_dbi_open(txn, "tags", MDB_CREATE, &s->tags), "dbi_open");
   if (rc == 0)
     rc = store__mdb_err(mdb_dbi_open(txn, "stats", MDB_CREATE, &s->stats), "dbi_open");
+  if (rc == 0)
+    rc = store__mdb_err(mdb_dbi_open(txn, "refs", MDB_CREATE, &s->refs), "dbi_open");
+  if (rc == 0)
+    rc = store__mdb_err(mdb_dbi_open(txn, "pins", MDB_CREATE, &s->pins), "dbi_open");
+  if (rc == 0)
+    rc = store__mdb_err(mdb_dbi_open(txn, "doomed", MDB_CREATE, &s->doomed), "dbi_open");
   if (rc)
     goto out;
   /* O(1) unless the totals record is missing or stale (a store written by a pullcache without
@@ -609,6 +616,10 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   txn = NULL;
   if (rc)
     goto out;
+  /* An eviction killed between its commit and its unlinks left doomed files: remove them. */
+  rc = store__doomed_sweep(s);
+  if (rc)
+    goto out;
   rc = 0;
 out:
   if (txn)
@@ -619,6 +630,7 @@ out:
     if (s->lock_fd >= 0)
       close(s->lock_fd);
     pthread_mutex_destroy(&s->atime_mu);
+    pthread_mutex_destroy(&s->evict_mu);
     free(s->atimes);
     free(s->root);
     free(s);
@@ -641,6 +653,7 @@ void store_close(store_t *s)
   mdb_env_close(s->env);
   close(s->lock_fd);
   pthread_mutex_destroy(&s->atime_mu);
+  pthread_mutex_destroy(&s->evict_mu);
   free(s->atimes);
   free(s->root);
   free(s);
@@ -819,8 +832,11 @@ int store_flush_atimes(store_t *s)
     store__blob_rec_t r;
     int grc = mdb_get(w.txn, s->blobs, &k, &v);
     if (grc == MDB_NOTFOUND) {
-      /* A served file without a record (crash between rename and commit): record it now. */
+      /* A served file without a record (crash between rename and commit): record it now,
+       * unless an eviction removed the record and is about to unlink the file. */
       struct stat st;
+      if (store__is_doomed(s, w.txn, batch[i].digest))
+        continue;
       if (store_blob_path(s, batch[i].digest, path, sizeof(path)) != 0 || stat(path, &st) != 0)
         continue;
       memset(&r, 0, sizeof(r));
@@ -951,7 +967,8 @@ void store_writer_abort(store_writer_t *w)
 
 /* Put the blob record (and the manifest record when manifest != 0) in one write txn. An
  * existing blob record keeps its creation time. */
-static int record_put(store_t *s, const char *digest, uint64_t size, const char *mt, int manifest)
+static int record_put(store_t *s, const char *digest, uint64_t size, const char *mt, int manifest,
+                      const void *bytes)
 {
   store__wtxn_t w;
   MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
@@ -975,6 +992,8 @@ static int record_put(store_t *s, const char *digest, uint64_t size, const char 
   rc = store__wtxn_put_blob(s, &w, digest, &r);
   if (rc == 0 && manifest)
     rc = store__wtxn_put_manifest(s, &w, digest, size, mt);
+  if (rc == 0 && manifest && bytes)
+    rc = store__refs_put(s, &w, digest, bytes, (size_t)size);
   if (rc) {
     store__wtxn_abort(&w);
     return rc;
@@ -999,7 +1018,8 @@ int store_writer_verify(store_writer_t *w)
   return w->verdict;
 }
 
-static int commit(store_writer_t *w, const char *mt, int manifest, char *out_digest)
+static int commit(store_writer_t *w, const char *mt, int manifest, const void *bytes,
+                  char *out_digest)
 {
   store_t *s = w->s;
   char digest[72], final[PATH_MAX], dir[PATH_MAX];
@@ -1021,14 +1041,27 @@ static int commit(store_writer_t *w, const char *mt, int manifest, char *out_dig
   memcpy(dir, final, sizeof(dir));
   *strrchr(dir, '/') = '\0';
 
+  /* The data fsync happens before the lock (it can be long); the presence check and
+   * everything up to the record happen under it: never between an eviction's commit and its
+   * unlinks (see evict_mu in store-int.h). */
+  int synced = 0;
+  if (stat(final, &st) != 0) {
+    if (fsync(w->fd) != 0) {
+      rc = -errno;
+      goto fail;
+    }
+    synced = 1;
+  }
+  pthread_mutex_lock(&s->evict_mu);
   if (stat(final, &st) == 0) {
     /* Already present: keep the committed copy, drop ours, make sure it is recorded. */
     close(w->fd);
     w->fd = -1;
     unlink(w->path);
   } else {
-    if (fsync(w->fd) != 0) {
+    if (!synced && fsync(w->fd) != 0) {
       rc = -errno;
+      pthread_mutex_unlock(&s->evict_mu);
       goto fail;
     }
     close(w->fd);
@@ -1039,14 +1072,18 @@ static int commit(store_writer_t *w, const char *mt, int manifest, char *out_dig
       *slash = '\0';
       rc = fsync_path(dir);
       *slash = '/';
-      if (rc)
+      if (rc) {
+        pthread_mutex_unlock(&s->evict_mu);
         goto fail;
+      }
     } else if (errno != EEXIST) {
       rc = -errno;
+      pthread_mutex_unlock(&s->evict_mu);
       goto fail;
     }
     if (rename(w->path, final) != 0) {
       rc = -errno;
+      pthread_mutex_unlock(&s->evict_mu);
       goto fail;
     }
     rc = fsync_path(dir);
@@ -1058,7 +1095,8 @@ static int commit(store_writer_t *w, const char *mt, int manifest, char *out_dig
       pc_log(PC_LOG_WARN, "store-fsync-failed path=%s rc=%s err=%s", qd, pc_errname(rc), qe);
     }
   }
-  rc = record_put(s, digest, w->size, mt, manifest);
+  rc = record_put(s, digest, w->size, mt, manifest, bytes);
+  pthread_mutex_unlock(&s->evict_mu);
   if (rc) {
     /* The file is committed and will be served; its record is written lazily. */
     char q[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
@@ -1084,7 +1122,7 @@ fail:
 
 int store_writer_commit(store_writer_t *w, const char *media_type, char *out_digest)
 {
-  return commit(w, media_type, 0, out_digest);
+  return commit(w, media_type, 0, NULL, out_digest);
 }
 
 /* ---- manifests -------------------------------------------------------------------------- */
@@ -1101,7 +1139,7 @@ int store_manifest_put(store_t *s, const void *bytes, size_t len, const char *me
     store_writer_abort(w);
     return rc;
   }
-  return commit(w, media_type, 1, out_digest);
+  return commit(w, media_type, 1, bytes, out_digest);
 }
 
 int store_manifest_open(store_t *s, const char *digest, int *fd, store_manifest_info_t *info)
