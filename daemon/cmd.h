@@ -30,4 +30,9 @@ int cmd_import(int argc, char **argv);
  * error. */
 int cmd_config(int argc, char **argv);
 
+/** `pullcache ls|du|pin|unpin|pins|gc [--store DIR] ...` (daemon/cmd_store.c): the cache
+ * commands, through the running daemon's control socket or on the store directly when no daemon
+ * runs. argv[0] is the command name. Returns 0, 1 on a runtime error, 2 on bad input. */
+int cmd_cache(int argc, char **argv);
+
 #endif

@@ -194,6 +194,7 @@ static const cfgkey_t keys[] = {
     {S_STORE, "path", K_STR, C(store_dir), 0, 0},
     {S_STORE, "max_size", K_U64BYTES, C(store_max_size), 0, INT64_MAX},
     {S_STORE, "min_free", K_U64BYTES, C(store_min_free), 0, INT64_MAX},
+    {S_STORE, "evict_to", K_U64BYTES, C(store_evict_to), 0, INT64_MAX},
     {S_LOG, "level", K_LEVEL, C(log_level), 0, 0},
     {S_LOG, "format", K_FORMAT, C(log_format), 0, 0},
     {S_LOG, "access", K_ACCESS, C(srv.access_log), 0, 0},
@@ -777,6 +778,13 @@ int config_validate(const daemon_config_t *cfg, char *err, size_t errlen)
   }
   if (!cfg->store_dir[0]) {
     set_err(err, errlen, "no store directory");
+    return -EINVAL;
+  }
+  if (cfg->store_max_size && cfg->store_evict_to > cfg->store_max_size) {
+    set_err(err, errlen,
+            "store: evict_to (%llu bytes) is larger than max_size (%llu bytes): eviction "
+            "would never bring the store under its budget",
+            (unsigned long long)cfg->store_evict_to, (unsigned long long)cfg->store_max_size);
     return -EINVAL;
   }
   return 0;

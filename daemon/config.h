@@ -14,7 +14,7 @@
  *              idle_timeout, write_timeout, max_header_bytes, max_url_bytes, max_headers,
  *              max_manifest, drain_timeout, offline
  *   [fetch]    connect_timeout, first_byte_timeout, stall_timeout, max_redirects
- *   [store]    path, max_size, min_free
+ *   [store]    path, max_size, min_free, evict_to
  *   [log]      level, format, access
  *   [upstream "NAME"]  url, tag_ttl, ca_file, credentials_file, max_connections, rate_limit,
  *              rate_burst — one section per upstream; NAME is the registry host[:port] as
@@ -73,7 +73,8 @@ typedef struct daemon_config {
   up_opts_t up;              /**< upstream client timeouts */
   char store_dir[1024];
   uint64_t store_max_size; /**< size budget (0 = none); for eviction */
-  uint64_t store_min_free; /**< /readyz fails below this much free disk */
+  uint64_t store_min_free; /**< /readyz fails below this much free disk; eviction starts */
+  uint64_t store_evict_to; /**< eviction's low watermark; 0 = 90% of store_max_size */
   daemon_upstream_conf_t upstreams[DAEMON_MAX_UPSTREAMS]; /**< [0] is the default */
   int nupstreams;
   int log_level;  /**< PC_LOG_* */

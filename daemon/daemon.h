@@ -29,6 +29,8 @@
 
 typedef struct daemon_upstream daemon_upstream_t; /* daemon/upstream.h */
 typedef struct mirror mirror_t;                   /* daemon/mirror.h */
+typedef struct daemon_evict daemon_evict_t;       /* daemon/evict.h */
+typedef struct daemon_control daemon_control_t;   /* daemon/control.h */
 
 typedef struct daemon {
   uv_loop_t *loop;
@@ -46,7 +48,9 @@ typedef struct daemon {
     int timer_init;    /**< daemon_ready_init ran and daemon_ready_close did not yet */
   } readyz;
   int stopping;
-  int64_t start_time; /**< epoch seconds */
+  int64_t start_time;        /**< epoch seconds */
+  daemon_evict_t *evict;     /**< background eviction (daemon/evict.c) */
+  daemon_control_t *control; /**< the control socket (daemon/control.c) */
   daemon_counters_t counters;
 } daemon_t;
 

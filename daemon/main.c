@@ -4,6 +4,7 @@
 
 #include "core/pc.h"
 #include "daemon/cmd.h"
+#include "daemon/cmd_store.h"
 
 static void usage(FILE *f)
 {
@@ -22,6 +23,9 @@ static void usage(FILE *f)
              "  fsck     verify and repair the store: pullcache fsck [--store DIR]\n"
              "  config   print client configuration for the mirror: pullcache config\n"
              "           containerd|crio|podman --mirror URL [--upstream NAME]... [--write]\n"
+             "  ls       what is cached: pullcache ls [--json] [--store DIR]; du: by repository\n"
+             "  pin      never evict: pullcache pin|unpin REF [--upstream NAME]; pins: list\n"
+             "  gc       evict now: pullcache gc [--dry-run] [--to SIZE] [--store DIR]\n"
              "  help     show this help (also --help); `pullcache <command> --help` for details\n"
              "  version  show the version (also --version)\n");
 }
@@ -43,6 +47,8 @@ int main(int argc, char **argv)
     return cmd_fsck(argc - 1, argv + 1);
   if (!strcmp(cmd, "config"))
     return cmd_config(argc - 1, argv + 1);
+  if (cmd_store_is_command(cmd))
+    return cmd_cache(argc - 1, argv + 1);
   if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
     usage(stdout);
     return 0;

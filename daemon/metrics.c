@@ -8,6 +8,7 @@
 
 #include "core/buf.h"
 #include "core/pc.h"
+#include "daemon/evict.h"
 #include "daemon/mirror.h"
 #include "daemon/ready.h"
 #include "daemon/route.h"
@@ -212,6 +213,7 @@ static void render_store(pc_buf_t *o, const daemon_t *d)
     metric(o, "pullcache_store_disk_free_bytes", "gauge",
            "Free bytes on the store's file system (for unprivileged users).",
            (uint64_t)sv.f_bavail * sv.f_frsize);
+  evict_render(d, o);
 }
 
 void metrics_render(daemon_t *d, char **outp, size_t *lenp)

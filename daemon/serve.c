@@ -31,6 +31,8 @@
 #include "daemon/config.h"
 #include "daemon/counters.h"
 #include "daemon/daemon.h"
+#include "daemon/control.h"
+#include "daemon/evict.h"
 #include "daemon/mirror.h"
 #include "daemon/ready.h"
 #include "daemon/registry.h"
@@ -176,6 +178,8 @@ static void stop(serve_t *s)
   if (s->timer_init)
     uv_close((uv_handle_t *)&s->atime_timer, NULL);
   s->timer_init = 0;
+  evict_close(d);
+  control_close(d);
   /* The signal handlers stay until the server is closed: a second signal cuts the drain. */
   if (d->srv) {
     /* Graceful: no new connections; answers in progress finish (bounded by the timer). */
@@ -420,6 +424,13 @@ static void serve_arm(serve_t *s)
   uv_timer_init(d->loop, &s->atime_timer);
   uv_timer_start(&s->atime_timer, on_atime_timer, ATIME_FLUSH_MS, ATIME_FLUSH_MS);
   s->timer_init = 1;
+  if (evict_start(d) != 0)
+    pc_log(PC_LOG_ERR, "evict-start-failed hint=\"max_size and min_free are not enforced\"");
+  int crc = control_start(d);
+  if (crc)
+    pc_log(PC_LOG_WARN,
+           "control-socket-failed rc=%s hint=\"pullcache ls/pin/gc cannot reach this daemon\"",
+           pc_errname(crc));
   uv_signal_init(d->loop, &s->sigterm);
   uv_signal_init(d->loop, &s->sigint);
   uv_signal_init(d->loop, &s->sighup);
@@ -486,6 +497,7 @@ int cmd_serve(int argc, char **argv)
     }
     code = serve_close_loop(s, code);
   }
+  evict_free(d);
   store_close(d->store);
   if (code == 0)
     pc_log(PC_LOG_NOTICE, "stopped");

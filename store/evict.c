@@ -789,6 +789,7 @@ out:
 
 /* ---- eviction ----------------------------------------------------------------------------- */
 
+static pthread_mutex_t run_mu = PTHREAD_MUTEX_INITIALIZER; /* one store_evict at a time */
 static const model_t *sort_model; /* qsort has no argument; guarded by sort_mu */
 static pthread_mutex_t sort_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -890,14 +891,14 @@ int store_evict(store_t *s, const store_evict_opts_t *o, store_evict_report_t *r
   if (!rep)
     rep = &tmp;
   memset(rep, 0, sizeof(*rep));
-  if (!o->dry_run) {
-    int frc = store_flush_atimes(s);
-    if (frc)
-      return frc;
-  }
-  int rc = model_load(s, &m);
+  memset(&m, 0, sizeof(m));
+  /* One run at a time (a manual gc and the daemon's own): the second waits. */
+  pthread_mutex_lock(&run_mu);
+  int rc = o->dry_run ? 0 : store_flush_atimes(s);
+  if (rc == 0)
+    rc = model_load(s, &m);
   if (rc)
-    return rc;
+    goto out;
   rep->records = m.n;
   rep->before = rep->after = m.total;
   rc = model_pin(s, &m, &rep->pinned_bytes);
@@ -1041,6 +1042,7 @@ int store_evict(store_t *s, const store_evict_opts_t *o, store_evict_report_t *r
       store__wtxn_abort(&w);
   }
 out:
+  pthread_mutex_unlock(&run_mu);
   tags_free(tags, ntags);
   free(vict);
   model_free(&m);

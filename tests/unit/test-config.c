@@ -542,3 +542,20 @@ TEST(sample_config_loads)
   ASSERT_EQ(300, c.upstreams[0].tag_ttl);
   ASSERT_EQ(32, c.upstreams[0].max_connections);
 }
+
+TEST(evict_to_above_max_size)
+{
+  daemon_config_t c;
+  char err[512] = "";
+  config_defaults(&c);
+  c.store_max_size = 1000;
+  c.store_evict_to = 900;
+  ASSERT_OK(config_validate(&c, err, sizeof(err)));
+  c.store_evict_to = 1000;
+  ASSERT_OK(config_validate(&c, err, sizeof(err)));
+  c.store_evict_to = 1001;
+  ASSERT_EQ(-EINVAL, config_validate(&c, err, sizeof(err)));
+  ASSERT(strstr(err, "evict_to") && strstr(err, "max_size"));
+  c.store_max_size = 0; /* no budget: evict_to is unused */
+  ASSERT_OK(config_validate(&c, err, sizeof(err)));
+}

@@ -1,0 +1,44 @@
+/* daemon/evict — the daemon's side of eviction: when to evict, on the thread pool, and what
+ * the metrics and logs say about it. The engine is store/evict.h.
+ *
+ * A 250 ms timer on the loop makes an O(1) check (store_stats: one LMDB read txn; statvfs):
+ *   store bytes > max_size                       -> evict to evict_to      (reason budget)
+ *   disk free  < min_free                        -> evict the shortfall +10% (reason min_free)
+ *   otherwise, every 5 minutes (and at start-up) -> a survey (a dry run that removes nothing:
+ *                                                   the pinned bytes and the oldest entry's age)
+ * Commits therefore trigger eviction within a quarter second of passing the budget, without a hook
+ * in the fill. At most one run at a time (busy); store_evict runs on the uv thread pool, never on
+ * the loop and never on a request's path; a run that removed nothing waits 30 s before the
+ * next (pins alone over the budget: logged once, exposed, serving goes on).
+ *
+ *   IDLE --tick over budget/min_free--> RUNNING --after_work--> IDLE
+ *   IDLE --tick survey due-----------> SURVEYING --after_work--> IDLE
+ *   any --evict_close--> CLOSED (the timer closes; a run in flight finishes, its result drops)
+ *
+ * Everything here is touched on the loop thread only, except the job fields the worker fills.
+ * The configuration is read from d->cfg at each tick, so a reload takes effect at once.
+ */
+#ifndef DAEMON_EVICT_H
+#define DAEMON_EVICT_H
+
+#include <stdint.h>
+
+#include "core/buf.h"
+#include "daemon/daemon.h"
+
+/** The effective low watermark: cfg->store_evict_to, or 90% of max_size when 0. */
+uint64_t evict_low_mark(const daemon_config_t *cfg);
+
+/** Start the checks (d->evict). 0 or an error. */
+int evict_start(daemon_t *d);
+/** Stop the timer (idempotent). A run in flight finishes on the pool; evict_free after the
+ * loop has run dry. */
+void evict_close(daemon_t *d);
+/** Free d->evict (after uv_run returned). NULL-safe. */
+void evict_free(daemon_t *d);
+/** Count a manual run (`pullcache gc` through the control socket). */
+void evict_note_manual(daemon_t *d, uint64_t blobs, uint64_t bytes);
+/** Append the eviction metrics (Prometheus text). */
+void evict_render(const daemon_t *d, pc_buf_t *o);
+
+#endif
