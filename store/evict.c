@@ -330,7 +330,8 @@ static int model_load(store_t *s, model_t *m)
     m->off[epar[i] + 1]++;
   for (size_t i = 0; i < m->n; i++)
     m->off[i + 1] += m->off[i];
-  memcpy(m->child, echi, nedges * sizeof(uint32_t));
+  if (nedges)
+    memcpy(m->child, echi, nedges * sizeof(uint32_t));
   /* Last use flows from parents to children. */
   for (int round = 0; round < PROPAGATE_ROUNDS; round++) {
     int changed = 0;
@@ -913,7 +914,8 @@ int store_evict(store_t *s, const store_evict_opts_t *o, store_evict_report_t *r
       vict[nv++] = (uint32_t)i;
   pthread_mutex_lock(&sort_mu);
   sort_model = &m;
-  qsort(vict, nv, sizeof(*vict), victim_cmp);
+  if (nv)
+    qsort(vict, nv, sizeof(*vict), victim_cmp);
   sort_model = NULL;
   pthread_mutex_unlock(&sort_mu);
   uint64_t planned = 0;
@@ -954,7 +956,8 @@ int store_evict(store_t *s, const store_evict_opts_t *o, store_evict_report_t *r
     goto out;
   for (size_t i = 0; i < ntags; i++)
     tags[i].pos = tags[i].ent == UINT32_MAX ? 0 : m.e[tags[i].ent].nparents;
-  qsort(tags, ntags, sizeof(*tags), tag_pos_cmp);
+  if (ntags)
+    qsort(tags, ntags, sizeof(*tags), tag_pos_cmp);
 
   size_t ti = 0, prev = 0, prev_n = 0;
   int done = 0;
