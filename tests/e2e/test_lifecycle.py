@@ -231,6 +231,24 @@ def main():
             check(pinned.name in cli(srv, "ls").stdout, "the pinned image survives gc --to 0")
             check(metric(srv, 'pullcache_evictions_total{reason="manual"}') >= 5, "manual runs counted")
 
+        def t_reload_live():
+            half = max_size // 2
+            with open(cfg) as f:
+                good = f.read()
+            with open(cfg, "w") as f:
+                f.write(good.replace("max_size = %d" % max_size, "max_size = %d" % half))
+            srv.popen.send_signal(1)
+            pclib.wait_for(lambda: metric(srv, "pullcache_store_max_size_bytes") == half, 10,
+                           "the reload to apply max_size")
+            pull(env, srv, by[("registry.k8s.io", "etcd")], 3000)  # over the new budget
+            pclib.wait_for(lambda: metric(srv, "pullcache_store_blob_bytes") <= half, 20,
+                           "the store under the reloaded max_size")
+            with open(cfg, "w") as f:
+                f.write(good)
+            srv.popen.send_signal(1)
+            pclib.wait_for(lambda: metric(srv, "pullcache_store_max_size_bytes") == max_size, 10,
+                           "the reload back")
+
         def t_kill_during_eviction():
             check(env.stop(srv) == 0, "clean stop")
             store = srv.store
@@ -255,8 +273,10 @@ def main():
         t_bad_input.__name__ = "bad_input_changes_nothing"
         t_pattern.__name__ = "budget_recency_pins_shared_base"
         t_pull_during_gc.__name__ = "pull_during_eviction_completes_verified"
+        t_reload_live.__name__ = "reload_changes_max_size_live"
         t_kill_during_eviction.__name__ = "kill_9_during_eviction_20_rounds"
-        rc = pclib.run_tests([t_bad_input, t_pattern, t_pull_during_gc, t_kill_during_eviction])
+        rc = pclib.run_tests([t_bad_input, t_pattern, t_pull_during_gc, t_reload_live,
+                              t_kill_during_eviction])
         if "peak" in results:
             print("max_size %d, largest image %d, peak store bytes %d" % (max_size, largest, results["peak"]))
         return rc
