@@ -22,6 +22,7 @@
  *                  | u8 mtlen | mt bytes
  *   stats      key "totals"
  *              val u8 version=1 | u64 blob_bytes | u64 manifest_bytes | u64 txnid
+ *   refs, pins, doomed   see store/evict.c (written by store_manifest_put and store_evict)
  *
  * Totals (store_stats). The record counts are the databases' ms_entries, which LMDB keeps. The
  * byte sums live in the totals record, and every write transaction goes through store__wtxn_*,

@@ -4,14 +4,18 @@
  *   blobs/sha256/<2 hex>/<64 hex>   committed blobs (manifests are blobs too), never modified
  *   tmp/                             writers stream here; swept at open
  *   quarantine/                      fsck moves mismatching files here
- *   meta/                            one LMDB environment: blobs, manifests, tags, totals
+ *   meta/                            one LMDB environment: blobs, manifests, tags, totals,
+ *                                    refs, pins, doomed (store/evict.h)
+ *   control.sock                     the daemon's control socket (daemon/control.c), not ours
  *
  * Invariants: a file is visible under blobs/ only after its bytes hashed to its name and were
  * fsynced; an LMDB record is written only after its file was renamed into place and its
  * directory fsynced. A crash at any point leaves at most a temp file (swept) or a file without
  * a record (which open() repairs lazily: a present file with no record is still served, and
- * fsck reports it). The running totals (store_stats) are written in the same LMDB transaction
- * as the records they sum, so no crash leaves them out of step with the records.
+ * fsck reports it). Eviction (store/evict.h) removes a record before its file, never the other
+ * way round, through the doomed table that store_open sweeps. The running totals (store_stats) are
+ * written in the same LMDB transaction as the records they sum, so no crash leaves them out of step
+ * with the records.
  *
  * Threads: a store_t may be used from several threads at once (the loop and uv worker threads).
  * Read calls are cheap (one short LMDB read txn, no directory scan). Calls that fsync
