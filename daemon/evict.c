@@ -34,6 +34,8 @@ struct daemon_evict {
   int64_t last_run;
   int last_removed_nothing;
   int64_t last_survey;
+  uint64_t last_after;    /**< store bytes at the end of the last run */
+  uint64_t seen_max_size; /**< a reload that changes max_size brings the survey forward */
 };
 
 uint64_t evict_low_mark(const daemon_config_t *cfg)
@@ -88,6 +90,7 @@ static void after_cb(uv_work_t *w, int status)
   e->last_run = pc_now_sec();
   e->last_survey = e->last_run; /* a run is a survey too */
   e->last_removed_nothing = r->blobs == 0;
+  e->last_after = r->after;
   pc_log(PC_LOG_NOTICE,
          "evicted reason=%s blobs=%" PRIu64 " manifests=%" PRIu64 " tags=%" PRIu64 " bytes=%" PRIu64
          " kept_in_use=%" PRIu64 " store_bytes_before=%" PRIu64 " store_bytes_after=%" PRIu64
@@ -117,9 +120,14 @@ static void on_tick(uv_timer_t *t)
   if (e->state != EV_IDLE || d->stopping || !d->store || store_stats(d->store, &st) != 0)
     return;
   int64_t now = pc_now_sec();
-  if (e->last_removed_nothing && now - e->last_run < BACKOFF_S)
-    return;
   const daemon_config_t *c = &d->cfg;
+  if (c->store_max_size != e->seen_max_size) {
+    e->seen_max_size = c->store_max_size;
+    e->last_survey = 0;
+    e->last_removed_nothing = 0; /* a new budget: no back-off */
+  }
+  if (e->last_removed_nothing && now - e->last_run < BACKOFF_S && st.blob_bytes <= e->last_after)
+    return; /* nothing could go last time, and nothing was added since */
   if (c->store_max_size && st.blob_bytes > c->store_max_size) {
     queue(e, EV_RUNNING, evict_low_mark(c), STORE_EVICT_BUDGET, 0);
     return;

@@ -8,8 +8,9 @@
  *                                                   the pinned bytes and the oldest entry's age)
  * Commits therefore trigger eviction within a quarter second of passing the budget, without a hook
  * in the fill. At most one run at a time (busy); store_evict runs on the uv thread pool, never on
- * the loop and never on a request's path; a run that removed nothing waits 30 s before the
- * next (pins alone over the budget: logged once, exposed, serving goes on).
+ * the loop and never on a request's path; after a run that removed nothing the next waits 30 s
+ * unless the store grew (pins alone over the budget: logged once, exposed, serving goes on); a
+ * reload that changes max_size ends that wait and brings the survey forward.
  *
  *   IDLE --tick over budget/min_free--> RUNNING --after_work--> IDLE
  *   IDLE --tick survey due-----------> SURVEYING --after_work--> IDLE

@@ -243,11 +243,25 @@ def main():
             pull(env, srv, by[("registry.k8s.io", "etcd")], 3000)  # over the new budget
             pclib.wait_for(lambda: metric(srv, "pullcache_store_blob_bytes") <= half, 20,
                            "the store under the reloaded max_size")
+            # pins alone over the budget: logged once, exposed, and the daemon keeps serving
+            with open(cfg, "w") as f:
+                f.write(good.replace("max_size = %d" % max_size, "max_size = 1000"))
+            srv.popen.send_signal(1)
+            pclib.wait_for(lambda: metric(srv, "pullcache_store_pins_over_budget") == 1, 20,
+                           "pins over budget exposed")
+            g0 = upstream_blob_gets(imgs)
+            pull(env, srv, pinned, 3001)
+            check(upstream_blob_gets(imgs) == g0, "the pinned image is still served from the store")
+            time.sleep(1)
+            n = open(srv.log_path, "rb").read().count(b"store-pins-over-budget")
+            check(n == 1, "pins over budget logged once, not %d times" % n)
             with open(cfg, "w") as f:
                 f.write(good)
             srv.popen.send_signal(1)
             pclib.wait_for(lambda: metric(srv, "pullcache_store_max_size_bytes") == max_size, 10,
                            "the reload back")
+            pclib.wait_for(lambda: metric(srv, "pullcache_store_pins_over_budget") == 0, 10,
+                           "pins within the budget again")
 
         def t_kill_during_eviction():
             check(env.stop(srv) == 0, "clean stop")
