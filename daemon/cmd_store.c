@@ -147,8 +147,8 @@ typedef struct ls_ctx {
   /* du: per (upstream, repo), bytes deduplicated by digest within it */
   struct du_row {
     char key[600];
-    char digests[64][72];
-    int ndig;
+    char (*digests)[72];
+    size_t ndig;
     uint64_t tags, bytes, pinned;
   } * rows;
   size_t nrows;
@@ -174,11 +174,11 @@ static int on_image(void *arg, const store_image_t *img)
     }
     r->tags++;
     int seen = 0;
-    for (int i = 0; i < r->ndig && !seen; i++)
+    for (size_t i = 0; i < r->ndig && !seen; i++)
       seen = !strcmp(r->digests[i], img->digest);
     if (!seen) {
-      if (r->ndig < 64)
-        memcpy(r->digests[r->ndig++], img->digest, 72);
+      r->digests = pc_xrealloc(r->digests, (r->ndig + 1) * sizeof(*r->digests));
+      memcpy(r->digests[r->ndig++], img->digest, 72);
       r->bytes += img->bytes;
       if (img->pinned)
         r->pinned += img->bytes;
@@ -204,6 +204,13 @@ static int on_image(void *arg, const store_image_t *img)
   return 0;
 }
 
+static void rows_free(ls_ctx_t *c)
+{
+  for (size_t i = 0; i < c->nrows; i++)
+    free(c->rows[i].digests);
+  free(c->rows);
+}
+
 static int do_ls(cmd_store_ctx_t *x, const args_t *a, pc_buf_t *out, int du)
 {
   ls_ctx_t c;
@@ -225,7 +232,7 @@ static int do_ls(cmd_store_ctx_t *x, const args_t *a, pc_buf_t *out, int du)
   if (rc) {
     pc_buf_printf(out, "pullcache %s: %s\n", a->cmd, pc_strerror(rc));
     json_decref(c.arr);
-    free(c.rows);
+    rows_free(&c);
     return 1;
   }
   if (c.arr) {
@@ -243,7 +250,7 @@ static int do_ls(cmd_store_ctx_t *x, const args_t *a, pc_buf_t *out, int du)
       fmt_size(c.rows[i].pinned, p, sizeof(p));
       pc_buf_printf(out, "%-50s %6" PRIu64 " %10s %10s\n", c.rows[i].key, c.rows[i].tags, b, p);
     }
-    free(c.rows);
+    rows_free(&c);
   }
   char tb[32], pb[32];
   fmt_size(st.blob_bytes, tb, sizeof(tb));
