@@ -44,7 +44,12 @@ int cmd_fsck(int argc, char **argv)
     }
   }
   uint64_t t0 = pc_mono_ms();
-  int rc = store_open(dir, NULL, &s);
+  store_opts_t so = {.must_exist = 1};
+  int rc = store_open(dir, &so, &s);
+  if (rc == PC_E_NOTFOUND) {
+    fprintf(stderr, "pullcache fsck: no store at %s\n", dir);
+    goto out;
+  }
   if (rc) {
     fprintf(stderr, "pullcache fsck: cannot open store %s: %s\n", dir,
             rc == -EBUSY ? "in use by another process (stop the daemon first)" : pc_strerror(rc));

@@ -476,7 +476,13 @@ int cmd_cache(int argc, char **argv)
     }
   }
   store_t *s = NULL;
-  int rc = store_open(dir, NULL, &s);
+  store_opts_t so = {.must_exist = 1}; /* a mistyped --store is refused, never created */
+  int rc = store_open(dir, &so, &s);
+  if (rc == PC_E_NOTFOUND) {
+    fprintf(stderr, "pullcache %s: no store at %s\n", av[0], dir);
+    pc_buf_free(&out);
+    return 2;
+  }
   if (rc) {
     fprintf(stderr, "pullcache %s: cannot open store %s: %s\n", av[0], dir,
             rc == -EBUSY ? "in use by a daemon whose control socket does not answer "

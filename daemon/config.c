@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "core/netaddr.h"
 #include "core/num.h"
 #include "core/pc.h"
 
@@ -146,6 +147,7 @@ enum ktype {
   K_PATH,     /* char[size], a readable file */
   K_URL,      /* char[size], http(s) URL, trailing slashes dropped */
   K_CRED,     /* credentials_file: the path, and its "user:password" into userpwd */
+  K_CIDRS,    /* char[size], CIDRs or addresses, comma/space separated (core/netaddr.h) */
   K_BOOL,     /* int 0/1 */
   K_ACCESS,   /* srv_opts.access_log: on = 1, off = -1 */
   K_UINT,     /* unsigned, a plain number */
@@ -205,6 +207,7 @@ static const cfgkey_t keys[] = {
     {S_UPSTREAM, "max_connections", K_UINT, U(max_connections), 0, 100000},
     {S_UPSTREAM, "rate_limit", K_DOUBLE, U(rate_limit), 0, 1000000},
     {S_UPSTREAM, "rate_burst", K_UINT, U(rate_burst), 0, 1000000},
+    {S_UPSTREAM, "allow_redirect_to", K_CIDRS, U(allow_redirect_to), 0, 0},
 };
 
 #undef C
@@ -428,8 +431,17 @@ static int set_key(const cfgkey_t *k, void *base, daemon_config_t *cfg, int *lis
   case K_PATH:
   case K_URL:
   case K_CRED:
+  case K_CIDRS:
     if (!*value || copy_str(field, k->size, value) < 0)
       goto bad;
+    if (k->type == K_CIDRS) {
+      char badv[64];
+      if (pc_cidr_list_check(field, badv, sizeof(badv)) != 0) {
+        set_err(err, errlen, "%s: \"%s\" is not an address or CIDR", k->name, badv);
+        return -EINVAL;
+      }
+      return 0;
+    }
     if (k->type == K_URL) {
       strip_slashes(field);
       if (!config_url_valid(field)) {
@@ -956,6 +968,7 @@ static void fmt_key(const cfgkey_t *k, const void *base, char *out, size_t n)
   case K_PATH:
   case K_URL:
   case K_CRED:
+  case K_CIDRS:
     snprintf(out, n, "%s", field);
     return;
   case K_BOOL:

@@ -16,7 +16,10 @@
 
 #include <string.h>
 
+#include <jansson.h>
+
 #include "core/buf.h"
+#include "core/mtype.h"
 #include "core/num.h"
 #include "core/pc.h"
 #include "daemon/upstream.h"
@@ -46,7 +49,8 @@ struct mjob {
   char retry_after[32];
   char up_digest[STORE_DIGEST_MAX];
   char media_type[128];
-  pc_buf_t body; /**< capped at env->max_manifest */
+  const char *invalid; /**< what of the upstream's answer failed its check (a static string) */
+  pc_buf_t body;       /**< capped at env->max_manifest */
   char digest[STORE_DIGEST_MAX];
   mjob_result_t res; /**< set when answered */
   uv_work_t work;
@@ -226,6 +230,8 @@ static void mjob_fail(mjob_t *j, int err)
       .retry_after = j->retry_after,
       .detail = err == PC_E_UPSTREAM_DIGEST
                     ? "the upstream manifest did not match its digest; nothing was cached"
+                : err == PC_E_UPSTREAM_INVALID
+                    ? "the upstream's manifest answer was malformed; nothing was cached"
                     : NULL};
   mjob_finish(j);
 }
@@ -235,16 +241,27 @@ static int on_headers(up_fetch_t *f, int status, void *arg)
   mjob_t *j = arg;
   pull_env_t *env = j->env;
   j->status = status;
-  /* "type; params" -> "type" */
-  pc_strlcpy(j->media_type, sizeof(j->media_type), env->fetch->header(env, f, "content-type"));
-  char *semi = strchr(j->media_type, ';');
-  if (semi)
-    *semi = '\0';
-  size_t n = strlen(j->media_type);
-  while (n && (j->media_type[n - 1] == ' ' || j->media_type[n - 1] == '\t'))
-    j->media_type[--n] = '\0';
-  pc_strlcpy(j->up_digest, sizeof(j->up_digest),
-             env->fetch->header(env, f, "docker-content-digest"));
+  const char *ct = env->fetch->header(env, f, "content-type");
+  const char *dg = env->fetch->header(env, f, "docker-content-digest");
+  if (status == 200) {
+    /* Upstream values are checked before they are used or stored (never copied otherwise). */
+    size_t tl = 0;
+    if (ct && *ct && (!pc_mtype_header_ok(ct, &tl) || tl >= sizeof(j->media_type))) {
+      j->invalid = "content-type";
+      return PC_E_UPSTREAM_INVALID;
+    }
+    if (dg && *dg && store_digest_parse(dg, strlen(dg)) < 0) {
+      j->invalid = "docker-content-digest";
+      return PC_E_UPSTREAM_INVALID;
+    }
+    /* "type; params" -> "type" */
+    j->media_type[0] = '\0';
+    if (ct && *ct) {
+      memcpy(j->media_type, ct, tl);
+      j->media_type[tl] = '\0';
+    }
+    pc_strlcpy(j->up_digest, sizeof(j->up_digest), dg);
+  }
   pc_strlcpy(j->retry_after, sizeof(j->retry_after), env->fetch->header(env, f, "retry-after"));
   return 0;
 }
@@ -256,6 +273,76 @@ static int on_data(up_fetch_t *f, const char *buf, size_t len, void *arg)
   if (j->status != 200)
     return 0;                            /* error bodies are not kept */
   return pc_buf_add(&j->body, buf, len); /* PC_E_TOOBIG past max_manifest */
+}
+
+/* The manifest types pullcache knows; a manifest without a mediaType field must come as one. */
+static int known_manifest_type(const char *t)
+{
+  static const char *const known[] = {
+      "application/vnd.oci.image.index.v1+json",
+      "application/vnd.oci.image.manifest.v1+json",
+      "application/vnd.docker.distribution.manifest.list.v2+json",
+      "application/vnd.docker.distribution.manifest.v2+json",
+      "application/vnd.docker.distribution.manifest.v1+prettyjws",
+      "application/vnd.docker.distribution.manifest.v1+json",
+  };
+  for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+    if (strcmp(t, known[i]) == 0)
+      return 1;
+  return 0;
+}
+
+/* A manifest is checked for what it claims before it is answered or stored: a JSON object with
+ * a schemaVersion; its mediaType, when it has one, agrees with the Content-Type (and stands in
+ * for a missing one); without one, it is Docker/OCI schema 2 (or a schema 1 manifest sent as
+ * such) and the Content-Type is a manifest type or absent. Returns NULL when it holds (and sets
+ * j->media_type), else the reason. */
+static const char *manifest_check(mjob_t *j)
+{
+  json_error_t e;
+  json_t *m = json_loadb(j->body.p, j->body.len, JSON_REJECT_DUPLICATES, &e);
+  const char *why = NULL;
+  if (!m || !json_is_object(m)) {
+    why = m ? "not-a-json-object" : "not-json";
+    goto out;
+  }
+  json_t *sv = json_object_get(m, "schemaVersion");
+  json_t *mt = json_object_get(m, "mediaType");
+  if (!json_is_integer(sv)) {
+    why = "no-schemaVersion";
+    goto out;
+  }
+  if (mt) {
+    const char *v = json_string_value(mt);
+    if (!v || !pc_mtype_ok(v, strlen(v)) || strlen(v) >= sizeof(j->media_type)) {
+      why = "bad-mediaType";
+      goto out;
+    }
+    if (j->media_type[0] && strcmp(j->media_type, v) != 0) {
+      why = "mediaType-contradicts-content-type";
+      goto out;
+    }
+    pc_strlcpy(j->media_type, sizeof(j->media_type), v);
+    goto out;
+  }
+  if (j->media_type[0] && !known_manifest_type(j->media_type)) {
+    why = "content-type-not-a-manifest";
+    goto out;
+  }
+  json_int_t ver = json_integer_value(sv);
+  if (ver == 1 && strstr(j->media_type, "manifest.v1") == NULL) {
+    why = "schema1-without-its-type";
+    goto out;
+  }
+  if (ver != 1 && ver != 2) {
+    why = "unknown-schemaVersion";
+    goto out;
+  }
+  if (!j->media_type[0])
+    pc_strlcpy(j->media_type, sizeof(j->media_type), "application/vnd.oci.image.manifest.v1+json");
+out:
+  json_decref(m);
+  return why;
 }
 
 static void tell_fetched(mjob_t *j, up_fetch_t *f)
@@ -278,6 +365,15 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
   pull_env_t *env = j->env;
   j->fetch = NULL;
   daemon_upstream_seen(j->up, rc, status);
+  if (rc == PC_E_TOOBIG || rc == PC_E_UPSTREAM_INVALID) {
+    /* The upstream's fault, not the client's: 502 (never the 413 of a request too big). */
+    tell_fetched(j, f);
+    pc_log(PC_LOG_WARN, "upstream-manifest-invalid upstream=%s repo=%s ref=%s reason=%s",
+           j->up->conf.name, j->repo, j->ref,
+           rc == PC_E_TOOBIG ? "larger-than-max_manifest_size" : j->invalid);
+    mjob_fail(j, PC_E_UPSTREAM_INVALID);
+    return;
+  }
   if (rc < 0 || status != 200) {
     tell_fetched(j, f);
     pc_log(PC_LOG_WARN, "upstream-manifest-failed upstream=%s repo=%s ref=%s status=%d rc=%s",
@@ -316,8 +412,16 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
     mjob_fail(j, PC_E_UPSTREAM_DIGEST);
     return;
   }
-  if (!j->media_type[0])
-    pc_strlcpy(j->media_type, sizeof(j->media_type), "application/vnd.oci.image.manifest.v1+json");
+  const char *why = manifest_check(j);
+  if (why) {
+    pc_log(PC_LOG_WARN, "upstream-manifest-invalid upstream=%s repo=%s ref=%s reason=%s",
+           j->up->conf.name, j->repo, j->ref, why);
+    mjob_fail(j, PC_E_UPSTREAM_INVALID);
+    return;
+  }
+  if (!want)
+    pc_log(PC_LOG_NOTICE, "upstream-manifest-unconfirmed upstream=%s repo=%s ref=%s digest=%s",
+           j->up->conf.name, j->repo, j->ref, got);
   pc_strlcpy(j->digest, sizeof(j->digest), got);
   env->st.manifests_fetched++;
   mjob_answer_then_store(j, MJOB_FETCHED);

@@ -18,6 +18,7 @@ void pull_req_init(up_req_t *r, const daemon_upstream_t *up)
 {
   memset(r, 0, sizeof(*r));
   r->ca_file = up->conf.ca_file[0] ? up->conf.ca_file : NULL;
+  r->redirect_allow = up->conf.allow_redirect_to[0] ? up->conf.allow_redirect_to : NULL;
   r->userpwd = up->conf.userpwd[0] ? up->conf.userpwd : NULL;
   r->pool = up->pool;
 }

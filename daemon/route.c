@@ -279,9 +279,11 @@ int route_parse(const char *method, const char *path, const char *query, const c
       if (idx >= 0) {
         out->upstream = idx;
         name_start = 1;
-      } else if (memchr(first, '.', (size_t)dl) || memchr(first, ':', (size_t)dl)) {
-        /* A first component with a dot or a colon is a registry host (the Docker reference
-         * rule): one that is not configured is refused, never forwarded as a repository. */
+      } else if (memchr(first, '.', (size_t)dl) || memchr(first, ':', (size_t)dl) ||
+                 (dl == 9 && memcmp(first, "localhost", 9) == 0)) {
+        /* A first component with a dot or a colon, or "localhost", is a registry host (the
+         * Docker reference rule): one that is not configured is refused, never forwarded as
+         * a repository. */
         return PC_E_UPSTREAM_UNKNOWN;
       }
     }

@@ -573,6 +573,18 @@ static void file_pump(conn_t *c)
   }
 }
 
+/* RFC 9110 §5.5: a field value is visible characters, obs-text, spaces and tabs; no other
+ * control character (CR, LF, NUL, ESC, DEL...) ever goes into a response head. */
+static int header_ok(const char *s)
+{
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+      return 0;
+  }
+  return 1;
+}
+
 /* Queue the response head (and an in-memory body) for the current request. */
 static void resp_send(srv_req_t *r, int status, const char *ctype, uint64_t clen, const void *body,
                       size_t blen)
@@ -589,6 +601,10 @@ static void resp_send(srv_req_t *r, int status, const char *ctype, uint64_t clen
   pc_buf_t b = {.max = 0};
   (void)pc_buf_printf(&b, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
   (void)pc_buf_add(&b, r->rh.p, r->rh.len);
+  if (ctype && !header_ok(ctype)) { /* the one checked path: no unchecked byte in a head */
+    pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=invalid name=Content-Type");
+    ctype = NULL;
+  }
   if (ctype) {
     (void)pc_buf_adds(&b, "Content-Type: ");
     (void)pc_buf_adds(&b, ctype);
@@ -755,6 +771,16 @@ static void conn_dispatch(conn_t *c)
   }
   int has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length);
   if (has_body && (p->method == HTTP_GET || p->method == HTTP_HEAD)) {
+    conn_fail(c, 400);
+    return;
+  }
+  /* RFC 9112 §3.2: an HTTP/1.1 request without a Host header, or with more than one, is a
+   * 400 (HTTP/1.0 requests need none). */
+  size_t hosts = 0;
+  for (size_t i = 0; i < r->nh; i++)
+    if (strcasecmp(r->arena.p + r->h[i].name, "host") == 0)
+      hosts++;
+  if (hosts > 1 || (hosts == 0 && p->http_major == 1 && p->http_minor >= 1)) {
     conn_fail(c, 400);
     return;
   }
@@ -1266,14 +1292,6 @@ void *srv_req_data(const srv_req_t *r)
 }
 
 /* ---- responses (API) ---------------------------------------------------------------------- */
-
-static int header_ok(const char *s)
-{
-  for (; *s; s++)
-    if (*s == '\r' || *s == '\n' || *s == '\0')
-      return 0;
-  return 1;
-}
 
 void srv_resp_header(srv_req_t *r, const char *name, const char *value)
 {

@@ -214,6 +214,9 @@ struct up_fetch {
   char *accept;
   uint64_t range_from;
   char *ca_file;
+  char *redirect_allow; /* see up_req_t */
+  int origin_cls;       /* pc_addr_class_t of the first hop's address; -1 before it */
+  const char *refused;  /* the redirect policy refused this hop: why (a static string) */
   int no_auth;
   up_headers_cb on_headers;
   up_data_cb on_data;

@@ -62,6 +62,11 @@
 #include <string.h>
 #include <strings.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "core/netaddr.h"
 #include "core/num.h"
 #include "core/pc.h"
 #include "http/up-int.h"
@@ -273,10 +278,59 @@ static void on_poll(uv_poll_t *p, int status, int events)
   check_multi_info(u);
 }
 
+/* ---- the redirect policy (see up_req_t.redirect_allow) -------------------------------------- */
+
+/* https -> http is never followed. */
+static int redirect_downgrade(const char *from, const char *to)
+{
+  return strncasecmp(from, "https://", 8) == 0 && strncasecmp(to, "https://", 8) != 0;
+}
+
+/* Called with the address a hop connected to (after DNS): the first hop of a user fetch sets
+ * the origin class; a later one must be public, of that class, or listed. */
+static int redirect_address_refused(struct up_fetch *f, const char *ip)
+{
+  pc_addr_class_t c = pc_addr_class(ip);
+  if (f->origin_cls < 0) {
+    f->origin_cls = (int)c;
+    return 0;
+  }
+  if (c == PC_ADDR_PUBLIC || (int)c == f->origin_cls ||
+      (f->redirect_allow && pc_cidr_list_match(f->redirect_allow, ip)))
+    return 0;
+  char q[PC_LOG_QUOTE_SIZE(UP__LOG_URL_MAX)];
+  pc_log_quote(q, sizeof(q), f->url, UP__LOG_URL_MAX);
+  pc_log(PC_LOG_WARN, "upstream-redirect-refused url=%s ip=%s reason=%s-address", q, ip ? ip : "-",
+         pc_addr_class_name(c));
+  f->refused = "address";
+  return 1;
+}
+
+/* A new connection for a hop: a later hop's address is checked before anything is sent to it
+ * (reused connections are checked in on_curl_prereq). */
+static curl_socket_t on_curl_opensocket(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
+{
+  struct up_fetch *f = arg;
+  char ip[INET6_ADDRSTRLEN] = "";
+  (void)purpose;
+  if (f->origin_cls >= 0) {
+    const void *src = NULL;
+    if (a->family == AF_INET)
+      src = &((const struct sockaddr_in *)(const void *)&a->addr)->sin_addr;
+    else if (a->family == AF_INET6)
+      src = &((const struct sockaddr_in6 *)(const void *)&a->addr)->sin6_addr;
+    if (!src || !inet_ntop(a->family, src, ip, sizeof(ip)) || redirect_address_refused(f, ip))
+      return CURL_SOCKET_BAD;
+  }
+  return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
 /* The connection is up and the request is about to go: the first-byte clock starts. */
 static int on_curl_prereq(void *arg, char *ip, char *local_ip, int port, int local_port)
 {
   struct up_fetch *f = arg;
+  if (redirect_address_refused(f, ip))
+    return CURL_PREREQFUNC_ABORT; /* on_hop_done fails the fetch */
   if (f->state == UP__F_HEADERS)
     uv_timer_start(&f->timer, on_fetch_timer, (uint64_t)f->u->first_byte_timeout_ms, 0);
   return CURL_PREREQFUNC_OK;
@@ -464,6 +518,8 @@ static int hop_setopts(struct up_fetch *f, int basic)
   SETOPT(CURLOPT_WRITEDATA, f);
   SETOPT(CURLOPT_PREREQFUNCTION, on_curl_prereq);
   SETOPT(CURLOPT_PREREQDATA, f);
+  SETOPT(CURLOPT_OPENSOCKETFUNCTION, on_curl_opensocket);
+  SETOPT(CURLOPT_OPENSOCKETDATA, f);
   if (f->slist)
     SETOPT(CURLOPT_HTTPHEADER, f->slist);
   if (f->head)
@@ -625,6 +681,12 @@ static void follow_redirect(struct up_fetch *f)
     up__fetch_fail(f, PC_E_UPSTREAM, f->status);
     return;
   }
+  if (redirect_downgrade(f->url, loc)) {
+    pc_log_quote(q, sizeof(q), f->url, UP__LOG_URL_MAX);
+    pc_log(PC_LOG_WARN, "upstream-redirect-refused url=%s reason=https-to-http", q);
+    up__fetch_fail(f, PC_E_UPSTREAM, f->status);
+    return;
+  }
   if (strcmp(key, f->hostkey) != 0)
     f->fresh_auth = 0; /* a new host may challenge on its own */
   loc = pc_xstrdup(loc);
@@ -646,6 +708,10 @@ static void on_hop_done(struct up_fetch *f, CURLcode res)
   }
   if (f->state == UP__F_ABORTING) {
     up__fetch_fail(f, f->abort_rc, f->status);
+    return;
+  }
+  if (res != CURLE_OK && f->refused) {
+    up__fetch_fail(f, PC_E_UPSTREAM, 0); /* logged by the policy */
     return;
   }
   if (res != CURLE_OK) {
@@ -766,6 +832,7 @@ static void on_fetch_closed(uv_handle_t *h)
   free(f->url);
   free(f->accept);
   free(f->ca_file);
+  free(f->redirect_allow);
   if (f->userpwd) {
     explicit_bzero(f->userpwd, strlen(f->userpwd));
     free(f->userpwd);
@@ -993,6 +1060,12 @@ static struct up_fetch *fetch_new(up_t *u, const up_req_t *r, up_fetch_t *parent
   f->accept = r->accept ? pc_xstrdup(r->accept) : NULL;
   f->range_from = r->range_from;
   f->ca_file = r->ca_file ? pc_xstrdup(r->ca_file) : NULL;
+  /* A token fetch is a later hop of its parent: the parent's origin class and list apply. */
+  f->origin_cls = parent ? parent->origin_cls : -1;
+  {
+    const char *ra = parent ? parent->redirect_allow : r->redirect_allow;
+    f->redirect_allow = ra && *ra ? pc_xstrdup(ra) : NULL;
+  }
   f->no_auth = r->no_auth != 0;
   memcpy(f->origin, key, sizeof(f->origin));
   if (r->userpwd && *r->userpwd && !f->no_auth)

@@ -82,14 +82,22 @@ typedef struct up_opts {
 } up_opts_t;
 
 typedef struct up_req {
-  const char *method;       /**< "GET" or "HEAD" */
-  const char *url;          /**< absolute http(s) URL */
-  const char *accept;       /**< Accept header value, or NULL */
-  uint64_t range_from;      /**< > 0: send "Range: bytes=<range_from>-" */
-  const char *ca_file;      /**< CA bundle for this request, or NULL for the system store */
-  up_headers_cb on_headers; /**< may be NULL */
-  up_data_cb on_data;       /**< may be NULL (body discarded) */
-  up_done_cb on_done;       /**< required */
+  const char *method;         /**< "GET" or "HEAD" */
+  const char *url;            /**< absolute http(s) URL */
+  const char *accept;         /**< Accept header value, or NULL */
+  uint64_t range_from;        /**< > 0: send "Range: bytes=<range_from>-" */
+  const char *ca_file;        /**< CA bundle for this request, or NULL for the system store */
+  const char *redirect_allow; /**< CIDRs (pc_cidr_list_match) a redirect or token realm may
+                                   reach though not public, or NULL. The redirect policy: never
+                                   https -> http; a later hop (redirect, token realm) connects
+                                   only to a public address, to one of the class the fetch's
+                                   first hop connected to (an upstream configured on loopback
+                                   may redirect to loopback), or to one listed here; checked on
+                                   the address curl connected to, i.e. after DNS. A refusal
+                                   ends the fetch with PC_E_UPSTREAM. */
+  up_headers_cb on_headers;   /**< may be NULL */
+  up_data_cb on_data;         /**< may be NULL (body discarded) */
+  up_done_cb on_done;         /**< required */
   void *arg;
   const char *userpwd; /**< "user:password" for the registry of url (see the top of this
                             file for where it goes), or NULL (or "") for anonymous */

@@ -353,7 +353,5 @@ int store_fsck(store_t *s, FILE *out, store_fsck_report_t *report)
     say(out, "error: fsck stopped: %s", pc_strerror(rc));
     return rc;
   }
-  return r.corrupt || r.missing_files || r.orphan_files || r.stray_files || r.totals_repaired
-             ? PC_E_CORRUPT
-             : 0;
+  return r.corrupt || r.missing_files || r.orphan_files || r.totals_repaired ? PC_E_CORRUPT : 0;
 }

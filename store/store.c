@@ -515,6 +515,14 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   *out = NULL;
   if (!root || !*root)
     return -EINVAL;
+  if (opts && opts->must_exist) {
+    struct stat sb;
+    int pl = snprintf(p, sizeof(p), "%s/meta/data.mdb", root);
+    if (pl < 0 || (size_t)pl >= sizeof(p))
+      return -ENAMETOOLONG;
+    if (stat(p, &sb) != 0 || !S_ISREG(sb.st_mode))
+      return PC_E_NOTFOUND; /* no store here: never create one for a command that reads */
+  }
   store_t *s = pc_xcalloc(1, sizeof(*s));
   s->lock_fd = -1;
   s->root = pc_xstrdup(root);

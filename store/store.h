@@ -38,15 +38,17 @@ typedef struct store_writer store_writer_t;
 typedef struct store_opts {
   uint64_t map_size;  /**< LMDB map size in bytes; 0 = default (4 GiB) */
   int atime_flush_ms; /**< unused by the store itself; the daemon flushes on its own timer */
+  int must_exist;     /**< 1: a root that holds no store is PC_E_NOTFOUND (nothing created);
+                           commands that read a store set it, only `serve` and `import` create */
 } store_opts_t;
 
-/** Open (creating if needed) the store at root. Sweeps tmp/. *out owned by caller, free with
- * store_close. opts may be NULL. Takes an exclusive flock on <root>/lock for as long as the
- * store is open: -EBUSY when another opener (process or store_t) holds it, so `pullcache fsck`
- * never sweeps a running daemon's temp files. Open once per process, after any fork (LMDB).
- * Does not scan the records, except once when the totals record (store_stats) is missing or
- * stale, i.e. the store was written by a pullcache without totals: then the byte totals are
- * recomputed from the records (a NOTICE is logged) and stored. */
+/** Open (creating if needed, unless opts->must_exist) the store at root. Sweeps tmp/. *out owned by
+ * caller, free with store_close. opts may be NULL. Takes an exclusive flock on <root>/lock for as
+ * long as the store is open: -EBUSY when another opener (process or store_t) holds it, so
+ * `pullcache fsck` never sweeps a running daemon's temp files. Open once per process, after any
+ * fork (LMDB). Does not scan the records, except once when the totals record (store_stats) is
+ * missing or stale, i.e. the store was written by a pullcache without totals: then the byte totals
+ * are recomputed from the records (a NOTICE is logged) and stored. */
 int store_open(const char *root, const store_opts_t *opts, store_t **out);
 /** Flush pending access times and close. NULL is a no-op. */
 void store_close(store_t *s);
@@ -208,9 +210,9 @@ typedef struct store_fsck_report {
  * records. Last, recompute the byte totals from the records (one write transaction holding the
  * writer lock for one scan) and rewrite the totals record if it disagrees. Prints one line per
  * problem to out (may be NULL). Blocking; intended for the `pullcache fsck` command. Returns 0
- * when the store was healthy, PC_E_CORRUPT when anything was found (strays are reported, not
- * removed), or another error if the walk itself failed; *report (may be NULL) is filled in
- * every case. */
+ * when the store was healthy or held only strays (reported, never removed: they are not the
+ * store's, and nothing was repaired), PC_E_CORRUPT when anything was found and repaired, or another
+ * error if the walk itself failed; *report (may be NULL) is filled in every case. */
 int store_fsck(store_t *s, FILE *out, store_fsck_report_t *report);
 
 #endif

@@ -618,10 +618,37 @@ def test_tls_upstream_with_ca_file():
                 check(m["pullcache_store_blobs"] == 0, "something was cached from an untrusted peer")
 
 
+def test_fsck_refuses_a_path_without_a_store_and_strays_are_not_repairs():
+    with pclib.TestEnv("appl-fsck") as env:
+        typo = env.path("no-such-store")
+        r = run_pc("fsck", "--store", typo)
+        err = r.stderr.decode()
+        check(r.returncode == 2 and ("no store at " + typo) in err,
+              "fsck on a typo: rc %d stderr %r" % (r.returncode, err))
+        check(not os.path.exists(typo), "fsck created a store at a mistyped path")
+        empty = env.path("empty-dir")
+        os.makedirs(empty)
+        r = run_pc("fsck", "--store", empty)
+        check(r.returncode == 2 and os.listdir(empty) == [], "fsck on an empty dir: rc %d %r"
+              % (r.returncode, os.listdir(empty)))
+        # a store made by serve, with a stray file: reported every run, exit 0 (nothing repaired)
+        store = env.path("store")
+        pc = env.start_pullcache(args=["--offline"], store=store, name="pc-fsck")
+        pc.stop()
+        stray = os.path.join(store, "blobs", "sha256", "not-a-fanout-dir")
+        write(stray, "x")
+        for _ in range(2):
+            r = run_pc("fsck", "--store", store)
+            out = r.stdout.decode()
+            check(r.returncode == 0 and "stray:" in out and "stray=1" in out,
+                  "fsck with a stray: rc %d %s" % (r.returncode, out))
+
+
 if __name__ == "__main__":
     sys.exit(pclib.run_tests([test_check_config_and_bad_files, test_notify_reload_under_load_and_drain,
                      test_reload_applies_limits_timeouts_and_logging,
                      test_reload_to_offline_while_a_refused_fill_has_joiners,
                      test_readyz, test_x_cache_and_metrics_promtool,
                      test_json_logs_with_phase_timings, test_upstream_connection_cap,
-                     test_credentials_file_basic_auth, test_tls_upstream_with_ca_file]))
+                     test_credentials_file_basic_auth, test_tls_upstream_with_ca_file,
+                     test_fsck_refuses_a_path_without_a_store_and_strays_are_not_repairs]))

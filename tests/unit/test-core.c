@@ -4,6 +4,8 @@
 
 #include "core/buf.h"
 #include "core/list.h"
+#include "core/mtype.h"
+#include "core/netaddr.h"
 #include "core/num.h"
 #include "unit.h"
 
@@ -127,4 +129,106 @@ TEST(strlcpy_reports_cuts)
   ASSERT_STREQ("abc", d);
   ASSERT_OK(pc_strlcpy(d, sizeof(d), NULL));
   ASSERT_STREQ("", d);
+}
+
+/* ---- core/mtype ---------------------------------------------------------------------------- */
+
+TEST(mtype_grammar)
+{
+  size_t tl;
+  static const char *const good[] = {
+      "application/vnd.oci.image.manifest.v1+json",
+      "application/vnd.docker.distribution.manifest.v1+prettyjws",
+      "text/plain; charset=utf-8",
+      "text/plain;charset=\"utf-8\"",
+      "a/b ; x=1 ;y=\"q\\\"uoted\"",
+      "a/b;",
+  };
+  for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+    ASSERT(pc_mtype_header_ok(good[i], NULL));
+  ASSERT(pc_mtype_header_ok("text/plain; charset=utf-8", &tl));
+  ASSERT_EQ(10, tl);
+  static const char *const bad[] = {
+      "",
+      "text",
+      "/json",
+      "text/",
+      "a/b/c",
+      "a b/c",
+      "-a/b",
+      "a/b\rX-Injected: yes",
+      "a/b\x1b[0m",
+      "a/b\x7f",
+      "a/b; x",
+      "a/b; =1",
+      "a/b; x=\"open",
+      "a/b; x=\"\x01\"",
+      "a/b junk",
+      "a\xc3\xa9/b",
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    ASSERT(!pc_mtype_header_ok(bad[i], NULL));
+  char longt[300];
+  memset(longt, 'a', sizeof(longt));
+  longt[127] = '/';
+  longt[255] = '\0'; /* subtype of 127: fine */
+  ASSERT(pc_mtype_header_ok(longt, NULL));
+  longt[127] = 'a';
+  longt[128] = '/'; /* type of 128 characters: too long */
+  ASSERT(!pc_mtype_header_ok(longt, NULL));
+}
+
+/* ---- core/netaddr -------------------------------------------------------------------------- */
+
+TEST(netaddr_classes_and_lists)
+{
+  static const struct {
+    const char *ip;
+    pc_addr_class_t c;
+  } cases[] = {
+      {"127.0.0.1", PC_ADDR_LOOPBACK},
+      {"127.255.1.2", PC_ADDR_LOOPBACK},
+      {"::1", PC_ADDR_LOOPBACK},
+      {"::ffff:127.0.0.1", PC_ADDR_LOOPBACK},
+      {"169.254.169.254", PC_ADDR_LINKLOCAL},
+      {"fe80::1", PC_ADDR_LINKLOCAL},
+      {"10.1.2.3", PC_ADDR_PRIVATE},
+      {"172.16.0.1", PC_ADDR_PRIVATE},
+      {"172.31.255.255", PC_ADDR_PRIVATE},
+      {"172.32.0.1", PC_ADDR_PUBLIC},
+      {"192.168.0.1", PC_ADDR_PRIVATE},
+      {"100.64.0.1", PC_ADDR_PRIVATE},
+      {"fd00::1", PC_ADDR_PRIVATE},
+      {"::ffff:10.0.0.1", PC_ADDR_PRIVATE},
+      {"0.0.0.0", PC_ADDR_UNSPECIFIED},
+      {"::", PC_ADDR_UNSPECIFIED},
+      {"224.0.0.1", PC_ADDR_UNSPECIFIED},
+      {"ff02::1", PC_ADDR_UNSPECIFIED},
+      {"8.8.8.8", PC_ADDR_PUBLIC},
+      {"2001:db8::1", PC_ADDR_PUBLIC},
+      {"localhost", PC_ADDR_INVALID},
+      {"1.2.3", PC_ADDR_INVALID},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+    ASSERT_EQ((int)cases[i].c, (int)pc_addr_class(cases[i].ip));
+  char bad[64];
+  ASSERT_OK(pc_cidr_list_check("", bad, sizeof(bad)));
+  ASSERT_OK(pc_cidr_list_check("10.0.0.0/8, fd00::/8 192.0.2.7,::1/128", bad, sizeof(bad)));
+  ASSERT_EQ(-1, pc_cidr_list_check("10.0.0.0/8, 10.0.0.0/33", bad, sizeof(bad)));
+  ASSERT_STREQ("10.0.0.0/33", bad);
+  ASSERT_EQ(-1, pc_cidr_list_check("example.com", bad, sizeof(bad)));
+  ASSERT_EQ(-1, pc_cidr_list_check("::/129", bad, sizeof(bad)));
+  ASSERT_EQ(-1, pc_cidr_list_check("1.2.3.4/", bad, sizeof(bad)));
+  const char *l = "10.0.0.0/8, 192.168.1.0/25 fd00::/8,192.0.2.7";
+  ASSERT_EQ(1, pc_cidr_list_match(l, "10.200.0.1"));
+  ASSERT_EQ(1, pc_cidr_list_match(l, "::ffff:10.0.0.1"));
+  ASSERT_EQ(1, pc_cidr_list_match(l, "192.168.1.127"));
+  ASSERT_EQ(0, pc_cidr_list_match(l, "192.168.1.128"));
+  ASSERT_EQ(1, pc_cidr_list_match(l, "fd12::5"));
+  ASSERT_EQ(0, pc_cidr_list_match(l, "fe80::1"));
+  ASSERT_EQ(1, pc_cidr_list_match(l, "192.0.2.7"));
+  ASSERT_EQ(0, pc_cidr_list_match(l, "192.0.2.8"));
+  ASSERT_EQ(0, pc_cidr_list_match(l, "not-an-ip"));
+  ASSERT_EQ(0, pc_cidr_list_match("", "10.0.0.1"));
+  ASSERT_EQ(1, pc_cidr_list_match("0.0.0.0/0", "8.8.8.8"));
 }

@@ -757,8 +757,74 @@ TEST(manifest_by_digest_mismatch_and_cap)
   ASSERT_EQ(PC_E_TOOBIG, ff_body(fx[1], manifest1, strlen(manifest1)));
   ff_done(fx[1], PC_E_TOOBIG, 200);
   cli_wait(a, &r);
-  ASSERT_EQ(413, r.status);
+  ASSERT_EQ(502, r.status); /* the upstream's fault, not the client's (was 413) */
+  ASSERT(strstr(r.body, "malformed") != NULL);
   cli_close(a);
+  teardown();
+}
+
+/* Upstream header values are checked before they are used or stored, and a manifest is checked
+ * for what it claims: each bad answer is a 502 with nothing stored, nothing copied into the
+ * head (issue 17: a bare CR in Content-Type was written into our head and stored). */
+TEST(manifest_upstream_answers_checked)
+{
+  static const struct {
+    const char *ct, *body, *digest; /* digest "" = none given, "self" = the body's */
+  } bad[] = {
+      {CT_M "\rX-Injected: yes", manifest1, "self"},
+      {CT_M "\x1b[31m", manifest1, "self"},
+      {"application/vnd.oci.image.manifest.v1+json\x7f", manifest1, "self"},
+      {"text html", manifest1, "self"},
+      {CT_M, manifest1, "sha256:XYZ"},
+      {CT_M, "<html>not json</html>", ""},
+      {CT_M, "[1,2]", ""},
+      {CT_M, "{\"mediaType\":\"" CT_M "\"}", ""},
+      {"application/vnd.docker.distribution.manifest.v2+json", manifest1, ""},
+      {"text/html", "{\"schemaVersion\":2}", ""},
+      {CT_M, "{\"schemaVersion\":2,\"mediaType\":\"a b\"}", ""},
+  };
+  setup();
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    char path[64], dg[STORE_DIGEST_MAX];
+    snprintf(path, sizeof(path), "/v2/pause/manifests/bad%zu", i);
+    store_digest_of(bad[i].body, strlen(bad[i].body), dg);
+    const char *hd = strcmp(bad[i].digest, "self") == 0 ? dg : bad[i].digest;
+    cli_t *a = cli_get(path, NULL);
+    ff_t *f = fx[nfx - 1];
+    int hrc = ff_headers(f, 200, "content-type", bad[i].ct, "docker-content-digest", hd, NULL);
+    if (hrc == 0)
+      (void)ff_body(f, bad[i].body, strlen(bad[i].body));
+    ff_done(f, hrc, 200);
+    resp_t r;
+    cli_wait(a, &r);
+    ASSERT_EQ(502, r.status);
+    ASSERT(strstr(r.head, "X-Injected") == NULL);
+    ASSERT(strchr(r.head, '\x1b') == NULL && strchr(r.head, '\x7f') == NULL);
+    cli_close(a);
+    wait_idle();
+    store_tag_t t;
+    char tag[16];
+    snprintf(tag, sizeof(tag), "bad%zu", i);
+    ASSERT_EQ(PC_E_NOTFOUND, store_tag_get(d.store, UP, "pause", tag, &t));
+    ASSERT_EQ(PC_E_NOTFOUND, store_manifest_stat(d.store, dg, NULL));
+  }
+  /* and good ones still pass: parameters on the type, no Content-Type (the mediaType stands in),
+   * no digest (unconfirmed, the manifest's own hash) */
+  static const char *const good_ct[] = {CT_M "; charset=utf-8", "", CT_M};
+  for (size_t i = 0; i < 3; i++) {
+    char path[64];
+    snprintf(path, sizeof(path), "/v2/pause/manifests/good%zu", i);
+    cli_t *a = cli_get(path, NULL);
+    ff_t *f = fx[nfx - 1];
+    ASSERT_OK(ff_headers(f, 200, "content-type", good_ct[i], NULL));
+    ASSERT_OK(ff_body(f, manifest1, strlen(manifest1)));
+    ff_done(f, 0, 200);
+    resp_t r;
+    cli_wait(a, &r);
+    ASSERT_EQ(200, r.status);
+    ASSERT_HDR(&r, "Content-Type", CT_M);
+    cli_close(a);
+  }
   teardown();
 }
 

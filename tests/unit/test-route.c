@@ -278,6 +278,22 @@ TEST(ns_selects_upstream)
   ASSERT_EQ(-1, r.upstream);
 }
 
+/* The reference grammar takes "localhost" as a registry host, like a name with a dot or a colon:
+ * an unconfigured one is refused, never forwarded as repository "localhost/pause". */
+TEST(path_prefix_localhost_is_a_host)
+{
+  route_t r;
+  ASSERT_EQ(PC_E_UPSTREAM_UNKNOWN, parse("GET", "/v2/localhost/pause/manifests/3.10", "", &r));
+  ASSERT_EQ(PC_E_UPSTREAM_UNKNOWN, parse("GET", "/v2/localhost/pause/blobs/" D64, "", &r));
+  ASSERT_EQ(PC_E_UPSTREAM_UNKNOWN, parse("GET", "/v2/localhost/a/b/tags/list", "", &r));
+  /* a repository merely starting with it is a repository */
+  ASSERT_OK(parse("GET", "/v2/localhostx/pause/manifests/3.10", "", &r));
+  ASSERT_STREQ("localhostx/pause", r.name);
+  /* a one-component name "localhost" is a repository name (no host part) */
+  ASSERT_OK(parse("GET", "/v2/localhost/manifests/3.10", "", &r));
+  ASSERT_STREQ("localhost", r.name);
+}
+
 TEST(path_prefix_selects_upstream)
 {
   route_t r;

@@ -130,6 +130,14 @@ static void handler(srv_req_t *r, void *arg)
   if (strcmp(path, "/hello") == 0) {
     srv_resp_header(r, "X-Test", "yes");
     srv_respond(r, 200, "text/plain", "hello", 5);
+  } else if (strcmp(path, "/badctype") == 0) {
+    /* what a hostile upstream's Content-Type would make: a bare CR, an ESC, a DEL */
+    const char *q = srv_req_query(r);
+    srv_respond(r, 200,
+                q[0] == 'c'   ? "a/b\rX-Injected: yes"
+                : q[0] == 'e' ? "a/b\x1b[0m"
+                              : "a/b\x7f",
+                "x", 1);
   } else if (strcmp(path, "/echo") == 0) {
     char b[1024];
     const char *acc = srv_req_header(r, "accept");
@@ -646,9 +654,9 @@ TEST(limit_431_too_many_headers)
     len += (size_t)snprintf(req + len, 100, "X-%d: v\r\n", i);
   memcpy(req + len, "\r\n", 2);
   expect_error(req, len + 2, 431);
-  /* 100 headers are fine */
-  len = (size_t)snprintf(req, 100, "GET /hello HTTP/1.1\r\n");
-  for (int i = 0; i < 100; i++)
+  /* 100 headers are fine (Host and 99 more) */
+  len = (size_t)snprintf(req, 100, "GET /hello HTTP/1.1\r\nHost: h\r\n");
+  for (int i = 0; i < 99; i++)
     len += (size_t)snprintf(req + len, 100, "X-%d: v\r\n", i);
   memcpy(req + len, "\r\n", 2);
   cli_t c;
@@ -690,6 +698,50 @@ TEST(bad_request_400)
   expect_error(bad4, sizeof(bad4) - 1, 400);
   ts_stop();
   ASSERT_EQ(0, count_done()); /* the handler never saw them */
+}
+
+/* RFC 9112 §3.2: an HTTP/1.1 request needs exactly one Host; HTTP/1.0 may have none. */
+TEST(host_header_exactly_one)
+{
+  ts_start(NULL);
+  static const char none[] = "GET /hello HTTP/1.1\r\n\r\n";
+  static const char two[] = "GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+  expect_error(none, sizeof(none) - 1, 400);
+  expect_error(two, sizeof(two) - 1, 400);
+  ASSERT_EQ(0, count_done()); /* the handler never saw them */
+  static const char v10[] = "GET /hello HTTP/1.0\r\n\r\n";
+  cli_t c;
+  resp_t r;
+  cli_open(&c);
+  cli_send(&c, v10, sizeof(v10) - 1);
+  ASSERT_OK(cli_read(&c, &r, 0));
+  ASSERT_EQ(200, r.status);
+  resp_free(&r);
+  cli_close(&c);
+  ts_stop();
+}
+
+/* A Content-Type with a control character never reaches the head: dropped, the rest stands. */
+TEST(content_type_with_control_chars_dropped)
+{
+  ts_start(NULL);
+  static const char *const q[] = {"c", "e", "d"};
+  for (int i = 0; i < 3; i++) {
+    char req[128];
+    int n = snprintf(req, sizeof(req), "GET /badctype?%s HTTP/1.1\r\nHost: h\r\n\r\n", q[i]);
+    cli_t c;
+    resp_t r;
+    cli_open(&c);
+    cli_send(&c, req, (size_t)n);
+    ASSERT_OK(cli_read(&c, &r, 0));
+    ASSERT_EQ(200, r.status);
+    ASSERT(strstr(r.head, "Content-Type") == NULL);
+    ASSERT(strstr(r.head, "X-Injected") == NULL);
+    ASSERT(strchr(r.head, '\x1b') == NULL && strchr(r.head, '\x7f') == NULL);
+    resp_free(&r);
+    cli_close(&c);
+  }
+  ts_stop();
 }
 
 TEST(tls_hello_on_plain_port_closes)
@@ -1470,7 +1522,8 @@ TEST(transport_resp_header_cap)
   ASSERT_OK(uv_loop_init(&T.loop));
   srv_opts_t o = {.access_log = -1};
   ASSERT_OK(srv_new(&T.loop, &o, handler, NULL, &T.srv));
-  mem_tr_t *m = mem_new(&T.loop, &log, "GET /caps HTTP/1.1\r\nConnection: close\r\n\r\n");
+  mem_tr_t *m =
+      mem_new(&T.loop, &log, "GET /caps HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
   m->piece = 4096;
   ASSERT_OK(srv__adopt_transport(T.srv, &m->tr));
   ASSERT_OK(uv_run(&T.loop, UV_RUN_DEFAULT));
