@@ -136,6 +136,9 @@ static void upstream_sample(pc_buf_t *o, size_t f, const char *fam, const char *
                   s->errors_unavailable);
     pc_buf_printf(o, "%s{upstream=\"%s\",kind=\"other\"} %" PRIu64 "\n", fam, n, s->errors_other);
     break;
+  case 8:
+    pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fam, n, s->too_slow);
+    break;
   case 3:
     pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fam, n, s->body_bytes);
     break;
@@ -174,6 +177,9 @@ static void render_upstreams(pc_buf_t *o, const daemon_t *d)
        "Fetches waiting for max_connections or rate_limit."},
       {"pullcache_upstream_reachable", "gauge",
        "1 when the last probe or fetch reached the upstream, 0 when it did not."},
+      {"pullcache_upstream_too_slow_total", "counter",
+       "Transfers ended for averaging under [fetch] min_rate (then resumed on a fresh "
+       "connection; also counted as timeout errors)."},
   };
   up_pool_stats_t st[DAEMON_MAX_UPSTREAMS];
   for (int i = 0; i < d->nups; i++) {

@@ -176,6 +176,8 @@ struct up {
   long connect_timeout_ms;
   long first_byte_timeout_ms;
   long stall_timeout_ms;
+  uint64_t min_rate; /* bytes/s a body must average over each window; 0 = no floor */
+  uint64_t min_rate_window_ms;
   int max_redirects;
   char *user_agent;
   pc_list_t fetches; /* every fetch not yet released (their link), newest first */
@@ -244,6 +246,8 @@ struct up_fetch {
   struct curl_slist *slist;
   char hostkey[UP__HOSTKEY_MAX];
   uint64_t last_activity;
+  uint64_t rate_t0;    /* start of the current min_rate window (ms, loop clock) */
+  uint64_t rate_bytes; /* body bytes in the current window */
   /* timings (uv_hrtime ns) */
   uint64_t t_created; /* up_fetch_start */
   uint64_t t_begin;   /* the fetch started (left the queue) */

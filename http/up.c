@@ -47,7 +47,8 @@
  * Timeouts: curl enforces connect_timeout_ms. Each fetch has one uv_timer_t: in HEADERS it
  * fires first_byte ms after the request went out (CURLOPT_PREREQFUNCTION; until then it is
  * armed for connect + first_byte as a backstop); in BODY it checks that some bytes arrived in
- * the last stall_timeout_ms.
+ * the last stall_timeout_ms and, with min_rate set, that the final body averaged min_rate over
+ * each min_rate_window_ms (a tumbling window; a trickle that beats the stall timer ends too).
  *
  * Timings (up_fetch_timings) are uv_hrtime stamps kept in ns: t_created in up_fetch_start,
  * t_begin when the fetch starts (leaves the queue; queue_ns is the difference), t_hop per hop
@@ -374,6 +375,8 @@ static int header_line(struct up_fetch *f, const char *buf, size_t len)
   f->hop = classify(f);
   f->state = UP__F_BODY;
   f->last_activity = uv_now(u->loop);
+  f->rate_t0 = f->last_activity;
+  f->rate_bytes = 0;
   uv_timer_start(&f->timer, on_fetch_timer, (uint64_t)u->stall_timeout_ms, 0);
   if (f->hop == UP__HOP_FINAL) {
     f->first_byte_ns = uv_hrtime() - f->t_begin;
@@ -426,6 +429,7 @@ static size_t on_curl_write(char *buf, size_t size, size_t n, void *arg)
   f->last_activity = uv_now(u->loop);
   if (f->state != UP__F_BODY || f->hop != UP__HOP_FINAL)
     return len; /* body of a redirect or a 401: discarded */
+  f->rate_bytes += len;
   if (f->kind == UP__FETCH_USER) {
     u->stats.body_bytes += len;
     if (f->pool)
@@ -627,7 +631,29 @@ static void on_fetch_timer(uv_timer_t *t)
       (f->state != UP__F_ADDING && f->state != UP__F_HEADERS && f->state != UP__F_BODY))
     return;
   if (f->state == UP__F_BODY && now - f->last_activity < stall) {
-    uv_timer_start(&f->timer, on_fetch_timer, stall - (now - f->last_activity), 0);
+    uint64_t next = stall - (now - f->last_activity);
+    if (u->min_rate && f->hop == UP__HOP_FINAL) {
+      uint64_t win = u->min_rate_window_ms, age = now - f->rate_t0;
+      if (age >= win) {
+        /* bytes in the window against min_rate * window (no overflow: both are capped) */
+        if (f->rate_bytes * 1000 < u->min_rate * age) {
+          pc_log_quote(q, sizeof(q), f->url, UP__LOG_URL_MAX);
+          pc_log(PC_LOG_WARN,
+                 "upstream-too-slow url=%s bytes=%" PRIu64 " ms=%" PRIu64 " min_rate=%" PRIu64, q,
+                 f->rate_bytes, age, u->min_rate);
+          if (f->pool && f->kind == UP__FETCH_USER)
+            f->pool->stats.too_slow++;
+          up__fetch_fail(f, PC_E_UPSTREAM_TIMEOUT, f->status);
+          return;
+        }
+        f->rate_t0 = now;
+        f->rate_bytes = 0;
+        age = 0;
+      }
+      if (win - age < next)
+        next = win - age;
+    }
+    uv_timer_start(&f->timer, on_fetch_timer, next ? next : 1, 0);
     return;
   }
   pc_log_quote(q, sizeof(q), f->url, UP__LOG_URL_MAX);
@@ -934,6 +960,13 @@ void up_set_opts(up_t *u, const up_opts_t *opts)
       opts && opts->first_byte_timeout_ms > 0 ? opts->first_byte_timeout_ms : 30000;
   u->stall_timeout_ms = opts && opts->stall_timeout_ms > 0 ? opts->stall_timeout_ms : 30000;
   u->max_redirects = opts && opts->max_redirects > 0 ? opts->max_redirects : 10;
+  u->min_rate = opts ? opts->min_rate : 0;
+  if (u->min_rate > (1ULL << 34))
+    u->min_rate = 1ULL << 34; /* 16 GiB/s: keeps min_rate * window inside 64 bits */
+  u->min_rate_window_ms =
+      opts && opts->min_rate_window_ms > 0 ? (uint64_t)opts->min_rate_window_ms : 30000;
+  if (u->min_rate_window_ms > 24ULL * 3600 * 1000)
+    u->min_rate_window_ms = 24ULL * 3600 * 1000;
 }
 
 /* u's multi handle, wired to the socket and timer callbacks. 0 or PC_E_INTERNAL. */

@@ -77,6 +77,11 @@ typedef struct up_opts {
   long first_byte_timeout_ms; /**< request sent -> end of response headers, per hop;
                                    default 30000 */
   long stall_timeout_ms;      /**< no body bytes for this long; default 30000 */
+  uint64_t min_rate;          /**< a final body must average at least this many bytes/s over
+                                   each min_rate_window_ms, or the fetch ends with
+                                   PC_E_UPSTREAM_TIMEOUT (a trickle that beats the stall timer
+                                   still ends); 0 = no floor (the default) */
+  long min_rate_window_ms;    /**< default 30000 */
   int max_redirects;          /**< default 10 */
   const char *user_agent;     /**< default "pullcache/<version>" */
 } up_opts_t;
@@ -153,6 +158,7 @@ typedef struct up_pool_stats {
   uint64_t errors_timeout;     /**< fetches that ended with PC_E_UPSTREAM_TIMEOUT */
   uint64_t errors_unavailable; /**< ... with PC_E_UPSTREAM_UNAVAILABLE */
   uint64_t errors_other;       /**< ... with any other rc < 0 (cancels are not counted) */
+  uint64_t too_slow;           /**< of errors_timeout: bodies that fell under min_rate */
   uint64_t body_bytes;         /**< final-response body bytes received */
   uint64_t tokens;             /**< tokens fetched */
   unsigned active;             /**< fetches holding a slot now */

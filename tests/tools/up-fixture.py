@@ -36,6 +36,7 @@ Routes (both ports):
   /topriv                   307 -> http://127.0.0.1:B/v2/priv2/manifests/v1
   /stall                    Content-Length 1000, 10 bytes, then silence for 5 s
   /stallhdr                 silence for 5 s before the status line
+  /trickle                  Content-Length 1000, 1 byte every 100 ms (beats any stall timer)
   /trunc                    Content-Length 1000, 100 bytes, then the connection closes
 """
 import base64
@@ -191,6 +192,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body(10))
             self.wfile.flush()
             time.sleep(5)
+            self.close_connection = True
+        elif u.path == "/trickle":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.flush()
+            try:
+                for i in range(1000):
+                    self.wfile.write(body(1000)[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
             self.close_connection = True
         elif u.path == "/stallhdr":
             time.sleep(5)

@@ -605,6 +605,30 @@ TEST(stall_timeout)
   fx_stop(&x);
 }
 
+/* A body that beats the stall timer byte by byte but averages under min_rate ends with a
+ * timeout (the fill then resumes on a fresh connection). */
+TEST(min_rate_ends_a_trickle)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_opts_t o = {.stall_timeout_ms = 2000, .min_rate = 100, .min_rate_window_ms = 1000};
+  up_t *u;
+  struct res r = {0};
+  char url[128];
+
+  fx_start(&x);
+  u = mk(&loop, &o);
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/trickle", x.a);
+  fetch(u, &loop, "GET", url, 0, &r);
+  ASSERT_EQ(PC_E_UPSTREAM_TIMEOUT, r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT(r.len > 0 && r.len < 100); /* ~10 bytes/s for about a window */
+  ASSERT(body_ok(&r, 0, r.len));
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
+
 TEST(truncated_body)
 {
   struct fx x;
