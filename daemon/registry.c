@@ -217,9 +217,20 @@ static int route_request(daemon_t *d, srv_req_t *req, route_t *r, daemon_upstrea
   reqctx_of(req)->route = r->kind;
   if (rc) {
     const char *detail = NULL;
-    if (rc == PC_E_UPSTREAM_UNKNOWN)
+    char msg[384];
+    if (rc == PC_E_UPSTREAM_UNKNOWN && r->ns_given) {
       detail = "ns names an upstream this mirror does not serve";
-    else if (rc == PC_E_UNSUPPORTED)
+    } else if (rc == PC_E_UPSTREAM_UNKNOWN) {
+      /* A path prefix: name the host as it was sent (the first segment after /v2/). */
+      const char *first = srv_req_path(req) + 4;
+      const char *slash = strchr(first, '/');
+      int len = slash ? (int)(slash - first) : (int)strlen(first);
+      if (len > 255)
+        len = 255;
+      snprintf(msg, sizeof(msg), "the path prefix %.*s names a registry this mirror does not serve",
+               len, first);
+      detail = msg;
+    } else if (rc == PC_E_UNSUPPORTED)
       detail = "this registry is a read-only pull-through mirror";
     answer_error(req, rc, detail);
     return rc;
