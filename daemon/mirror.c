@@ -28,6 +28,7 @@
 #include "core/num.h"
 #include "core/pc.h"
 #include "daemon/fill.h"
+#include "daemon/meta.h"
 #include "daemon/mjob.h"
 #include "daemon/reqctx.h"
 #include "store/digest.h"
@@ -428,6 +429,7 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
   m->env.released = env_released;
   pc_list_init(&m->env.fills);
   pc_list_init(&m->env.jobs);
+  pc_list_init(&m->env.metas);
   *out = m;
   return 0;
 }
@@ -435,6 +437,11 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
 int mirror_new(daemon_t *d, mirror_t **out)
 {
   return mirror_new_with(d, &up_ops, d, NULL, out);
+}
+
+pull_env_t *mirror_env(mirror_t *m)
+{
+  return &m->env;
 }
 
 void mirror_get_stats(const mirror_t *m, mirror_stats_t *out)
@@ -456,6 +463,7 @@ void mirror_free(mirror_t *m)
   m->env.live++;
   mjob_cancel_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
   fill_cancel_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
+  meta_free_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
   m->env.live--;
   env_released(&m->env);
 }

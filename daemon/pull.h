@@ -57,6 +57,7 @@ struct pull_env {
   mirror_stats_t st;
   pc_list_t fills;                   /**< fill_t.link */
   pc_list_t jobs;                    /**< mjob_t.link */
+  pc_list_t metas;                   /**< meta_t (daemon/meta.c): referrers and tag lists */
   unsigned live;                     /**< fills and jobs not yet freed */
   int closing;                       /**< mirror_free ran: free the env when live reaches 0 */
   void (*released)(pull_env_t *env); /**< called after a fill or job is freed */

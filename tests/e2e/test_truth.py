@@ -1,0 +1,175 @@
+#!/usr/bin/python3
+"""End to end: the mirror answers with the upstream's truth (issue 13).
+
+Two test upstreams: "registry.k8s.io" (the k8s-like one: referrers answered 404 at its edge,
+signature tags on their own host, blobs on a CDN-like host, manifests on a regional host) and
+"harbor.local" (the same program with the referrers API on). Checked from the answers and from
+the upstreams' request logs:
+  - referrers pass through (unfiltered, filtered, paginated with the Link pointed at the
+    mirror), a 404 stays a 404, the cached answer is served when the upstream fails;
+  - tags/list lists every upstream tag, with n / last / Link; the local tags, with a Warning,
+    when the upstream cannot be asked;
+
+    PULLCACHE=build/pullcache PC_BUILD=build python3 tests/e2e/test_truth.py [test_name ...]
+"""
+
+import base64
+import hashlib
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pclib  # noqa: E402
+from pclib import check, http, http_json  # noqa: E402
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+ACCEPT = OCI_INDEX + ", " + OCI_MANIFEST
+
+
+def images():
+    d = pclib.make_images("tiny")
+    return d, pclib.load_images(d)
+
+
+def two_upstreams(env, d, args=()):
+    k8s = env.start_upstream(d)
+    harbor = env.start_upstream(d)
+    harbor.config(referrers_edge_404=False)
+    pc = env.start_pullcache(upstream=k8s, args=["--upstream", "harbor.local=" + harbor.url] + list(args))
+    return k8s, harbor, pc
+
+
+def routes(up, route, role="registry"):
+    return [e for e in up.log(role) if e.get("route") == route]
+
+
+def descriptor(i, at):
+    return {"mediaType": OCI_MANIFEST, "digest": "sha256:" + hashlib.sha256(b"ref%d" % i).hexdigest(),
+            "size": 100 + i, "artifactType": at}
+
+
+def test_referrers_pass_through():
+    d, imgs = images()
+    with pclib.TestEnv("truth-referrers") as env:
+        k8s, harbor, pc = two_upstreams(env, d)
+        subject = imgs["pause"]["index_digest"]
+        descs = [descriptor(i, "application/vnd.dev.cosign.artifact.sig.v1+json" if i % 2 else
+                            "application/spdx+json") for i in range(7)]
+        http_json("POST", harbor.url + "/_control/referrers", {"repo": "pause", "subject": subject,
+                                                               "manifests": descs})
+        base = pc.url + "/v2/harbor.local/pause/referrers/" + subject
+        # unfiltered, one page
+        r = http("GET", base)
+        check(r.status == 200 and r.headers.get("content-type") == OCI_INDEX, "referrers %d %r" % (r.status, r.headers))
+        check(json.loads(r.body)["manifests"] == descs, "every descriptor passed through: %r" % r.body)
+        check("oci-filters-applied" not in r.headers, "no filter claimed")
+        # filtered
+        r = http("GET", base + "?artifactType=application%2Fspdx%2Bjson")
+        got = json.loads(r.body)["manifests"]
+        check(r.status == 200 and got == [x for x in descs if x["artifactType"] == "application/spdx+json"],
+              "filtered: %r" % got)
+        check(r.headers.get("oci-filters-applied") == "artifactType", "OCI-Filters-Applied passed on")
+        # paginated: the Link points at the mirror (path prefix kept), the next page comes through it
+        harbor.config(referrers_page=2)
+        r = http("GET", base + "?artifactType=application%2Fvnd.dev.cosign.artifact.sig.v1%2Bjson")
+        check(r.status == 200 and len(json.loads(r.body)["manifests"]) == 2, "page 1: %r" % r.body)
+        link = r.headers.get("link", "")
+        check(link.startswith("</v2/harbor.local/pause/referrers/" + subject + "?") and 'rel="next"' in link,
+              "Link rewritten to the mirror: %r" % link)
+        r2 = http("GET", pc.url + link[1:link.index(">")])
+        sigs = [x for x in descs if "cosign" in x["artifactType"]]
+        check(r2.status == 200 and json.loads(r2.body)["manifests"] == sigs[2:], "page 2: %r" % r2.body)
+        check("link" not in r2.headers, "last page has no Link")
+        # the k8s-like upstream answers referrers 404 at its edge: it stays 404
+        r = http("GET", pc.url + "/v2/pause/referrers/" + subject)
+        check(r.status == 404, "k8s-like upstream 404 stays 404: %d %r" % (r.status, r.body))
+        check(len([e for e in k8s.log("redirector") if "/referrers/" in e["path"]]) == 1,
+              "one upstream request for the 404")
+        # cached: asking again is no upstream request (within the TTL)
+        n = len(routes(harbor, "referrers"))
+        r = http("GET", base)
+        check(r.status == 200 and len(routes(harbor, "referrers")) == n, "cached answer within the TTL")
+
+
+def test_referrers_stale_and_single_flight():
+    d, imgs = images()
+    with pclib.TestEnv("truth-referrers-stale") as env:
+        k8s, harbor, pc = two_upstreams(env, d, ["--tag-ttl", "0"])
+        subject = imgs["pause"]["index_digest"]
+        descs = [descriptor(1, "application/spdx+json")]
+        http_json("POST", harbor.url + "/_control/referrers", {"repo": "pause", "subject": subject,
+                                                               "manifests": descs})
+        base = pc.url + "/v2/harbor.local/pause/referrers/" + subject
+        check(http("GET", base).status == 200, "first answer")
+        # the upstream fails: the cached answer, stale, with a Warning
+        harbor.faults([{"role": "redirector", "path_re": "referrers", "fault": "status", "status": 503}])
+        r = http("GET", base)
+        check(r.status == 200 and json.loads(r.body)["manifests"] == descs, "stale answer %d" % r.status)
+        check(r.headers.get("warning", "").startswith("299 - "), "Warning on a stale answer: %r" % r.headers)
+        # nothing cached for another subject: the upstream's error
+        r = http("GET", pc.url + "/v2/harbor.local/pause/referrers/sha256:" + "3" * 64)
+        check(r.status == 503, "no cache, upstream down: %d" % r.status)
+        harbor.faults([])
+        # single flight: 10 concurrent askers of a new key, one upstream request
+        harbor.faults([{"role": "registry", "path_re": "referrers", "fault": "stall", "after": 0, "delay_ms": 800}])
+        import concurrent.futures
+        other = pc.url + "/v2/harbor.local/pause/referrers/sha256:" + "4" * 64
+        n = len(routes(harbor, "referrers"))
+        with concurrent.futures.ThreadPoolExecutor(10) as ex:
+            got = list(ex.map(lambda _: http("GET", other).status, range(10)))
+        check(got == [200] * 10, "10 answers: %r" % got)
+        check(len(routes(harbor, "referrers")) == n + 1, "one upstream request for 10 askers: %d"
+              % (len(routes(harbor, "referrers")) - n))
+
+
+def test_tags_from_upstream():
+    d, imgs = images()
+    with pclib.TestEnv("truth-tags") as env:
+        k8s = env.start_upstream(d)
+        # five tags upstream, none of them ever pulled through the mirror
+        man = imgs["pause"]["index_digest"]
+        for t in ("v1", "v2", "v3", "v4", "v5"):
+            http_json("POST", k8s.url + "/_control/manifest", {
+                "repo": "pause", "tag": t, "media_type": OCI_INDEX,
+                "manifest": base64.b64encode(open(os.path.join(d, imgs["pause"]["layout_dir"], "blobs", "sha256",
+                                                               man[7:]), "rb").read()).decode()})
+        pc = env.start_pullcache(upstream=k8s)
+        want = sorted(["v1", "v2", "v3", "v4", "v5", imgs["pause"]["tag"]])
+        r = http("GET", pc.url + "/v2/pause/tags/list")
+        check(r.status == 200 and json.loads(r.body)["tags"] == want, "every upstream tag: %r" % r.body)
+        r = http("GET", pc.url + "/v2/pause/tags/list?n=2")
+        check(json.loads(r.body)["tags"] == want[:2], "n=2: %r" % r.body)
+        link = r.headers.get("link", "")
+        check(link == '</v2/pause/tags/list?n=2&last=%s>; rel="next"' % want[1], "Link: %r" % link)
+        r = http("GET", pc.url + link[1:link.index(">")])
+        check(json.loads(r.body)["tags"] == want[2:4], "page 2 through the Link: %r" % r.body)
+        r = http("GET", pc.url + "/v2/pause/tags/list?n=0")
+        check(r.status == 200 and json.loads(r.body)["tags"] == [], "n=0: %r" % r.body)
+        r = http("GET", pc.url + "/v2/registry.k8s.io/pause/tags/list?n=2&last=" + want[2])
+        check(json.loads(r.body)["tags"] == want[3:5], "path prefix + last: %r" % r.body)
+        check(r.headers.get("link", "").startswith("</v2/registry.k8s.io/pause/tags/list?"), "prefix kept in Link %r"
+              % r.headers.get("link"))
+        r = http("GET", pc.url + "/v2/nothere/tags/list")
+        check(r.status == 404, "upstream 404 stays 404: %d" % r.status)
+        # n/last reached the upstream as sent
+        qs = [e["query"] for e in routes(k8s, "tags")]
+        check("n=2" in qs and "n=2&last=" + want[1] in qs and "n=0" in qs, "queries passed on: %r" % qs)
+        # the upstream down, tag_ttl (300 s) not over: the cached list. A new query: the local tags.
+        r = http("GET", pc.url + "/v2/pause/manifests/" + imgs["pause"]["tag"], {"Accept": ACCEPT})
+        check(r.status == 200, "pull one tag")
+        k8s.faults([{"role": "redirector", "path_re": "tags", "fault": "status", "status": 503}])
+        r = http("GET", pc.url + "/v2/pause/tags/list")
+        check(r.status == 200 and json.loads(r.body)["tags"] == want and "warning" not in r.headers,
+              "cached list within tag_ttl: %r" % r.body)
+        r = http("GET", pc.url + "/v2/pause/tags/list?n=100")
+        check(r.status == 200 and json.loads(r.body)["tags"] == [imgs["pause"]["tag"]], "local tags: %r" % r.body)
+        check(r.headers.get("warning", "").startswith("299 - "), "Warning says so: %r" % r.headers)
+        with open(pc.log_path) as f:
+            check("tags-from-cache upstream=registry.k8s.io repo=pause" in f.read(), "log line")
+
+
+if __name__ == "__main__":
+    sys.exit(pclib.run_tests([test_referrers_pass_through, test_referrers_stale_and_single_flight,
+                              test_tags_from_upstream]))
