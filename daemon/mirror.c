@@ -31,6 +31,7 @@
 #include "daemon/meta.h"
 #include "daemon/mjob.h"
 #include "daemon/reqctx.h"
+#include "daemon/scope.h"
 #include "store/digest.h"
 #include "daemon/upstream.h"
 
@@ -359,6 +360,53 @@ static void blob_on_end(fill_sub_t *s, const fill_result_t *r)
 static const fill_sub_ops_t blob_ops = {blob_on_length, blob_on_avail, blob_on_fetched,
                                         blob_on_end};
 
+/* The recorder: a subscriber of every fill the mirror starts (not a client) that records,
+ * when the fill is committed, where the upstream served the blob (repository scoping). */
+typedef struct recorder {
+  fill_sub_t fs;
+  mirror_t *m;
+  char up_name[256];
+  char repo[256];
+} recorder_t;
+
+static void rec_on_length(fill_sub_t *s, uint64_t total, uint64_t avail)
+{
+  (void)s;
+  (void)total;
+  (void)avail;
+}
+
+static void rec_on_avail(fill_sub_t *s, uint64_t avail)
+{
+  (void)s;
+  (void)avail;
+}
+
+static void rec_on_end(fill_sub_t *s, const fill_result_t *r)
+{
+  recorder_t *rec = container_of(s, recorder_t, fs);
+  if (r->rc == 0)
+    scope_record(&rec->m->env, rec->up_name, rec->repo, r->digest);
+  free(rec);
+}
+
+static const fill_sub_ops_t recorder_ops = {rec_on_length, rec_on_avail, NULL, rec_on_end};
+
+static void recorder_attach(mirror_t *m, const daemon_upstream_t *up, const char *repo,
+                            const char *digest)
+{
+  fill_t *f = fill_find(&m->env, digest);
+  if (!f)
+    return; /* it ended inside fill_start */
+  recorder_t *rec = pc_xcalloc(1, sizeof(*rec));
+  rec->m = m;
+  rec->fs.ops = &recorder_ops;
+  pc_list_init(&rec->fs.link);
+  pc_strlcpy(rec->up_name, sizeof(rec->up_name), up->conf.name);
+  pc_strlcpy(rec->repo, sizeof(rec->repo), repo);
+  fill_subscribe(f, &rec->fs);
+}
+
 void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char *repo,
                  const char *digest, const answer_range_t *range)
 {
@@ -398,7 +446,9 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
   if (rc) {
     client_free(c);
     answer_content_error(req, ANSWER_BLOB, DAEMON_CACHE_MISS, rc, "cannot start a fill", NULL);
+    return;
   }
+  recorder_attach(m, up, repo, digest);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
@@ -430,6 +480,8 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
   pc_list_init(&m->env.fills);
   pc_list_init(&m->env.jobs);
   pc_list_init(&m->env.metas);
+  pc_list_init(&m->env.scopes);
+  pc_list_init(&m->env.sights);
   *out = m;
   return 0;
 }
@@ -437,6 +489,11 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
 int mirror_new(daemon_t *d, mirror_t **out)
 {
   return mirror_new_with(d, &up_ops, d, NULL, out);
+}
+
+int mirror_blob_filling(mirror_t *m, const char *digest)
+{
+  return fill_find(&m->env, digest) != NULL;
 }
 
 pull_env_t *mirror_env(mirror_t *m)
@@ -464,6 +521,7 @@ void mirror_free(mirror_t *m)
   mjob_cancel_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
   fill_cancel_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
   meta_free_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
+  scope_cancel_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
   m->env.live--;
   env_released(&m->env);
 }

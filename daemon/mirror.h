@@ -33,6 +33,8 @@ int mirror_new(daemon_t *d, mirror_t **out);
 int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t (*now)(void),
                     mirror_t **out);
 void mirror_get_stats(const mirror_t *m, mirror_stats_t *out);
+/** 1 while a fill of digest runs or commits (its requests join it: mirror_blob). */
+int mirror_blob_filling(mirror_t *m, const char *digest);
 /** The pull env the mirror's machines share (daemon/listing asks daemon/meta through it). */
 pull_env_t *mirror_env(mirror_t *m);
 /** Cancel every fetch (waiting requests are answered 503) and free; fills and jobs whose store

@@ -164,6 +164,8 @@ static void mjob_work(uv_work_t *work)
     rc = store_manifest_put(s, j->body.p, j->body.len, j->media_type, j->digest, NULL);
     if (rc)
       pc_log(PC_LOG_ERR, "store-manifest-put-failed digest=%s rc=%s", j->digest, pc_errname(rc));
+    else if (store_seen_put(s, j->up_name, j->repo, j->digest, now) != 0)
+      pc_log(PC_LOG_WARN, "store-seen-put-failed repo=%s digest=%s", j->repo, j->digest);
   }
   if (rc == 0 && !j->by_digest) {
     store_tag_t t;

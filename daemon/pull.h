@@ -58,6 +58,8 @@ struct pull_env {
   pc_list_t fills;                   /**< fill_t.link */
   pc_list_t jobs;                    /**< mjob_t.link */
   pc_list_t metas;                   /**< meta_t (daemon/meta.c): referrers and tag lists */
+  pc_list_t scopes;                  /**< scope_job_t (daemon/scope.c): HEADs confirming */
+  pc_list_t sights;                  /**< sights being written (daemon/scope.c) */
   unsigned live;                     /**< fills and jobs not yet freed */
   int closing;                       /**< mirror_free ran: free the env when live reaches 0 */
   void (*released)(pull_env_t *env); /**< called after a fill or job is freed */

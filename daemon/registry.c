@@ -5,6 +5,8 @@
  *   route_parse --error--> answer_error (OCI JSON)
  *      | ROOT / HEALTHZ / READYZ / METRICS: answered here
  *      | REFERRERS / TAGS_LIST: listing.c (the upstream's answer, passed through)
+ *      | stored digest not seen under (upstream, repository): scope.c (seen? else the
+ *      |   upstream's HEAD; offline: 404), then as below
  *      | MANIFEST by digest: store hit -> answer_store_manifest; miss -> mirror_manifest(..., 1)
  *      | MANIFEST by tag: mirror_manifest(..., 0) (freshness is the mirror's decision)
  *      | BLOB: store hit -> answer_store_blob; miss -> mirror_blob
@@ -23,6 +25,7 @@
 #include "daemon/reqctx.h"
 #include "daemon/ready.h"
 #include "daemon/route.h"
+#include "daemon/scope.h"
 #include "daemon/upstream.h"
 
 /* ---- routes -------------------------------------------------------------------------------- */
@@ -36,8 +39,98 @@ static void handle_metrics(daemon_t *d, srv_req_t *req)
   free(body);
 }
 
+/* ---- repository scoping: a stored digest asked under a repository it was not seen in ------ */
+
+typedef struct scoped {
+  scope_sub_t sub;
+  daemon_t *d;
+  srv_req_t *req;
+  reqctx_t *ctx;
+  daemon_upstream_t *up; /**< a reference */
+  route_t r;
+  answer_range_t range;
+  int is_manifest;
+} scoped_t;
+
+static void serve_manifest(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up);
+static void serve_blob(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up,
+                       const answer_range_t *range);
+
+static void scoped_free(scoped_t *w)
+{
+  scope_unsubscribe(&w->sub);
+  if (w->ctx && w->ctx->gone_arg == w)
+    reqctx_unpark(w->ctx);
+  daemon_upstream_unref(w->up);
+  free(w);
+}
+
+static void scoped_gone(reqctx_t *ctx, void *arg)
+{
+  scoped_t *w = arg;
+  (void)ctx;
+  w->ctx = NULL;
+  scoped_free(w);
+}
+
+static void scoped_on_end(scope_sub_t *s, int ok, int rc, const char *retry_after)
+{
+  scoped_t *w = container_of(s, scoped_t, sub);
+  srv_req_t *req = w->req;
+  answer_kind kind = w->is_manifest ? ANSWER_MANIFEST : ANSWER_BLOB;
+  if (w->ctx && w->ctx->gone_arg == w)
+    reqctx_unpark(w->ctx);
+  w->ctx = NULL;
+  if (ok) {
+    if (w->is_manifest)
+      serve_manifest(w->d, req, &w->r, w->up);
+    else
+      serve_blob(w->d, req, &w->r, w->up, &w->range);
+  } else if (rc == 0) {
+    answer_content_error(req, kind, DAEMON_CACHE_MISS,
+                         w->is_manifest ? PC_E_MANIFEST_UNKNOWN : PC_E_BLOB_UNKNOWN,
+                         "not in this repository (the upstream says so)", NULL);
+  } else {
+    answer_content_error(req, kind, DAEMON_CACHE_MISS, rc,
+                         "the upstream could not confirm this repository has it", retry_after);
+  }
+  scoped_free(w);
+}
+
+static const scope_sub_ops_t scoped_ops = {scoped_on_end};
+
+/* 1 when the stored digest may be served under (up, r->name) now; else the request is answered
+ * (404 offline) or waits for the upstream's HEAD, and 0. */
+static int scope_check(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up,
+                       const answer_range_t *range, int is_manifest)
+{
+  pull_env_t *env = mirror_env(d->mirror);
+  if (scope_seen(env, up->conf.name, r->name, r->ref))
+    return 1;
+  srv_req_log(req, "scope", "unseen");
+  if (!env->fetch->online(env) || env->closing) {
+    answer_content_error(req, is_manifest ? ANSWER_MANIFEST : ANSWER_BLOB, DAEMON_CACHE_MISS,
+                         is_manifest ? PC_E_MANIFEST_UNKNOWN : PC_E_BLOB_UNKNOWN,
+                         "not seen in this repository and the mirror is offline", NULL);
+    return 0;
+  }
+  scoped_t *w = pc_xcalloc(1, sizeof(*w));
+  w->d = d;
+  w->req = req;
+  w->ctx = reqctx_of(req);
+  w->up = daemon_upstream_ref(up);
+  w->r = *r;
+  if (range)
+    w->range = *range;
+  w->is_manifest = is_manifest;
+  w->sub.ops = &scoped_ops;
+  reqctx_park(w->ctx, scoped_gone, w);
+  scope_confirm(env, up, r->name, r->ref, is_manifest, &w->sub);
+  return 0;
+}
+
 /* A manifest: by digest from the store when it has it, else (and always by tag) the mirror. */
-static void handle_manifest(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up)
+static void serve_manifest(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up)
 {
   if (r->is_digest) {
     int rc = answer_store_manifest(req, d->store, r->ref, DAEMON_CACHE_HIT);
@@ -52,14 +145,21 @@ static void handle_manifest(daemon_t *d, srv_req_t *req, const route_t *r, daemo
   mirror_manifest(d->mirror, req, up, r->name, r->ref, r->is_digest);
 }
 
-/* A blob: from the store when it has it, else the mirror. */
-static void handle_blob(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up)
+static void handle_manifest(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up)
 {
-  answer_range_t range;
-  /* An unparseable range comes back as one that never resolves: 416 below or in the mirror,
-   * once the size is known. */
-  (void)answer_parse_range(srv_req_header(req, "Range"), &range);
-  int rc = answer_store_blob(req, d->store, r->ref, &range, DAEMON_CACHE_HIT);
+  /* A stored manifest by digest is served only where it was seen (a miss asks the upstream
+   * under this repository anyway). */
+  if (r->is_digest && store_manifest_stat(d->store, r->ref, NULL) == 0 &&
+      !scope_check(d, req, r, up, NULL, 1))
+    return;
+  serve_manifest(d, req, r, up);
+}
+
+/* A blob: from the store when it has it, else the mirror. */
+static void serve_blob(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up,
+                       const answer_range_t *range)
+{
+  int rc = answer_store_blob(req, d->store, r->ref, range, DAEMON_CACHE_HIT);
   if (rc == 0)
     return;
   if (rc != PC_E_NOTFOUND) {
@@ -67,7 +167,24 @@ static void handle_blob(daemon_t *d, srv_req_t *req, const route_t *r, daemon_up
     answer_content_error(req, ANSWER_BLOB, DAEMON_CACHE_HIT, rc, NULL, NULL);
     return;
   }
-  mirror_blob(d->mirror, req, up, r->name, r->ref, &range);
+  mirror_blob(d->mirror, req, up, r->name, r->ref, range);
+}
+
+static void handle_blob(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up)
+{
+  answer_range_t range;
+  /* An unparseable range comes back as one that never resolves: 416 below or in the mirror,
+   * once the size is known. */
+  (void)answer_parse_range(srv_req_header(req, "Range"), &range);
+  if (mirror_blob_filling(d->mirror, r->ref)) {
+    /* Its fill is ending (its sight not recorded yet): join it. A join from another
+     * repository is not confirmed (docs/ARCHITECTURE.md, "Repository scoping"). */
+    mirror_blob(d->mirror, req, up, r->name, r->ref, &range);
+    return;
+  }
+  if (store_blob_stat(d->store, r->ref, NULL) == 0 && !scope_check(d, req, r, up, &range, 0))
+    return;
+  serve_blob(d, req, r, up, &range);
 }
 
 /* Route the request and note it (log, context). A route error is answered here and returned;

@@ -32,7 +32,9 @@ struct store {
   int lock_fd; /**< flock(LOCK_EX) on <root>/lock: one process per store */
   MDB_env *env;
   MDB_dbi blobs, manifests, tags;
-  MDB_dbi stats; /**< one record, "totals" (see store__totals_t) */
+  MDB_dbi stats;   /**< one record, "totals" (see store__totals_t) */
+  MDB_dbi seen;    /**< (upstream, repository, digest) -> first seen (store/scope.c) */
+  int seen_legacy; /**< the store held content before "seen" existed (store/scope.c) */
   atomic_uint_fast64_t tmp_seq;
   atomic_uint_fast64_t totals_scans; /**< how often the totals were recomputed by a scan */
 
@@ -102,6 +104,9 @@ int store__totals_read(store_t *s, MDB_txn *txn, store__totals_t *t);
 int store__totals_scan(store_t *s, MDB_txn *txn, store__totals_t *t);
 /** Write the totals record, stamped with mdb_txn_id(txn) (a write transaction). */
 int store__totals_write(store_t *s, MDB_txn *txn, const store__totals_t *t);
+
+/** Open (create) the "seen" database in txn, at store_open (store/scope.c). */
+int store__seen_open(store_t *s, MDB_txn *txn);
 
 /** Map an LMDB return code to a pc error (MDB_NOTFOUND -> PC_E_NOTFOUND). */
 int store__mdb_err(int rc, const char *what);

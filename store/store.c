@@ -594,6 +594,8 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
     rc = store__mdb_err(mdb_dbi_open(txn, "tags", MDB_CREATE, &s->tags), "dbi_open");
   if (rc == 0)
     rc = store__mdb_err(mdb_dbi_open(txn, "stats", MDB_CREATE, &s->stats), "dbi_open");
+  if (rc == 0)
+    rc = store__seen_open(s, txn); /* store/scope.c */
   if (rc)
     goto out;
   /* O(1) unless the totals record is missing or stale (a store written by a pullcache without

@@ -9,6 +9,7 @@ the upstreams' request logs:
     mirror), a 404 stays a 404, the cached answer is served when the upstream fails;
   - tags/list lists every upstream tag, with n / last / Link; the local tags, with a Warning,
     when the upstream cannot be asked;
+  - a digest is served under a repository only where it was seen or the upstream confirms it;
 
     PULLCACHE=build/pullcache PC_BUILD=build python3 tests/e2e/test_truth.py [test_name ...]
 """
@@ -170,6 +171,77 @@ def test_tags_from_upstream():
             check("tags-from-cache upstream=registry.k8s.io repo=pause" in f.read(), "log line")
 
 
+def pull_http(pc, name, tag):
+    """Pull an image through the mirror with plain HTTP: the index, each manifest, its config and
+    layers; every answer checked against its digest. Returns the blob digests."""
+    r = http("GET", "%s/v2/%s/manifests/%s" % (pc.url, name, tag), {"Accept": ACCEPT})
+    check(r.status == 200, "manifest %s:%s %d" % (name, tag, r.status))
+    doc = json.loads(r.body)
+    mans = [m["digest"] for m in doc.get("manifests", [])] or [None]
+    blobs = []
+    for dg in mans:
+        if dg:
+            r = http("GET", "%s/v2/%s/manifests/%s" % (pc.url, name, dg), {"Accept": ACCEPT})
+            check(r.status == 200 and pclib.sha256_digest(r.body) == dg, "child manifest %s" % dg)
+            m = json.loads(r.body)
+        else:
+            m = doc
+        for b in [m["config"]] + m["layers"]:
+            r = http("GET", "%s/v2/%s/blobs/%s" % (pc.url, name, b["digest"]))
+            check(r.status == 200 and pclib.sha256_digest(r.body) == b["digest"], "blob %s" % b["digest"])
+            blobs.append(b["digest"])
+    return blobs
+
+
+def test_repository_scoping():
+    d, imgs = images()
+    with pclib.TestEnv("truth-scope") as env:
+        k8s = env.start_upstream(d)
+        k8s.config(scoped_blobs=True)
+        pc = env.start_pullcache(upstream=k8s)
+        pause = pull_http(pc, "pause", imgs["pause"]["tag"])
+        own = [b for b in pause if b not in set(b2["digest"] for b2 in imgs["etcd"]["blobs"])]
+        check(own, "pause has blobs etcd lacks")
+        # seen under pause; under etcd the upstream says 404: so does the mirror
+        n0 = len(k8s.log())
+        r = http("GET", pc.url + "/v2/etcd/blobs/" + own[0])
+        check(r.status == 404 and json.loads(r.body)["errors"][0]["code"] == "BLOB_UNKNOWN",
+              "a blob seen under pause is 404 under etcd: %d %r" % (r.status, r.body))
+        heads = [e for e in k8s.log()[n0:] if e["method"] == "HEAD"]
+        check(len(heads) >= 1 and all(e["method"] == "HEAD" for e in k8s.log()[n0:]),
+              "asked with a HEAD, no body fetched: %r" % k8s.log()[n0:])
+        # a manifest by digest likewise
+        man = imgs["pause"]["index_digest"]
+        r = http("GET", pc.url + "/v2/etcd/manifests/" + man, {"Accept": ACCEPT})
+        check(r.status == 404, "manifest seen under pause is 404 under etcd: %d" % r.status)
+        # a new image sharing layers with cached ones: each shared blob confirmed once (HEAD),
+        # then recorded: a second pull asks nothing
+        kp = pull_http(pc, "kube-proxy", imgs["kube-proxy"]["tag"])
+        shared = sorted(set(b2["digest"] for b2 in imgs["kube-apiserver"]["blobs"]) & set(kp))
+        check(shared, "kube-apiserver shares blobs with kube-proxy")
+        n0 = len(k8s.log())
+        pull_http(pc, "kube-apiserver", imgs["kube-apiserver"]["tag"])
+        new_log = k8s.log()[n0:]
+        heads = [e for e in new_log if e["method"] == "HEAD" and e["role"] == "redirector"]
+        check(len(heads) == len(shared), "one HEAD per shared blob: %d HEADs, %d shared" % (len(heads), len(shared)))
+        n1 = len(k8s.log())
+        r = http("GET", pc.url + "/v2/kube-apiserver/blobs/" + shared[0])
+        check(r.status == 200 and len(k8s.log()) == n1, "confirmed once, then recorded")
+        print("scoping cost: kube-apiserver after kube-proxy: %d upstream requests, %d of them HEADs for "
+              "%d shared blobs (before scoping: %d)" % (len(new_log), len([e for e in new_log if e["method"] == "HEAD"]),
+                                                       len(shared), len(new_log) - len([e for e in new_log if e["method"] == "HEAD"])))
+        # offline: only what was seen
+        pc.stop()
+        pc2 = env.start_pullcache(args=["--offline", "--upstream", "registry.k8s.io=" + k8s.url],
+                                  store=pc.store, name="pullcache-offline")
+        n0 = len(k8s.log())
+        r = http("GET", pc2.url + "/v2/pause/blobs/" + own[0])
+        check(r.status == 200, "offline: seen under pause, served")
+        r = http("GET", pc2.url + "/v2/coredns/coredns/blobs/" + own[0])
+        check(r.status == 404, "offline: never seen under coredns: 404 (%d)" % r.status)
+        check(len(k8s.log()) == n0, "offline: no upstream request")
+
+
 if __name__ == "__main__":
     sys.exit(pclib.run_tests([test_referrers_pass_through, test_referrers_stale_and_single_flight,
-                              test_tags_from_upstream]))
+                              test_tags_from_upstream, test_repository_scoping]))

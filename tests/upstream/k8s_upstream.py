@@ -16,7 +16,9 @@ Three HTTP/1.1 keep-alive servers on free ports:
               registry (the regional host), blobs to blobs.
 Referrers: the redirector answers /v2/<name>/referrers/<digest> with 404 at its edge (as
 registry.k8s.io does in 2026) unless /_control/config {"referrers_edge_404": false}; then the
-registry serves what /_control/referrers set (filtered by artifactType, paged by
+registry serves what /_control/referrers set (/_control/config {"scoped_blobs": true}: the
+redirector answers 404 for a blob not in that repository's images, as a registry that scopes
+blobs does; archeio does not) (filtered by artifactType, paged by
 "referrers_page" descriptors with a Link). tags/list honours n and last and sends a Link.
 
 When ready, STATE/ports.json = {"redirector":P1,"registry":P2,"blobs":P3,"sigs":P4} is written atomically.
@@ -90,6 +92,12 @@ class Images:
             for child in doc.get("manifests", []):
                 if child["digest"] in self.blob_path:
                     self._add_manifest(repo, child["digest"], child["mediaType"])
+        else:
+            with open(self.blob_path[digest], "rb") as f:
+                doc = json.load(f)
+            for b in [doc.get("config")] + doc.get("layers", []):
+                if b:
+                    repo.setdefault("blobs", set()).add(b["digest"])
 
 
 class State:
@@ -107,6 +115,7 @@ class State:
         self.require_auth = True
         self.referrers = {}  # (name, subject digest) -> [descriptor]
         self.referrers_edge_404 = True
+        self.scoped_blobs = False  # archeio redirects any known blob under any repository
         self.referrers_page = 0
         self.ports = {}
         self.host = "127.0.0.1"
@@ -408,6 +417,8 @@ class Handler(BaseHTTPRequestHandler):
                         self.st.require_auth = bool(cfg["require_auth"])
                     if "referrers_edge_404" in cfg:
                         self.st.referrers_edge_404 = bool(cfg["referrers_edge_404"])
+                    if "scoped_blobs" in cfg:
+                        self.st.scoped_blobs = bool(cfg["scoped_blobs"])
                     if "referrers_page" in cfg:
                         self.st.referrers_page = int(cfg["referrers_page"])
                 self.send_json(200, {"ok": True})
@@ -462,6 +473,13 @@ class Handler(BaseHTTPRequestHandler):
             self.send_answer(404, {"Content-Type": "text/plain; charset=utf-8"}, b"404 page not found\n")
             return
         m = BLOB_RE.match(p)
+        with self.st.lock:
+            scoped = self.st.scoped_blobs
+        if m and scoped:
+            name = p[len("/v2/"):p.rindex("/blobs/")]
+            if m.group(1) not in self.images.repos.get(name, {}).get("blobs", set()):
+                self.send_json(404, oci_error("BLOB_UNKNOWN", "blob unknown to registry", m.group(1)))
+                return
         if m and m.group(1) in self.images.blob_path:
             self.redirect(self.st.base("blobs") + "/containers/images/" + m.group(1))
             return
