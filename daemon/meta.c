@@ -147,6 +147,8 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
   e->fetch = NULL;
   e->state = META_IDLE;
   daemon_upstream_seen(e->up, rc, status);
+  if (status == 429)
+    daemon_upstream_rate_limited(e->up, e->fetch_retry);
   daemon_upstream_unref(e->up);
   e->up = NULL;
   if (rc == 0 && status == 200 && !body_valid(e->body.p, e->body.len)) {
@@ -202,11 +204,16 @@ void meta_ask(pull_env_t *env, daemon_upstream_t *up, const char *key, const cha
     s->ops->on_end(s, &r);
     return;
   }
-  if (!env->fetch->online(env)) {
-    if (e && e->have)
+  int offline = !env->fetch->online(env);
+  if (offline || !daemon_upstream_admit(up)) {
+    /* Offline, or the upstream's 429 breaker is open: nothing is sent. */
+    char ra[24] = "";
+    if (!offline)
+      daemon_upstream_retry_after(up, ra, sizeof(ra));
+    if (e && e->have && (offline || e->max_stale < 0 || now - e->at <= e->max_stale))
       cached_result(e, 1, now, &r);
     else
-      r = (meta_result_t){.rc = PC_E_OFFLINE, .retry_after = ""};
+      r = (meta_result_t){.rc = offline ? PC_E_OFFLINE : PC_E_TOOMANYREQUESTS, .retry_after = ra};
     s->ops->on_end(s, &r);
     return;
   }

@@ -186,6 +186,21 @@ static void render_upstreams(pc_buf_t *o, const daemon_t *d)
       upstream_sample(o, f, fams[f].name, d->ups[i]->conf.name, &st[i], d->ups[i]->reachable);
   }
   render_first_byte(o, d, st);
+  family(o, "pullcache_upstream_rate_limited", "gauge",
+         "1 while the upstream's 429 breaker is open (nothing sent but one probe per window).");
+  for (int i = 0; i < d->nups; i++)
+    pc_buf_printf(o, "pullcache_upstream_rate_limited{upstream=\"%s\"} %d\n", d->ups[i]->conf.name,
+                  d->ups[i]->rl.open);
+  family(o, "pullcache_upstream_rate_limit_opened_total", "counter",
+         "Times a 429 opened the upstream's breaker.");
+  for (int i = 0; i < d->nups; i++)
+    pc_buf_printf(o, "pullcache_upstream_rate_limit_opened_total{upstream=\"%s\"} %" PRIu64 "\n",
+                  d->ups[i]->conf.name, d->ups[i]->rl.opened);
+  family(o, "pullcache_upstream_rate_limit_rejected_total", "counter",
+         "Requests not sent upstream because its breaker was open (served stale or 429).");
+  for (int i = 0; i < d->nups; i++)
+    pc_buf_printf(o, "pullcache_upstream_rate_limit_rejected_total{upstream=\"%s\"} %" PRIu64 "\n",
+                  d->ups[i]->conf.name, d->ups[i]->rl.rejected);
 }
 
 static void render_store(pc_buf_t *o, const daemon_t *d)

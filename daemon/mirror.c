@@ -255,6 +255,16 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const c
     manifest_answer(m, req, mjob_answered(j), 1, 0);
     return;
   }
+  if (!j && !daemon_upstream_admit(up)) {
+    /* The upstream's 429 breaker is open: a known tag is served stale, a miss is a 429. */
+    char ra[24];
+    daemon_upstream_retry_after(up, ra, sizeof(ra));
+    if (have_tag && answer_store_manifest(req, d->store, t.digest, DAEMON_CACHE_STALE) == 0)
+      return;
+    answer_content_error(req, ANSWER_MANIFEST, DAEMON_CACHE_MISS, PC_E_TOOMANYREQUESTS,
+                         "the upstream is rate-limiting this mirror", ra);
+    return;
+  }
   client_t *c = client_new(m, req);
   c->ms.ops = &manifest_ops;
   if (j) {
@@ -427,6 +437,13 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
     return;
   }
   fill_t *f = fill_find(env, digest);
+  if (!f && !daemon_upstream_admit(up)) {
+    char ra[24];
+    daemon_upstream_retry_after(up, ra, sizeof(ra));
+    answer_content_error(req, ANSWER_BLOB, DAEMON_CACHE_MISS, PC_E_TOOMANYREQUESTS,
+                         "the upstream is rate-limiting this mirror", ra);
+    return;
+  }
   client_t *c = client_new(m, req);
   c->fs.ops = &blob_ops;
   if (range)

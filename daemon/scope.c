@@ -123,6 +123,8 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
   (void)f;
   j->fetch = NULL;
   daemon_upstream_seen(j->up, rc, status);
+  if (status == 429)
+    daemon_upstream_rate_limited(j->up, j->retry_after);
   if (rc == 0 && status == 200) {
     stats.confirmed++;
     scope_record(j->env, j->up_name, j->repo, j->digest);
@@ -152,6 +154,13 @@ void scope_confirm(pull_env_t *env, daemon_upstream_t *up, const char *repo, con
       pc_list_push_back(&j->subs, &s->link);
       return;
     }
+  }
+  if (!daemon_upstream_admit(up)) {
+    char ra[24];
+    daemon_upstream_retry_after(up, ra, sizeof(ra));
+    s->job = NULL;
+    s->ops->on_end(s, 0, PC_E_TOOMANYREQUESTS, ra);
+    return;
   }
   scope_job_t *j = pc_xcalloc(1, sizeof(*j));
   j->env = env;

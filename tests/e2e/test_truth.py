@@ -10,6 +10,7 @@ the upstreams' request logs:
   - tags/list lists every upstream tag, with n / last / Link; the local tags, with a Warning,
     when the upstream cannot be asked;
   - a digest is served under a repository only where it was seen or the upstream confirms it;
+  - a 429 storm: one upstream request per Retry-After window (the probe), tags served stale;
 
     PULLCACHE=build/pullcache PC_BUILD=build python3 tests/e2e/test_truth.py [test_name ...]
 """
@@ -242,6 +243,56 @@ def test_repository_scoping():
         check(len(k8s.log()) == n0, "offline: no upstream request")
 
 
+def test_429_storm_one_probe_per_window():
+    import concurrent.futures
+    import time
+    d, imgs = images()
+    with pclib.TestEnv("truth-429") as env:
+        k8s = env.start_upstream(d)
+        pc = env.start_pullcache(upstream=k8s, args=["--tag-ttl", "0"])
+        tag_url = pc.url + "/v2/pause/manifests/" + imgs["pause"]["tag"]
+        check(http("GET", tag_url, {"Accept": ACCEPT}).status == 200, "tag cached")
+        k8s.faults([{"role": "redirector", "path_re": "manifests", "fault": "status", "status": 429,
+                     "retry_after": 4}])
+
+        def upstream_429s():
+            return len([e for e in k8s.log("redirector") if e["status"] == 429])
+
+        # the storm: 20 clients, 5 requests each, a revalidation every time (tag_ttl 0)
+        with concurrent.futures.ThreadPoolExecutor(20) as ex:
+            got = list(ex.map(lambda _: [http("GET", tag_url, {"Accept": ACCEPT}).status for _ in range(5)],
+                              range(20)))
+        flat = [x for g in got for x in g]
+        check(flat == [200] * 100, "the tag served (stale) to every client: %r" % sorted(set(flat)))
+        n1 = upstream_429s()
+        check(n1 == 1, "one request reached the upstream in the window, not one per client: %d" % n1)
+        # a miss while open: 429 with the Retry-After left, nothing sent
+        r = http("GET", pc.url + "/v2/kube-proxy/manifests/" + imgs["kube-proxy"]["tag"], {"Accept": ACCEPT})
+        check(r.status == 429 and r.headers.get("retry-after") in ("1", "2", "3", "4"), "miss while open: %d %r"
+              % (r.status, r.headers.get("retry-after")))
+        check(upstream_429s() == n1, "the miss sent nothing upstream")
+        r = http("GET", pc.url + "/readyz")
+        check(r.status == 200 and b"rate-limited: registry.k8s.io" in r.body, "readyz says so: %r" % r.body)
+        r = http("GET", pc.url + "/metrics")
+        check(b'pullcache_upstream_rate_limited{upstream="registry.k8s.io"} 1' in r.body, "metrics: open")
+        # the window ends: one probe (answered 429 again: reopened), however many ask
+        time.sleep(4.3)
+        with concurrent.futures.ThreadPoolExecutor(20) as ex:
+            got = list(ex.map(lambda _: http("GET", tag_url, {"Accept": ACCEPT}).status, range(40)))
+        check(got == [200] * 40, "stale through the probe: %r" % sorted(set(got)))
+        check(upstream_429s() == n1 + 1, "one probe per window: %d" % (upstream_429s() - n1))
+        # the upstream recovers: the next probe closes the breaker
+        k8s.faults([])
+        time.sleep(4.3)
+        check(http("GET", tag_url, {"Accept": ACCEPT}).status == 200, "probe ok")
+        r = http("GET", pc.url + "/metrics")
+        check(b'pullcache_upstream_rate_limited{upstream="registry.k8s.io"} 0' in r.body, "metrics: closed")
+        check(b'pullcache_upstream_rate_limit_opened_total{upstream="registry.k8s.io"} 2' in r.body, "opened twice")
+        r = http("GET", pc.url + "/v2/kube-proxy/manifests/" + imgs["kube-proxy"]["tag"], {"Accept": ACCEPT})
+        check(r.status == 200, "misses fetched again once closed: %d" % r.status)
+
+
 if __name__ == "__main__":
     sys.exit(pclib.run_tests([test_referrers_pass_through, test_referrers_stale_and_single_flight,
-                              test_tags_from_upstream, test_repository_scoping]))
+                              test_tags_from_upstream, test_repository_scoping,
+                              test_429_storm_one_probe_per_window]))
