@@ -22,6 +22,8 @@ static void usage(FILE *f)
              "  fsck     verify and repair the store: pullcache fsck [--store DIR]\n"
              "  config   print client configuration for the mirror: pullcache config\n"
              "           containerd|crio|podman --mirror URL [--upstream NAME]... [--write]\n"
+             "  egress   the hosts the mirror contacted, as a firewall allow-list: pullcache\n"
+             "           egress [--store DIR] [--check]\n"
              "  help     show this help (also --help); `pullcache <command> --help` for details\n"
              "  version  show the version (also --version)\n");
 }
@@ -43,6 +45,8 @@ int main(int argc, char **argv)
     return cmd_fsck(argc - 1, argv + 1);
   if (!strcmp(cmd, "config"))
     return cmd_config(argc - 1, argv + 1);
+  if (!strcmp(cmd, "egress"))
+    return cmd_egress(argc - 1, argv + 1);
   if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
     usage(stdout);
     return 0;

@@ -8,6 +8,7 @@
 
 #include "core/buf.h"
 #include "core/pc.h"
+#include "daemon/egress.h"
 #include "daemon/mirror.h"
 #include "daemon/ready.h"
 #include "daemon/route.h"
@@ -244,6 +245,8 @@ void metrics_render(daemon_t *d, char **outp, size_t *lenp)
   if (d->mirror)
     mirror_get_stats(d->mirror, &ms);
 
+  if (d->mirror && mirror_egress(d->mirror))
+    egress_render(mirror_egress(d->mirror), &o);
   family(&o, "pullcache_build_info", "gauge", "The running version (always 1).");
   pc_buf_printf(&o, "pullcache_build_info{version=\"%s\"} 1\n", PC_VERSION);
   metric(&o, "pullcache_start_time_seconds", "gauge", "When the daemon started (Unix time).",

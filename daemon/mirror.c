@@ -27,6 +27,7 @@
 
 #include "core/num.h"
 #include "core/pc.h"
+#include "daemon/egress.h"
 #include "daemon/fill.h"
 #include "daemon/meta.h"
 #include "daemon/mjob.h"
@@ -38,6 +39,7 @@
 struct mirror {
   daemon_t *d;
   pull_env_t env;
+  egress_t *egress; /**< the hosts the upstream client contacts (daemon/egress.c) */
 };
 
 typedef struct client {
@@ -499,6 +501,9 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
   pc_list_init(&m->env.metas);
   pc_list_init(&m->env.scopes);
   pc_list_init(&m->env.sights);
+  m->egress = egress_new(d->cfg.store_dir);
+  if (d->up)
+    up_set_egress(d->up, egress_note, m->egress);
   *out = m;
   return 0;
 }
@@ -511,6 +516,11 @@ int mirror_new(daemon_t *d, mirror_t **out)
 int mirror_blob_filling(mirror_t *m, const char *digest)
 {
   return fill_find(&m->env, digest) != NULL;
+}
+
+egress_t *mirror_egress(mirror_t *m)
+{
+  return m->egress;
 }
 
 pull_env_t *mirror_env(mirror_t *m)
@@ -534,6 +544,10 @@ void mirror_free(mirror_t *m)
    * queued on a worker finishes before the loop ends, and the last object freed frees m. The
    * extra count keeps m alive through the loops. */
   m->env.closing = 1;
+  if (m->d->up)
+    up_set_egress(m->d->up, NULL, NULL);
+  egress_free(m->egress);
+  m->egress = NULL;
   m->env.live++;
   mjob_cancel_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
   fill_cancel_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);

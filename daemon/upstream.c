@@ -195,6 +195,7 @@ void daemon_upstream_probe(daemon_upstream_t *u, void (*done)(daemon_t *d))
   r.url = url;
   r.ca_file = u->conf.ca_file[0] ? u->conf.ca_file : NULL;
   r.no_auth = 1;
+  r.label = u->conf.name;
   r.on_done = on_probe_done;
   r.arg = daemon_upstream_ref(u);
   u->reach_ms = pc_mono_ms();

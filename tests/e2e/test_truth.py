@@ -10,6 +10,7 @@ the upstreams' request logs:
   - tags/list lists every upstream tag, with n / last / Link; the local tags, with a Warning,
     when the upstream cannot be asked;
   - a digest is served under a repository only where it was seen or the upstream confirms it;
+  - a cosign .sig tag is pulled through the mirror from the signatures host and verified;
   - a 429 storm: one upstream request per Retry-After window (the probe), tags served stale;
 
     PULLCACHE=build/pullcache PC_BUILD=build python3 tests/e2e/test_truth.py [test_name ...]
@@ -292,7 +293,73 @@ def test_429_storm_one_probe_per_window():
         check(r.status == 200, "misses fetched again once closed: %d" % r.status)
 
 
+def test_signature_tags_on_their_own_host():
+    d, imgs = images()
+    with pclib.TestEnv("truth-sig") as env:
+        k8s = env.start_upstream(d)
+        pc = env.start_pullcache(upstream=k8s)
+        subject = imgs["pause"]["index_digest"]
+        # a cosign-style signature: a manifest whose one layer is the simple-signing payload
+        payload = json.dumps({"critical": {"image": {"docker-manifest-digest": subject},
+                                           "type": "cosign container image signature"}}).encode()
+        cfg = b"{}"
+        sig_manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": pclib.sha256_digest(cfg), "size": len(cfg)},
+            "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                        "digest": pclib.sha256_digest(payload), "size": len(payload),
+                        "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ=="}}]}).encode()
+        sig_tag = subject.replace(":", "-") + ".sig"
+        got = http_json("POST", k8s.url + "/_control/manifest", {
+            "repo": "pause", "tag": sig_tag, "media_type": OCI_MANIFEST,
+            "manifest": base64.b64encode(sig_manifest).decode(),
+            "blobs": [base64.b64encode(payload).decode(), base64.b64encode(cfg).decode()]})
+        check(got["digest"] == pclib.sha256_digest(sig_manifest), "upstream has the signature")
+        r = http("GET", pc.url + "/v2/pause/manifests/" + sig_tag, {"Accept": ACCEPT})
+        check(r.status == 200 and r.body == sig_manifest and
+              r.headers["docker-content-digest"] == pclib.sha256_digest(sig_manifest), ".sig tag pulled and verified")
+        r = http("GET", pc.url + "/v2/pause/blobs/" + pclib.sha256_digest(payload))
+        check(r.status == 200 and r.body == payload, "signature payload pulled and verified")
+        check(json.loads(r.body)["critical"]["image"]["docker-manifest-digest"] == subject, "signs the subject")
+        # the split: the signature tag came from the signatures host, its blob from the CDN host,
+        # the image's own manifests from the regional host
+        check(any(e["path"].endswith("/manifests/" + sig_tag) for e in k8s.log("sigs")), "sig tag on the sigs host")
+        check(not any(e["path"].endswith("/manifests/" + sig_tag) for e in k8s.log("registry")),
+              "sig tag not on the regional host")
+        check(any(e["path"].endswith(pclib.sha256_digest(payload)) for e in k8s.log("blobs")), "blob from the CDN host")
+        r = http("GET", pc.url + "/v2/pause/manifests/" + imgs["pause"]["tag"], {"Accept": ACCEPT})
+        check(r.status == 200 and any("/manifests/" + imgs["pause"]["tag"] in e["path"] for e in k8s.log("registry")),
+              "the image's manifest from the regional host")
+        # cached like any tag: asked again, nothing upstream
+        n = len(k8s.log())
+        check(http("GET", pc.url + "/v2/pause/manifests/" + sig_tag, {"Accept": ACCEPT}).status == 200, "again")
+        check(len(k8s.log()) == n, "sig tag cached")
+        # the egress allow-list: exactly the hosts the test upstream redirected to
+        import subprocess
+        want = set("127.0.0.1:%d" % k8s.ports[r] for r in ("redirector", "registry", "blobs", "sigs"))
+        out = subprocess.run([os.environ["PULLCACHE"], "egress", "--store", pc.store], capture_output=True,
+                             text=True, timeout=30)
+        rows = [l.split() for l in out.stdout.splitlines() if l and not l.startswith("#")]
+        got = set("%s:%s" % (r[1], r[2]) for r in rows)
+        check(out.returncode == 0 and got == want, "egress lists exactly the contacted hosts: %r vs %r\n%s"
+              % (sorted(got), sorted(want), out.stdout))
+        check(all(r[0] == "http" and r[3] == "registry.k8s.io" and int(r[4]) > 0 for r in rows), "rows %r" % rows)
+        m = http("GET", pc.url + "/metrics").body.decode()
+        check('pullcache_egress_requests_total{scheme="http",host="127.0.0.1",port="%d",upstream="registry.k8s.io"}'
+              % k8s.ports["sigs"] in m, "egress on /metrics")
+        out = subprocess.run([os.environ["PULLCACHE"], "egress", "--store", pc.store, "--check"], capture_output=True,
+                             text=True, timeout=60)
+        check(out.returncode == 0 and out.stdout.count("\nok   ") + out.stdout.startswith("ok   ") == 4,
+              "--check reaches every host: %r" % out.stdout)
+        env.stop(k8s)
+        out = subprocess.run([os.environ["PULLCACHE"], "egress", "--store", pc.store, "--check"], capture_output=True,
+                             text=True, timeout=60)
+        check(out.returncode == 1 and "tcp:" in out.stdout and "FAIL" in out.stdout,
+              "--check names the broken step: %r" % out.stdout)
+
+
 if __name__ == "__main__":
     sys.exit(pclib.run_tests([test_referrers_pass_through, test_referrers_stale_and_single_flight,
                               test_tags_from_upstream, test_repository_scoping,
-                              test_429_storm_one_probe_per_window]))
+                              test_429_storm_one_probe_per_window, test_signature_tags_on_their_own_host]))
