@@ -16,9 +16,9 @@
  *   [fetch]    connect_timeout, first_byte_timeout, stall_timeout, max_redirects
  *   [store]    path, max_size, min_free
  *   [log]      level, format, access
- *   [upstream "NAME"]  url, tag_ttl, ca_file, credentials_file, max_connections, rate_limit,
- *              rate_burst — one section per upstream; NAME is the registry host[:port] as
- *              clients name it (ns= or the path prefix); the first one is the default.
+ *   [upstream "NAME"]  url, tag_ttl, max_stale, ca_file, credentials_file, max_connections,
+ * rate_limit, rate_burst — one section per upstream; NAME is the registry host[:port] as clients
+ * name it (ns= or the path prefix); the first one is the default.
  *
  * Values: durations are a number with an optional unit (ms, s, m, h, d; none = seconds);
  * sizes a number with an optional K, M, G or T (powers of 1024, "KiB"/"KB" also accepted);
@@ -57,6 +57,8 @@ typedef struct daemon_upstream_conf {
   unsigned max_connections;    /**< concurrent upstream fetches; 0 = no cap */
   double rate_limit;           /**< fetch starts per second; 0 = no cap */
   unsigned rate_burst;         /**< token bucket size; 0 = about one second's worth */
+  int64_t max_stale; /**< seconds after its last check a tag or listing may still be served
+                          stale when the upstream fails; 0 = no limit (default) */
 } daemon_upstream_conf_t;
 
 enum { DAEMON_LOG_TEXT = 0, DAEMON_LOG_JSON = 1 };

@@ -322,7 +322,8 @@ static void listing_ask(daemon_t *d, srv_req_t *req, const route_t *r, daemon_up
   l->r = *r;
   l->sub.ops = &lreq_ops;
   reqctx_park(l->ctx, lreq_gone, l);
-  meta_ask(env, up, key, url, accept, ttl, -1, &l->sub);
+  meta_ask(env, up, key, url, accept, ttl, up->conf.max_stale > 0 ? up->conf.max_stale : -1,
+           &l->sub);
 }
 
 void listing_referrers(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up)

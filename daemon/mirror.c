@@ -261,7 +261,9 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const c
     /* The upstream's 429 breaker is open: a known tag is served stale, a miss is a 429. */
     char ra[24];
     daemon_upstream_retry_after(up, ra, sizeof(ra));
-    if (have_tag && answer_store_manifest(req, d->store, t.digest, DAEMON_CACHE_STALE) == 0)
+    int too_old = up->conf.max_stale > 0 && env->now() - t.checked_at > up->conf.max_stale;
+    if (have_tag && !too_old &&
+        answer_store_manifest(req, d->store, t.digest, DAEMON_CACHE_STALE) == 0)
       return;
     answer_content_error(req, ANSWER_MANIFEST, DAEMON_CACHE_MISS, PC_E_TOOMANYREQUESTS,
                          "the upstream is rate-limiting this mirror", ra);

@@ -212,7 +212,12 @@ static void mjob_answer_then_store(mjob_t *j, mjob_outcome o)
 static void mjob_fail(mjob_t *j, int err)
 {
   /* A tag we knew, and an upstream that could not confirm or deny it: serve it stale. */
-  if (j->have_old && err != PC_E_MANIFEST_UNKNOWN && err != PC_E_UPSTREAM_DIGEST) {
+  int64_t max_stale = j->up->conf.max_stale;
+  int too_old = max_stale > 0 && j->env->now() - j->old.checked_at > max_stale;
+  if (j->have_old && too_old)
+    pc_log(PC_LOG_WARN, "stale-tag-too-old upstream=%s repo=%s tag=%s max_stale=%lld rc=%s",
+           j->up->conf.name, j->repo, j->ref, (long long)max_stale, pc_errname(err));
+  if (j->have_old && !too_old && err != PC_E_MANIFEST_UNKNOWN && err != PC_E_UPSTREAM_DIGEST) {
     pc_log(PC_LOG_WARN, "stale-tag-served upstream=%s repo=%s tag=%s digest=%s rc=%s",
            j->up->conf.name, j->repo, j->ref, j->old.digest, pc_errname(err));
     pc_strlcpy(j->digest, sizeof(j->digest), j->old.digest);

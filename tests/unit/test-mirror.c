@@ -988,3 +988,37 @@ TEST(listing_link_rewrite_cases)
   ASSERT_EQ(-1, listing_link_rewrite("</v2/p?a=\x01>", "/v2/p", NULL, out, sizeof(out)));
   ASSERT_EQ(-1, listing_link_rewrite("</v2/p?n=1>", "/v2/p", NULL, out, 8));
 }
+
+/* max_stale: a tag whose revalidation fails is served stale only while its last check is
+ * younger than max_stale; past it the upstream's error passes through. 0 = no limit. */
+TEST(max_stale_bounds_stale_tags)
+{
+  setup();
+  resp_t r;
+  cli_t *a = cli_get("/v2/pause/manifests/3.10", NULL);
+  serve_manifest(fx[0], manifest1);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  cli_close(a);
+  wait_idle();
+  d.ups[0]->conf.max_stale = 600;
+  fake_now += 3600; /* past tag_ttl and past max_stale */
+  a = cli_get("/v2/pause/manifests/3.10", NULL);
+  ASSERT_EQ(2, nfx);
+  ASSERT_STREQ("HEAD", fx[1]->method);
+  ASSERT_OK(ff_headers(fx[1], 503, NULL));
+  ff_done(fx[1], 0, 503);
+  cli_wait(a, &r);
+  ASSERT_EQ(503, r.status);
+  cli_close(a);
+  d.ups[0]->conf.max_stale = 0; /* no limit: stale */
+  a = cli_get("/v2/pause/manifests/3.10", NULL);
+  ASSERT_EQ(3, nfx);
+  ASSERT_OK(ff_headers(fx[2], 503, NULL));
+  ff_done(fx[2], 0, 503);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_HDR(&r, "X-Cache", "STALE");
+  cli_close(a);
+  teardown();
+}
