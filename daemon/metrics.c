@@ -88,6 +88,14 @@ static void render_mirror(pc_buf_t *o, const mirror_stats_t *ms)
          ms->digest_mismatches);
   metric(o, "pullcache_manifests_fetched_total", "counter", "Manifests fetched upstream.",
          ms->manifests_fetched);
+  family(o, "pullcache_scope_checks_total", "counter",
+         "Repository-scoping HEADs: a stored digest asked under a repository it was not seen in.");
+  pc_buf_printf(o, "pullcache_scope_checks_total{result=\"confirmed\"} %" PRIu64 "\n",
+                ms->scope_confirmed);
+  pc_buf_printf(o, "pullcache_scope_checks_total{result=\"refused\"} %" PRIu64 "\n",
+                ms->scope_refused);
+  pc_buf_printf(o, "pullcache_scope_checks_total{result=\"failed\"} %" PRIu64 "\n",
+                ms->scope_failed);
 }
 
 /* The first-byte histogram of every upstream pool (st: their stats, in d->ups order). */

@@ -33,8 +33,6 @@ typedef struct scope_rec {
   char up_name[256], repo[256], digest[STORE_DIGEST_MAX];
 } scope_rec_t;
 
-static scope_stats_t stats; /* loop thread only */
-
 static int sight_pending(pull_env_t *env, const char *up_name, const char *repo, const char *digest)
 {
   pc_list_foreach(l, &env->sights)
@@ -126,16 +124,16 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
   if (status == 429)
     daemon_upstream_rate_limited(j->up, j->retry_after);
   if (rc == 0 && status == 200) {
-    stats.confirmed++;
+    j->env->st.scope_confirmed++;
     scope_record(j->env, j->up_name, j->repo, j->digest);
     job_end(j, 1, 0);
   } else if (rc == 0 && (status == 404 || status == 401 || status == 403)) {
-    stats.refused++;
+    j->env->st.scope_refused++;
     pc_log(PC_LOG_INFO, "scope-refused upstream=%s repo=%s digest=%s status=%d", j->up_name,
            j->repo, j->digest, status);
     job_end(j, 0, 0);
   } else {
-    stats.failed++;
+    j->env->st.scope_failed++;
     job_end(j, 0, pull_map_upstream(rc, status, PC_E_NOTFOUND));
   }
 }
@@ -190,7 +188,7 @@ void scope_confirm(pull_env_t *env, daemon_upstream_t *up, const char *repo, con
   free(url);
   if (rc) {
     j->fetch = NULL;
-    stats.failed++;
+    env->st.scope_failed++;
     job_end(j, 0, rc);
   }
 }
@@ -213,9 +211,4 @@ void scope_cancel_all(pull_env_t *env, int err)
     j->fetch = NULL;
     job_end(j, 0, err);
   }
-}
-
-void scope_get_stats(scope_stats_t *out)
-{
-  *out = stats;
 }

@@ -12,7 +12,8 @@
  * Subscribers embed a scope_sub_t and get on_end(ok, rc, retry_after) once, unsubscribed
  * before the call (never inside scope_confirm unless the fetch could not be sent). A job holds
  * a reference on its upstream. scope_cancel_all (mirror_free) ends every job with err. Loop
- * thread only.
+ * thread only. The HEADs' outcomes are counted in env->st (scope_confirmed, _refused, _failed;
+ * on /metrics).
  */
 #ifndef SCOPE_H
 #define SCOPE_H
@@ -37,17 +38,11 @@ struct scope_sub {
   pc_list_t link;
 };
 
-/** Counters (on /metrics). */
-typedef struct scope_stats {
-  uint64_t confirmed, refused, failed; /**< HEAD outcomes */
-} scope_stats_t;
-
 int scope_seen(pull_env_t *env, const char *up_name, const char *repo, const char *digest);
 void scope_confirm(pull_env_t *env, struct daemon_upstream *up, const char *repo,
                    const char *digest, int is_manifest, scope_sub_t *s);
 void scope_unsubscribe(scope_sub_t *s);
 void scope_record(pull_env_t *env, const char *up_name, const char *repo, const char *digest);
 void scope_cancel_all(pull_env_t *env, int err);
-void scope_get_stats(scope_stats_t *out);
 
 #endif
