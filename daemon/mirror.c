@@ -515,6 +515,11 @@ int mirror_new(daemon_t *d, mirror_t **out)
   return mirror_new_with(d, &up_ops, d, NULL, out);
 }
 
+int mirror_manifest_storing(mirror_t *m, const daemon_upstream_t *up, const char *digest)
+{
+  return mjob_find_answered_digest(&m->env, up, digest) != NULL;
+}
+
 int mirror_blob_filling(mirror_t *m, const char *digest)
 {
   return fill_find(&m->env, digest) != NULL;

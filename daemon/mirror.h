@@ -35,6 +35,8 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
 void mirror_get_stats(const mirror_t *m, mirror_stats_t *out);
 /** The egress table (daemon/egress.h), or NULL after mirror_free. */
 struct egress *mirror_egress(mirror_t *m);
+/** 1 while a manifest job of up has answered with digest and is storing it (and its sight). */
+int mirror_manifest_storing(mirror_t *m, const daemon_upstream_t *up, const char *digest);
 /** 1 while a fill of digest runs or commits (its requests join it: mirror_blob). */
 int mirror_blob_filling(mirror_t *m, const char *digest);
 /** The pull env the mirror's machines share (daemon/listing asks daemon/meta through it). */

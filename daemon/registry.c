@@ -148,9 +148,10 @@ static void serve_manifest(daemon_t *d, srv_req_t *req, const route_t *r, daemon
 static void handle_manifest(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up)
 {
   /* A stored manifest by digest is served only where it was seen (a miss asks the upstream
-   * under this repository anyway). */
-  if (r->is_digest && store_manifest_stat(d->store, r->ref, NULL) == 0 &&
-      !scope_check(d, req, r, up, NULL, 1))
+   * under this repository anyway). One a job has just answered is served from the job while
+   * its store write (and its sight) runs. */
+  if (r->is_digest && !mirror_manifest_storing(d->mirror, up, r->ref) &&
+      store_manifest_stat(d->store, r->ref, NULL) == 0 && !scope_check(d, req, r, up, NULL, 1))
     return;
   serve_manifest(d, req, r, up);
 }
