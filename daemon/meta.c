@@ -146,9 +146,9 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
   (void)f;
   e->fetch = NULL;
   e->state = META_IDLE;
-  daemon_upstream_seen(e->up, rc, status);
-  if (status == 429)
+  if (status == 429) /* first: the window the upstream named (seen's default keeps it) */
     daemon_upstream_rate_limited(e->up, e->fetch_retry);
+  daemon_upstream_seen(e->up, rc, status);
   daemon_upstream_unref(e->up);
   e->up = NULL;
   if (rc == 0 && status == 200 && !body_valid(e->body.p, e->body.len)) {

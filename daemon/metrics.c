@@ -88,6 +88,8 @@ static void render_mirror(pc_buf_t *o, const mirror_stats_t *ms)
          ms->digest_mismatches);
   metric(o, "pullcache_manifests_fetched_total", "counter", "Manifests fetched upstream.",
          ms->manifests_fetched);
+  metric(o, "pullcache_rate_limit_parked", "gauge",
+         "Misses waiting for an upstream's 429 window to end (at most 256).", ms->rl_parked);
   family(o, "pullcache_scope_checks_total", "counter",
          "Repository-scoping HEADs: a stored digest asked under a repository it was not seen in.");
   pc_buf_printf(o, "pullcache_scope_checks_total{result=\"confirmed\"} %" PRIu64 "\n",

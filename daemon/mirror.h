@@ -26,6 +26,10 @@
 #include "daemon/daemon.h"
 #include "daemon/pull.h"
 
+#define MIRROR_RLQ_MAX 256       /**< misses parked while 429 breakers are open; more get 429 */
+#define MIRROR_RLQ_WAIT_MS 10000 /**< a parked miss waits at most this past the window */
+#define MIRROR_RLQ_TICK_MS 200   /**< how often the parked misses are looked at */
+
 /** The mirror of a daemon: the upstream seam is http/up (d->up), the clock pc_now_sec. */
 int mirror_new(daemon_t *d, mirror_t **out);
 /** The same with another upstream seam and clock (unit tests): ops->... get an env whose

@@ -284,9 +284,9 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
   mjob_t *j = arg;
   pull_env_t *env = j->env;
   j->fetch = NULL;
-  daemon_upstream_seen(j->up, rc, status);
-  if (status == 429)
+  if (status == 429) /* first: the window the upstream named (seen's default keeps it) */
     daemon_upstream_rate_limited(j->up, j->retry_after);
+  daemon_upstream_seen(j->up, rc, status);
   if (rc < 0 || status != 200) {
     tell_fetched(j, f);
     pc_log(PC_LOG_WARN, "upstream-manifest-failed upstream=%s repo=%s ref=%s status=%d rc=%s",

@@ -33,6 +33,7 @@ typedef struct mirror_stats {
   uint64_t manifests_fetched;
   uint64_t jobs_in_flight; /**< now: manifest jobs fetching or storing */
   uint64_t scope_confirmed, scope_refused, scope_failed; /**< repository-scoping HEADs */
+  uint64_t rl_parked; /**< now: misses parked while a 429 breaker is open */
 } mirror_stats_t;
 
 typedef struct pull_env pull_env_t;

@@ -120,9 +120,9 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
   scope_job_t *j = arg;
   (void)f;
   j->fetch = NULL;
-  daemon_upstream_seen(j->up, rc, status);
-  if (status == 429)
+  if (status == 429) /* first: the window the upstream named (seen's default keeps it) */
     daemon_upstream_rate_limited(j->up, j->retry_after);
+  daemon_upstream_seen(j->up, rc, status);
   if (rc == 0 && status == 200) {
     j->env->st.scope_confirmed++;
     scope_record(j->env, j->up_name, j->repo, j->digest);
