@@ -24,7 +24,7 @@
   XX(TAG_INVALID, -20006, 400, "TAG_INVALID", "manifest tag did not match URI")                    \
   XX(UNSUPPORTED, -20007, 405, "UNSUPPORTED", "the operation is unsupported")                      \
   XX(TOOMANYREQUESTS, -20008, 429, "TOOMANYREQUESTS", "too many requests")                         \
-  XX(RANGE_INVALID, -20009, 416, "RANGE_INVALID", "requested range not satisfiable")               \
+  XX(RANGE_INVALID, -20009, 416, NULL, "requested range not satisfiable")                          \
   XX(SIZE_INVALID, -20010, 400, "SIZE_INVALID", "provided length did not match content length")    \
   XX(DENIED, -20011, 403, "DENIED", "requested access to the resource is denied")                  \
   XX(UNAUTHORIZED, -20012, 401, "UNAUTHORIZED", "authentication required")                         \

@@ -57,6 +57,8 @@ void answer_error(srv_req_t *req, int err, const char *detail)
   char *body = json_dumps(root, JSON_COMPACT);
   PC_ASSERT(body != NULL);
   answer_common_headers(req);
+  if (err == PC_E_UNSUPPORTED)
+    srv_resp_header(req, "Allow", "GET, HEAD"); /* RFC 9110: a 405 names the allowed methods */
   srv_respond(req, pc_err_status(err), CT_JSON, body, strlen(body));
   free(body);
   json_decref(root);
@@ -143,7 +145,10 @@ int answer_content(srv_req_t *req, const answer_content_t *a, uint64_t *end)
       drop_fd(a);
       snprintf(cr, sizeof(cr), "bytes */%" PRIu64, a->size);
       srv_resp_header(req, "Content-Range", cr);
-      answer_error(req, PC_E_RANGE_INVALID, NULL);
+      /* The distribution spec's error codes have none for a range (RANGE_INVALID is
+       * distribution's own): the 416 and its Content-Range say it all, with no body. */
+      answer_common_headers(req);
+      srv_respond(req, 416, NULL, NULL, 0);
       return ANSWER_DONE;
     }
     snprintf(cr, sizeof(cr), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, start, start + len - 1,

@@ -29,6 +29,9 @@ int cmd_import(int argc, char **argv);
  * DIR/NAME/hosts.toml for containerd. Returns 0, 1 when a file cannot be written, 2 on a usage
  * error. */
 int cmd_config(int argc, char **argv);
+/** pullcache egress: the hosts the mirror contacted, as an allow-list; --check reaches each
+ * (daemon/cmd_egress.c). */
+int cmd_egress(int argc, char **argv);
 
 /** `pullcache ls|du|pin|unpin|pins|gc [--store DIR] ...` (daemon/cmd_store.c): the cache
  * commands, through the running daemon's control socket or on the store directly when no daemon

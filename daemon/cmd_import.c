@@ -28,6 +28,7 @@
 typedef struct import {
   store_t *store;
   const char *layout;
+  const char *upstream, *repo; /**< every digest imported is recorded as seen there */
   unsigned blobs, manifests, tags;
   uint64_t bytes;
 } import_t;
@@ -99,6 +100,9 @@ static int import_blob(import_t *im, const char *digest, int64_t size, const cha
   store_writer_t *w = NULL;
   int fd = -1;
   int rc = blob_path(im, digest, path, sizeof(path));
+  if (rc)
+    goto out;
+  rc = store_seen_put(im->store, im->upstream, im->repo, digest, pc_now_sec());
   if (rc)
     goto out;
   if (store_blob_stat(im->store, digest, NULL) == 0) {
@@ -230,6 +234,8 @@ static int import_manifest(import_t *im, json_t *desc, int depth)
     }
   }
   rc = store_manifest_put(im->store, bytes, len, mt, digest, NULL);
+  if (rc == 0)
+    rc = store_seen_put(im->store, im->upstream, im->repo, digest, pc_now_sec());
   if (rc) {
     fprintf(stderr, "pullcache import: manifest %s: %s\n", digest, pc_strerror(rc));
     goto out;
@@ -314,6 +320,8 @@ int cmd_import(int argc, char **argv)
 
   code = 1;
   im.layout = layout;
+  im.upstream = upstream;
+  im.repo = repo;
   snprintf(path, sizeof(path), "%s/index.json", layout);
   index = json_load_file(path, 0, NULL);
   arr = json_object_get(index, "manifests");

@@ -210,6 +210,7 @@ static const cfgkey_t keys[] = {
     {S_UPSTREAM, "rate_limit", K_DOUBLE, U(rate_limit), 0, 1000000},
     {S_UPSTREAM, "rate_burst", K_UINT, U(rate_burst), 0, 1000000},
     {S_UPSTREAM, "allow_redirect_to", K_CIDRS, U(allow_redirect_to), 0, 0},
+    {S_UPSTREAM, "max_stale", K_I64SEC, U(max_stale), 0, 3650 * DAY},
 };
 
 #undef C

@@ -16,7 +16,8 @@
  *   [fetch]    connect_timeout, first_byte_timeout, stall_timeout, max_redirects
  *   [store]    path, max_size, min_free, evict_to
  *   [log]      level, format, access
- *   [upstream "NAME"]  url, tag_ttl, ca_file, credentials_file, allow_redirect_to, max_connections,
+ *   [upstream "NAME"]  url, tag_ttl, max_stale, ca_file, credentials_file, allow_redirect_to,
+ * max_connections,
  * rate_limit, rate_burst — one section per upstream; NAME is the registry host[:port] as clients
  * name it (ns= or the path prefix); the first one is the default.
  *
@@ -59,6 +60,8 @@ typedef struct daemon_upstream_conf {
   unsigned rate_burst;         /**< token bucket size; 0 = about one second's worth */
   char allow_redirect_to[512]; /**< CIDRs a redirect may reach though not public ("" = none;
                                     see up_req_t.redirect_allow) */
+  int64_t max_stale; /**< seconds after its last check a tag or listing may still be served
+                          stale when the upstream fails; 0 = no limit (default) */
 } daemon_upstream_conf_t;
 
 enum { DAEMON_LOG_TEXT = 0, DAEMON_LOG_JSON = 1 };

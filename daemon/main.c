@@ -26,6 +26,8 @@ static void usage(FILE *f)
              "  ls       what is cached: pullcache ls [--json] [--store DIR]; du: by repository\n"
              "  pin      never evict: pullcache pin|unpin REF [--upstream NAME]; pins: list\n"
              "  gc       evict now: pullcache gc [--dry-run] [--to SIZE] [--store DIR]\n"
+             "  egress   the hosts the mirror contacted, as a firewall allow-list: pullcache\n"
+             "           egress [--store DIR] [--check]\n"
              "  help     show this help (also --help); `pullcache <command> --help` for details\n"
              "  version  show the version (also --version)\n");
 }
@@ -49,6 +51,8 @@ int main(int argc, char **argv)
     return cmd_config(argc - 1, argv + 1);
   if (cmd_store_is_command(cmd))
     return cmd_cache(argc - 1, argv + 1);
+  if (!strcmp(cmd, "egress"))
+    return cmd_egress(argc - 1, argv + 1);
   if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
     usage(stdout);
     return 0;

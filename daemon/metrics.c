@@ -9,6 +9,7 @@
 #include "core/buf.h"
 #include "core/pc.h"
 #include "daemon/evict.h"
+#include "daemon/egress.h"
 #include "daemon/mirror.h"
 #include "daemon/ready.h"
 #include "daemon/route.h"
@@ -88,6 +89,16 @@ static void render_mirror(pc_buf_t *o, const mirror_stats_t *ms)
          ms->digest_mismatches);
   metric(o, "pullcache_manifests_fetched_total", "counter", "Manifests fetched upstream.",
          ms->manifests_fetched);
+  metric(o, "pullcache_rate_limit_parked", "gauge",
+         "Misses waiting for an upstream's 429 window to end (at most 256).", ms->rl_parked);
+  family(o, "pullcache_scope_checks_total", "counter",
+         "Repository-scoping HEADs: a stored digest asked under a repository it was not seen in.");
+  pc_buf_printf(o, "pullcache_scope_checks_total{result=\"confirmed\"} %" PRIu64 "\n",
+                ms->scope_confirmed);
+  pc_buf_printf(o, "pullcache_scope_checks_total{result=\"refused\"} %" PRIu64 "\n",
+                ms->scope_refused);
+  pc_buf_printf(o, "pullcache_scope_checks_total{result=\"failed\"} %" PRIu64 "\n",
+                ms->scope_failed);
 }
 
 /* The first-byte histogram of every upstream pool (st: their stats, in d->ups order). */
@@ -193,6 +204,21 @@ static void render_upstreams(pc_buf_t *o, const daemon_t *d)
       upstream_sample(o, f, fams[f].name, d->ups[i]->conf.name, &st[i], d->ups[i]->reachable);
   }
   render_first_byte(o, d, st);
+  family(o, "pullcache_upstream_rate_limited", "gauge",
+         "1 while the upstream's 429 breaker is open (nothing sent but one probe per window).");
+  for (int i = 0; i < d->nups; i++)
+    pc_buf_printf(o, "pullcache_upstream_rate_limited{upstream=\"%s\"} %d\n", d->ups[i]->conf.name,
+                  d->ups[i]->rl.open);
+  family(o, "pullcache_upstream_rate_limit_opened_total", "counter",
+         "Times a 429 opened the upstream's breaker.");
+  for (int i = 0; i < d->nups; i++)
+    pc_buf_printf(o, "pullcache_upstream_rate_limit_opened_total{upstream=\"%s\"} %" PRIu64 "\n",
+                  d->ups[i]->conf.name, d->ups[i]->rl.opened);
+  family(o, "pullcache_upstream_rate_limit_rejected_total", "counter",
+         "Requests not sent upstream because its breaker was open (served stale or 429).");
+  for (int i = 0; i < d->nups; i++)
+    pc_buf_printf(o, "pullcache_upstream_rate_limit_rejected_total{upstream=\"%s\"} %" PRIu64 "\n",
+                  d->ups[i]->conf.name, d->ups[i]->rl.rejected);
 }
 
 static void render_store(pc_buf_t *o, const daemon_t *d)
@@ -237,6 +263,8 @@ void metrics_render(daemon_t *d, char **outp, size_t *lenp)
   if (d->mirror)
     mirror_get_stats(d->mirror, &ms);
 
+  if (d->mirror && mirror_egress(d->mirror))
+    egress_render(mirror_egress(d->mirror), &o);
   family(&o, "pullcache_build_info", "gauge", "The running version (always 1).");
   pc_buf_printf(&o, "pullcache_build_info{version=\"%s\"} 1\n", PC_VERSION);
   metric(&o, "pullcache_start_time_seconds", "gauge", "When the daemon started (Unix time).",

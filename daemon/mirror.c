@@ -27,16 +27,39 @@
 
 #include "core/num.h"
 #include "core/pc.h"
+#include "daemon/egress.h"
 #include "daemon/fill.h"
+#include "daemon/meta.h"
 #include "daemon/mjob.h"
 #include "daemon/reqctx.h"
+#include "daemon/scope.h"
 #include "store/digest.h"
 #include "daemon/upstream.h"
 
 struct mirror {
   daemon_t *d;
   pull_env_t env;
+  egress_t *egress; /**< the hosts the upstream client contacts (daemon/egress.c) */
+  pc_list_t parked; /**< parked_t.link: misses waiting for a 429 breaker to let them go */
+  unsigned nparked;
+  uv_timer_t rlq_timer; /**< looks at the parked misses while there are some */
+  int rlq_timer_init;
 };
+
+/* A miss that came while its upstream's 429 breaker was open, waiting (at most
+ * MIRROR_RLQ_WAIT_MS past the window) for the window to end. */
+typedef struct parked {
+  pc_list_t link;
+  mirror_t *m;
+  srv_req_t *req;
+  reqctx_t *ctx;
+  daemon_upstream_t *up; /**< a reference */
+  int is_blob, by_digest;
+  char repo[256];
+  char ref[STORE_DIGEST_MAX];
+  answer_range_t range;
+  uint64_t deadline_ms;
+} parked_t;
 
 typedef struct client {
   mirror_t *m;
@@ -212,6 +235,109 @@ static void manifest_on_end(mjob_sub_t *s, const mjob_result_t *r)
 
 static const mjob_sub_ops_t manifest_ops = {manifest_on_fetched, manifest_on_end};
 
+static void env_released(pull_env_t *env);
+
+/* ---- misses while a 429 breaker is open: a bounded wait ------------------------------------ */
+
+static void parked_free(parked_t *p)
+{
+  p->m->nparked--;
+  pc_list_remove(&p->link);
+  if (p->ctx && p->ctx->gone_arg == p)
+    reqctx_unpark(p->ctx);
+  daemon_upstream_unref(p->up);
+  free(p);
+}
+
+static void parked_gone(reqctx_t *ctx, void *arg)
+{
+  parked_t *p = arg;
+  (void)ctx;
+  p->ctx = NULL;
+  parked_free(p);
+}
+
+/* Let a parked miss go: ask again (it may become the breaker's probe, or park again). */
+static void parked_replay(parked_t *p, int timed_out)
+{
+  mirror_t *m = p->m;
+  srv_req_t *req = p->req;
+  daemon_upstream_t *up = daemon_upstream_ref(p->up);
+  int is_blob = p->is_blob, by_digest = p->by_digest;
+  char repo[256], ref[STORE_DIGEST_MAX];
+  answer_range_t range = p->range;
+  pc_strlcpy(repo, sizeof(repo), p->repo);
+  pc_strlcpy(ref, sizeof(ref), p->ref);
+  parked_free(p);
+  if (timed_out) {
+    char ra[24];
+    daemon_upstream_retry_after(up, ra, sizeof(ra));
+    answer_content_error(req, is_blob ? ANSWER_BLOB : ANSWER_MANIFEST, DAEMON_CACHE_MISS,
+                         PC_E_TOOMANYREQUESTS, "the upstream is rate-limiting this mirror", ra);
+  } else if (is_blob) {
+    mirror_blob(m, req, up, repo, ref, &range);
+  } else {
+    mirror_manifest(m, req, up, repo, ref, by_digest);
+  }
+  daemon_upstream_unref(up);
+}
+
+static void rlq_tick(uv_timer_t *t)
+{
+  mirror_t *m = container_of(t, mirror_t, rlq_timer);
+  uint64_t now = pc_mono_ms();
+  /* One pass over the misses parked before this tick (a replay may park again at the end). */
+  pc_list_t *last = m->parked.prev;
+  pc_list_foreach_safe(l, nx, &m->parked)
+  {
+    parked_t *p = pc_list_entry(l, parked_t, link);
+    int done = l == last;
+    if (!p->up->rl.open || (now >= p->up->rl.until_ms && !p->up->rl.probing))
+      parked_replay(p, 0); /* closed, or the probe's turn */
+    else if (now >= p->deadline_ms)
+      parked_replay(p, 1);
+    if (done)
+      break;
+  }
+  if (pc_list_empty(&m->parked))
+    uv_timer_stop(t);
+}
+
+/* Park a miss refused by the breaker: 1 if parked, 0 if the queue is full (answer 429). */
+static int rlq_park(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char *repo,
+                    const char *ref, int is_blob, int by_digest, const answer_range_t *range)
+{
+  if (m->nparked >= MIRROR_RLQ_MAX || m->env.closing || !m->rlq_timer_init)
+    return 0;
+  parked_t *p = pc_xcalloc(1, sizeof(*p));
+  p->m = m;
+  p->req = req;
+  p->ctx = reqctx_of(req);
+  p->up = daemon_upstream_ref(up);
+  p->is_blob = is_blob;
+  p->by_digest = by_digest;
+  pc_strlcpy(p->repo, sizeof(p->repo), repo);
+  pc_strlcpy(p->ref, sizeof(p->ref), ref);
+  if (range)
+    p->range = *range;
+  uint64_t now = pc_mono_ms();
+  p->deadline_ms = (up->rl.until_ms > now ? up->rl.until_ms : now) + MIRROR_RLQ_WAIT_MS;
+  pc_list_push_back(&m->parked, &p->link);
+  m->nparked++;
+  reqctx_park(p->ctx, parked_gone, p);
+  srv_req_log(req, "rate_limited", "queued");
+  if (!uv_is_active((uv_handle_t *)&m->rlq_timer))
+    uv_timer_start(&m->rlq_timer, rlq_tick, MIRROR_RLQ_TICK_MS, MIRROR_RLQ_TICK_MS);
+  return 1;
+}
+
+static void rlq_closed(uv_handle_t *h)
+{
+  mirror_t *m = container_of((uv_timer_t *)h, mirror_t, rlq_timer);
+  m->env.live--;
+  env_released(&m->env);
+}
+
 void mirror_manifest(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char *repo,
                      const char *ref, int ref_is_digest)
 {
@@ -251,6 +377,20 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const c
   if (j && mjob_answered(j)) {
     /* Fetched and verified a moment ago; its store write is still running. */
     manifest_answer(m, req, mjob_answered(j), 1, 0);
+    return;
+  }
+  if (!j && !daemon_upstream_admit(up)) {
+    /* The upstream's 429 breaker is open: a known tag is served stale, a miss is a 429. */
+    char ra[24];
+    daemon_upstream_retry_after(up, ra, sizeof(ra));
+    int too_old = up->conf.max_stale > 0 && env->now() - t.checked_at > up->conf.max_stale;
+    if (have_tag && !too_old &&
+        answer_store_manifest(req, d->store, t.digest, DAEMON_CACHE_STALE) == 0)
+      return;
+    if (rlq_park(m, req, up, repo, ref, 0, ref_is_digest, NULL))
+      return;
+    answer_content_error(req, ANSWER_MANIFEST, DAEMON_CACHE_MISS, PC_E_TOOMANYREQUESTS,
+                         "the upstream is rate-limiting this mirror", ra);
     return;
   }
   client_t *c = client_new(m, req);
@@ -358,6 +498,53 @@ static void blob_on_end(fill_sub_t *s, const fill_result_t *r)
 static const fill_sub_ops_t blob_ops = {blob_on_length, blob_on_avail, blob_on_fetched,
                                         blob_on_end};
 
+/* The recorder: a subscriber of every fill the mirror starts (not a client) that records,
+ * when the fill is committed, where the upstream served the blob (repository scoping). */
+typedef struct recorder {
+  fill_sub_t fs;
+  mirror_t *m;
+  char up_name[256];
+  char repo[256];
+} recorder_t;
+
+static void rec_on_length(fill_sub_t *s, uint64_t total, uint64_t avail)
+{
+  (void)s;
+  (void)total;
+  (void)avail;
+}
+
+static void rec_on_avail(fill_sub_t *s, uint64_t avail)
+{
+  (void)s;
+  (void)avail;
+}
+
+static void rec_on_end(fill_sub_t *s, const fill_result_t *r)
+{
+  recorder_t *rec = container_of(s, recorder_t, fs);
+  if (r->rc == 0)
+    scope_record(&rec->m->env, rec->up_name, rec->repo, r->digest);
+  free(rec);
+}
+
+static const fill_sub_ops_t recorder_ops = {rec_on_length, rec_on_avail, NULL, rec_on_end};
+
+static void recorder_attach(mirror_t *m, const daemon_upstream_t *up, const char *repo,
+                            const char *digest)
+{
+  fill_t *f = fill_find(&m->env, digest);
+  if (!f)
+    return; /* it ended inside fill_start */
+  recorder_t *rec = pc_xcalloc(1, sizeof(*rec));
+  rec->m = m;
+  rec->fs.ops = &recorder_ops;
+  pc_list_init(&rec->fs.link);
+  pc_strlcpy(rec->up_name, sizeof(rec->up_name), up->conf.name);
+  pc_strlcpy(rec->repo, sizeof(rec->repo), repo);
+  fill_subscribe(f, &rec->fs);
+}
+
 void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char *repo,
                  const char *digest, const answer_range_t *range)
 {
@@ -378,6 +565,15 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
     return;
   }
   fill_t *f = fill_find(env, digest);
+  if (!f && !daemon_upstream_admit(up)) {
+    if (rlq_park(m, req, up, repo, digest, 1, 1, range))
+      return;
+    char ra[24];
+    daemon_upstream_retry_after(up, ra, sizeof(ra));
+    answer_content_error(req, ANSWER_BLOB, DAEMON_CACHE_MISS, PC_E_TOOMANYREQUESTS,
+                         "the upstream is rate-limiting this mirror", ra);
+    return;
+  }
   client_t *c = client_new(m, req);
   c->fs.ops = &blob_ops;
   if (range)
@@ -397,7 +593,9 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
   if (rc) {
     client_free(c);
     answer_content_error(req, ANSWER_BLOB, DAEMON_CACHE_MISS, rc, "cannot start a fill", NULL);
+    return;
   }
+  recorder_attach(m, up, repo, digest);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
@@ -428,6 +626,17 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
   m->env.released = env_released;
   pc_list_init(&m->env.fills);
   pc_list_init(&m->env.jobs);
+  pc_list_init(&m->env.metas);
+  pc_list_init(&m->env.scopes);
+  pc_list_init(&m->env.sights);
+  pc_list_init(&m->parked);
+  if (d->loop && uv_timer_init(d->loop, &m->rlq_timer) == 0) {
+    m->rlq_timer_init = 1;
+    m->env.live++; /* the timer handle lives in m: released in rlq_closed */
+  }
+  m->egress = egress_new(d->cfg.store_dir);
+  if (d->up)
+    up_set_egress(d->up, egress_note, m->egress);
   *out = m;
   return 0;
 }
@@ -437,11 +646,32 @@ int mirror_new(daemon_t *d, mirror_t **out)
   return mirror_new_with(d, &up_ops, d, NULL, out);
 }
 
+int mirror_manifest_storing(mirror_t *m, const daemon_upstream_t *up, const char *digest)
+{
+  return mjob_find_answered_digest(&m->env, up, digest) != NULL;
+}
+
+int mirror_blob_filling(mirror_t *m, const char *digest)
+{
+  return fill_find(&m->env, digest) != NULL;
+}
+
+egress_t *mirror_egress(mirror_t *m)
+{
+  return m->egress;
+}
+
+pull_env_t *mirror_env(mirror_t *m)
+{
+  return &m->env;
+}
+
 void mirror_get_stats(const mirror_t *m, mirror_stats_t *out)
 {
   *out = m->env.st;
   out->fills_in_flight = pc_list_count(&m->env.fills);
   out->jobs_in_flight = pc_list_count(&m->env.jobs);
+  out->rl_parked = m->nparked;
 }
 
 void mirror_free(mirror_t *m)
@@ -453,9 +683,27 @@ void mirror_free(mirror_t *m)
    * queued on a worker finishes before the loop ends, and the last object freed frees m. The
    * extra count keeps m alive through the loops. */
   m->env.closing = 1;
+  if (m->d->up)
+    up_set_egress(m->d->up, NULL, NULL);
+  egress_free(m->egress);
+  m->egress = NULL;
   m->env.live++;
+  while (!pc_list_empty(&m->parked)) {
+    parked_t *p = pc_list_entry(pc_list_first(&m->parked), parked_t, link);
+    srv_req_t *req = p->req;
+    int kind = p->is_blob ? ANSWER_BLOB : ANSWER_MANIFEST;
+    parked_free(p);
+    answer_content_error(req, kind, DAEMON_CACHE_MISS, PC_E_UPSTREAM_UNAVAILABLE,
+                         "the mirror is shutting down", NULL);
+  }
+  if (m->rlq_timer_init) {
+    m->rlq_timer_init = 0;
+    uv_close((uv_handle_t *)&m->rlq_timer, rlq_closed);
+  }
   mjob_cancel_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
   fill_cancel_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
+  meta_free_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
+  scope_cancel_all(&m->env, PC_E_UPSTREAM_UNAVAILABLE);
   m->env.live--;
   env_released(&m->env);
 }

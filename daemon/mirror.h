@@ -26,6 +26,10 @@
 #include "daemon/daemon.h"
 #include "daemon/pull.h"
 
+#define MIRROR_RLQ_MAX 256       /**< misses parked while 429 breakers are open; more get 429 */
+#define MIRROR_RLQ_WAIT_MS 10000 /**< a parked miss waits at most this past the window */
+#define MIRROR_RLQ_TICK_MS 200   /**< how often the parked misses are looked at */
+
 /** The mirror of a daemon: the upstream seam is http/up (d->up), the clock pc_now_sec. */
 int mirror_new(daemon_t *d, mirror_t **out);
 /** The same with another upstream seam and clock (unit tests): ops->... get an env whose
@@ -33,6 +37,14 @@ int mirror_new(daemon_t *d, mirror_t **out);
 int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t (*now)(void),
                     mirror_t **out);
 void mirror_get_stats(const mirror_t *m, mirror_stats_t *out);
+/** The egress table (daemon/egress.h), or NULL after mirror_free. */
+struct egress *mirror_egress(mirror_t *m);
+/** 1 while a manifest job of up has answered with digest and is storing it (and its sight). */
+int mirror_manifest_storing(mirror_t *m, const daemon_upstream_t *up, const char *digest);
+/** 1 while a fill of digest runs or commits (its requests join it: mirror_blob). */
+int mirror_blob_filling(mirror_t *m, const char *digest);
+/** The pull env the mirror's machines share (daemon/listing asks daemon/meta through it). */
+pull_env_t *mirror_env(mirror_t *m);
 /** Cancel every fetch (waiting requests are answered 503) and free; fills and jobs whose store
  * write is running on a worker end in its after-work callback, and the last one frees m. */
 void mirror_free(mirror_t *m);

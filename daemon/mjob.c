@@ -168,6 +168,8 @@ static void mjob_work(uv_work_t *work)
     rc = store_manifest_put(s, j->body.p, j->body.len, j->media_type, j->digest, NULL);
     if (rc)
       pc_log(PC_LOG_ERR, "store-manifest-put-failed digest=%s rc=%s", j->digest, pc_errname(rc));
+    else if (store_seen_put(s, j->up_name, j->repo, j->digest, now) != 0)
+      pc_log(PC_LOG_WARN, "store-seen-put-failed repo=%s digest=%s", j->repo, j->digest);
   }
   if (rc == 0 && !j->by_digest) {
     store_tag_t t;
@@ -214,7 +216,12 @@ static void mjob_answer_then_store(mjob_t *j, mjob_outcome o)
 static void mjob_fail(mjob_t *j, int err)
 {
   /* A tag we knew, and an upstream that could not confirm or deny it: serve it stale. */
-  if (j->have_old && err != PC_E_MANIFEST_UNKNOWN && err != PC_E_UPSTREAM_DIGEST) {
+  int64_t max_stale = j->up->conf.max_stale;
+  int too_old = max_stale > 0 && j->env->now() - j->old.checked_at > max_stale;
+  if (j->have_old && too_old)
+    pc_log(PC_LOG_WARN, "stale-tag-too-old upstream=%s repo=%s tag=%s max_stale=%lld rc=%s",
+           j->up->conf.name, j->repo, j->ref, (long long)max_stale, pc_errname(err));
+  if (j->have_old && !too_old && err != PC_E_MANIFEST_UNKNOWN && err != PC_E_UPSTREAM_DIGEST) {
     pc_log(PC_LOG_WARN, "stale-tag-served upstream=%s repo=%s tag=%s digest=%s rc=%s",
            j->up->conf.name, j->repo, j->ref, j->old.digest, pc_errname(err));
     pc_strlcpy(j->digest, sizeof(j->digest), j->old.digest);
@@ -364,6 +371,8 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
   mjob_t *j = arg;
   pull_env_t *env = j->env;
   j->fetch = NULL;
+  if (status == 429) /* first: the window the upstream named (seen's default keeps it) */
+    daemon_upstream_rate_limited(j->up, j->retry_after);
   daemon_upstream_seen(j->up, rc, status);
   if (rc == PC_E_TOOBIG || rc == PC_E_UPSTREAM_INVALID) {
     /* The upstream's fault, not the client's: 502 (never the 413 of a request too big). */

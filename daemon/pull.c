@@ -21,6 +21,7 @@ void pull_req_init(up_req_t *r, const daemon_upstream_t *up)
   r->redirect_allow = up->conf.allow_redirect_to[0] ? up->conf.allow_redirect_to : NULL;
   r->userpwd = up->conf.userpwd[0] ? up->conf.userpwd : NULL;
   r->pool = up->pool;
+  r->label = up->conf.name; /* the egress record: which upstream this host served */
 }
 
 int pull_map_upstream(int rc, int status, int unknown)

@@ -32,6 +32,8 @@ typedef struct mirror_stats {
   uint64_t resumes;                         /**< broken upstream bodies continued with Range */
   uint64_t manifests_fetched;
   uint64_t jobs_in_flight; /**< now: manifest jobs fetching or storing */
+  uint64_t scope_confirmed, scope_refused, scope_failed; /**< repository-scoping HEADs */
+  uint64_t rl_parked; /**< now: misses parked while a 429 breaker is open */
 } mirror_stats_t;
 
 typedef struct pull_env pull_env_t;
@@ -57,6 +59,9 @@ struct pull_env {
   mirror_stats_t st;
   pc_list_t fills;                   /**< fill_t.link */
   pc_list_t jobs;                    /**< mjob_t.link */
+  pc_list_t metas;                   /**< meta_t (daemon/meta.c): referrers and tag lists */
+  pc_list_t scopes;                  /**< scope_job_t (daemon/scope.c): HEADs confirming */
+  pc_list_t sights;                  /**< sights being written (daemon/scope.c) */
   unsigned live;                     /**< fills and jobs not yet freed */
   int closing;                       /**< mirror_free ran: free the env when live reaches 0 */
   void (*released)(pull_env_t *env); /**< called after a fill or job is freed */

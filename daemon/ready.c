@@ -57,12 +57,29 @@ int daemon_ready(daemon_t *d, int probe, const char **reason)
 
 /* ---- /readyz ------------------------------------------------------------------------------ */
 
-static void readyz_answer(srv_req_t *req, int ready, const char *reason)
+static void readyz_answer(daemon_t *d, srv_req_t *req, int ready, const char *reason)
 {
   char msg[96];
   int n;
   if (ready > 0) {
-    srv_respond(req, 200, "text/plain", "ready\n", 6);
+    /* Ready (cached content is served), and says which upstreams have asked it to back off
+     * (their 429 breaker is open: tags stale, misses 429). */
+    char body[64 + DAEMON_MAX_UPSTREAMS * 320];
+    size_t len = (size_t)snprintf(body, sizeof(body), "ready\n");
+    for (int i = 0; i < d->nups; i++) {
+      daemon_upstream_t *u = d->ups[i];
+      if (!u->rl.open || len >= sizeof(body))
+        continue;
+      char ra[24];
+      daemon_upstream_retry_after(u, ra, sizeof(ra));
+      int k = snprintf(body + len, sizeof(body) - len, "rate-limited: %s retry_after=%s\n",
+                       u->conf.name, ra);
+      if (k > 0)
+        len += (size_t)k;
+    }
+    if (len > sizeof(body) - 1)
+      len = sizeof(body) - 1;
+    srv_respond(req, 200, "text/plain", body, len);
     return;
   }
   n = snprintf(msg, sizeof(msg), "not ready: %s\n", reason);
@@ -95,7 +112,7 @@ static void readyz_answer_all(daemon_t *d, int force)
     readyz_wait_t *w = pc_list_entry(d->readyz.waiting.next, readyz_wait_t, link);
     pc_list_remove(&w->link);
     reqctx_unpark(reqctx_of(w->req));
-    readyz_answer(w->req, ready, reason);
+    readyz_answer(d, w->req, ready, reason);
     free(w);
   }
 }
@@ -116,7 +133,7 @@ void daemon_readyz(daemon_t *d, srv_req_t *req)
   const char *reason;
   int ready = daemon_ready(d, 1, &reason);
   if (ready >= 0 || !d->readyz.timer_init) {
-    readyz_answer(req, ready, reason);
+    readyz_answer(d, req, ready, reason);
     return;
   }
   if (pc_list_empty(&d->readyz.waiting))

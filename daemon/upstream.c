@@ -1,10 +1,13 @@
 /* daemon/upstream — the reference-counted upstream objects (see upstream.h). */
 #include "daemon/upstream.h"
 
+#include <inttypes.h>
+
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
+#include "core/num.h"
 #include "core/pc.h"
 
 daemon_upstream_t *daemon_upstream_ref(daemon_upstream_t *u)
@@ -28,6 +31,13 @@ void daemon_upstream_unref(daemon_upstream_t *u)
 void daemon_upstream_seen(daemon_upstream_t *u, int rc, int status)
 {
   int reached = status > 0 || rc == 0;
+  if (status == 429) {
+    daemon_upstream_rate_limited(u, NULL);
+  } else if (u->rl.open && reached && pc_mono_ms() >= u->rl.until_ms) {
+    u->rl.open = 0;
+    u->rl.probing = 0;
+    pc_log(PC_LOG_NOTICE, "upstream-rate-limit-closed upstream=%s status=%d", u->conf.name, status);
+  }
   if (!reached && rc != PC_E_UPSTREAM_UNAVAILABLE && rc != PC_E_UPSTREAM_TIMEOUT &&
       rc != PC_E_UPSTREAM)
     return; /* our own refusal (size cap, digest): says nothing about the network */
@@ -37,6 +47,50 @@ void daemon_upstream_seen(daemon_upstream_t *u, int rc, int status)
     pc_log(PC_LOG_WARN, "upstream-unreachable upstream=%s rc=%s", u->conf.name, pc_errname(rc));
   u->reachable = reached;
   u->reach_ms = pc_mono_ms();
+}
+
+/* ---- the 429 breaker --------------------------------------------------------------------- */
+
+void daemon_upstream_rate_limited(daemon_upstream_t *u, const char *retry_after)
+{
+  uint64_t now = pc_mono_ms(), secs = 0;
+  int given =
+      retry_after && retry_after[0] && pc_parse_u64(retry_after, 86400, &secs) == 0 && secs > 0;
+  if (!given)
+    secs = DAEMON_UPSTREAM_RETRY_AFTER_S;
+  if (secs > 3600)
+    secs = 3600;
+  uint64_t until = now + secs * 1000;
+  if (!given && u->rl.open && u->rl.until_ms > now)
+    return; /* a window the upstream named is kept */
+  if (!u->rl.open || now >= u->rl.until_ms) {
+    u->rl.opened++;
+    pc_log(PC_LOG_WARN, "upstream-rate-limited upstream=%s retry_after=%" PRIu64, u->conf.name,
+           secs);
+  }
+  u->rl.open = 1;
+  u->rl.probing = 0;
+  u->rl.until_ms = until;
+}
+
+int daemon_upstream_admit(daemon_upstream_t *u)
+{
+  if (!u->rl.open)
+    return 1;
+  if (pc_mono_ms() >= u->rl.until_ms && !u->rl.probing) {
+    u->rl.probing = 1;
+    pc_log(PC_LOG_INFO, "upstream-rate-limit-probe upstream=%s", u->conf.name);
+    return 1;
+  }
+  u->rl.rejected++;
+  return 0;
+}
+
+void daemon_upstream_retry_after(const daemon_upstream_t *u, char *out, size_t outlen)
+{
+  uint64_t now = pc_mono_ms();
+  uint64_t left = u->rl.until_ms > now ? (u->rl.until_ms - now + 999) / 1000 : 1;
+  snprintf(out, outlen, "%" PRIu64, left ? left : 1);
 }
 
 /* ---- the configured set ------------------------------------------------------------------- */
@@ -141,6 +195,7 @@ void daemon_upstream_probe(daemon_upstream_t *u, void (*done)(daemon_t *d))
   r.url = url;
   r.ca_file = u->conf.ca_file[0] ? u->conf.ca_file : NULL;
   r.no_auth = 1;
+  r.label = u->conf.name;
   r.on_done = on_probe_done;
   r.arg = daemon_upstream_ref(u);
   u->reach_ms = pc_mono_ms();

@@ -34,6 +34,12 @@ struct daemon_upstream {
   void (*probe_done)(daemon_t *d); /**< called when that probe ends (not when cancelled) */
   daemon_t *d;
   pc_list_t live_link; /**< on d->live until freed */
+  struct {
+    int open;          /**< a 429 was seen: the breaker is open (or half-open past until_ms) */
+    uint64_t until_ms; /**< pc_mono_ms when the window the upstream asked for ends */
+    int probing;       /**< half-open: the one probe was let through */
+    uint64_t opened, rejected; /**< counters: times opened, requests not sent */
+  } rl;                        /**< the 429 breaker (daemon_upstream_admit) */
 };
 
 /** Keep an upstream alive while a fetch for it runs (a reload may drop it from d->ups). */
@@ -62,6 +68,26 @@ void daemon_upstream_seen(daemon_upstream_t *u, int rc, int status);
 void daemon_upstream_probe(daemon_upstream_t *u, void (*done)(daemon_t *d));
 /** 1 while a probe of one of d->ups runs. */
 int daemon_upstreams_probing(const daemon_t *d);
+
+/* ---- the 429 breaker ----------------------------------------------------------------------
+ * A 429 from an upstream (seen by daemon_upstream_seen, with the Retry-After the caller read
+ * given to daemon_upstream_rate_limited; DAEMON_UPSTREAM_RETRY_AFTER_S if unsaid) opens its
+ * breaker for that long: nothing is sent to it (daemon_upstream_admit says 0; the callers
+ * serve tags and listings stale and answer misses 429 with the Retry-After left). Once the
+ * window is over one request is let through as the probe (half-open); any answer but a 429
+ * closes the breaker, a 429 opens it again. Blob fills and resumes already running are not
+ * stopped. */
+
+#define DAEMON_UPSTREAM_RETRY_AFTER_S 30
+
+/** Open (or re-time) the breaker: retry_after is the upstream's header (seconds, or NULL / ""
+ * / unparseable: DAEMON_UPSTREAM_RETRY_AFTER_S, without shortening a window already set). */
+void daemon_upstream_rate_limited(daemon_upstream_t *u, const char *retry_after);
+/** 1 when a request to u may be sent now (the breaker closed, or this is the probe), 0 when
+ * not (counted in rl.rejected). */
+int daemon_upstream_admit(daemon_upstream_t *u);
+/** The seconds left in the window as a Retry-After value (at least "1"). */
+void daemon_upstream_retry_after(const daemon_upstream_t *u, char *out, size_t outlen);
 
 /** A failed or unknown upstream is probed again at most this often (driven by /readyz). */
 #define DAEMON_UPSTREAM_PROBE_INTERVAL_MS 2000

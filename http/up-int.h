@@ -194,10 +194,13 @@ struct up {
   int handles; /* uv handles not yet closed */
   void (*close_cb)(void *arg);
   void *close_arg;
+  up_egress_cb egress_cb; /* every hop's host (up_set_egress) */
+  void *egress_arg;
 };
 
 struct up_fetch {
   up_t *u;
+  char *label; /* up_req_t.label (a token fetch: its parent's), for the egress record */
   enum up__fetch_kind kind;
   enum up__fetch_state state;
   pc_list_t link;       /* in u->fetches until the release */

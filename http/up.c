@@ -548,6 +548,21 @@ out:
 
 #undef SETOPT
 
+/* ---- egress: the hosts contacted ---------------------------------------------------------- */
+
+void up_set_egress(up_t *u, up_egress_cb cb, void *arg)
+{
+  u->egress_cb = cb;
+  u->egress_arg = arg;
+}
+
+/* Tell the egress callback where this hop goes (after redirects: every hop is told). */
+static void egress_note(struct up_fetch *f)
+{
+  if (f->u->egress_cb)
+    f->u->egress_cb(f->u->egress_arg, f->hostkey, f->label);
+}
+
 /* Start a hop to f->url. token: Bearer token to send (it belongs to f->hostkey), or NULL to
  * send a cached one if a hint says this repository needs it. Returns 0 (f is ADDING or
  * HEADERS), or an error (f is as it was). */
@@ -567,6 +582,7 @@ static int hop_start(struct up_fetch *f, const char *token)
   f->sent_token = NULL;
   if (up__host_key(f->url, f->hostkey, sizeof(f->hostkey)) != 0)
     return PC_E_UPSTREAM;
+  egress_note(f);
   /* Credentials only to the host that asked for them (a Basic challenge of the registry, or
    * the token realm); a Bearer token to answer a challenge goes instead. */
   basic = !token && f->userpwd && strcmp(f->hostkey, f->basic_host) == 0;
@@ -855,6 +871,7 @@ static void on_fetch_closed(uv_handle_t *h)
 {
   struct up_fetch *f = container_of((uv_timer_t *)h, struct up_fetch, timer);
   up_t *u = f->u;
+  free(f->label);
   free(f->url);
   free(f->accept);
   free(f->ca_file);
@@ -1090,6 +1107,10 @@ static struct up_fetch *fetch_new(up_t *u, const up_req_t *r, up_fetch_t *parent
   pc_list_init(&f->qlink);
   f->head = head;
   f->url = pc_xstrdup(r->url);
+  if (r->label)
+    f->label = pc_xstrdup(r->label);
+  else if (parent && parent->label)
+    f->label = pc_xstrdup(parent->label);
   f->accept = r->accept ? pc_xstrdup(r->accept) : NULL;
   f->range_from = r->range_from;
   f->ca_file = r->ca_file ? pc_xstrdup(r->ca_file) : NULL;

@@ -86,6 +86,11 @@ typedef struct up_opts {
   const char *user_agent;     /**< default "pullcache/<version>" */
 } up_opts_t;
 
+/** A hop is about to be sent to scheme://host:port (hostkey, lower case), for the fetch whose
+ * up_req_t.label is label (NULL if none; token requests carry their parent's). Called on the
+ * loop thread, for every hop: the first one, each redirect, each token request. */
+typedef void (*up_egress_cb)(void *arg, const char *hostkey, const char *label);
+
 typedef struct up_req {
   const char *method;         /**< "GET" or "HEAD" */
   const char *url;            /**< absolute http(s) URL */
@@ -108,6 +113,8 @@ typedef struct up_req {
                             file for where it goes), or NULL (or "") for anonymous */
   int no_auth;         /**< non-zero: send no Authorization at all (no cached token, no
                             credentials) and answer no challenge; a 401 is final */
+  const char *label;   /**< who the fetch is for (the daemon: the upstream's name), given to
+                            the egress callback; may be NULL. Copied */
   up_pool_t *pool;     /**< the pool whose caps apply and whose stats count this fetch (it
                             keeps the pool alive until it ends), or NULL: no caps, counted
                             only in up_get_stats */
@@ -180,6 +187,8 @@ int up_new(uv_loop_t *loop, const up_opts_t *opts, up_t **out);
  * loop iteration. Safe from any callback, including up's own. After cb the loop holds no
  * handle of up (uv_loop_close succeeds). Idempotent: a second call does nothing. */
 void up_close(up_t *u, void (*cb)(void *arg), void *arg);
+/** Call cb(arg, hostkey, label) before every hop (NULL: none). */
+void up_set_egress(up_t *u, up_egress_cb cb, void *arg);
 /** Replace the timeouts and max_redirects (a config reload; user_agent stays). Fields <= 0 take
  * their defaults. Applies to hops and timers started after the call. */
 void up_set_opts(up_t *u, const up_opts_t *opts);

@@ -40,6 +40,8 @@ struct store {
    * a writer's commit from its presence check to its record: so a commit never finds the file
    * of a blob that is about to be unlinked and records it (a record without a file). */
   pthread_mutex_t evict_mu;
+  MDB_dbi seen;    /**< (upstream, repository, digest) -> first seen (store/scope.c) */
+  int seen_legacy; /**< the store held content before "seen" existed (store/scope.c) */
   atomic_uint_fast64_t tmp_seq;
   atomic_uint_fast64_t totals_scans; /**< how often the totals were recomputed by a scan */
 
@@ -119,6 +121,8 @@ int store__refs_put(store_t *s, store__wtxn_t *w, const char *digest, const void
 int store__doomed_sweep(store_t *s);
 /** 1 when digest is in the doomed table (txn may be a write txn). */
 int store__is_doomed(store_t *s, MDB_txn *txn, const char *digest);
+/** Open (create) the "seen" database in txn, at store_open (store/scope.c). */
+int store__seen_open(store_t *s, MDB_txn *txn);
 
 /** Map an LMDB return code to a pc error (MDB_NOTFOUND -> PC_E_NOTFOUND). */
 int store__mdb_err(int rc, const char *what);

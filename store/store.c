@@ -576,7 +576,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   rc = store__mdb_err(mdb_env_create(&s->env), "env_create");
   if (rc)
     goto out;
-  mdb_env_set_maxdbs(s->env, 16); /* blobs, manifests, tags, stats, refs, pins, doomed, + room */
+  mdb_env_set_maxdbs(s->env, 16); /* blobs, manifests, tags, stats, refs, pins, doomed, seen, + room */
   mdb_env_set_maxreaders(s->env, 256);
   rc = store__mdb_err(
       mdb_env_set_mapsize(s->env, opts && opts->map_size ? opts->map_size : DEFAULT_MAP_SIZE),
@@ -610,6 +610,8 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
     rc = store__mdb_err(mdb_dbi_open(txn, "pins", MDB_CREATE, &s->pins), "dbi_open");
   if (rc == 0)
     rc = store__mdb_err(mdb_dbi_open(txn, "doomed", MDB_CREATE, &s->doomed), "dbi_open");
+  if (rc == 0)
+    rc = store__seen_open(s, txn); /* store/scope.c */
   if (rc)
     goto out;
   /* O(1) unless the totals record is missing or stale (a store written by a pullcache without

@@ -5,8 +5,9 @@
  *   tmp/                             writers stream here; swept at open
  *   quarantine/                      fsck moves mismatching files here
  *   meta/                            one LMDB environment: blobs, manifests, tags, totals,
- *                                    refs, pins, doomed (store/evict.h)
+ *                                    refs, pins, doomed (store/evict.h), seen (scoping)
  *   control.sock                     the daemon's control socket (daemon/control.c), not ours
+ *   egress.tsv                       the hosts the daemon contacted (daemon/egress.c), not ours
  *
  * Invariants: a file is visible under blobs/ only after its bytes hashed to its name and were
  * fsynced; an LMDB record is written only after its file was renamed into place and its
@@ -192,6 +193,18 @@ typedef struct store_stats {
  * without an error here. The next write of this store_t, the next store_open or store_fsck
  * recomputes them. *out is untouched on error. */
 int store_stats(store_t *s, store_stats_t *out);
+
+/* ---- where content was seen (repository scoping; store/scope.c) ------------------------- */
+
+/** Record that upstream served digest under repo (first sight kept; a write transaction only
+ * when new). Blocking (fsync): off the event loop. */
+int store_seen_put(store_t *s, const char *upstream, const char *repo, const char *digest,
+                   int64_t now);
+/** 0 when (upstream, repo, digest) was recorded, PC_E_NOTFOUND when not, or an error. Cheap. */
+int store_seen_has(store_t *s, const char *upstream, const char *repo, const char *digest);
+/** 1 when the store held content before it recorded where content was seen (a store written
+ * by an older pullcache): that content has no records. */
+int store_seen_legacy(const store_t *s);
 
 /* ---- fsck -------------------------------------------------------------------------------- */
 

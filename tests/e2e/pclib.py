@@ -290,6 +290,7 @@ class Upstream(Proc):
         self.redirector_url = self.url
         self.registry_url = "http://%s:%d" % (h, self.ports["registry"])
         self.blobs_url = "http://%s:%d" % (h, self.ports["blobs"])
+        self.sigs_url = "http://%s:%d" % (h, self.ports["sigs"])
 
     def log(self, role=None):
         """Parsed request log (list of dicts, oldest first), optionally only one ROLE."""

@@ -20,6 +20,7 @@
 #include "daemon/counters.h"
 #include "daemon/upstream.h"
 #include "daemon/mirror.h"
+#include "daemon/listing.h"
 #include "daemon/registry.h"
 #include "http/srv-int.h"
 #include "store/digest.h"
@@ -874,6 +875,7 @@ TEST(tags_list_includes_a_tag_being_stored)
   ASSERT_EQ(1, st.jobs_in_flight); /* storing */
   store_tag_t t;
   ASSERT_EQ(PC_E_NOTFOUND, store_tag_get(d.store, UP, "pause", "3.10", &t));
+  online = 0; /* the local list: what the mirror answers when the upstream cannot be asked */
   cli_t *b = cli_get("/v2/pause/tags/list", NULL);
   cli_wait(b, &r);
   ASSERT_EQ(200, r.status);
@@ -889,6 +891,7 @@ TEST(tags_list_includes_a_tag_being_stored)
   ASSERT_EQ(200, r.status);
   ASSERT(strstr(r.body, "\"3.10\"") != NULL);
   cli_close(b);
+  online = 1;
   teardown();
   uv_sem_destroy(&hold_sem);
 }
@@ -921,5 +924,167 @@ TEST(mirror_free_with_waiting_clients)
     ASSERT_HDR(&r, "X-Cache", "MISS");
     cli_close(all[i]);
   }
+  teardown();
+}
+
+#define D64M "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+/* ---- listings (daemon/listing.c, meta.c): the upstream's answers, single flight ---------- */
+
+static const char referrers1[] =
+    "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\","
+    "\"manifests\":[]}";
+
+/* Two askers of one referrers key: one fetch; the bytes, media type, filter and Link (pointed
+ * at the mirror) pass through; within the TTL no fetch; past it and the upstream failing, the
+ * cached answer (stale, Warning); an upstream 404 stays 404. */
+TEST(referrers_single_flight_cache_stale)
+{
+  setup();
+  resp_t r;
+  const char *path = "/v2/pause/referrers/" D64M "?artifactType=application%2Fspdx%2Bjson";
+  cli_t *a = cli_get(path, NULL);
+  cli_t *b = cli_get(path, NULL);
+  ASSERT_EQ(1, nfx);
+  ASSERT(strstr(fx[0]->url, "/v2/pause/referrers/" D64M "?artifactType=application%2Fspdx%2Bjson"));
+  ASSERT_OK(ff_headers(fx[0], 200, "Content-Type", "application/vnd.oci.image.index.v1+json",
+                       "OCI-Filters-Applied", "artifactType", "Link",
+                       "</v2/k8s/pause/referrers/" D64M "?page=2>; rel=\"next\"", NULL));
+  ASSERT_OK(ff_body(fx[0], referrers1, strlen(referrers1)));
+  ff_done(fx[0], 0, 200);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_HDR(&r, "Content-Type", "application/vnd.oci.image.index.v1+json");
+  ASSERT_HDR(&r, "OCI-Filters-Applied", "artifactType");
+  ASSERT_HDR(&r, "Link", "</v2/pause/referrers/" D64M "?page=2>; rel=\"next\"");
+  ASSERT_EQ(strlen(referrers1), r.body_len);
+  cli_wait(b, &r);
+  ASSERT_EQ(200, r.status);
+  cli_close(a);
+  cli_close(b);
+  /* within the TTL: no fetch */
+  a = cli_get(path, NULL);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(1, nfx);
+  cli_close(a);
+  /* past it, the upstream failing: the cached answer, stale */
+  fake_now += 3600;
+  a = cli_get(path, NULL);
+  ASSERT_EQ(2, nfx);
+  ASSERT_OK(ff_headers(fx[1], 503, NULL));
+  ff_done(fx[1], 0, 503);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  char w[200];
+  ASSERT(hdr(&r, "Warning", w, sizeof(w)) && strncmp(w, "299 - ", 6) == 0);
+  cli_close(a);
+  /* an upstream 404 stays 404 */
+  a = cli_get("/v2/pause/referrers/" D64M, NULL);
+  ASSERT_EQ(3, nfx);
+  ASSERT_OK(ff_headers(fx[2], 404, NULL));
+  ff_done(fx[2], 0, 404);
+  cli_wait(a, &r);
+  ASSERT_EQ(404, r.status);
+  cli_close(a);
+  /* offline, nothing cached: 404; cached: served */
+  online = 0;
+  a = cli_get("/v2/pause/referrers/" D64M "?x=1", NULL);
+  cli_wait(a, &r);
+  ASSERT_EQ(404, r.status);
+  cli_close(a);
+  a = cli_get(path, NULL);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  cli_close(a);
+  online = 1;
+  ASSERT_EQ(3, nfx);
+  teardown();
+}
+
+/* A request that goes away leaves the fetch; the fetch still fills the cache. A body that is
+ * not a JSON object is no answer. */
+TEST(listing_gone_and_invalid_body)
+{
+  setup();
+  resp_t r;
+  cli_t *a = cli_get("/v2/pause/tags/list", NULL);
+  ASSERT_EQ(1, nfx);
+  ASSERT(strstr(fx[0]->url, "/v2/pause/tags/list"));
+  cli_close(a);
+  turn();
+  ASSERT_OK(ff_headers(fx[0], 200, "Content-Type", "application/json", NULL));
+  ASSERT_OK(ff_body(fx[0], "{\"name\":\"pause\",\"tags\":[\"a\"]}", 29));
+  ff_done(fx[0], 0, 200);
+  a = cli_get("/v2/pause/tags/list", NULL);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(29, r.body_len);
+  ASSERT_EQ(1, nfx);
+  cli_close(a);
+  a = cli_get("/v2/pause/tags/list?n=1", NULL);
+  ASSERT_EQ(2, nfx);
+  ASSERT(strstr(fx[1]->url, "/v2/pause/tags/list?n=1"));
+  ASSERT_OK(ff_headers(fx[1], 200, NULL));
+  ASSERT_OK(ff_body(fx[1], "[1,2]", 5));
+  ff_done(fx[1], 0, 200);
+  cli_wait(a, &r);
+  /* no answer from the upstream and no tag stored: the local list has nothing, 404 */
+  ASSERT_EQ(404, r.status);
+  cli_close(a);
+  teardown();
+}
+
+TEST(listing_link_rewrite_cases)
+{
+  char out[256];
+  ASSERT_OK(listing_link_rewrite("</v2/k8s-artifacts-prod/images/pause/tags/list?n=2&last=b>; "
+                                 "rel=\"next\"",
+                                 "/v2/registry.k8s.io/pause/tags/list", NULL, out, sizeof(out)));
+  ASSERT_STREQ("</v2/registry.k8s.io/pause/tags/list?n=2&last=b>; rel=\"next\"", out);
+  ASSERT_OK(listing_link_rewrite("<https://up.example/v2/p/tags/list?n=2&last=b>; rel=\"next\"",
+                                 "/v2/p/tags/list", "ghcr.io", out, sizeof(out)));
+  ASSERT_STREQ("</v2/p/tags/list?n=2&last=b&ns=ghcr.io>; rel=\"next\"", out);
+  ASSERT_OK(listing_link_rewrite("</x?ns=a&n=1>; rel=\"next\"", "/v2/p/tags/list", "b", out,
+                                 sizeof(out)));
+  ASSERT_STREQ("</v2/p/tags/list?ns=a&n=1>; rel=\"next\"", out);
+  ASSERT_EQ(-1, listing_link_rewrite("no url", "/v2/p", NULL, out, sizeof(out)));
+  ASSERT_EQ(
+      -1, listing_link_rewrite("</v2/p/tags/list>; rel=\"next\"", "/v2/p", NULL, out, sizeof(out)));
+  ASSERT_EQ(-1, listing_link_rewrite("</v2/p?a=\x01>", "/v2/p", NULL, out, sizeof(out)));
+  ASSERT_EQ(-1, listing_link_rewrite("</v2/p?n=1>", "/v2/p", NULL, out, 8));
+}
+
+/* max_stale: a tag whose revalidation fails is served stale only while its last check is
+ * younger than max_stale; past it the upstream's error passes through. 0 = no limit. */
+TEST(max_stale_bounds_stale_tags)
+{
+  setup();
+  resp_t r;
+  cli_t *a = cli_get("/v2/pause/manifests/3.10", NULL);
+  serve_manifest(fx[0], manifest1);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  cli_close(a);
+  wait_idle();
+  d.ups[0]->conf.max_stale = 600;
+  fake_now += 3600; /* past tag_ttl and past max_stale */
+  a = cli_get("/v2/pause/manifests/3.10", NULL);
+  ASSERT_EQ(2, nfx);
+  ASSERT_STREQ("HEAD", fx[1]->method);
+  ASSERT_OK(ff_headers(fx[1], 503, NULL));
+  ff_done(fx[1], 0, 503);
+  cli_wait(a, &r);
+  ASSERT_EQ(503, r.status);
+  cli_close(a);
+  d.ups[0]->conf.max_stale = 0; /* no limit: stale */
+  a = cli_get("/v2/pause/manifests/3.10", NULL);
+  ASSERT_EQ(3, nfx);
+  ASSERT_OK(ff_headers(fx[2], 503, NULL));
+  ff_done(fx[2], 0, 503);
+  cli_wait(a, &r);
+  ASSERT_EQ(200, r.status);
+  ASSERT_HDR(&r, "X-Cache", "STALE");
+  cli_close(a);
   teardown();
 }

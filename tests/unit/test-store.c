@@ -1432,3 +1432,36 @@ TEST(cmd_fsck_exit_codes)
   ASSERT_EQ(2, cmd_fsck(3, args));
   store_close(s);
 }
+
+/* Where content was seen (store/scope.c): put/has per (upstream, repository, digest), the first
+ * sight kept, bad keys refused; a store that had content before "seen" existed is legacy. */
+TEST(seen_records_and_legacy)
+{
+  store_t *s = open_store();
+  const char *dg = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+  ASSERT_EQ(0, store_seen_legacy(s)); /* empty store: nothing from before */
+  ASSERT_EQ(PC_E_NOTFOUND, store_seen_has(s, "up", "team/secret", dg));
+  ASSERT_OK(store_seen_put(s, "up", "team/secret", dg, 100));
+  ASSERT_OK(store_seen_put(s, "up", "team/secret", dg, 200));
+  ASSERT_OK(store_seen_has(s, "up", "team/secret", dg));
+  ASSERT_EQ(PC_E_NOTFOUND, store_seen_has(s, "up", "anything/else", dg));
+  ASSERT_EQ(PC_E_NOTFOUND, store_seen_has(s, "other", "team/secret", dg));
+  ASSERT_EQ(PC_E_NOTFOUND, store_seen_has(s, "up", "team", dg));
+  ASSERT_EQ(-EINVAL, store_seen_put(s, "", "r", dg, 1));
+  ASSERT_EQ(-EINVAL, store_seen_has(s, "up", "", dg));
+  /* a blob, then the "seen" database dropped (a store from before scoping): legacy at open */
+  unsigned char b[] = "legacy content";
+  ASSERT_OK(put_blob(s, b, sizeof(b), NULL, -1, NULL));
+  MDB_txn *txn;
+  ASSERT_OK(mdb_txn_begin(s->env, NULL, 0, &txn));
+  ASSERT_OK(mdb_drop(txn, s->seen, 1));
+  ASSERT_OK(mdb_txn_commit(txn));
+  store_close(s);
+  s = open_store();
+  ASSERT_EQ(1, store_seen_legacy(s));
+  ASSERT_EQ(PC_E_NOTFOUND, store_seen_has(s, "up", "team/secret", dg));
+  store_close(s);
+  s = open_store(); /* the mark is kept */
+  ASSERT_EQ(1, store_seen_legacy(s));
+  store_close(s);
+}

@@ -8,9 +8,20 @@ Three HTTP/1.1 keep-alive servers on free ports:
               everything else under /v2/ -> 307 to the registry; also the /_control/ API.
   registry    like Artifact Registry: Bearer token auth (401 challenge, /v2/token), manifests,
               tags/list, blobs, under /v2/k8s-artifacts-prod/images/<name>/...
-  blobs       like S3/CDN: /containers/images/<digest>, Range, ETag; must never see Authorization.
+  blobs       like S3/CDN (cdn.registry.k8s.io): /containers/images/<digest>, Range, ETag; must
+              never see Authorization.
+  sigs        like the canonical Artifact Registry backend (us-central1-docker.pkg.dev) that
+              registry.k8s.io sends cosign signature tags to (sha256-<hex>.sig/.att/.sbom): the
+              same API as registry; the redirector sends those tags there, other manifests to
+              registry (the regional host), blobs to blobs.
+Referrers: the redirector answers /v2/<name>/referrers/<digest> with 404 at its edge (as
+registry.k8s.io does in 2026) unless /_control/config {"referrers_edge_404": false}; then the
+registry serves what /_control/referrers set (/_control/config {"scoped_blobs": true}: the
+redirector answers 404 for a blob not in that repository's images, as a registry that scopes
+blobs does; archeio does not) (filtered by artifactType, paged by
+"referrers_page" descriptors with a Link). tags/list honours n and last and sends a Link.
 
-When ready, STATE/ports.json = {"redirector":P1,"registry":P2,"blobs":P3} is written atomically.
+When ready, STATE/ports.json = {"redirector":P1,"registry":P2,"blobs":P3,"sigs":P4} is written atomically.
 Every request (except /_control/) is one JSON line in STATE/requests.jsonl; requests to the blob
 host carrying Authorization are violations, counted in STATE/violations. Runs until SIGTERM/SIGINT.
 See README.md for the control API and the fault rules. Stdlib only.
@@ -34,7 +45,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 PREFIX = "/v2/k8s-artifacts-prod/images/"
 BLOB_RE = re.compile(r"^/v2/.*/blobs/([^/]+:[a-zA-Z0-9=_-]+)$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-REG_RE = re.compile(r"^/v2/k8s-artifacts-prod/images/(.+?)/(manifests|blobs)/([^/]+)$")
+REG_RE = re.compile(r"^/v2/k8s-artifacts-prod/images/(.+?)/(manifests|blobs|referrers)/([^/]+)$")
+SIG_TAG_RE = re.compile(r"^/v2/.+/manifests/sha256-[0-9a-f]{64}\.(sig|att|sbom)$")
+REFERRERS_RE = re.compile(r"^/v2/.+/referrers/[^/]+$")
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 TAGS_RE = re.compile(r"^/v2/k8s-artifacts-prod/images/(.+)/tags/list$")
 FAULTS = {"truncate", "corrupt", "slow", "stall", "drop", "status", "redirect_loop", "token_down"}
 CHUNK = 64 * 1024
@@ -78,6 +92,12 @@ class Images:
             for child in doc.get("manifests", []):
                 if child["digest"] in self.blob_path:
                     self._add_manifest(repo, child["digest"], child["mediaType"])
+        else:
+            with open(self.blob_path[digest], "rb") as f:
+                doc = json.load(f)
+            for b in [doc.get("config")] + doc.get("layers", []):
+                if b:
+                    repo.setdefault("blobs", set()).add(b["digest"])
 
 
 class State:
@@ -93,6 +113,10 @@ class State:
         self.violations = 0
         self.token_ttl = token_ttl
         self.require_auth = True
+        self.referrers = {}  # (name, subject digest) -> [descriptor]
+        self.referrers_edge_404 = True
+        self.scoped_blobs = False  # archeio redirects any known blob under any repository
+        self.referrers_page = 0
         self.ports = {}
         self.host = "127.0.0.1"
         self.log_path = os.path.join(state_dir, "requests.jsonl")
@@ -391,7 +415,41 @@ class Handler(BaseHTTPRequestHandler):
                         self.st.token_ttl = int(cfg["token_ttl"])
                     if "require_auth" in cfg:
                         self.st.require_auth = bool(cfg["require_auth"])
+                    if "referrers_edge_404" in cfg:
+                        self.st.referrers_edge_404 = bool(cfg["referrers_edge_404"])
+                    if "scoped_blobs" in cfg:
+                        self.st.scoped_blobs = bool(cfg["scoped_blobs"])
+                    if "referrers_page" in cfg:
+                        self.st.referrers_page = int(cfg["referrers_page"])
                 self.send_json(200, {"ok": True})
+            elif p == "/_control/referrers" and self.command == "POST":
+                # {"repo": name, "subject": digest, "manifests": [descriptor, ...]}
+                body = json.loads(self.read_body() or b"{}")
+                with self.st.lock:
+                    self.st.referrers[(body["repo"], body["subject"])] = list(body["manifests"])
+                self.send_json(200, {"ok": True})
+            elif p == "/_control/manifest" and self.command == "POST":
+                # {"repo", "tag", "media_type", "manifest": b64, "blobs": [b64, ...]}: content
+                # added at run time (a cosign signature, say), written under STATE/extra.
+                body = json.loads(self.read_body() or b"{}")
+                out = {}
+                for data in [body["manifest"]] + list(body.get("blobs", [])):
+                    raw = base64.b64decode(data)
+                    dg = "sha256:" + hashlib.sha256(raw).hexdigest()
+                    d = os.path.join(self.st.dir, "extra")
+                    os.makedirs(d, exist_ok=True)
+                    fp = os.path.join(d, dg[7:])
+                    with open(fp, "wb") as f:
+                        f.write(raw)
+                    with self.st.lock:
+                        self.images.blob_path[dg] = fp
+                    out.setdefault("manifest", dg)
+                with self.st.lock:
+                    repo = self.images.repos.setdefault(body["repo"], {"tags": {}, "manifests": {}})
+                    repo["manifests"][out["manifest"]] = body["media_type"]
+                    if body.get("tag"):
+                        repo["tags"][body["tag"]] = out["manifest"]
+                self.send_json(200, {"ok": True, "digest": out["manifest"]})
             else:
                 self.send_json(404, {"error": "unknown control endpoint"})
         except (ValueError, re.error) as e:
@@ -415,11 +473,24 @@ class Handler(BaseHTTPRequestHandler):
             self.send_answer(404, {"Content-Type": "text/plain; charset=utf-8"}, b"404 page not found\n")
             return
         m = BLOB_RE.match(p)
+        with self.st.lock:
+            scoped = self.st.scoped_blobs
+        if m and scoped:
+            name = p[len("/v2/"):p.rindex("/blobs/")]
+            if m.group(1) not in self.images.repos.get(name, {}).get("blobs", set()):
+                self.send_json(404, oci_error("BLOB_UNKNOWN", "blob unknown to registry", m.group(1)))
+                return
         if m and m.group(1) in self.images.blob_path:
             self.redirect(self.st.base("blobs") + "/containers/images/" + m.group(1))
             return
+        with self.st.lock:
+            edge_404 = self.st.referrers_edge_404
+        if REFERRERS_RE.match(p) and edge_404:
+            self.send_answer(404, {"Content-Type": "text/plain; charset=utf-8"}, b"404 page not found\n")
+            return
         rest = p[len("/v2/"):]
-        loc = self.st.base("registry") + PREFIX + rest
+        host = "sigs" if SIG_TAG_RE.match(p) else "registry"
+        loc = self.st.base(host) + PREFIX + rest
         if self.req_query:
             loc += "?" + self.req_query
         self.redirect(loc)
@@ -504,12 +575,44 @@ class Handler(BaseHTTPRequestHandler):
         if repo is None:
             self.send_json(404, oci_error("NAME_UNKNOWN", "repository name not known to registry"))
             return
+        q = urllib.parse.parse_qs(self.req_query)
         if t:
             self.extra["route"] = "tags"
-            self.send_json(200, {"name": "k8s-artifacts-prod/images/" + name,
-                                 "tags": sorted(repo["tags"])})
+            tags = sorted(repo["tags"])
+            last = q.get("last", [""])[0]
+            if last:
+                tags = [x for x in tags if x > last]
+            hdrs = {}
+            if "n" in q:
+                n = int(q["n"][0])
+                if len(tags) > n and n > 0:
+                    hdrs["Link"] = '<%s%s/tags/list?n=%d&last=%s>; rel="next"' % (PREFIX, name, n, tags[n - 1])
+                tags = tags[:n]
+            self.send_json(200, {"name": "k8s-artifacts-prod/images/" + name, "tags": tags}, hdrs)
             return
         kind, ref = m.group(2), m.group(3)
+        if kind == "referrers":
+            self.extra["route"] = "referrers"
+            with self.st.lock:
+                descs = list(self.st.referrers.get((name, ref), []))
+                page_size = self.st.referrers_page
+            hdrs = {"Content-Type": OCI_INDEX}
+            at = q.get("artifactType", [""])[0]
+            if at:
+                descs = [x for x in descs if x.get("artifactType") == at]
+                hdrs["OCI-Filters-Applied"] = "artifactType"
+            page = int(q.get("page", ["1"])[0])
+            if page_size:
+                more = len(descs) > page * page_size
+                descs = descs[(page - 1) * page_size:page * page_size]
+                if more:
+                    nq = {"page": str(page + 1)}
+                    if at:
+                        nq["artifactType"] = at
+                    hdrs["Link"] = '<%s%s/referrers/%s?%s>; rel="next"' % (PREFIX, name, ref, urllib.parse.urlencode(nq))
+            body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descs}).encode()
+            self.send_answer(200, hdrs, body)
+            return
         self.extra["route"] = "manifest" if kind == "manifests" else "blob"
         if kind == "manifests":
             digest = repo["tags"].get(ref, ref)
@@ -528,6 +631,9 @@ class Handler(BaseHTTPRequestHandler):
         self.serve_blob(ref, {"Docker-Content-Digest": ref})
 
     # ---- blob host (S3 / CDN) -------------------------------------------------------------------
+    def handle_sigs(self):
+        self.handle_registry()
+
     def handle_blobs(self):
         if "Authorization" in self.headers:
             self.violation = True
@@ -630,7 +736,7 @@ def main():
     images = Images(a.images)
     st = State(a.state, a.token_ttl)
     st.host = a.host
-    servers = {r: make_server(a.host, r, st, images) for r in ("redirector", "registry", "blobs")}
+    servers = {r: make_server(a.host, r, st, images) for r in ("redirector", "registry", "blobs", "sigs")}
     st.ports = {r: s.server_address[1] for r, s in servers.items()}
     threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
                for s in servers.values()]
