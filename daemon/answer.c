@@ -9,6 +9,7 @@
  *     mem ---------------------------------------------------------------> srv_respond
  *     fd, avail covers the answer ---------------------------------------> srv_respond_file
  *     fd, live fill -----------------------------------> srv_respond_file, ANSWER_STREAMING
+ *         (the answer's last byte is held: its bytes are not verified yet)
  */
 #include "daemon/answer.h"
 
@@ -164,10 +165,12 @@ int answer_content(srv_req_t *req, const answer_content_t *a, uint64_t *end)
     srv_respond_file(req, status, ct, a->fd, start, len, stop);
     return ANSWER_DONE;
   }
+  /* Not verified yet: the answer's last byte waits for the fill's verification, whatever
+   * the range (the caller announces it once the digest matched). */
   if (avail < start)
     avail = start;
-  if (avail > stop)
-    avail = stop;
+  if (avail > stop - 1)
+    avail = stop - 1;
   srv_respond_file(req, status, ct, a->fd, start, len, avail);
   if (end)
     *end = stop;

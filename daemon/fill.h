@@ -11,7 +11,10 @@
  *             joins later, unless the fill is already verified: that one gets only on_end):
  *             the temp file (fill_tmp_path) holds [0, avail);
  *   on_avail(avail)         more bytes may be sent. avail stays below total (the last byte is
- *                           held) until the digest has been verified, then becomes total;
+ *                           held) until the digest has been verified, then becomes total.
+ *                           A subscriber that answers part of the blob holds the last byte of
+ *                           its own part until then too (answer.h: nothing unverified is
+ *                           delivered complete);
  *   on_fetched(timings)     the last upstream fetch of the fill ended (optional);
  *   on_end(result)          the fill is over (committed, or failed: result->verified says
  *                           whether the bytes matched even if the commit failed). The

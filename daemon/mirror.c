@@ -48,10 +48,11 @@ typedef struct client {
   daemon_upstream_t *up; /**< blobs: where this request asked (a reference) */
   char repo[256];
   char digest[STORE_DIGEST_MAX];
-  int joined;    /**< joined a job or fill another request started */
-  int late;      /**< the content was verified before it came: HIT */
-  int streaming; /**< answered with a body that follows the fill */
-  uint64_t end;  /**< one past the last file byte this answer sends */
+  int joined;     /**< joined a job or fill another request started */
+  int late;       /**< the content was verified before it came: HIT */
+  int streaming;  /**< answered with a body that follows the fill */
+  uint64_t end;   /**< one past the last file byte this answer sends */
+  uint64_t total; /**< the blob's length (live answers) */
 } client_t;
 
 /* ---- the upstream seam: http/up ----------------------------------------------------------- */
@@ -291,16 +292,20 @@ static void blob_on_length(fill_sub_t *s, uint64_t total, uint64_t avail)
                         .fd = fd,
                         .avail = avail,
                         .live = 1};
+  c->total = total;
   if (answer_content(c->req, &a, &c->end) == ANSWER_STREAMING)
     c->streaming = 1; /* follows the fill until the request or the fill ends */
   else
     client_free(c); /* 304, 416 */
 }
 
+/* Until the fill verified (avail < total), the last byte of this answer is held, whatever
+ * its range (answer_content); after, everything may go. */
 static void blob_on_avail(fill_sub_t *s, uint64_t avail)
 {
   client_t *c = container_of(s, client_t, fs);
-  srv_file_avail(c->req, avail < c->end ? avail : c->end);
+  uint64_t lim = avail >= c->total ? c->end : avail < c->end - 1 ? avail : c->end - 1;
+  srv_file_avail(c->req, lim);
 }
 
 static void blob_on_fetched(fill_sub_t *s, const up_timings_t *t)
