@@ -33,6 +33,9 @@ int mirror_new(daemon_t *d, mirror_t **out);
 int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t (*now)(void),
                     mirror_t **out);
 void mirror_get_stats(const mirror_t *m, mirror_stats_t *out);
+/** The env its fills and jobs share: where eviction sets env->on_store_full, and where the unit
+ * tests replace env->disk_free or env->relay_max. */
+pull_env_t *mirror_env(mirror_t *m);
 /** Cancel every fetch (waiting requests are answered 503) and free; fills and jobs whose store
  * write is running on a worker end in its after-work callback, and the last one frees m. */
 void mirror_free(mirror_t *m);

@@ -241,6 +241,8 @@ struct up_fetch {
   struct curl_slist *slist;
   char hostkey[UP__HOSTKEY_MAX];
   uint64_t last_activity;
+  int paused; /* on_data returned UP_DATA_PAUSE: curl holds the bytes; no stall timeout */
+  int resume; /* up_fetch_resume asked: the idle handle unpauses the transfer */
   /* timings (uv_hrtime ns) */
   uint64_t t_created; /* up_fetch_start */
   uint64_t t_begin;   /* the fetch started (left the queue) */

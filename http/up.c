@@ -372,21 +372,26 @@ static size_t on_curl_write(char *buf, size_t size, size_t n, void *arg)
   f->last_activity = uv_now(u->loop);
   if (f->state != UP__F_BODY || f->hop != UP__HOP_FINAL)
     return len; /* body of a redirect or a 401: discarded */
+  if (f->on_data) {
+    u->in_curl_cb++;
+    r = f->on_data(f, buf, len, f->arg);
+    u->in_curl_cb--;
+    if (f->state == UP__F_CANCELLED)
+      return 0;
+    if (r < 0) {
+      hop_abort(f, r);
+      return 0;
+    }
+    if (r == UP_DATA_PAUSE) {
+      /* Not taken: curl keeps the bytes and gives them again once unpaused (on_idle). */
+      f->paused = 1;
+      return CURL_WRITEFUNC_PAUSE;
+    }
+  }
   if (f->kind == UP__FETCH_USER) {
     u->stats.body_bytes += len;
     if (f->pool)
       f->pool->stats.body_bytes += len;
-  }
-  if (!f->on_data)
-    return len;
-  u->in_curl_cb++;
-  r = f->on_data(f, buf, len, f->arg);
-  u->in_curl_cb--;
-  if (f->state == UP__F_CANCELLED)
-    return 0;
-  if (r < 0) {
-    hop_abort(f, r);
-    return 0;
   }
   return len;
 }
@@ -570,6 +575,10 @@ static void on_fetch_timer(uv_timer_t *t)
   if (u->state != UP__OPEN ||
       (f->state != UP__F_ADDING && f->state != UP__F_HEADERS && f->state != UP__F_BODY))
     return;
+  if (f->state == UP__F_BODY && f->paused) {
+    uv_timer_start(&f->timer, on_fetch_timer, stall, 0); /* our consumer waits, not the peer */
+    return;
+  }
   if (f->state == UP__F_BODY && now - f->last_activity < stall) {
     uv_timer_start(&f->timer, on_fetch_timer, stall - (now - f->last_activity), 0);
     return;
@@ -811,6 +820,14 @@ static void on_idle(uv_idle_t *h)
       }
       f->in_multi = 1;
       f->state = UP__F_HEADERS;
+    } else if (f->resume && f->state == UP__F_BODY) {
+      /* Unpausing delivers the held bytes at once: on_curl_write runs inside this call. */
+      f->resume = 0;
+      f->paused = 0;
+      f->last_activity = uv_now(u->loop);
+      u->in_curl_cb++;
+      curl_easy_pause(f->easy, CURLPAUSE_CONT);
+      u->in_curl_cb--;
     }
   }
   if (u->kick_pending && u->state == UP__OPEN)
@@ -1081,6 +1098,14 @@ void up_fetch_cancel(up_fetch_t *f)
     defer_push(f); /* released from the idle handle */
   else
     fetch_release(f);
+}
+
+void up_fetch_resume(up_fetch_t *f)
+{
+  if (!f || !f->paused || f->state != UP__F_BODY)
+    return;
+  f->resume = 1;
+  defer_push(f);
 }
 
 const char *up_fetch_header(const up_fetch_t *f, const char *name)
