@@ -45,7 +45,10 @@
  * socket to drain; see http/srv_tcp.c); the file fd is the connection's and stays open until
  * the transport has closed. Nothing else is written while a file body is in flight (responses
  * are strictly ordered). Per connection memory is the read buffer, the request and the
- * response head: it does not depend on the body size.
+ * response head: it does not depend on the body size. A file body may continue from a body
+ * source (srv_file_source; or be all source, srv_respond_source): from r->src_from on, each
+ * chunk is peeked from the source and written with the transport's write (the bytes stay the
+ * source's until its sent call); the source is released where the file would be closed.
  *
  * The process must ignore SIGPIPE (libuv and sendfile write to sockets that may be closed).
  */

@@ -27,6 +27,8 @@
  *     BODY ──(the hop is complete: 401 Bearer, no usable token)──▶ TOKEN
  *     TOKEN ──(the token fetch got a token)──▶ hop_start
  *     BODY ──(the final response is complete)──▶ DONE
+ *     (in BODY, on_data may pause the transfer, UP_DATA_PAUSE: f->paused, not a state; the
+ *     stall timer waits; up_fetch_resume unpauses it from the idle handle)
  *     HEADERS, BODY ──(a curl callback fails: header block too big, on_headers or on_data
  *             returned an error)──▶ ABORTING (curl stops the transfer; abort_rc is kept)
  *   The one fail path, up__fetch_fail ──▶ DONE, from QUEUED (its start failed), ADDING (curl
