@@ -197,7 +197,8 @@ static void fill_end(fill_t *f)
                      .up = f->up,
                      .passthrough = f->relay != NULL,
                      .size = f->total > 0 ? (uint64_t)f->total : 0,
-                     .fd = verified && f->rc ? f->rfd : -1};
+                     .fd = verified && f->rc && !f->relay ? f->rfd
+                                                          : -1}; /* a relay's file: a prefix */
   pc_list_t *l;
   while ((l = pc_list_first(&f->subs))) {
     fill_sub_t *s = pc_list_entry(l, fill_sub_t, link);
