@@ -9,6 +9,9 @@
  *     mem ---------------------------------------------------------------> srv_respond
  *     fd, avail covers the answer ---------------------------------------> srv_respond_file
  *     fd, live fill -----------------------------------> srv_respond_file, ANSWER_STREAMING
+ *         (the answer's last byte is held: its bytes are not verified yet)
+ *         pass-through (relay): the bytes from the relay's start come from a relay reader
+ *         (srv_file_source, or srv_respond_source when no file byte is needed)
  */
 #include "daemon/answer.h"
 
@@ -22,6 +25,7 @@
 #include "core/pc.h"
 #include "daemon/config.h"
 #include "daemon/daemon.h"
+#include "daemon/relay.h"
 #include "daemon/reqctx.h"
 #include "daemon/route.h"
 #include "store/digest.h"
@@ -128,7 +132,7 @@ static void drop_fd(const answer_content_t *a)
     close(a->fd);
 }
 
-int answer_content(srv_req_t *req, const answer_content_t *a, uint64_t *end)
+int answer_content(srv_req_t *req, const answer_content_t *a, uint64_t *startp, uint64_t *end)
 {
   uint64_t start = 0, len = a->size;
   int status = 200;
@@ -169,11 +173,34 @@ int answer_content(srv_req_t *req, const answer_content_t *a, uint64_t *end)
     srv_respond_file(req, status, ct, a->fd, start, len, stop);
     return ANSWER_DONE;
   }
+  /* Not verified yet: the answer's last byte waits for the fill's verification, whatever
+   * the range (the caller announces it once the digest matched). */
   if (avail < start)
     avail = start;
-  if (avail > stop)
-    avail = stop;
-  srv_respond_file(req, status, ct, a->fd, start, len, avail);
+  if (avail > stop - 1)
+    avail = stop - 1;
+  uint64_t from = a->relay ? relay_from(a->relay) : stop;
+  if (from < stop) {
+    /* Pass-through: the bytes from `from` on come from the relay. */
+    srv_source_t *src = relay_reader(a->relay, start > from ? start : from, stop);
+    if (!src || (a->fd < 0 && start < from)) {
+      if (src)
+        relay_reader_drop(src);
+      drop_fd(a);
+      answer_error(req, PC_E_UPSTREAM_UNAVAILABLE, "the blob is passing through; try again");
+      return ANSWER_DONE;
+    }
+    if (a->fd >= 0) {
+      srv_respond_file(req, status, ct, a->fd, start, len, avail);
+      srv_file_source(req, from, src);
+    } else {
+      srv_respond_source(req, status, ct, src, start, len, avail);
+    }
+  } else {
+    srv_respond_file(req, status, ct, a->fd, start, len, avail);
+  }
+  if (startp)
+    *startp = start;
   if (end)
     *end = stop;
   return ANSWER_STREAMING;
@@ -193,7 +220,7 @@ int answer_store_manifest(srv_req_t *req, store_t *store, const char *digest, in
                         .size = info.size,
                         .fd = fd,
                         .avail = info.size};
-  answer_content(req, &a, NULL);
+  answer_content(req, &a, NULL, NULL);
   return 0;
 }
 
@@ -213,7 +240,7 @@ int answer_store_blob(srv_req_t *req, store_t *store, const char *digest,
                         .range = range,
                         .fd = fd,
                         .avail = info.size};
-  answer_content(req, &a, NULL);
+  answer_content(req, &a, NULL, NULL);
   return 0;
 }
 

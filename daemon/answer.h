@@ -52,7 +52,11 @@ typedef struct answer_content {
   const void *mem;
   int fd; /**< when mem is NULL */
   uint64_t avail;
-  int live; /**< fd is a fill's temp file: its bytes are not verified yet */
+  int live; /**< fd is a fill's temp file: its bytes are not verified yet (the answer's last
+                 byte is held, see answer_content) */
+  struct relay *relay; /**< live, pass-through: the bytes from relay_from(relay) on come from
+                            this relay (a reader is made), the ones before from fd (fd may be
+                            -1 when the answer needs none of them) */
 } answer_content_t;
 
 /** answer_content's result. */
@@ -60,11 +64,14 @@ enum { ANSWER_DONE = 0, ANSWER_STREAMING = 1 };
 
 /** Answer with content. Returns ANSWER_DONE when the answer needs nothing more (a body from
  * memory or from a complete file, a 304, a 416); ANSWER_STREAMING when the body comes from a
- * live fill (HEAD included: that answer ends with its head): *end (may be NULL otherwise) is
- * one past the last file byte the answer sends, and the caller follows the fill until the
- * request ends: srv_file_avail(req, min(avail, *end)) as bytes arrive, srv_abort if they fail
- * verification (even when every byte of the answer was already there: it is cut short). */
-int answer_content(srv_req_t *req, const answer_content_t *a, uint64_t *end);
+ * live fill (HEAD included: that answer ends with its head): *start and *end (may be NULL
+ * otherwise) are the first and one past the last file byte the answer sends, and the caller follows
+ * the fill until the request ends. The rule for bytes that are not verified yet (live = 1): the
+ * last byte of the answer, whatever its range, is held until the fill verified. So the caller
+ * announces srv_file_avail(req, min(avail, *end - 1)) as bytes arrive, srv_file_avail(req, *end)
+ * once the digest matched, and srv_abort if it did not (the answer is cut short, also when every
+ * byte of it was already there). */
+int answer_content(srv_req_t *req, const answer_content_t *a, uint64_t *start, uint64_t *end);
 
 /** Serve a manifest from the store: 200 with the exact stored bytes, Content-Type = stored
  * media type (or application/json). Returns 0 when answered (also 304), PC_E_NOTFOUND without

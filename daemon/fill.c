@@ -1,25 +1,36 @@
 /* daemon/fill — a blob fill with subscribers (see fill.h).
  *
  *   FETCHING --200/206 headers--> STREAMING --all bytes, digest ok--> COMMITTING --work--> DONE
- *      |                            |    ^
- *      |      transport error after |    | 206 (or 200: the prefix is skipped)
- *      |      some bytes, tries left v    |
- *      |                          RESUMING
- *      +------------+---------------+---- any other error, bad digest --> FAILED (fill_fail)
+ *      |                            |    ^      |                         |
+ *      |      transport error after |    |      | ENOSPC/EDQUOT           | commit failed
+ *      |      some bytes, tries left v    |      v  on a write             v (verified: DONE)
+ *      |                          RESUMING <--> PASSTHROUGH --all bytes, digest ok--> DONE
+ *      |                                 ^          (nothing stored; rc -ENOSPC)
+ *      +--200 headers, no room (disk_free) or no temp file--+
+ *      +------------+---------------+------------+--- any other error, bad digest,
+ *                                                      no subscriber left --> FAILED (fill_fail)
  *
- * The last byte of the blob is never announced before verification (fill_avail), so no
- * subscriber sends a complete blob that does not match its digest. Verification runs on the
- * loop (the hash was computed as the bytes came in); the fsync, rename and LMDB record follow
- * on a worker. A broken upstream body is resumed with Range from the last byte written, up to
- * FILL_RESUMES times; the running hash goes on.
+ * RESUMING goes back to STREAMING, or to PASSTHROUGH when the fill has a relay (the mode is
+ * kept across a resume: f->relay). The last byte of the blob is never announced before
+ * verification (fill_avail), so no subscriber sends a complete blob that does not match its
+ * digest. Verification runs on the loop (the hash was computed as the bytes came in); the
+ * fsync, rename and LMDB record follow on a worker. A broken upstream body is resumed with
+ * Range from the last byte written, up to FILL_RESUMES times; the running hash goes on.
+ *
+ * The full-disk state of the mirror (env->st.store_full) is set by the first fill that goes
+ * pass-through and cleared by the next one that commits: one log line at each change.
  */
 #include "daemon/fill.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/num.h"
 #include "core/pc.h"
+#include "daemon/relay.h"
 #include "daemon/upstream.h"
 #include "store/digest.h"
 
@@ -32,7 +43,10 @@ struct fill {
   char repo[256];
   daemon_upstream_t *up; /**< a reference */
   store_writer_t *w;     /**< NULL once handed to the commit */
-  char *tmp_path;        /**< copy of the writer's path, for subscribers' descriptors */
+  int rfd;               /**< O_RDONLY on the temp file (fill_open dups it), or -1: no file */
+  int no_room;           /**< no temp file could be made: pass-through once the length is known */
+  relay_t *relay;        /**< pass-through: the relay of the bytes from relay_from on */
+  int paused;            /**< on_data returned UP_DATA_PAUSE: the relay is full */
   up_fetch_t *fetch;     /**< the fetch in flight, or NULL */
   int64_t total;         /**< upstream length; -1 until known (or when not given) */
   uint64_t written;      /**< bytes in the writer */
@@ -48,12 +62,19 @@ struct fill {
 
 static void fill_fetch(fill_t *f);
 
+/* A pass-through fill takes a new subscriber only while its relay has every byte from its
+ * start (a joiner needs them all); a fill that has a relay but no length yet cannot happen. */
+static int joinable(const fill_t *f)
+{
+  return !f->relay || relay_intact(f->relay);
+}
+
 fill_t *fill_find(pull_env_t *env, const char *digest)
 {
   pc_list_foreach(l, &env->fills)
   {
     fill_t *f = pc_list_entry(l, fill_t, link);
-    if (strcmp(f->digest, digest) == 0)
+    if (strcmp(f->digest, digest) == 0 && joinable(f))
       return f;
   }
   return NULL;
@@ -64,9 +85,23 @@ int fill_verified(const fill_t *f)
   return f->state == FILL_COMMITTING || f->state == FILL_DONE;
 }
 
-const char *fill_tmp_path(const fill_t *f)
+int fill_open(const fill_t *f)
 {
-  return f->tmp_path;
+  if (f->rfd < 0) {
+    errno = ENOENT;
+    return -1;
+  }
+  return fcntl(f->rfd, F_DUPFD_CLOEXEC, 0);
+}
+
+relay_t *fill_relay(const fill_t *f)
+{
+  return f->relay;
+}
+
+static int disk_full_err(int rc)
+{
+  return rc == -ENOSPC || rc == -EDQUOT;
 }
 
 /* Bytes that may be sent now: the last byte waits for verification. */
@@ -84,7 +119,8 @@ static uint64_t fill_avail(const fill_t *f)
  * once COMMITTING a new subscriber waits for on_end and is served from the store). */
 static int length_known(const fill_t *f)
 {
-  return f->total > 0 && (f->state == FILL_STREAMING || f->state == FILL_RESUMING);
+  return f->total > 0 &&
+         (f->state == FILL_STREAMING || f->state == FILL_RESUMING || f->state == FILL_PASSTHROUGH);
 }
 
 static void sub_start(fill_t *f, fill_sub_t *s)
@@ -124,8 +160,10 @@ static void fill_free(fill_t *f)
 {
   pull_env_t *env = f->env;
   daemon_upstream_unref(f->up);
-  store_writer_abort(f->w);
-  free(f->tmp_path);
+  store_writer_abort(f->w); /* the temp file goes (readers keep their descriptors) */
+  if (f->rfd >= 0)
+    close(f->rfd);
+  relay_detach(f->relay); /* lives on for its readers */
   free(f);
   env->live--;
   if (env->released)
@@ -137,10 +175,17 @@ static void fill_end(fill_t *f)
 {
   pull_env_t *env = f->env;
   int verified = fill_verified(f);
-  if (f->rc == 0)
+  if (f->rc == 0) {
     env->st.fills_committed++;
-  else
-    env->st.fills_failed++;
+    if (env->st.store_full) {
+      env->st.store_full = 0;
+      pc_log(PC_LOG_NOTICE, "store-space-back mode=caching digest=%s", f->digest);
+    }
+  } else if (!verified || !f->relay) {
+    env->st.fills_failed++; /* (a pass-through that verified did what it could: not failed) */
+  }
+  if (f->relay)
+    env->st.passthrough_active--;
   f->state = verified ? FILL_DONE : FILL_FAILED; /* FAILED: fill_fail's path, nothing stored */
   pc_list_remove(&f->link); /* a subscriber may start a new fill of this digest in on_end */
   fill_result_t r = {.rc = f->rc,
@@ -149,7 +194,11 @@ static void fill_end(fill_t *f)
                      .retry_after = f->retry_after,
                      .digest = f->digest,
                      .repo = f->repo,
-                     .up = f->up};
+                     .up = f->up,
+                     .passthrough = f->relay != NULL,
+                     .size = f->total > 0 ? (uint64_t)f->total : 0,
+                     .fd = verified && f->rc && !f->relay ? f->rfd
+                                                          : -1}; /* a relay's file: a prefix */
   pc_list_t *l;
   while ((l = pc_list_first(&f->subs))) {
     fill_sub_t *s = pc_list_entry(l, fill_sub_t, link);
@@ -173,13 +222,79 @@ static void fill_work(uv_work_t *work)
   f->rc = store_writer_commit(w, NULL, NULL);
 }
 
+/* The mirror-wide state change (one log line), the count, and the hook for eviction. */
+static void store_full(fill_t *f, uint64_t need, const char *why)
+{
+  pull_env_t *env = f->env;
+  env->st.passthrough_fills++;
+  if (!env->st.store_full) {
+    env->st.store_full = 1;
+    pc_log(PC_LOG_WARN, "store-full mode=pass-through why=%s digest=%s", why, f->digest);
+  }
+  pc_log(PC_LOG_DEBUG, "fill-pass-through digest=%s why=%s at=%" PRIu64, f->digest, why,
+         f->written);
+  if (env->on_store_full)
+    env->on_store_full(env, need);
+}
+
 static void fill_after_work(uv_work_t *work, int status)
 {
   fill_t *f = container_of(work, fill_t, work);
   (void)status;
   if (f->rc)
     pc_log(PC_LOG_ERR, "store-commit-failed digest=%s rc=%s", f->digest, pc_errname(f->rc));
+  if (disk_full_err(f->rc))
+    store_full(f, 0, pc_errname(f->rc)); /* verified bytes, served from f->rfd: not cached */
   fill_end(f);
+}
+
+/* The relay has room again: take bytes from the upstream again. */
+static void on_room(void *arg)
+{
+  fill_t *f = arg;
+  if (!f->paused)
+    return;
+  f->paused = 0;
+  if (f->fetch)
+    f->env->fetch->resume(f->env, f->fetch);
+}
+
+/* Go on without the disk: the bytes from here (f->written) on go through a relay. */
+static void fill_passthrough(fill_t *f, uint64_t need, const char *why)
+{
+  pull_env_t *env = f->env;
+  int rc = store_writer_hash_only(f->w);
+  PC_ASSERT(rc == 0); /* called only for no room or a full-disk error */
+  f->relay = relay_new(env, f->written, env->relay_max, on_room, f);
+  f->state = FILL_PASSTHROUGH;
+  env->st.passthrough_active++;
+  store_full(f, need, why);
+  /* Streaming subscribers continue from the relay (readers made before any byte is added). */
+  pc_list_foreach_safe(l, nx, &f->subs)
+  {
+    fill_sub_t *s = pc_list_entry(l, fill_sub_t, link);
+    if (s->streamed && s->ops->on_passthrough)
+      s->ops->on_passthrough(s, f->relay);
+  }
+}
+
+/* Room for need more bytes: the free space less what the other caching fills still need. */
+static int room_for(const fill_t *f, uint64_t need)
+{
+  pull_env_t *env = f->env;
+  if (!env->disk_free)
+    return 1;
+  uint64_t free_b = env->disk_free(env), reserved = 0;
+  if (free_b == UINT64_MAX)
+    return 1;
+  pc_list_foreach(l, &env->fills)
+  {
+    const fill_t *o = pc_list_entry(l, fill_t, link);
+    if (o != f && !o->relay && o->total > 0 && (uint64_t)o->total > o->written &&
+        o->state != FILL_COMMITTING)
+      reserved += (uint64_t)o->total - o->written;
+  }
+  return free_b >= reserved && free_b - reserved >= need;
 }
 
 static int on_headers(up_fetch_t *uf, int status, void *arg)
@@ -204,16 +319,18 @@ static int on_headers(up_fetch_t *uf, int status, void *arg)
         return PC_E_UPSTREAM;
       f->skip = f->written - start;
     }
-    f->state = FILL_STREAMING;
+    f->state = f->relay ? FILL_PASSTHROUGH : FILL_STREAMING;
     return 0;
   }
-  f->state = FILL_STREAMING;
+  f->state = f->relay ? FILL_PASSTHROUGH : FILL_STREAMING;
   if (status != 200)
     return 0; /* a 206 without our Range: no length to stream by; verification decides */
   uint64_t v;
   const char *cl = env->fetch->header(env, uf, "content-length");
   if (cl && pc_parse_u64(cl, INT64_MAX, &v) == 0)
     f->total = (int64_t)v;
+  if (f->total > 0 && !f->relay && (f->no_room || !room_for(f, (uint64_t)f->total)))
+    fill_passthrough(f, (uint64_t)f->total, f->no_room ? "no-temp-file" : "no-room");
   if (f->total > 0) {
     /* Every subscriber starts (an empty blob is answered once committed). */
     pc_list_foreach_safe(l, nx, &f->subs)
@@ -226,11 +343,27 @@ static int on_headers(up_fetch_t *uf, int status, void *arg)
   return 0;
 }
 
+/* Pass-through: hash the bytes, hand them to the relay (or pause while it is full). */
+static int passthrough_data(fill_t *f, const char *buf, size_t len)
+{
+  if (pc_list_empty(&f->subs))
+    return -ENOSPC; /* nobody to pass the bytes to, nowhere to keep them: stop */
+  if (relay_full(f->relay)) {
+    f->paused = 1;
+    return UP_DATA_PAUSE; /* not taken: the same bytes come again after on_room */
+  }
+  int rc = store_writer_write(f->w, buf, len); /* hash only */
+  if (rc)
+    return rc;
+  relay_append(f->relay, buf, len);
+  return 0;
+}
+
 static int on_data(up_fetch_t *uf, const char *buf, size_t len, void *arg)
 {
   fill_t *f = arg;
   (void)uf;
-  if (f->state != FILL_STREAMING)
+  if (f->state != FILL_STREAMING && f->state != FILL_PASSTHROUGH)
     return 0; /* an error body */
   if (f->skip) {
     size_t n = len < f->skip ? len : (size_t)f->skip;
@@ -240,9 +373,19 @@ static int on_data(up_fetch_t *uf, const char *buf, size_t len, void *arg)
     if (!len)
       return 0;
   }
-  int rc = store_writer_write(f->w, buf, len);
-  if (rc)
-    return rc;
+  int rc = 0;
+  if (f->state == FILL_STREAMING) {
+    rc = store_writer_write(f->w, buf, len);
+    if (disk_full_err(rc) && f->total > 0)
+      fill_passthrough(f, 0, pc_errname(rc)); /* this write's bytes go to the relay below */
+    else if (rc)
+      return rc;
+  }
+  if (f->state == FILL_PASSTHROUGH) {
+    rc = passthrough_data(f, buf, len);
+    if (rc)
+      return rc;
+  }
   f->written = store_writer_size(f->w);
   if (f->total > 0)
     announce(f, fill_avail(f));
@@ -270,7 +413,7 @@ static void on_done(up_fetch_t *uf, int rc, int status, void *arg)
   f->fetch = NULL;
   daemon_upstream_seen(f->up, rc, status);
   int transport = rc == PC_E_UPSTREAM || rc == PC_E_UPSTREAM_TIMEOUT;
-  int body = f->state == FILL_STREAMING;
+  int body = f->state == FILL_STREAMING || f->state == FILL_PASSTHROUGH;
   if (transport && body && f->total > 0 && f->written == (uint64_t)f->total)
     rc = 0; /* every byte arrived before the connection broke: verification decides */
   if (transport && f->written > 0 && f->attempts < FILL_RESUMES &&
@@ -299,6 +442,15 @@ static void on_done(up_fetch_t *uf, int rc, int status, void *arg)
     fill_fail(f, rc == PC_E_DIGEST_INVALID || rc == PC_E_SIZE_INVALID ? PC_E_UPSTREAM_DIGEST : rc);
     return;
   }
+  if (f->relay) {
+    /* Verified, and nothing to store: the last byte goes, the relay drains to the readers. */
+    f->state = FILL_DONE;
+    if (f->total > 0)
+      announce(f, (uint64_t)f->total);
+    f->rc = -ENOSPC;
+    fill_end(f);
+    return;
+  }
   /* Verified: the held-back last byte goes out at once, before the fsync and rename. */
   f->state = FILL_COMMITTING;
   if (f->total > 0)
@@ -321,6 +473,7 @@ static void fill_fetch(fill_t *f)
   r.arg = f;
   f->status = 0;
   f->skip = 0;
+  f->paused = 0;
   int rc = env->fetch->start(env, &r, &f->fetch);
   free(url);
   if (rc) {
@@ -339,13 +492,27 @@ int fill_start(pull_env_t *env, daemon_upstream_t *up, const char *repo, const c
   pc_strlcpy(f->digest, sizeof(f->digest), digest);
   pc_strlcpy(f->repo, sizeof(f->repo), repo);
   pc_list_init(&f->subs);
+  f->rfd = -1;
   int rc = store_writer_new(env->store, digest, -1, &f->w);
+  if (disk_full_err(rc)) {
+    /* Not even an empty temp file: verify the bytes anyway, they go through (on_headers). */
+    rc = store_writer_new_hash_only(env->store, digest, -1, &f->w);
+    f->no_room = 1;
+  }
   if (rc) {
     free(f);
     return rc;
   }
+  if (!f->no_room) {
+    f->rfd = open(store_writer_path(f->w), O_RDONLY | O_CLOEXEC);
+    if (f->rfd < 0) {
+      rc = -errno;
+      store_writer_abort(f->w);
+      free(f);
+      return rc;
+    }
+  }
   f->up = daemon_upstream_ref(up);
-  f->tmp_path = pc_xstrdup(store_writer_path(f->w));
   pc_list_push_back(&env->fills, &f->link);
   env->live++;
   env->st.fills_started++;

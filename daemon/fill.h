@@ -11,7 +11,13 @@
  *             joins later, unless the fill is already verified: that one gets only on_end):
  *             the temp file (fill_tmp_path) holds [0, avail);
  *   on_avail(avail)         more bytes may be sent. avail stays below total (the last byte is
- *                           held) until the digest has been verified, then becomes total;
+ *                           held) until the digest has been verified, then becomes total.
+ *                           A subscriber that answers part of the blob holds the last byte of
+ *                           its own part until then too (answer.h: nothing unverified is
+ *                           delivered complete);
+ *   on_passthrough(relay)   the fill lost its disk (pass-through, below) while this
+ *                           subscriber streams: the bytes from relay_from(relay) on come from
+ *                           the relay, not the temp file (which keeps those before);
  *   on_fetched(timings)     the last upstream fetch of the fill ended (optional);
  *   on_end(result)          the fill is over (committed, or failed: result->verified says
  *                           whether the bytes matched even if the commit failed). The
@@ -22,8 +28,22 @@
  * only on_length may run inside fill_subscribe (a late subscriber starts at once), and only on_end
  * inside fill_start (the fetch could not be sent).
  *
+ * Full disk: pass-through. A fill that finds no room when the length is known (env->disk_free
+ * less than its length plus what the other caching fills still need, or no temp file could be
+ * made), or whose write fails with ENOSPC or EDQUOT, does not fail: it goes PASSTHROUGH. The
+ * writer only hashes from then on (store_writer_hash_only: the temp file keeps the bytes
+ * written before, X), and the bytes from X on go to the subscribers through a bounded memory
+ * relay (daemon/relay.h): when it is full the upstream fetch pauses (UP_DATA_PAUSE) until the
+ * slowest reader frees room. The last byte is still held until the digest matched; then every
+ * subscriber gets on_end with verified = 1 and rc = -ENOSPC (nothing stored), and the temp file
+ * goes. A commit that fails with ENOSPC/EDQUOT counts as a pass-through too (the bytes were
+ * verified: subscribers waiting for on_end get them from result->fd). A pass-through fill with
+ * no subscriber left stops. A request joins a pass-through fill only while its relay still has
+ * every byte from X (relay_intact), else it gets a fill of its own (fill_find).
+ *
  * Lifetime: a fill is in env->fills from fill_start until just before its on_end calls, and
- * is freed right after them; it holds a reference on its upstream.
+ * is freed right after them; it holds a reference on its upstream. Its relay lives on until
+ * the last reader is released.
  */
 #ifndef FILL_H
 #define FILL_H
@@ -34,6 +54,7 @@
 #include "daemon/pull.h"
 
 struct daemon_upstream;
+struct relay;
 typedef struct fill fill_t;
 typedef struct fill_sub fill_sub_t;
 
@@ -46,12 +67,17 @@ typedef struct fill_result {
   const char *digest;
   const char *repo; /**< where it was fetched from */
   const struct daemon_upstream *up;
+  int passthrough; /**< the fill was a pass-through: nothing was stored */
+  uint64_t size;   /**< the blob's length when known, else 0 */
+  int fd;          /**< verified but not stored (rc != 0): a descriptor on the bytes (dup it to keep
+                        it; closed after the on_end calls), else -1 */
 } fill_result_t;
 
 typedef struct fill_sub_ops {
   void (*on_length)(fill_sub_t *s, uint64_t total, uint64_t avail);
   void (*on_avail)(fill_sub_t *s, uint64_t avail);
-  void (*on_fetched)(fill_sub_t *s, const up_timings_t *t); /**< may be NULL */
+  void (*on_passthrough)(fill_sub_t *s, struct relay *relay); /**< NULL: follows no body */
+  void (*on_fetched)(fill_sub_t *s, const up_timings_t *t);   /**< may be NULL */
   void (*on_end)(fill_sub_t *s, const fill_result_t *r);
 } fill_sub_ops_t;
 
@@ -64,15 +90,18 @@ struct fill_sub {
 
 /** Explicit states; the diagram is at the top of fill.c. */
 typedef enum fill_state {
-  FILL_FETCHING,   /**< request sent, no usable answer yet */
-  FILL_STREAMING,  /**< a 200/206 answer's bytes flow into the writer */
-  FILL_RESUMING,   /**< the body broke after some bytes: asking again with Range */
-  FILL_COMMITTING, /**< verified; fsync + rename + LMDB record on a worker */
-  FILL_DONE,       /**< committed (or the commit failed after verification) */
-  FILL_FAILED,     /**< not verified: nothing stored */
+  FILL_FETCHING,    /**< request sent, no usable answer yet */
+  FILL_STREAMING,   /**< a 200/206 answer's bytes flow into the writer */
+  FILL_RESUMING,    /**< the body broke after some bytes: asking again with Range */
+  FILL_PASSTHROUGH, /**< no room on the disk: the bytes flow through a memory relay, hashed,
+                         not stored */
+  FILL_COMMITTING,  /**< verified; fsync + rename + LMDB record on a worker */
+  FILL_DONE,        /**< committed (or the commit failed after verification) */
+  FILL_FAILED,      /**< not verified: nothing stored */
 } fill_state;
 
-/** The fill of digest in flight, or NULL. */
+/** A fill of digest in flight that a new subscriber may join, or NULL (none, or only
+ * pass-through fills whose relay has let bytes go). */
 fill_t *fill_find(pull_env_t *env, const char *digest);
 /** Start a fill of digest (sha256) from up/repo, with first (may be NULL) as its first
  * subscriber, and send the fetch. Returns 0, or an error when no fill could be made (no temp
@@ -87,8 +116,12 @@ void fill_unsubscribe(fill_sub_t *s);
 
 /** 1 once the bytes matched the digest (COMMITTING or DONE). */
 int fill_verified(const fill_t *f);
-/** The temp file being written (open your own descriptor on it). */
-const char *fill_tmp_path(const fill_t *f);
+/** A new descriptor (the caller's) on the temp file: the bytes written so far (the prefix
+ * before the relay in pass-through), or -1 when the fill has no file (pass-through from the
+ * start without one) or on error (errno). Never by path: the file may be renamed or gone. */
+int fill_open(const fill_t *f);
+/** The pass-through relay (for a reader: relay_reader), or NULL while caching. */
+struct relay *fill_relay(const fill_t *f);
 /** Fail every fill that is not yet verified (their fetch cancelled) — mirror_free. */
 void fill_cancel_all(pull_env_t *env, int err);
 

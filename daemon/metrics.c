@@ -99,6 +99,16 @@ static void render_mirror(pc_buf_t *o, const mirror_stats_t *ms)
                 ms->scope_refused);
   pc_buf_printf(o, "pullcache_scope_checks_total{result=\"failed\"} %" PRIu64 "\n",
                 ms->scope_failed);
+  metric(o, "pullcache_passthrough_fills_total", "counter",
+         "Blob fills served without the disk (no room, ENOSPC, EDQUOT): verified, not cached.",
+         ms->passthrough_fills);
+  metric(o, "pullcache_passthrough_fills_active", "gauge", "Pass-through blob fills running now.",
+         ms->passthrough_active);
+  metric(o, "pullcache_store_full", "gauge",
+         "1 from a fill that found no room until the next fill commits (caching again).",
+         ms->store_full);
+  metric(o, "pullcache_passthrough_relay_bytes", "gauge",
+         "Memory held now by pass-through relays (bounded per fill).", ms->relay_bytes);
 }
 
 /* The first-byte histogram of every upstream pool (st: their stats, in d->ups order). */

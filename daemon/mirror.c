@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "core/num.h"
@@ -31,6 +32,7 @@
 #include "daemon/fill.h"
 #include "daemon/meta.h"
 #include "daemon/mjob.h"
+#include "daemon/relay.h"
 #include "daemon/reqctx.h"
 #include "daemon/scope.h"
 #include "store/digest.h"
@@ -71,10 +73,12 @@ typedef struct client {
   daemon_upstream_t *up; /**< blobs: where this request asked (a reference) */
   char repo[256];
   char digest[STORE_DIGEST_MAX];
-  int joined;    /**< joined a job or fill another request started */
-  int late;      /**< the content was verified before it came: HIT */
-  int streaming; /**< answered with a body that follows the fill */
-  uint64_t end;  /**< one past the last file byte this answer sends */
+  int joined;     /**< joined a job or fill another request started */
+  int late;       /**< the content was verified before it came: HIT */
+  int streaming;  /**< answered with a body that follows the fill */
+  uint64_t start; /**< the first file byte this answer sends */
+  uint64_t end;   /**< one past the last file byte this answer sends */
+  uint64_t total; /**< the blob's length (live answers) */
 } client_t;
 
 /* ---- the upstream seam: http/up ----------------------------------------------------------- */
@@ -109,7 +113,14 @@ static int up_online(pull_env_t *env)
   return !d->cfg.offline && d->up != NULL;
 }
 
-static const pull_fetch_ops_t up_ops = {up_start, up_cancel, up_header, up_timings, up_online};
+static void up_resume(pull_env_t *env, up_fetch_t *f)
+{
+  (void)env;
+  up_fetch_resume(f);
+}
+
+static const pull_fetch_ops_t up_ops = {up_start,   up_cancel, up_header,
+                                        up_timings, up_online, up_resume};
 
 /* ---- clients ------------------------------------------------------------------------------ */
 
@@ -199,7 +210,7 @@ static void manifest_answer(mirror_t *m, srv_req_t *req, const mjob_result_t *r,
                           .size = r->len,
                           .mem = r->body,
                           .fd = -1};
-    answer_content(req, &a, NULL);
+    answer_content(req, &a, NULL, NULL);
     return;
   }
   case MJOB_REVALIDATED:
@@ -414,8 +425,9 @@ static int blob_outcome(const client_t *c)
 static void blob_on_length(fill_sub_t *s, uint64_t total, uint64_t avail)
 {
   client_t *c = container_of(s, client_t, fs);
-  int fd = open(fill_tmp_path(s->fill), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+  relay_t *relay = fill_relay(s->fill);
+  int fd = fill_open(s->fill);
+  if (fd < 0 && !relay) {
     int err = -errno;
     srv_req_t *req = c->req;
     int outcome = blob_outcome(c);
@@ -430,17 +442,36 @@ static void blob_on_length(fill_sub_t *s, uint64_t total, uint64_t avail)
                         .range = &c->range,
                         .fd = fd,
                         .avail = avail,
-                        .live = 1};
-  if (answer_content(c->req, &a, &c->end) == ANSWER_STREAMING)
+                        .live = 1,
+                        .relay = relay};
+  c->total = total;
+  if (answer_content(c->req, &a, &c->start, &c->end) == ANSWER_STREAMING)
     c->streaming = 1; /* follows the fill until the request or the fill ends */
   else
     client_free(c); /* 304, 416 */
 }
 
+/* Until the fill verified (avail < total), the last byte of this answer is held, whatever
+ * its range (answer_content); after, everything may go. */
 static void blob_on_avail(fill_sub_t *s, uint64_t avail)
 {
   client_t *c = container_of(s, client_t, fs);
-  srv_file_avail(c->req, avail < c->end ? avail : c->end);
+  uint64_t lim = avail >= c->total ? c->end : avail < c->end - 1 ? avail : c->end - 1;
+  srv_file_avail(c->req, lim);
+}
+
+/* The fill lost its disk: the rest of this answer's bytes come from the relay. */
+static void blob_on_passthrough(fill_sub_t *s, relay_t *relay)
+{
+  client_t *c = container_of(s, client_t, fs);
+  uint64_t from = relay_from(relay);
+  if (!c->streaming || c->end <= from)
+    return; /* no byte of this answer is missing from the file */
+  srv_source_t *src = relay_reader(relay, c->start > from ? c->start : from, c->end);
+  if (src)
+    srv_file_source(c->req, from, src);
+  else
+    srv_abort(c->req); /* cannot happen: the relay is new */
 }
 
 static void blob_on_fetched(fill_sub_t *s, const up_timings_t *t)
@@ -481,6 +512,20 @@ static void blob_on_end(fill_sub_t *s, const fill_result_t *r)
   }
   answer_range_t range = c->range;
   client_free(c);
+  if (r->rc && r->verified && r->fd >= 0) {
+    /* Verified, but the commit failed (a full disk): the bytes are in the fill's file. */
+    answer_content_t a = {.kind = ANSWER_BLOB,
+                          .outcome = failed,
+                          .digest = r->digest,
+                          .size = r->size,
+                          .range = &range,
+                          .fd = fcntl(r->fd, F_DUPFD_CLOEXEC, 0),
+                          .avail = r->size};
+    if (a.fd >= 0) {
+      answer_content(req, &a, NULL, NULL);
+      return;
+    }
+  }
   if (r->rc == 0) {
     int rc = answer_store_blob(req, m->d->store, r->digest, &range, outcome);
     if (rc)
@@ -495,8 +540,8 @@ static void blob_on_end(fill_sub_t *s, const fill_result_t *r)
                        r->retry_after);
 }
 
-static const fill_sub_ops_t blob_ops = {blob_on_length, blob_on_avail, blob_on_fetched,
-                                        blob_on_end};
+static const fill_sub_ops_t blob_ops = {blob_on_length, blob_on_avail, blob_on_passthrough,
+                                        blob_on_fetched, blob_on_end};
 
 /* The recorder: a subscriber of every fill the mirror starts (not a client) that records,
  * when the fill is committed, where the upstream served the blob (repository scoping). */
@@ -528,7 +573,8 @@ static void rec_on_end(fill_sub_t *s, const fill_result_t *r)
   free(rec);
 }
 
-static const fill_sub_ops_t recorder_ops = {rec_on_length, rec_on_avail, NULL, rec_on_end};
+static const fill_sub_ops_t recorder_ops = {rec_on_length, rec_on_avail, NULL, NULL,
+                                            rec_on_end};
 
 static void recorder_attach(mirror_t *m, const daemon_upstream_t *up, const char *repo,
                             const char *digest)
@@ -612,6 +658,15 @@ static int64_t now_sec(void)
   return pc_now_sec();
 }
 
+/* Free bytes on the store's disk (statvfs: metadata, no I/O wait worth a worker). */
+static uint64_t disk_free(pull_env_t *env)
+{
+  struct statvfs sv;
+  if (statvfs(store_root(env->store), &sv) != 0)
+    return UINT64_MAX;
+  return (uint64_t)sv.f_bavail * sv.f_frsize;
+}
+
 int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t (*now)(void),
                     mirror_t **out)
 {
@@ -624,6 +679,7 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
   m->env.max_manifest = &d->cfg.max_manifest;
   m->env.now = now ? now : now_sec;
   m->env.released = env_released;
+  m->env.disk_free = disk_free;
   pc_list_init(&m->env.fills);
   pc_list_init(&m->env.jobs);
   pc_list_init(&m->env.metas);

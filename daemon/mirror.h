@@ -43,7 +43,8 @@ struct egress *mirror_egress(mirror_t *m);
 int mirror_manifest_storing(mirror_t *m, const daemon_upstream_t *up, const char *digest);
 /** 1 while a fill of digest runs or commits (its requests join it: mirror_blob). */
 int mirror_blob_filling(mirror_t *m, const char *digest);
-/** The pull env the mirror's machines share (daemon/listing asks daemon/meta through it). */
+/** The pull env the mirror's machines share: daemon/listing asks daemon/meta through it,
+ * eviction sets env->on_store_full, the unit tests replace env->disk_free or env->relay_max. */
 pull_env_t *mirror_env(mirror_t *m);
 /** Cancel every fetch (waiting requests are answered 503) and free; fills and jobs whose store
  * write is running on a worker end in its after-work callback, and the last one frees m. */

@@ -34,6 +34,12 @@ typedef struct mirror_stats {
   uint64_t jobs_in_flight; /**< now: manifest jobs fetching or storing */
   uint64_t scope_confirmed, scope_refused, scope_failed; /**< repository-scoping HEADs */
   uint64_t rl_parked; /**< now: misses parked while a 429 breaker is open */
+  /* The full disk (fill.h, pass-through): */
+  uint64_t passthrough_fills;  /**< fills that went pass-through (no room, ENOSPC, EDQUOT) */
+  uint64_t passthrough_active; /**< now: pass-through fills running */
+  uint64_t store_full;         /**< now: 1 from a fill that found no room until one commits */
+  uint64_t relay_bytes;        /**< now: memory held by pass-through relays (daemon/relay.h) */
+  uint64_t relay_peak_bytes;   /**< the most one relay has held */
 } mirror_stats_t;
 
 typedef struct pull_env pull_env_t;
@@ -47,6 +53,8 @@ typedef struct pull_fetch_ops {
   void (*timings)(pull_env_t *env, up_fetch_t *f, up_timings_t *t);
   /** 1 when fetches can be started now (an upstream client exists and the mirror is online). */
   int (*online)(pull_env_t *env);
+  /** Resume a fetch whose on_data returned UP_DATA_PAUSE (up_fetch_resume's contract). */
+  void (*resume)(pull_env_t *env, up_fetch_t *f);
 } pull_fetch_ops_t;
 
 struct pull_env {
@@ -64,7 +72,15 @@ struct pull_env {
   pc_list_t sights;                  /**< sights being written (daemon/scope.c) */
   unsigned live;                     /**< fills and jobs not yet freed */
   int closing;                       /**< mirror_free ran: free the env when live reaches 0 */
-  void (*released)(pull_env_t *env); /**< called after a fill or job is freed */
+  void (*released)(pull_env_t *env); /**< called after a fill, job or relay is freed */
+  /** Free bytes on the store's disk, or UINT64_MAX when unknown (statvfs; a fake in tests).
+   * A fill that would not fit goes pass-through from its start (fill.h). May be NULL. */
+  uint64_t (*disk_free)(pull_env_t *env);
+  /** The hook for eviction: called (may be NULL) when a fill found no room (need: its bytes
+   * still to come) or a write or commit failed with ENOSPC/EDQUOT (need: 0). It may free
+   * space for the next fills; the fill that called it goes on in pass-through regardless. */
+  void (*on_store_full)(pull_env_t *env, uint64_t need);
+  size_t relay_max; /**< bytes a pass-through relay holds at most (0: RELAY_MAX_DEFAULT) */
 };
 
 /** The full URL of /v2/<repo>/<kind>/<ref> on an upstream (malloc'd). */

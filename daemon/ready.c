@@ -2,9 +2,11 @@
 #include "daemon/ready.h"
 
 #include <stdio.h>
+#include <string.h>
 #include <sys/statvfs.h>
 
 #include "core/pc.h"
+#include "daemon/mirror.h"
 #include "daemon/reqctx.h"
 #include "daemon/upstream.h"
 
@@ -30,10 +32,23 @@ int daemon_ready(daemon_t *d, int probe, const char **reason)
     *reason = "store not open";
     return 0;
   }
-  if (statvfs(d->cfg.store_dir, &sv) == 0 &&
-      (uint64_t)sv.f_bavail * sv.f_frsize < d->cfg.store_min_free) {
+  mirror_stats_t ms = {0};
+  if (d->mirror)
+    mirror_get_stats(d->mirror, &ms);
+  int low = statvfs(d->cfg.store_dir, &sv) == 0 &&
+            (uint64_t)sv.f_bavail * sv.f_frsize < d->cfg.store_min_free;
+  if (ms.store_full && low) {
+    *reason = "store full: blobs pass through, not cached (disk below min_free)";
+    return 0;
+  }
+  if (low) {
     *reason = "store disk below min_free";
     return 0;
+  }
+  if (ms.store_full) {
+    /* Still serving every pull (verified, pass-through): ready, and says why it is degraded. */
+    *reason = "store full: blobs pass through, not cached";
+    return 1;
   }
   if (d->cfg.offline) {
     *reason = "offline";
@@ -61,6 +76,12 @@ static void readyz_answer(daemon_t *d, srv_req_t *req, int ready, const char *re
 {
   char msg[96];
   int n;
+  if (ready > 0 && strncmp(reason, "store full", 10) == 0) {
+    n = snprintf(msg, sizeof(msg), "ready: %s\n", reason);
+    srv_req_log(req, "reason", reason);
+    srv_respond(req, 200, "text/plain", msg, (size_t)n);
+    return;
+  }
   if (ready > 0) {
     /* Ready (cached content is served), and says which upstreams have asked it to back off
      * (their 429 breaker is open: tags stale, misses 429). */

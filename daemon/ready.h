@@ -1,7 +1,10 @@
 /* daemon/ready — readiness, and GET /readyz with its wait for upstream probes.
  *
  * Ready means: not stopping, the store open, its disk above min_free, and an upstream known
- * reachable by its last fetch or probe (or offline). When none is known reachable, /readyz
+ * reachable by its last fetch or probe (or offline). While the store is full (mirror stats
+ * store_full: blobs pass through uncached, see daemon/fill.h) the reason says so: "ready: store
+ * full: ..." (200, every pull is still served), or "not ready: store full: ... (disk below
+ * min_free)" when min_free also fails. When none is known reachable, /readyz
  * starts probes (daemon_upstream_probe) and parks the request until they have answered, 2 s
  * at most; probes run only when asked, so an idle mirror sends nothing upstream.
  *

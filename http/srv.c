@@ -45,7 +45,10 @@
  * socket to drain; see http/srv_tcp.c); the file fd is the connection's and stays open until
  * the transport has closed. Nothing else is written while a file body is in flight (responses
  * are strictly ordered). Per connection memory is the read buffer, the request and the
- * response head: it does not depend on the body size.
+ * response head: it does not depend on the body size. A file body may continue from a body
+ * source (srv_file_source; or be all source, srv_respond_source): from r->src_from on, each
+ * chunk is peeked from the source and written with the transport's write (the bytes stay the
+ * source's until its sent call); the source is released where the file would be closed.
  *
  * The process must ignore SIGPIPE (libuv and sendfile write to sockets that may be closed).
  */
@@ -107,6 +110,7 @@ struct srv_req {
   pc_buf_t logf; /* " key=value" fields; cap SRV_LOGF_MAX */
   int is_file;
   uint64_t pos, end, avail; /* file body: next byte, end, announced end */
+  uint64_t src_from;        /* file body with a source (conn.src): its bytes from here on */
   uint64_t body_bytes;      /* body bytes written */
   srv_done_cb done;
   void *done_arg;
@@ -129,9 +133,11 @@ struct conn {
   enum pause_why why;
   int err_status; /* set by a parser callback that returns HPE_USER */
   unsigned reading : 1, eof : 1, closing : 1, close_after : 1, reject : 1, fs_busy : 1;
-  int ffd;     /* file being sent, or -1 (owned by the connection; see fs_busy) */
-  int pending; /* the timer and the transport, still to be closed before the free */
-  char *wbuf;  /* response head (+ memory body) being written */
+  int ffd;           /* file being sent, or -1 (owned by the connection; see fs_busy) */
+  srv_source_t *src; /* body source (srv_file_source), or NULL; released like ffd is closed */
+  size_t src_len;    /* bytes of the source write in flight (fs_busy) */
+  int pending;       /* the timer and the transport, still to be closed before the free */
+  char *wbuf;        /* response head (+ memory body) being written */
   srv_req_t *req;
   uint64_t progress, last_progress; /* write stall detection */
   size_t last_wqs;
@@ -311,6 +317,8 @@ static void conn_closed_one(conn_t *c)
   srv_t *s = c->s;
   if (c->ffd >= 0)
     close(c->ffd);
+  if (c->src)
+    c->src->ops->release(c->src);
   free(c->rbuf);
   free(c->wbuf);
   free(c);
@@ -474,6 +482,11 @@ static void finish_req(conn_t *c, int status)
     close(c->ffd);
     c->ffd = -1;
   }
+  if (c->src && !c->fs_busy) {
+    srv_source_t *src = c->src;
+    c->src = NULL;
+    src->ops->release(src);
+  }
   r->status = status ? r->status : 0;
   c->s->stats.requests++;
   c->s->stats.by_class[r->status >= 100 && r->status < 600 ? r->status / 100 : 0]++;
@@ -542,7 +555,36 @@ static void on_file_sent(srv_tr_t *t, ssize_t res)
   conn_abort(c);
 }
 
-/* Send the next chunk of a file body, or wait for srv_file_avail. */
+static void on_src_sent(srv_tr_t *t, ssize_t status)
+{
+  conn_t *c = t->data;
+  c->fs_busy = 0;
+  if (c->closing)
+    return;
+  if (status < 0) {
+    conn_abort(c);
+    return;
+  }
+  srv_req_t *r = c->req;
+  r->pos += c->src_len;
+  r->body_bytes += c->src_len;
+  c->progress++;
+  c->src->ops->sent(c->src, r->pos);
+  file_pump(c);
+}
+
+static void file_wait(conn_t *c)
+{
+  if (c->eof) { /* the client left while we wait for the producer */
+    conn_abort(c);
+    return;
+  }
+  c->state = C_FILE_WAIT; /* the producer is behind, not the client: no stall timer */
+  uv_timer_stop(&c->timer);
+}
+
+/* Send the next chunk of a file body (from the file, or from its source past src_from), or
+ * wait for srv_file_avail. */
 static void file_pump(conn_t *c)
 {
   srv_req_t *r = c->req;
@@ -551,17 +593,36 @@ static void file_pump(conn_t *c)
     return;
   }
   if (r->pos >= r->avail) {
-    if (c->eof) { /* the client left while we wait for the producer */
-      conn_abort(c);
-      return;
-    }
-    c->state = C_FILE_WAIT; /* the producer is behind, not the client: no stall timer */
-    uv_timer_stop(&c->timer);
+    file_wait(c);
     return;
   }
   uint64_t n = r->avail - r->pos;
   if (n > SRV_FILE_CHUNK)
     n = SRV_FILE_CHUNK;
+  if (c->src && r->pos >= r->src_from) {
+    const char *p = NULL;
+    size_t got = c->src->ops->peek(c->src, r->pos, &p);
+    if (got == 0) {
+      file_wait(c);
+      return;
+    }
+    if (got > n)
+      got = (size_t)n;
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)got);
+    if (c->tr->ops->write(c->tr, &b, 1, on_src_sent) != 0) {
+      abort_soon(c);
+      return;
+    }
+    c->src_len = got;
+    c->fs_busy = 1;
+    if (c->state != C_FILE || !uv_is_active((uv_handle_t *)&c->timer)) {
+      c->state = C_FILE;
+      write_timer_arm(c);
+    }
+    return;
+  }
+  if (c->src && n > r->src_from - r->pos)
+    n = r->src_from - r->pos;
   if (c->tr->ops->send_file(c->tr, c->ffd, r->pos, (size_t)n, on_file_sent) != 0) {
     abort_soon(c);
     return;
@@ -1322,7 +1383,7 @@ void srv_respond_file(srv_req_t *r, int status, const char *content_type, int fd
                       uint64_t len, uint64_t avail_end)
 {
   conn_t *c = r->c;
-  PC_ASSERT(c->ffd < 0);
+  PC_ASSERT(c->ffd < 0 && !c->src);
   if (!r->is_head && !c->closing && len <= SRV_SMALL_FILE && avail_end >= off + len) {
     /* Small and complete (manifests, configs): one read and one write with the head beats two
      * threadpool round trips. RWF_NOWAIT: only from the page cache; a read that would wait for
@@ -1374,6 +1435,35 @@ void srv_file_avail(srv_req_t *r, uint64_t avail_end)
     write_timer_arm(r->c);
     file_pump(r->c);
   }
+}
+
+void srv_file_source(srv_req_t *r, uint64_t from, srv_source_t *src)
+{
+  conn_t *c = r->c;
+  if (!r->is_file || c->closing || c->src || from >= r->end) {
+    src->ops->release(src);
+    return;
+  }
+  c->src = src;
+  r->src_from = from;
+}
+
+void srv_respond_source(srv_req_t *r, int status, const char *content_type, srv_source_t *src,
+                        uint64_t off, uint64_t len, uint64_t avail_end)
+{
+  conn_t *c = r->c;
+  PC_ASSERT(c->ffd < 0 && !c->src);
+  if (r->is_head || c->closing || len == 0) {
+    src->ops->release(src);
+  } else {
+    c->src = src;
+    r->is_file = 1;
+    r->src_from = off;
+    r->pos = off;
+    r->end = off + len;
+    r->avail = avail_end < off ? off : avail_end > r->end ? r->end : avail_end;
+  }
+  resp_send(r, status, content_type, len, NULL, 0);
 }
 
 void srv_abort(srv_req_t *r)

@@ -147,6 +147,32 @@ void srv_respond_file(srv_req_t *r, int status, const char *content_type, int fd
                       uint64_t len, uint64_t avail_end);
 /** Announce that the file given to srv_respond_file now holds bytes up to avail_end. */
 void srv_file_avail(srv_req_t *r, uint64_t avail_end);
+
+/** A body source: bytes a producer hands out from memory (a relay of a live fill that cannot
+ * write its file). Embed it in your object and recover it with container_of. srv calls:
+ *   peek(s, pos, &p)  the bytes at pos (pos < the announced avail_end): *p points at n > 0 of
+ *                     them (srv sends at most the announced ones), valid until sent(s, pos + m)
+ *                     or release(s); 0 when none is there yet (srv waits for srv_file_avail);
+ *   sent(s, pos)      every byte before pos went out: the producer may let them go;
+ *   release(s)        srv is done with s (the body ended, complete or not): the last call. */
+typedef struct srv_source srv_source_t;
+typedef struct srv_source_ops {
+  size_t (*peek)(srv_source_t *s, uint64_t pos, const char **p);
+  void (*sent)(srv_source_t *s, uint64_t pos);
+  void (*release)(srv_source_t *s);
+} srv_source_ops_t;
+struct srv_source {
+  const srv_source_ops_t *ops;
+};
+/** The body of a srv_respond_file answer continues from src: its bytes at or after `from` come
+ * from src, not from the file (which holds the bytes before from). Announcements go on with
+ * srv_file_avail. Takes src: when the request has no body still to send from `from` on (HEAD,
+ * a small file answered at once, an end at or before from), src is released at once. */
+void srv_file_source(srv_req_t *r, uint64_t from, srv_source_t *src);
+/** srv_respond_file with every body byte from src (no file). Takes src (released when the body
+ * ends; at once for HEAD). */
+void srv_respond_source(srv_req_t *r, int status, const char *content_type, srv_source_t *src,
+                        uint64_t off, uint64_t len, uint64_t avail_end);
 /** Abort a response in progress: the connection is closed at once (the client sees a short
  * body). The done callback runs with status 0. */
 void srv_abort(srv_req_t *r);

@@ -27,6 +27,8 @@
  *     BODY ──(the hop is complete: 401 Bearer, no usable token)──▶ TOKEN
  *     TOKEN ──(the token fetch got a token)──▶ hop_start
  *     BODY ──(the final response is complete)──▶ DONE
+ *     (in BODY, on_data may pause the transfer, UP_DATA_PAUSE: f->paused, not a state; the
+ *     stall timer waits; up_fetch_resume unpauses it from the idle handle)
  *     HEADERS, BODY ──(a curl callback fails: header block too big, on_headers or on_data
  *             returned an error)──▶ ABORTING (curl stops the transfer; abort_rc is kept)
  *   The one fail path, up__fetch_fail ──▶ DONE, from QUEUED (its start failed), ADDING (curl
@@ -429,22 +431,27 @@ static size_t on_curl_write(char *buf, size_t size, size_t n, void *arg)
   f->last_activity = uv_now(u->loop);
   if (f->state != UP__F_BODY || f->hop != UP__HOP_FINAL)
     return len; /* body of a redirect or a 401: discarded */
-  f->rate_bytes += len;
+  if (f->on_data) {
+    u->in_curl_cb++;
+    r = f->on_data(f, buf, len, f->arg);
+    u->in_curl_cb--;
+    if (f->state == UP__F_CANCELLED)
+      return 0;
+    if (r < 0) {
+      hop_abort(f, r);
+      return 0;
+    }
+    if (r == UP_DATA_PAUSE) {
+      /* Not taken: curl keeps the bytes and gives them again once unpaused (on_idle). */
+      f->paused = 1;
+      return CURL_WRITEFUNC_PAUSE;
+    }
+  }
+  f->rate_bytes += len; /* taken (a paused piece counts when curl gives it again) */
   if (f->kind == UP__FETCH_USER) {
     u->stats.body_bytes += len;
     if (f->pool)
       f->pool->stats.body_bytes += len;
-  }
-  if (!f->on_data)
-    return len;
-  u->in_curl_cb++;
-  r = f->on_data(f, buf, len, f->arg);
-  u->in_curl_cb--;
-  if (f->state == UP__F_CANCELLED)
-    return 0;
-  if (r < 0) {
-    hop_abort(f, r);
-    return 0;
   }
   return len;
 }
@@ -646,6 +653,10 @@ static void on_fetch_timer(uv_timer_t *t)
   if (u->state != UP__OPEN ||
       (f->state != UP__F_ADDING && f->state != UP__F_HEADERS && f->state != UP__F_BODY))
     return;
+  if (f->state == UP__F_BODY && f->paused) {
+    uv_timer_start(&f->timer, on_fetch_timer, stall, 0); /* our consumer waits, not the peer */
+    return;
+  }
   if (f->state == UP__F_BODY && now - f->last_activity < stall) {
     uint64_t next = stall - (now - f->last_activity);
     if (u->min_rate && f->hop == UP__HOP_FINAL) {
@@ -921,6 +932,16 @@ static void on_idle(uv_idle_t *h)
       }
       f->in_multi = 1;
       f->state = UP__F_HEADERS;
+    } else if (f->resume && f->state == UP__F_BODY) {
+      /* Unpausing delivers the held bytes at once: on_curl_write runs inside this call. */
+      f->resume = 0;
+      f->paused = 0;
+      f->last_activity = uv_now(u->loop);
+      f->rate_t0 = f->last_activity; /* a pause is our reader's, not the peer's: a new window */
+      f->rate_bytes = 0;
+      u->in_curl_cb++;
+      curl_easy_pause(f->easy, CURLPAUSE_CONT);
+      u->in_curl_cb--;
     }
   }
   if (u->kick_pending && u->state == UP__OPEN)
@@ -1208,6 +1229,14 @@ void up_fetch_cancel(up_fetch_t *f)
     defer_push(f); /* released from the idle handle */
   else
     fetch_release(f);
+}
+
+void up_fetch_resume(up_fetch_t *f)
+{
+  if (!f || !f->paused || f->state != UP__F_BODY)
+    return;
+  f->resume = 1;
+  defer_push(f);
 }
 
 const char *up_fetch_header(const up_fetch_t *f, const char *name)

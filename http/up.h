@@ -57,9 +57,12 @@ typedef struct up_pool up_pool_t;
  * works from here on. Return 0 to go on, or non-zero to stop the fetch: on_done then gets the
  * returned value if it is negative, else PC_E_UPSTREAM. */
 typedef int (*up_headers_cb)(up_fetch_t *f, int status, void *arg);
-/** Body bytes of the final response (buf is valid during the call only). Return 0 to go on, or
- * a negative value to abort (on_done gets it). */
+/** Body bytes of the final response (buf is valid during the call only). Return 0 to go on, a
+ * negative value to abort (on_done gets it), or UP_DATA_PAUSE: the bytes were NOT taken and the
+ * fetch pauses (curl keeps them and reads no more from the socket; no stall timeout runs) until
+ * up_fetch_resume, after which the same bytes come again (a consumer applying back-pressure). */
 typedef int (*up_data_cb)(up_fetch_t *f, const char *buf, size_t len, void *arg);
+#define UP_DATA_PAUSE 1
 /** The fetch ended: rc 0 when the whole final response was received (whatever its status,
  * e.g. 404, or a 401 that a Bearer token or Basic credentials did not cure, a Basic challenge
  * to an anonymous fetch, any 401 with no_auth);
@@ -205,6 +208,10 @@ int up_fetch_start(up_t *u, const up_req_t *r, up_fetch_t **out);
  * (on_done excepted: the fetch is over then, and the call does nothing) and other fetches'.
  * A queued fetch leaves the queue at once (the next one may start from the loop). */
 void up_fetch_cancel(up_fetch_t *f);
+/** Resume a fetch that on_data paused (UP_DATA_PAUSE); anything else does nothing. Safe from
+ * any callback: the transfer is resumed from the loop (never inside this call), its stall timer
+ * restarts then, and the bytes on_data refused come first. */
+void up_fetch_resume(up_fetch_t *f);
 /** A header of the final response (case-insensitive), or NULL. Valid from on_headers until
  * on_done returns. */
 const char *up_fetch_header(const up_fetch_t *f, const char *name);

@@ -44,6 +44,9 @@ struct store {
   int seen_legacy; /**< the store held content before "seen" existed (store/scope.c) */
   atomic_uint_fast64_t tmp_seq;
   atomic_uint_fast64_t totals_scans; /**< how often the totals were recomputed by a scan */
+  /* Fault injection for the unit tests (store__fault_space): off (-1) in production. */
+  _Atomic int_fast64_t fault_space; /**< bytes writers may still write, or -1: no limit */
+  _Atomic int fault_commit;         /**< error every commit fails with before its rename, or 0 */
 
   pthread_mutex_t atime_mu;
   store__atime_t *atimes; /**< ring of STORE__ATIME_MAX */
@@ -135,5 +138,11 @@ int store__blob_rec_decode(const MDB_val *v, store__blob_rec_t *r);
 int store__manifest_rec_decode(const MDB_val *v, store_manifest_info_t *info);
 /** Hash an open file from its start; out gets "sha256:<hex>", *size its length. 0 or -errno. */
 int store__hash_fd(int fd, char out[72], uint64_t *size);
+
+/** Unit tests: a small disk. Writers may write `bytes` more in all (a write that goes past it
+ * writes what fits and fails with -ENOSPC, as the kernel does), -1 = no limit again; and every
+ * commit fails with commit_err (0 = none) after verification, before the rename (the temp file
+ * is removed, as on a real failure). */
+void store__fault_space(store_t *s, int64_t bytes, int commit_err);
 
 #endif

@@ -69,6 +69,7 @@ struct store_writer {
   char expected[STORE__SHA256_LEN + 1]; /**< "" when unknown */
   char path[PATH_MAX];
   int verified;    /**< store_writer_verify ran: digest holds the final hash, no more writes */
+  int hash_only;   /**< store_writer_hash_only: bytes are hashed and counted, not written */
   int verdict;     /**< its result */
   char digest[72]; /**< the final hash once verified */
 };
@@ -532,6 +533,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   pthread_mutex_init(&s->atime_mu, NULL);
   pthread_mutex_init(&s->evict_mu, NULL);
   s->atimes = pc_xcalloc(STORE__ATIME_MAX, sizeof(*s->atimes));
+  atomic_store(&s->fault_space, -1);
 
   /* mkdir -p root */
   for (size_t i = 1; i <= s->rootlen; i++) {
@@ -576,7 +578,8 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   rc = store__mdb_err(mdb_env_create(&s->env), "env_create");
   if (rc)
     goto out;
-  mdb_env_set_maxdbs(s->env, 16); /* blobs, manifests, tags, stats, refs, pins, doomed, seen, + room */
+  mdb_env_set_maxdbs(s->env,
+                     16); /* blobs, manifests, tags, stats, refs, pins, doomed, seen, + room */
   mdb_env_set_maxreaders(s->env, 256);
   rc = store__mdb_err(
       mdb_env_set_mapsize(s->env, opts && opts->map_size ? opts->map_size : DEFAULT_MAP_SIZE),
@@ -922,6 +925,23 @@ out:
   return 0;
 }
 
+/* The unit tests' small disk (store__fault_space): how many of len bytes fit. */
+static size_t fault_fit(store_t *s, size_t len)
+{
+  int_fast64_t left = atomic_load(&s->fault_space);
+  if (left < 0)
+    return len;
+  size_t fit = (uint64_t)left < len ? (size_t)left : len;
+  atomic_fetch_sub(&s->fault_space, (int_fast64_t)fit);
+  return fit;
+}
+
+void store__fault_space(store_t *s, int64_t bytes, int commit_err)
+{
+  atomic_store(&s->fault_space, bytes < 0 ? -1 : bytes);
+  atomic_store(&s->fault_commit, commit_err);
+}
+
 int store_writer_write(store_writer_t *w, const void *buf, size_t len)
 {
   if (w->verified)
@@ -932,10 +952,20 @@ int store_writer_write(store_writer_t *w, const void *buf, size_t len)
     w->err = PC_E_SIZE_INVALID;
     return w->err;
   }
+  if (w->hash_only) {
+    store_hash_update(&w->hash, buf, len);
+    w->size += len;
+    return 0;
+  }
   const char *p = buf;
   size_t left = len;
   while (left) {
-    ssize_t n = write(w->fd, p, left);
+    size_t fit = fault_fit(w->s, left);
+    if (fit == 0) {
+      w->err = -ENOSPC;
+      return w->err;
+    }
+    ssize_t n = write(w->fd, p, fit);
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0) {
@@ -965,13 +995,56 @@ const char *store_writer_path(const store_writer_t *w)
   return w->path;
 }
 
+int store_writer_hash_only(store_writer_t *w)
+{
+  if (w->verified)
+    return -EINVAL;
+  if (w->err && w->err != -ENOSPC && w->err != -EDQUOT)
+    return w->err;
+  /* A failed write may have left part of its bytes past size: they go (a shrink needs no
+   * space), so the file holds exactly the bytes counted. */
+  if (w->fd >= 0 && ftruncate(w->fd, (off_t)w->size) != 0) {
+    char q[PC_LOG_QUOTE_SIZE(LOG_PATH_MAX)];
+    pc_log_quote(q, sizeof(q), w->path, LOG_PATH_MAX);
+    pc_log(PC_LOG_WARN, "store-truncate-failed path=%s rc=%s", q, pc_errname(-errno));
+  }
+  w->err = 0;
+  w->hash_only = 1;
+  return 0;
+}
+
+int store_writer_new_hash_only(store_t *s, const char *expected_digest, int64_t expected_size,
+                               store_writer_t **out)
+{
+  *out = NULL;
+  if (expected_digest) {
+    size_t n = strnlen(expected_digest, STORE_DIGEST_MAX);
+    int alg = n < STORE_DIGEST_MAX ? store_digest_parse(expected_digest, n) : PC_E_DIGEST_INVALID;
+    if (alg < 0)
+      return alg;
+    if (alg != STORE_DIGEST_SHA256)
+      return PC_E_UNSUPPORTED;
+  }
+  store_writer_t *w = pc_xcalloc(1, sizeof(*w));
+  w->s = s;
+  w->fd = -1;
+  w->expected_size = expected_size;
+  w->hash_only = 1;
+  if (expected_digest)
+    memcpy(w->expected, expected_digest, STORE__SHA256_LEN + 1);
+  store_hash_init(&w->hash);
+  *out = w;
+  return 0;
+}
+
 void store_writer_abort(store_writer_t *w)
 {
   if (!w)
     return;
   if (w->fd >= 0)
     close(w->fd);
-  unlink(w->path);
+  if (w->path[0])
+    unlink(w->path);
   store_hash_dispose(&w->hash);
   free(w);
 }
@@ -1043,6 +1116,13 @@ static int commit(store_writer_t *w, const char *mt, int manifest, const void *b
     goto fail;
   }
   rc = store_writer_verify(w);
+  if (rc)
+    goto fail;
+  if (w->hash_only) {
+    rc = -ENOSPC; /* the bytes were right, but they are not on disk */
+    goto fail;
+  }
+  rc = atomic_load(&s->fault_commit);
   if (rc)
     goto fail;
   memcpy(digest, w->digest, sizeof(digest));
@@ -1127,7 +1207,8 @@ fail:
   if (w->fd >= 0)
     close(w->fd);
   w->fd = -1;
-  unlink(w->path);
+  if (w->path[0])
+    unlink(w->path);
   goto done;
 }
 

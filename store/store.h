@@ -121,6 +121,19 @@ int store_writer_verify(store_writer_t *w);
 int store_writer_commit(store_writer_t *w, const char *media_type, char *out_digest);
 /** Drop the temp file and free w. NULL is a no-op. */
 void store_writer_abort(store_writer_t *w);
+/** The disk is full (a write failed with -ENOSPC or -EDQUOT), or the caller knows it will be:
+ * from now on the writer only hashes and counts the bytes it is given (store_writer_write
+ * writes nothing, store_writer_verify works as before), and the temp file keeps exactly the
+ * bytes counted so far (a partly written last write is cut off), readable by path or by fd
+ * until abort. store_writer_commit then fails with -ENOSPC (nothing stored, the temp file
+ * removed). Returns 0, or the writer's error when it is another one (nothing changed), -EINVAL
+ * once verified. */
+int store_writer_hash_only(store_writer_t *w);
+/** A writer that is hash-only from the start (no temp file: store_writer_path is "" and
+ * store_writer_fd -1), for bytes that cannot be stored but must be verified. Same arguments
+ * and errors as store_writer_new but no I/O. */
+int store_writer_new_hash_only(store_t *s, const char *expected_digest, int64_t expected_size,
+                               store_writer_t **out);
 
 /* ---- manifests and tags ------------------------------------------------------------------ */
 

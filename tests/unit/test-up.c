@@ -1698,3 +1698,79 @@ TEST(token_fetch_is_marked)
   free(r.body);
   fx_stop(&x);
 }
+
+/* Back-pressure: on_data refuses bytes (UP_DATA_PAUSE) now and then; the fetch pauses (longer
+ * than the stall timeout, which must not fire), up_fetch_resume from a timer goes on, and the
+ * refused bytes come again: the body arrives whole, once, in order, and is counted once. */
+struct pz {
+  struct res r;
+  uv_timer_t t;
+  int calls, pauses, paused;
+};
+
+static void pz_resume(uv_timer_t *t)
+{
+  struct pz *p = t->data;
+  p->paused = 0;
+  up_fetch_resume(p->r.f);
+  up_fetch_resume(p->r.f); /* twice is harmless */
+}
+
+static int pz_data(up_fetch_t *f, const char *buf, size_t len, void *arg)
+{
+  struct pz *p = arg;
+  ASSERT(!p->paused); /* nothing comes while paused */
+  if (++p->calls % 7 == 0 && p->pauses < 3) {
+    p->pauses++;
+    p->paused = 1;
+    uv_timer_start(&p->t, pz_resume, p->pauses == 1 ? 450 : 20, 0);
+    return UP_DATA_PAUSE;
+  }
+  return on_data(f, buf, len, &p->r);
+}
+
+static int pz_headers(up_fetch_t *f, int status, void *arg)
+{
+  return on_headers(f, status, &((struct pz *)arg)->r);
+}
+
+static void pz_done(up_fetch_t *f, int rc, int status, void *arg)
+{
+  on_done(f, rc, status, &((struct pz *)arg)->r);
+}
+
+TEST(pause_and_resume)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_opts_t o = {.stall_timeout_ms = 300};
+  up_t *u;
+  struct pz p;
+  char url[128];
+  up_stats_t st;
+
+  memset(&p, 0, sizeof(p));
+  fx_start(&x);
+  u = mk(&loop, &o);
+  uv_timer_init(&loop, &p.t);
+  p.t.data = &p;
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/3000000", x.a);
+  up_req_t req = {.method = "GET",
+                  .url = url,
+                  .on_headers = pz_headers,
+                  .on_data = pz_data,
+                  .on_done = pz_done,
+                  .arg = &p};
+  ASSERT_OK(up_fetch_start(u, &req, &p.r.f));
+  run_until(&loop, &p.r.done);
+  ASSERT_OK(p.r.rc);
+  ASSERT_EQ(200, p.r.status);
+  ASSERT_EQ(3, p.pauses);
+  ASSERT(body_ok(&p.r, 0, 3000000)); /* every byte once, in order */
+  up_get_stats(u, &st);
+  ASSERT_EQ(3000000, st.body_bytes);
+  uv_close((uv_handle_t *)&p.t, NULL);
+  close_all(&loop, u);
+  free(p.r.body);
+  fx_stop(&x);
+}
