@@ -573,8 +573,7 @@ static void rec_on_end(fill_sub_t *s, const fill_result_t *r)
   free(rec);
 }
 
-static const fill_sub_ops_t recorder_ops = {rec_on_length, rec_on_avail, NULL, NULL,
-                                            rec_on_end};
+static const fill_sub_ops_t recorder_ops = {rec_on_length, rec_on_avail, NULL, NULL, rec_on_end};
 
 static void recorder_attach(mirror_t *m, const daemon_upstream_t *up, const char *repo,
                             const char *digest)

@@ -251,8 +251,8 @@ struct up_fetch {
   uint64_t last_activity;
   uint64_t rate_t0;    /* start of the current min_rate window (ms, loop clock) */
   uint64_t rate_bytes; /* body bytes in the current window */
-  int paused; /* on_data returned UP_DATA_PAUSE: curl holds the bytes; no stall timeout */
-  int resume; /* up_fetch_resume asked: the idle handle unpauses the transfer */
+  int paused;          /* on_data returned UP_DATA_PAUSE: curl holds the bytes; no stall timeout */
+  int resume;          /* up_fetch_resume asked: the idle handle unpauses the transfer */
   /* timings (uv_hrtime ns) */
   uint64_t t_created; /* up_fetch_start */
   uint64_t t_begin;   /* the fetch started (left the queue) */
