@@ -80,6 +80,11 @@ fill_t *fill_find(pull_env_t *env, const char *digest)
   return NULL;
 }
 
+int fill_started_in(const fill_t *f, const char *up_name, const char *repo)
+{
+  return strcmp(f->up->conf.name, up_name) == 0 && strcmp(f->repo, repo) == 0;
+}
+
 int fill_verified(const fill_t *f)
 {
   return f->state == FILL_COMMITTING || f->state == FILL_DONE;

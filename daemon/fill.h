@@ -116,6 +116,9 @@ void fill_unsubscribe(fill_sub_t *s);
 
 /** 1 once the bytes matched the digest (COMMITTING or DONE). */
 int fill_verified(const fill_t *f);
+/** 1 when f was started for repository repo of the upstream named up_name (where its bytes are
+ * known to belong: repository scoping). */
+int fill_started_in(const fill_t *f, const char *up_name, const char *repo);
 /** A new descriptor (the caller's) on the temp file: the bytes written so far (the prefix
  * before the relay in pass-through), or -1 when the fill has no file (pass-through from the
  * start without one) or on error (errno). Never by path: the file may be renamed or gone. */

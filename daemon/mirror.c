@@ -706,9 +706,13 @@ int mirror_manifest_storing(mirror_t *m, const daemon_upstream_t *up, const char
   return mjob_find_answered_digest(&m->env, up, digest) != NULL;
 }
 
-int mirror_blob_filling(mirror_t *m, const char *digest)
+int mirror_blob_filling(mirror_t *m, const daemon_upstream_t *up, const char *repo,
+                        const char *digest)
 {
-  return fill_find(&m->env, digest) != NULL;
+  fill_t *f = fill_find(&m->env, digest);
+  if (!f)
+    return 0;
+  return up && repo && fill_started_in(f, up->conf.name, repo) ? 2 : 1;
 }
 
 egress_t *mirror_egress(mirror_t *m)

@@ -41,8 +41,10 @@ void mirror_get_stats(const mirror_t *m, mirror_stats_t *out);
 struct egress *mirror_egress(mirror_t *m);
 /** 1 while a manifest job of up has answered with digest and is storing it (and its sight). */
 int mirror_manifest_storing(mirror_t *m, const daemon_upstream_t *up, const char *digest);
-/** 1 while a fill of digest runs or commits (its requests join it: mirror_blob). */
-int mirror_blob_filling(mirror_t *m, const char *digest);
+/** 1 while a fill of digest runs or commits (its requests join it: mirror_blob); 2 when that
+ * fill was started under (up, repo) itself. up and repo may be NULL (then 1 or 0). */
+int mirror_blob_filling(mirror_t *m, const daemon_upstream_t *up, const char *repo,
+                        const char *digest);
 /** The pull env the mirror's machines share: daemon/listing asks daemon/meta through it,
  * eviction sets env->on_store_full, the unit tests replace env->disk_free or env->relay_max. */
 pull_env_t *mirror_env(mirror_t *m);

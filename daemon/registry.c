@@ -177,10 +177,19 @@ static void handle_blob(daemon_t *d, srv_req_t *req, const route_t *r, daemon_up
   /* An unparseable range comes back as one that never resolves: 416 below or in the mirror,
    * once the size is known. */
   (void)answer_parse_range(srv_req_header(req, "Range"), &range);
-  if (mirror_blob_filling(d->mirror, r->ref)) {
-    /* Its fill is ending (its sight not recorded yet): join it. A join from another
-     * repository is not confirmed (docs/ARCHITECTURE.md, "Repository scoping"). */
+  int filling = mirror_blob_filling(d->mirror, up, r->name, r->ref);
+  if (filling == 2 ||
+      (filling == 1 && scope_seen(mirror_env(d->mirror), up->conf.name, r->name, r->ref))) {
+    /* A fill of this digest runs for this repository (its sight not recorded yet), or for
+     * another where this one has been seen too: join it. */
     mirror_blob(d->mirror, req, up, r->name, r->ref, &range);
+    return;
+  }
+  if (filling == 1) {
+    /* A fill started under another repository: served here only once the upstream confirms
+     * this one has it too (scope_check; then serve_blob joins the fill or finds the store). */
+    if (scope_check(d, req, r, up, &range, 0))
+      serve_blob(d, req, r, up, &range);
     return;
   }
   if (store_blob_stat(d->store, r->ref, NULL) == 0 && !scope_check(d, req, r, up, &range, 0))

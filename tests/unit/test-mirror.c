@@ -450,6 +450,52 @@ TEST(blob_fill_single_flight_and_join)
   teardown();
 }
 
+/* Repository scoping holds for a running fill too: a request for the digest under another
+ * repository does not join the fill until the upstream confirms that repository has it (one
+ * HEAD); refused, it is a 404; confirmed, it joins. */
+TEST(blob_fill_join_from_another_repository_is_confirmed)
+{
+  make_blob();
+  setup();
+  resp_t r;
+  cli_t *a = cli_get(blob_path, NULL);
+  ASSERT_EQ(1, nfx);
+  blob_headers(fx[0]);
+  ASSERT_OK(ff_body(fx[0], blob, BLOB_LEN / 2));
+  cli_until(a, &r, BLOB_LEN / 2);
+  char other[256], third[256];
+  snprintf(other, sizeof(other), "/v2/team/secret/blobs/%s", blob_digest);
+  snprintf(third, sizeof(third), "/v2/team/open/blobs/%s", blob_digest);
+  cli_t *b = cli_get(other, NULL);
+  ASSERT_EQ(2, nfx); /* a HEAD under team/secret, not a join */
+  ASSERT_STREQ("HEAD", fx[1]->method);
+  ASSERT(strstr(fx[1]->url, "/v2/team/secret/blobs/sha256:") != NULL);
+  ASSERT_OK(ff_headers(fx[1], 404, NULL));
+  ff_done(fx[1], 0, 404);
+  cli_wait(b, &r);
+  ASSERT_EQ(404, r.status);
+  cli_t *c = cli_get(third, NULL);
+  ASSERT_EQ(3, nfx);
+  ASSERT_STREQ("HEAD", fx[2]->method);
+  ASSERT_OK(ff_headers(fx[2], 200, "content-length", blen_s, NULL));
+  ff_done(fx[2], 0, 200);
+  cli_until(c, &r, BLOB_LEN / 2); /* confirmed: joins the running fill */
+  ASSERT_HDR(&r, "X-Cache", "JOIN");
+  ASSERT_EQ(3, nfx);
+  ASSERT_OK(ff_body(fx[0], blob + BLOB_LEN / 2, BLOB_LEN - BLOB_LEN / 2));
+  ff_done(fx[0], 0, 200);
+  cli_wait(a, &r);
+  ASSERT_EQ(BLOB_LEN, r.body_len);
+  cli_wait(c, &r);
+  ASSERT_EQ(BLOB_LEN, r.body_len);
+  ASSERT(memcmp(r.body, blob, BLOB_LEN) == 0);
+  wait_idle();
+  cli_close(a);
+  cli_close(b);
+  cli_close(c);
+  teardown();
+}
+
 /* If-None-Match and Range are honoured by answers from a live fill as by store hits. */
 TEST(blob_live_fill_304_and_range)
 {
@@ -614,6 +660,14 @@ TEST(blob_resume_after_break)
   teardown();
 }
 
+/* The upstream confirms a repository-scoping HEAD (fx[i]): the request then joins. */
+static void confirm_head(int i)
+{
+  ASSERT_STREQ("HEAD", fx[i]->method);
+  ASSERT_OK(ff_headers(fx[i], 200, NULL));
+  ff_done(fx[i], 0, 200);
+}
+
 /* "Not here" from one repository is no answer for a request that joined from another: it
  * gets a fill of its own. The first repository's request gets the 404. */
 TEST(blob_repo_refusal_refills_for_other_repo)
@@ -624,18 +678,21 @@ TEST(blob_repo_refusal_refills_for_other_repo)
   char other[256];
   snprintf(other, sizeof(other), "/v2/other/blobs/%s", blob_digest);
   cli_t *a = cli_get(blob_path, NULL);
-  cli_t *b = cli_get(other, NULL);
-  ASSERT_EQ(1, nfx);
+  cli_t *b = cli_get(other, NULL); /* another repository: confirmed first, then it joins */
+  ASSERT_EQ(2, nfx);
+  confirm_head(1);
+  ASSERT_EQ(2, nfx);
   ff_headers(fx[0], 404, NULL);
   ff_done(fx[0], 0, 404);
   cli_wait(a, &r);
   ASSERT_EQ(404, r.status);
   ASSERT(strstr(r.body, "BLOB_UNKNOWN") != NULL);
-  ASSERT_EQ(2, nfx);
-  ASSERT(strstr(fx[1]->url, "/v2/other/blobs/") != NULL);
-  blob_headers(fx[1]);
-  ASSERT_OK(ff_body(fx[1], blob, BLOB_LEN));
-  ff_done(fx[1], 0, 200);
+  ASSERT_EQ(3, nfx);
+  ASSERT(strstr(fx[2]->url, "/v2/other/blobs/") != NULL);
+  ASSERT_STREQ("GET", fx[2]->method);
+  blob_headers(fx[2]);
+  ASSERT_OK(ff_body(fx[2], blob, BLOB_LEN));
+  ff_done(fx[2], 0, 200);
   cli_wait(b, &r);
   ASSERT_EQ(200, r.status);
   ASSERT_EQ(BLOB_LEN, r.body_len);
@@ -980,13 +1037,15 @@ TEST(mirror_free_with_waiting_clients)
   snprintf(third, sizeof(third), "/v2/third/blobs/%s", blob_digest);
   cli_t *a = cli_get(blob_path, NULL);
   cli_t *b = cli_get(other, NULL);
+  confirm_head(1); /* other repositories join once confirmed */
   cli_t *c = cli_get(third, NULL);
-  ASSERT_EQ(1, nfx);
+  confirm_head(2);
+  ASSERT_EQ(3, nfx);
   ASSERT_OK(ff_headers(fx[0], 404, NULL)); /* refused; the error body is still coming */
   mirror_free(d.mirror);
   d.mirror = NULL;
   ASSERT(fx[0]->cancelled);
-  ASSERT_EQ(1, nfx);
+  ASSERT_EQ(3, nfx);
   cli_t *all[] = {a, b, c};
   for (int i = 0; i < 3; i++) {
     cli_wait(all[i], &r);
