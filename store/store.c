@@ -878,19 +878,26 @@ out:
 
 /* ---- writers ---------------------------------------------------------------------------- */
 
+/* A writer's expected digest: NULL (none), or a grammatical sha256 digest. */
+static int expected_digest_check(const char *expected_digest)
+{
+  if (!expected_digest)
+    return 0;
+  size_t n = strnlen(expected_digest, STORE_DIGEST_MAX);
+  int alg = n < STORE_DIGEST_MAX ? store_digest_parse(expected_digest, n) : PC_E_DIGEST_INVALID;
+  if (alg < 0)
+    return alg;
+  return alg == STORE_DIGEST_SHA256 ? 0 : PC_E_UNSUPPORTED;
+}
+
 int store_writer_new(store_t *s, const char *expected_digest, int64_t expected_size,
                      store_writer_t **out)
 {
   int rc = 0;
   *out = NULL;
-  if (expected_digest) {
-    size_t n = strnlen(expected_digest, STORE_DIGEST_MAX);
-    int alg = n < STORE_DIGEST_MAX ? store_digest_parse(expected_digest, n) : PC_E_DIGEST_INVALID;
-    if (alg < 0)
-      return alg;
-    if (alg != STORE_DIGEST_SHA256)
-      return PC_E_UNSUPPORTED;
-  }
+  int drc = expected_digest_check(expected_digest);
+  if (drc)
+    return drc;
   store_writer_t *w = pc_xcalloc(1, sizeof(*w));
   w->s = s;
   w->fd = -1;
@@ -1017,14 +1024,9 @@ int store_writer_new_hash_only(store_t *s, const char *expected_digest, int64_t 
                                store_writer_t **out)
 {
   *out = NULL;
-  if (expected_digest) {
-    size_t n = strnlen(expected_digest, STORE_DIGEST_MAX);
-    int alg = n < STORE_DIGEST_MAX ? store_digest_parse(expected_digest, n) : PC_E_DIGEST_INVALID;
-    if (alg < 0)
-      return alg;
-    if (alg != STORE_DIGEST_SHA256)
-      return PC_E_UNSUPPORTED;
-  }
+  int drc = expected_digest_check(expected_digest);
+  if (drc)
+    return drc;
   store_writer_t *w = pc_xcalloc(1, sizeof(*w));
   w->s = s;
   w->fd = -1;
