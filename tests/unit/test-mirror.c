@@ -951,6 +951,7 @@ TEST(manifest_upstream_answers_checked)
     cli_wait(a, &r);
     ASSERT_EQ(200, r.status);
     ASSERT_HDR(&r, "Content-Type", CT_M);
+    wait_idle(); /* the store write done before the socket closes (TSan: fd reuse) */
     cli_close(a);
   }
   teardown();
