@@ -87,6 +87,14 @@ def wait_log(pc, needle, what, count=1):
     pclib.wait_for(lambda: log_text(pc).count(needle) >= count, 10, what)
 
 
+def stop_clean(env, pc):
+    """SIGTERM: a clean exit 0 and no sanitizer report in the log (ASan/UBSan builds)."""
+    rc = env.stop(pc)
+    text = log_text(pc)
+    check(rc == 0 and "Sanitizer" not in text and "runtime error" not in text,
+          "pullcache exit %s; log tail:\n%s" % (rc, text[-3000:]))
+
+
 def peer_serial(port):
     """The serial of the certificate a new TLS connection to PORT is given (openssl s_client)."""
     r = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-servername",
@@ -174,6 +182,7 @@ def test_https_curl_skopeo_plain_http():
         entries, _ = clientlib.access_log(pc)
         check(any(e.get("route") == "blob" and e.get("status") == "200" for e in entries),
               "blobs served over TLS: %s" % entries[-5:])
+        stop_clean(env, pc)
 
 
 def test_large_blob_over_tls():
@@ -204,6 +213,24 @@ def test_large_blob_over_tls():
             check(r.status == 206 and body == data[10:100000], "range over TLS: %d" % r.status)
             c.close()
         check(blob["size"] > 1 << 20, "the blob is %d bytes: not larger than the buffers" % blob["size"])
+        # Connection: close: the whole body, then close_notify and EOF (a lingering close).
+        c = http.client.HTTPSConnection("127.0.0.1", pc.tls_port, context=ctx, timeout=60)
+        c.request("GET", url[len(pc.tls_url):], headers={"Connection": "close"})
+        r = c.getresponse()
+        body = r.read()
+        check(r.status == 200 and pclib.sha256_digest(body) == blob["digest"], "Connection: close")
+        c.close()
+        # Clients that go away in the middle of a body, 20 times: the daemon goes on.
+        for _ in range(20):
+            c = http.client.HTTPSConnection("127.0.0.1", pc.tls_port, context=ctx, timeout=60)
+            c.request("GET", url[len(pc.tls_url):])
+            r = c.getresponse()
+            r.read(100000)
+            c.sock.close()
+            c.close()
+        rc, out, _ = curl("--cacert", ca[0], pc.tls_url + "/v2/")
+        check(rc == 0 and out.startswith("200"), "alive after aborted bodies: %d %r" % (rc, out))
+        stop_clean(env, pc)
 
 
 # ---- mutual TLS -------------------------------------------------------------------------------
@@ -253,6 +280,7 @@ def test_mtls_required_and_optional():
         rc, out, _ = curl("--cacert", ca[0], "--cert", node[0], "--key", node[1], pc.tls_url + "/v2/")
         check(rc == 0 and out.startswith("200"), "optional, good cert: %d %r" % (rc, out))
         wait_log(pc, "tls_subject=", "the optional-mode subject")
+        stop_clean(env, pc)
 
 
 # ---- rotation ---------------------------------------------------------------------------------
@@ -297,6 +325,7 @@ def test_sighup_rotates_certificate():
         check("%s: No such file or directory" % crt in log_text(pc), "missing file reason")
         rc, out, _ = curl("--cacert", ca[0], pc.tls_url + "/v2/")
         check(rc == 0 and out.startswith("200"), "still serving: %d %r" % (rc, out))
+        stop_clean(env, pc)
 
 
 def test_bad_files_at_start():
@@ -385,6 +414,7 @@ def test_garbage_and_truncated_hellos():
         check(rc == 0 and out.startswith("200"), "a real client after the garbage: %d %r %s" % (rc, out, err))
         check("AddressSanitizer" not in log_text(pc) and "runtime error" not in log_text(pc),
               "sanitizer report:\n" + log_text(pc)[-3000:])
+        stop_clean(env, pc)
         print("fuzz: %d inputs by kind %s" % (FUZZ_INPUTS, sorted(kinds.items())), flush=True)
 
 
