@@ -12,6 +12,8 @@
  * cut at errlen) and returns a negative libuv error; on a failed reload the running
  * configuration stays.
  *
+ * Threads: every call on the loop thread of the listeners that use it.
+ *
  * Lifetime: srv_tls_free after the listeners that use it are closed (srv_close or srv_drain);
  * connections already wrapped do not use the srv_tls_t, only their SSL_CTX reference.
  */

@@ -258,7 +258,7 @@ static void hs_failed(tls_t *t, int code)
   long v = SSL_get_verify_result(t->ssl);
   unsigned long e = ERR_peek_last_error();
   const char *r = e ? ERR_reason_error_string(e) : NULL;
-  if (v != X509_V_OK && SSL_get_peer_certificate(t->ssl))
+  if (v != X509_V_OK && SSL_get0_peer_certificate(t->ssl))
     snprintf(why, sizeof(why), "client certificate: %s", X509_verify_cert_error_string(v));
   else if (code == SSL_ERROR_SYSCALL || code == SSL_ERROR_ZERO_RETURN)
     snprintf(why, sizeof(why), "connection closed during the handshake");
@@ -275,7 +275,7 @@ static void hs_done(tls_t *t)
 {
   t->state = T_OPEN;
   uv_timer_stop(&t->hs_timer);
-  X509 *x = SSL_get_peer_certificate(t->ssl);
+  X509 *x = SSL_get0_peer_certificate(t->ssl); /* verified, or absent (optional mode) */
   if (x) {
     BIO *m = BIO_new(BIO_s_mem());
     if (m) {
@@ -284,7 +284,6 @@ static void hs_done(tls_t *t)
       t->subject[n > 0 ? n : 0] = '\0';
       BIO_free(m);
     }
-    X509_free(x);
   }
   pc_log(PC_LOG_DEBUG, "tls-handshake-done peer=%s version=%s resumed=%d", t->peer,
          SSL_get_version(t->ssl), SSL_session_reused(t->ssl));
