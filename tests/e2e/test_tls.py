@@ -285,7 +285,7 @@ def test_mtls_required_and_optional():
 
 # ---- rotation ---------------------------------------------------------------------------------
 def test_sighup_rotates_certificate():
-    d, _ = images()
+    d, imgs = images("small")
     with pclib.TestEnv("tls-reload") as env:
         ca = make_ca(env.dir, "ca")
         make_cert(env.dir, ca, "server", 3001)
@@ -300,6 +300,15 @@ def test_sighup_rotates_certificate():
         old = http.client.HTTPSConnection("127.0.0.1", pc.tls_port, context=ctx, timeout=30)
         old.request("GET", "/v2/")
         check(old.getresponse().read() == b"{}", "old connection, first request")
+        # A large blob in flight across the reload: started now, read after it.
+        img, blob = max(((i, b) for i in imgs.values() for b in i["blobs"] if b["kind"] == "layer"),
+                        key=lambda ib: ib[1]["size"])
+        path = "/v2/%s/blobs/%s" % (img["name"], blob["digest"])
+        check(pclib.http("GET", pc.url + path).status == 200, "blob warm")  # cached first, so the TLS body comes from the store
+        big = http.client.HTTPSConnection("127.0.0.1", pc.tls_port, context=ctx, timeout=30)
+        big.request("GET", path)
+        bigr = big.getresponse()
+        head = bigr.read(65536)
         # cert-manager style renewal: new files in place, then SIGHUP.
         n = make_cert(env.dir, ca, "renewed", 3002)
         os.replace(n[0], crt)
@@ -307,6 +316,11 @@ def test_sighup_rotates_certificate():
         os.kill(pc.pid, signal.SIGHUP)
         wait_log(pc, "tls-reloaded", "the TLS reload")
         check(peer_serial(pc.tls_port) == 3002, "a new connection must see the renewed certificate")
+        body = head + bigr.read()
+        check(bigr.status == 200 and pclib.sha256_digest(body) == blob["digest"],
+              "the blob sent across the reload: %d of %d bytes" % (len(body), blob["size"]))
+        check(big.sock.getpeercert()["serialNumber"] == "0BB9", "the blob's connection kept its cert")
+        big.close()
         old.request("GET", "/v2/")
         check(old.getresponse().read() == b"{}", "the established connection goes on after the reload")
         check(old.sock.getpeercert()["serialNumber"] == "0BB9", "old connection keeps its cert")
