@@ -361,6 +361,12 @@ def test_bad_files_at_start():
                                "--offline"], check_rc=False, timeout=30)
             check(r.returncode != 0 and want in r.stderr,
                   "start with %s %s: rc=%d\n%s" % (crt, key, r.returncode, r.stderr[-1500:]))
+            r = clientlib.run([os.environ["PULLCACHE"], "check-config", "--quiet", "--config", cfg],
+                              check_rc=False, timeout=30)
+            check(r.returncode == 2 and want in r.stderr, "check-config: %d %s" % (r.returncode, r.stderr))
+        r = clientlib.run([os.environ["PULLCACHE"], "check-config", "--quiet", "--config",
+                           write_config(env, pclib.free_port(), *srv)], check_rc=False, timeout=30)
+        check(r.returncode == 0, "check-config with a good pair: %d %s" % (r.returncode, r.stderr))
         cfg = write_config(env, pclib.free_port(), srv[0], srv[1], "tls_client_auth = sometimes\n")
         r = clientlib.run([os.environ["PULLCACHE"], "serve", "--config", cfg, "--offline"],
                           check_rc=False, timeout=30)
