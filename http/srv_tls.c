@@ -6,7 +6,9 @@
  * buffer (`cout`) and written to `in`, one write at a time. Everything runs on the loop
  * thread except pread(2) of file bodies.
  *
- * Bounded memory. Plaintext is given to SSL_write TLS_REC bytes at a time and only while
+ * Bounded memory. The output buffer exists only while ciphertext is on its way out (an idle
+ * connection holds the 16 KiB input buffer and OpenSSL's state; SSL_MODE_RELEASE_BUFFERS).
+ * Plaintext is given to SSL_write TLS_REC bytes at a time and only while
  * wbio holds less than TLS_OUT bytes; a file body is pread into a TLS_FILE buffer on the
  * thread pool (one chunk per send_file op: the op reports fewer bytes than asked, which the
  * seam allows), then written like a memory body. Reading stops on `in` while srv.c does not
@@ -297,6 +299,10 @@ static void on_out(srv_tr_t *in, ssize_t status)
   t->out_busy = 0;
   if (t->closing)
     return;
+  if (BIO_ctrl_pending(t->wbio) == 0) {
+    free(t->cout); /* idle connections keep no output buffer */
+    t->cout = NULL;
+  }
   if (status < 0) {
     die(t, (int)status);
     return;
@@ -312,6 +318,10 @@ static void flush_out(tls_t *t)
 {
   if (t->out_busy || t->closing || t->state == T_PLAIN)
     return;
+  if (BIO_ctrl_pending(t->wbio) == 0)
+    return;
+  if (!t->cout)
+    t->cout = pc_xmalloc(TLS_OUT);
   int n = BIO_read(t->wbio, t->cout, (int)TLS_OUT);
   if (n <= 0)
     return;
@@ -334,6 +344,10 @@ static int out_idle(tls_t *t)
 
 static void op_complete(tls_t *t, ssize_t res)
 {
+  if (t->op != OP_WRITE && !t->work_busy) {
+    free(t->fbuf); /* a connection between file ops holds no file buffer */
+    t->fbuf = NULL;
+  }
   t->op = OP_NONE;
   t->op_cb(&t->tr, res);
 }
@@ -764,7 +778,6 @@ int srv_tls_wrap(srv_tls_t *cfg, uv_loop_t *loop, srv_tr_t *in, srv_tr_t **out)
   BIO_set_mem_eof_return(rb, -1); /* empty = want more, not EOF */
   SSL_set_bio(ssl, rb, wb);       /* ssl owns both */
   SSL_set_accept_state(ssl);
-  t->cout = pc_xmalloc(TLS_OUT);
   in->ops->peer(in, t->peer, sizeof(t->peer));
   uv_timer_init(loop, &t->kick);
   uv_timer_init(loop, &t->hs_timer);
