@@ -7,6 +7,21 @@
 #include "core/pc.h"
 #include "daemon/cmd.h"
 #include "daemon/config.h"
+#include "http/srv-tls.h"
+
+/* With tls_listen: load the certificate, key and client CA as serve would (the key must match
+ * the certificate). 0, or -1 with "FILE: reason" in err. */
+static int check_tls(const daemon_config_t *c, char *err, size_t errlen)
+{
+  if (!c->tls_listen[0])
+    return 0;
+  srv_tls_conf_t tc = {c->tls_cert, c->tls_key, c->tls_client_ca, SRV_TLS_CLIENT_REQUIRED, 0};
+  srv_tls_t *t;
+  if (srv_tls_new(&tc, err, errlen, &t) != 0)
+    return -1;
+  srv_tls_free(t);
+  return 0;
+}
 
 int cmd_check_config(int argc, char **argv)
 {
@@ -30,7 +45,8 @@ int cmd_check_config(int argc, char **argv)
       args[n++] = argv[i];
   }
   cfg = pc_xmalloc(sizeof(*cfg));
-  if (config_from_args(cfg, n, args, err, sizeof(err)) < 0) {
+  if (config_from_args(cfg, n, args, err, sizeof(err)) < 0 ||
+      check_tls(cfg, err, sizeof(err)) < 0) {
     fprintf(stderr, "pullcache check-config: %s\n", err);
     explicit_bzero(cfg, sizeof(*cfg));
     free(cfg);

@@ -189,6 +189,12 @@ static const cfgkey_t keys[] = {
     {S_SERVER, "max_manifest", K_U64BYTES, C(max_manifest), 1024, 1LL << 30},
     {S_SERVER, "drain_timeout", K_UMS, C(drain_timeout_ms), 0, 3600 * SEC},
     {S_SERVER, "offline", K_BOOL, C(offline), 0, 1},
+    {S_SERVER, "tls_listen", K_STR, C(tls_listen), 0, 0},
+    {S_SERVER, "tls_cert", K_STR, C(tls_cert), 0, 0},
+    {S_SERVER, "tls_key", K_STR, C(tls_key), 0, 0},
+    {S_SERVER, "tls_client_ca", K_STR, C(tls_client_ca), 0, 0},
+    {S_SERVER, "tls_client_auth", K_STR, C(tls_client_auth), 0, 0},
+    {S_SERVER, "tls_handshake_timeout", K_UMS, C(tls_handshake_timeout_ms), 100, 600 * SEC},
     {S_FETCH, "connect_timeout", K_LMS, C(up.connect_timeout_ms), 100, 600 * SEC},
     {S_FETCH, "first_byte_timeout", K_LMS, C(up.first_byte_timeout_ms), 100, 3600 * SEC},
     {S_FETCH, "stall_timeout", K_LMS, C(up.stall_timeout_ms), 100, 3600 * SEC},
@@ -251,6 +257,7 @@ void config_defaults(daemon_config_t *cfg)
   cfg->nupstreams = 1;
   cfg->log_level = PC_LOG_INFO;
   cfg->log_format = DAEMON_LOG_TEXT;
+  cfg->tls_handshake_timeout_ms = 10000;
 }
 
 static int port_valid(const char *p)
@@ -760,6 +767,32 @@ static int listen_valid(const char *a)
   return uv_ip4_addr(host, 0, &s4) == 0;
 }
 
+/* The [server] tls_* keys: the files themselves are loaded (and checked) by srv_tls_new. */
+static int tls_validate(const daemon_config_t *cfg, char *err, size_t errlen)
+{
+  const char *a = cfg->tls_client_auth;
+  if (a[0] && strcmp(a, "required") != 0 && strcmp(a, "optional") != 0) {
+    set_err(err, errlen, "tls_client_auth \"%s\" is not required or optional", a);
+    return -EINVAL;
+  }
+  if (a[0] && !cfg->tls_client_ca[0]) {
+    set_err(err, errlen, "tls_client_auth needs tls_client_ca");
+    return -EINVAL;
+  }
+  if (!cfg->tls_listen[0])
+    return 0;
+  if (!listen_valid(cfg->tls_listen)) {
+    set_err(err, errlen, "tls_listen \"%s\" is not ADDR:PORT (numeric IPv4, or [IPv6]:PORT)",
+            cfg->tls_listen);
+    return -EINVAL;
+  }
+  if (!cfg->tls_cert[0] || !cfg->tls_key[0]) {
+    set_err(err, errlen, "tls_listen needs tls_cert and tls_key");
+    return -EINVAL;
+  }
+  return 0;
+}
+
 int config_validate(const daemon_config_t *cfg, char *err, size_t errlen)
 {
   if (cfg->nlisten < 1) {
@@ -804,7 +837,7 @@ int config_validate(const daemon_config_t *cfg, char *err, size_t errlen)
             (unsigned long long)cfg->store_evict_to, (unsigned long long)cfg->store_max_size);
     return -EINVAL;
   }
-  return 0;
+  return tls_validate(cfg, err, errlen);
 }
 
 /* ---- flags -------------------------------------------------------------------------------- */

@@ -84,6 +84,13 @@ typedef struct daemon_config {
   int nupstreams;
   int log_level;  /**< PC_LOG_* */
   int log_format; /**< DAEMON_LOG_TEXT | DAEMON_LOG_JSON */
+  /* [server] HTTPS (http/srv-tls.h): a TLS listener beside the plain ones. */
+  char tls_listen[128];              /**< "0.0.0.0:5443"; "" = no TLS listener */
+  char tls_cert[1024];               /**< PEM certificate chain, leaf first */
+  char tls_key[1024];                /**< PEM private key */
+  char tls_client_ca[1024];          /**< PEM CA for client certificates; "" = no mTLS */
+  char tls_client_auth[16];          /**< "required" (default with a CA) | "optional" */
+  unsigned tls_handshake_timeout_ms; /**< default 10 s */
 } daemon_config_t;
 
 /** Fill cfg with the built-in defaults (listen 127.0.0.1:5000, store ./pullcache-data, one

@@ -29,6 +29,7 @@
 
 #include "core/pc.h"
 #include "daemon/config.h"
+#include "http/srv-tls.h"
 #include "daemon/counters.h"
 #include "daemon/daemon.h"
 #include "daemon/control.h"
@@ -56,6 +57,7 @@ typedef struct serve {
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t drain_timer; /**< bounds the graceful drain on SIGTERM/SIGINT */
   int drain_init;
+  srv_tls_t *tls; /**< [server] tls_listen's configuration, or NULL */
 } serve_t;
 
 /* ---- systemd ------------------------------------------------------------------------------ */
@@ -256,6 +258,32 @@ static int reload_prepare(serve_t *s, daemon_config_t *cfg)
   return 0;
 }
 
+/* The tls_* keys as srv_tls wants them. */
+static srv_tls_conf_t tls_conf(const daemon_config_t *c)
+{
+  srv_tls_conf_t t = {c->tls_cert, c->tls_key, c->tls_client_ca,
+                      strcmp(c->tls_client_auth, "optional") == 0 ? SRV_TLS_CLIENT_OPTIONAL
+                                                                  : SRV_TLS_CLIENT_REQUIRED,
+                      c->tls_handshake_timeout_ms};
+  return t;
+}
+
+/* SIGHUP with a TLS listener: load certificate, key and client CA again for new connections;
+ * a bad file keeps the running ones. */
+static void reload_tls(serve_t *s, const daemon_config_t *cfg)
+{
+  char err[1024], q[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)];
+  srv_tls_conf_t tc = tls_conf(cfg);
+  if (!s->tls)
+    return;
+  if (srv_tls_reload(s->tls, &tc, err, sizeof(err)) != 0) {
+    pc_log_quote(q, sizeof(q), err, LOG_TEXT_MAX);
+    pc_log(PC_LOG_ERR, "tls-reload-failed err=%s action=kept-running-certificate", q);
+    return;
+  }
+  pc_log(PC_LOG_NOTICE, "tls-reloaded");
+}
+
 /* SIGHUP: RELOADING=1, build and apply the configuration (or keep the running one), READY=1. */
 static void reload(serve_t *s)
 {
@@ -271,6 +299,8 @@ static void reload(serve_t *s)
   if (reload_prepare(s, cfg) == 0) {
     apply_logging(cfg);
     srv_set_opts(d->srv, &cfg->srv);
+    memcpy(cfg->tls_listen, d->cfg.tls_listen, sizeof(cfg->tls_listen)); /* needs a restart */
+    reload_tls(s, cfg);
     daemon_upstreams_apply(d, cfg);
     explicit_bzero(&d->cfg, sizeof(d->cfg));
     d->cfg = *cfg;
@@ -342,8 +372,11 @@ static void log_ready(daemon_t *d)
   }
   pc_log_quote(qs, sizeof(qs), d->cfg.store_dir, LOG_TEXT_MAX);
   pc_log_quote(qc, sizeof(qc), d->cfg.path[0] ? d->cfg.path : "-", LOG_TEXT_MAX);
-  pc_log(PC_LOG_NOTICE, "ready listen=%s ports=%s store=%s upstream=%s config=%s%s", ready, ports,
-         qs, d->ups[0]->conf.name, qc, d->cfg.offline ? " offline=1" : "");
+  char tl[64] = "";
+  if (d->cfg.tls_listen[0])
+    snprintf(tl, sizeof(tl), " tls_port=%d", srv_port(d->srv, d->cfg.nlisten));
+  pc_log(PC_LOG_NOTICE, "ready listen=%s ports=%s store=%s upstream=%s config=%s%s%s", ready, ports,
+         qs, d->ups[0]->conf.name, qc, d->cfg.offline ? " offline=1" : "", tl);
 }
 
 /* A start-up step failed: "event rc=NAME err=TEXT". */
@@ -398,6 +431,25 @@ static int serve_open(serve_t *s)
       pc_log_quote(q, sizeof(q), pc_strerror(rc), LOG_ERR_MAX);
       const char *a = d->cfg.listen[i]; /* validated ADDR:PORT, a plain value */
       pc_log(PC_LOG_ERR, "listen-failed listen=%s rc=%s err=%s", a, pc_errname(rc), q);
+      return -1;
+    }
+  }
+  if (d->cfg.tls_listen[0]) {
+    char err[1024], q[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)];
+    srv_tls_conf_t tc = tls_conf(&d->cfg);
+    rc = srv_tls_new(&tc, err, sizeof(err), &s->tls);
+    if (rc) {
+      pc_log_quote(q, sizeof(q), err, LOG_TEXT_MAX);
+      pc_log(PC_LOG_ERR, "tls-config-failed err=%s", q);
+      fprintf(stderr, "pullcache serve: %s\n", err);
+      return -1;
+    }
+    rc = srv_listen_tls(d->srv, d->cfg.tls_listen, s->tls);
+    if (rc) {
+      char qe[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
+      pc_log_quote(qe, sizeof(qe), pc_strerror(rc), LOG_ERR_MAX);
+      pc_log(PC_LOG_ERR, "listen-failed tls_listen=%s rc=%s err=%s", d->cfg.tls_listen,
+             pc_errname(rc), qe);
       return -1;
     }
   }
@@ -499,6 +551,7 @@ int cmd_serve(int argc, char **argv)
   }
   evict_free(d);
   store_close(d->store);
+  srv_tls_free(s->tls);
   if (code == 0)
     pc_log(PC_LOG_NOTICE, "stopped");
   explicit_bzero(&d->cfg, sizeof(d->cfg));

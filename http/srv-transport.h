@@ -65,6 +65,9 @@ typedef struct srv_tr_ops {
   int (*shutdown)(srv_tr_t *t, srv_tr_done_cb cb);
   void (*close)(srv_tr_t *t, srv_tr_close_cb cb);
   void (*peer)(srv_tr_t *t, char *buf, size_t cap);
+  /** Optional (NULL: none): the verified client identity for the access log (TLS: the
+   * client certificate's subject, RFC 2253), "" when there is none. */
+  void (*client)(srv_tr_t *t, char *buf, size_t cap);
 } srv_tr_ops_t;
 
 struct srv_tr {
@@ -92,5 +95,13 @@ int srv_tcp_accept(srv_tcp_listener_t *l, srv_tr_t **out);
 /** A transport over an already-connected stream socket fd (any family, e.g. AF_UNIX). Takes
  * ownership of fd, also on error (closed). On error *out is NULL. */
 int srv_tcp_open(uv_loop_t *loop, int fd, srv_tr_t **out);
+
+/* ---- the TLS transport (http/srv_tls.c, configuration in srv-tls.h) ------------------------ */
+
+struct srv_tls;
+/** Wrap the connected transport in (TCP) in TLS with cfg's current SSL_CTX. Takes ownership
+ * of in (closed on error too). The handshake starts at once; a TLS handshake timeout closes
+ * it (reported to the reader as UV_ETIMEDOUT). On error *out is NULL. */
+int srv_tls_wrap(struct srv_tls *cfg, uv_loop_t *loop, srv_tr_t *in, srv_tr_t **out);
 
 #endif

@@ -150,6 +150,7 @@ struct srv {
   srv_handler_cb cb;
   void *arg;
   srv_tcp_listener_t **ls;
+  struct srv_tls **ltls; /* per listener: its TLS configuration, or NULL (plain) */
   int nls;
   unsigned lpending; /* listeners not yet closed (incl. failed ones) */
   pc_list_t conns;   /* conn_t.link: open, not closing */
@@ -302,6 +303,14 @@ static void req_log(srv_req_t *r)
                       (unsigned long long)r->body_bytes,
                       (unsigned long long)(uv_now(c->s->loop) - r->t0));
   log_value(&b, c->peer, 64);
+  if (c->tr->ops->client) {
+    char id[256];
+    c->tr->ops->client(c->tr, id, sizeof(id));
+    if (id[0]) {
+      (void)pc_buf_adds(&b, " tls_subject=");
+      log_value(&b, id, sizeof(id));
+    }
+  }
   (void)pc_buf_add(&b, r->logf.p, r->logf.len);
   pc_log(PC_LOG_INFO, "%s", b.p);
   pc_buf_free(&b);
@@ -1051,6 +1060,9 @@ static void on_connection(srv_tcp_listener_t *l, int status, void *arg)
   srv_t *s = arg;
   srv_tr_t *t;
   int rc = status < 0 ? status : srv_tcp_accept(l, &t);
+  for (int i = 0; rc == 0 && i < s->nls; i++)
+    if (s->ls[i] == l && s->ltls[i])
+      rc = srv_tls_wrap(s->ltls[i], s->loop, t, &t);
   if (rc != 0) {
     pc_log(PC_LOG_WARN, "srv-accept-failed err=%s", pc_errname(rc));
     return;
@@ -1164,7 +1176,19 @@ static int parse_addr(const char *addr, struct sockaddr_storage *ss)
   return UV_EINVAL;
 }
 
+static int listen_on(srv_t *s, const char *addr, struct srv_tls *tls);
+
 int srv_listen(srv_t *s, const char *addr)
+{
+  return listen_on(s, addr, NULL);
+}
+
+int srv_listen_tls(srv_t *s, const char *addr, struct srv_tls *tls)
+{
+  return tls ? listen_on(s, addr, tls) : UV_EINVAL;
+}
+
+static int listen_on(srv_t *s, const char *addr, struct srv_tls *tls)
 {
   struct sockaddr_storage ss;
   int rc = s->closing || s->draining || !addr ? UV_EINVAL : parse_addr(addr, &ss);
@@ -1178,6 +1202,8 @@ int srv_listen(srv_t *s, const char *addr)
     return rc;
   }
   s->ls = pc_xrealloc(s->ls, (size_t)(s->nls + 1) * sizeof(*s->ls));
+  s->ltls = pc_xrealloc(s->ltls, (size_t)(s->nls + 1) * sizeof(*s->ltls));
+  s->ltls[s->nls] = tls;
   s->ls[s->nls++] = l;
   return 0;
 }
@@ -1196,6 +1222,7 @@ static void srv_maybe_free(srv_t *s)
   srv_closed_cb cb = s->closed_cb;
   void *arg = s->closed_arg;
   free(s->ls);
+  free(s->ltls);
   free(s);
   if (cb)
     cb(arg);

@@ -39,7 +39,8 @@
  *   `req method=GET path=/v2/... status=200 bytes=123 ms=4 peer=1.2.3.4:5 key=value...`;
  *   status=0 when the response did not complete. Method, path, peer and srv_req_log values
  *   go through pc_log_quote (quoted when not plain; the path is cut at 256 bytes), so a
- *   client cannot end the line or add a field.
+ *   client cannot end the line or add a field. Over TLS with a verified client certificate the
+ *   line has `tls_subject=` (its subject, RFC 2253).
  */
 #ifndef SRV_H
 #define SRV_H
@@ -84,6 +85,10 @@ void srv_set_finish_cb(srv_t *s, srv_finish_cb cb, void *arg);
 /** Listen on "IPv4:PORT", "[IPv6]:PORT" or "host:PORT" (numeric addresses only). Port 0 picks
  * a free port; srv_port tells which. May be called several times. */
 int srv_listen(srv_t *s, const char *addr);
+struct srv_tls;
+/** Listen like srv_listen, but every connection is TLS with tls's configuration (http/srv-tls.h;
+ * tls must outlive the listener: free it after srv_close). */
+int srv_listen_tls(srv_t *s, const char *addr, struct srv_tls *tls);
 /** The port of the idx-th listener (in srv_listen order), or -1. */
 int srv_port(const srv_t *s, int idx);
 /** Stop accepting, close every connection (pending requests get their done callback with 0,

@@ -1,0 +1,46 @@
+/* srv-tls — the TLS transport of http/srv (HTTPS listeners): OpenSSL over memory BIOs, driven
+ * by the TCP transport underneath (http/srv_tcp.c), so srv.c, routes and the mirror do not
+ * change. See http/srv_tls.c for the design and srv-transport.h for the transport rules.
+ *
+ * A srv_tls_t is a server TLS configuration: certificate chain + key (PEM), optionally a
+ * client CA (mutual TLS), TLS 1.2 and 1.3 with OpenSSL's default ciphers, ALPN http/1.1,
+ * session resumption (tickets; session ids cached). Each connection takes a reference to the
+ * SSL_CTX current when it was accepted; srv_tls_reload builds a new SSL_CTX for connections
+ * accepted from then on, so established connections keep theirs.
+ *
+ * Errors: every function that loads files writes "FILE: reason" into err (NUL-terminated,
+ * cut at errlen) and returns a negative libuv error; on a failed reload the running
+ * configuration stays.
+ *
+ * Threads: every call on the loop thread of the listeners that use it.
+ *
+ * Lifetime: srv_tls_free after the listeners that use it are closed (srv_close or srv_drain);
+ * connections already wrapped do not use the srv_tls_t, only their SSL_CTX reference.
+ */
+#ifndef SRV_TLS_H
+#define SRV_TLS_H
+
+#include <stddef.h>
+
+typedef struct srv_tls srv_tls_t;
+
+enum srv_tls_client_auth {
+  SRV_TLS_CLIENT_NONE,     /**< no client certificate asked for (no client_ca) */
+  SRV_TLS_CLIENT_REQUIRED, /**< a certificate signed by client_ca is required */
+  SRV_TLS_CLIENT_OPTIONAL, /**< asked for; none is fine, a bad one is refused */
+};
+
+typedef struct srv_tls_conf {
+  const char *cert;                     /**< PEM certificate chain (leaf first) */
+  const char *key;                      /**< PEM private key */
+  const char *client_ca;                /**< PEM CA bundle for client certificates, or NULL/"" */
+  enum srv_tls_client_auth client_auth; /**< ignored without client_ca */
+  unsigned handshake_timeout_ms;        /**< 0: 10000 */
+} srv_tls_conf_t;
+
+int srv_tls_new(const srv_tls_conf_t *conf, char *err, size_t errlen, srv_tls_t **out);
+/** Load conf again (new SSL_CTX for new connections). On error the old one stays. */
+int srv_tls_reload(srv_tls_t *t, const srv_tls_conf_t *conf, char *err, size_t errlen);
+void srv_tls_free(srv_tls_t *t);
+
+#endif
