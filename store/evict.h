@@ -13,7 +13,9 @@
  * nodes that have it never download it again). Tags go with their manifest.
  *
  * Pins. A pin is (upstream, "repo:tag" or "repo@sha256:..."): whatever is reachable from the
- * manifest it names (through the refs) is never evicted. Pins persist in LMDB.
+ * manifest it names (through the refs) is never evicted. Pins persist in LMDB. A pin added
+ * while a run is under way counts from the run's next batch on (store_pin_add and a batch's
+ * pin check are serialised by the store's evict_mu).
  *
  * Eviction (store_evict): one read transaction takes a snapshot of every blob record and
  * reference (plan: O(records), about 64 bytes of memory per blob), candidates are the unpinned
