@@ -1011,12 +1011,16 @@ int store_evict(store_t *s, const store_evict_opts_t *o, store_evict_report_t *r
       ent_t *e = &m.e[vict[i]];
       char d[72];
       digest_str(e->d, d);
-      int r1 = (e->flags & E_PINNED) ? 0 : evict_one(s, &w, e, d);
+      int r1 = (e->flags & (E_PINNED | E_SKIPPED)) ? 0 : evict_one(s, &w, e, d);
       if (r1 < 0) {
         rc = r1;
         break;
       }
       if (r1 == 0) {
+        /* Kept: so is what it references (a manifest pulled since the plan keeps its layers,
+         * which come after it in the order, their last use being at least its own). */
+        if ((e->flags & E_MANIFEST) && !(e->flags & E_SKIPPED))
+          model_mark(&m, e, E_SKIPPED, NULL, NULL);
         e->flags |= E_SKIPPED;
         rep->skipped++;
         continue;

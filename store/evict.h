@@ -21,7 +21,8 @@
  * reference (plan: O(records), about 64 bytes of memory per blob), candidates are the unpinned
  * blobs, oldest last use first (a manifest before the blobs it references on a tie); they are
  * then removed in bounded batches, each one short write transaction, so hits and commits go on
- * between batches. A candidate whose own access time moved since the plan is kept (the pending
+ * between batches. A candidate whose own access time moved since the plan is kept, and a kept
+ * manifest keeps what it references (the pending
  * access times are flushed before the plan and then at most once a second). The crash-
  * safe order per batch: the records (and totals, refs, tags) are deleted and the digests added
  * to the doomed table in one commit; then the files are unlinked; the next transaction empties

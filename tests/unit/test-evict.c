@@ -466,6 +466,36 @@ TEST(used_since_the_plan_is_kept)
   store_close(s);
 }
 
+/* A manifest used between the plan and its batch is kept, and so are the blobs it references
+ * (they come after it in the order). */
+static void touch_a_on_first(void *arg, const store_evict_item_t *it)
+{
+  two_t *t = arg;
+  (void)it;
+  if (open_store_for_cb) {
+    set_atime(open_store_for_cb, t->a_m, 99999);
+    open_store_for_cb = NULL;
+  }
+}
+
+TEST(manifest_used_during_the_run_keeps_its_blobs)
+{
+  store_t *s = open_store();
+  two_t t;
+  two_images(s, &t);
+  open_store_for_cb = s;
+  store_evict_opts_t o = {
+      .target = 0, .reason = STORE_EVICT_MANUAL, .batch = 1, .cb = touch_a_on_first, .arg = &t};
+  store_evict_report_t r;
+  ASSERT_OK(store_evict(s, &o, &r));
+  ASSERT(open_store_for_cb == NULL); /* the callback ran */
+  ASSERT(present(s, t.a_m) && present(s, t.a_cfg) && present(s, t.a_l) && present(s, t.base));
+  ASSERT(!present(s, t.c_m) && !present(s, t.c_l) && !present(s, t.loose));
+  ASSERT_EQ(4, r.skipped);
+  records_have_files(s);
+  store_close(s);
+}
+
 TEST(doomed_files_are_swept_at_open)
 {
   store_t *s = open_store();
