@@ -576,7 +576,8 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   rc = store__mdb_err(mdb_env_create(&s->env), "env_create");
   if (rc)
     goto out;
-  mdb_env_set_maxdbs(s->env, 16); /* blobs, manifests, tags, stats, refs, pins, doomed, seen, + room */
+  mdb_env_set_maxdbs(s->env,
+                     16); /* blobs, manifests, tags, stats, refs, pins, doomed, seen, + room */
   mdb_env_set_maxreaders(s->env, 256);
   rc = store__mdb_err(
       mdb_env_set_mapsize(s->env, opts && opts->map_size ? opts->map_size : DEFAULT_MAP_SIZE),
