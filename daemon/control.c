@@ -5,10 +5,11 @@
  * (at most CTL_REQ_MAX bytes, CTL_ARGS strings); the command runs on the thread pool
  * (store_images and store_evict block); the reply is "<exit code>\n" and the command's output,
  * then the daemon closes the connection. Peers whose uid is neither the daemon's nor root are
- * closed at once. At most CTL_CONNS connections at a time (others are closed).
+ * closed at once. At most CTL_CONNS connections at a time (others are closed); a request not
+ * complete within CTL_READ_MS is dropped, so silent clients cannot hold every slot.
  *
  *   conn: READING --request complete--> RUNNING (pool) --after--> WRITING --written--> closed
- *         READING --EOF, error, too big, stopping--> closed
+ *         READING --EOF, error, too big, CTL_READ_MS, stopping--> closed
  *
  * Loop thread only, except cmd_store_exec on the pool (it touches the store and its own
  * output buffer only).
@@ -30,6 +31,7 @@
 #define CTL_REQ_MAX 8192
 #define CTL_ARGS 16
 #define CTL_CONNS 8
+#define CTL_READ_MS 10000 /* a request not complete by then is dropped */
 
 typedef enum { CONN_READING, CONN_RUNNING, CONN_WRITING, CONN_CLOSING } conn_state_t;
 
@@ -37,6 +39,8 @@ typedef struct ctl_conn {
   pc_list_t link;
   daemon_control_t *ctl;
   uv_pipe_t pipe;
+  uv_timer_t timer; /* READING only: a silent client cannot hold a slot */
+  int handles;      /* open handles: freed when both are closed */
   conn_state_t state;
   char req[CTL_REQ_MAX];
   size_t len;
@@ -63,6 +67,8 @@ static void on_conn_closed(uv_handle_t *h)
 {
   ctl_conn_t *c = h->data;
   daemon_control_t *ctl = c->ctl;
+  if (--c->handles > 0)
+    return;
   pc_list_remove(&c->link);
   ctl->nconns--;
   pc_buf_free(&c->out);
@@ -77,6 +83,7 @@ static void conn_close(ctl_conn_t *c)
     return;
   c->state = CONN_CLOSING;
   uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
+  uv_close((uv_handle_t *)&c->timer, on_conn_closed);
 }
 
 static void on_written(uv_write_t *w, int status)
@@ -150,6 +157,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
   if (done == 0 && c->len < sizeof(c->req))
     return;
   uv_read_stop(s);
+  uv_timer_stop(&c->timer);
   if (done <= 0 || d->stopping) {
     conn_close(c);
     return;
@@ -163,6 +171,13 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
   c->state = CONN_RUNNING;
   if (uv_queue_work(d->loop, &c->work, work_cb, after_cb) != 0)
     conn_close(c);
+}
+
+static void on_read_timeout(uv_timer_t *t)
+{
+  ctl_conn_t *c = t->data;
+  pc_log(PC_LOG_WARN, "control-request-timeout bytes=%zu", c->len);
+  conn_close(c);
 }
 
 static int peer_allowed(uv_pipe_t *p)
@@ -186,6 +201,9 @@ static void on_connection(uv_stream_t *server, int status)
   c->state = CONN_READING;
   uv_pipe_init(ctl->d->loop, &c->pipe, 0);
   c->pipe.data = c;
+  uv_timer_init(ctl->d->loop, &c->timer);
+  c->timer.data = c;
+  c->handles = 2;
   pc_list_push_back(&ctl->conns, &c->link);
   ctl->nconns++;
   if (uv_accept(server, (uv_stream_t *)&c->pipe) != 0) {
@@ -198,6 +216,7 @@ static void on_connection(uv_stream_t *server, int status)
     conn_close(c);
     return;
   }
+  uv_timer_start(&c->timer, on_read_timeout, CTL_READ_MS, 0);
   uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
 }
 

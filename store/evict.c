@@ -496,20 +496,27 @@ int store_pin_add(store_t *s, const char *upstream, const char *ref)
   val[0] = REC_VERSION;
   put_u64(val + 1, (uint64_t)pc_now_sec());
   MDB_val k = {(size_t)kl, key}, v = {sizeof(val), val};
+  /* Under evict_mu: never between an eviction batch's pin check and its commit. */
+  pthread_mutex_lock(&s->evict_mu);
   int rc = store__wtxn_begin(s, &w);
   if (rc)
-    return rc;
+    goto out;
   int mrc = mdb_put(w.txn, s->pins, &k, &v, MDB_NOOVERWRITE);
   if (mrc == MDB_KEYEXIST) {
     store__wtxn_abort(&w); /* pinned already: keep its creation time */
-    return 0;
+    goto out;
   }
   rc = store__mdb_err(mrc, "put");
   if (rc) {
     store__wtxn_abort(&w);
-    return rc;
+    goto out;
   }
-  return store__wtxn_commit(s, &w);
+  rc = store__wtxn_commit(s, &w);
+  if (rc == 0)
+    atomic_fetch_add(&s->pins_gen, 1);
+out:
+  pthread_mutex_unlock(&s->evict_mu);
+  return rc;
 }
 
 int store_pin_del(store_t *s, const char *upstream, const char *ref)
@@ -903,6 +910,7 @@ int store_evict(store_t *s, const store_evict_opts_t *o, store_evict_report_t *r
     goto out;
   rep->records = m.n;
   rep->before = rep->after = m.total;
+  uint_fast64_t pins_seen = atomic_load(&s->pins_gen);
   rc = model_pin(s, &m, &rep->pinned_bytes);
   if (rc)
     goto out;
@@ -979,9 +987,22 @@ int store_evict(store_t *s, const store_evict_opts_t *o, store_evict_report_t *r
       goto out;
     }
     pthread_mutex_lock(&s->evict_mu);
-    rc = store__wtxn_begin(s, &w);
+    if (atomic_load(&s->pins_gen) != pins_seen) {
+      /* A pin was added since the plan: flag what it reaches before this batch. */
+      pins_seen = atomic_load(&s->pins_gen);
+      for (size_t i = 0; i < m.n; i++)
+        m.e[i].flags &= ~(uint32_t)E_PINNED;
+      rc = model_pin(s, &m, &rep->pinned_bytes);
+      rep->pins_over = rep->pinned_bytes > o->target;
+    }
     if (rc == 0)
-      rc = doomed_clear(s, &w, &m, vict + prev, prev_n);
+      rc = store__wtxn_begin(s, &w);
+    if (rc) {
+      pthread_mutex_unlock(&s->evict_mu);
+      free(items);
+      goto out;
+    }
+    rc = doomed_clear(s, &w, &m, vict + prev, prev_n);
     for (size_t i = b; rc == 0 && i < end; i++) {
       if (w.tot.blob_bytes <= o->target) {
         done = 1;
@@ -990,12 +1011,16 @@ int store_evict(store_t *s, const store_evict_opts_t *o, store_evict_report_t *r
       ent_t *e = &m.e[vict[i]];
       char d[72];
       digest_str(e->d, d);
-      int r1 = evict_one(s, &w, e, d);
+      int r1 = (e->flags & (E_PINNED | E_SKIPPED)) ? 0 : evict_one(s, &w, e, d);
       if (r1 < 0) {
         rc = r1;
         break;
       }
       if (r1 == 0) {
+        /* Kept: so is what it references (a manifest pulled since the plan keeps its layers,
+         * which come after it in the order, their last use being at least its own). */
+        if ((e->flags & E_MANIFEST) && !(e->flags & E_SKIPPED))
+          model_mark(&m, e, E_SKIPPED, NULL, NULL);
         e->flags |= E_SKIPPED;
         rep->skipped++;
         continue;

@@ -13,13 +13,16 @@
  * nodes that have it never download it again). Tags go with their manifest.
  *
  * Pins. A pin is (upstream, "repo:tag" or "repo@sha256:..."): whatever is reachable from the
- * manifest it names (through the refs) is never evicted. Pins persist in LMDB.
+ * manifest it names (through the refs) is never evicted. Pins persist in LMDB. A pin added
+ * while a run is under way counts from the run's next batch on (store_pin_add and a batch's
+ * pin check are serialised by the store's evict_mu).
  *
  * Eviction (store_evict): one read transaction takes a snapshot of every blob record and
  * reference (plan: O(records), about 64 bytes of memory per blob), candidates are the unpinned
  * blobs, oldest last use first (a manifest before the blobs it references on a tie); they are
  * then removed in bounded batches, each one short write transaction, so hits and commits go on
- * between batches. A candidate whose own access time moved since the plan is kept (the pending
+ * between batches. A candidate whose own access time moved since the plan is kept, and a kept
+ * manifest keeps what it references (the pending
  * access times are flushed before the plan and then at most once a second). The crash-
  * safe order per batch: the records (and totals, refs, tags) are deleted and the digests added
  * to the doomed table in one commit; then the files are unlinked; the next transaction empties

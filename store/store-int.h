@@ -40,6 +40,9 @@ struct store {
    * a writer's commit from its presence check to its record: so a commit never finds the file
    * of a blob that is about to be unlinked and records it (a record without a file). */
   pthread_mutex_t evict_mu;
+  /** Bumped by store_pin_add (under evict_mu): an eviction run re-reads the pins before a
+   * batch when it moved, so a pin added during a run protects its content at once. */
+  atomic_uint_fast64_t pins_gen;
   MDB_dbi seen;    /**< (upstream, repository, digest) -> first seen (store/scope.c) */
   int seen_legacy; /**< the store held content before "seen" existed (store/scope.c) */
   atomic_uint_fast64_t tmp_seq;

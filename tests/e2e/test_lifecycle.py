@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -284,12 +285,31 @@ def main():
                                    stderr=subprocess.PIPE, text=True, timeout=60)
                 check(r.returncode == 0, "round %d: fsck clean after kill -9: %s" % (rnd, r.stdout[-800:]))
 
+        def t_silent_control_clients():
+            # as many silent connections as the socket takes: the daemon drops them (a request
+            # not complete within its read limit), then a command gets through again
+            socks = []
+            for _ in range(8):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.settimeout(60)
+                c.connect(os.path.join(srv.store, "control.sock"))
+                c.sendall(b"pins")  # no terminator: never complete
+                socks.append(c)
+            for c in socks:
+                try:
+                    check(c.recv(16) == b"", "the daemon closed the silent connection")
+                except socket.timeout:
+                    check(False, "a silent control connection was held open for 60 s")
+                c.close()
+            cli(srv, "pins")
+
         t_bad_input.__name__ = "bad_input_changes_nothing"
         t_pattern.__name__ = "budget_recency_pins_shared_base"
         t_pull_during_gc.__name__ = "pull_during_eviction_completes_verified"
+        t_silent_control_clients.__name__ = "silent_control_clients_are_dropped"
         t_reload_live.__name__ = "reload_changes_max_size_live"
         t_kill_during_eviction.__name__ = "kill_9_during_eviction_20_rounds"
-        rc = pclib.run_tests([t_bad_input, t_pattern, t_pull_during_gc, t_reload_live,
+        rc = pclib.run_tests([t_bad_input, t_silent_control_clients, t_pattern, t_pull_during_gc, t_reload_live,
                               t_kill_during_eviction])
         if "peak" in results:
             print("max_size %d, largest image %d, peak store bytes %d" % (max_size, largest, results["peak"]))

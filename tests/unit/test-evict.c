@@ -95,6 +95,8 @@ static void index_of(store_t *s, const char *const *mans, int n, const char *rep
 }
 
 /* Set a blob record's last access (as if it had been read then). */
+static store_t *open_store_for_cb; /* the store a callback pins in */
+
 static void set_atime(store_t *s, const char *d, int64_t t)
 {
   store__wtxn_t w;
@@ -308,6 +310,37 @@ TEST(pins_parse_persist_and_protect)
   store_close(s);
 }
 
+/* A pin added while a run is under way protects its content from the next batch on. */
+static void pin_a_on_first(void *arg, const store_evict_item_t *it)
+{
+  int *n = arg;
+  (void)it;
+  if ((*n)++ == 0 && store_pin_add(open_store_for_cb, UP, "lib/a:1") != 0)
+    unit__fail(__FILE__, __LINE__, "pin during the run failed");
+}
+
+TEST(pin_added_during_a_run_protects_at_once)
+{
+  store_t *s = open_store();
+  two_t t;
+  two_images(s, &t);
+  open_store_for_cb = s;
+  int n = 0;
+  store_evict_opts_t o = {
+      .target = 0, .reason = STORE_EVICT_MANUAL, .batch = 1, .cb = pin_a_on_first, .arg = &n};
+  store_evict_report_t r;
+  ASSERT_OK(store_evict(s, &o, &r));
+  ASSERT(n >= 1);
+  uint64_t want = size_of(s, t.a_m) + size_of(s, t.a_cfg) + size_of(s, t.a_l) + size_of(s, t.base);
+  ASSERT(present(s, t.a_m) && present(s, t.a_cfg) && present(s, t.a_l) && present(s, t.base));
+  ASSERT(!present(s, t.c_m) && !present(s, t.c_l) && !present(s, t.loose));
+  ASSERT_EQ(want, bytes_now(s));
+  ASSERT_EQ(want, r.pinned_bytes);
+  records_have_files(s);
+  open_store_for_cb = NULL;
+  store_close(s);
+}
+
 /* ---- dry run ---------------------------------------------------------------------------- */
 
 typedef struct listed {
@@ -430,6 +463,36 @@ TEST(used_since_the_plan_is_kept)
   ASSERT_OK(store_evict(s, &o, NULL));
   ASSERT(present(s, a));
   ASSERT(!present(s, b));
+  store_close(s);
+}
+
+/* A manifest used between the plan and its batch is kept, and so are the blobs it references
+ * (they come after it in the order). */
+static void touch_a_on_first(void *arg, const store_evict_item_t *it)
+{
+  two_t *t = arg;
+  (void)it;
+  if (open_store_for_cb) {
+    set_atime(open_store_for_cb, t->a_m, 99999);
+    open_store_for_cb = NULL;
+  }
+}
+
+TEST(manifest_used_during_the_run_keeps_its_blobs)
+{
+  store_t *s = open_store();
+  two_t t;
+  two_images(s, &t);
+  open_store_for_cb = s;
+  store_evict_opts_t o = {
+      .target = 0, .reason = STORE_EVICT_MANUAL, .batch = 1, .cb = touch_a_on_first, .arg = &t};
+  store_evict_report_t r;
+  ASSERT_OK(store_evict(s, &o, &r));
+  ASSERT(open_store_for_cb == NULL); /* the callback ran */
+  ASSERT(present(s, t.a_m) && present(s, t.a_cfg) && present(s, t.a_l) && present(s, t.base));
+  ASSERT(!present(s, t.c_m) && !present(s, t.c_l) && !present(s, t.loose));
+  ASSERT_EQ(4, r.skipped);
+  records_have_files(s);
   store_close(s);
 }
 
