@@ -305,6 +305,7 @@ static void on_out(srv_tr_t *in, ssize_t status)
   }
   if (status < 0) {
     die(t, (int)status);
+    pump(t); /* also when already T_DEAD (die does not kick then): the op waited for us */
     return;
   }
   if (t->state == T_PLAIN) {
