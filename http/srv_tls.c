@@ -376,6 +376,7 @@ static int write_step(tls_t *t)
     }
     if (n > TLS_REC)
       n = TLS_REC;
+    ERR_clear_error();
     int r = SSL_write(t->ssl, p, (int)n);
     if (r <= 0) {
       ERR_clear_error();
@@ -409,6 +410,7 @@ static void pump(tls_t *t)
   if (t->closing)
     return;
   if (t->state == T_HS) {
+    ERR_clear_error(); /* SSL_get_error reads the thread's queue: nothing stale in it */
     int r = SSL_do_handshake(t->ssl);
     if (r == 1) {
       hs_done(t);
@@ -446,6 +448,7 @@ static void pump(tls_t *t)
       t->read_cb(&t->tr, UV_ENOBUFS, &b);
       break;
     }
+    ERR_clear_error();
     int r = SSL_read(t->ssl, b.base, (int)(b.len > INT32_MAX ? INT32_MAX : b.len));
     if (r > 0) {
       t->read_cb(&t->tr, r, &b);

@@ -50,6 +50,11 @@ static void handler(srv_req_t *r, void *arg)
     int fd = open(T.file, O_RDONLY | O_CLOEXEC);
     PC_ASSERT(fd >= 0);
     srv_respond_file(r, 200, "application/octet-stream", fd, 0, FILE_SIZE, FILE_SIZE);
+  } else if (strcmp(p, "/stale-error") == 0) {
+    /* Something else on the loop thread (libcurl, another connection) left an entry in this
+     * thread's OpenSSL error queue: the TLS transport must not take it for its own. */
+    ERR_raise(ERR_LIB_SSL, ERR_R_INTERNAL_ERROR);
+    srv_respond(r, 200, "text/plain", "hi", 2);
   } else if (strcmp(p, "/mem") == 0) {
     srv_respond(r, 200, "application/octet-stream", T.mem, MEM_SIZE);
   } else {
@@ -261,6 +266,26 @@ TEST(file_and_memory_bodies_exact_keepalive)
   get_body(&c, "/mem", MEM_SIZE, 1, 0);
   get_body(&c, "/file", FILE_SIZE, 0, 1);
   get_body(&c, "/mem", MEM_SIZE, 1, 1);
+  cli_close(&c);
+  ts_stop();
+}
+
+TEST(stale_openssl_error_on_the_loop_thread_is_not_ours)
+{
+  ts_start();
+  cli_t c;
+  cli_open(&c);
+  for (int i = 0; i < 3; i++) {
+    cli_send(&c, i == 1 ? "GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+                        : "GET /stale-error HTTP/1.1\r\nHost: x\r\n\r\n");
+    int status;
+    size_t len = cli_head(&c, &status);
+    ASSERT_EQ(200, status);
+    ASSERT_EQ((size_t)2, len);
+    char b[2];
+    cli_read_exact(&c, b, 2);
+    ASSERT(memcmp(b, "hi", 2) == 0);
+  }
   cli_close(&c);
   ts_stop();
 }
