@@ -246,6 +246,11 @@ static int reload_prepare(serve_t *s, daemon_config_t *cfg)
            "reload-restart-needed key=store.path hint=\"the running store stays until a restart\"");
     memcpy(cfg->store_dir, d->cfg.store_dir, sizeof(cfg->store_dir));
   }
+  if (strcmp(cfg->tls_listen, d->cfg.tls_listen) != 0) {
+    pc_log(PC_LOG_WARN, "reload-restart-needed key=tls_listen hint=\"the running TLS listener "
+                        "stays until a restart\"");
+    memcpy(cfg->tls_listen, d->cfg.tls_listen, sizeof(cfg->tls_listen));
+  }
   if (!cfg->offline && !d->up) {
     rc = up_new(d->loop, &cfg->up, &d->up);
     if (rc) {
@@ -299,7 +304,6 @@ static void reload(serve_t *s)
   if (reload_prepare(s, cfg) == 0) {
     apply_logging(cfg);
     srv_set_opts(d->srv, &cfg->srv);
-    memcpy(cfg->tls_listen, d->cfg.tls_listen, sizeof(cfg->tls_listen)); /* needs a restart */
     reload_tls(s, cfg);
     daemon_upstreams_apply(d, cfg);
     explicit_bzero(&d->cfg, sizeof(d->cfg));

@@ -339,6 +339,12 @@ def test_sighup_rotates_certificate():
         check("%s: No such file or directory" % crt in log_text(pc), "missing file reason")
         rc, out, _ = curl("--cacert", ca[0], pc.tls_url + "/v2/")
         check(rc == 0 and out.startswith("200"), "still serving: %d %r" % (rc, out))
+        # Another tls_listen needs a restart: warned (as README says), the running port stays.
+        write_config(env, pclib.free_port(), crt, key)
+        os.kill(pc.pid, signal.SIGHUP)
+        wait_log(pc, "reload-restart-needed key=tls_listen", "the tls_listen restart warning")
+        rc, out, _ = curl("--cacert", ca[0], pc.tls_url + "/v2/")
+        check(rc == 0 and out.startswith("200"), "the running TLS port stays: %d %r" % (rc, out))
         stop_clean(env, pc)
 
 
