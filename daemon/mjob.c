@@ -282,19 +282,16 @@ static int on_data(up_fetch_t *f, const char *buf, size_t len, void *arg)
   return pc_buf_add(&j->body, buf, len); /* PC_E_TOOBIG past max_manifest */
 }
 
-/* The manifest types pullcache knows; a manifest without a mediaType field must come as one. */
+/* The manifest types pullcache knows (the ones it asks for: MJOB_ACCEPT); a manifest without a
+ * mediaType field must come as one. */
 static int known_manifest_type(const char *t)
 {
-  static const char *const known[] = {
-      "application/vnd.oci.image.index.v1+json",
-      "application/vnd.oci.image.manifest.v1+json",
-      "application/vnd.docker.distribution.manifest.list.v2+json",
-      "application/vnd.docker.distribution.manifest.v2+json",
-      "application/vnd.docker.distribution.manifest.v1+prettyjws",
-      "application/vnd.docker.distribution.manifest.v1+json",
-  };
-  for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
-    if (strcmp(t, known[i]) == 0)
+  static const char accept[] = MJOB_ACCEPT;
+  size_t n = strlen(t);
+  if (n == 0)
+    return 0;
+  for (const char *p = accept; (p = strstr(p, t)) != NULL; p += n)
+    if ((p == accept || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
       return 1;
   return 0;
 }
