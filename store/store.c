@@ -600,19 +600,16 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
   if (rc)
     goto out;
-  rc = store__mdb_err(mdb_dbi_open(txn, "blobs", MDB_CREATE, &s->blobs), "dbi_open");
-  if (rc == 0)
-    rc = store__mdb_err(mdb_dbi_open(txn, "manifests", MDB_CREATE, &s->manifests), "dbi_open");
-  if (rc == 0)
-    rc = store__mdb_err(mdb_dbi_open(txn, "tags", MDB_CREATE, &s->tags), "dbi_open");
-  if (rc == 0)
-    rc = store__mdb_err(mdb_dbi_open(txn, "stats", MDB_CREATE, &s->stats), "dbi_open");
-  if (rc == 0)
-    rc = store__mdb_err(mdb_dbi_open(txn, "refs", MDB_CREATE, &s->refs), "dbi_open");
-  if (rc == 0)
-    rc = store__mdb_err(mdb_dbi_open(txn, "pins", MDB_CREATE, &s->pins), "dbi_open");
-  if (rc == 0)
-    rc = store__mdb_err(mdb_dbi_open(txn, "doomed", MDB_CREATE, &s->doomed), "dbi_open");
+  {
+    const struct {
+      const char *name;
+      MDB_dbi *dbi;
+    } dbs[] = {{"blobs", &s->blobs},  {"manifests", &s->manifests}, {"tags", &s->tags},
+               {"stats", &s->stats},  {"refs", &s->refs},           {"pins", &s->pins},
+               {"doomed", &s->doomed}};
+    for (size_t i = 0; rc == 0 && i < sizeof(dbs) / sizeof(dbs[0]); i++)
+      rc = store__mdb_err(mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbs[i].dbi), "dbi_open");
+  }
   if (rc == 0)
     rc = store__seen_open(s, txn); /* store/scope.c */
   if (rc)
