@@ -446,6 +446,13 @@ static int set_key(const cfgkey_t *k, void *base, daemon_config_t *cfg, int *lis
   case K_CIDRS:
     if (!*value || copy_str(field, k->size, value) < 0)
       goto bad;
+    /* check-config prints "key = value" on one line, which must load back: within the INI
+     * parser's line (INI_MAX_LINE, less the newline and its NUL) */
+    if (strlen(k->name) + 3 + strlen(value) > INI_MAX_LINE - 2) {
+      set_err(err, errlen, "%s: value longer than a config line can hold (%d bytes)", k->name,
+              INI_MAX_LINE - 2);
+      return -EINVAL;
+    }
     if (k->type == K_CIDRS) {
       char badv[64];
       if (pc_cidr_list_check(field, badv, sizeof(badv)) != 0) {

@@ -559,3 +559,25 @@ TEST(evict_to_above_max_size)
   c.store_max_size = 0; /* no budget: evict_to is unused */
   ASSERT_OK(config_validate(&c, err, sizeof(err)));
 }
+
+/* A string value that fits its line as "key=value" but not as check-config prints it ("key =
+ * value") is refused with a reason, so every printed config loads back (found by fuzz-config:
+ * a 190-byte tls_key). A value that fits both ways loads. */
+TEST(string_value_must_fit_the_printed_line)
+{
+  daemon_config_t c;
+  char err[256], text[400], val[200];
+  memset(val, 'k', sizeof(val));
+  val[190] = '\0'; /* "tls_key=" + value: 198 bytes, read fine; printed, 200 */
+  snprintf(text, sizeof(text), "[server]\ntls_key=%s\n", val);
+  const char *p = write_ini("long.conf", text);
+  config_defaults(&c);
+  ASSERT_EQ(-EINVAL, config_load_file(&c, p, err, sizeof(err)));
+  ASSERT(strstr(err, "tls_key: value longer than a config line can hold (198 bytes)") != NULL);
+  val[188] = '\0'; /* printed "tls_key = " + value: exactly 198 bytes */
+  snprintf(text, sizeof(text), "[server]\ntls_key = %s\n", val);
+  p = write_ini("fits.conf", text);
+  config_defaults(&c);
+  ASSERT_OK(config_load_file(&c, p, err, sizeof(err)));
+  ASSERT_STREQ(val, c.tls_key);
+}
