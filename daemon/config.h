@@ -13,7 +13,8 @@
  *   [server]   listen (repeatable or comma-separated), max_conns, header_timeout,
  *              idle_timeout, write_timeout, max_header_bytes, max_url_bytes, max_headers,
  *              max_manifest, drain_timeout, offline
- *   [fetch]    connect_timeout, first_byte_timeout, stall_timeout, max_redirects
+ *   [fetch]    connect_timeout, first_byte_timeout, stall_timeout, min_rate, min_rate_window,
+ *              join_stall, queue_wait, max_redirects
  *   [store]    path, max_size, min_free, evict_to
  *   [log]      level, format, access
  *   [upstream "NAME"]  url, tag_ttl, max_stale, ca_file, credentials_file, allow_redirect_to,
@@ -75,6 +76,8 @@ typedef struct daemon_config {
   unsigned drain_timeout_ms; /**< SIGTERM: answers in progress may run this long */
   int offline;               /**< never contact an upstream */
   uint64_t max_manifest;     /**< bytes; default 4 MiB */
+  long join_stall_ms;        /**< [fetch] join_stall: a fill with no progress this long is restarted
+                                  before a request joins it; default 10 s, 0 = off */
   up_opts_t up;              /**< upstream client timeouts */
   char store_dir[1024];
   uint64_t store_max_size; /**< size budget (0 = none); for eviction */

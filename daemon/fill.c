@@ -35,6 +35,8 @@
 #include "store/digest.h"
 
 #define FILL_RESUMES 3
+/* Progress, for the no-join rule: FILL_PROGRESS_STEP more bytes (or the last of the blob). */
+#define FILL_PROGRESS_STEP 16384
 
 struct fill {
   pull_env_t *env;
@@ -52,6 +54,8 @@ struct fill {
   uint64_t written;      /**< bytes in the writer */
   uint64_t skip;         /**< bytes of the current answer to drop (a resume overlap) */
   int attempts;          /**< resumes so far */
+  uint64_t mark_ms;      /**< loop time of the last progress mark (fill_stalled) */
+  uint64_t mark_bytes;   /**< written at that mark */
   int rc;
   int status; /**< the current fetch's HTTP status */
   char retry_after[32];
@@ -61,6 +65,49 @@ struct fill {
 };
 
 static void fill_fetch(fill_t *f);
+
+static void mark(fill_t *f)
+{
+  f->mark_ms = uv_now(f->env->loop);
+  f->mark_bytes = f->written;
+}
+
+int fill_stalled(const fill_t *f, uint64_t ms)
+{
+  if (!ms || f->paused || fill_verified(f) ||
+      (f->state != FILL_FETCHING && f->state != FILL_STREAMING && f->state != FILL_RESUMING &&
+       f->state != FILL_PASSTHROUGH))
+    return 0;
+  return uv_now(f->env->loop) - f->mark_ms >= ms;
+}
+
+unsigned fill_count_stalled(const pull_env_t *env, uint64_t ms)
+{
+  unsigned n = 0;
+  pc_list_foreach(l, &env->fills)
+  {
+    n += (unsigned)fill_stalled(pc_list_entry(l, fill_t, link), ms);
+  }
+  return n;
+}
+
+int fill_restart(fill_t *f)
+{
+  pull_env_t *env = f->env;
+  if (f->state != FILL_STREAMING || !f->fetch || f->paused)
+    return 0; /* only a body that flows into the store: headers and queues have their limits */
+  env->fetch->cancel(env, f->fetch);
+  f->fetch = NULL;
+  env->st.stall_restarts++;
+  pc_log(PC_LOG_WARN,
+         "upstream-blob-stalled-restart upstream=%s repo=%s digest=%s at=%" PRIu64
+         " idle_ms=%" PRIu64,
+         f->up->conf.name, f->repo, f->digest, f->written, uv_now(env->loop) - f->mark_ms);
+  f->state = FILL_RESUMING;
+  mark(f);
+  fill_fetch(f);
+  return 1;
+}
 
 /* A pass-through fill takes a new subscriber only while its relay has every byte from its
  * start (a joiner needs them all); a fill that has a relay but no length yet cannot happen. */
@@ -307,6 +354,7 @@ static int on_headers(up_fetch_t *uf, int status, void *arg)
   fill_t *f = arg;
   pull_env_t *env = f->env;
   f->status = status;
+  mark(f);
   pc_strlcpy(f->retry_after, sizeof(f->retry_after), env->fetch->header(env, uf, "retry-after"));
   if (status != 200 && status != 206)
     return 0; /* an error: decided in on_done */
@@ -392,6 +440,9 @@ static int on_data(up_fetch_t *uf, const char *buf, size_t len, void *arg)
       return rc;
   }
   f->written = store_writer_size(f->w);
+  if (f->written - f->mark_bytes >= FILL_PROGRESS_STEP ||
+      (f->total > 0 && f->written == (uint64_t)f->total))
+    mark(f);
   if (f->total > 0)
     announce(f, fill_avail(f));
   return 0;
@@ -518,6 +569,7 @@ int fill_start(pull_env_t *env, daemon_upstream_t *up, const char *repo, const c
     }
   }
   f->up = daemon_upstream_ref(up);
+  mark(f);
   pc_list_push_back(&env->fills, &f->link);
   env->live++;
   env->st.fills_started++;

@@ -114,6 +114,17 @@ int fill_start(pull_env_t *env, struct daemon_upstream *up, const char *repo, co
 void fill_subscribe(fill_t *f, fill_sub_t *s);
 void fill_unsubscribe(fill_sub_t *s);
 
+/** 1 when f has not verified, is not paused for a slow reader, and has made no progress for
+ * ms (0: never): no FILL_PROGRESS_STEP (16 KiB) more bytes, nor the blob's last one, since
+ * its headers, its start or its last restart. */
+int fill_stalled(const fill_t *f, uint64_t ms);
+/** The fills of env that fill_stalled(ms) calls stalled. */
+unsigned fill_count_stalled(const pull_env_t *env, uint64_t ms);
+/** A stalled body: the upstream fetch is cancelled and the fill resumes on a fresh fetch (and
+ * connection) with Range from its last byte written, state RESUMING; its subscribers stay
+ * and the running hash goes on (counted in stall_restarts). Only a caching fill in STREAMING
+ * with a fetch running and not paused restarts: 1 then, else 0 (nothing changed). */
+int fill_restart(fill_t *f);
 /** 1 once the bytes matched the digest (COMMITTING or DONE). */
 int fill_verified(const fill_t *f);
 /** 1 when f was started for repository repo of the upstream named up_name (where its bytes are

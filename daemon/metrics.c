@@ -83,6 +83,13 @@ static void render_mirror(pc_buf_t *o, const mirror_stats_t *ms)
          ms->waiters_joined);
   metric(o, "pullcache_upstream_resumes_total", "counter",
          "Broken upstream bodies continued with a Range request.", ms->resumes);
+  metric(o, "pullcache_fills_stalled", "gauge",
+         "Blob fills with no progress for [fetch] join_stall (a trickling or stuck upstream).",
+         ms->fills_stalled);
+  metric(o, "pullcache_fill_stall_restarts_total", "counter",
+         "Stalled fills restarted on a fresh upstream connection for a request that would have "
+         "joined them.",
+         ms->stall_restarts);
   metric(o, "pullcache_digest_mismatches_total", "counter",
          "Upstream content that failed verification (nothing stored, nothing delivered "
          "complete).",
@@ -160,6 +167,9 @@ static void upstream_sample(pc_buf_t *o, size_t f, const char *fam, const char *
   case 8:
     pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fam, n, s->too_slow);
     break;
+  case 9:
+    pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fam, n, s->queue_timeouts);
+    break;
   case 3:
     pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fam, n, s->body_bytes);
     break;
@@ -201,6 +211,8 @@ static void render_upstreams(pc_buf_t *o, const daemon_t *d)
       {"pullcache_upstream_too_slow_total", "counter",
        "Transfers ended for averaging under [fetch] min_rate (then resumed on a fresh "
        "connection; also counted as timeout errors)."},
+      {"pullcache_upstream_queue_timeouts_total", "counter",
+       "Fetches that waited [fetch] queue_wait in the queue and were answered 503 unsent."},
   };
   up_pool_stats_t st[DAEMON_MAX_UPSTREAMS];
   for (int i = 0; i < d->nups; i++) {

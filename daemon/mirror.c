@@ -15,8 +15,10 @@
  *     store; else the job revalidates (HEAD) or fetches; an answered job serves requests that
  *     arrive during its store write (HIT);
  *   - blobs: a request joins the fill of its digest (JOIN; HIT when the fill is already
- *     verified); "not here" (404/401/403) from one upstream/repository is no answer for a
- *     request that joined from another: that request gets a fill of its own.
+ *     verified); a fill that has made no progress for [fetch] join_stall is restarted on a
+ *     fresh upstream connection first (fill_restart), so no request waits on a trickle; "not here"
+ * (404/401/403) from one upstream/repository is no answer for a request that joined from another:
+ * that request gets a fill of its own.
  */
 #include "daemon/mirror.h"
 
@@ -626,6 +628,8 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
   c->up = daemon_upstream_ref(up);
   pc_strlcpy(c->repo, sizeof(c->repo), repo);
   pc_strlcpy(c->digest, sizeof(c->digest), digest);
+  if (f && env->join_stall_ms && fill_stalled(f, (uint64_t)*env->join_stall_ms))
+    fill_restart(f); /* no progress for join_stall: join it on a fresh upstream connection */
   if (f) {
     /* A fill already verified is content we have (its store write is finishing): a hit. */
     c->late = fill_verified(f);
@@ -676,6 +680,7 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
   m->env.fetch = ops;
   m->env.fetch_ctx = ctx;
   m->env.max_manifest = &d->cfg.max_manifest;
+  m->env.join_stall_ms = &d->cfg.join_stall_ms;
   m->env.now = now ? now : now_sec;
   m->env.released = env_released;
   m->env.disk_free = disk_free;
@@ -731,6 +736,8 @@ void mirror_get_stats(const mirror_t *m, mirror_stats_t *out)
   out->fills_in_flight = pc_list_count(&m->env.fills);
   out->jobs_in_flight = pc_list_count(&m->env.jobs);
   out->rl_parked = m->nparked;
+  out->fills_stalled =
+      m->env.join_stall_ms ? fill_count_stalled(&m->env, (uint64_t)*m->env.join_stall_ms) : 0;
 }
 
 void mirror_free(mirror_t *m)

@@ -54,6 +54,12 @@ int daemon_ready(daemon_t *d, int probe, const char **reason)
     *reason = "offline";
     return 1;
   }
+  if (ms.fills_stalled) {
+    /* Cached content is served and new requests restart what they would join: ready, and
+     * says so (pullcache_fills_stalled counts them). */
+    *reason = "fills stalled: an upstream sends no bytes (see [fetch] join_stall)";
+    return 1;
+  }
   for (int i = 0; i < d->nups; i++)
     if (d->ups[i]->reachable == 1) {
       *reason = "ok";
@@ -76,7 +82,8 @@ static void readyz_answer(daemon_t *d, srv_req_t *req, int ready, const char *re
 {
   char msg[96];
   int n;
-  if (ready > 0 && strncmp(reason, "store full", 10) == 0) {
+  if (ready > 0 &&
+      (strncmp(reason, "store full", 10) == 0 || strncmp(reason, "fills stalled", 13) == 0)) {
     n = snprintf(msg, sizeof(msg), "ready: %s\n", reason);
     srv_req_log(req, "reason", reason);
     srv_respond(req, 200, "text/plain", msg, (size_t)n);

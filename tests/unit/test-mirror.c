@@ -660,6 +660,62 @@ TEST(blob_resume_after_break)
   teardown();
 }
 
+/* [fetch] join_stall: a request does not join a fill that has made no progress (no 16 KiB)
+ * for join_stall; it restarts the fill on a fresh fetch with Range from the last byte
+ * written and joins that; the first client's answer goes on and both get the verified blob.
+ * A fill that moved within join_stall is joined as it is. */
+TEST(blob_stalled_fill_restarted_for_a_joiner)
+{
+  make_blob();
+  setup();
+  d.cfg.join_stall_ms = 5000;
+  resp_t r;
+  mirror_stats_t st;
+  cli_t *a = cli_get(blob_path, NULL);
+  blob_headers(fx[0]);
+  ASSERT_OK(ff_body(fx[0], blob, 1000)); /* under the progress step: a trickle */
+  cli_until(a, &r, 1000);
+  cli_t *b = cli_get(blob_path, NULL); /* within join_stall: joins as it is */
+  cli_until(b, &r, 1000);
+  ASSERT_HDR(&r, "X-Cache", "JOIN");
+  ASSERT_EQ(1, nfx);
+  ASSERT_EQ(0, fx[0]->cancelled);
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(0, st.fills_stalled);
+
+  d.cfg.join_stall_ms = 50;
+  struct timespec ts = {0, 80 * 1000000};
+  nanosleep(&ts, NULL);
+  turn(); /* the loop's clock moves on */
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(1, st.fills_stalled);
+  cli_t *c = cli_get(blob_path, NULL); /* stalled: restarted, then joined */
+  ASSERT_EQ(2, nfx);
+  ASSERT_EQ(1, fx[0]->cancelled);
+  ASSERT_EQ(1000, fx[1]->range_from);
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(1, st.stall_restarts);
+  ASSERT_EQ(0, st.fills_stalled); /* the restart is progress */
+  ASSERT_OK(ff_headers(fx[1], 206, "content-range", "bytes 1000-199999/200000", NULL));
+  ASSERT_OK(ff_body(fx[1], blob + 1000, BLOB_LEN - 1000));
+  ff_done(fx[1], 0, 206);
+  cli_t *cs[] = {a, b, c};
+  for (int i = 0; i < 3; i++) {
+    cli_wait(cs[i], &r);
+    ASSERT_EQ(200, r.status);
+    ASSERT_EQ(BLOB_LEN, r.body_len);
+    ASSERT(memcmp(r.body, blob, BLOB_LEN) == 0);
+  }
+  wait_stored(blob_digest);
+  wait_idle();
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(1, st.fills_started);
+  ASSERT_EQ(1, st.fills_committed);
+  for (int i = 0; i < 3; i++)
+    cli_close(cs[i]);
+  teardown();
+}
+
 /* The upstream confirms a repository-scoping HEAD (fx[i]): the request then joins. */
 static void confirm_head(int i)
 {

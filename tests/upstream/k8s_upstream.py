@@ -50,7 +50,8 @@ SIG_TAG_RE = re.compile(r"^/v2/.+/manifests/sha256-[0-9a-f]{64}\.(sig|att|sbom)$
 REFERRERS_RE = re.compile(r"^/v2/.+/referrers/[^/]+$")
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 TAGS_RE = re.compile(r"^/v2/k8s-artifacts-prod/images/(.+)/tags/list$")
-FAULTS = {"truncate", "corrupt", "slow", "stall", "drop", "status", "redirect_loop", "token_down"}
+FAULTS = {"truncate", "corrupt", "slow", "stall", "drop", "status", "redirect_loop", "token_down",
+          "header", "body", "redirect", "delay"}
 CHUNK = 64 * 1024
 
 
@@ -306,7 +307,12 @@ class Handler(BaseHTTPRequestHandler):
             loc = self.st.base(self.role) + self.path
             self.redirect(loc)
             return True
-        return False  # body faults are applied while sending
+        if kind == "redirect":
+            self.redirect(f["location"])
+            return True
+        if kind == "delay":
+            time.sleep(int(f.get("delay_ms", 1000)) / 1000.0)  # then the normal answer
+        return False  # header and body faults are applied while sending
 
     def _body_source_len(self, src):
         return len(src) if isinstance(src, (bytes, bytearray)) else src[2]
@@ -316,6 +322,14 @@ class Handler(BaseHTTPRequestHandler):
         BODY is bytes or (path, offset, length). Body faults (truncate/corrupt/slow/stall) apply."""
         if head is None:
             head = self.command == "HEAD"
+        hf = self.fault if self.fault and self.fault["fault"] in ("header", "body") else None
+        if hf and hf["fault"] == "header":
+            # Any bytes, CR, ESC or DEL included, written as given (a hostile upstream).
+            name = hf["name"]
+            headers = {k: v for k, v in headers.items() if k.lower() != name.lower()}
+            headers[name] = hf.get("value", "")
+        if hf and hf["fault"] == "body":
+            body = hf.get("body", "").encode("latin-1") * int(hf.get("repeat", 1))
         length = self._body_source_len(body)
         self.send_response(code)
         self.status_sent = code
