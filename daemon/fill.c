@@ -10,12 +10,15 @@
  *      +------------+---------------+------------+--- any other error, bad digest,
  *                                                      no subscriber left --> FAILED (fill_fail)
  *
+ * STREAMING --no progress for join_stall, a request would join (fill_restart: the fetch is
+ *   cancelled, at most FILL_RESTARTS times)--> RESUMING.
  * RESUMING goes back to STREAMING, or to PASSTHROUGH when the fill has a relay (the mode is
  * kept across a resume: f->relay). The last byte of the blob is never announced before
  * verification (fill_avail), so no subscriber sends a complete blob that does not match its
  * digest. Verification runs on the loop (the hash was computed as the bytes came in); the
  * fsync, rename and LMDB record follow on a worker. A broken upstream body is resumed with
- * Range from the last byte written, up to FILL_RESUMES times; the running hash goes on.
+ * Range from the last byte written, up to FILL_RESUMES times (restarts of a stalled body are
+ * counted apart, FILL_RESTARTS); the running hash goes on.
  *
  * The full-disk state of the mirror (env->st.store_full) is set by the first fill that goes
  * pass-through and cleared by the next one that commits: one log line at each change.
@@ -35,8 +38,10 @@
 #include "store/digest.h"
 
 #define FILL_RESUMES 3
-/* Progress, for the no-join rule: FILL_PROGRESS_STEP more bytes (or the last of the blob). */
+/* Progress, for the no-join rule: FILL_PROGRESS_STEP more bytes received (or the last of the
+ * blob). A fill restarts for a joiner at most FILL_RESTARTS times (then min_rate ends it). */
 #define FILL_PROGRESS_STEP 16384
+#define FILL_RESTARTS 3
 
 struct fill {
   pull_env_t *env;
@@ -54,8 +59,10 @@ struct fill {
   uint64_t written;      /**< bytes in the writer */
   uint64_t skip;         /**< bytes of the current answer to drop (a resume overlap) */
   int attempts;          /**< resumes so far */
+  uint64_t seen;         /**< body bytes received, resume overlaps (skip) included */
   uint64_t mark_ms;      /**< loop time of the last progress mark (fill_stalled) */
-  uint64_t mark_bytes;   /**< written at that mark */
+  uint64_t mark_seen;    /**< seen at that mark */
+  int restarts;          /**< fill_restart calls so far (at most FILL_RESTARTS) */
   int rc;
   int status; /**< the current fetch's HTTP status */
   char retry_after[32];
@@ -69,15 +76,13 @@ static void fill_fetch(fill_t *f);
 static void mark(fill_t *f)
 {
   f->mark_ms = uv_now(f->env->loop);
-  f->mark_bytes = f->written;
+  f->mark_seen = f->seen;
 }
 
 int fill_stalled(const fill_t *f, uint64_t ms)
 {
-  if (!ms || f->paused || fill_verified(f) ||
-      (f->state != FILL_FETCHING && f->state != FILL_STREAMING && f->state != FILL_RESUMING &&
-       f->state != FILL_PASSTHROUGH))
-    return 0;
+  if (!ms || f->paused || (f->state != FILL_STREAMING && f->state != FILL_PASSTHROUGH))
+    return 0; /* header phases and queues have their own bounds; a paused body waits for us */
   return uv_now(f->env->loop) - f->mark_ms >= ms;
 }
 
@@ -91,11 +96,26 @@ unsigned fill_count_stalled(const pull_env_t *env, uint64_t ms)
   return n;
 }
 
+/* A fresh fetch would start at once: its pool has no queue (a restart must not lose its slot
+ * to the queue and then wait out queue_wait) and its 429 breaker is closed. */
+static int can_start_now(const fill_t *f)
+{
+  up_pool_stats_t st;
+  if (f->up->rl.open)
+    return 0;
+  if (!f->up->pool)
+    return 1;
+  up_pool_get_stats(f->up->pool, &st);
+  return st.queued == 0;
+}
+
 int fill_restart(fill_t *f)
 {
   pull_env_t *env = f->env;
-  if (f->state != FILL_STREAMING || !f->fetch || f->paused)
-    return 0; /* only a body that flows into the store: headers and queues have their limits */
+  if (f->state != FILL_STREAMING || !f->fetch || f->paused || f->restarts >= FILL_RESTARTS ||
+      !can_start_now(f))
+    return 0;
+  f->restarts++;
   env->fetch->cancel(env, f->fetch);
   f->fetch = NULL;
   env->st.stall_restarts++;
@@ -105,7 +125,7 @@ int fill_restart(fill_t *f)
          f->up->conf.name, f->repo, f->digest, f->written, uv_now(env->loop) - f->mark_ms);
   f->state = FILL_RESUMING;
   mark(f);
-  fill_fetch(f);
+  fill_fetch(f); /* may end the fill (the fetch could not start): the caller looks again */
   return 1;
 }
 
@@ -418,6 +438,9 @@ static int on_data(up_fetch_t *uf, const char *buf, size_t len, void *arg)
   (void)uf;
   if (f->state != FILL_STREAMING && f->state != FILL_PASSTHROUGH)
     return 0; /* an error body */
+  f->seen += len;
+  if (f->seen - f->mark_seen >= FILL_PROGRESS_STEP)
+    mark(f); /* skipped overlap bytes are progress too: the upstream is sending */
   if (f->skip) {
     size_t n = len < f->skip ? len : (size_t)f->skip;
     f->skip -= n;
@@ -440,8 +463,7 @@ static int on_data(up_fetch_t *uf, const char *buf, size_t len, void *arg)
       return rc;
   }
   f->written = store_writer_size(f->w);
-  if (f->written - f->mark_bytes >= FILL_PROGRESS_STEP ||
-      (f->total > 0 && f->written == (uint64_t)f->total))
+  if (f->total > 0 && f->written == (uint64_t)f->total)
     mark(f);
   if (f->total > 0)
     announce(f, fill_avail(f));

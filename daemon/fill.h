@@ -114,16 +114,20 @@ int fill_start(pull_env_t *env, struct daemon_upstream *up, const char *repo, co
 void fill_subscribe(fill_t *f, fill_sub_t *s);
 void fill_unsubscribe(fill_sub_t *s);
 
-/** 1 when f has not verified, is not paused for a slow reader, and has made no progress for
- * ms (0: never): no FILL_PROGRESS_STEP (16 KiB) more bytes, nor the blob's last one, since
- * its headers, its start or its last restart. */
+/** 1 when f's body flows (STREAMING or PASSTHROUGH, not paused for a slow reader) and has made
+ * no progress for ms (0: never): no FILL_PROGRESS_STEP (16 KiB) more bytes received (a resume's
+ * overlap included), nor the blob's last byte, since its headers or its last restart. Header
+ * phases and queued fetches are bounded by their own timers and are not "stalled". */
 int fill_stalled(const fill_t *f, uint64_t ms);
 /** The fills of env that fill_stalled(ms) calls stalled. */
 unsigned fill_count_stalled(const pull_env_t *env, uint64_t ms);
 /** A stalled body: the upstream fetch is cancelled and the fill resumes on a fresh fetch (and
  * connection) with Range from its last byte written, state RESUMING; its subscribers stay
  * and the running hash goes on (counted in stall_restarts). Only a caching fill in STREAMING
- * with a fetch running and not paused restarts: 1 then, else 0 (nothing changed). */
+ * with a fetch running and not paused restarts, at most 3 times, and only when the new fetch
+ * would start at once (its pool has no queue, its 429 breaker is closed): 1 then, else 0
+ * (nothing changed). After 1 f may be gone (the new fetch could not start: the fill failed and
+ * was freed): look it up again (fill_find). */
 int fill_restart(fill_t *f);
 /** 1 once the bytes matched the digest (COMMITTING or DONE). */
 int fill_verified(const fill_t *f);

@@ -212,7 +212,8 @@ static void render_upstreams(pc_buf_t *o, const daemon_t *d)
        "Transfers ended for averaging under [fetch] min_rate (then resumed on a fresh "
        "connection; also counted as timeout errors)."},
       {"pullcache_upstream_queue_timeouts_total", "counter",
-       "Fetches that waited [fetch] queue_wait in the queue and were answered 503 unsent."},
+       "Fetches that waited [fetch] queue_wait in the queue and were answered 503 unsent (also "
+       "counted as other errors)."},
   };
   up_pool_stats_t st[DAEMON_MAX_UPSTREAMS];
   for (int i = 0; i < d->nups; i++) {

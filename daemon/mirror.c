@@ -612,6 +612,8 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
     return;
   }
   fill_t *f = fill_find(env, digest);
+  if (f && env->join_stall_ms && fill_stalled(f, (uint64_t)*env->join_stall_ms) && fill_restart(f))
+    f = fill_find(env, digest); /* restarted on a fresh connection, or ended: look again */
   if (!f && !daemon_upstream_admit(up)) {
     if (rlq_park(m, req, up, repo, digest, 1, 1, range))
       return;
@@ -628,8 +630,6 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
   c->up = daemon_upstream_ref(up);
   pc_strlcpy(c->repo, sizeof(c->repo), repo);
   pc_strlcpy(c->digest, sizeof(c->digest), digest);
-  if (f && env->join_stall_ms && fill_stalled(f, (uint64_t)*env->join_stall_ms))
-    fill_restart(f); /* no progress for join_stall: join it on a fresh upstream connection */
   if (f) {
     /* A fill already verified is content we have (its store write is finishing): a hit. */
     c->late = fill_verified(f);

@@ -54,15 +54,13 @@ int daemon_ready(daemon_t *d, int probe, const char **reason)
     *reason = "offline";
     return 1;
   }
-  if (ms.fills_stalled) {
-    /* Cached content is served and new requests restart what they would join: ready, and
-     * says so (pullcache_fills_stalled counts them). */
-    *reason = "fills stalled: an upstream sends no bytes (see [fetch] join_stall)";
-    return 1;
-  }
   for (int i = 0; i < d->nups; i++)
     if (d->ups[i]->reachable == 1) {
-      *reason = "ok";
+      /* Ready; stalled fills (bodies that stopped flowing: pullcache_fills_stalled) are said,
+       * new requests restart what they would join. */
+      *reason = ms.fills_stalled ? "fills stalled: an upstream body stopped flowing (see [fetch] "
+                                   "join_stall)"
+                                 : "ok";
       return 1;
     }
   /* None known reachable: ask again (at most every probe interval per upstream). */

@@ -31,7 +31,8 @@
  *     stall timer waits; up_fetch_resume unpauses it from the idle handle)
  *     HEADERS, BODY ──(a curl callback fails: header block too big, on_headers or on_data
  *             returned an error)──▶ ABORTING (curl stops the transfer; abort_rc is kept)
- *   The one fail path, up__fetch_fail ──▶ DONE, from QUEUED (its start failed), ADDING (curl
+ *   The one fail path, up__fetch_fail ──▶ DONE, from QUEUED (its start failed, or it waited
+ *     queue_wait_ms: PC_E_UPSTREAM_BUSY), ADDING (curl
  *     refused the handle), HEADERS and BODY (transport error, timeout, incomplete header
  *     block, too many or bad redirects, bad token realm), ABORTING (curl ended the transfer:
  *     abort_rc), TOKEN (the token fetch failed).
@@ -46,7 +47,8 @@
  * The token fetch is a fetch of kind UP__FETCH_TOKEN started by up_auth.c for its parent
  * (same machinery, no auth of its own); its on_done resumes the parent from TOKEN.
  *
- * Timeouts: curl enforces connect_timeout_ms. Each fetch has one uv_timer_t: in HEADERS it
+ * Timeouts: curl enforces connect_timeout_ms. Each fetch has one uv_timer_t: in QUEUED it is
+ * the queue-wait limit (queue_wait_ms, armed by up_pool.c when the fetch is queued); in HEADERS it
  * fires first_byte ms after the request went out (CURLOPT_PREREQFUNCTION; until then it is
  * armed for connect + first_byte as a backstop); in BODY it checks that some bytes arrived in
  * the last stall_timeout_ms and, with min_rate set, that the final body averaged min_rate over
@@ -325,6 +327,7 @@ static curl_socket_t on_curl_opensocket(void *arg, curlsocktype purpose, struct 
       src = &((const struct sockaddr_in6 *)(const void *)&a->addr)->sin6_addr;
     if (!src || !inet_ntop(a->family, src, ip, sizeof(ip)) || redirect_address_refused(f, ip))
       return CURL_SOCKET_BAD;
+    f->refused = NULL; /* an earlier address of the name was refused, this one is not */
   }
   return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
 }
@@ -662,7 +665,9 @@ void up__fetch_timer_cb(uv_timer_t *t)
     pc_log_quote(q, sizeof(q), f->url, UP__LOG_URL_MAX);
     pc_log(PC_LOG_WARN, "upstream-queue-timeout url=%s waited_ms=%" PRIu64, q, u->queue_wait_ms);
     f->pool->stats.queue_timeouts++;
-    up__fetch_fail(f, PC_E_UPSTREAM_BUSY, 0); /* leaves the queue (fetch_release) */
+    up__pool_unqueue(f);      /* out of the queue before on_done runs */
+    f->t_begin = uv_hrtime(); /* timings: all of it was queue time */
+    up__fetch_fail(f, PC_E_UPSTREAM_BUSY, 0);
     return;
   }
   if (u->state != UP__OPEN ||

@@ -87,8 +87,10 @@ typedef struct up_opts {
                                    still ends); 0 = no floor (the default) */
   long min_rate_window_ms;    /**< default 30000 */
   long queue_wait_ms;         /**< a fetch queued by its pool's caps longer than this ends with
-                                   PC_E_UPSTREAM_BUSY (on_done, no request sent); 0 = no limit
-                                   (the default) */
+                                   PC_E_UPSTREAM_BUSY (on_done, no request sent; counted in
+                                   queue_timeouts and errors_other); 0 = no limit (the
+                                   default). Read when a fetch is queued: after up_set_opts,
+                                   fetches already queued keep the limit they got */
   int max_redirects;          /**< default 10 */
   const char *user_agent;     /**< default "pullcache/<version>" */
 } up_opts_t;
@@ -97,7 +99,8 @@ typedef struct up_opts {
  * is label (NULL if none; token requests carry their parent's). Called on the loop thread,
  * once for every hop (the first one, each redirect, each token request): when its connection
  * is up and the request is about to go, or when the hop ended without a connection (DNS,
- * refused, timeout: a host a firewall blocks is still reported). Never for a hop the redirect
+ * refused, timeout: a host a firewall blocks is still reported); a hop cancelled before it
+ * connected is not reported. Never for a hop the redirect
  * policy refused (up_req_t.redirect_allow): a host that must not be reached is not reported
  * as one to let through. */
 typedef void (*up_egress_cb)(void *arg, const char *hostkey, const char *label);

@@ -51,9 +51,13 @@ static int nfx;
 static int online = 1;
 static _Atomic int64_t fake_now = 1000000; /* read by store writes on worker threads */
 
+static int fk_start_fail; /* the next starts fail (as a start refused by curl) */
+
 static int fk_start(pull_env_t *env, const up_req_t *r, up_fetch_t **out)
 {
   (void)env;
+  if (fk_start_fail)
+    return PC_E_INTERNAL;
   PC_ASSERT(nfx < MAX_FF);
   ff_t *f = pc_xcalloc(1, sizeof(*f));
   snprintf(f->method, sizeof(f->method), "%s", r->method);
@@ -713,6 +717,40 @@ TEST(blob_stalled_fill_restarted_for_a_joiner)
   ASSERT_EQ(1, st.fills_committed);
   for (int i = 0; i < 3; i++)
     cli_close(cs[i]);
+  teardown();
+}
+
+/* A restart whose new fetch cannot even start ends the fill (its client's answer is cut short)
+ * and the request that asked for the restart is answered with an error of its own: nothing
+ * touches the freed fill (ASan). */
+TEST(blob_stalled_fill_restart_that_cannot_start)
+{
+  make_blob();
+  setup();
+  d.cfg.join_stall_ms = 50;
+  resp_t r;
+  cli_t *a = cli_get(blob_path, NULL);
+  blob_headers(fx[0]);
+  ASSERT_OK(ff_body(fx[0], blob, 1000));
+  cli_until(a, &r, 1000);
+  struct timespec ts = {0, 80 * 1000000};
+  nanosleep(&ts, NULL);
+  turn();
+  fk_start_fail = 1;
+  cli_t *c = cli_get(blob_path, NULL);
+  fk_start_fail = 0;
+  ASSERT_EQ(1, fx[0]->cancelled);
+  cli_wait(c, &r);
+  ASSERT(r.status >= 500);
+  cli_wait(a, &r);
+  ASSERT(r.body_len < BLOB_LEN); /* cut short: never the whole blob unverified */
+  mirror_stats_t st;
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(1, st.stall_restarts);
+  ASSERT_EQ(2, st.fills_failed);
+  wait_idle();
+  cli_close(a);
+  cli_close(c);
   teardown();
 }
 
