@@ -438,8 +438,12 @@ static void html_head(pc_buf_t *o, const json_t *m)
   esc(o, ok ? "ready" : "not ready");
   pc_buf_adds(o, "</span></h1><div class=\"sub\">up ");
   dur(o, I(m, "uptime_s"));
-  pc_buf_printf(o, " &middot; %" JSON_INTEGER_FORMAT " connections &middot; ", I(m, "connections"));
-  esc(o, S(ready, "reason"));
+  pc_buf_printf(o, " &middot; %" JSON_INTEGER_FORMAT " connections", I(m, "connections"));
+  if (!ok || strcmp(S(ready, "reason"), "ok") != 0) { /* "offline", "store full: ...", why not */
+    pc_buf_adds(o, " &middot; <span id=\"ready-reason\">");
+    esc(o, S(ready, "reason"));
+    pc_buf_adds(o, "</span>");
+  }
   pc_buf_printf(
       o,
       " &middot; refreshes every %d s &middot; <a href=\"/status?format=json\">JSON</a> &middot; "

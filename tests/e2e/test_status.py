@@ -211,8 +211,8 @@ def test_status_in_a_browser():
         big = max(layers(etcd), key=lambda b: b["size"])
         data = pclib.read_blob(d, etcd, big["digest"])
         hexd = big["digest"].split(":", 1)[1]
-        # about 160 KiB/s: the 1.5 MiB layer takes ~10 s, far longer than a page load
-        up.faults([{"role": "blobs", "path_re": hexd, "fault": "slow", "chunk": 8192, "delay_ms": 50}])
+        # about 100 KiB/s: the 1.5 MiB layer takes ~16 s, far longer than a page load
+        up.faults([{"role": "blobs", "path_re": hexd, "fault": "slow", "chunk": 8192, "delay_ms": 80}])
         r = http("GET", pc.url + "/v2/pause/manifests/" + imgs["pause"]["tag"])
         check(r.status == 200, "pause manifest: %d" % r.status)
         url = pc.url + "/v2/etcd/blobs/" + big["digest"]

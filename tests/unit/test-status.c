@@ -153,6 +153,7 @@ TEST(model_and_html_of_a_bare_daemon)
   ASSERT(strstr(html, "<meta http-equiv=\"refresh\"") != NULL);
   ASSERT(strstr(html, "data-state=\"unreachable\"") != NULL);
   ASSERT(strstr(html, "<meter id=\"usage\"") != NULL);
+  ASSERT(strstr(html, "<span id=\"ready-reason\">store not open</span>") != NULL);
   /* no external reference of any kind */
   ASSERT(strstr(html, "href=\"http") == NULL && strstr(html, "href=\"//") == NULL);
   ASSERT(strstr(html, "src=") == NULL);
