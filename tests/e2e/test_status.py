@@ -17,11 +17,13 @@ The JSON model must agree with /metrics (same counters, read while nothing moves
 """
 import concurrent.futures
 import html.parser
+import http.server as http_server
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -283,6 +285,44 @@ def test_status_in_a_browser():
         check(r.status == 200 and "default-src 'none'" in csp, "CSP header: %r" % csp)
 
 
+class BadPages(http_server.BaseHTTPRequestHandler):
+    """/status: a page that loads a style sheet from another origin; /status-console: one that
+    logs a console error. Headers and body go out in one write."""
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        if self.path == "/status":
+            body = b'<!DOCTYPE html><link rel="stylesheet" href="http://127.0.0.2:9/x.css"><p>x</p>'
+        elif self.path == "/status-console":
+            body = b'<!DOCTYPE html><p>x</p><script>console.error("boom")</script>'
+        else:
+            body = b"no"
+        self.wfile.write(b"HTTP/1.1 %d OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (200 if body != b"no" else 404, len(body), body))
+
+
+def test_browser_checks_catch_bad_pages():
+    """The checks above can fail: a page loading a cross-origin style sheet, and one logging a
+    console error, are both caught."""
+    srv = http_server.ThreadingHTTPServer(("127.0.0.1", 0), BadPages)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        with pclib.TestEnv("status-bad") as env:
+            base = "http://127.0.0.1:%d" % srv.server_address[1]
+            for path, want in (("/status", "requests of its own"), ("/status-console", "console messages")):
+                try:
+                    chromium(env, base + path, env.path("bad.png"), "bad")
+                except pclib.CheckFailed as e:
+                    check(want in str(e), "%s failed for another reason: %s" % (path, e))
+                else:
+                    raise pclib.CheckFailed("the browser checks passed %s" % path)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_status_off():
     with pclib.TestEnv("status-off") as env:
         conf = env.path("pc.conf")
@@ -297,4 +337,4 @@ def test_status_off():
 
 
 if __name__ == "__main__":
-    pclib.run_tests([test_status_in_a_browser, test_status_off])
+    pclib.run_tests([test_status_in_a_browser, test_browser_checks_catch_bad_pages, test_status_off])
