@@ -195,6 +195,7 @@ static const cfgkey_t keys[] = {
     {S_SERVER, "tls_client_ca", K_STR, C(tls_client_ca), 0, 0},
     {S_SERVER, "tls_client_auth", K_STR, C(tls_client_auth), 0, 0},
     {S_SERVER, "tls_handshake_timeout", K_UMS, C(tls_handshake_timeout_ms), 100, 600 * SEC},
+    {S_SERVER, "status", K_BOOL, C(status_page), 0, 1},
     {S_FETCH, "connect_timeout", K_LMS, C(up.connect_timeout_ms), 100, 600 * SEC},
     {S_FETCH, "first_byte_timeout", K_LMS, C(up.first_byte_timeout_ms), 100, 3600 * SEC},
     {S_FETCH, "stall_timeout", K_LMS, C(up.stall_timeout_ms), 100, 3600 * SEC},
@@ -262,6 +263,7 @@ void config_defaults(daemon_config_t *cfg)
   cfg->log_level = PC_LOG_INFO;
   cfg->log_format = DAEMON_LOG_TEXT;
   cfg->tls_handshake_timeout_ms = 10000;
+  cfg->status_page = 1;
 }
 
 static int port_valid(const char *p)

@@ -94,6 +94,7 @@ typedef struct daemon_config {
   char tls_client_ca[1024];          /**< PEM CA for client certificates; "" = no mTLS */
   char tls_client_auth[16];          /**< "required" (default with a CA) | "optional" */
   unsigned tls_handshake_timeout_ms; /**< default 10 s */
+  int status_page;                   /**< [server] status: GET /status is served (default on) */
 } daemon_config_t;
 
 /** Fill cfg with the built-in defaults (listen 127.0.0.1:5000, store ./pullcache-data, one

@@ -67,8 +67,9 @@ struct fill {
   int status; /**< the current fetch's HTTP status */
   char retry_after[32];
   uv_work_t work;
-  pc_list_t subs; /**< fill_sub_t.link */
-  pc_list_t link; /**< in env->fills */
+  pc_list_t subs;      /**< fill_sub_t.link */
+  pc_list_t link;      /**< in env->fills */
+  uint64_t started_ms; /**< pc_mono_ms at fill_start (fill_each) */
 };
 
 static void fill_fetch(fill_t *f);
@@ -567,6 +568,7 @@ int fill_start(pull_env_t *env, daemon_upstream_t *up, const char *repo, const c
   f->env = env;
   f->state = FILL_FETCHING;
   f->total = -1;
+  f->started_ms = pc_mono_ms();
   pc_strlcpy(f->digest, sizeof(f->digest), digest);
   pc_strlcpy(f->repo, sizeof(f->repo), repo);
   pc_list_init(&f->subs);
@@ -611,5 +613,30 @@ void fill_cancel_all(pull_env_t *env, int err)
       f->fetch = NULL;
       fill_fail(f, err);
     }
+  }
+}
+
+/* ---- what the status page shows (fill_each) ------------------------------------------------ */
+
+const char *fill_state_name(fill_state s)
+{
+  static const char *const names[] = {"fetching",   "streaming", "resuming", "passthrough",
+                                      "committing", "done",      "failed"};
+  return (unsigned)s < PC_ARRAY_SIZE(names) ? names[s] : "?";
+}
+
+void fill_each(pull_env_t *env, void (*cb)(void *arg, const fill_info_t *fi), void *arg)
+{
+  pc_list_foreach(l, &env->fills)
+  {
+    const fill_t *f = pc_list_entry(l, fill_t, link);
+    unsigned readers = 0;
+    pc_list_foreach(sl, &f->subs)
+    {
+      readers += pc_list_entry(sl, fill_sub_t, link)->ops->on_passthrough != NULL;
+    }
+    fill_info_t fi = {f->digest, f->repo, f->up->conf.name, f->state,   f->written,
+                      f->total,  readers, f->started_ms,    f->attempts};
+    cb(arg, &fi);
   }
 }

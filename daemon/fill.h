@@ -140,6 +140,23 @@ int fill_started_in(const fill_t *f, const char *up_name, const char *repo);
 int fill_open(const fill_t *f);
 /** The pass-through relay (for a reader: relay_reader), or NULL while caching. */
 struct relay *fill_relay(const fill_t *f);
+/** A fill in flight as the status page shows it (fill_each). Strings live as long as the
+ * callback. */
+typedef struct fill_info {
+  const char *digest, *repo, *upstream;
+  fill_state state;
+  uint64_t written;     /**< bytes received and hashed so far */
+  int64_t total;        /**< the blob's length, -1 until known */
+  unsigned subscribers; /**< subscribers following its body now (on_passthrough set: the
+                             requests; a scope recorder is not counted) */
+  uint64_t started_ms;  /**< pc_mono_ms when it started */
+  int resumes;          /**< Range resumes so far */
+} fill_info_t;
+
+/** Call cb for every fill in env->fills (read only: cb must not start or end fills). */
+void fill_each(pull_env_t *env, void (*cb)(void *arg, const fill_info_t *fi), void *arg);
+/** "fetching", "streaming", "resuming", "passthrough", "committing", "done", "failed". */
+const char *fill_state_name(fill_state s);
 /** Fail every fill that is not yet verified (their fetch cancelled) — mirror_free. */
 void fill_cancel_all(pull_env_t *env, int err);
 

@@ -264,6 +264,9 @@ static void render_store(pc_buf_t *o, const daemon_t *d)
   if (d->cfg.store_max_size)
     metric(o, "pullcache_store_max_size_bytes", "gauge", "The configured size budget.",
            d->cfg.store_max_size);
+  metric(o, "pullcache_store_min_free_bytes", "gauge",
+         "The configured min_free: below it eviction frees space and /readyz fails.",
+         d->cfg.store_min_free);
   if (statvfs(d->cfg.store_dir, &sv) == 0)
     metric(o, "pullcache_store_disk_free_bytes", "gauge",
            "Free bytes on the store's file system (for unprivileged users).",

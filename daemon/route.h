@@ -12,7 +12,7 @@
  *   /v2/<name>/blobs/<digest>            ROUTE_BLOB
  *   /v2/<name>/tags/list                 ROUTE_TAGS_LIST (query n, last)
  *   /v2/<name>/referrers/<digest>        ROUTE_REFERRERS (query artifactType)
- *   /healthz, /readyz, /metrics          GET/HEAD only
+ *   /healthz, /readyz, /metrics, /status GET/HEAD only
  * Each path segment is percent-decoded on its own, so an encoded '/' (%2F) can never add a
  * segment; a decoded segment must then match the grammar of its position (which excludes '/',
  * NUL and every other byte outside the grammar).
@@ -52,6 +52,7 @@ typedef enum route_kind {
   ROUTE_HEALTHZ,
   ROUTE_READYZ,
   ROUTE_METRICS,
+  ROUTE_STATUS, /**< GET /status: the status page (daemon/status.h) */
 } route_kind;
 
 typedef struct route {
