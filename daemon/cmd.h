@@ -43,4 +43,9 @@ int cmd_cache(int argc, char **argv);
  * answers, 2 on a usage error. */
 int cmd_prefetch(int argc, char **argv);
 
+/** `pullcache export [...] (--all | REF... | --file FILE) OUT` (daemon/cmd_export.c): images
+ * of the store (opened read-only: a live daemon may run) as an OCI layout directory or tar.
+ * Returns 0, 1 when an image could not be exported, 2 on a usage error. */
+int cmd_export(int argc, char **argv);
+
 #endif

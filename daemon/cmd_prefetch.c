@@ -188,16 +188,17 @@ static void sort_images(view_t *v)
 
 static void print_table(view_t *v)
 {
-  size_t i, w = 5;
+  size_t i, w = 5, pw = 9;
   json_t *im;
   uint64_t total = 0;
   int failed = 0, fetched = 0, cached = 0;
   json_array_foreach(v->images, i, im)
   {
-    size_t n = strlen(js(im, "ref"));
+    size_t n = strlen(js(im, "ref")), pn = strlen(js(im, "platforms"));
     w = n > w ? (n > 70 ? 70 : n) : w;
+    pw = pn > pw ? (pn > 60 ? 60 : pn) : pw;
   }
-  printf("%-*s %-24s %10s %-7s %7s  %s\n", (int)w, "IMAGE", "PLATFORMS", "BYTES", "STATUS",
+  printf("%-*s %-*s %10s %-7s %7s  %s\n", (int)w, "IMAGE", (int)pw, "PLATFORMS", "BYTES", "STATUS",
          "SECONDS", "ERROR");
   json_array_foreach(v->images, i, im)
   {
@@ -209,7 +210,7 @@ static void print_table(view_t *v)
     fetched += !strcmp(st, "fetched");
     cached += !strcmp(st, "cached");
     fmt_size(b, bs, sizeof(bs));
-    printf("%-*s %-24s %10s %-7s %7.1f  %s\n", (int)w, js(im, "ref"),
+    printf("%-*s %-*s %10s %-7s %7.1f  %s\n", (int)w, js(im, "ref"), (int)pw,
            *js(im, "platforms") ? js(im, "platforms") : "-", bs, st,
            json_real_value(json_object_get(im, "seconds")), js(im, "error"));
   }

@@ -36,7 +36,7 @@ int store__seen_open(store_t *s, MDB_txn *txn)
     s->seen_legacy = mdb_get(txn, s->seen, &k, &v) == 0;
     return 0;
   }
-  if (rc != MDB_NOTFOUND)
+  if (rc != MDB_NOTFOUND || s->read_only)
     return store__mdb_err(rc, "dbi_open");
   rc = store__mdb_err(mdb_dbi_open(txn, "seen", MDB_CREATE, &s->seen), "dbi_open");
   if (rc)

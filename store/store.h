@@ -41,6 +41,11 @@ typedef struct store_opts {
   int atime_flush_ms; /**< unused by the store itself; the daemon flushes on its own timer */
   int must_exist;     /**< 1: a root that holds no store is PC_E_NOTFOUND (nothing created);
                            commands that read a store set it, only `serve` and `import` create */
+  int read_only;      /**< 1: read beside whoever holds the store (a running daemon): no lock
+                           taken, nothing created, swept or repaired, LMDB opened read-only
+                           (MDB_RDONLY: readers never block its writer); implies must_exist.
+                           Write calls fail (EACCES); access times are not recorded.
+                           `pullcache export` opens a live store this way. */
 } store_opts_t;
 
 /** Open (creating if needed, unless opts->must_exist) the store at root. Sweeps tmp/. *out owned by

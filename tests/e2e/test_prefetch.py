@@ -279,6 +279,41 @@ def test_node_joins_during_prefetch():
         check(joined and joined[0].get("cache") == "join", "the node's request: %s" % joined)
 
 
+def test_daemon_stops_during_prefetch_and_client_goes_away():
+    d, imgs = images()
+    api = imgs["kube-apiserver"]
+    big = platform_manifests(api, HOST_ARCH)[0]["layers"][-1]
+    with pclib.TestEnv("prefetch-stop") as env:
+        up = env.start_upstream(d)
+        pc = env.start_pullcache(upstream=up)
+        up.faults([{"role": "blobs", "path_re": big.split(":")[1], "fault": "stall", "after": 100,
+                    "delay_ms": 4000, "count": 1}])
+        lst = kubeadm_list(env, imgs)
+        # the client goes away (killed) mid-run: the daemon's fill goes on and is stored
+        p = subprocess.Popen([os.environ["PULLCACHE"], "prefetch", "--store", pc.store, lst],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pclib.wait_for(lambda: metric(pc, "pullcache_fills_in_flight") >= 1, 20, "a fill")
+        p.kill()
+        p.wait(10)
+        pclib.wait_for(lambda: metric(pc, "pullcache_fills_in_flight") == 0, 30, "the fills to end")
+        rc, got, _ = prefetch(pc, lst)
+        check(rc == 0, "after the client went away: %s" % got)
+        check(up.blob_gets().get(big) == 1, "the stalled layer was fetched once: %s" % up.blob_gets().get(big))
+        # SIGTERM while a prefetch runs: the daemon stops (its fills cancelled), the CLI says so
+        pc2 = env.start_pullcache(upstream=up, name="pc2")
+        up.faults([{"role": "blobs", "path_re": big.split(":")[1], "fault": "stall", "after": 100,
+                    "delay_ms": 8000, "count": 1}])
+        p = subprocess.Popen([os.environ["PULLCACHE"], "prefetch", "--json", "--store", pc2.store, lst],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pclib.wait_for(lambda: metric(pc2, "pullcache_fills_in_flight") >= 1, 20, "a fill")
+        code = env.stop(pc2)
+        check(code == 0, "the daemon stopped cleanly during a prefetch: %s" % code)
+        out, err = p.communicate(timeout=30)
+        check(p.returncode == 1, "the prefetch failed: %d %s %s" % (p.returncode, out, err))
+        failed = [i for i in json.loads(out)["images"] if i["status"] == "failed"]
+        check(failed and all(i.get("error") for i in failed), "failures named: %s" % failed)
+
+
 def publish_signature(up, img):
     """A cosign .sig tag and an OCI referrer (a signature artifact with a subject) for IMG."""
     return pclib.http_json("POST", up.url + "/_control/sign", {"repo": img["name"], "subject": img["index_digest"]})
@@ -321,7 +356,8 @@ def test_signatures_offline():
 
 
 TESTS = [test_all_platforms_then_clients_offline, test_single_platform, test_bad_lines_and_usage,
-         test_node_joins_during_prefetch, test_signatures_offline]
+         test_node_joins_during_prefetch, test_daemon_stops_during_prefetch_and_client_goes_away,
+         test_signatures_offline]
 
 if __name__ == "__main__":
     sys.exit(pclib.run_tests(TESTS))
