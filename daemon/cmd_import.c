@@ -67,8 +67,26 @@ typedef struct import {
   const char *upstream, *repo; /* of the image being imported */
   unsigned blobs, present, manifests, images, failed, tags;
   uint64_t bytes;
+  int tty;     /* stderr is a terminal: a live line of what was copied */
+  uint64_t t0; /* pc_mono_ms at the start */
   char err[600];
 } import_t;
+
+/* The live line (a terminal only): blobs and bytes copied, the rate. */
+static void progress(import_t *im)
+{
+  if (!im->tty)
+    return;
+  double secs = (double)(pc_mono_ms() - im->t0) / 1000.0;
+  fprintf(stderr, "\r\033[K%u blobs, %.1f MB copied, %.1f MB/s", im->blobs, (double)im->bytes / 1e6,
+          secs > 0.1 ? (double)im->bytes / 1e6 / secs : 0.0);
+}
+
+static void progress_clear(import_t *im)
+{
+  if (im->tty)
+    fprintf(stderr, "\r\033[K");
+}
 
 static void usage(FILE *f)
 {
@@ -217,6 +235,7 @@ static int import_blob(import_t *im, const char *digest, int64_t size, const cha
                     : pc_strerror(rc));
   im->blobs++;
   im->bytes += got;
+  progress(im);
   return store_seen_put(im->store, im->upstream, im->repo, digest, pc_now_sec());
 }
 
@@ -429,6 +448,7 @@ static int tar_blob(import_t *im, struct archive *a, const char *digest, int64_t
   }
   im->blobs++;
   im->bytes += got;
+  progress(im);
   return 0;
 }
 
@@ -478,6 +498,7 @@ static int read_tar(import_t *im)
       break;
     }
   }
+  progress_clear(im);
   if (rc != ARCHIVE_EOF) {
     snprintf(im->cut, sizeof(im->cut), "%s",
              archive_error_string(a) ? archive_error_string(a) : "unreadable");
@@ -565,6 +586,7 @@ static int import_one(import_t *im, json_t *desc, size_t n, const char *up_opt,
     if (rc)
       rc = fail(im, rc, "pin %s: %s", pref, pc_strerror(rc));
   }
+  progress_clear(im);
   if (rc) {
     printf("failed    %s: %s\n", what, im->err);
     im->failed++;
@@ -646,6 +668,8 @@ int cmd_import(int argc, char **argv)
   im.kept_idx = json_object();
   im.bad = json_object();
   uint64_t t0 = pc_mono_ms();
+  im.t0 = t0;
+  im.tty = isatty(STDERR_FILENO);
   rc = store_open(store_dir, NULL, &im.store);
   if (rc) {
     fprintf(stderr, "pullcache import: cannot open store %s: %s\n", store_dir,
