@@ -124,7 +124,7 @@ def test_all_platforms_then_clients_offline():
 
             # The upstream is gone: still served; an image that was not listed fails cleanly.
             up.stop()
-            for name in ("pause", "coredns/coredns"):
+            for name in ("kube-apiserver", "kube-proxy", "pause", "etcd", "coredns/coredns"):
                 img = imgs[name]
                 ref = "registry.k8s.io/%s:%s" % (name, img["tag"])
                 ctrd.rm(ref)
