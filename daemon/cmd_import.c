@@ -67,10 +67,34 @@ typedef struct import {
   const char *upstream, *repo; /* of the image being imported */
   unsigned blobs, present, manifests, images, failed, tags;
   uint64_t bytes;
+  char (*sights)[STORE_DIGEST_MAX]; /* digests of the image being imported (recorded at its end) */
+  size_t nsights;
   int tty;     /* stderr is a terminal: a live line of what was copied */
   uint64_t t0; /* pc_mono_ms at the start */
   char err[600];
 } import_t;
+
+/* Note that digest belongs to the image's (upstream, repository): recorded in one write
+ * transaction at the image's end (sight_flush), not one fsync each. */
+static int sight(import_t *im, const char *digest)
+{
+  im->sights = pc_xrealloc(im->sights, (im->nsights + 1) * sizeof(*im->sights));
+  pc_strlcpy(im->sights[im->nsights++], STORE_DIGEST_MAX, digest);
+  return 0;
+}
+
+static int sight_flush(import_t *im)
+{
+  const char **v = pc_xcalloc(im->nsights ? im->nsights : 1, sizeof(*v));
+  for (size_t i = 0; i < im->nsights; i++)
+    v[i] = im->sights[i];
+  int rc = im->nsights ? store_seen_put_many(im->store, im->upstream, im->repo, v, im->nsights,
+                                             pc_now_sec())
+                       : 0;
+  free(v);
+  im->nsights = 0;
+  return rc;
+}
 
 /* The live line (a terminal only): blobs and bytes copied, the rate. */
 static void progress(import_t *im)
@@ -184,7 +208,7 @@ static int import_blob(import_t *im, const char *digest, int64_t size, const cha
   store_blob_info_t bi;
   if (store_blob_stat(im->store, digest, &bi) == 0) {
     im->present++;
-    return store_seen_put(im->store, im->upstream, im->repo, digest, pc_now_sec());
+    return sight(im, digest);
   }
   if (im->is_tar) {
     json_t *k = json_object_get(im->kept_idx, digest);
@@ -199,7 +223,7 @@ static int import_blob(import_t *im, const char *digest, int64_t size, const cha
       return fail(im, rc, "blob %s: %s", digest, pc_strerror(rc));
     im->blobs++;
     im->bytes += kp->len;
-    return store_seen_put(im->store, im->upstream, im->repo, digest, pc_now_sec());
+    return sight(im, digest);
   }
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
@@ -236,7 +260,7 @@ static int import_blob(import_t *im, const char *digest, int64_t size, const cha
   im->blobs++;
   im->bytes += got;
   progress(im);
-  return store_seen_put(im->store, im->upstream, im->repo, digest, pc_now_sec());
+  return sight(im, digest);
 }
 
 /* A manifest's bytes: kept from the tar, the bundle's file, else the store (an incremental
@@ -357,7 +381,7 @@ static int import_manifest(import_t *im, json_t *desc, int depth)
     }
     im->manifests++;
   }
-  rc = store_seen_put(im->store, im->upstream, im->repo, digest, pc_now_sec());
+  rc = sight(im, digest);
 out:
   json_decref(doc);
   free(bytes);
@@ -555,6 +579,11 @@ static int import_one(import_t *im, json_t *desc, size_t n, const char *up_opt,
     im->repo = repo;
     rc = import_manifest(im, desc, 0);
   }
+  if (im->nsights) { /* where the content belongs, before the tag that names it */
+    int src = sight_flush(im);
+    if (src && rc == 0)
+      rc = fail(im, src, "recording the repository's content: %s", pc_strerror(src));
+  }
   if (rc == 0 && tag) {
     store_tag_t st, old;
     if (store_tag_get(im->store, up, repo, tag, &old) != 0 || strcmp(old.digest, digest) != 0) {
@@ -717,5 +746,6 @@ out:
     free(im.kept[k].data);
   free(im.kept);
   free(im.index);
+  free(im.sights);
   return code;
 }

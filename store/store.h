@@ -218,6 +218,10 @@ int store_stats(store_t *s, store_stats_t *out);
  * when new). Blocking (fsync): off the event loop. */
 int store_seen_put(store_t *s, const char *upstream, const char *repo, const char *digest,
                    int64_t now);
+/** store_seen_put for n digests in one write transaction (one fsync; none when every one is
+ * recorded already): bulk writers such as `pullcache import`. Blocking. */
+int store_seen_put_many(store_t *s, const char *upstream, const char *repo,
+                        const char *const *digests, size_t n, int64_t now);
 /** 0 when (upstream, repo, digest) was recorded, PC_E_NOTFOUND when not, or an error. Cheap. */
 int store_seen_has(store_t *s, const char *upstream, const char *repo, const char *digest);
 /** 1 when the store held content before it recorded where content was seen (a store written

@@ -1485,6 +1485,17 @@ TEST(seen_records_and_legacy)
   ASSERT_EQ(PC_E_NOTFOUND, store_seen_has(s, "up", "team", dg));
   ASSERT_EQ(-EINVAL, store_seen_put(s, "", "r", dg, 1));
   ASSERT_EQ(-EINVAL, store_seen_has(s, "up", "", dg));
+  /* many in one transaction: the new ones recorded, the known one kept, nothing for nothing */
+  const char *many[] = {dg,
+                        "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+                        "sha256:2222222222222222222222222222222222222222222222222222222222222222"};
+  ASSERT_OK(store_seen_put_many(s, "up", "team/secret", many, 3, 300));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(store_seen_has(s, "up", "team/secret", many[i]));
+  ASSERT_OK(store_seen_put_many(s, "up", "team/secret", many, 3, 400));
+  ASSERT_OK(store_seen_put_many(s, "up", "team/secret", many, 0, 400));
+  ASSERT_EQ(-EINVAL, store_seen_put_many(s, "", "r", many, 3, 1));
+  ASSERT_EQ(PC_E_NOTFOUND, store_seen_has(s, "up", "other/repo", many[1]));
   /* a blob, then the "seen" database dropped (a store from before scoping): legacy at open */
   unsigned char b[] = "legacy content";
   ASSERT_OK(put_blob(s, b, sizeof(b), NULL, -1, NULL));
