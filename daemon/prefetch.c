@@ -105,6 +105,7 @@ struct prefetch {
   unsigned works; /* PIN tasks on a worker */
   uv_timer_t timer;
   int started, cancelled, finished, timer_closed;
+  int in_next; /* run_next is running (an image that ends inside it does not recurse) */
 };
 
 static void img_task_end(pf_img_t *im);
@@ -786,10 +787,16 @@ static void img_start(pf_img_t *im)
   img_task_end(im);
 }
 
+/* Start images while there are job slots. An image may end inside img_start (a bad line, a
+ * cached image): that call comes back here, and only notes it (no recursion per image). */
 static void run_next(prefetch_t *p)
 {
+  if (p->in_next)
+    return;
+  p->in_next = 1;
   while (!p->cancelled && p->next < p->nimgs && p->running < p->jobs)
     img_start(&p->imgs[p->next++]);
+  p->in_next = 0;
   if (!p->cancelled && p->ended == p->nimgs)
     run_finish(p);
 }

@@ -219,6 +219,16 @@ def test_bad_lines_and_usage():
                            capture_output=True, text=True, timeout=60)
         check(r.returncode == 1, "table run rc %d" % r.returncode)
         check("IMAGE" in r.stdout and "unknown upstream" in r.stdout and "cached" in r.stdout, r.stdout)
+        # a long list of refused lines (each ends at once) and one good line
+        many = env.path("many.txt")
+        with open(many, "w") as f:
+            for i in range(3000):
+                f.write("unknown%d.example/x:%d\n" % (i, i))
+            f.write("registry.k8s.io/pause:%s\n" % imgs["pause"]["tag"])
+        rc, got, doc = prefetch(pc, many)
+        check(rc == 1 and len(got) == 3001, "3001 lines: rc %d, %d images" % (rc, len(got)))
+        check(sum(1 for i in got.values() if i["status"] == "failed") == 3000, "3000 refused")
+        check(got["registry.k8s.io/pause:3.10"]["status"] == "cached", "the good line done")
         # usage errors: 2, nothing contacted
         for args in (["--platform", "linux", path], ["--jobs", "0", path], [], ["--all-platforms", "--platform",
                                                                               "linux/amd64", path],
