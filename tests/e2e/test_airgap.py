@@ -228,6 +228,9 @@ def test_corrupt_bundles():
         rc, _, err = run("export", "--store", a.store, "--all-platforms", "--all", good)
         check(rc == 0, "export: %s" % err)
         up.stop()
+        # import needs the store to itself: refused while A's daemon holds it, nothing done
+        rc, out, err = run("import", "--store", a.store, good)
+        check(rc == 1 and "stop the daemon" in err, "import into a live store: %d %s" % (rc, err))
         # a flipped byte in one layer of kube-proxy (its own, not the shared base layer)
         kp = imgs["kube-proxy"]
         others = all_blobs(imgs, [n for n in NAMES if n != "kube-proxy"])
