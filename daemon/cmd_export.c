@@ -28,6 +28,7 @@
 #include "core/num.h"
 #include "core/pc.h"
 #include "daemon/cmd.h"
+#include "daemon/cmd_store.h"
 #include "daemon/imgref.h"
 #include "daemon/prefetch.h"
 #include "store/evict.h"
@@ -84,64 +85,10 @@ static void usage(FILE *f)
           prefetch_host_platform());
 }
 
-static void fmt_size(uint64_t v, char *buf, size_t len)
-{
-  static const char *const u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double x = (double)v;
-  int i = 0;
-  while (x >= 1024 && i < 4) {
-    x /= 1024;
-    i++;
-  }
-  snprintf(buf, len, i ? "%.1f%s" : "%.0f%s", x, u[i]);
-}
-
 static const char *jstr(json_t *o, const char *k)
 {
   json_t *v = json_object_get(o, k);
   return json_is_string(v) ? json_string_value(v) : "";
-}
-
-static int read_manifest(store_t *s, const char *digest, char **out, size_t *outlen, char *mt,
-                         size_t mtlen)
-{
-  int fd;
-  store_manifest_info_t info;
-  int rc = store_manifest_open(s, digest, &fd, &info);
-  if (rc)
-    return rc;
-  if (info.size > EXP_MAX_MANIFEST) {
-    close(fd);
-    return PC_E_TOOBIG;
-  }
-  char *buf = pc_xmalloc(info.size + 1);
-  size_t got = 0;
-  while (got < info.size) {
-    ssize_t n = read(fd, buf + got, info.size - got);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      rc = n < 0 ? -errno : PC_E_CORRUPT;
-      break;
-    }
-    got += (size_t)n;
-  }
-  close(fd);
-  if (rc == 0) {
-    char dg[72];
-    store_digest_of(buf, got, dg);
-    if (strcmp(dg, digest) != 0)
-      rc = PC_E_CORRUPT; /* the stored copy does not match its name: fsck */
-  }
-  if (rc) {
-    free(buf);
-    return rc;
-  }
-  buf[got] = '\0';
-  pc_strlcpy(mt, mtlen, info.media_type);
-  *out = buf;
-  *outlen = got;
-  return 0;
 }
 
 /* ---- what to write --------------------------------------------------------------------------- */
@@ -169,7 +116,7 @@ static void img_add(img_t *im, const char *digest, uint64_t size)
 
 static int collect(exp_t *e, img_t *im, const char *digest, int depth, int top)
 {
-  char *body = NULL, mt[128];
+  char *body = NULL;
   size_t len;
   if (depth > EXP_MAX_DEPTH) {
     snprintf(im->err, sizeof(im->err), "indexes nested too deeply");
@@ -179,7 +126,8 @@ static int collect(exp_t *e, img_t *im, const char *digest, int depth, int top)
     snprintf(im->err, sizeof(im->err), "\"%.80s\" is not a sha256 digest", digest);
     return -1;
   }
-  int rc = read_manifest(e->s, digest, &body, &len, mt, sizeof(mt));
+  store_manifest_info_t info;
+  int rc = store_manifest_read(e->s, digest, EXP_MAX_MANIFEST, &body, &len, &info);
   if (rc) {
     snprintf(im->err, sizeof(im->err), "manifest %s: %s%s", digest, pc_strerror(rc),
              rc == PC_E_NOTFOUND ? " (not in the store: prefetch it first)" : "");
@@ -290,7 +238,7 @@ static int take(exp_t *e, const char *up, const char *repo, const char *tag, con
       e->bytes += im.blobs[i].size;
     }
     char bs[32];
-    fmt_size(im.bytes, bs, sizeof(bs));
+    cmd_store_fmt_size(im.bytes, bs, sizeof(bs));
     fprintf(stderr, "image   %s %s %u manifests %zu blobs %s\n", what, im.plats, im.manifests,
             im.nblobs, bs);
     e->images++;
@@ -381,14 +329,12 @@ static void take_ref(exp_t *e, const char *text, const char *const *names, int n
 
 /* ---- --since: the digests an earlier bundle holds ------------------------------------------ */
 
+/* A blob file's name: "<64 lowercase hex>" (the digest's hex) -> 1, anything else 0. */
 static int hexname(const char *s)
 {
-  if (strlen(s) != 64)
-    return 0;
-  for (int i = 0; i < 64; i++)
-    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-      return 0;
-  return 1;
+  char dg[80];
+  snprintf(dg, sizeof(dg), "sha256:%.70s", s);
+  return store_digest_parse(dg, strlen(dg)) == STORE_DIGEST_SHA256;
 }
 
 static int read_since(exp_t *e, const char *bundle)
@@ -458,9 +404,9 @@ static void progress(exp_t *e)
     return;
   char w[32], t[32], r[32];
   double secs = (double)(pc_mono_ms() - e->t0) / 1000.0;
-  fmt_size(e->written, w, sizeof(w));
-  fmt_size(e->bytes, t, sizeof(t));
-  fmt_size(secs > 0.1 ? (uint64_t)((double)e->written / secs) : 0, r, sizeof(r));
+  cmd_store_fmt_size(e->written, w, sizeof(w));
+  cmd_store_fmt_size(e->bytes, t, sizeof(t));
+  cmd_store_fmt_size(secs > 0.1 ? (uint64_t)((double)e->written / secs) : 0, r, sizeof(r));
   fprintf(stderr, "\r\033[K%s of %s  %s/s", w, t, r);
 }
 
@@ -804,8 +750,8 @@ int cmd_export(int argc, char **argv)
   {
     char ws[32], rs[32];
     double secs = (double)(pc_mono_ms() - e.t0) / 1000.0;
-    fmt_size(e.written, ws, sizeof(ws));
-    fmt_size(secs > 0 ? (uint64_t)((double)e.written / secs) : 0, rs, sizeof(rs));
+    cmd_store_fmt_size(e.written, ws, sizeof(ws));
+    cmd_store_fmt_size(secs > 0 ? (uint64_t)((double)e.written / secs) : 0, rs, sizeof(rs));
     char sk[100] = "";
     if (since)
       snprintf(sk, sizeof(sk), "; %zu blobs left out (in %s)", e.skipped, since);

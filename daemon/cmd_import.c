@@ -390,14 +390,12 @@ out:
 
 /* ---- a tar, read once --------------------------------------------------------------------- */
 
+/* A blob file's name: "<64 lowercase hex>" (the digest's hex) -> 1, anything else 0. */
 static int hexname(const char *s)
 {
-  if (strlen(s) != 64)
-    return 0;
-  for (int i = 0; i < 64; i++)
-    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-      return 0;
-  return 1;
+  char dg[80];
+  snprintf(dg, sizeof(dg), "sha256:%.70s", s);
+  return store_digest_parse(dg, strlen(dg)) == STORE_DIGEST_SHA256;
 }
 
 static void refuse(import_t *im, const char *digest, const char *why)

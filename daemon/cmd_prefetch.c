@@ -47,21 +47,6 @@ static void usage(FILE *f)
           prefetch_host_platform(), PREFETCH_JOBS_DEFAULT, PREFETCH_JOBS_MAX);
 }
 
-static void fmt_size(uint64_t v, char *buf, size_t len)
-{
-  static const char *const u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double x = (double)v;
-  int i = 0;
-  while (x >= 1024 && i < 4) {
-    x /= 1024;
-    i++;
-  }
-  if (i == 0)
-    snprintf(buf, len, "%lluB", (unsigned long long)v);
-  else
-    snprintf(buf, len, "%.1f%s", x, u[i]);
-}
-
 /* The list: "LINENO\tTEXT" per line that is not blank or a comment, appended to req. */
 static int read_list(const char *file, pc_buf_t *req, int *nlines)
 {
@@ -118,9 +103,9 @@ static void on_progress(view_t *v, json_t *ev)
   uint64_t t = (uint64_t)json_integer_value(json_object_get(ev, "bytes_total"));
   char bs[32], ts[32], rs[32], eta[32] = "";
   double rate = secs > 0.2 ? (double)b / secs : 0;
-  fmt_size(b, bs, sizeof(bs));
-  fmt_size(t, ts, sizeof(ts));
-  fmt_size((uint64_t)rate, rs, sizeof(rs));
+  cmd_store_fmt_size(b, bs, sizeof(bs));
+  cmd_store_fmt_size(t, ts, sizeof(ts));
+  cmd_store_fmt_size((uint64_t)rate, rs, sizeof(rs));
   if (rate > 0 && t > b)
     snprintf(eta, sizeof(eta), "  ETA %.0fs", (double)(t - b) / rate);
   fprintf(stderr, "\r\033[K[%lld/%lld images] %s of %s  %s/s%s",
@@ -142,7 +127,7 @@ static void on_image(view_t *v, json_t *ev)
   if (v->json || v->tty)
     return;
   char bs[32];
-  fmt_size((uint64_t)json_integer_value(json_object_get(ev, "bytes")), bs, sizeof(bs));
+  cmd_store_fmt_size((uint64_t)json_integer_value(json_object_get(ev, "bytes")), bs, sizeof(bs));
   printf("%-7s %s %s %s %.1fs%s%s\n", js(ev, "status"), js(ev, "ref"), js(ev, "platforms"), bs,
          json_real_value(json_object_get(ev, "seconds")), *js(ev, "error") ? ": " : "",
          js(ev, "error"));
@@ -209,13 +194,13 @@ static void print_table(view_t *v)
     failed += !strcmp(st, "failed");
     fetched += !strcmp(st, "fetched");
     cached += !strcmp(st, "cached");
-    fmt_size(b, bs, sizeof(bs));
+    cmd_store_fmt_size(b, bs, sizeof(bs));
     printf("%-*s %-*s %10s %-7s %7.1f  %s\n", (int)w, js(im, "ref"), (int)pw,
            *js(im, "platforms") ? js(im, "platforms") : "-", bs, st,
            json_real_value(json_object_get(im, "seconds")), js(im, "error"));
   }
   char ts[32];
-  fmt_size(total, ts, sizeof(ts));
+  cmd_store_fmt_size(total, ts, sizeof(ts));
   printf("%zu images: %d fetched, %d cached, %d failed; %s in %.1f s\n", json_array_size(v->images),
          fetched, cached, failed, ts, (double)(pc_mono_ms() - v->t0) / 1000.0);
 }

@@ -558,53 +558,19 @@ static void manifest_got(pf_task_t *t, const char *body, size_t len, const char 
   img_task_end(im);
 }
 
-/* Read a stored manifest (small: on the loop). */
-static int manifest_read(store_t *s, const char *digest, char **out, size_t *outlen)
-{
-  int fd;
-  store_manifest_info_t info;
-  int rc = store_manifest_open(s, digest, &fd, &info);
-  if (rc)
-    return rc;
-  if (info.size > PF_MAX_MANIFEST) {
-    close(fd);
-    return PC_E_TOOBIG;
-  }
-  char *buf = pc_xmalloc(info.size + 1);
-  size_t got = 0;
-  while (got < info.size) {
-    ssize_t n = read(fd, buf + got, info.size - got);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      rc = n < 0 ? -errno : PC_E_CORRUPT;
-      break;
-    }
-    got += (size_t)n;
-  }
-  close(fd);
-  if (rc) {
-    free(buf);
-    return rc;
-  }
-  *out = buf;
-  *outlen = got;
-  return 0;
-}
-
 static void manifest_from_store(pf_task_t *t, const char *digest)
 {
   char *body;
   size_t len;
   char dg[STORE_DIGEST_MAX];
   pc_strlcpy(dg, sizeof(dg), digest);
-  int rc = manifest_read(t->img->p->d->store, dg, &body, &len);
+  int rc = store_manifest_read(t->img->p->d->store, dg, PF_MAX_MANIFEST, &body, &len, NULL);
   if (rc) {
     img_fail(t->img, "manifest %s: stored copy unreadable: %s", dg, pc_strerror(rc));
     task_end(t);
     return;
   }
-  manifest_got(t, body, len, dg);
+  manifest_got(t, body, len, dg); /* small: read on the loop */
   free(body);
 }
 

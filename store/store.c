@@ -1263,6 +1263,48 @@ int store_manifest_open(store_t *s, const char *digest, int *fd, store_manifest_
   return open_checked(s, digest, (int64_t)info->size, fd, &size);
 }
 
+int store_manifest_read(store_t *s, const char *digest, size_t max, char **out, size_t *len,
+                        store_manifest_info_t *info)
+{
+  int fd;
+  store_manifest_info_t mi;
+  int rc = store_manifest_open(s, digest, &fd, &mi);
+  if (rc)
+    return rc;
+  if (mi.size > max) {
+    close(fd);
+    return PC_E_TOOBIG;
+  }
+  char *buf = pc_xmalloc((size_t)mi.size + 1);
+  size_t got = 0;
+  while (rc == 0 && got < mi.size) {
+    ssize_t n = read(fd, buf + got, (size_t)mi.size - got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      rc = n < 0 ? -errno : PC_E_CORRUPT;
+    else
+      got += (size_t)n;
+  }
+  close(fd);
+  char dg[72];
+  if (rc == 0) {
+    store_digest_of(buf, got, dg);
+    if (strcmp(dg, digest) != 0)
+      rc = PC_E_CORRUPT;
+  }
+  if (rc) {
+    free(buf);
+    return rc;
+  }
+  buf[got] = '\0';
+  if (info)
+    *info = mi;
+  *out = buf;
+  *len = got;
+  return 0;
+}
+
 int store_manifest_stat(store_t *s, const char *digest, store_manifest_info_t *info)
 {
   char path[PATH_MAX];

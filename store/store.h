@@ -157,6 +157,12 @@ typedef struct store_manifest_info {
  * (may be NULL) gets size and media type. PC_E_NOTFOUND when the digest is not a known manifest
  * or its file is gone; PC_E_CORRUPT when the file's length differs from the record. */
 int store_manifest_open(store_t *s, const char *digest, int *fd, store_manifest_info_t *info);
+/** A stored manifest read whole (*out malloc'd and NUL-terminated, the caller frees it; *len its
+ * length) and its bytes hashed: PC_E_CORRUPT when they do not match the digest (run fsck),
+ * PC_E_TOOBIG when the record says more than max bytes, else as store_manifest_open. info (may
+ * be NULL) as there. Blocking: one open and read (manifests are small). */
+int store_manifest_read(store_t *s, const char *digest, size_t max, char **out, size_t *len,
+                        store_manifest_info_t *info);
 /** Look up a manifest by digest. PC_E_NOTFOUND if unknown (or its blob is gone). */
 int store_manifest_stat(store_t *s, const char *digest, store_manifest_info_t *info);
 

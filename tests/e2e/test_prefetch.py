@@ -17,6 +17,7 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clientlib  # noqa: E402
 import pclib  # noqa: E402
+from test_clients import containerd_hosts, verify_dir  # noqa: E402
 from pclib import check, sha256_digest  # noqa: E402
 
 ACCEPT = ", ".join(["application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json",
@@ -63,20 +64,6 @@ def content_blobs(img, arch=None):
     for m in platform_manifests(img, arch):
         out |= {m["config"]} | set(m["layers"])
     return out
-
-
-def verify_dir(img, dest):
-    with open(os.path.join(dest, "manifest.json"), "rb") as f:
-        check(sha256_digest(f.read()) == img["index_digest"], "%s: index digest" % img["name"])
-    for b in img["blobs"]:
-        if b["kind"] in ("config", "layer"):
-            with open(os.path.join(dest, b["digest"].split(":", 1)[1]), "rb") as f:
-                check(sha256_digest(f.read()) == b["digest"], "%s: blob %s" % (img["name"], b["digest"]))
-
-
-def containerd_hosts(ctrd, pc):
-    clientlib.config("containerd", "--mirror", pc.url, "--dir", ctrd.hosts_dir, "--write")
-    clientlib.strict_hosts_toml(os.path.join(ctrd.hosts_dir, "registry.k8s.io", "hosts.toml"), pc.url)
 
 
 def test_all_platforms_then_clients_offline():

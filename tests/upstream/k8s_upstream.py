@@ -432,24 +432,10 @@ class Handler(BaseHTTPRequestHandler):
                 # {"repo", "tag", "media_type", "manifest": b64, "blobs": [b64, ...]}: content
                 # added at run time (a cosign signature, say), written under STATE/extra.
                 body = json.loads(self.read_body() or b"{}")
-                out = {}
-                for data in [body["manifest"]] + list(body.get("blobs", [])):
-                    raw = base64.b64decode(data)
-                    dg = "sha256:" + hashlib.sha256(raw).hexdigest()
-                    d = os.path.join(self.st.dir, "extra")
-                    os.makedirs(d, exist_ok=True)
-                    fp = os.path.join(d, dg[7:])
-                    with open(fp, "wb") as f:
-                        f.write(raw)
-                    with self.st.lock:
-                        self.images.blob_path[dg] = fp
-                    out.setdefault("manifest", dg)
-                with self.st.lock:
-                    repo = self.images.repos.setdefault(body["repo"], {"tags": {}, "manifests": {}})
-                    repo["manifests"][out["manifest"]] = body["media_type"]
-                    if body.get("tag"):
-                        repo["tags"][body["tag"]] = out["manifest"]
-                self.send_json(200, {"ok": True, "digest": out["manifest"]})
+                dg = self.add_content(body["repo"], body.get("tag"), body["media_type"],
+                                      base64.b64decode(body["manifest"]),
+                                      [base64.b64decode(b) for b in body.get("blobs", [])])
+                self.send_json(200, {"ok": True, "digest": dg})
             elif p == "/_control/sign" and self.command == "POST":
                 # {"repo", "subject"}: publish a cosign signature of SUBJECT (an image's digest)
                 # as the tag sha256-<hex>.sig, and a signature artifact whose subject it is as a
