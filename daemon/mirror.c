@@ -647,6 +647,21 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
   recorder_attach(m, up, repo, digest);
 }
 
+int mirror_fill(mirror_t *m, daemon_upstream_t *up, const char *repo, const char *digest,
+                fill_sub_t *s, int *joined)
+{
+  fill_t *f = fill_find(&m->env, digest);
+  *joined = f != NULL;
+  if (f) {
+    fill_subscribe(f, s);
+    return 0;
+  }
+  int rc = fill_start(&m->env, up, repo, digest, s);
+  if (rc == 0)
+    recorder_attach(m, up, repo, digest);
+  return rc;
+}
+
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
 static void env_released(pull_env_t *env)
