@@ -39,6 +39,7 @@
   XX(UPSTREAM_UNKNOWN, -20034, 404, "NAME_UNKNOWN", "upstream not configured on this mirror")      \
   XX(OFFLINE, -20035, 404, NULL, "not in the cache and the mirror is offline")                     \
   XX(UPSTREAM_INVALID, -20036, 502, "UNAVAILABLE", "upstream answer was malformed")                \
+  XX(LOOP, -20037, 508, "UNSUPPORTED", "request loop: this mirror is in the chain already")        \
   XX(INTERNAL, -20099, 500, "UNKNOWN", "internal error")
 
 enum {

@@ -305,12 +305,12 @@ static void listing_ask(daemon_t *d, srv_req_t *req, const route_t *r, daemon_up
   }
   if (kind == LIST_REFERRERS) {
     snprintf(key, sizeof(key), "r %s %s %s %s", up->conf.name, r->name, r->ref, q);
-    snprintf(url, sizeof(url), "%s/v2/%s/referrers/%s%s", up->conf.url, r->name, r->ref, q);
+    snprintf(url, sizeof(url), "/v2/%s/referrers/%s%s", r->name, r->ref, q);
     accept = CT_OCI_INDEX;
     ttl = up->conf.tag_ttl < LISTING_REFERRERS_TTL ? up->conf.tag_ttl : LISTING_REFERRERS_TTL;
   } else {
     snprintf(key, sizeof(key), "t %s %s %s", up->conf.name, r->name, q);
-    snprintf(url, sizeof(url), "%s/v2/%s/tags/list%s", up->conf.url, r->name, q);
+    snprintf(url, sizeof(url), "/v2/%s/tags/list%s", r->name, q);
     accept = "application/json";
     ttl = up->conf.tag_ttl;
   }
