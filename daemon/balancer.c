@@ -156,7 +156,7 @@ static void emit_haproxy(FILE *f, const balancer_args_t *a)
   fprintf(f,
           "global\n"
           "    log stdout format raw local0 info\n"
-          "    maxconn 20000\n"
+          "    # maxconn: from the file descriptor limit (ulimit -n / LimitNOFILE)\n"
           "\n"
           "defaults\n"
           "    mode http\n"
@@ -193,7 +193,7 @@ static void emit_haproxy(FILE *f, const balancer_args_t *a)
           "    # upstream reachable or offline)\n"
           "    option httpchk GET /readyz\n"
           "    http-check expect status 200\n"
-          "    default-server inter 1s fall 2 rise 2 maxconn 4000\n",
+          "    default-server inter 1s fall 2 rise 2\n",
           a->listen, a->tls ? " ssl crt " : "", a->tls ? a->tls : "");
   for (int i = 0; i < a->nreplicas; i++)
     fprintf(f, "    server replica%d %s check\n", i + 1, a->replicas[i]);

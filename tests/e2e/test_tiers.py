@@ -7,10 +7,11 @@ on loopback and started here. What reached the origin is read from its request l
 """
 
 import concurrent.futures
+import http.client as http_client
 import json
 import os
-import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pclib  # noqa: E402
@@ -33,11 +34,13 @@ def get_verified(url, digest, accept=None, tries=1):
     """GET URL; the body must hash to DIGEST (when given). TRIES > 1: a client that retries (a
     connection error or a 5xx is tried again, at most TRIES times). Returns the body."""
     last = None
-    for _ in range(tries):
+    for i in range(tries):
+        if i:
+            time.sleep(0.25 * i)  # a client backs off before it tries again
         try:
             r = http("GET", url, {"Accept": accept} if accept else None, timeout=60)
-        except OSError as e:
-            last = "error %s" % e
+        except (OSError, http_client.HTTPException) as e:
+            last = "error %r" % e
             continue
         if r.status == 200 and (digest is None or sha256_digest(r.body) == digest):
             return r.body
