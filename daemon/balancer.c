@@ -189,8 +189,9 @@ static void emit_haproxy(FILE *f, const balancer_args_t *a)
           "^/v2/.+/blobs/[^/]+$ }\n"
           "    balance hash var(txn.pc_key)\n"
           "    hash-type consistent sdbm avalanche\n"
-          "    # /readyz: 200 while the replica can serve (store writable, disk above min_free,\n"
-          "    # upstream reachable or offline)\n"
+          "    # /readyz: 200 while the replica can serve and fetch (store open, disk above\n"
+          "    # min_free, an upstream reachable). To keep serving cached content while every\n"
+          "    # upstream is down, check /healthz instead (200 while the process runs).\n"
           "    option httpchk GET /readyz\n"
           "    http-check expect status 200\n"
           "    default-server inter 1s fall 2 rise 2\n",

@@ -39,11 +39,12 @@ void tier_via_scan(const char *via, const char *id, unsigned *entries, int *has_
   }
 }
 
-/* "1.1 <tier_id>": this mirror's entry, made once. */
+/* "1.1 <tier_id>": this mirror's entry, made again when a reload changed tier_id. */
 static const char *self_entry(daemon_t *d)
 {
-  if (d->tier.self[0])
-    return d->tier.self;
+  if (d->tier.self[0] && strcmp(d->tier.from, d->cfg.tier_id) == 0)
+    return d->tier.self; /* made already, from the tier_id configured now */
+  pc_strlcpy(d->tier.from, sizeof(d->tier.from), d->cfg.tier_id);
   if (d->cfg.tier_id[0]) {
     pc_strlcpy(d->tier.id, sizeof(d->tier.id), d->cfg.tier_id);
   } else {

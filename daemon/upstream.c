@@ -322,20 +322,23 @@ static void on_probe_done(up_fetch_t *f, int rc, int status, void *arg)
     done(d);
 }
 
-/* GET <url>/v2/ without answering challenges: any HTTP answer means reachable. */
+/* GET /v2/ of its URLs (mirrors first, as fetches go) without answering challenges: any HTTP
+ * answer means reachable. */
 void daemon_upstream_probe(daemon_upstream_t *u, void (*done)(daemon_t *d))
 {
   daemon_t *d = u->d;
-  char url[1100];
+  daemon_urls_t urls;
   up_req_t r;
+  int rc;
   if (!d->up || u->probe || d->stopping)
     return;
   if (u->reachable >= 0 && pc_mono_ms() - u->reach_ms < DAEMON_UPSTREAM_PROBE_INTERVAL_MS)
     return;
-  snprintf(url, sizeof(url), "%s/v2/", u->conf.url);
   memset(&r, 0, sizeof(r));
+  /* Its URLs in order (mirrors first): reachable when any of them answers. */
+  daemon_upstream_urls(u, "/v2/", &urls);
+  daemon_upstream_req_urls(&r, u, &urls);
   r.method = "GET";
-  r.url = url;
   r.ca_file = u->conf.ca_file[0] ? u->conf.ca_file : NULL;
   r.no_auth = 1;
   r.label = u->conf.name;
@@ -343,7 +346,9 @@ void daemon_upstream_probe(daemon_upstream_t *u, void (*done)(daemon_t *d))
   r.arg = daemon_upstream_ref(u);
   u->reach_ms = pc_mono_ms();
   u->probe_done = done;
-  if (up_fetch_start(d->up, &r, &u->probe) != 0) {
+  rc = up_fetch_start(d->up, &r, &u->probe);
+  daemon_urls_free(&urls);
+  if (rc != 0) {
     u->probe = NULL;
     u->probe_done = NULL;
     daemon_upstream_seen(u, PC_E_UPSTREAM_UNAVAILABLE, 0);

@@ -82,7 +82,8 @@ void daemon_upstreams_close(daemon_t *d);
  * refusals, such as a size cap or a digest mismatch, say nothing and are ignored). */
 void daemon_upstream_seen(daemon_upstream_t *u, int rc, int status);
 
-/** Start a GET <url>/v2/ probe (no auth, outside the caps; any HTTP answer means reachable)
+/** Start a GET /v2/ probe of u's URLs in fetch order (mirrors first, failing over like a fetch;
+ * no auth, outside the caps; any HTTP answer means reachable)
  * when none runs, the daemon is online and not stopping, and what is known of u is unknown or
  * older than DAEMON_UPSTREAM_PROBE_INTERVAL_MS. When it ends its result is recorded
  * (daemon_upstream_seen) and done(d) runs; a probe that cannot start is recorded as

@@ -200,6 +200,14 @@ def test_tier_listing_itself_refuses_the_loop():
         pull_image(pc2.url, img)
         check(metrics(pc2)["pullcache_tier_loops_refused_total"] >= 1, "no loop refused")
 
+        # A site that can reach only its parent (url is dead): ready, and it pulls.
+        dead = "http://127.0.0.1:%d" % pclib.free_port()
+        cfg3 = site_config(env, "parentonly", dead, [pc2.url])
+        pc3 = env.start_pullcache(args=["--config", cfg3], name="parentonly")
+        r = http("GET", pc3.url + "/readyz")
+        check(r.status == 200, "a site whose parent answers is not ready: %d %s" % (r.status, r.body[:200]))
+        pull_image(pc3.url, imgs["etcd"])
+
         # A chain longer than max_hops is refused too.
         vias = ", ".join("1.1 t%d:5000" % i for i in range(8))
         r = http("GET", "%s/v2/%s/manifests/%s" % (pc2.url, img["name"], img["tag"]), {"Via": vias})
