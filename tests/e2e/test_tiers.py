@@ -10,6 +10,7 @@ import concurrent.futures
 import http.client as http_client
 import json
 import os
+import signal
 import sys
 import time
 
@@ -173,6 +174,34 @@ def test_two_sites_one_regional_then_failover():
                 slog = f.read().decode("utf-8", "replace")
             check("up_url=%s" % origin.url in slog, "%s: the access log does not name the URL that served" % s.name)
             check("upstream-url-down" in slog, "%s: no upstream-url-down log line" % s.name)
+
+        # The regional tier dies in the middle of the transfers (the origin sends slowly, so they
+        # are in flight): the sites' fills resume from the origin, every pull completes verified
+        # (a manifest whose fetch broke is asked again by the node, as kubelet retries).
+        for s in sites2:
+            env.stop(s)
+        origin.reset()
+        origin.faults([{"role": "blobs", "fault": "slow", "chunk": 1024, "delay_ms": 20}])
+        regional2 = env.start_pullcache(upstream=origin, name="regional2", port=regional.port)
+        sites3 = [start_site(env, "site%dc" % i, origin, regional2) for i in (1, 2)]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as ex:
+            job = ex.submit(pull_everywhere, sites3, imgs, 5, 4)
+            pclib.wait_for(lambda: origin.count("blobs", method="GET") >= 3 or job.done(), 60,
+                           "the regional tier to fetch blobs")
+            time.sleep(0.4)  # the sites are receiving those blobs: the kill cuts them mid-body
+            check(not job.done(), "the pulls ended before the regional tier was killed")
+            os.kill(regional2.pid, signal.SIGKILL)
+            regional2.popen.wait(10)
+            check(job.result(timeout=600) > 0, "nothing pulled after the mid-run kill")
+        for s in sites3:
+            m = metrics(s)
+            check(url_metric(m, "pullcache_upstream_url_served_total", regional.url) > 0,
+                  "%s: the regional tier served nothing before it died" % s.name)
+            check(url_metric(m, "pullcache_upstream_url_served_total", origin.url) > 0,
+                  "%s: nothing came from the origin after the kill" % s.name)
+            check(m["pullcache_digest_mismatches_total"] == 0, "%s: digest mismatches" % s.name)
+        resumed = sum(metrics(s)["pullcache_upstream_resumes_total"] for s in sites3)
+        check(resumed > 0, "no fill was cut mid-body and resumed from the origin")
 
 
 def test_tier_listing_itself_refuses_the_loop():
