@@ -69,8 +69,8 @@ daemon_upstream_t *daemon_upstream_ref(daemon_upstream_t *u);
 /** Drop a reference; the last one frees u (and releases its pool). */
 void daemon_upstream_unref(daemon_upstream_t *u);
 
-/** d->ups := the upstreams of cfg: objects whose target (name, url, CA, credentials) did not
- * change are kept and take the new tag_ttl and caps; the others are made new, and the old ones
+/** d->ups := the upstreams of cfg: objects whose target (name, url, mirrors, CA, credentials) did
+ * not change are kept and take the new tag_ttl and caps; the others are made new, and the old ones
  * released (fetches still running hold them). Pools exist when d->up does. An all-zero
  * daemon_t is a valid start (d->live is set up on first use). */
 void daemon_upstreams_apply(daemon_t *d, const daemon_config_t *cfg);
