@@ -144,6 +144,10 @@ def test_two_sites_one_regional_then_failover():
                   "%s: nothing served by the regional tier" % s.name)
             check(url_metric(m, "pullcache_upstream_url_tries_total", origin.url) == 0,
                   "%s: went to the origin while the regional tier was up" % s.name)
+        # What reached the origin carries the whole chain: the site's Via entry, then the regional's.
+        vias = {e["headers"].get("via") for e in origin.log() if e["role"] == "blobs"}
+        check(vias and all(v and len(v.split(",")) == 2 for v in vias), "Via at the origin: %s" % vias)
+        check(all(":%d" % regional.port in v.split(",")[1] for v in vias), "the regional's entry: %s" % vias)
         # The regional tier saw the sites' names in Via and the registry's name in ns=.
         with open(regional.log_path, "rb") as f:
             rlog = f.read().decode("utf-8", "replace")
@@ -228,6 +232,17 @@ def test_tier_listing_itself_refuses_the_loop():
         pc2 = env.start_pullcache(args=["--config", cfg2], port=port2, name="selfmirror")
         pull_image(pc2.url, img)
         check(metrics(pc2)["pullcache_tier_loops_refused_total"] >= 1, "no loop refused")
+
+        # Two tiers that list each other (A -> B -> A): A refuses the request that came round,
+        # B fails over to the origin, and the pull through A completes.
+        pa, pb = pclib.free_port(), pclib.free_port()
+        cfg_a = site_config(env, "ring-a", origin.url, ["http://127.0.0.1:%d" % pb])
+        cfg_b = site_config(env, "ring-b", origin.url, ["http://127.0.0.1:%d" % pa])
+        ra = env.start_pullcache(args=["--config", cfg_a], port=pa, name="ring-a")
+        rb = env.start_pullcache(args=["--config", cfg_b], port=pb, name="ring-b")
+        pull_image(ra.url, imgs["kube-proxy"])
+        check(metrics(ra)["pullcache_tier_loops_refused_total"] >= 1, "A never saw its own request come round")
+        check(metrics(rb)["pullcache_tier_loops_refused_total"] == 0, "B refused a request it had not seen")
 
         # A site that can reach only its parent (url is dead): ready, and it pulls.
         dead = "http://127.0.0.1:%d" % pclib.free_port()
