@@ -179,20 +179,24 @@ def test_two_sites_one_regional_then_failover():
             check("up_url=%s" % origin.url in slog, "%s: the access log does not name the URL that served" % s.name)
             check("upstream-url-down" in slog, "%s: no upstream-url-down log line" % s.name)
 
-        # The regional tier dies in the middle of the transfers (the origin sends slowly, so they
-        # are in flight): the sites' fills resume from the origin, every pull completes verified
-        # (a manifest whose fetch broke is asked again by the node, as kubelet retries).
+        # The regional tier dies in the middle of the transfers: the origin sends the first 8 KiB
+        # of the biggest layer, then holds the rest for 5 s; the regional passes those bytes on
+        # and is killed meanwhile. The sites' fills resume from the origin (Range, through
+        # failover), every pull completes verified (the nodes retry what failed, as kubelet does).
         for s in sites2:
             env.stop(s)
         origin.reset()
-        origin.faults([{"role": "blobs", "fault": "slow", "chunk": 1024, "delay_ms": 20}])
+        big = max((b for img in imgs.values() for b in img["blobs"] if b["kind"] == "layer"),
+                  key=lambda b: b["size"])
+        origin.faults([{"role": "blobs", "path_re": big["digest"].split(":")[1], "fault": "stall",
+                        "after": 8192, "delay_ms": 5000, "count": 1}])
         regional2 = env.start_pullcache(upstream=origin, name="regional2", port=regional.port)
         sites3 = [start_site(env, "site%dc" % i, origin, regional2) for i in (1, 2)]
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as ex:
             job = ex.submit(pull_everywhere, sites3, imgs, 5, 4)
-            pclib.wait_for(lambda: origin.count("blobs", method="GET") >= 3 or job.done(), 60,
-                           "the regional tier to fetch blobs")
-            time.sleep(0.4)  # the sites are receiving those blobs: the kill cuts them mid-body
+            pclib.wait_for(lambda: origin.fault_state()[0].get("hits", 0) >= 1 or job.done(), 60,
+                           "the origin to start sending the held layer")
+            time.sleep(1.0)  # its first 8 KiB reach the sites (loopback); the rest is held 5 s
             check(not job.done(), "the pulls ended before the regional tier was killed")
             os.kill(regional2.pid, signal.SIGKILL)
             regional2.popen.wait(10)
