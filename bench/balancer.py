@@ -11,8 +11,8 @@ All on loopback: the registry.k8s.io-like test upstream (the origin, generated i
    whole pull and the bytes the origin sent, medians, and the ratios b/a.
 2. Failover cost: one node pulling every image cold through a pullcache whose first URL
    (`mirrors`) is (live) the origin itself, (refused) a closed port, (blackhole) a port that
-   never completes a TCP handshake (a full listen queue: SYNs are dropped), with `url` = the
-   origin in every case. Reported: pull wall time, medians, ratios dead/live.
+   never completes a TCP handshake (a full listen queue: SYNs are dropped), (hung) a listener
+   that accepts and never answers, with `url` = the origin in every case. Reported: pull wall time, medians, ratios dead/live.
 
 The machine is noisy (2 cores shared): read the ratios, not the numbers.
 """
@@ -23,6 +23,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
@@ -86,6 +87,25 @@ def blackhole():
     return port, keep
 
 
+def hung():
+    """A listener that accepts every connection and never answers. Returns (port, state)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(128)
+    held = [s]
+
+    def loop():
+        while True:
+            try:
+                c, _ = s.accept()
+            except OSError:
+                return
+            held.append(c)
+    threading.Thread(target=loop, daemon=True).start()
+    return s.getsockname()[1], held
+
+
 def site(env, name, origin_url, first_url):
     cfg = env.path("%s.conf" % name)
     with open(cfg, "w") as f:
@@ -130,8 +150,9 @@ def main():
         print("   ratio (replicas / one): wall time x%.2f, origin bytes x%.3f" % (mt, mb))
 
         bh_port, keep = blackhole()
+        hung_port, held = hung()
         dead = {"live": up.url, "refused": "http://127.0.0.1:%d" % pclib.free_port(),
-                "blackhole": "http://127.0.0.1:%d" % bh_port}
+                "blackhole": "http://127.0.0.1:%d" % bh_port, "hung": "http://127.0.0.1:%d" % hung_port}
         times = {k: [] for k in dead}
         for run in range(a.runs + 2):
             for k, first in dead.items():
@@ -139,7 +160,7 @@ def main():
                 times[k].append(bench(env, s.url, refs, 1))
                 env.stop(s)
                 shutil.rmtree(s.store, ignore_errors=True)
-        for c in keep:
+        for c in keep + held:
             c.close()
         live = statistics.median(times["live"])
         print("2. failover: one node, every image cold; first URL live / dead, url = the origin")

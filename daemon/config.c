@@ -220,6 +220,7 @@ static const cfgkey_t keys[] = {
     {S_UPSTREAM, "max_stale", K_I64SEC, U(max_stale), 0, 3650 * DAY},
     {S_UPSTREAM, "mirrors", K_URLS, U(mirrors), 0, DAEMON_MAX_MIRRORS},
     {S_UPSTREAM, "failover_connect_timeout", K_LMS, U(failover_connect_ms), 100, 600 * SEC},
+    {S_UPSTREAM, "failover_first_byte_timeout", K_LMS, U(failover_first_byte_ms), 100, 3600 * SEC},
     {S_UPSTREAM, "down_after", K_UINT, U(down_after), 1, 1000},
     {S_UPSTREAM, "down_backoff", K_LMS, U(down_backoff_ms), 100, DAY},
     {S_SERVER, "tier_id", K_STR, C(tier_id), 0, 0},
@@ -234,6 +235,7 @@ static void upstream_defaults(daemon_upstream_conf_t *u)
   memset(u, 0, sizeof(*u));
   u->tag_ttl = 300;
   u->failover_connect_ms = 2000;
+  u->failover_first_byte_ms = 10000;
   u->down_after = 3;
   u->down_backoff_ms = 30000;
 }

@@ -64,13 +64,15 @@ typedef struct daemon_upstream_conf {
   int64_t max_stale; /**< seconds after its last check a tag or listing may still be served
                           stale when the upstream fails; 0 = no limit (default) */
   /* Tiers and failover (docs/OPERATIONS.md "Tiers and replicas"): */
-  char mirrors[1024];       /**< other mirrors of NAME tried in order before url, each asked
-                                 with ?ns=NAME: URLs separated by spaces ("" = none; at most
-                                 DAEMON_MAX_MIRRORS) */
-  long failover_connect_ms; /**< connect timeout of a URL with another after it; default 2 s */
-  unsigned down_after;      /**< consecutive failures that mark a mirror URL down; default 3 */
-  long down_backoff_ms;     /**< a down URL is skipped this long, then probed by one request;
-                                 default 30 s */
+  char mirrors[1024];          /**< other mirrors of NAME tried in order before url, each asked
+                                    with ?ns=NAME: URLs separated by spaces ("" = none; at most
+                                    DAEMON_MAX_MIRRORS) */
+  long failover_connect_ms;    /**< connect timeout of a URL with another after it; default 2 s */
+  long failover_first_byte_ms; /**< first-byte timeout of a URL with another after it;
+                                    default 10 s */
+  unsigned down_after;         /**< consecutive failures that mark a mirror URL down; default 3 */
+  long down_backoff_ms;        /**< a down URL is skipped this long, then probed by one request;
+                                    default 30 s */
 } daemon_upstream_conf_t;
 
 #define DAEMON_MAX_MIRRORS 3

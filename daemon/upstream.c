@@ -163,6 +163,7 @@ void daemon_upstream_req_urls(up_req_t *r, daemon_upstream_t *u, const daemon_ur
   r->more_urls = (const char *const *)&urls->v[1];
   r->nmore = urls->n - 1;
   r->failover_connect_ms = u->conf.failover_connect_ms;
+  r->failover_first_byte_ms = u->conf.failover_first_byte_ms;
   r->on_try = on_url_try;
   r->try_arg = u;
 }

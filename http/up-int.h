@@ -244,7 +244,7 @@ struct up_fetch {
   /* failover (up_req_t.more_urls): urls[0] is up_req_t.url */
   char **urls;
   unsigned nurls, cur; /* cur: the URL tried now */
-  long failover_connect_ms;
+  long failover_connect_ms, failover_first_byte_ms;
   int delivered; /* on_headers ran (or would have): the fetch stays on urls[cur] */
   up_try_cb on_try;
   void *try_arg;

@@ -97,6 +97,7 @@ static void on_sock_closed(uv_handle_t *h);
 static void on_up_handle_closed(uv_handle_t *h);
 
 static int hop_start(struct up_fetch *f, const char *token);
+static long first_byte_ms(const struct up_fetch *f);
 static void fetch_release(struct up_fetch *f);
 static void teardown(up_t *u);
 
@@ -346,7 +347,7 @@ static int on_curl_prereq(void *arg, char *ip, char *local_ip, int port, int loc
   if (redirect_address_refused(f, ip))
     return CURL_PREREQFUNC_ABORT; /* on_hop_done fails the fetch */
   if (f->state == UP__F_HEADERS)
-    uv_timer_start(&f->timer, on_fetch_timer, (uint64_t)f->u->first_byte_timeout_ms, 0);
+    uv_timer_start(&f->timer, on_fetch_timer, (uint64_t)first_byte_ms(f), 0);
   return CURL_PREREQFUNC_OK;
 }
 
@@ -528,6 +529,15 @@ static long connect_ms(const struct up_fetch *f)
   return ms;
 }
 
+/* The first-byte timeout of f's current URL, likewise. */
+static long first_byte_ms(const struct up_fetch *f)
+{
+  long ms = f->u->first_byte_timeout_ms;
+  if (f->cur + 1 < f->nurls && f->failover_first_byte_ms > 0 && f->failover_first_byte_ms < ms)
+    ms = f->failover_first_byte_ms;
+  return ms;
+}
+
 /* Set up the easy handle for a hop of f (the header list is built). */
 static int hop_setopts(struct up_fetch *f, int basic)
 {
@@ -646,8 +656,8 @@ static int hop_start(struct up_fetch *f, const char *token)
   if (f->kind == UP__FETCH_USER)
     f->hops++;
   f->last_activity = uv_now(u->loop);
-  uv_timer_start(&f->timer, on_fetch_timer,
-                 (uint64_t)connect_ms(f) + (uint64_t)u->first_byte_timeout_ms, 0);
+  uv_timer_start(&f->timer, on_fetch_timer, (uint64_t)connect_ms(f) + (uint64_t)first_byte_ms(f),
+                 0);
   return 0;
 }
 
@@ -1226,6 +1236,7 @@ static struct up_fetch *fetch_new(up_t *u, const up_req_t *r, up_fetch_t *parent
   for (unsigned i = 1; i < f->nurls; i++)
     f->urls[i] = pc_xstrdup(r->more_urls[i - 1]);
   f->failover_connect_ms = r->failover_connect_ms;
+  f->failover_first_byte_ms = r->failover_first_byte_ms;
   if (!parent) {
     f->on_try = r->on_try;
     f->try_arg = r->try_arg;

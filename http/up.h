@@ -138,9 +138,11 @@ typedef struct up_req {
                                      more URLs, userpwd is for the last one only (the origin;
                                      mirrors before it are asked anonymously) */
   unsigned nmore;
-  long failover_connect_ms; /**< connect timeout of every URL that has another after it
-                                 (min with the client's); 0 = the client's */
-  up_try_cb on_try;         /**< per-URL outcome (breakers), or NULL */
+  long failover_connect_ms;    /**< connect timeout of every URL that has another after it
+                                    (min with the client's); 0 = the client's */
+  long failover_first_byte_ms; /**< first-byte timeout (per hop) of every URL that has another
+                                    after it (min with the client's); 0 = the client's */
+  up_try_cb on_try;            /**< per-URL outcome (breakers), or NULL */
   void *try_arg;
   const char *via; /**< a Via header value sent on every hop, or NULL (no CR/LF) */
 } up_req_t;

@@ -1999,3 +1999,42 @@ TEST(failover_credentials_reach_the_origin)
   close(fd1);
   fx_stop(&x);
 }
+
+/* A first URL that accepts and never answers ends at the failover first-byte timeout (not the
+ * client's 30 s) and the fetch moves on. */
+TEST(failover_first_byte_timeout)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0};
+  struct tries t = {0};
+  char hung[128], live[128];
+  const char *more[1] = {live};
+  up_req_t req = {.method = "GET",
+                  .url = hung,
+                  .on_headers = on_headers,
+                  .on_data = on_data,
+                  .on_done = on_done,
+                  .arg = &r,
+                  .more_urls = more,
+                  .nmore = 1,
+                  .failover_first_byte_ms = 300,
+                  .on_try = on_try,
+                  .try_arg = &t};
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(hung, sizeof(hung), "http://127.0.0.1:%d/stallhdr", x.a);
+  snprintf(live, sizeof(live), "http://127.0.0.1:%d/blob/100", x.b);
+  ASSERT_OK(up_fetch_start(u, &req, &r.f));
+  run_until(&loop, &r.done);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT(body_ok(&r, 0, 100));
+  ASSERT_EQ(2, t.n);
+  ASSERT_EQ(PC_E_UPSTREAM_TIMEOUT, t.rc[0]); /* the stall fixture closes after 5 s: UPSTREAM */
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
