@@ -33,12 +33,13 @@
  *     stall timer waits; up_fetch_resume unpauses it from the idle handle)
  *     HEADERS, BODY ──(a curl callback fails: header block too big, on_headers or on_data
  *             returned an error)──▶ ABORTING (curl stops the transfer; abort_rc is kept)
- *   The one fail path, up__fetch_fail ──▶ DONE (or, before on_headers ran and while another
- *     URL is left, a transport error ──▶ up__failover ──▶ the next URL's first hop), from QUEUED
- * (its start failed), ADDING (curl refused the handle), HEADERS and BODY (transport error, timeout,
- * incomplete header block, too many or bad redirects, bad token realm), ABORTING (curl ended the
- * transfer: abort_rc), TOKEN (the token fetch failed). DONE: on_done runs, then fetch_release ──▶
- * RELEASED: easy handle freed, timer closed, the memory freed in the timer's close callback.
+ *   The one fail path, up__fetch_fail ──▶ DONE, from QUEUED (its start failed), ADDING (curl
+ *     refused the handle), HEADERS and BODY (transport error, timeout, incomplete header
+ *     block, too many or bad redirects, bad token realm), ABORTING (curl ended the transfer:
+ *     abort_rc), TOKEN (the token fetch failed). Before on_headers ran and while another URL
+ *     is left, a transport error goes instead ──▶ up__failover ──▶ the next URL's first hop.
+ *   DONE: on_done runs, then fetch_release ──▶ RELEASED: easy handle freed, timer closed, the
+ *     memory freed in the timer's close callback.
  *   up_fetch_cancel, up_close (any state before DONE) ──▶ CANCELLED: no more callbacks; the
  *     release (──▶ RELEASED) happens at once, or from the idle handle when we are inside a
  *     curl callback (curl forbids removing handles there). A queued fetch leaves the queue at
