@@ -2023,9 +2023,11 @@ TEST(failover_first_byte_timeout)
                   .on_try = on_try,
                   .try_arg = &t};
 
+  /* The client waits longer than the hold (60 s): only the failover timeout moves the fetch. */
+  up_opts_t o = {.first_byte_timeout_ms = 120000};
   fx_start(&x);
-  u = mk(&loop, NULL);
-  snprintf(hung, sizeof(hung), "http://127.0.0.1:%d/stallhdr", x.a);
+  u = mk(&loop, &o);
+  snprintf(hung, sizeof(hung), "http://127.0.0.1:%d/hold/never", x.a); /* 200 after 60 s */
   snprintf(live, sizeof(live), "http://127.0.0.1:%d/blob/100", x.b);
   ASSERT_OK(up_fetch_start(u, &req, &r.f));
   run_until(&loop, &r.done);
@@ -2033,7 +2035,7 @@ TEST(failover_first_byte_timeout)
   ASSERT_EQ(200, r.status);
   ASSERT(body_ok(&r, 0, 100));
   ASSERT_EQ(2, t.n);
-  ASSERT_EQ(PC_E_UPSTREAM_TIMEOUT, t.rc[0]); /* the stall fixture closes after 5 s: UPSTREAM */
+  ASSERT_EQ(PC_E_UPSTREAM_TIMEOUT, t.rc[0]);
   close_all(&loop, u);
   free(r.body);
   fx_stop(&x);
