@@ -195,6 +195,50 @@ def run_balancer(kind):
               (kind, len(lost), sorted(gets.get(dg, 0) for dg in lost)), flush=True)
 
 
+def test_tls_configs_serve_https():
+    """--tls PEM: both generated configs load, and a pull's first request goes through over HTTPS."""
+    import http.client as http_client
+    import ssl
+    d, imgs = images()
+    with pclib.TestEnv("balancer-tls") as env:
+        key, crt, pem = env.path("lb.key"), env.path("lb.crt"), env.path("lb.pem")
+        r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                            "-out", crt, "-days", "1", "-subj", "/CN=127.0.0.1",
+                            "-addext", "subjectAltName=IP:127.0.0.1"],
+                           capture_output=True, text=True, timeout=60)
+        check(r.returncode == 0, "openssl: %s" % r.stderr)
+        with open(pem, "w") as f:
+            f.write(open(crt).read() + open(key).read())
+        origin = env.start_upstream(d)
+        reps = start_replicas(env, origin, 2)
+        for kind in ("haproxy", "nginx"):
+            port = pclib.free_port()
+            cfg = env.path("%s-tls.conf" % kind)
+            with open(cfg, "w") as f:
+                f.write(generate(kind, reps, "127.0.0.1:%d" % port, ["--tls", pem]))
+            if kind == "haproxy":
+                p = env.spawn("haproxy-tls", ["haproxy", "-db", "-f", cfg])
+            else:
+                prefix = env.path("nginx-tls") + "/"
+                os.makedirs(prefix, exist_ok=True)
+                p = env.spawn("nginx-tls", ["nginx", "-p", prefix, "-e", prefix + "error.log", "-c", cfg,
+                                            "-g", "daemon off; pid %snginx.pid;" % prefix])
+            wait_listening(port, p, kind)
+            ctx = ssl.create_default_context(cafile=crt)
+            img = imgs["pause"]
+            conn = http_client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
+            try:
+                conn.request("GET", "/v2/%s/manifests/%s?ns=registry.k8s.io" % (img["name"], img["tag"]),
+                             headers={"Accept": "application/vnd.docker.distribution.manifest.list.v2+json"})
+                resp = conn.getresponse()
+                body = resp.read()
+            finally:
+                conn.close()
+            check(resp.status == 200 and pclib.sha256_digest(body) == img["index_digest"],
+                  "%s over TLS: %d" % (kind, resp.status))
+            env.stop(p)
+
+
 def test_haproxy_three_replicas():
     check(shutil.which("haproxy"), "haproxy is not installed (scripts/bootstrap installs it)")
     run_balancer("haproxy")
@@ -206,7 +250,7 @@ def test_nginx_three_replicas():
 
 
 def main():
-    return pclib.run_tests([test_haproxy_three_replicas, test_nginx_three_replicas])
+    return pclib.run_tests([test_haproxy_three_replicas, test_nginx_three_replicas, test_tls_configs_serve_https])
 
 
 if __name__ == "__main__":
