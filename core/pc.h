@@ -40,6 +40,7 @@
   XX(OFFLINE, -20035, 404, NULL, "not in the cache and the mirror is offline")                     \
   XX(UPSTREAM_INVALID, -20036, 502, "UNAVAILABLE", "upstream answer was malformed")                \
   XX(UPSTREAM_BUSY, -20037, 503, "UNAVAILABLE", "upstream fetch waited too long in the queue")     \
+  XX(LOOP, -20038, 508, "UNSUPPORTED", "request loop: this mirror is in the chain already")        \
   XX(INTERNAL, -20099, 500, "UNKNOWN", "internal error")
 
 enum {

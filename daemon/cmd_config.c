@@ -11,6 +11,8 @@
  * ("mirror:5000/registry.k8s.io"); containers/image prepends that path to the repository name,
  * and pullcache routes on the first path segment.
  *
+ * haproxy and nginx (load balancers in front of pullcache replicas) are daemon/balancer.c.
+ *
  * Everything here is plain text generation from validated arguments: no network, no daemon.
  */
 #include "daemon/cmd.h"
@@ -22,6 +24,7 @@
 #include <unistd.h>
 
 #include "core/pc.h"
+#include "daemon/balancer.h"
 
 #define CONFIG_MAX_UPSTREAMS 32
 #define CONFIG_DEFAULT_UPSTREAM "registry.k8s.io"
@@ -49,6 +52,8 @@ static void usage(FILE *f)
          "                                   [--dir DIR] [--write]\n"
          "       pullcache config crio   --mirror HOST:PORT|URL [--upstream NAME]... [--insecure]\n"
          "       pullcache config podman --mirror HOST:PORT|URL [--upstream NAME]... [--insecure]\n"
+         "       pullcache config haproxy|nginx --replica HOST:PORT... [--listen ADDR:PORT]\n"
+         "                                      [--tls PEM]   (see config haproxy --help)\n"
          "\n"
          "Print the client configuration that makes a container runtime pull through this\n"
          "mirror. Nothing is contacted; the output goes to stdout.\n"
@@ -408,6 +413,8 @@ int cmd_config(int argc, char **argv)
     usage(stderr);
     return 2;
   }
+  if (strcmp(target, "haproxy") == 0 || strcmp(target, "nginx") == 0)
+    return balancer_main(argc - 1, argv + 1); /* daemon/balancer.h */
   for (int i = 1; i < argc; i++)
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
       usage(stdout);
@@ -420,7 +427,9 @@ int cmd_config(int argc, char **argv)
   } else if (strcmp(target, "podman") == 0) {
     a.client = CLIENT_PODMAN;
   } else {
-    fprintf(stderr, "pullcache config: unknown client '%s' (containerd, crio, podman)\n\n", target);
+    fprintf(stderr,
+            "pullcache config: unknown client '%s' (containerd, crio, podman, haproxy, nginx)\n\n",
+            target);
     usage(stderr);
     return 2;
   }

@@ -148,6 +148,7 @@ enum ktype {
   K_URL,      /* char[size], http(s) URL, trailing slashes dropped */
   K_CRED,     /* credentials_file: the path, and its "user:password" into userpwd */
   K_CIDRS,    /* char[size], CIDRs or addresses, comma/space separated (core/netaddr.h) */
+  K_URLS,     /* char[size], http(s) URLs, comma/space separated, stored space-separated */
   K_BOOL,     /* int 0/1 */
   K_ACCESS,   /* srv_opts.access_log: on = 1, off = -1 */
   K_UINT,     /* unsigned, a plain number */
@@ -220,6 +221,13 @@ static const cfgkey_t keys[] = {
     {S_UPSTREAM, "rate_burst", K_UINT, U(rate_burst), 0, 1000000},
     {S_UPSTREAM, "allow_redirect_to", K_CIDRS, U(allow_redirect_to), 0, 0},
     {S_UPSTREAM, "max_stale", K_I64SEC, U(max_stale), 0, 3650 * DAY},
+    {S_UPSTREAM, "mirrors", K_URLS, U(mirrors), 0, DAEMON_MAX_MIRRORS},
+    {S_UPSTREAM, "failover_connect_timeout", K_LMS, U(failover_connect_ms), 100, 600 * SEC},
+    {S_UPSTREAM, "failover_first_byte_timeout", K_LMS, U(failover_first_byte_ms), 100, 3600 * SEC},
+    {S_UPSTREAM, "down_after", K_UINT, U(down_after), 1, 1000},
+    {S_UPSTREAM, "down_backoff", K_LMS, U(down_backoff_ms), 100, DAY},
+    {S_SERVER, "tier_id", K_STR, C(tier_id), 0, 0},
+    {S_SERVER, "max_hops", K_UINT, C(max_hops), 1, 64},
 };
 
 #undef C
@@ -229,6 +237,10 @@ static void upstream_defaults(daemon_upstream_conf_t *u)
 {
   memset(u, 0, sizeof(*u));
   u->tag_ttl = 300;
+  u->failover_connect_ms = 2000;
+  u->failover_first_byte_ms = 10000;
+  u->down_after = 3;
+  u->down_backoff_ms = 30000;
 }
 
 void config_defaults(daemon_config_t *cfg)
@@ -264,6 +276,7 @@ void config_defaults(daemon_config_t *cfg)
   cfg->log_format = DAEMON_LOG_TEXT;
   cfg->tls_handshake_timeout_ms = 10000;
   cfg->status_page = 1;
+  cfg->max_hops = 8;
 }
 
 static int port_valid(const char *p)
@@ -431,6 +444,46 @@ static int read_credentials(const char *path, char *out, size_t outlen, char *er
   return 0;
 }
 
+/* A list of URLs (comma or space separated; at most k->max) into field, space-separated, each
+ * checked as `url` is and without trailing slashes. */
+static int set_urls(const cfgkey_t *k, char *field, const char *value, char *err, size_t errlen)
+{
+  char out[1024] = "", one[1024];
+  size_t len = 0;
+  int n = 0;
+  const char *p = value;
+  for (;;) {
+    p += strspn(p, ", \t");
+    if (!*p)
+      break;
+    size_t w = strcspn(p, ", \t");
+    if (w >= sizeof(one) || ++n > k->max) {
+      set_err(err, errlen, "%s: at most %d URLs", k->name, (int)k->max);
+      return -EINVAL;
+    }
+    memcpy(one, p, w);
+    one[w] = '\0';
+    p += w;
+    strip_slashes(one);
+    if (!config_url_valid(one)) {
+      set_err(err, errlen, "%s: url \"%s\" is not http(s)://host[:port][/path]", k->name, one);
+      return -EINVAL;
+    }
+    int wr = snprintf(out + len, sizeof(out) - len, "%s%s", len ? " " : "", one);
+    if (wr < 0 || (size_t)wr >= sizeof(out) - len || len + (size_t)wr >= k->size) {
+      set_err(err, errlen, "%s: too long", k->name);
+      return -EINVAL;
+    }
+    len += (size_t)wr;
+  }
+  if (!n || strlen(k->name) + 3 + len > INI_MAX_LINE - 2) {
+    set_err(err, errlen, "bad value for %s: \"%s\"", k->name, value);
+    return -EINVAL;
+  }
+  memcpy(field, out, len + 1);
+  return 0;
+}
+
 /* Parse `value` for key k into base (the config or an upstream). 0 or -EINVAL with err set. */
 static int set_key(const cfgkey_t *k, void *base, daemon_config_t *cfg, int *listen_replaced,
                    const char *value, char *err, size_t errlen)
@@ -445,6 +498,8 @@ static int set_key(const cfgkey_t *k, void *base, daemon_config_t *cfg, int *lis
   switch (k->type) {
   case K_LISTEN:
     return add_listen(cfg, listen_replaced, value, err, errlen);
+  case K_URLS:
+    return set_urls(k, field, value, err, errlen);
   case K_STR:
   case K_PATH:
   case K_URL:
@@ -819,6 +874,11 @@ int config_validate(const daemon_config_t *cfg, char *err, size_t errlen)
       return -EINVAL;
     }
   }
+  if (cfg->tier_id[0] && strspn(cfg->tier_id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                              "0123456789.-_:[]") != strlen(cfg->tier_id)) {
+    set_err(err, errlen, "tier_id \"%s\": only letters, digits and . - _ : [ ]", cfg->tier_id);
+    return -EINVAL;
+  }
   if (cfg->nupstreams < 1) {
     set_err(err, errlen, "no upstream configured");
     return -EINVAL;
@@ -1020,6 +1080,7 @@ static void fmt_key(const cfgkey_t *k, const void *base, char *out, size_t n)
   case K_URL:
   case K_CRED:
   case K_CIDRS:
+  case K_URLS:
     snprintf(out, n, "%s", field);
     return;
   case K_BOOL:

@@ -19,8 +19,9 @@
  *   [log]      level, format, access
  *   [upstream "NAME"]  url, tag_ttl, max_stale, ca_file, credentials_file, allow_redirect_to,
  * max_connections,
- * rate_limit, rate_burst — one section per upstream; NAME is the registry host[:port] as clients
- * name it (ns= or the path prefix); the first one is the default.
+ * rate_limit, rate_burst, mirrors, failover_connect_timeout, down_after, down_backoff — one section
+ * per upstream; NAME is the registry host[:port] as clients name it (ns= or the path prefix); the
+ * first one is the default.
  *
  * Values: durations are a number with an optional unit (ms, s, m, h, d; none = seconds);
  * sizes a number with an optional K, M, G or T (powers of 1024, "KiB"/"KB" also accepted);
@@ -63,7 +64,19 @@ typedef struct daemon_upstream_conf {
                                     see up_req_t.redirect_allow) */
   int64_t max_stale; /**< seconds after its last check a tag or listing may still be served
                           stale when the upstream fails; 0 = no limit (default) */
+  /* Tiers and failover (docs/OPERATIONS.md "Tiers and replicas"): */
+  char mirrors[1024];          /**< other mirrors of NAME tried in order before url, each asked
+                                    with ?ns=NAME: URLs separated by spaces ("" = none; at most
+                                    DAEMON_MAX_MIRRORS) */
+  long failover_connect_ms;    /**< connect timeout of a URL with another after it; default 2 s */
+  long failover_first_byte_ms; /**< first-byte timeout of a URL with another after it;
+                                    default 10 s */
+  unsigned down_after;         /**< consecutive failures that mark a mirror URL down; default 3 */
+  long down_backoff_ms;        /**< a down URL is skipped this long, then probed by one request;
+                                    default 30 s */
 } daemon_upstream_conf_t;
+
+#define DAEMON_MAX_MIRRORS 3
 
 enum { DAEMON_LOG_TEXT = 0, DAEMON_LOG_JSON = 1 };
 
@@ -95,6 +108,9 @@ typedef struct daemon_config {
   char tls_client_auth[16];          /**< "required" (default with a CA) | "optional" */
   unsigned tls_handshake_timeout_ms; /**< default 10 s */
   int status_page;                   /**< [server] status: GET /status is served (default on) */
+  /* Tiers: loops and hop limits (daemon/tier.h). */
+  char tier_id[128]; /**< this mirror's name in Via chains; "" = <hostname>:<first listen port> */
+  unsigned max_hops; /**< a request that passed this many tiers (Via entries) is refused 508 */
 } daemon_config_t;
 
 /** Fill cfg with the built-in defaults (listen 127.0.0.1:5000, store ./pullcache-data, one

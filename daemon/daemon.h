@@ -52,6 +52,13 @@ typedef struct daemon {
   daemon_evict_t *evict;     /**< background eviction (daemon/evict.c) */
   daemon_control_t *control; /**< the control socket (daemon/control.c) */
   daemon_counters_t counters;
+  struct {
+    char id[128];   /**< this mirror's name in Via chains (daemon/tier.c) */
+    char self[140]; /**< its Via entry, "1.1 <id>" ("" until first used) */
+    char from[128]; /**< the cfg.tier_id self was made from (a reload may change it) */
+    char *out;      /**< during a dispatch: the Via chain its fetches send (tier_enter) */
+    uint64_t loops; /**< requests refused 508 (a loop or too many hops) */
+  } tier;
 } daemon_t;
 
 #endif

@@ -540,11 +540,11 @@ static void on_done(up_fetch_t *uf, int rc, int status, void *arg)
 static void fill_fetch(fill_t *f)
 {
   pull_env_t *env = f->env;
-  char *url = pull_url(f->up, f->repo, "blobs", f->digest);
+  daemon_urls_t urls;
   up_req_t r;
   pull_req_init(&r, f->up);
+  pull_req_urls(&r, f->up, f->repo, "blobs", f->digest, &urls);
   r.method = "GET";
-  r.url = url;
   r.range_from = f->written;
   r.on_headers = on_headers;
   r.on_data = on_data;
@@ -554,7 +554,7 @@ static void fill_fetch(fill_t *f)
   f->skip = 0;
   f->paused = 0;
   int rc = env->fetch->start(env, &r, &f->fetch);
-  free(url);
+  daemon_urls_free(&urls);
   if (rc) {
     f->fetch = NULL;
     fill_fail(f, rc);

@@ -305,12 +305,12 @@ static void listing_ask(daemon_t *d, srv_req_t *req, const route_t *r, daemon_up
   }
   if (kind == LIST_REFERRERS) {
     snprintf(key, sizeof(key), "r %s %s %s %s", up->conf.name, r->name, r->ref, q);
-    snprintf(url, sizeof(url), "%s/v2/%s/referrers/%s%s", up->conf.url, r->name, r->ref, q);
+    snprintf(url, sizeof(url), "/v2/%s/referrers/%s%s", r->name, r->ref, q);
     accept = CT_OCI_INDEX;
     ttl = up->conf.tag_ttl < LISTING_REFERRERS_TTL ? up->conf.tag_ttl : LISTING_REFERRERS_TTL;
   } else {
     snprintf(key, sizeof(key), "t %s %s %s", up->conf.name, r->name, q);
-    snprintf(url, sizeof(url), "%s/v2/%s/tags/list%s", up->conf.url, r->name, q);
+    snprintf(url, sizeof(url), "/v2/%s/tags/list%s", r->name, q);
     accept = "application/json";
     ttl = up->conf.tag_ttl;
   }
@@ -339,10 +339,10 @@ void listing_tags(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream
 void listing_referrers_ask(daemon_t *d, daemon_upstream_t *up, const char *repo, const char *digest,
                            meta_sub_t *s)
 {
-  char key[2400], url[2600];
+  char key[2400], path[2600];
   snprintf(key, sizeof(key), "r %s %s %s %s", up->conf.name, repo, digest, "");
-  snprintf(url, sizeof(url), "%s/v2/%s/referrers/%s", up->conf.url, repo, digest);
+  snprintf(path, sizeof(path), "/v2/%s/referrers/%s", repo, digest); /* meta_ask adds the URLs */
   int64_t ttl = up->conf.tag_ttl < LISTING_REFERRERS_TTL ? up->conf.tag_ttl : LISTING_REFERRERS_TTL;
-  meta_ask(mirror_env(d->mirror), up, key, url, CT_OCI_INDEX, ttl,
+  meta_ask(mirror_env(d->mirror), up, key, path, CT_OCI_INDEX, ttl,
            up->conf.max_stale > 0 ? up->conf.max_stale : -1, s);
 }

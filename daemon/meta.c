@@ -186,7 +186,7 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
   answer_subs(e, &r);
 }
 
-void meta_ask(pull_env_t *env, daemon_upstream_t *up, const char *key, const char *url,
+void meta_ask(pull_env_t *env, daemon_upstream_t *up, const char *key, const char *path_query,
               const char *accept, int64_t ttl, int64_t max_stale, meta_sub_t *s)
 {
   int64_t now = env->now();
@@ -237,15 +237,18 @@ void meta_ask(pull_env_t *env, daemon_upstream_t *up, const char *key, const cha
   pc_list_push_back(&e->subs, &s->link);
 
   up_req_t q;
+  daemon_urls_t urls;
   pull_req_init(&q, up);
+  daemon_upstream_urls(up, path_query, &urls);
+  daemon_upstream_req_urls(&q, up, &urls);
   q.method = "GET";
-  q.url = url;
   q.accept = accept;
   q.on_headers = on_headers;
   q.on_data = on_data;
   q.on_done = on_done;
   q.arg = e;
   int rc = env->fetch->start(env, &q, &e->fetch);
+  daemon_urls_free(&urls);
   if (rc) {
     e->fetch = NULL;
     e->state = META_IDLE;

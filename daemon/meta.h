@@ -69,9 +69,11 @@ struct meta_sub {
   pc_list_t link;            /**< in the entry's subscribers (meta.c) */
 };
 
-/** Ask for key (see the top of this file). url is the upstream URL to GET, accept its Accept
- * header (may be NULL); ttl and max_stale in seconds. s->ops->on_end may run inside. */
-void meta_ask(pull_env_t *env, struct daemon_upstream *up, const char *key, const char *url,
+/** Ask for key (see the top of this file). path_query is what to GET on the upstream
+ * ("/v2/<name>/tags/list?n=10": its URLs, mirrors first, come from daemon_upstream_urls),
+ * accept its Accept header (may be NULL); ttl and max_stale in seconds. s->ops->on_end may
+ * run inside. */
+void meta_ask(pull_env_t *env, struct daemon_upstream *up, const char *key, const char *path_query,
               const char *accept, int64_t ttl, int64_t max_stale, meta_sub_t *s);
 /** Leave the fetch (the request went away); the fetch goes on for the cache. */
 void meta_unsubscribe(meta_sub_t *s);

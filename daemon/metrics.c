@@ -189,6 +189,8 @@ static void upstream_sample(pc_buf_t *o, size_t f, const char *fam, const char *
   }
 }
 
+static void render_upstream_urls(pc_buf_t *o, const daemon_t *d);
+
 static void render_upstreams(pc_buf_t *o, const daemon_t *d)
 {
   static const struct {
@@ -242,6 +244,44 @@ static void render_upstreams(pc_buf_t *o, const daemon_t *d)
   for (int i = 0; i < d->nups; i++)
     pc_buf_printf(o, "pullcache_upstream_rate_limit_rejected_total{upstream=\"%s\"} %" PRIu64 "\n",
                   d->ups[i]->conf.name, d->ups[i]->rl.rejected);
+  render_upstream_urls(o, d);
+}
+
+/* Per URL of each upstream (its mirrors, then url): failover and the down breakers. */
+static void render_upstream_urls(pc_buf_t *o, const daemon_t *d)
+{
+  static const struct {
+    const char *name, *type, *help;
+  } fams[] = {
+      {"pullcache_upstream_url_tries_total", "counter", "Fetches that tried this URL."},
+      {"pullcache_upstream_url_served_total", "counter",
+       "Fetches this URL answered (any answer but a 5xx)."},
+      {"pullcache_upstream_url_failures_total", "counter",
+       "Fetches this URL failed (connect failure, timeout, 5xx): the next URL was tried."},
+      {"pullcache_upstream_url_skipped_total", "counter",
+       "Fetches that skipped this mirror URL while it was down."},
+      {"pullcache_upstream_url_down", "gauge",
+       "1 while this mirror URL is down (skipped until its back-off ends)."},
+  };
+  for (size_t f = 0; f < PC_ARRAY_SIZE(fams); f++) {
+    family(o, fams[f].name, fams[f].type, fams[f].help);
+    for (int i = 0; i < d->nups; i++) {
+      const daemon_upstream_t *u = d->ups[i];
+      for (unsigned k = 0; k < u->nurls; k++) {
+        const daemon_upstream_url_t *x = &u->urls[k];
+        uint64_t v = f == 0   ? x->tries
+                     : f == 1 ? x->served
+                     : f == 2 ? x->failures
+                     : f == 3 ? x->skipped
+                              : (uint64_t)(x->down.open != 0);
+        pc_buf_printf(o, "%s{upstream=\"%s\",url=\"%s\"} %" PRIu64 "\n", fams[f].name, u->conf.name,
+                      x->base, v);
+      }
+    }
+  }
+  family(o, "pullcache_tier_loops_refused_total", "counter",
+         "Requests refused 508: their Via chain named this mirror, or passed max_hops tiers.");
+  pc_buf_printf(o, "pullcache_tier_loops_refused_total %" PRIu64 "\n", d->tier.loops);
 }
 
 static void render_store(pc_buf_t *o, const daemon_t *d)

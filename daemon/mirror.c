@@ -179,6 +179,13 @@ static void log_timings(srv_req_t *req, const up_timings_t *t)
   srv_req_log(req, "up_first_byte_ms", v);
   snprintf(v, sizeof(v), "%.1f", (double)t->last_byte_us / 1000.0);
   srv_req_log(req, "up_last_byte_ms", v);
+  if (t->url) {
+    /* which of the upstream's URLs served (its base: up to the /v2/ of the path) */
+    const char *v2 = strstr(t->url, "/v2/");
+    char base[256];
+    snprintf(base, sizeof(base), "%.*s", v2 ? (int)(v2 - t->url) : (int)strlen(t->url), t->url);
+    srv_req_log(req, "up_url", base);
+  }
 }
 
 void mirror_tags_storing(mirror_t *m, const daemon_upstream_t *up, const char *repo,

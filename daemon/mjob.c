@@ -436,11 +436,11 @@ static void on_done(up_fetch_t *f, int rc, int status, void *arg)
 static void mjob_fetch(mjob_t *j)
 {
   pull_env_t *env = j->env;
-  char *url = pull_url(j->up, j->repo, "manifests", j->ref);
+  daemon_urls_t urls;
   up_req_t r;
   pull_req_init(&r, j->up);
+  pull_req_urls(&r, j->up, j->repo, "manifests", j->ref, &urls);
   r.method = j->state == MJOB_HEAD ? "HEAD" : "GET";
-  r.url = url;
   r.accept = MJOB_ACCEPT;
   r.on_headers = on_headers;
   r.on_data = on_data;
@@ -449,7 +449,7 @@ static void mjob_fetch(mjob_t *j)
   j->status = 0;
   pc_buf_reset(&j->body);
   int rc = env->fetch->start(env, &r, &j->fetch);
-  free(url);
+  daemon_urls_free(&urls);
   if (rc) {
     j->fetch = NULL;
     mjob_fail(j, rc);

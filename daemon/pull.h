@@ -87,13 +87,18 @@ struct pull_env {
   size_t relay_max; /**< bytes a pass-through relay holds at most (0: RELAY_MAX_DEFAULT) */
 };
 
-/** The full URL of /v2/<repo>/<kind>/<ref> on an upstream (malloc'd). */
-char *pull_url(const struct daemon_upstream *up, const char *repo, const char *kind,
-               const char *ref);
-/** The fetch fields every request to an upstream shares (CA, credentials, pool). */
+struct daemon_urls;
+/** The URLs of /v2/<repo>/<kind>/<ref> on an upstream (its mirrors, then its url: see
+ * daemon_upstream_urls) into urls, and r pointed at them (daemon_upstream_req_urls). Free
+ * urls (daemon_urls_free) once the fetch started. */
+void pull_req_urls(up_req_t *r, struct daemon_upstream *up, const char *repo, const char *kind,
+                   const char *ref, struct daemon_urls *urls);
+/** The fetch fields every request to an upstream shares (CA, credentials, pool, the Via chain
+ * of daemon/tier). */
 void pull_req_init(up_req_t *r, const struct daemon_upstream *up);
 /** The client answer for an upstream outcome that is not a usable 200: rc when < 0, else
- * by status (404 -> unknown, 401/403 -> DENIED, 429, 503, 504, other -> UPSTREAM). */
+ * by status (404 -> unknown, 401/403 -> DENIED, 429, 503, 504, 508 -> LOOP, other ->
+ * UPSTREAM). */
 int pull_map_upstream(int rc, int status, int unknown);
 
 #endif

@@ -27,6 +27,7 @@
 #include "daemon/route.h"
 #include "daemon/scope.h"
 #include "daemon/status.h"
+#include "daemon/tier.h"
 #include "daemon/upstream.h"
 
 /* ---- routes -------------------------------------------------------------------------------- */
@@ -247,6 +248,24 @@ static int route_request(daemon_t *d, srv_req_t *req, route_t *r, daemon_upstrea
   return 0;
 }
 
+static void dispatch_content(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up)
+{
+  switch (r->kind) {
+  case ROUTE_MANIFEST:
+    handle_manifest(d, req, r, up);
+    return;
+  case ROUTE_BLOB:
+    handle_blob(d, req, r, up);
+    return;
+  case ROUTE_TAGS_LIST:
+    listing_tags(d, req, r, up);
+    return;
+  default:
+    listing_referrers(d, req, r, up);
+    return;
+  }
+}
+
 void registry_handle(srv_req_t *req, void *arg)
 {
   daemon_t *d = arg;
@@ -255,6 +274,17 @@ void registry_handle(srv_req_t *req, void *arg)
   (void)reqctx_new(d, req);
   if (route_request(d, req, &r, &up))
     return;
+  if (up && r.kind >= ROUTE_MANIFEST && r.kind <= ROUTE_REFERRERS) {
+    /* A content request may go upstream: refuse loops, and pass the Via chain on. */
+    char why[256];
+    if (tier_enter(d, req, why, sizeof(why))) {
+      answer_error(req, PC_E_LOOP, why);
+      return;
+    }
+    dispatch_content(d, req, &r, up);
+    tier_leave(d);
+    return;
+  }
   switch (r.kind) {
   case ROUTE_ROOT:
     answer_json(req, 200, NULL, "{}", 2);

@@ -171,11 +171,11 @@ void scope_confirm(pull_env_t *env, daemon_upstream_t *up, const char *repo, con
   pc_list_push_back(&env->scopes, &j->link);
   s->job = j;
   pc_list_push_back(&j->subs, &s->link);
-  char *url = pull_url(up, repo, is_manifest ? "manifests" : "blobs", digest);
+  daemon_urls_t urls;
   up_req_t r;
   pull_req_init(&r, up);
+  pull_req_urls(&r, up, repo, is_manifest ? "manifests" : "blobs", digest, &urls);
   r.method = "HEAD";
-  r.url = url;
   r.accept = is_manifest ? "application/vnd.oci.image.index.v1+json, "
                            "application/vnd.oci.image.manifest.v1+json, "
                            "application/vnd.docker.distribution.manifest.list.v2+json, "
@@ -185,7 +185,7 @@ void scope_confirm(pull_env_t *env, daemon_upstream_t *up, const char *repo, con
   r.on_done = on_done;
   r.arg = j;
   int rc = env->fetch->start(env, &r, &j->fetch);
-  free(url);
+  daemon_urls_free(&urls);
   if (rc) {
     j->fetch = NULL;
     env->st.scope_failed++;

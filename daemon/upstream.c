@@ -78,17 +78,159 @@ void daemon_upstream_rate_limited(daemon_upstream_t *u, const char *retry_after)
   u->rl.until_ms = until;
 }
 
+int daemon_breaker_admit(daemon_breaker_t *b, uint64_t now)
+{
+  if (!b->open)
+    return 1;
+  if (now >= b->until_ms && (!b->probing || now - b->probe_ms >= DAEMON_BREAKER_PROBE_LOST_MS)) {
+    b->probing = 1;
+    b->probe_ms = now;
+    return 1;
+  }
+  b->rejected++;
+  return 0;
+}
+
 int daemon_upstream_admit(daemon_upstream_t *u)
 {
   if (!u->rl.open)
     return 1;
-  if (pc_mono_ms() >= u->rl.until_ms && !u->rl.probing) {
-    u->rl.probing = 1;
+  if (daemon_breaker_admit(&u->rl, pc_mono_ms())) {
     pc_log(PC_LOG_INFO, "upstream-rate-limit-probe upstream=%s", u->conf.name);
     return 1;
   }
-  u->rl.rejected++;
   return 0;
+}
+
+/* ---- URLs, failover and the down breakers ------------------------------------------------- */
+
+/* urls := conf.mirrors (in order), then conf.url; counters and breakers start afresh. */
+static void upstream_set_urls(daemon_upstream_t *u)
+{
+  const char *p = u->conf.mirrors;
+  memset(u->urls, 0, sizeof(u->urls));
+  u->nurls = 0;
+  while (*p && u->nurls < DAEMON_UPSTREAM_MAX_URLS - 1) {
+    p += strspn(p, " ");
+    size_t w = strcspn(p, " ");
+    if (!w)
+      break;
+    if (w < sizeof(u->urls[0].base)) {
+      memcpy(u->urls[u->nurls].base, p, w);
+      u->urls[u->nurls].base[w] = '\0';
+      u->urls[u->nurls].mirror = 1;
+      u->nurls++;
+    }
+    p += w;
+  }
+  pc_strlcpy(u->urls[u->nurls].base, sizeof(u->urls[0].base), u->conf.url);
+  u->nurls++;
+}
+
+void daemon_upstream_urls(daemon_upstream_t *u, const char *path_query, daemon_urls_t *out)
+{
+  uint64_t now = pc_mono_ms();
+  int has_q = strchr(path_query, '?') != NULL;
+  memset(out, 0, sizeof(*out));
+  for (unsigned i = 0; i < u->nurls; i++) {
+    daemon_upstream_url_t *x = &u->urls[i];
+    if (x->mirror && x->down.open && !daemon_breaker_admit(&x->down, now)) {
+      x->skipped++;
+      continue;
+    }
+    size_t n = strlen(x->base) + strlen(path_query) + strlen(u->conf.name) + 8;
+    char *v = pc_xmalloc(n);
+    if (x->mirror)
+      snprintf(v, n, "%s%s%cns=%s", x->base, path_query, has_q ? '&' : '?', u->conf.name);
+    else
+      snprintf(v, n, "%s%s", x->base, path_query);
+    out->v[out->n++] = v;
+  }
+}
+
+void daemon_urls_free(daemon_urls_t *urls)
+{
+  for (unsigned i = 0; i < urls->n; i++)
+    free(urls->v[i]);
+  urls->n = 0;
+}
+
+static void on_url_try(void *arg, const char *url, unsigned pos, int rc, int status)
+{
+  (void)pos;
+  daemon_upstream_url_tried(arg, url, rc, status);
+}
+
+void daemon_upstream_req_urls(up_req_t *r, daemon_upstream_t *u, const daemon_urls_t *urls)
+{
+  PC_ASSERT(urls->n > 0);
+  r->url = urls->v[0];
+  r->more_urls = (const char *const *)&urls->v[1];
+  r->nmore = urls->n - 1;
+  r->failover_connect_ms = u->conf.failover_connect_ms;
+  r->failover_first_byte_ms = u->conf.failover_first_byte_ms;
+  r->on_try = on_url_try;
+  r->try_arg = u;
+}
+
+static daemon_upstream_url_t *url_of(const daemon_upstream_t *u, const char *url)
+{
+  /* the longest configured base the URL starts with, followed by '/' or its end */
+  const daemon_upstream_url_t *best = NULL;
+  size_t bl = 0;
+  for (unsigned i = 0; i < u->nurls; i++) {
+    size_t n = strlen(u->urls[i].base);
+    if (n > bl && strncmp(url, u->urls[i].base, n) == 0 && (url[n] == '/' || !url[n])) {
+      best = &u->urls[i];
+      bl = n;
+    }
+  }
+  return (daemon_upstream_url_t *)best;
+}
+
+const char *daemon_upstream_url_base(const daemon_upstream_t *u, const char *url)
+{
+  const daemon_upstream_url_t *x = url ? url_of(u, url) : NULL;
+  return x ? x->base : NULL;
+}
+
+void daemon_upstream_url_tried(daemon_upstream_t *u, const char *url, int rc, int status)
+{
+  daemon_upstream_url_t *x = url_of(u, url);
+  if (!x)
+    return;
+  x->tries++;
+  int failed = rc < 0 ? (rc == PC_E_UPSTREAM_TIMEOUT || rc == PC_E_UPSTREAM_UNAVAILABLE ||
+                         rc == PC_E_UPSTREAM)
+                      : status >= 500;
+  if (rc < 0 && !failed)
+    return; /* ours, not the URL's */
+  if (!failed) {
+    x->served++;
+    x->fails = 0;
+    if (x->down.open) {
+      x->down.open = 0;
+      x->down.probing = 0;
+      pc_log(PC_LOG_NOTICE, "upstream-url-up upstream=%s url=%s", u->conf.name, x->base);
+    }
+    return;
+  }
+  x->failures++;
+  x->fails++;
+  if (!x->mirror)
+    return; /* the origin is never skipped */
+  if (x->down.open || x->fails >= (u->conf.down_after ? u->conf.down_after : 1)) {
+    uint64_t back = u->conf.down_backoff_ms > 0 ? (uint64_t)u->conf.down_backoff_ms : 30000;
+    if (!x->down.open) {
+      x->down.opened++;
+      pc_log(PC_LOG_WARN,
+             "upstream-url-down upstream=%s url=%s fails=%u backoff_ms=%" PRIu64 " rc=%s status=%d",
+             u->conf.name, x->base, x->fails, back, rc < 0 ? pc_errname(rc) : "-", status);
+    }
+    x->down.open = 1;
+    x->down.probing = 0;
+    x->down.until_ms = pc_mono_ms() + back;
+  }
 }
 
 void daemon_upstream_retry_after(const daemon_upstream_t *u, char *out, size_t outlen)
@@ -124,6 +266,7 @@ static daemon_upstream_t *upstream_new(daemon_t *d, const daemon_upstream_conf_t
   u->conf = *c;
   u->reachable = -1;
   u->d = d;
+  upstream_set_urls(u);
   pc_list_push_front(&d->live, &u->live_link);
   upstream_set_pool(d, u);
   return u;
@@ -134,7 +277,8 @@ static daemon_upstream_t *upstream_new(daemon_t *d, const daemon_upstream_conf_t
 static int upstream_same_target(const daemon_upstream_conf_t *a, const daemon_upstream_conf_t *b)
 {
   return !strcasecmp(a->name, b->name) && !strcmp(a->url, b->url) &&
-         !strcmp(a->ca_file, b->ca_file) && !strcmp(a->userpwd, b->userpwd);
+         !strcmp(a->mirrors, b->mirrors) && !strcmp(a->ca_file, b->ca_file) &&
+         !strcmp(a->userpwd, b->userpwd);
 }
 
 void daemon_upstreams_apply(daemon_t *d, const daemon_config_t *cfg)
@@ -184,20 +328,23 @@ static void on_probe_done(up_fetch_t *f, int rc, int status, void *arg)
     done(d);
 }
 
-/* GET <url>/v2/ without answering challenges: any HTTP answer means reachable. */
+/* GET /v2/ of its URLs (mirrors first, as fetches go) without answering challenges: any HTTP
+ * answer means reachable. */
 void daemon_upstream_probe(daemon_upstream_t *u, void (*done)(daemon_t *d))
 {
   daemon_t *d = u->d;
-  char url[1100];
+  daemon_urls_t urls;
   up_req_t r;
+  int rc;
   if (!d->up || u->probe || d->stopping)
     return;
   if (u->reachable >= 0 && pc_mono_ms() - u->reach_ms < DAEMON_UPSTREAM_PROBE_INTERVAL_MS)
     return;
-  snprintf(url, sizeof(url), "%s/v2/", u->conf.url);
   memset(&r, 0, sizeof(r));
+  /* Its URLs in order (mirrors first): reachable when any of them answers. */
+  daemon_upstream_urls(u, "/v2/", &urls);
+  daemon_upstream_req_urls(&r, u, &urls);
   r.method = "GET";
-  r.url = url;
   r.ca_file = u->conf.ca_file[0] ? u->conf.ca_file : NULL;
   r.no_auth = 1;
   r.label = u->conf.name;
@@ -205,7 +352,9 @@ void daemon_upstream_probe(daemon_upstream_t *u, void (*done)(daemon_t *d))
   r.arg = daemon_upstream_ref(u);
   u->reach_ms = pc_mono_ms();
   u->probe_done = done;
-  if (up_fetch_start(d->up, &r, &u->probe) != 0) {
+  rc = up_fetch_start(d->up, &r, &u->probe);
+  daemon_urls_free(&urls);
+  if (rc != 0) {
     u->probe = NULL;
     u->probe_done = NULL;
     daemon_upstream_seen(u, PC_E_UPSTREAM_UNAVAILABLE, 0);

@@ -245,6 +245,8 @@ static const char *reason_phrase(int status)
     return "Gateway Timeout";
   case 507:
     return "Insufficient Storage";
+  case 508:
+    return "Loop Detected";
   default:
     break;
   }

@@ -126,6 +126,8 @@ enum up__hop {
   UP__HOP_AUTH,     /* 401 with a Bearer challenge: body discarded, retried with a token */
   UP__HOP_BASIC,    /* 401 with a Basic challenge from the registry: retried once with userpwd */
   UP__HOP_FINAL,    /* what the user sees */
+  UP__HOP_NEXT,     /* a 5xx with another URL left to try (up_req_t.more_urls): body
+                       discarded, the next URL follows */
 };
 
 struct up__hdr {
@@ -241,6 +243,15 @@ struct up_fetch {
   up__challenge_t chal;
   struct up_fetch *child; /* token fetch in flight (state UP__F_TOKEN) */
   pc_buf_t body;          /* token fetches: the response body (capped) */
+  /* failover (up_req_t.more_urls): urls[0] is up_req_t.url */
+  char **urls;
+  unsigned nurls, cur; /* cur: the URL tried now */
+  long failover_connect_ms, failover_first_byte_ms;
+  int delivered; /* on_headers ran (or would have): the fetch stays on urls[cur] */
+  up_try_cb on_try;
+  void *try_arg;
+  char *via;           /* Via header value, or NULL */
+  char *later_userpwd; /* up_req_t.userpwd of a fetch with more URLs: for the last one only */
   /* the current hop */
   int redirects;
   enum up__hop hop;
@@ -275,6 +286,9 @@ void up__hop_next(up_fetch_t *f, const char *token);
 /** The one fail path: f ends with rc < 0 and status (counted, on_done unless cancelled,
  * released). Never from inside a curl callback. */
 void up__fetch_fail(up_fetch_t *f, int rc, int status);
+/** f leaves its current URL for the next one (up_req_t.more_urls): 1 when it moved on, 0
+ * when it cannot (see up.c). Never from inside a curl callback. */
+int up__failover(up_fetch_t *f, int rc, int status);
 /** A queued fetch leaves its pool's queue and starts (from the loop; it may fail). */
 void up__fetch_begin(up_fetch_t *f);
 /** Have the idle handle run (deferred releases and adds, pool dispatch, teardown). */

@@ -26,6 +26,8 @@
  *             registry, with userpwd, once; 401 Bearer with a cached token)──▶ hop_start
  *     BODY ──(the hop is complete: 401 Bearer, no usable token)──▶ TOKEN
  *     TOKEN ──(the token fetch got a token)──▶ hop_start
+ *     BODY ──(the hop is complete: a 5xx while another URL is left, UP__HOP_NEXT)──▶ the next
+ *             URL's first hop (up__failover ──▶ hop_start)
  *     BODY ──(the final response is complete)──▶ DONE
  *     (in BODY, on_data may pause the transfer, UP_DATA_PAUSE: f->paused, not a state; the
  *     stall timer waits; up_fetch_resume unpauses it from the idle handle)
@@ -35,7 +37,8 @@
  *     queue_wait_ms: PC_E_UPSTREAM_BUSY), ADDING (curl
  *     refused the handle), HEADERS and BODY (transport error, timeout, incomplete header
  *     block, too many or bad redirects, bad token realm), ABORTING (curl ended the transfer:
- *     abort_rc), TOKEN (the token fetch failed).
+ *     abort_rc), TOKEN (the token fetch failed). Before on_headers ran and while another URL
+ *     is left, a transport error goes instead ──▶ up__failover ──▶ the next URL's first hop.
  *   DONE: on_done runs, then fetch_release ──▶ RELEASED: easy handle freed, timer closed, the
  *     memory freed in the timer's close callback.
  *   up_fetch_cancel, up_close (any state before DONE) ──▶ CANCELLED: no more callbacks; the
@@ -98,6 +101,7 @@ static void on_up_handle_closed(uv_handle_t *h);
 
 static int hop_start(struct up_fetch *f, const char *token);
 static void egress_note(struct up_fetch *f);
+static long first_byte_ms(const struct up_fetch *f);
 static void fetch_release(struct up_fetch *f);
 static void teardown(up_t *u);
 
@@ -185,9 +189,18 @@ static enum up__hop classify(struct up_fetch *f)
 {
   if (is_redirect(f->status) && up__hdr_get(f, "Location"))
     return UP__HOP_REDIRECT;
+  if (f->status >= 500 && f->kind == UP__FETCH_USER && f->cur + 1 < f->nurls)
+    return UP__HOP_NEXT;
   if (f->status != 401 || f->kind == UP__FETCH_TOKEN || f->no_auth)
     return UP__HOP_FINAL;
   return up__auth_classify(f);
+}
+
+/* Tell the owner how the URL tried now ended (once per URL; user fetches with on_try). */
+static void try_note(struct up_fetch *f, int rc, int status)
+{
+  if (f->on_try && f->kind == UP__FETCH_USER)
+    f->on_try(f->try_arg, f->urls[f->cur], f->cur, rc, status);
 }
 
 /* Call on_headers once. Returns 0 to go on, or the rc that aborts the transfer (also when the
@@ -340,7 +353,7 @@ static int on_curl_prereq(void *arg, char *ip, char *local_ip, int port, int loc
     return CURL_PREREQFUNC_ABORT; /* on_hop_done fails the fetch */
   egress_note(f);
   if (f->state == UP__F_HEADERS)
-    uv_timer_start(&f->timer, up__fetch_timer_cb, (uint64_t)f->u->first_byte_timeout_ms, 0);
+    uv_timer_start(&f->timer, up__fetch_timer_cb, (uint64_t)first_byte_ms(f), 0);
   return CURL_PREREQFUNC_OK;
 }
 
@@ -386,6 +399,10 @@ static int header_line(struct up_fetch *f, const char *buf, size_t len)
   f->rate_bytes = 0;
   uv_timer_start(&f->timer, up__fetch_timer_cb, (uint64_t)u->stall_timeout_ms, 0);
   if (f->hop == UP__HOP_FINAL) {
+    if (f->kind == UP__FETCH_USER && !f->delivered) {
+      f->delivered = 1;
+      try_note(f, 0, f->status);
+    }
     f->first_byte_ns = uv_hrtime() - f->t_begin;
     if (f->pool && f->kind == UP__FETCH_USER)
       up__pool_first_byte(f, f->first_byte_ns / 1000);
@@ -509,6 +526,24 @@ static int attach(struct up_fetch *f)
       goto out;                                                                                    \
   } while (0)
 
+/* The connect timeout of f's current URL: a URL with another after it may have a shorter one. */
+static long connect_ms(const struct up_fetch *f)
+{
+  long ms = f->u->connect_timeout_ms;
+  if (f->cur + 1 < f->nurls && f->failover_connect_ms > 0 && f->failover_connect_ms < ms)
+    ms = f->failover_connect_ms;
+  return ms;
+}
+
+/* The first-byte timeout of f's current URL, likewise. */
+static long first_byte_ms(const struct up_fetch *f)
+{
+  long ms = f->u->first_byte_timeout_ms;
+  if (f->cur + 1 < f->nurls && f->failover_first_byte_ms > 0 && f->failover_first_byte_ms < ms)
+    ms = f->failover_first_byte_ms;
+  return ms;
+}
+
 /* Set up the easy handle for a hop of f (the header list is built). */
 static int hop_setopts(struct up_fetch *f, int basic)
 {
@@ -526,7 +561,7 @@ static int hop_setopts(struct up_fetch *f, int basic)
   SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
   SETOPT(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
   SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
-  SETOPT(CURLOPT_CONNECTTIMEOUT_MS, u->connect_timeout_ms);
+  SETOPT(CURLOPT_CONNECTTIMEOUT_MS, connect_ms(f));
   SETOPT(CURLOPT_USERAGENT, u->user_agent);
   SETOPT(CURLOPT_HEADERFUNCTION, on_curl_header);
   SETOPT(CURLOPT_HEADERDATA, f);
@@ -611,6 +646,11 @@ static int hop_start(struct up_fetch *f, const char *token)
     f->slist = curl_slist_append(f->slist, line);
     PC_ASSERT(f->slist);
   }
+  if (f->via) {
+    snprintf(line, sizeof(line), "Via: %s", f->via);
+    f->slist = curl_slist_append(f->slist, line);
+    PC_ASSERT(f->slist);
+  }
   if (token) {
     snprintf(line, sizeof(line), "Authorization: Bearer %s", token);
     f->slist = curl_slist_append(f->slist, line);
@@ -629,7 +669,7 @@ static int hop_start(struct up_fetch *f, const char *token)
     f->hops++;
   f->last_activity = uv_now(u->loop);
   uv_timer_start(&f->timer, up__fetch_timer_cb,
-                 (uint64_t)u->connect_timeout_ms + (uint64_t)u->first_byte_timeout_ms, 0);
+                 (uint64_t)connect_ms(f) + (uint64_t)first_byte_ms(f), 0);
   return 0;
 }
 
@@ -817,6 +857,10 @@ static void on_hop_done(struct up_fetch *f, CURLcode res)
   case UP__HOP_BASIC:
     up__auth_basic(f);
     return;
+  case UP__HOP_NEXT:
+    if (!up__failover(f, 0, f->status))
+      fetch_end(f, 0, f->status); /* not reached: NEXT means another URL is left */
+    return;
   case UP__HOP_NONE:
   default:
     up__fetch_fail(f, PC_E_UPSTREAM, 0); /* not reached: BODY always has a hop kind */
@@ -835,6 +879,51 @@ static void fetch_end(struct up_fetch *f, int rc, int status)
   fetch_release(f);
 }
 
+/* f gives up on its current URL (rc < 0: a transport error; rc 0: status is a 5xx) and starts
+ * again from the next one: 1 when it moved on (its next hop started, or failed and the fail path
+ * took over), 0 when it cannot (a token fetch, headers given to the user already, no URL left,
+ * or an rc that is ours rather than the network's). Never from inside a curl callback. */
+int up__failover(up_fetch_t *f, int rc, int status)
+{
+  char qa[PC_LOG_QUOTE_SIZE(UP__LOG_URL_MAX)], qb[PC_LOG_QUOTE_SIZE(UP__LOG_URL_MAX)];
+  if (f->kind != UP__FETCH_USER || f->delivered || f->cur + 1 >= f->nurls ||
+      f->state == UP__F_CANCELLED)
+    return 0;
+  if (rc < 0 && rc != PC_E_UPSTREAM_TIMEOUT && rc != PC_E_UPSTREAM_UNAVAILABLE &&
+      rc != PC_E_UPSTREAM)
+    return 0;
+  try_note(f, rc, status);
+  if (f->child) {
+    up_fetch_cancel(f->child);
+    f->child = NULL;
+  }
+  detach(f);
+  uv_timer_stop(&f->timer);
+  pc_log_quote(qa, sizeof(qa), f->urls[f->cur], UP__LOG_URL_MAX);
+  pc_log_quote(qb, sizeof(qb), f->urls[f->cur + 1], UP__LOG_URL_MAX);
+  pc_log(PC_LOG_INFO, "upstream-failover url=%s next=%s rc=%s status=%d", qa, qb,
+         rc < 0 ? pc_errname(rc) : "-", status);
+  f->cur++;
+  free(f->url);
+  f->url = pc_xstrdup(f->urls[f->cur]);
+  /* A new first hop: nothing learnt on the other URL's hosts applies. */
+  f->redirects = 0;
+  f->fresh_auth = 0;
+  f->basic_host[0] = '\0';
+  f->origin_cls = -1;
+  f->refused = NULL;
+  if (up__host_key(f->url, f->origin, sizeof(f->origin)) != 0)
+    f->origin[0] = '\0';
+  if (f->cur + 1 == f->nurls && f->later_userpwd) {
+    up__auth_set_cred(f, f->later_userpwd);
+    explicit_bzero(f->later_userpwd, strlen(f->later_userpwd));
+    free(f->later_userpwd);
+    f->later_userpwd = NULL;
+  }
+  up__hop_next(f, NULL);
+  return 1;
+}
+
 void up__fetch_fail(up_fetch_t *f, int rc, int status)
 {
   up_t *u = f->u;
@@ -844,6 +933,12 @@ void up__fetch_fail(up_fetch_t *f, int rc, int status)
     detach(f);
     fetch_release(f);
     return;
+  }
+  if (up__failover(f, rc, status))
+    return;
+  if (f->kind == UP__FETCH_USER && !f->delivered) {
+    f->delivered = 1; /* this URL's outcome is told once */
+    try_note(f, rc, status);
   }
   if (f->kind == UP__FETCH_USER) {
     u->stats.errors++;
@@ -905,12 +1000,20 @@ static void on_fetch_closed(uv_handle_t *h)
   up_t *u = f->u;
   free(f->label);
   free(f->url);
+  for (unsigned i = 0; i < f->nurls; i++)
+    free(f->urls[i]);
+  free(f->urls);
+  free(f->via);
   free(f->accept);
   free(f->ca_file);
   free(f->redirect_allow);
   if (f->userpwd) {
     explicit_bzero(f->userpwd, strlen(f->userpwd));
     free(f->userpwd);
+  }
+  if (f->later_userpwd) {
+    explicit_bzero(f->later_userpwd, strlen(f->later_userpwd));
+    free(f->later_userpwd);
   }
   free(f->sent_token);
   pc_buf_free(&f->body);
@@ -1150,6 +1253,21 @@ static struct up_fetch *fetch_new(up_t *u, const up_req_t *r, up_fetch_t *parent
   pc_list_init(&f->qlink);
   f->head = head;
   f->url = pc_xstrdup(r->url);
+  f->nurls = 1 + (parent ? 0 : r->nmore);
+  f->urls = pc_xcalloc(f->nurls, sizeof(*f->urls));
+  f->urls[0] = pc_xstrdup(r->url);
+  for (unsigned i = 1; i < f->nurls; i++)
+    f->urls[i] = pc_xstrdup(r->more_urls[i - 1]);
+  f->failover_connect_ms = r->failover_connect_ms;
+  f->failover_first_byte_ms = r->failover_first_byte_ms;
+  if (!parent) {
+    f->on_try = r->on_try;
+    f->try_arg = r->try_arg;
+  }
+  {
+    const char *via = parent ? NULL : r->via;
+    f->via = via && *via ? pc_xstrdup(via) : NULL;
+  }
   if (r->label)
     f->label = pc_xstrdup(r->label);
   else if (parent && parent->label)
@@ -1165,8 +1283,12 @@ static struct up_fetch *fetch_new(up_t *u, const up_req_t *r, up_fetch_t *parent
   }
   f->no_auth = r->no_auth != 0;
   memcpy(f->origin, key, sizeof(f->origin));
-  if (r->userpwd && *r->userpwd && !f->no_auth)
-    up__auth_set_cred(f, r->userpwd);
+  if (r->userpwd && *r->userpwd && !f->no_auth) {
+    if (f->nurls > 1)
+      f->later_userpwd = pc_xstrdup(r->userpwd); /* for the last URL only */
+    else
+      up__auth_set_cred(f, r->userpwd);
+  }
   f->on_headers = r->on_headers;
   f->on_data = r->on_data;
   f->on_done = r->on_done;
@@ -1206,8 +1328,14 @@ int up__fetch_start(up_t *u, const up_req_t *r, up_fetch_t *parent, up_fetch_t *
     head = 1;
   else
     return UV_EINVAL;
-  if (!valid_header_value(r->accept) || up__host_key(r->url, key, sizeof(key)) != 0)
+  if (!valid_header_value(r->accept) || !valid_header_value(r->via) ||
+      up__host_key(r->url, key, sizeof(key)) != 0 || (r->nmore && !r->more_urls))
     return UV_EINVAL;
+  for (unsigned i = 0; !parent && i < r->nmore; i++) {
+    char k2[UP__HOSTKEY_MAX];
+    if (!r->more_urls[i] || up__host_key(r->more_urls[i], k2, sizeof(k2)) != 0)
+      return UV_EINVAL;
+  }
 
   f = fetch_new(u, r, parent, head, key, &rc);
   if (!f)
@@ -1271,6 +1399,16 @@ const char *up_fetch_url(const up_fetch_t *f)
   return f->url;
 }
 
+unsigned up_fetch_url_pos(const up_fetch_t *f)
+{
+  return f->cur;
+}
+
+const char *up_fetch_base_url(const up_fetch_t *f)
+{
+  return f->urls[f->cur];
+}
+
 void up_fetch_timings(const up_fetch_t *f, up_timings_t *out)
 {
   memset(out, 0, sizeof(*out));
@@ -1281,4 +1419,6 @@ void up_fetch_timings(const up_fetch_t *f, up_timings_t *out)
   out->last_byte_us = f->last_byte_ns / 1000;
   out->hops = f->hops;
   out->token_fetches = f->token_fetches;
+  out->url_pos = f->cur;
+  out->url = f->urls[f->cur];
 }

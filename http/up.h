@@ -105,6 +105,13 @@ typedef struct up_opts {
  * as one to let through. */
 typedef void (*up_egress_cb)(void *arg, const char *hostkey, const char *label);
 
+/** A fetch with more than one URL (up_req_t.more_urls) is done with one of them: url (its
+ * position, 0 = up_req_t.url) failed with rc < 0 (a transport error: timeout, refused,
+ * anything up_done_cb names PC_E_UPSTREAM*) or answered with status (rc 0: the final status
+ * it gave, a 5xx included when it was the last URL; a 5xx that moved the fetch on comes with
+ * rc 0 too). Called once per URL tried, on the loop thread; not for a cancelled fetch's URL. */
+typedef void (*up_try_cb)(void *arg, const char *url, unsigned pos, int rc, int status);
+
 typedef struct up_req {
   const char *method;         /**< "GET" or "HEAD" */
   const char *url;            /**< absolute http(s) URL */
@@ -132,6 +139,23 @@ typedef struct up_req {
   up_pool_t *pool;     /**< the pool whose caps apply and whose stats count this fetch (it
                             keeps the pool alive until it ends), or NULL: no caps, counted
                             only in up_get_stats */
+  /* Failover: URLs tried in order after url. Until the final response's headers were given
+   * to on_headers, a transport error (PC_E_UPSTREAM_TIMEOUT, _UNAVAILABLE, PC_E_UPSTREAM:
+   * refused, timed out, reset, bad redirect, failed token endpoint) or a final 5xx of one URL
+   * starts the fetch again from the next one (its first hop: no token, no Basic host, no
+   * redirect count or origin class carried over); the 5xx body is discarded. The last URL's
+   * outcome is the fetch's. Once on_headers ran the fetch never moves. */
+  const char *const *more_urls; /**< absolute http(s) URLs (copied); NULL = none. With
+                                     more URLs, userpwd is for the last one only (the origin;
+                                     mirrors before it are asked anonymously) */
+  unsigned nmore;
+  long failover_connect_ms;    /**< connect timeout of every URL that has another after it
+                                    (min with the client's); 0 = the client's */
+  long failover_first_byte_ms; /**< first-byte timeout (per hop) of every URL that has another
+                                    after it (min with the client's); 0 = the client's */
+  up_try_cb on_try;            /**< per-URL outcome (breakers), or NULL */
+  void *try_arg;
+  const char *via; /**< a Via header value sent on every hop, or NULL (no CR/LF) */
 } up_req_t;
 
 typedef struct up_stats {
@@ -157,6 +181,8 @@ typedef struct up_timings {
   unsigned hops;          /**< HTTP requests sent for this fetch, token requests excluded */
   unsigned token_fetches; /**< token endpoint requests this fetch started */
   uint64_t queue_us;      /**< waiting in the pool queue (0 when it started at once) */
+  unsigned url_pos;       /**< which URL of the fetch it is on (0 = up_req_t.url) */
+  const char *url;        /**< that URL as given (before redirects); valid while the fetch is */
 } up_timings_t;
 
 /** Caps of a pool. Zeroes mean no cap. */
@@ -229,6 +255,10 @@ void up_fetch_resume(up_fetch_t *f);
 const char *up_fetch_header(const up_fetch_t *f, const char *name);
 /** The final URL after redirects. */
 const char *up_fetch_url(const up_fetch_t *f);
+/** Which of the fetch's URLs (up_req_t.url = 0, more_urls[i] = i + 1) it is on now. */
+unsigned up_fetch_url_pos(const up_fetch_t *f);
+/** That URL as given (before redirects). */
+const char *up_fetch_base_url(const up_fetch_t *f);
 /** The fetch's timings so far (see up_timings_t). Meant for on_headers through on_done
  * (inclusive), where first_byte_us (and in on_done last_byte_us) are set; any time the handle
  * is valid it gives the phases completed so far. */

@@ -6,7 +6,7 @@ usage: up-fixture.py PORTFILE LOGFILE
 Listens on two ephemeral ports of 127.0.0.1 (A and B), writes "A B\\n" to PORTFILE once both
 listen, and appends one line per request to LOGFILE before answering:
     <port> <method> <path> auth=[<Authorization>] range=[<Range>] accept=[<Accept>] ua=[<UA>]
-        t=<monotonic seconds>
+        t=<monotonic seconds> via=[<Via>]
 
 Routes (both ports):
   /blob/<n>                 n pattern bytes (byte i = (7*i + 3) % 251); honours Range: bytes=N-
@@ -65,10 +65,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def record(self):
         h = self.headers
-        line = "%d %s %s auth=[%s] range=[%s] accept=[%s] ua=[%s] t=%.6f\n" % (
+        line = "%d %s %s auth=[%s] range=[%s] accept=[%s] ua=[%s] t=%.6f via=[%s]\n" % (
             self.server.server_port, self.command, self.path, h.get("Authorization", "-"),
             h.get("Range", "-"), h.get("Accept", "-"), h.get("User-Agent", "-"),
-            time.monotonic())
+            time.monotonic(), h.get("Via", "-"))
         with lock:
             with open(sys.argv[2], "a") as f:
                 f.write(line)

@@ -581,3 +581,38 @@ TEST(string_value_must_fit_the_printed_line)
   ASSERT_OK(config_load_file(&c, p, err, sizeof(err)));
   ASSERT_STREQ(val, c.tls_key);
 }
+
+/* mirrors: a list of URLs (comma or space separated), checked one by one, at most three,
+ * stored space-separated without trailing slashes; the failover keys have their defaults. */
+TEST(upstream_mirrors_list)
+{
+  daemon_config_t c;
+  char err[256];
+  const char *p =
+      write_ini("mirrors.conf", "[upstream \"registry.k8s.io\"]\n"
+                                "url = https://registry.k8s.io\n"
+                                "mirrors = http://10.0.0.1:5000/, http://10.0.0.2:5000\n"
+                                "down_backoff = 10s\n");
+  config_defaults(&c);
+  ASSERT_OK(config_load_file(&c, p, err, sizeof(err)));
+  ASSERT_STREQ("http://10.0.0.1:5000 http://10.0.0.2:5000", c.upstreams[0].mirrors);
+  ASSERT_EQ(10000, c.upstreams[0].down_backoff_ms);
+  ASSERT_EQ(3, c.upstreams[0].down_after);
+  ASSERT_EQ(2000, c.upstreams[0].failover_connect_ms);
+  ASSERT_EQ(8, c.max_hops);
+  p = write_ini("mirrors4.conf", "[upstream \"registry.k8s.io\"]\nurl = https://registry.k8s.io\n"
+                                 "mirrors = http://a:1 http://b:1 http://c:1 http://d:1\n");
+  config_defaults(&c);
+  ASSERT_EQ(-EINVAL, config_load_file(&c, p, err, sizeof(err)));
+  ASSERT(strstr(err, "mirrors: at most 3 URLs") != NULL);
+  p = write_ini("mirrorsbad.conf", "[upstream \"registry.k8s.io\"]\nurl = https://registry.k8s.io\n"
+                                   "mirrors = http://a:1 ftp://b\n");
+  config_defaults(&c);
+  ASSERT_EQ(-EINVAL, config_load_file(&c, p, err, sizeof(err)));
+  ASSERT(strstr(err, "\"ftp://b\" is not http(s)") != NULL);
+  p = write_ini("tier.conf", "[server]\ntier_id = site a\n");
+  config_defaults(&c);
+  ASSERT_OK(config_load_file(&c, p, err, sizeof(err)));
+  ASSERT_EQ(-EINVAL, config_validate(&c, err, sizeof(err)));
+  ASSERT(strstr(err, "tier_id") != NULL);
+}

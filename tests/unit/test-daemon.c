@@ -8,6 +8,7 @@
 #include "daemon/counters.h"
 #include "daemon/daemon.h"
 #include "daemon/ready.h"
+#include "daemon/tier.h"
 #include "daemon/upstream.h"
 #include "store/store.h"
 #include "unit.h"
@@ -161,4 +162,143 @@ TEST(counters_status_slots)
   ASSERT_EQ(DAEMON_CODES - 1, counters_code_idx(-1));
   ASSERT_STREQ("hit", counters_cache_name(DAEMON_CACHE_HIT));
   ASSERT_STREQ("revalidated", counters_cache_name(DAEMON_CACHE_REVALIDATED));
+}
+
+/* ---- failover: an upstream's URLs and their down breakers ---------------------------------- */
+
+/* Mirrors come first, asked with ns=NAME (& when the path has a query), the origin last and
+ * without it. */
+TEST(upstream_urls_mirrors_first_with_ns)
+{
+  static daemon_t d;
+  static daemon_config_t c;
+  add_upstream(&c, "registry.k8s.io", "http://127.0.0.1:9003", 300);
+  snprintf(c.upstreams[0].mirrors, sizeof(c.upstreams[0].mirrors), "%s",
+           "http://127.0.0.1:9001 http://10.0.0.2:5000/sub");
+  daemon_upstreams_apply(&d, &c);
+  daemon_upstream_t *u = d.ups[0];
+  ASSERT_EQ(3, u->nurls);
+  daemon_urls_t urls;
+  daemon_upstream_urls(u, "/v2/pause/blobs/sha256:ab", &urls);
+  ASSERT_EQ(3, urls.n);
+  ASSERT_STREQ("http://127.0.0.1:9001/v2/pause/blobs/sha256:ab?ns=registry.k8s.io", urls.v[0]);
+  ASSERT_STREQ("http://10.0.0.2:5000/sub/v2/pause/blobs/sha256:ab?ns=registry.k8s.io", urls.v[1]);
+  ASSERT_STREQ("http://127.0.0.1:9003/v2/pause/blobs/sha256:ab", urls.v[2]);
+  up_req_t r = {0};
+  daemon_upstream_req_urls(&r, u, &urls);
+  ASSERT(r.url == urls.v[0]);
+  ASSERT_EQ(2, r.nmore);
+  ASSERT(r.more_urls[1] == urls.v[2]);
+  ASSERT(r.on_try != NULL);
+  ASSERT_STREQ("http://10.0.0.2:5000/sub", daemon_upstream_url_base(u, urls.v[1]));
+  daemon_urls_free(&urls);
+  daemon_upstream_urls(u, "/v2/pause/tags/list?n=10", &urls);
+  ASSERT_STREQ("http://127.0.0.1:9001/v2/pause/tags/list?n=10&ns=registry.k8s.io", urls.v[0]);
+  ASSERT_STREQ("http://127.0.0.1:9003/v2/pause/tags/list?n=10", urls.v[2]);
+  daemon_urls_free(&urls);
+  /* A base that is a prefix of another's host is not mistaken for it. */
+  ASSERT(daemon_upstream_url_base(u, "http://127.0.0.1:90011/v2/x") == NULL);
+  daemon_upstreams_close(&d);
+}
+
+/* down_after failures in a row take a mirror out of the list for down_backoff; then one fetch
+ * probes it (the others still skip it); a good answer brings it back. An answer that is not a
+ * 5xx resets the count; the origin is never skipped. */
+TEST(upstream_url_breaker_down_probe_up)
+{
+  static daemon_t d;
+  static daemon_config_t c;
+  add_upstream(&c, "registry.k8s.io", "http://127.0.0.1:9003", 300);
+  snprintf(c.upstreams[0].mirrors, sizeof(c.upstreams[0].mirrors), "http://127.0.0.1:9001");
+  c.upstreams[0].down_after = 3;
+  c.upstreams[0].down_backoff_ms = 60000;
+  daemon_upstreams_apply(&d, &c);
+  daemon_upstream_t *u = d.ups[0];
+  daemon_upstream_url_t *m = &u->urls[0], *o = &u->urls[1];
+  const char *mu = "http://127.0.0.1:9001/v2/x/blobs/sha256:1?ns=registry.k8s.io";
+  const char *ou = "http://127.0.0.1:9003/v2/x/blobs/sha256:1";
+  daemon_urls_t urls;
+
+  daemon_upstream_url_tried(u, mu, PC_E_UPSTREAM_UNAVAILABLE, 0);
+  daemon_upstream_url_tried(u, mu, 0, 502);
+  daemon_upstream_url_tried(u, mu, 0, 404); /* an answer: the count starts again */
+  ASSERT_EQ(0, m->fails);
+  daemon_upstream_url_tried(u, mu, PC_E_TOOBIG, 0); /* ours: says nothing */
+  ASSERT_EQ(0, m->fails);
+  daemon_upstream_url_tried(u, mu, PC_E_UPSTREAM_TIMEOUT, 0);
+  daemon_upstream_url_tried(u, mu, PC_E_UPSTREAM, 0);
+  ASSERT_EQ(0, m->down.open);
+  daemon_upstream_url_tried(u, mu, 0, 503);
+  ASSERT_EQ(1, m->down.open);
+  ASSERT_EQ(1, m->down.opened);
+  ASSERT_EQ(5, m->failures);
+
+  /* Down: skipped, straight to the origin. */
+  for (int i = 0; i < 3; i++) {
+    daemon_upstream_urls(u, "/v2/x/blobs/sha256:1", &urls);
+    ASSERT_EQ(1, urls.n);
+    ASSERT_STREQ(ou, urls.v[0]);
+    daemon_urls_free(&urls);
+  }
+  ASSERT_EQ(3, m->skipped);
+
+  /* The back-off is over: one fetch probes the mirror, the next ones skip it meanwhile. */
+  m->down.until_ms = 0;
+  daemon_upstream_urls(u, "/v2/x/blobs/sha256:1", &urls);
+  ASSERT_EQ(2, urls.n);
+  ASSERT_STREQ(mu, urls.v[0]);
+  daemon_urls_free(&urls);
+  daemon_upstream_urls(u, "/v2/x/blobs/sha256:1", &urls);
+  ASSERT_EQ(1, urls.n);
+  daemon_urls_free(&urls);
+  /* The probe fails: down again for a whole back-off. */
+  daemon_upstream_url_tried(u, mu, PC_E_UPSTREAM_UNAVAILABLE, 0);
+  ASSERT_EQ(1, m->down.open);
+  ASSERT(m->down.until_ms > 0);
+  daemon_upstream_urls(u, "/v2/x/blobs/sha256:1", &urls);
+  ASSERT_EQ(1, urls.n);
+  daemon_urls_free(&urls);
+  /* The next probe is answered: up again. */
+  m->down.until_ms = 0;
+  daemon_upstream_urls(u, "/v2/x/blobs/sha256:1", &urls);
+  ASSERT_EQ(2, urls.n);
+  daemon_urls_free(&urls);
+  daemon_upstream_url_tried(u, mu, 0, 200);
+  ASSERT_EQ(0, m->down.open);
+  ASSERT_EQ(0, m->fails);
+  daemon_upstream_urls(u, "/v2/x/blobs/sha256:1", &urls);
+  ASSERT_EQ(2, urls.n);
+  daemon_urls_free(&urls);
+
+  /* The origin counts its failures but is never left out. */
+  for (int i = 0; i < 10; i++)
+    daemon_upstream_url_tried(u, ou, PC_E_UPSTREAM_UNAVAILABLE, 0);
+  ASSERT_EQ(10, o->failures);
+  ASSERT_EQ(0, o->down.open);
+  daemon_upstream_urls(u, "/v2/x/blobs/sha256:1", &urls);
+  ASSERT_EQ(2, urls.n);
+  daemon_urls_free(&urls);
+  daemon_upstreams_close(&d);
+}
+
+/* The Via chain: entries counted, this mirror found by its received-by name. */
+TEST(tier_via_scan_counts_and_finds_self)
+{
+  unsigned n;
+  int self;
+  tier_via_scan(NULL, "a:5000", &n, &self);
+  ASSERT_EQ(0, n);
+  ASSERT_EQ(0, self);
+  tier_via_scan("1.1 site-1:5000", "regional:5000", &n, &self);
+  ASSERT_EQ(1, n);
+  ASSERT_EQ(0, self);
+  tier_via_scan("1.1 site-1:5000, 1.1 Regional:5000 (pullcache),HTTP/1.1 lb", "regional:5000", &n,
+                &self);
+  ASSERT_EQ(3, n);
+  ASSERT_EQ(1, self);
+  tier_via_scan("1.1 regional:50000", "regional:5000", &n, &self); /* not a prefix match */
+  ASSERT_EQ(0, self);
+  tier_via_scan(" , ,1.1 x", "x", &n, &self);
+  ASSERT_EQ(1, n);
+  ASSERT_EQ(1, self);
 }

@@ -1819,3 +1819,269 @@ TEST(pause_and_resume)
   free(p.r.body);
   fx_stop(&x);
 }
+
+/* ---- failover: up_req_t.more_urls ---------------------------------------------------------- */
+
+struct tries {
+  int n;
+  unsigned pos[8];
+  int rc[8], status[8];
+  char url[8][160];
+};
+
+static void on_try(void *arg, const char *url, unsigned pos, int rc, int status)
+{
+  struct tries *t = arg;
+  ASSERT(t->n < 8);
+  t->pos[t->n] = pos;
+  t->rc[t->n] = rc;
+  t->status[t->n] = status;
+  snprintf(t->url[t->n], sizeof(t->url[0]), "%s", url);
+  t->n++;
+}
+
+/* A port bound by us and not listening: connecting to it is refused. */
+static int dead_port(int *fd)
+{
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof(sa);
+  *fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT(*fd >= 0);
+  ASSERT_OK(bind(*fd, (struct sockaddr *)&sa, sizeof(sa)));
+  ASSERT_OK(getsockname(*fd, (struct sockaddr *)&sa, &sl));
+  return ntohs(sa.sin_port);
+}
+
+static void fetch_urls(up_t *u, uv_loop_t *loop, const char *url, const char *const *more,
+                       unsigned nmore, const char *userpwd, struct res *r, struct tries *t)
+{
+  up_req_t req = {.method = "GET",
+                  .url = url,
+                  .on_headers = on_headers,
+                  .on_data = on_data,
+                  .on_done = on_done,
+                  .arg = r,
+                  .userpwd = userpwd,
+                  .more_urls = more,
+                  .nmore = nmore,
+                  .failover_connect_ms = 500,
+                  .on_try = on_try,
+                  .try_arg = t,
+                  .via = "1.1 tier-a (pullcache)"};
+  ASSERT_OK(up_fetch_start(u, &req, &r->f));
+  run_until(loop, &r->done);
+  ASSERT_EQ(1, r->done);
+}
+
+/* A refused first URL moves the fetch to the second; each URL's outcome is told once. */
+TEST(failover_refused_then_next)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0};
+  struct tries t = {0};
+  char dead[128], live[128], needle[160];
+  int fd, port;
+  const char *more[1] = {live};
+
+  fx_start(&x);
+  port = dead_port(&fd);
+  u = mk(&loop, NULL);
+  snprintf(dead, sizeof(dead), "http://127.0.0.1:%d/blob/1", port);
+  snprintf(live, sizeof(live), "http://127.0.0.1:%d/blob/3000", x.a);
+  fetch_urls(u, &loop, dead, more, 1, NULL, &r, &t);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT(body_ok(&r, 0, 3000));
+  ASSERT_EQ(1, r.hdr_calls);
+  ASSERT_EQ(2, t.n);
+  ASSERT_EQ(0, t.pos[0]);
+  ASSERT_EQ(PC_E_UPSTREAM_UNAVAILABLE, t.rc[0]);
+  ASSERT_STREQ(dead, t.url[0]);
+  ASSERT_EQ(1, t.pos[1]);
+  ASSERT_OK(t.rc[1]);
+  ASSERT_EQ(200, t.status[1]);
+  ASSERT_STREQ(live, r.url);
+  /* The Via value goes on the request. */
+  snprintf(needle, sizeof(needle), "%d GET /blob/3000 ", x.a);
+  ASSERT_EQ(1, log_count(&x, needle));
+  ASSERT_EQ(1, log_count(&x, "via=[1.1 tier-a (pullcache)]"));
+  close_all(&loop, u);
+  free(r.body);
+  close(fd);
+  fx_stop(&x);
+}
+
+/* A 5xx moves on while another URL is left; the last URL's 5xx is the answer. The user never
+ * sees the 5xx that moved the fetch. */
+TEST(failover_on_5xx_and_last_is_final)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0}, r2 = {0};
+  struct tries t = {0}, t2 = {0};
+  char bad[128], bad2[128], live[128];
+  const char *more[1] = {live}, *more2[1] = {bad2};
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(bad, sizeof(bad), "http://127.0.0.1:%d/token500", x.a);
+  snprintf(bad2, sizeof(bad2), "http://127.0.0.1:%d/token500", x.b);
+  snprintf(live, sizeof(live), "http://127.0.0.1:%d/blob/100", x.b);
+  fetch_urls(u, &loop, bad, more, 1, NULL, &r, &t);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(1, r.hdr_calls);
+  ASSERT(body_ok(&r, 0, 100));
+  ASSERT_EQ(2, t.n);
+  ASSERT_OK(t.rc[0]);
+  ASSERT_EQ(500, t.status[0]);
+  ASSERT_EQ(200, t.status[1]);
+
+  fetch_urls(u, &loop, bad, more2, 1, NULL, &r2, &t2);
+  ASSERT_OK(r2.rc);
+  ASSERT_EQ(500, r2.status);
+  ASSERT_EQ(1, r2.hdr_calls);
+  ASSERT_EQ(500, r2.hdr_status);
+  ASSERT_EQ(2, t2.n);
+  ASSERT_EQ(1, t2.pos[1]);
+  ASSERT_EQ(500, t2.status[1]);
+  close_all(&loop, u);
+  free(r.body);
+  free(r2.body);
+  fx_stop(&x);
+}
+
+/* Once on_headers ran, a broken body is the fetch's end: it does not move to the next URL. */
+TEST(failover_never_after_headers)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0};
+  struct tries t = {0};
+  char trunc[128], live[128];
+  const char *more[1] = {live};
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  snprintf(trunc, sizeof(trunc), "http://127.0.0.1:%d/trunc", x.a);
+  snprintf(live, sizeof(live), "http://127.0.0.1:%d/blob/100", x.b);
+  fetch_urls(u, &loop, trunc, more, 1, NULL, &r, &t);
+  ASSERT_EQ(PC_E_UPSTREAM, r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT_EQ(1, t.n);
+  ASSERT_EQ(0, t.pos[0]);
+  ASSERT_EQ(0, log_count(&x, "GET /blob/100"));
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
+
+/* All URLs dead: the last one's error is the fetch's; credentials go to the last URL only. */
+TEST(failover_all_dead_and_credentials_last_only)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0}, r2 = {0};
+  struct tries t = {0}, t2 = {0};
+  char d1[128], d2[128], mirror[128], origin[128];
+  int fd1, fd2;
+  const char *more[1] = {d2}, *more2[1] = {origin};
+
+  fx_start(&x);
+  snprintf(d1, sizeof(d1), "http://127.0.0.1:%d/blob/1", dead_port(&fd1));
+  snprintf(d2, sizeof(d2), "http://127.0.0.1:%d/blob/1", dead_port(&fd2));
+  u = mk(&loop, NULL);
+  fetch_urls(u, &loop, d1, more, 1, NULL, &r, &t);
+  ASSERT_EQ(PC_E_UPSTREAM_UNAVAILABLE, r.rc);
+  ASSERT_EQ(0, r.hdr_calls);
+  ASSERT_EQ(2, t.n);
+  ASSERT_EQ(PC_E_UPSTREAM_UNAVAILABLE, t.rc[1]);
+
+  /* The mirror (first) asks for Basic: it is answered anonymously, and its 401 is final (a
+   * 4xx does not move on). The origin's credentials never reach it. */
+  snprintf(mirror, sizeof(mirror), "http://127.0.0.1:%d/basicauth/10", x.a);
+  snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/basicauth/10", x.b);
+  fetch_urls(u, &loop, mirror, more2, 1, "alice:secret", &r2, &t2);
+  ASSERT_OK(r2.rc);
+  ASSERT_EQ(401, r2.status);
+  ASSERT_EQ(1, t2.n);
+  ASSERT_EQ(0, log_count(&x, "auth=[Basic"));
+  close_all(&loop, u);
+  free(r2.body);
+  close(fd1);
+  close(fd2);
+  fx_stop(&x);
+}
+
+/* The origin (last) gets the credentials after a failover from a dead mirror. */
+TEST(failover_credentials_reach_the_origin)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0};
+  struct tries t = {0};
+  char d1[128], origin[128];
+  int fd1;
+  const char *more[1] = {origin};
+
+  fx_start(&x);
+  snprintf(d1, sizeof(d1), "http://127.0.0.1:%d/basicauth/10", dead_port(&fd1));
+  snprintf(origin, sizeof(origin), "http://127.0.0.1:%d/basicauth/10", x.b);
+  u = mk(&loop, NULL);
+  fetch_urls(u, &loop, d1, more, 1, "alice:secret", &r, &t);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT(body_ok(&r, 0, 10));
+  ASSERT_EQ(1, log_count(&x, "auth=[Basic"));
+  close_all(&loop, u);
+  free(r.body);
+  close(fd1);
+  fx_stop(&x);
+}
+
+/* A first URL that accepts and never answers ends at the failover first-byte timeout (not the
+ * client's 30 s) and the fetch moves on. */
+TEST(failover_first_byte_timeout)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  struct res r = {0};
+  struct tries t = {0};
+  char hung[128], live[128];
+  const char *more[1] = {live};
+  up_req_t req = {.method = "GET",
+                  .url = hung,
+                  .on_headers = on_headers,
+                  .on_data = on_data,
+                  .on_done = on_done,
+                  .arg = &r,
+                  .more_urls = more,
+                  .nmore = 1,
+                  .failover_first_byte_ms = 300,
+                  .on_try = on_try,
+                  .try_arg = &t};
+
+  /* The client waits longer than the hold (60 s): only the failover timeout moves the fetch. */
+  up_opts_t o = {.first_byte_timeout_ms = 120000};
+  fx_start(&x);
+  u = mk(&loop, &o);
+  snprintf(hung, sizeof(hung), "http://127.0.0.1:%d/hold/never", x.a); /* 200 after 60 s */
+  snprintf(live, sizeof(live), "http://127.0.0.1:%d/blob/100", x.b);
+  ASSERT_OK(up_fetch_start(u, &req, &r.f));
+  run_until(&loop, &r.done);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT(body_ok(&r, 0, 100));
+  ASSERT_EQ(2, t.n);
+  ASSERT_EQ(PC_E_UPSTREAM_TIMEOUT, t.rc[0]);
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
