@@ -41,10 +41,10 @@
  *
  * Writing. Small complete file bodies (<= SRV_SMALL_FILE: manifests, configs) are read inline
  * and written with the head in one write. Larger ones go out with the transport's send_file,
- * SRV_FILE_CHUNK bytes at most per op (TCP: sendfile(2) on the thread pool, waiting for the
- * socket to drain; see http/srv_tcp.c); the file fd is the connection's and stays open until
- * the transport has closed. Nothing else is written while a file body is in flight (responses
- * are strictly ordered). Per connection memory is the read buffer, the request and the
+ * SRV_FILE_CHUNK bytes at most per op (TCP: sendfile(2) from the loop when the range is in the
+ * page cache, else on the thread pool; see http/srv_tcp.c); the file fd is the connection's and
+ * stays open until the transport has closed. Nothing else is written while a file body is in flight
+ * (responses are strictly ordered). Per connection memory is the read buffer, the request and the
  * response head: it does not depend on the body size. A file body may continue from a body
  * source (srv_file_source; or be all source, srv_respond_source): from r->src_from on, each
  * chunk is peeked from the source and written with the transport's write (the bytes stay the

@@ -853,6 +853,35 @@ TEST(file_exact_bytes)
   ts_stop();
 }
 
+/* The TCP transport sends page-cached ranges with sendfile(2) from the loop and the rest from
+ * the thread pool: the same bytes either way, in any mix. The file's pages are dropped from the
+ * page cache first (fdatasync + POSIX_FADV_DONTNEED; a file system that keeps them, like tmpfs,
+ * makes this the cached case twice), then it is served twice on one connection: cold (the
+ * pool), then warm (the loop). */
+TEST(file_out_of_page_cache)
+{
+  ts_start(NULL);
+  int fd = open(T.file, O_RDONLY);
+  ASSERT(fd >= 0);
+  ASSERT_EQ(0, fdatasync(fd));
+  ASSERT_EQ(0, posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED));
+  close(fd);
+  cli_t c;
+  resp_t r;
+  cli_open(&c);
+  for (int i = 0; i < 2; i++) {
+    cli_sends(&c, "GET /file HTTP/1.1\r\nHost: x\r\n\r\n");
+    ASSERT_OK(cli_read(&c, &r, 0));
+    ASSERT_EQ(200, r.status);
+    ASSERT_EQ(FILE_SIZE, r.blen);
+    check_pattern(r.body, r.blen, 0);
+    resp_free(&r);
+    ASSERT_EQ(200, wait_done("/file", 0));
+  }
+  cli_close(&c);
+  ts_stop();
+}
+
 TEST(file_growing)
 {
   ts_start(NULL);
