@@ -80,7 +80,8 @@
 #define SRV_LOG_LINE_MAX 4096u         /* an access-log line (bounded by the above anyway) */
 #define SRV_RESP_HDR_MAX 16384u        /* srv_resp_header bytes per response */
 #define SRV_BACKLOG 511
-#define SRV_SPARE 32            /* requests and write buffers kept for reuse, per server */
+#define SRV_SPARE                                                                                  \
+  32 /* requests and write buffers kept for reuse: this many, or one per open conn */
 #define SRV_SPARE_BUF_MAX 8192u /* ... when none of their buffers grew past this */
 #define SRV_SMALL_STACK 16384u  /* small file bodies up to this are read into the stack */
 
@@ -171,13 +172,13 @@ struct srv {
   void *finish_arg;
   /* Reuse instead of malloc/free per request (a warm hit allocates nothing here): finished
    * requests with their buffers, and write buffers, a few per server, not per connection. */
-  srv_req_t *spare[SRV_SPARE];
-  unsigned nspare;
-  struct {
+  srv_req_t **spare;
+  unsigned nspare, spare_cap;
+  struct wspare {
     char *p;
     size_t cap;
-  } wspare[SRV_SPARE];
-  unsigned nwspare;
+  } * wspare;
+  unsigned nwspare, wspare_cap;
 };
 
 static void conn_parse(conn_t *c);
@@ -319,10 +320,26 @@ static void req_free(srv_req_t *r)
   free(r);
 }
 
+/* Spares kept: SRV_SPARE, or one per open connection (with many connections, as many requests
+ * and write buffers are in flight at once); spares_trim gives back the surplus when they go. */
+static unsigned spare_max(const srv_t *s)
+{
+  return s->nactive > SRV_SPARE ? s->nactive : SRV_SPARE;
+}
+
+static void spares_trim(srv_t *s)
+{
+  unsigned max = s->closing ? 0 : spare_max(s);
+  while (s->nspare > max)
+    req_free(s->spare[--s->nspare]);
+  while (s->nwspare > max)
+    free(s->wspare[--s->nwspare].p);
+}
+
 /* A finished request: kept for the next one (req_new) when there is room and it is small. */
 static void req_release(srv_t *s, srv_req_t *r)
 {
-  if (s->closing || s->nspare == SRV_SPARE || r->url.cap > SRV_SPARE_BUF_MAX ||
+  if (s->closing || s->nspare >= spare_max(s) || r->url.cap > SRV_SPARE_BUF_MAX ||
       r->arena.cap > SRV_SPARE_BUF_MAX || r->rh.cap > SRV_SPARE_BUF_MAX ||
       r->logf.cap > SRV_SPARE_BUF_MAX || r->hcap > 64) {
     req_free(r);
@@ -334,6 +351,10 @@ static void req_release(srv_t *s, srv_req_t *r)
     free(r->merged);
     r->merged = NULL;
   }
+  if (s->nspare == s->spare_cap) {
+    s->spare_cap = s->spare_cap ? s->spare_cap * 2 : SRV_SPARE;
+    s->spare = pc_xrealloc(s->spare, s->spare_cap * sizeof(*s->spare));
+  }
   s->spare[s->nspare++] = r;
 }
 
@@ -343,7 +364,11 @@ static void wbuf_release(conn_t *c)
   srv_t *s = c->s;
   if (!c->wbuf)
     return;
-  if (!s->closing && s->nwspare < SRV_SPARE && c->wcap <= SRV_SPARE_BUF_MAX) {
+  if (!s->closing && s->nwspare < spare_max(s) && c->wcap <= SRV_SPARE_BUF_MAX) {
+    if (s->nwspare == s->wspare_cap) {
+      s->wspare_cap = s->wspare_cap ? s->wspare_cap * 2 : SRV_SPARE;
+      s->wspare = pc_xrealloc(s->wspare, s->wspare_cap * sizeof(*s->wspare));
+    }
     s->wspare[s->nwspare].p = c->wbuf;
     s->wspare[s->nwspare].cap = c->wcap;
     s->nwspare++;
@@ -449,8 +474,10 @@ static void conn_close_handles(conn_t *c)
 static void conn_unlink(conn_t *c)
 {
   pc_list_remove(&c->link);
-  if (!c->reject)
+  if (!c->reject) {
     c->s->nactive--;
+    spares_trim(c->s);
+  }
 }
 
 /* Close at once. A request in flight ends with status 0. Idempotent. */
@@ -1347,10 +1374,9 @@ static void srv_maybe_free(srv_t *s)
   void *arg = s->closed_arg;
   free(s->ls);
   free(s->ltls);
-  while (s->nspare)
-    req_free(s->spare[--s->nspare]);
-  while (s->nwspare)
-    free(s->wspare[--s->nwspare].p);
+  spares_trim(s); /* closing: all of them */
+  free(s->spare);
+  free(s->wspare);
   free(s);
   if (cb)
     cb(arg);
