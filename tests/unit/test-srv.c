@@ -542,6 +542,33 @@ TEST(pipelining_in_order)
   ts_stop();
 }
 
+/* The read buffer starts small and grows while it is full: a head of 12 KB (under the 16 KiB
+ * limit) still parses, with a request after it in the same write, on one connection. */
+TEST(head_bigger_than_the_first_read_buffer)
+{
+  ts_start(NULL);
+  cli_t c;
+  resp_t r;
+  cli_open(&c);
+  size_t pad = 12000;
+  char *req = pc_xmalloc(pad + 200);
+  int n = snprintf(req, 200, "GET /echo?n=big HTTP/1.1\r\nHost: x\r\nX-Pad: ");
+  memset(req + n, 'p', pad);
+  memcpy(req + (size_t)n + pad, "\r\n\r\nGET /echo?n=next HTTP/1.1\r\nHost: x\r\n\r\n", 42);
+  cli_send(&c, req, (size_t)n + pad + 42);
+  free(req);
+  ASSERT_OK(cli_read(&c, &r, 0));
+  ASSERT_EQ(200, r.status);
+  ASSERT(strstr(r.body, "q=n=big") != NULL);
+  resp_free(&r);
+  ASSERT_OK(cli_read(&c, &r, 0));
+  ASSERT_EQ(200, r.status);
+  ASSERT(strstr(r.body, "q=n=next") != NULL);
+  resp_free(&r);
+  cli_close(&c);
+  ts_stop();
+}
+
 TEST(async_handler)
 {
   ts_start(NULL);
