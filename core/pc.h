@@ -167,6 +167,15 @@ size_t pc_log_key(char *dst, size_t dstlen, const char *key);
   } while (0)
 /** Log one line at level lvl (0..7), without looking at pc_log_level. */
 void pc__log(int lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/** pc_log(lvl, "%.*s", len, msg) without the formatting (the access log's hot path); a
+ * message longer than a line is cut as pc_log would cut it. */
+#define pc_log_str(lvl, msg, len)                                                                  \
+  do {                                                                                             \
+    if ((lvl) > atomic_load_explicit(&pc_log_level, memory_order_relaxed))                         \
+      break;                                                                                       \
+    pc__log_str((lvl), (msg), (len));                                                              \
+  } while (0)
+void pc__log_str(int lvl, const char *msg, size_t len);
 
 /** Always-on assertion: logs the expression, file and line at level 2 (crit), then aborts.
  * pc_fatal and PC_ASSERT write "fatal file=F line=N reason=R", R being the formatted text

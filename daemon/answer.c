@@ -119,7 +119,11 @@ static int etag_matches(srv_req_t *req, const char *digest)
 static void digest_headers(srv_req_t *req, const answer_content_t *a)
 {
   char etag[STORE_DIGEST_MAX + 2];
-  snprintf(etag, sizeof(etag), "\"%s\"", a->digest);
+  size_t dl = strnlen(a->digest, STORE_DIGEST_MAX - 1);
+  etag[0] = '"';
+  memcpy(etag + 1, a->digest, dl);
+  etag[dl + 1] = '"';
+  etag[dl + 2] = '\0';
   answer_common_headers(req);
   srv_resp_header(req, "Docker-Content-Digest", a->digest);
   srv_resp_header(req, "ETag", etag);

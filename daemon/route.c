@@ -84,6 +84,11 @@ int route_tag_valid(const char *s, size_t len)
 
 int route_pct_decode(const char *src, size_t len, char *dst, size_t dstlen)
 {
+  if (len < dstlen && !memchr(src, '%', len) && !memchr(src, '\0', len)) {
+    memcpy(dst, src, len); /* nothing to decode: the common case, without a loop per byte */
+    dst[len] = '\0';
+    return (int)len;
+  }
   size_t o = 0;
   for (size_t i = 0; i < len; i++) {
     unsigned char c = (unsigned char)src[i];

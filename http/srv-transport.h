@@ -3,8 +3,9 @@
  *
  * http/srv.c (parsing, requests, keep-alive, limits, timers, access log) talks to its peer only
  * through a srv_tr_t: an ops table plus the object it works on. http/srv_tcp.c is the first
- * implementation (libuv TCP, sendfile(2) on the thread pool); a TLS transport would be a second
- * one (read: decrypt before delivering; write: encrypt; send_file: pread + encrypt), without
+ * implementation (libuv TCP, sendfile(2) from the loop or the thread pool); a TLS transport
+ * would be a second one (read: decrypt before delivering; write: encrypt; send_file: pread +
+ * encrypt), without
  * touching srv.c, routes or the mirror. An implementation embeds srv_tr_t as its first member
  * (or recovers itself with container_of) and fills ops.
  *

@@ -20,7 +20,8 @@
  *   C_WRITE/C_FILE --a write or send_file that cannot start--> C_HANDLER, aborted by a 0 ms
  *   timer (abort_soon: srv_respond* never runs a done callback before it returns)
  *
- * Reading and parsing. Bytes land in a fixed per-connection buffer (SRV_RBUF). The parser is
+ * Reading and parsing. Bytes land in a per-connection buffer (SRV_RBUF_MIN, doubled when full up
+ * to SRV_RBUF: 10,000 idle keep-alive connections cost 20 MB of it, not 160). The parser is
  * paused (HPE_PAUSED) in on_message_begin (to know where a head starts, so the head size is
  * counted exactly) and in on_headers_complete (the dispatch point). While a request is in
  * flight the parser stays paused and later bytes (pipelined requests) wait in the buffer; when
@@ -41,11 +42,14 @@
  *
  * Writing. Small complete file bodies (<= SRV_SMALL_FILE: manifests, configs) are read inline
  * and written with the head in one write. Larger ones go out with the transport's send_file,
- * SRV_FILE_CHUNK bytes at most per op (TCP: sendfile(2) on the thread pool, waiting for the
- * socket to drain; see http/srv_tcp.c); the file fd is the connection's and stays open until
- * the transport has closed. Nothing else is written while a file body is in flight (responses
- * are strictly ordered). Per connection memory is the read buffer, the request and the
- * response head: it does not depend on the body size. A file body may continue from a body
+ * SRV_FILE_CHUNK bytes at most per op (TCP: sendfile(2) from the loop when the range is in the
+ * page cache, else on the thread pool; see http/srv_tcp.c); the file fd is the connection's and
+ * stays open until the transport has closed. Nothing else is written while a file body is in flight
+ * (responses are strictly ordered). Per connection memory is the read buffer, the request and the
+ * response head: it does not depend on the body size. Finished requests and written response
+ * buffers are kept by the server for reuse (srv.spare, srv.wspare: at most one of each per open
+ * connection, at least SRV_SPARE, none whose buffers grew past SRV_SPARE_BUF_MAX; trimmed as
+ * connections close), so a warm answer allocates nothing here. A file body may continue from a body
  * source (srv_file_source; or be all source, srv_respond_source): from r->src_from on, each
  * chunk is peeked from the source and written with the transport's write (the bytes stay the
  * source's until its sent call); the source is released where the file would be closed.
@@ -69,7 +73,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define SRV_RBUF 16384u                /* read buffer per connection */
+#define SRV_RBUF 16384u                /* read buffer per connection, at most */
+#define SRV_RBUF_MIN 2048u             /* ... at first (doubled while it is full) */
 #define SRV_FILE_CHUNK (1024u * 1024u) /* bytes per send_file op */
 #define SRV_SMALL_FILE 65536u          /* complete file bodies up to this are read inline */
 #define SRV_LINGER_MS 2000u            /* lingering close: discard input this long at most */
@@ -80,6 +85,10 @@
 #define SRV_LOG_LINE_MAX 4096u         /* an access-log line (bounded by the above anyway) */
 #define SRV_RESP_HDR_MAX 16384u        /* srv_resp_header bytes per response */
 #define SRV_BACKLOG 511
+#define SRV_SPARE                                                                                  \
+  32 /* requests and write buffers kept for reuse: this many, or one per open conn */
+#define SRV_SPARE_BUF_MAX 8192u /* ... when none of their buffers grew past this */
+#define SRV_SMALL_STACK 16384u  /* small file bodies up to this are read into the stack */
 
 enum conn_state { C_IDLE, C_HEAD, C_HANDLER, C_WRITE, C_FILE, C_FILE_WAIT, C_LINGER, C_CLOSED };
 enum pause_why { P_NONE, P_BEGIN, P_HEADERS };
@@ -125,6 +134,7 @@ struct conn {
   pc_list_t link; /* in srv.conns while open and not closing */
   enum conn_state state;
   char *rbuf;
+  size_t rcap;       /* its size: SRV_RBUF_MIN, doubled up to SRV_RBUF when full */
   size_t rlen, rpos; /* bytes in rbuf; bytes of them already parsed */
   int got_bytes;     /* anything read yet (the first byte tells a TLS client apart) */
   size_t linger_bytes;
@@ -138,6 +148,7 @@ struct conn {
   size_t src_len;    /* bytes of the source write in flight (fs_busy) */
   int pending;       /* the timer and the transport, still to be closed before the free */
   char *wbuf;        /* response head (+ memory body) being written */
+  size_t wcap;       /* its allocation */
   srv_req_t *req;
   uint64_t progress, last_progress; /* write stall detection */
   size_t last_wqs;
@@ -165,6 +176,15 @@ struct srv {
   srv_stats_t stats;
   srv_finish_cb finish_cb; /* srv_set_finish_cb */
   void *finish_arg;
+  /* Reuse instead of malloc/free per request (a warm hit allocates nothing here): finished
+   * requests with their buffers, and write buffers, a few per server, not per connection. */
+  srv_req_t **spare;
+  unsigned nspare, spare_cap;
+  struct wspare {
+    char *p;
+    size_t cap;
+  } * wspare;
+  unsigned nwspare, wspare_cap;
 };
 
 static void conn_parse(conn_t *c);
@@ -263,7 +283,24 @@ static const char *reason_phrase(int status)
 
 static srv_req_t *req_new(conn_t *c)
 {
-  srv_req_t *r = pc_xcalloc(1, sizeof(*r));
+  srv_t *s = c->s;
+  srv_req_t *r;
+  if (s->nspare) { /* a finished one: zeroed, but its buffers keep their allocations */
+    r = s->spare[--s->nspare];
+    pc_buf_t url = r->url, arena = r->arena, rh = r->rh, logf = r->logf;
+    hdr_t *h = r->h;
+    size_t hcap = r->hcap;
+    memset(r, 0, sizeof(*r));
+    pc_buf_reset(&url);
+    pc_buf_reset(&arena);
+    pc_buf_reset(&rh);
+    pc_buf_reset(&logf);
+    r->url = url, r->arena = arena, r->rh = rh, r->logf = logf;
+    r->h = h;
+    r->hcap = hcap;
+  } else {
+    r = pc_xcalloc(1, sizeof(*r));
+  }
   r->c = c;
   r->method = "-";
   r->t0 = uv_now(c->s->loop);
@@ -291,19 +328,98 @@ static void req_free(srv_req_t *r)
   free(r);
 }
 
+/* Spares kept: SRV_SPARE, or one per open connection (with many connections, as many requests
+ * and write buffers are in flight at once); spares_trim gives back the surplus when they go. */
+static unsigned spare_max(const srv_t *s)
+{
+  return s->nactive > SRV_SPARE ? s->nactive : SRV_SPARE;
+}
+
+static void spares_trim(srv_t *s)
+{
+  unsigned max = s->closing ? 0 : spare_max(s);
+  while (s->nspare > max)
+    req_free(s->spare[--s->nspare]);
+  while (s->nwspare > max)
+    free(s->wspare[--s->nwspare].p);
+}
+
+/* A finished request: kept for the next one (req_new) when there is room and it is small. */
+static void req_release(srv_t *s, srv_req_t *r)
+{
+  if (s->closing || s->nspare >= spare_max(s) || r->url.cap > SRV_SPARE_BUF_MAX ||
+      r->arena.cap > SRV_SPARE_BUF_MAX || r->rh.cap > SRV_SPARE_BUF_MAX ||
+      r->logf.cap > SRV_SPARE_BUF_MAX || r->hcap > 64) {
+    req_free(r);
+    return;
+  }
+  if (r->merged) {
+    for (size_t i = 0; i < r->nh; i++)
+      free(r->merged[i]);
+    free(r->merged);
+    r->merged = NULL;
+  }
+  if (s->nspare == s->spare_cap) {
+    s->spare_cap = s->spare_cap ? s->spare_cap * 2 : SRV_SPARE;
+    s->spare = pc_xrealloc(s->spare, s->spare_cap * sizeof(*s->spare));
+  }
+  s->spare[s->nspare++] = r;
+}
+
+/* The connection's write buffer is written: kept for the next response (resp_send). */
+static void wbuf_release(conn_t *c)
+{
+  srv_t *s = c->s;
+  if (!c->wbuf)
+    return;
+  if (!s->closing && s->nwspare < spare_max(s) && c->wcap <= SRV_SPARE_BUF_MAX) {
+    if (s->nwspare == s->wspare_cap) {
+      s->wspare_cap = s->wspare_cap ? s->wspare_cap * 2 : SRV_SPARE;
+      s->wspare = pc_xrealloc(s->wspare, s->wspare_cap * sizeof(*s->wspare));
+    }
+    s->wspare[s->nwspare].p = c->wbuf;
+    s->wspare[s->nwspare].cap = c->wcap;
+    s->nwspare++;
+  } else {
+    free(c->wbuf);
+  }
+  c->wbuf = NULL;
+  c->wcap = 0;
+}
+
+/* Append v in decimal (no stdio on the access-log path). */
+static void buf_u64(pc_buf_t *b, uint64_t v)
+{
+  char num[24];
+  size_t i = sizeof(num);
+  do
+    num[--i] = (char)('0' + v % 10);
+  while ((v /= 10) != 0);
+  (void)pc_buf_add(b, num + i, sizeof(num) - i);
+}
+
 static void req_log(srv_req_t *r)
 {
   conn_t *c = r->c;
-  if (c->s->o.access_log < 0)
-    return;
-  pc_buf_t b = {.max = SRV_LOG_LINE_MAX};
+  if (c->s->o.access_log < 0 ||
+      PC_LOG_INFO > atomic_load_explicit(&pc_log_level, memory_order_relaxed))
+    return; /* not written: not built either */
+  /* On the stack: with cap > max the buffer never grows (an append past max is refused), so
+   * it is never realloc'd or freed. */
+  char line[SRV_LOG_LINE_MAX + 1];
+  pc_buf_t b = {.p = line, .cap = sizeof(line), .max = SRV_LOG_LINE_MAX};
+  line[0] = '\0';
   (void)pc_buf_adds(&b, "req method=");
   log_value(&b, r->method, 32);
   (void)pc_buf_adds(&b, " path=");
   log_value(&b, r->url.p && r->url.p[0] ? r->url.p : "-", SRV_LOG_PATH_MAX);
-  (void)pc_buf_printf(&b, " status=%d bytes=%llu ms=%llu peer=", r->status,
-                      (unsigned long long)r->body_bytes,
-                      (unsigned long long)(uv_now(c->s->loop) - r->t0));
+  (void)pc_buf_adds(&b, " status=");
+  buf_u64(&b, (uint64_t)(r->status < 0 ? 0 : r->status));
+  (void)pc_buf_adds(&b, " bytes=");
+  buf_u64(&b, r->body_bytes);
+  (void)pc_buf_adds(&b, " ms=");
+  buf_u64(&b, uv_now(c->s->loop) - r->t0);
+  (void)pc_buf_adds(&b, " peer=");
   log_value(&b, c->peer, 64);
   if (c->tr->ops->client) {
     char id[256];
@@ -314,8 +430,7 @@ static void req_log(srv_req_t *r)
     }
   }
   (void)pc_buf_add(&b, r->logf.p, r->logf.len);
-  pc_log(PC_LOG_INFO, "%s", b.p);
-  pc_buf_free(&b);
+  pc_log_str(PC_LOG_INFO, b.p, b.len);
 }
 
 /* ---- connections: closing ----------------------------------------------------------------- */
@@ -367,8 +482,10 @@ static void conn_close_handles(conn_t *c)
 static void conn_unlink(conn_t *c)
 {
   pc_list_remove(&c->link);
-  if (!c->reject)
+  if (!c->reject) {
     c->s->nactive--;
+    spares_trim(c->s);
+  }
 }
 
 /* Close at once. A request in flight ends with status 0. Idempotent. */
@@ -507,7 +624,7 @@ static void finish_req(conn_t *c, int status)
   req_log(r);
   if (r->done)
     r->done(r, status, r->done_arg);
-  req_free(r);
+  req_release(c->s, r);
   if (c->closing)
     return;
   if (c->close_after) {
@@ -523,8 +640,7 @@ static void finish_req(conn_t *c, int status)
 static void on_write(srv_tr_t *t, ssize_t status)
 {
   conn_t *c = t->data;
-  free(c->wbuf);
-  c->wbuf = NULL;
+  wbuf_release(c);
   if (c->closing)
     return;
   if (status < 0) {
@@ -647,14 +763,35 @@ static void file_pump(conn_t *c)
 
 /* RFC 9110 §5.5: a field value is visible characters, obs-text, spaces and tabs; no other
  * control character (CR, LF, NUL, ESC, DEL...) ever goes into a response head. */
+static const unsigned char header_bad[256] = {
+    [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x04] = 1, [0x05] = 1, [0x06] = 1, [0x07] = 1, [0x08] = 1,
+    [0x0a] = 1, [0x0b] = 1, [0x0c] = 1, [0x0d] = 1, [0x0e] = 1, [0x0f] = 1, [0x10] = 1, [0x11] = 1,
+    [0x12] = 1, [0x13] = 1, [0x14] = 1, [0x15] = 1, [0x16] = 1, [0x17] = 1, [0x18] = 1, [0x19] = 1,
+    [0x1a] = 1, [0x1b] = 1, [0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1, [0x7f] = 1,
+};
+
+/* The length of s when every character may be in a head, else -1 (a table: it runs over every
+ * response header's name and value). */
+static ssize_t header_len(const char *s)
+{
+  size_t n = strlen(s), i = 0;
+  const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+  for (; i + 8 <= n; i += 8) { /* 8 at a time: a byte below 0x20 or 0x7f, then by table */
+    uint64_t w, d;
+    memcpy(&w, s + i, 8);
+    d = w ^ (ones * 0x7f);
+    if (((w - ones * 0x20) & ~w & highs) | ((d - ones) & ~d & highs))
+      break; /* a control character in this word (maybe a tab, which is allowed) */
+  }
+  unsigned bad = 0;
+  for (; i < n; i++)
+    bad |= header_bad[(unsigned char)s[i]];
+  return bad ? -1 : (ssize_t)n;
+}
+
 static int header_ok(const char *s)
 {
-  for (; *s; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-      return 0;
-  }
-  return 1;
+  return header_len(s) >= 0;
 }
 
 /* Queue the response head (and an in-memory body) for the current request. */
@@ -671,7 +808,19 @@ static void resp_send(srv_req_t *r, int status, const char *ctype, uint64_t clen
     return;
   /* No cap: the head is bounded by the capped rh, the body is the caller's (copied once). */
   pc_buf_t b = {.max = 0};
-  (void)pc_buf_printf(&b, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
+  srv_t *s = c->s;
+  if (s->nwspare) {
+    s->nwspare--;
+    b.p = s->wspare[s->nwspare].p;
+    b.cap = s->wspare[s->nwspare].cap;
+    b.p[0] = '\0';
+  }
+  char num[24] = "HTTP/1.1 ";
+  num[9] = (char)('0' + status / 100), num[10] = (char)('0' + status / 10 % 10);
+  num[11] = (char)('0' + status % 10), num[12] = ' ';
+  (void)pc_buf_add(&b, num, 13);
+  (void)pc_buf_adds(&b, reason_phrase(status));
+  (void)pc_buf_add(&b, "\r\n", 2);
   (void)pc_buf_add(&b, r->rh.p, r->rh.len);
   if (ctype && !header_ok(ctype)) { /* the one checked path: no unchecked byte in a head */
     pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=invalid name=Content-Type");
@@ -682,8 +831,16 @@ static void resp_send(srv_req_t *r, int status, const char *ctype, uint64_t clen
     (void)pc_buf_adds(&b, ctype);
     (void)pc_buf_adds(&b, "\r\n");
   }
-  if (status != 204 && status != 304 && status >= 200)
-    (void)pc_buf_printf(&b, "Content-Length: %llu\r\n", (unsigned long long)clen);
+  if (status != 204 && status != 304 && status >= 200) {
+    size_t i = sizeof(num);
+    uint64_t v = clen;
+    do
+      num[--i] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    (void)pc_buf_add(&b, "Content-Length: ", 16);
+    (void)pc_buf_add(&b, num + i, sizeof(num) - i);
+    (void)pc_buf_add(&b, "\r\n", 2);
+  }
   if (c->close_after)
     (void)pc_buf_adds(&b, "Connection: close\r\n");
   else if (c->parser.http_major == 1 && c->parser.http_minor == 0)
@@ -694,12 +851,12 @@ static void resp_send(srv_req_t *r, int status, const char *ctype, uint64_t clen
     r->body_bytes = blen;
   }
   c->wbuf = b.p;
+  c->wcap = b.cap;
   uv_buf_t ub = uv_buf_init(b.p, (unsigned)b.len);
   c->state = C_WRITE;
   int rc = c->tr->ops->write(c->tr, &ub, 1, on_write);
   if (rc != 0) {
-    free(c->wbuf);
-    c->wbuf = NULL;
+    wbuf_release(c);
     abort_soon(c);
     return;
   }
@@ -933,7 +1090,7 @@ static void on_alloc(srv_tr_t *t, uv_buf_t *b)
 {
   conn_t *c = t->data;
   if (c->state == C_LINGER) {
-    *b = uv_buf_init(c->rbuf, SRV_RBUF);
+    *b = uv_buf_init(c->rbuf, (unsigned)c->rcap);
     return;
   }
   if (c->rpos > 0) {
@@ -942,7 +1099,12 @@ static void on_alloc(srv_tr_t *t, uv_buf_t *b)
     c->rlen -= c->rpos;
     c->rpos = 0;
   }
-  *b = uv_buf_init(c->rbuf + c->rlen, (unsigned)(SRV_RBUF - c->rlen));
+  if (c->rlen == c->rcap && c->rcap < SRV_RBUF) {
+    /* full: grow (for the same reason, no pointer into the buffer outlives a parse) */
+    c->rcap *= 2;
+    c->rbuf = pc_xrealloc(c->rbuf, c->rcap);
+  }
+  *b = uv_buf_init(c->rbuf + c->rlen, (unsigned)(c->rcap - c->rlen));
 }
 
 static void read_stop(conn_t *c)
@@ -997,7 +1159,8 @@ static void on_read(srv_tr_t *t, ssize_t nread, const uv_buf_t *b)
       return;
   }
   /* A request is in flight and the buffer is full: stop until the response is done. */
-  if (c->state != C_IDLE && c->state != C_HEAD && c->state != C_LINGER && c->rlen == SRV_RBUF)
+  if (c->state != C_IDLE && c->state != C_HEAD && c->state != C_LINGER && c->rlen == c->rcap &&
+      c->rcap >= SRV_RBUF)
     read_stop(c);
 }
 
@@ -1025,7 +1188,8 @@ static conn_t *conn_new(srv_t *s, srv_tr_t *t)
   c->tr = t;
   t->data = c;
   c->ffd = -1;
-  c->rbuf = pc_xmalloc(SRV_RBUF);
+  c->rcap = SRV_RBUF_MIN;
+  c->rbuf = pc_xmalloc(c->rcap);
   pc_list_init(&c->link);
   uv_timer_init(s->loop, &c->timer);
   c->timer.data = c;
@@ -1225,6 +1389,9 @@ static void srv_maybe_free(srv_t *s)
   void *arg = s->closed_arg;
   free(s->ls);
   free(s->ltls);
+  spares_trim(s); /* closing: all of them */
+  free(s->spare);
+  free(s->wspare);
   free(s);
   if (cb)
     cb(arg);
@@ -1385,14 +1552,17 @@ void *srv_req_data(const srv_req_t *r)
 
 void srv_resp_header(srv_req_t *r, const char *name, const char *value)
 {
-  if (!name || !value || !name[0] || strchr(name, ':') || !header_ok(name) || !header_ok(value)) {
+  ssize_t nls = name ? header_len(name) : -1, vls = value ? header_len(value) : -1;
+  if (nls <= 0 || vls < 0 || memchr(name, ':', (size_t)nls)) {
     pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=invalid");
     return;
   }
-  if (strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Connection") == 0 ||
-      strcasecmp(name, "Date") == 0 || strcasecmp(name, "Transfer-Encoding") == 0)
+  char h0 = (char)(name[0] | 0x20); /* only names starting with c, d or t can be these */
+  if ((h0 == 'c' || h0 == 'd' || h0 == 't') &&
+      (strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Connection") == 0 ||
+       strcasecmp(name, "Date") == 0 || strcasecmp(name, "Transfer-Encoding") == 0))
     return;
-  size_t nl = strlen(name), vl = strlen(value);
+  size_t nl = (size_t)nls, vl = (size_t)vls;
   if (r->rh.len + nl + vl + 4 > r->rh.max) { /* a whole header or none */
     pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
     return;
@@ -1418,7 +1588,8 @@ void srv_respond_file(srv_req_t *r, int status, const char *content_type, int fd
      * threadpool round trips. RWF_NOWAIT: only from the page cache; a read that would wait for
      * the disk returns EAGAIN and the body takes the threadpool path, so the loop never blocks
      * on a disk. */
-    char *b = pc_xmalloc(len ? (size_t)len : 1);
+    char stack[SRV_SMALL_STACK];
+    char *b = len <= sizeof(stack) ? stack : pc_xmalloc((size_t)len);
     size_t got = 0;
     while (got < len) {
       struct iovec iov = {b + got, (size_t)len - got};
@@ -1432,12 +1603,14 @@ void srv_respond_file(srv_req_t *r, int status, const char *content_type, int fd
     if (got == len) {
       close(fd);
       resp_send(r, status, content_type, len, b, (size_t)len);
-      free(b);
+      if (b != stack)
+        free(b);
       return;
     }
     /* Not all in the page cache, short, or failed: take the sendfile path (it reports a short
      * file asynchronously; a done callback never runs inside srv_respond_file). */
-    free(b);
+    if (b != stack)
+      free(b);
   }
   if (r->is_head || c->closing) {
     close(fd);

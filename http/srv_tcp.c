@@ -1,17 +1,22 @@
 /* srv_tcp — the TCP transport of http/srv (see srv-transport.h for the rules): libuv TCP for
- * reads and writes, sendfile(2) on the thread pool for file bodies, and the listeners.
+ * reads and writes, sendfile(2) from the loop for file bodies in the page cache (the thread
+ * pool for the rest), and the listeners.
  *
- * File bodies. sendfile(2) from a file that is not in the page cache blocks on disk reads,
- * which must not stall the loop thread, so the call runs in the thread pool, SRV_TCP_CHUNK
- * bytes at most per op (the server asks for at most that much). The socket is non-blocking
- * (libuv made it so), so the worker never blocks on a slow client: sendfile returns a short
- * count or EAGAIN. On EAGAIN the worker first waits up to SRV_TCP_POLL_MS for the socket to
- * drain (a client that reads on frees it within microseconds, cheaper than a loop round trip
- * per buffer); if it stays full the op goes back to the loop, which waits for writability
- * with a uv_poll_t on a dup() of the socket (libuv forbids a uv_poll_t on the fd of a uv_tcp_t
- * it already watches, but epoll accepts a second descriptor of the same socket) and then runs
- * the same sendfile again. The op completes when some bytes went out, the file ended, or it
- * failed.
+ * File bodies. A send_file op first waits (on the loop) for the socket to be writable, with a
+ * uv_poll_t on a dup() of the socket (libuv forbids a uv_poll_t on the fd of a uv_tcp_t it
+ * already watches, but epoll accepts a second descriptor of the same socket). When it is, and
+ * every page of [off, off + len) is in the page cache (mincore(2) on a PROT_READ mapping that
+ * is never touched), sendfile(2) runs right there on the non-blocking socket, as nginx does,
+ * until the range is out or the socket is full: no thread pool round trip, and a full socket
+ * waits for the next writability event. A range not (all) in the page cache would block the
+ * loop on disk reads, so that sendfile runs in the thread pool, SRV_TCP_CHUNK bytes at most
+ * per op (the server asks for at most that much): on EAGAIN the worker first waits up to
+ * SRV_TCP_POLL_MS for the socket to drain (cheaper than a loop round trip per buffer); if it
+ * stays full the op goes back to the loop's writability poll, which checks the page cache
+ * again. The op completes when some bytes went out, the file ended, or it failed; completions
+ * run from the poll or work callbacks, never inside tcp_send_file. The poll is left running
+ * after a completion (the server usually asks for the next chunk from the completion), and
+ * stopped by the first event that finds no op.
  *
  * While a sendfile runs in the thread pool, the socket fd and the file fd must stay open (the
  * numbers could be reused by a new accept), so a close shuts the socket down at once (the
@@ -19,11 +24,13 @@
  *
  * States of a transport's file op (tcp_t.fstate):
  *
- *   F_NONE --send_file--> F_WORK --bytes, end or error--> F_NONE (completion)
- *                           |  ^
- *                     EAGAIN|  |writable
- *                           v  |
- *                          F_POLL --close or poll error--> F_NONE (completion with the error)
+ *   F_NONE --send_file--> F_POLL --writable, in page cache: sendfile on the loop, bytes, end
+ *                          |  ^      or error--> F_NONE (completion)
+ *            writable, not |  | EAGAIN (socket full)
+ *            in page cache v  |
+ *                         F_WORK --bytes, end or error--> F_NONE (completion)
+ *
+ *   F_POLL --close or poll error--> F_NONE (completion with the error)
  *
  * A close in F_WORK waits for the worker; a close in F_POLL completes the op with UV_ECANCELED
  * once the handles are closed. Either way the completion runs before the close callback.
@@ -34,11 +41,13 @@
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define SRV_TCP_POLL_MS 20 /* a worker waits this long for a full socket */
+#define SRV_TCP_POLL_MS 20         /* a worker waits this long for a full socket */
+#define SRV_TCP_MINCORE_PAGES 1024 /* ranges of more pages go to the thread pool unchecked */
 
 enum file_state { F_NONE, F_WORK, F_POLL };
 
@@ -61,7 +70,7 @@ typedef struct tcp {
   size_t len;
   ssize_t res;
   int pending; /* handles still to be closed before the free */
-  unsigned closing : 1, poll_init : 1;
+  unsigned closing : 1, poll_init : 1, polling : 1;
 } tcp_t;
 
 static const srv_tr_ops_t tcp_ops;
@@ -173,9 +182,57 @@ static void file_complete(tcp_t *t, ssize_t res)
   t->file_cb(&t->tr, res);
 }
 
+/* Is every page of [off, off + len) of fd in the page cache? mincore(2) on a mapping that is
+ * never touched (no page is faulted in). Any doubt (a mapping error, a range past the end of
+ * the file, a range too long to check) says no: the thread pool then sends it. */
+static int in_page_cache(int fd, uint64_t off, size_t len)
+{
+  static long page;
+  if (!page)
+    page = sysconf(_SC_PAGESIZE);
+  uint64_t start = off & ~(uint64_t)(page - 1);
+  size_t span = (size_t)(off + len - start);
+  size_t pages = (span + (size_t)page - 1) / (size_t)page;
+  unsigned char vec[SRV_TCP_MINCORE_PAGES];
+  if (pages > sizeof(vec))
+    return 0;
+  void *m = mmap(NULL, span, PROT_READ, MAP_SHARED, fd, (off_t)start);
+  if (m == MAP_FAILED)
+    return 0;
+  int ok = mincore(m, span, vec) == 0;
+  munmap(m, span);
+  for (size_t i = 0; ok && i < pages; i++)
+    ok = vec[i] & 1;
+  return ok;
+}
+
+/* On the loop, the range in the page cache and the socket writable: sendfile until the range
+ * is out or the socket is full. Returns bytes sent (> 0), 0 (the file ended), UV_EAGAIN (full
+ * before any byte went out: wait again) or a negative libuv error. */
+static ssize_t sendfile_here(tcp_t *t)
+{
+  off_t off = (off_t)t->off;
+  size_t done = 0;
+  while (done < t->len) {
+    ssize_t r = sendfile(t->sock, t->ffd, &off, t->len - done);
+    if (r > 0) {
+      done += (size_t)r;
+      continue;
+    }
+    if (r == 0)
+      break;
+    if (errno == EINTR)
+      continue;
+    if (done > 0)
+      break; /* full (or failing): report the bytes, the next op meets the error */
+    return errno == EAGAIN || errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
+  }
+  return (ssize_t)done;
+}
+
 static void on_poll(uv_poll_t *p, int status, int events);
 
-/* Wait (on the loop) for the socket to take more, then run the same sendfile again. */
+/* Wait (on the loop) for the socket to take more; on_poll then sends. */
 static int wait_writable(tcp_t *t)
 {
   int rc = 0;
@@ -189,7 +246,19 @@ static int wait_writable(tcp_t *t)
     t->poll.data = t;
     t->poll_init = 1;
   }
-  return uv_poll_start(&t->poll, UV_WRITABLE, on_poll);
+  if (t->polling)
+    return 0;
+  rc = uv_poll_start(&t->poll, UV_WRITABLE, on_poll);
+  if (rc == 0)
+    t->polling = 1;
+  return rc;
+}
+
+static void poll_stop(tcp_t *t)
+{
+  if (t->polling)
+    uv_poll_stop(&t->poll);
+  t->polling = 0;
 }
 
 static void on_sendfile(uv_work_t *w, int status)
@@ -223,8 +292,26 @@ static void on_poll(uv_poll_t *p, int status, int events)
 {
   tcp_t *t = p->data;
   (void)events;
-  uv_poll_stop(p);
-  int rc = status < 0 ? status : queue_sendfile(t);
+  if (t->fstate != F_POLL) { /* left running after the last op: nothing to send */
+    poll_stop(t);
+    return;
+  }
+  if (status < 0) {
+    poll_stop(t);
+    file_complete(t, status);
+    return;
+  }
+  if (in_page_cache(t->ffd, (uint64_t)t->off, t->len)) {
+    ssize_t res = sendfile_here(t);
+    if (res == UV_EAGAIN)
+      return; /* full before a byte went out: the poll stays on */
+    if (res < 0)
+      poll_stop(t);
+    file_complete(t, res); /* the poll stays on for the next chunk */
+    return;
+  }
+  poll_stop(t);
+  int rc = queue_sendfile(t);
   if (rc != 0)
     file_complete(t, rc);
 }
@@ -237,7 +324,10 @@ static int tcp_send_file(srv_tr_t *tr, int fd, uint64_t off, size_t len, srv_tr_
   t->ffd = fd;
   t->off = (int64_t)off;
   t->len = len;
-  return queue_sendfile(t);
+  int rc = wait_writable(t);
+  if (rc == 0)
+    t->fstate = F_POLL;
+  return rc;
 }
 
 /* ---- closing ------------------------------------------------------------------------------ */
@@ -279,9 +369,8 @@ static void tcp_close(srv_tr_t *tr, srv_tr_close_cb cb)
     shutdown(t->sock, SHUT_RDWR);
     return;
   }
-  if (t->fstate == F_POLL)
-    uv_poll_stop(&t->poll); /* the op completes (UV_ECANCELED) in on_handle_close */
-  tcp_close_handles(t);     /* a pending write or shutdown completes with UV_ECANCELED */
+  poll_stop(t);         /* an op in F_POLL completes (UV_ECANCELED) in on_handle_close */
+  tcp_close_handles(t); /* a pending write or shutdown completes with UV_ECANCELED */
 }
 
 static void tcp_peer(srv_tr_t *tr, char *buf, size_t cap)

@@ -688,9 +688,20 @@ int store_blob_path(const store_t *s, const char *digest, char *buf, size_t bufl
 {
   if (!store__is_sha256(digest))
     return PC_E_DIGEST_INVALID;
+  /* "<root>/blobs/sha256/<2 hex>/<64 hex>", without stdio (twice per warm hit) */
   const char *hex = digest + 7;
-  int n = snprintf(buf, buflen, "%s/blobs/sha256/%.2s/%s", s->root, hex, hex);
-  return n < 0 || (size_t)n >= buflen ? -ENAMETOOLONG : 0;
+  size_t rl = strlen(s->root);
+  if (rl + 14 + 2 + 1 + 64 + 1 > buflen)
+    return -ENAMETOOLONG;
+  char *o = buf;
+  memcpy(o, s->root, rl);
+  o += rl;
+  memcpy(o, "/blobs/sha256/", 14);
+  o += 14;
+  o[0] = hex[0], o[1] = hex[1], o[2] = '/';
+  memcpy(o + 3, hex, 64);
+  o[67] = '\0';
+  return 0;
 }
 
 /* Read the blob record into *r. 0, PC_E_NOTFOUND or another error. */

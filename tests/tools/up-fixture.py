@@ -42,6 +42,7 @@ Routes (both ports):
 import base64
 import http.server
 import os
+import socket
 import sys
 import threading
 import time
@@ -59,6 +60,13 @@ def body(n):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # No Nagle stall on a reused connection: headers and body in one write (buffered wfile,
+    # flushed after each answer) and TCP_NODELAY (bench/stall_check.py measures it).
+    wbufsize = 64 * 1024
+
+    def setup(self):
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args):
         pass

@@ -3,6 +3,8 @@
 
 #include "store/digest.h"
 
+#include <string.h>
+
 #define HEX64 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 static int parse(const char *s)
@@ -27,6 +29,31 @@ TEST(digest_sha256_invalid)
   ASSERT_EQ(PC_E_DIGEST_INVALID, parse("sha256:"));
   /* the length argument bounds the parse: a prefix of a valid digest is not valid */
   ASSERT_EQ(PC_E_DIGEST_INVALID, store_digest_parse("sha256:" HEX64, 70));
+}
+
+/* The sha256 fast path checks 8 hex digits at a time: every lower-case hex digit at every
+ * position passes, and each byte just outside the ranges (or upper case, or >= 0x80) at every
+ * position is refused. */
+TEST(digest_sha256_every_position)
+{
+  static const unsigned char bad[] = {'0' - 1, '9' + 1, 'a' - 1, 'f' + 1, 'A', 'F',  'g',  'z',
+                                      0x80,    0xb0,    0xe1,    0xff,    ' ', '\t', 0x7f, 0x01};
+  static const char hex[] = "0123456789abcdef";
+  char d[72];
+  for (size_t pos = 7; pos < 71; pos++) {
+    for (size_t k = 0; k < 16; k++) {
+      memcpy(d, "sha256:", 7);
+      memset(d + 7, '5', 64);
+      d[71] = '\0';
+      d[pos] = hex[k];
+      ASSERT_EQ(STORE_DIGEST_SHA256, store_digest_parse(d, 71));
+    }
+    for (size_t k = 0; k < sizeof(bad); k++) {
+      d[pos] = (char)bad[k];
+      if (store_digest_parse(d, 71) == STORE_DIGEST_SHA256)
+        unit__fail(__FILE__, __LINE__, "byte 0x%02x at %zu accepted", bad[k], pos);
+    }
+  }
 }
 
 TEST(digest_sha512)

@@ -285,6 +285,52 @@ TEST(text_control_chars_escaped)
   arena_free();
 }
 
+/* The text line's fast path checks 8 bytes at a time: a control character (or DEL) at every
+ * position of a word and in the tail is still escaped; bytes >= 0x80 and the rest pass as is.
+ * pc_log_str takes the same path without formatting. */
+TEST(text_control_char_every_position)
+{
+  static const unsigned char bad[] = {0x00 + 1, 0x09, 0x0a, 0x1f, 0x7f};
+  unsetenv("JOURNAL_STREAM");
+  for (size_t k = 0; k < sizeof(bad); k++) {
+    for (size_t pos = 0; pos < 19; pos++) {
+      char msg[20], want[64];
+      memset(msg, 'a', 19);
+      msg[19] = '\0';
+      msg[pos] = (char)bad[k];
+      msg[(pos + 9) % 19] = (char)0xc3; /* a high byte elsewhere: no false alarm, no miss */
+      size_t o = 0;
+      memcpy(want, "<6>", 3), o = 3;
+      for (size_t i = 0; i < 19; i++) {
+        unsigned char c = (unsigned char)msg[i];
+        if (c < 0x20 || c == 0x7f)
+          o += (size_t)snprintf(want + o, sizeof(want) - o, "\\x%02x", c);
+        else
+          want[o++] = (char)c;
+      }
+      want[o++] = '\n';
+      want[o] = '\0';
+      cap_start();
+      pretend_journald();
+      pc_log_setup(PC_LOG_TEXT);
+      if (pos % 2)
+        pc_log_str(PC_LOG_INFO, msg, 19);
+      else
+        pc_log(PC_LOG_INFO, "%s", msg);
+      char *out = cap_end(NULL);
+      ASSERT_STREQ(want, out);
+      arena_free();
+    }
+  }
+  cap_start();
+  pretend_journald();
+  pc_log_setup(PC_LOG_TEXT);
+  pc_log_str(PC_LOG_INFO, "plain words only", 16);
+  char *out = cap_end(NULL);
+  ASSERT_STREQ("<6>plain words only\n", out);
+  arena_free();
+}
+
 TEST(text_long_line_capped)
 {
   char big[3 * PC_LOG_LINE_MAX];

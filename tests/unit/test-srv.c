@@ -542,6 +542,33 @@ TEST(pipelining_in_order)
   ts_stop();
 }
 
+/* The read buffer starts small and grows while it is full: a head of 12 KB (under the 16 KiB
+ * limit) still parses, with a request after it in the same write, on one connection. */
+TEST(head_bigger_than_the_first_read_buffer)
+{
+  ts_start(NULL);
+  cli_t c;
+  resp_t r;
+  cli_open(&c);
+  size_t pad = 12000;
+  char *req = pc_xmalloc(pad + 200);
+  int n = snprintf(req, 200, "GET /echo?n=big HTTP/1.1\r\nHost: x\r\nX-Pad: ");
+  memset(req + n, 'p', pad);
+  memcpy(req + (size_t)n + pad, "\r\n\r\nGET /echo?n=next HTTP/1.1\r\nHost: x\r\n\r\n", 42);
+  cli_send(&c, req, (size_t)n + pad + 42);
+  free(req);
+  ASSERT_OK(cli_read(&c, &r, 0));
+  ASSERT_EQ(200, r.status);
+  ASSERT(strstr(r.body, "q=n=big") != NULL);
+  resp_free(&r);
+  ASSERT_OK(cli_read(&c, &r, 0));
+  ASSERT_EQ(200, r.status);
+  ASSERT(strstr(r.body, "q=n=next") != NULL);
+  resp_free(&r);
+  cli_close(&c);
+  ts_stop();
+}
+
 TEST(async_handler)
 {
   ts_start(NULL);
@@ -849,6 +876,35 @@ TEST(file_exact_bytes)
   resp_free(&r);
   ASSERT_EQ(200, wait_done("/file", 0));
   ASSERT_EQ(206, wait_done("/slice", 0));
+  cli_close(&c);
+  ts_stop();
+}
+
+/* The TCP transport sends page-cached ranges with sendfile(2) from the loop and the rest from
+ * the thread pool: the same bytes either way, in any mix. The file's pages are dropped from the
+ * page cache first (fdatasync + POSIX_FADV_DONTNEED; a file system that keeps them, like tmpfs,
+ * makes this the cached case twice), then it is served twice on one connection: cold (the
+ * pool), then warm (the loop). */
+TEST(file_out_of_page_cache)
+{
+  ts_start(NULL);
+  int fd = open(T.file, O_RDONLY);
+  ASSERT(fd >= 0);
+  ASSERT_EQ(0, fdatasync(fd));
+  ASSERT_EQ(0, posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED));
+  close(fd);
+  cli_t c;
+  resp_t r;
+  cli_open(&c);
+  for (int i = 0; i < 2; i++) {
+    cli_sends(&c, "GET /file HTTP/1.1\r\nHost: x\r\n\r\n");
+    ASSERT_OK(cli_read(&c, &r, 0));
+    ASSERT_EQ(200, r.status);
+    ASSERT_EQ(FILE_SIZE, r.blen);
+    check_pattern(r.body, r.blen, 0);
+    resp_free(&r);
+    ASSERT_EQ(200, wait_done("/file", 0));
+  }
   cli_close(&c);
   ts_stop();
 }

@@ -212,6 +212,15 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "k8s-upstream/1"
     sys_version = ""
     role = "?"
+    # Stall-free keep-alive (bench/stall_check.py): headers and a small body leave in one write
+    # (a buffered wfile, flushed at the end of each answer), and TCP_NODELAY so a write never
+    # waits for the ACK of the previous one (Nagle + the client's delayed ACK: ~40 ms per answer
+    # on a reused connection). Real registries do the same (Go's net/http sets TCP_NODELAY).
+    wbufsize = CHUNK
+
+    def setup(self):
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def version_string(self):
         return self.server_version
