@@ -31,6 +31,7 @@ typedef struct daemon_upstream daemon_upstream_t; /* daemon/upstream.h */
 typedef struct mirror mirror_t;                   /* daemon/mirror.h */
 typedef struct daemon_evict daemon_evict_t;       /* daemon/evict.h */
 typedef struct daemon_control daemon_control_t;   /* daemon/control.h */
+typedef struct daemon_access daemon_access_t;     /* daemon/access.h */
 
 typedef struct daemon {
   uv_loop_t *loop;
@@ -52,6 +53,7 @@ typedef struct daemon {
   daemon_evict_t *evict;     /**< background eviction (daemon/evict.c) */
   daemon_control_t *control; /**< the control socket (daemon/control.c) */
   daemon_counters_t counters;
+  daemon_access_t *access; /**< the client credentials in force (daemon/access.c) */
 } daemon_t;
 
 #endif

@@ -8,6 +8,7 @@
 
 #include "core/buf.h"
 #include "core/pc.h"
+#include "daemon/access.h"
 #include "daemon/evict.h"
 #include "daemon/egress.h"
 #include "daemon/mirror.h"
@@ -291,6 +292,7 @@ void metrics_render(daemon_t *d, char **outp, size_t *lenp)
   metric(&o, "pullcache_connections", "gauge", "Open client connections.",
          d->srv ? srv_conn_count(d->srv) : 0);
   render_requests(&o, d, &ss);
+  access_render(d, &o);
   render_mirror(&o, &ms);
   render_upstreams(&o, d);
   render_store(&o, d);
