@@ -54,6 +54,8 @@ typedef struct daemon {
   daemon_control_t *control; /**< the control socket (daemon/control.c) */
   daemon_counters_t counters;
   daemon_access_t *access; /**< the client credentials in force (daemon/access.c) */
+  struct srv_tls *tls;     /**< the TLS listener's configuration (serve.c), or NULL */
+  int ktls_available;      /**< srv_tls_ktls_probe at start (logged once) */
 } daemon_t;
 
 #endif

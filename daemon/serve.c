@@ -474,6 +474,15 @@ static int serve_open(serve_t *s)
       fprintf(stderr, "pullcache serve: %s\n", err);
       return -1;
     }
+    d->tls = s->tls;
+    char why[256], qw[PC_LOG_QUOTE_SIZE(256)];
+    d->ktls_available = srv_tls_ktls_probe(why, sizeof(why));
+    pc_log_quote(qw, sizeof(qw), why, 256);
+    pc_log(PC_LOG_NOTICE, "tls-send mode=userspace ktls=%s reason=%s%s",
+           d->ktls_available ? "available" : "unavailable", qw,
+           d->ktls_available ? " hint=\"this transport encrypts over memory BIOs: kernel TLS is "
+                               "not used\""
+                             : "");
     rc = srv_listen_tls(d->srv, d->cfg.tls_listen, s->tls);
     if (rc) {
       char qe[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];

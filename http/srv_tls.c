@@ -50,10 +50,71 @@
 #define TLS_IN_MAX (64u * 1024u)  /* ciphertext kept in rbio while srv.c does not read */
 #define TLS_FILE (256u * 1024u)   /* file bytes per send_file op */
 
+/* The counters, shared by the configuration and every connection it wrapped (a connection may
+ * outlive srv_tls_free: it holds a reference). Loop thread only. */
+typedef struct tls_stats {
+  int refs;
+  srv_tls_stats_t s;
+} tls_stats_t;
+
 struct srv_tls {
   SSL_CTX *ctx;
   unsigned hs_timeout_ms;
+  tls_stats_t *stats;
 };
+
+static void stats_unref(tls_stats_t *st)
+{
+  if (st && --st->refs == 0)
+    free(st);
+}
+
+void srv_tls_get_stats(const srv_tls_t *t, srv_tls_stats_t *out)
+{
+  *out = t->stats->s;
+}
+
+const char *srv_tls_fail_name(enum srv_tls_fail f)
+{
+  static const char *const n[SRV_TLS_FAIL_N] = {"timeout",         "closed",   "no_client_cert",
+                                                "bad_client_cert", "protocol", "plain_http"};
+  return (unsigned)f < SRV_TLS_FAIL_N ? n[f] : "protocol";
+}
+
+/* "tls" as a word in the first cap bytes of file (a ULP list or /proc/modules). */
+static int file_has_tls(const char *file)
+{
+  char buf[8192];
+  FILE *f = fopen(file, "re");
+  if (!f)
+    return 0;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  for (char *p = buf; (p = strstr(p, "tls")) != NULL; p += 3) {
+    int start = p == buf || p[-1] == ' ' || p[-1] == '\n' || p[-1] == '\t';
+    int end = p[3] == '\0' || p[3] == ' ' || p[3] == '\n' || p[3] == '\t';
+    if (start && end)
+      return 1;
+  }
+  return 0;
+}
+
+int srv_tls_ktls_probe(char *why, size_t cap)
+{
+#if defined(OPENSSL_NO_KTLS)
+  snprintf(why, cap, "this OpenSSL is built without kernel TLS");
+  return 0;
+#else
+  if (!file_has_tls("/proc/sys/net/ipv4/tcp_available_ulp") &&
+      access("/sys/module/tls", F_OK) != 0 && !file_has_tls("/proc/modules")) {
+    snprintf(why, cap, "the kernel offers no tls ULP (tcp_available_ulp; modprobe tls)");
+    return 0;
+  }
+  snprintf(why, cap, "OpenSSL %s and the kernel offer it", OpenSSL_version(OPENSSL_VERSION_STRING));
+  return 1;
+#endif
+}
 
 /* ---- configuration ------------------------------------------------------------------------ */
 
@@ -158,6 +219,8 @@ int srv_tls_new(const srv_tls_conf_t *conf, char *err, size_t errlen, srv_tls_t 
     return rc;
   srv_tls_t *t = pc_xcalloc(1, sizeof(*t));
   t->ctx = ctx;
+  t->stats = pc_xcalloc(1, sizeof(*t->stats));
+  t->stats->refs = 1;
   t->hs_timeout_ms = conf->handshake_timeout_ms ? conf->handshake_timeout_ms : 10000;
   *out = t;
   return 0;
@@ -180,6 +243,7 @@ void srv_tls_free(srv_tls_t *t)
   if (!t)
     return;
   SSL_CTX_free(t->ctx);
+  stats_unref(t->stats);
   free(t);
 }
 
@@ -219,7 +283,13 @@ typedef struct tls {
       shut_sent : 1, err_told : 1, notify_sent : 1, in_eof : 1, eof_told : 1;
   char peer[64];
   char subject[256];
+  tls_stats_t *stats; /* a reference */
 } tls_t;
+
+static void count_fail(tls_t *t, enum srv_tls_fail f)
+{
+  t->stats->s.failed[f]++;
+}
 
 static const srv_tr_ops_t tls_ops;
 static void pump(tls_t *t);
@@ -260,12 +330,22 @@ static void hs_failed(tls_t *t, int code)
   long v = SSL_get_verify_result(t->ssl);
   unsigned long e = ERR_peek_last_error();
   const char *r = e ? ERR_reason_error_string(e) : NULL;
-  if (v != X509_V_OK && SSL_get0_peer_certificate(t->ssl))
+  enum srv_tls_fail f = SRV_TLS_FAIL_PROTOCOL;
+  int verify_failed = e && ERR_GET_REASON(e) == SSL_R_CERTIFICATE_VERIFY_FAILED;
+  if (v != X509_V_OK && (SSL_get0_peer_certificate(t->ssl) || verify_failed)) {
     snprintf(why, sizeof(why), "client certificate: %s", X509_verify_cert_error_string(v));
-  else if (code == SSL_ERROR_SYSCALL || code == SSL_ERROR_ZERO_RETURN)
+    f = SRV_TLS_FAIL_BAD_CLIENT_CERT;
+  } else if (code == SSL_ERROR_SYSCALL || code == SSL_ERROR_ZERO_RETURN) {
     snprintf(why, sizeof(why), "connection closed during the handshake");
-  else
+    f = SRV_TLS_FAIL_CLOSED;
+  } else {
     snprintf(why, sizeof(why), "%s", r ? r : "handshake failed");
+    if (e && ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
+      f = SRV_TLS_FAIL_NO_CLIENT_CERT;
+    else if (verify_failed) /* a server verifies only the client's certificate */
+      f = SRV_TLS_FAIL_BAD_CLIENT_CERT;
+  }
+  count_fail(t, f);
   ERR_clear_error();
   char q[PC_LOG_QUOTE_SIZE(256)];
   pc_log_quote(q, sizeof(q), why, 256);
@@ -277,6 +357,9 @@ static void hs_done(tls_t *t)
 {
   t->state = T_OPEN;
   uv_timer_stop(&t->hs_timer);
+  t->stats->s.handshakes++;
+  if (SSL_session_reused(t->ssl))
+    t->stats->s.resumed++;
   X509 *x = SSL_get0_peer_certificate(t->ssl); /* verified, or absent (optional mode) */
   if (x) {
     BIO *m = BIO_new(BIO_s_mem());
@@ -539,8 +622,10 @@ static void in_read(srv_tr_t *in, ssize_t n, const uv_buf_t *b)
     return;
   }
   if (n < 0) {
-    if (t->state == T_HS || t->state == T_FIRST)
+    if (t->state == T_HS || t->state == T_FIRST) {
       pc_log(PC_LOG_DEBUG, "tls-handshake-failed peer=%s reason=\"connection closed\"", t->peer);
+      count_fail(t, SRV_TLS_FAIL_CLOSED);
+    }
     die(t, (int)n);
     pump(t);
     return;
@@ -551,6 +636,7 @@ static void in_read(srv_tr_t *in, ssize_t n, const uv_buf_t *b)
     if (looks_like_http((unsigned char)b->base[0])) {
       /* A plain HTTP client on the TLS port: a clear answer, then the connection ends. */
       pc_log(PC_LOG_NOTICE, "tls-plain-http-on-https peer=%s action=400", t->peer);
+      count_fail(t, SRV_TLS_FAIL_PLAIN_HTTP);
       t->state = T_PLAIN;
       uv_timer_stop(&t->hs_timer);
       uv_buf_t ub = uv_buf_init((char *)plain_400, sizeof(plain_400) - 1);
@@ -572,6 +658,7 @@ static void on_hs_timeout(uv_timer_t *h)
 {
   tls_t *t = h->data;
   pc_log(PC_LOG_NOTICE, "tls-handshake-failed peer=%s reason=timeout action=closed", t->peer);
+  count_fail(t, SRV_TLS_FAIL_TIMEOUT);
   die(t, UV_ETIMEDOUT);
 }
 
@@ -697,6 +784,7 @@ static void on_handle_closed(tls_t *t)
   if (cb)
     cb(&t->tr);
   SSL_free(t->ssl);
+  stats_unref(t->stats);
   if (t->bufs != t->bufs1)
     free(t->bufs);
   free(t->fbuf);
@@ -779,6 +867,8 @@ int srv_tls_wrap(srv_tls_t *cfg, uv_loop_t *loop, srv_tr_t *in, srv_tr_t **out)
   t->rbio = rb;
   t->wbio = wb;
   t->ffd = -1;
+  t->stats = cfg->stats;
+  t->stats->refs++;
   BIO_set_mem_eof_return(rb, -1); /* empty = want more, not EOF */
   SSL_set_bio(ssl, rb, wb);       /* ssl owns both */
   SSL_set_accept_state(ssl);

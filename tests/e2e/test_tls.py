@@ -264,6 +264,24 @@ def test_mtls_required_and_optional():
         wait_log(pc, "tls-handshake-failed", "the other-CA refusal", before + 2)
         check(re.search(r"tls-handshake-failed peer=\S+ reason=\"?(client certificate|certificate verify)",
                         log_text(pc)), "reason for the other CA:\n" + log_text(pc)[-1000:])
+        # The refusals and the handshakes are counted on /metrics (plain listener).
+        text = pclib.http("GET", pc.url + "/metrics").body.decode()
+
+        def tls_metric(name):
+            m = re.search(r"^%s (\d+)$" % re.escape(name), text, re.M)
+            check(m, "no %s in /metrics" % name)
+            return int(m.group(1))
+        check(tls_metric('pullcache_tls_handshake_failures_total{reason="no_client_cert"}') == 1,
+              "no_client_cert counted")
+        check(tls_metric('pullcache_tls_handshake_failures_total{reason="bad_client_cert"}') == 1,
+              "bad_client_cert counted")
+        check(tls_metric("pullcache_tls_mtls_refusals_total") == 2, "mTLS refusals counted")
+        check(tls_metric("pullcache_tls_handshakes_total") >= 1, "handshakes counted")
+        # Kernel TLS: detected and said once at start.
+        m = re.findall(r"tls-send mode=userspace ktls=(available|unavailable) reason=", log_text(pc))
+        check(len(m) == 1, "one tls-send line: %r" % m)
+        check(tls_metric("pullcache_tls_kernel_tls_available") == (m[0] == "available"),
+              "the ktls gauge agrees with the log")
         # skopeo with ca.crt + client.cert + client.key pulls; without the client files it cannot.
         certs = cert_dir(env, "certs", ca[0], node)
         skopeo_pull(env, pc, imgs["pause"], certs, env.path("dir-pause"))
@@ -438,6 +456,11 @@ def test_garbage_and_truncated_hellos():
             check(s.recv(10) == b"", "a silent client must be closed")
         wait_log(pc, "reason=timeout", "the handshake timeout line")
         check(pc.alive(), "daemon alive after %d inputs" % FUZZ_INPUTS)
+        text = pclib.http("GET", pc.url + "/metrics").body.decode()
+        fails = {k: int(v) for k, v in re.findall(
+            r'^pullcache_tls_handshake_failures_total\{reason="(\w+)"\} (\d+)$', text, re.M)}
+        check(fails.get("protocol", 0) > 0 and fails.get("timeout", 0) >= 1,
+              "garbage counted as protocol failures, the silent client as a timeout: %r" % fails)
         rc, out, err = curl("--cacert", ca[0], "https://127.0.0.1:%d/v2/" % pc.tls_port)
         check(rc == 0 and out.startswith("200"), "a real client after the garbage: %d %r %s" % (rc, out, err))
         check("AddressSanitizer" not in log_text(pc) and "runtime error" not in log_text(pc),
