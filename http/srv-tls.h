@@ -67,8 +67,8 @@ void srv_tls_get_stats(const srv_tls_t *t, srv_tls_stats_t *out);
 const char *srv_tls_fail_name(enum srv_tls_fail f);
 
 /** Kernel TLS (SSL_sendfile): 1 when this OpenSSL and kernel offer it, else 0; why says what
- * was found either way (OpenSSL built without it; no "tls" in
- * /proc/sys/net/ipv4/tcp_available_ulp, /sys/module/tls or /proc/modules). This transport
+ * was found either way (OpenSSL built without it; the kernel refusing the "tls" ULP on a
+ * loopback TCP connection made for the question, as OpenSSL would ask). This transport
  * encrypts in user space over memory BIOs whatever the answer (bounded buffers, SSL_write):
  * the caller logs the finding once. */
 int srv_tls_ktls_probe(char *why, size_t cap);

@@ -37,6 +37,9 @@
 #include "http/srv-transport.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -81,23 +84,32 @@ const char *srv_tls_fail_name(enum srv_tls_fail f)
   return (unsigned)f < SRV_TLS_FAIL_N ? n[f] : "protocol";
 }
 
-/* "tls" as a word in the first cap bytes of file (a ULP list or /proc/modules). */
-static int file_has_tls(const char *file)
+/* What OpenSSL does to enable kernel TLS: the "tls" upper-layer protocol on an established TCP
+ * socket (a loopback connection made for the question). 0 or the errno. No /proc read: the
+ * unit's ProcSubset=pid hides /proc/sys. */
+static int ulp_tls_errno(void)
 {
-  char buf[8192];
-  FILE *f = fopen(file, "re");
-  if (!f)
-    return 0;
-  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  for (char *p = buf; (p = strstr(p, "tls")) != NULL; p += 3) {
-    int start = p == buf || p[-1] == ' ' || p[-1] == '\n' || p[-1] == '\t';
-    int end = p[3] == '\0' || p[3] == ' ' || p[3] == '\n' || p[3] == '\t';
-    if (start && end)
-      return 1;
+  struct sockaddr_in sa;
+  socklen_t sl = sizeof(sa);
+  int err = 0, c = -1, l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(l, 1) != 0 ||
+      getsockname(l, (struct sockaddr *)&sa, &sl) != 0) {
+    err = errno;
+    goto out;
   }
-  return 0;
+  c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (c < 0 || connect(c, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+      setsockopt(c, SOL_TCP, TCP_ULP, "tls", sizeof("tls")) != 0)
+    err = errno;
+out:
+  if (c >= 0)
+    close(c);
+  if (l >= 0)
+    close(l);
+  return err;
 }
 
 int srv_tls_ktls_probe(char *why, size_t cap)
@@ -106,9 +118,10 @@ int srv_tls_ktls_probe(char *why, size_t cap)
   snprintf(why, cap, "this OpenSSL is built without kernel TLS");
   return 0;
 #else
-  if (!file_has_tls("/proc/sys/net/ipv4/tcp_available_ulp") &&
-      access("/sys/module/tls", F_OK) != 0 && !file_has_tls("/proc/modules")) {
-    snprintf(why, cap, "the kernel offers no tls ULP (tcp_available_ulp; modprobe tls)");
+  int e = ulp_tls_errno();
+  if (e) {
+    snprintf(why, cap, "the kernel refuses the tls ULP: %s%s", strerror(e),
+             e == ENOENT ? " (no tls module: modprobe tls)" : "");
     return 0;
   }
   snprintf(why, cap, "OpenSSL %s and the kernel offer it", OpenSSL_version(OPENSSL_VERSION_STRING));
