@@ -480,7 +480,7 @@ static int serve_open(serve_t *s)
     pc_log_quote(qw, sizeof(qw), why, 256);
     pc_log(PC_LOG_NOTICE, "tls-send mode=userspace ktls=%s reason=%s%s",
            d->ktls_available ? "available" : "unavailable", qw,
-           d->ktls_available ? " hint=\"this transport encrypts over memory BIOs: kernel TLS is "
+           d->ktls_available ? " hint=\"this transport encrypts in user space: kernel TLS is "
                                "not used\""
                              : "");
     rc = srv_listen_tls(d->srv, d->cfg.tls_listen, s->tls);

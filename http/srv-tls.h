@@ -1,4 +1,4 @@
-/* srv-tls — the TLS transport of http/srv (HTTPS listeners): OpenSSL over memory BIOs, driven
+/* srv-tls — the TLS transport of http/srv (HTTPS listeners): OpenSSL over BIOs of its own, driven
  * by the TCP transport underneath (http/srv_tcp.c), so srv.c, routes and the mirror do not
  * change. See http/srv_tls.c for the design and srv-transport.h for the transport rules.
  *
@@ -69,8 +69,8 @@ const char *srv_tls_fail_name(enum srv_tls_fail f);
 /** Kernel TLS (SSL_sendfile): 1 when this OpenSSL and kernel offer it, else 0; why says what
  * was found either way (OpenSSL built without it; the kernel refusing the "tls" ULP on a
  * loopback TCP connection made for the question, as OpenSSL would ask). This transport
- * encrypts in user space over memory BIOs whatever the answer (bounded buffers, SSL_write):
- * the caller logs the finding once. */
+ * encrypts in user space (its BIOs are not the socket) whatever the answer (bounded buffers,
+ * SSL_write): the caller logs the finding once. */
 int srv_tls_ktls_probe(char *why, size_t cap);
 
 #endif

@@ -1,9 +1,10 @@
 /* srv_tls — the TLS transport of http/srv (see srv-tls.h, srv-transport.h for the rules).
  *
  * Layering. A TLS transport wraps a TCP transport (`in`, http/srv_tcp.c) and drives an SSL
- * object over two memory BIOs: ciphertext read from `in` is written into rbio, SSL_read gives
- * plaintext to srv.c; SSL_write puts ciphertext into wbio, which is drained into a fixed
- * buffer (`cout`) and written to `in`, one write at a time. Everything runs on the loop
+ * object over two BIOs: ciphertext read from `in` is written into rbio, SSL_read gives
+ * plaintext to srv.c; SSL_write puts ciphertext into wbio, a BIO of ours that appends it to
+ * one buffer (`cout`), written to `in` from there, one write at a time (no copy through a
+ * memory BIO on the way out). Everything runs on the loop
  * thread except pread(2) of file bodies.
  *
  * Bounded memory. The output buffer exists only while ciphertext is on its way out (an idle
@@ -43,15 +44,17 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
-#define TLS_REC 16384u            /* plaintext per SSL_write */
-#define TLS_OUT (64u * 1024u)     /* ciphertext buffer towards the socket */
-#define TLS_IN (16u * 1024u + 64) /* ciphertext read buffer */
-#define TLS_IN_MAX (64u * 1024u)  /* ciphertext kept in rbio while srv.c does not read */
-#define TLS_FILE (256u * 1024u)   /* file bytes per send_file op */
+#define TLS_REC 16384u             /* plaintext per SSL_write */
+#define TLS_OUT (64u * 1024u)      /* ciphertext queued towards the socket before SSL_write waits */
+#define TLS_OUT_CAP (128u * 1024u) /* the output buffer's first size (TLS_OUT + records) */
+#define TLS_IN (16u * 1024u + 64)  /* ciphertext read buffer */
+#define TLS_IN_MAX (64u * 1024u)   /* ciphertext kept in rbio while srv.c does not read */
+#define TLS_FILE (256u * 1024u)    /* file bytes per send_file op */
 
 /* The counters, shared by the configuration and every connection it wrapped (a connection may
  * outlive srv_tls_free: it holds a reference). Loop thread only. */
@@ -289,9 +292,13 @@ typedef struct tls {
   ssize_t fres;
   uv_work_t work;
   char cin[TLS_IN];
-  char *cout;
-  size_t cout_len;
-  int pending; /* handles (kick, hs_timer, in) still to be closed */
+  char *cout;         /* ciphertext towards `in` (the out BIO appends; NULL while idle) */
+  size_t cout_cap;    /* its size */
+  size_t cout_len;    /* bytes in it */
+  size_t cout_off;    /* bytes of it written (completed) */
+  size_t cout_busy;   /* bytes of it in the write in flight, from cout_off */
+  char *cout_retired; /* the buffer a write in flight points into, after a growth moved cout */
+  int pending;        /* handles (kick, hs_timer, in) still to be closed */
   unsigned reading : 1, in_reading : 1, out_busy : 1, work_busy : 1, closing : 1, shut_wanted : 1,
       shut_sent : 1, err_told : 1, notify_sent : 1, in_eof : 1, eof_told : 1;
   char peer[64];
@@ -387,7 +394,81 @@ static void hs_done(tls_t *t)
          SSL_get_version(t->ssl), SSL_session_reused(t->ssl));
 }
 
-/* ---- output: wbio -> cout -> in ----------------------------------------------------------- */
+/* ---- output: SSL -> the out BIO (cout) -> in ----------------------------------------------- */
+
+/* The write BIO: SSL's records are appended to cout, and written to `in` from there (no copy
+ * through a memory BIO). Bytes of a write in flight never move: a growth while busy copies into
+ * a new buffer and keeps the old one (cout_retired) until the write completes. Never fails, so
+ * SSL never sees a retry on its write side. */
+static size_t out_queued(const tls_t *t)
+{
+  return t->cout_len - t->cout_off;
+}
+
+static int out_bio_write(BIO *b, const char *data, int n)
+{
+  tls_t *t = BIO_get_data(b);
+  size_t need = (size_t)(n > 0 ? n : 0);
+  if (!need)
+    return 0;
+  if (t->cout_len + need > t->cout_cap && !t->out_busy && t->cout_off) {
+    memmove(t->cout, t->cout + t->cout_off, out_queued(t)); /* compact */
+    t->cout_len -= t->cout_off;
+    t->cout_off = 0;
+  }
+  if (t->cout_len + need > t->cout_cap) {
+    size_t cap = t->cout_cap ? t->cout_cap * 2 : TLS_OUT_CAP;
+    while (cap < t->cout_len + need)
+      cap *= 2;
+    if (t->out_busy && !t->cout_retired) {
+      char *nb = pc_xmalloc(cap);
+      memcpy(nb, t->cout, t->cout_len);
+      t->cout_retired = t->cout;
+      t->cout = nb;
+    } else {
+      t->cout = pc_xrealloc(t->cout, cap); /* nothing in flight points into it */
+    }
+    t->cout_cap = cap;
+  }
+  memcpy(t->cout + t->cout_len, data, need);
+  t->cout_len += need;
+  return n;
+}
+
+static long out_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+  tls_t *t = BIO_get_data(b);
+  (void)num;
+  (void)ptr;
+  switch (cmd) {
+  case BIO_CTRL_FLUSH:
+    return 1;
+  case BIO_CTRL_PENDING:
+  case BIO_CTRL_WPENDING:
+    return t ? (long)out_queued(t) : 0;
+  default:
+    return 0;
+  }
+}
+
+static int out_bio_create(BIO *b)
+{
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+static BIO_METHOD *out_bio_method;
+static pthread_once_t out_bio_once = PTHREAD_ONCE_INIT;
+
+static void out_bio_init(void)
+{
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pullcache-tls-out");
+  PC_ASSERT(m != NULL);
+  BIO_meth_set_write(m, out_bio_write);
+  BIO_meth_set_ctrl(m, out_bio_ctrl);
+  BIO_meth_set_create(m, out_bio_create);
+  out_bio_method = m; /* process-wide, kept for the process's life */
+}
 
 static void on_out(srv_tr_t *in, ssize_t status)
 {
@@ -395,9 +476,14 @@ static void on_out(srv_tr_t *in, ssize_t status)
   t->out_busy = 0;
   if (t->closing)
     return;
-  if (BIO_ctrl_pending(t->wbio) == 0) {
+  free(t->cout_retired);
+  t->cout_retired = NULL;
+  t->cout_off += t->cout_busy;
+  t->cout_busy = 0;
+  if (out_queued(t) == 0) {
     free(t->cout); /* idle connections keep no output buffer */
     t->cout = NULL;
+    t->cout_cap = t->cout_len = t->cout_off = 0;
   }
   if (status < 0) {
     die(t, (int)status);
@@ -415,26 +501,22 @@ static void flush_out(tls_t *t)
 {
   if (t->out_busy || t->closing || t->state == T_PLAIN)
     return;
-  if (BIO_ctrl_pending(t->wbio) == 0)
+  size_t n = out_queued(t);
+  if (n == 0)
     return;
-  if (!t->cout)
-    t->cout = pc_xmalloc(TLS_OUT);
-  int n = BIO_read(t->wbio, t->cout, (int)TLS_OUT);
-  if (n <= 0)
-    return;
-  t->cout_len = (size_t)n;
-  uv_buf_t b = uv_buf_init(t->cout, (unsigned)n);
+  uv_buf_t b = uv_buf_init(t->cout + t->cout_off, (unsigned)n);
   int rc = t->in->ops->write(t->in, &b, 1, on_out);
   if (rc != 0) {
     die(t, rc);
     return;
   }
   t->out_busy = 1;
+  t->cout_busy = n;
 }
 
 static int out_idle(tls_t *t)
 {
-  return !t->out_busy && BIO_ctrl_pending(t->wbio) == 0;
+  return !t->out_busy && out_queued(t) == 0;
 }
 
 /* ---- the pending op ----------------------------------------------------------------------- */
@@ -766,7 +848,7 @@ static int tls_send_file(srv_tr_t *tr, int fd, uint64_t off, size_t len, srv_tr_
 static size_t tls_write_queue_size(const srv_tr_t *tr)
 {
   const tls_t *t = (const tls_t *)tr;
-  size_t n = BIO_ctrl_pending(t->wbio) + (t->out_busy ? t->cout_len : 0);
+  size_t n = out_queued(t); /* in flight too */
   if (t->op == OP_FILE_WRITE)
     n += t->flen - t->fdone;
   return n + t->in->ops->write_queue_size(t->in);
@@ -802,6 +884,7 @@ static void on_handle_closed(tls_t *t)
     free(t->bufs);
   free(t->fbuf);
   free(t->cout);
+  free(t->cout_retired);
   free(t);
 }
 
@@ -862,8 +945,9 @@ static const srv_tr_ops_t tls_ops = {
 int srv_tls_wrap(srv_tls_t *cfg, uv_loop_t *loop, srv_tr_t *in, srv_tr_t **out)
 {
   *out = NULL;
+  PC_ASSERT(pthread_once(&out_bio_once, out_bio_init) == 0);
   SSL *ssl = SSL_new(cfg->ctx);
-  BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+  BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(out_bio_method);
   if (!ssl || !rb || !wb) {
     SSL_free(ssl);
     BIO_free(rb);
@@ -879,6 +963,7 @@ int srv_tls_wrap(srv_tls_t *cfg, uv_loop_t *loop, srv_tr_t *in, srv_tr_t **out)
   t->ssl = ssl;
   t->rbio = rb;
   t->wbio = wb;
+  BIO_set_data(wb, t);
   t->ffd = -1;
   t->stats = cfg->stats;
   t->stats->refs++;
