@@ -235,6 +235,18 @@ static int b64_decode(const char *in, size_t n, unsigned char *out, size_t cap)
   return len;
 }
 
+/* The credential after an auth scheme: s without its leading and trailing spaces (*n bytes). */
+static const char *credential(const char *s, size_t *n)
+{
+  while (*s == ' ')
+    s++;
+  size_t l = strlen(s);
+  while (l && s[l - 1] == ' ')
+    l--;
+  *n = l;
+  return s;
+}
+
 enum access_verdict access_judge(daemon_access_t *a, const char *authz, char *user, size_t usercap,
                                  char *pass, size_t passcap, const char **hash)
 {
@@ -244,23 +256,14 @@ enum access_verdict access_judge(daemon_access_t *a, const char *authz, char *us
     return ACCESS_NONE;
   while (*authz == ' ')
     authz++;
+  size_t bn;
   if (!strncasecmp(authz, "Bearer ", 7)) {
-    const char *t = authz + 7;
-    while (*t == ' ')
-      t++;
-    size_t n = strlen(t);
-    while (n && t[n - 1] == ' ')
-      n--;
-    return n && token_is(a, t, n) ? ACCESS_TOKEN : ACCESS_BAD;
+    const char *t = credential(authz + 7, &bn);
+    return bn && token_is(a, t, bn) ? ACCESS_TOKEN : ACCESS_BAD;
   }
   if (strncasecmp(authz, "Basic ", 6) != 0)
     return ACCESS_BAD;
-  const char *b = authz + 6;
-  while (*b == ' ')
-    b++;
-  size_t bn = strlen(b);
-  while (bn && b[bn - 1] == ' ')
-    bn--;
+  const char *b = credential(authz + 6, &bn);
   unsigned char dec[ACCESS_USER_MAX + ACCESS_PASS_MAX + 4];
   int dl = b64_decode(b, bn, dec, sizeof(dec));
   unsigned char *colon = dl > 0 ? memchr(dec, ':', (size_t)dl) : NULL;

@@ -419,6 +419,17 @@ static int copy_file(const char *src, const char *dir, const char *name, mode_t 
   return rc;
 }
 
+/* The TLS files into dir: the CA as ca_name, client.cert, client.key (0600). 0 or -EIO. */
+static int copy_tls_files(const config_args_t *a, const char *dir, const char *ca_name, FILE *out)
+{
+  if (a->ca && copy_file(a->ca_abs, dir, ca_name, 0644, out))
+    return -EIO;
+  if (a->cert && (copy_file(a->cert_abs, dir, "client.cert", 0644, out) ||
+                  copy_file(a->key_abs, dir, "client.key", 0600, out)))
+    return -EIO;
+  return 0;
+}
+
 /* containerd --write: DIR/NAME/hosts.toml, and the TLS files next to it. */
 static int write_hosts_toml(const config_args_t *a, const char *name)
 {
@@ -430,10 +441,7 @@ static int write_hosts_toml(const config_args_t *a, const char *name)
     fprintf(stderr, "pullcache config: %s/%s: name too long\n", a->dir, name);
     return -ENAMETOOLONG;
   }
-  if (a->ca && copy_file(a->ca_abs, d, "pullcache-ca.crt", 0644, stdout))
-    return -EIO;
-  if (a->cert && (copy_file(a->cert_abs, d, "client.cert", 0644, stdout) ||
-                  copy_file(a->key_abs, d, "client.key", 0600, stdout)))
+  if (copy_tls_files(a, d, "pullcache-ca.crt", stdout))
     return -EIO;
   FILE *f = open_memstream(&text, &len);
   PC_ASSERT(f != NULL);
@@ -452,12 +460,7 @@ static int write_certs_dir(const config_args_t *a)
   int n = snprintf(d, sizeof(d), "%s/%s", a->certs_dir, a->hostport);
   if (n < 0 || (size_t)n >= sizeof(d))
     return -ENAMETOOLONG;
-  if (a->ca && copy_file(a->ca_abs, d, "ca.crt", 0644, stderr))
-    return -EIO;
-  if (a->cert && (copy_file(a->cert_abs, d, "client.cert", 0644, stderr) ||
-                  copy_file(a->key_abs, d, "client.key", 0600, stderr)))
-    return -EIO;
-  return 0;
+  return copy_tls_files(a, d, "ca.crt", stderr);
 }
 
 /* A TLS file argument: readable, as an absolute path that TOML can hold unescaped. */

@@ -10,28 +10,15 @@
 #define ALICE "alice:$2y$05$zFVNeINrkUw4Zg1yM2aNjenzPxas9aRzepiueLXdLj/naCNNR.9.W\n"
 #define TOKEN "tok-0123456789abcdef"
 
-static const char *write_file(const char *name, const char *text)
-{
-  static char path[4][1024];
-  static int i;
-  char *p = path[i++ % 4];
-  snprintf(p, sizeof(path[0]), "%s/%s", unit_tmpdir(), name);
-  FILE *f = fopen(p, "w");
-  ASSERT(f != NULL);
-  fputs(text, f);
-  fclose(f);
-  return p;
-}
-
 static daemon_access_t *load(const char *token, const char *htpasswd, char *err, size_t errlen)
 {
   daemon_config_t c;
   daemon_access_t *a = NULL;
   config_defaults(&c);
   if (token)
-    snprintf(c.auth_token_file, sizeof(c.auth_token_file), "%s", write_file("token", token));
+    snprintf(c.auth_token_file, sizeof(c.auth_token_file), "%s", unit_write_file("token", token));
   if (htpasswd)
-    snprintf(c.htpasswd, sizeof(c.htpasswd), "%s", write_file("htpasswd", htpasswd));
+    snprintf(c.htpasswd, sizeof(c.htpasswd), "%s", unit_write_file("htpasswd", htpasswd));
   err[0] = '\0';
   if (access_creds_load(&c, err, errlen, &a) != 0)
     return NULL;
