@@ -7,8 +7,9 @@
  * memory BIO on the way out). Everything runs on the loop
  * thread except pread(2) of file bodies.
  *
- * Bounded memory. The output buffer exists only while ciphertext is on its way out (an idle
- * connection holds the 16 KiB input buffer and OpenSSL's state; SSL_MODE_RELEASE_BUFFERS).
+ * Bounded memory. The output buffer exists only while ciphertext is on its way out, the 16 KiB
+ * read buffer only from in_alloc to in_read (an idle connection holds OpenSSL's state and
+ * what rbio keeps; SSL_MODE_RELEASE_BUFFERS).
  * Plaintext is given to SSL_write TLS_REC bytes at a time and only while
  * wbio holds less than TLS_OUT bytes; a file body is pread into a TLS_FILE buffer on the
  * thread pool (one chunk per send_file op: the op reports fewer bytes than asked, which the
@@ -291,7 +292,7 @@ typedef struct tls {
   uint64_t foff;
   ssize_t fres;
   uv_work_t work;
-  char cin[TLS_IN];
+  char *cin;          /* TLS_IN bytes for a read from `in`: only between in_alloc and in_read */
   char *cout;         /* ciphertext towards `in` (the out BIO appends; NULL while idle) */
   size_t cout_cap;    /* its size */
   size_t cout_len;    /* bytes in it */
@@ -696,7 +697,9 @@ static void pump(tls_t *t)
 static void in_alloc(srv_tr_t *in, uv_buf_t *b)
 {
   tls_t *t = in->data;
-  *b = uv_buf_init(t->cin, sizeof(t->cin));
+  if (!t->cin)
+    t->cin = pc_xmalloc(TLS_IN); /* an idle connection keeps none (in_read frees it) */
+  *b = uv_buf_init(t->cin, TLS_IN);
 }
 
 static int looks_like_http(unsigned char c)
@@ -704,9 +707,20 @@ static int looks_like_http(unsigned char c)
   return c >= 'A' && c <= 'Z';
 }
 
+static void in_read_bytes(tls_t *t, ssize_t n, const uv_buf_t *b);
+
 static void in_read(srv_tr_t *in, ssize_t n, const uv_buf_t *b)
 {
   tls_t *t = in->data;
+  in_read_bytes(t, n, b);
+  /* Everything was copied into rbio (or dropped): the read buffer goes until the next read. t is
+   * still allocated here (its free runs from close callbacks on a later loop turn). */
+  free(t->cin);
+  t->cin = NULL;
+}
+
+static void in_read_bytes(tls_t *t, ssize_t n, const uv_buf_t *b)
+{
   if (n == 0 || t->closing)
     return;
   if (n == UV_EOF && t->state == T_OPEN) {
@@ -885,6 +899,7 @@ static void on_handle_closed(tls_t *t)
   free(t->fbuf);
   free(t->cout);
   free(t->cout_retired);
+  free(t->cin);
   free(t);
 }
 
