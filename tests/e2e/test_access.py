@@ -280,6 +280,37 @@ def test_credentials_token_and_htpasswd():
         check(rc == 0, "exit %s" % rc)
 
 
+def test_ctr_with_a_static_authorization_header():
+    """containerd's hosts.toml [host."...".header] Authorization (the token as Bearer) pulls
+    through a mirror that asks for credentials; without the header ctr is refused."""
+    clientlib.require("ctr", "containerd")
+    d, imgs = images()
+    img = imgs["pause"]
+    with pclib.TestEnv("access-ctr") as env, clientlib.Containerd(env) as ctrd:
+        up = env.start_upstream(d)
+        tok = env.path("token")
+        write_conf(tok, TOKEN + "\n")
+        cfg = env.path("pullcache.ini")
+        write_conf(cfg, "[server]\nauth_token_file = %s\n" % tok)
+        pc = env.start_pullcache(upstream=up, args=["--config", cfg])
+        ref = "registry.k8s.io/pause:" + img["tag"]
+        clientlib.config("containerd", "--mirror", pc.url, "--dir", ctrd.hosts_dir, "--write")
+        hosts = os.path.join(ctrd.hosts_dir, "registry.k8s.io", "hosts.toml")
+        clientlib.strict_hosts_toml(hosts, pc.url)
+        r = clientlib.run(ctrd.pull_argv(ref), check_rc=False, what="ctr pull")
+        check(r.returncode != 0, "ctr pulled without the header")
+        with open(hosts, "a") as f:
+            f.write('  [host."%s".header]\n    Authorization = "Bearer %s"\n' % (pc.url, TOKEN))
+        ctrd.pull(ref)
+        check(ctrd.images()[ref][1] == img["index_digest"], "ctr image %r" % (ctrd.images()[ref],))
+        log = open(pc.log_path, errors="replace").read()
+        check(re.search(r"req method=GET path=/v2/pause/blobs/\S+ status=200 .*auth=token", log),
+              "the blobs came with the token")
+        check(TOKEN not in log, "the token is in the log")
+        ctrd.rm(ref)
+        env.stop(pc)
+
+
 def test_credentials_only_on_the_tls_listener():
     """auth_on = tls: the plain loopback listener asks for none, the TLS one does."""
     import test_tls
@@ -312,4 +343,5 @@ if __name__ == "__main__":
     sys.exit(pclib.run_tests([test_allow_lists_close_refuse_and_reload,
                               test_allow_list_on_the_tls_listener,
                               test_credentials_token_and_htpasswd,
+                              test_ctr_with_a_static_authorization_header,
                               test_credentials_only_on_the_tls_listener]))
