@@ -25,12 +25,14 @@
 #include <getopt.h>
 #include <math.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -80,6 +82,7 @@ struct bench {
   struct platform *plats;
   int nplats;
   bool all_platforms, json, insecure, verbose;
+  const char *plot; /* --plot FILE: the latency CDF chart (SVG), or NULL */
   int parallel, nodes, runs;
   long timeout;
   struct image *images;
@@ -1005,6 +1008,113 @@ static void print_json(struct bench *b)
 
 /* ---- command line --------------------------------------------------------------------------- */
 
+/* ---- --plot: the latency CDF with gnuplot -------------------------------------------------- */
+
+/* One gnuplot data block: the sorted values v[0..n) as "ms fraction" lines. */
+static void cdf_block(FILE *f, const char *title, double *v, size_t n)
+{
+  qsort(v, n, sizeof *v, cmp_double);
+  fprintf(f, "# %s\n", title);
+  for (size_t i = 0; i < n; i++)
+    fprintf(f, "%.3f %.6f\n", v[i], (double)(i + 1) / (double)n);
+  fprintf(f, "\n\n");
+}
+
+/* Write <plot>.dat (one block per image, then the whole node when several images) and draw
+ * <plot> with gnuplot. 0, or -1 (said on stderr). */
+static int plot_cdf(struct bench *b)
+{
+  size_t per = (size_t)b->runs * (size_t)b->nodes, blocks = 0;
+  double *v = pc_xcalloc(per, sizeof *v);
+  char *dat = xasprintf("%s.dat", b->plot), *gp = xasprintf("%s.gp", b->plot);
+  char **titles = pc_xcalloc((size_t)b->nimages + 1, sizeof *titles);
+  int rc = -1;
+  FILE *f = fopen(dat, "w");
+  if (!f) {
+    fprintf(stderr, "pullcache-bench: %s: %s\n", dat, strerror(errno));
+    goto done;
+  }
+  fprintf(f,
+          "# pullcache-bench --plot: pull time in ms, share of pulls done (%d nodes x %d runs)\n",
+          b->nodes, b->runs);
+  for (int i = 0; i <= b->nimages; i++) {
+    size_t n = 0;
+    if (i == b->nimages && b->nimages < 2)
+      break;
+    for (size_t k = 0; k < per; k++) {
+      double sum = 0;
+      bool ok = true;
+      for (int j = i < b->nimages ? i : 0; j < (i < b->nimages ? i + 1 : b->nimages); j++) {
+        const struct sample *s = &b->samples[k * (size_t)b->nimages + (size_t)j];
+        ok = ok && s->ok;
+        sum += s->pull_ms;
+      }
+      if (ok)
+        v[n++] = sum;
+    }
+    titles[blocks] = i < b->nimages ? xasprintf("%s:%s", b->images[i].name, b->images[i].ref)
+                                    : pc_xstrdup("whole node (every image)");
+    if (!n) { /* every pull of it failed: an empty block keeps the indexes aligned */
+      fprintf(f, "# %s: no successful pull\nNaN NaN\n\n\n", titles[blocks]);
+    } else {
+      cdf_block(f, titles[blocks], v, n);
+    }
+    blocks++;
+  }
+  if (fclose(f)) {
+    fprintf(stderr, "pullcache-bench: %s: %s\n", dat, strerror(errno));
+    goto done;
+  }
+  f = fopen(gp, "w");
+  if (!f) {
+    fprintf(stderr, "pullcache-bench: %s: %s\n", gp, strerror(errno));
+    goto done;
+  }
+  fprintf(f,
+          "set terminal svg size 900,520 dynamic enhanced font 'sans,12' background '#ffffff'\n"
+          "set output '%s'\nset title 'pullcache-bench: pull latency CDF, %d nodes x %d runs'\n"
+          "set xlabel 'pull time (ms)'\nset ylabel 'share of pulls done'\nset yrange [0:1]\n"
+          "set grid\nset key bottom right\nset style data steps\nplot ",
+          b->plot, b->nodes, b->runs);
+  for (size_t i = 0; i < blocks; i++) {
+    fprintf(f, "%s'%s' index %zu using 1:2 title '", i ? ", " : "", dat, i);
+    for (const char *t = titles[i]; *t; t++) /* a title is an image name: keep it a string */
+      if (*t != '\'' && *t != '\\')
+        fputc(*t, f);
+    fprintf(f, "' lw 2");
+  }
+  fprintf(f, "\n");
+  if (fclose(f)) {
+    fprintf(stderr, "pullcache-bench: %s: %s\n", gp, strerror(errno));
+    goto done;
+  }
+  pid_t pid;
+  static char prog[] = "gnuplot";
+  char *argv[] = {prog, gp, NULL};
+  extern char **environ;
+  int e = posix_spawnp(&pid, "gnuplot", NULL, NULL, argv, environ);
+  if (e) {
+    fprintf(stderr, "pullcache-bench: gnuplot: %s (install gnuplot-nox)\n", strerror(e));
+    goto done;
+  }
+  int st = -1;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+    ;
+  if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+    fprintf(stderr, "pullcache-bench: gnuplot %s failed\n", gp);
+    goto done;
+  }
+  rc = 0;
+done:
+  for (size_t i = 0; i < blocks; i++)
+    free(titles[i]);
+  free(titles);
+  free(v);
+  free(dat);
+  free(gp);
+  return rc;
+}
+
 /* The help text is laid out as it prints. */
 // clang-format off
 static void usage(FILE *f)
@@ -1031,6 +1141,9 @@ static void usage(FILE *f)
 "  --timeout S          abort a request that moves no byte for S seconds (default 30)\n"
 "  --insecure           accept self-signed TLS certificates\n"
 "  --json               machine-readable output (one JSON object on stdout)\n"
+"  --plot FILE          draw the latency CDF of this run with gnuplot into FILE (SVG): per\n"
+"                       image, the share of pulls (nodes x runs) done by each time, and with\n"
+"                       several images each node's whole pull; the points go to FILE.dat\n"
 "  -v, --verbose        print every request with its status on stderr\n"
 "  -h, --help           this help\n"
 "\n"
@@ -1097,13 +1210,19 @@ static void parse_image(const char *arg, struct image *img)
 
 int main(int argc, char **argv)
 {
-  static const struct option opts[] = {
-      {"ns", required_argument, NULL, 'n'},      {"platform", required_argument, NULL, 'p'},
-      {"all-platforms", no_argument, NULL, 'a'}, {"parallel", required_argument, NULL, 'P'},
-      {"nodes", required_argument, NULL, 'N'},   {"runs", required_argument, NULL, 'r'},
-      {"timeout", required_argument, NULL, 't'}, {"insecure", no_argument, NULL, 'k'},
-      {"json", no_argument, NULL, 'j'},          {"verbose", no_argument, NULL, 'v'},
-      {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
+  static const struct option opts[] = {{"ns", required_argument, NULL, 'n'},
+                                       {"platform", required_argument, NULL, 'p'},
+                                       {"all-platforms", no_argument, NULL, 'a'},
+                                       {"parallel", required_argument, NULL, 'P'},
+                                       {"nodes", required_argument, NULL, 'N'},
+                                       {"runs", required_argument, NULL, 'r'},
+                                       {"timeout", required_argument, NULL, 't'},
+                                       {"insecure", no_argument, NULL, 'k'},
+                                       {"json", no_argument, NULL, 'j'},
+                                       {"verbose", no_argument, NULL, 'v'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {"plot", required_argument, NULL, 'G'},
+                                       {NULL, 0, NULL, 0}};
   struct bench b = {.parallel = 3, .nodes = 1, .runs = 1, .timeout = 30};
   struct node *nodes = NULL;
   int rc = 2, c, t;
@@ -1148,6 +1267,13 @@ int main(int argc, char **argv)
       break;
     case 'v':
       b.verbose = true;
+      break;
+    case 'G':
+      if (!optarg[0] || strpbrk(optarg, "'\n")) {
+        fprintf(stderr, "pullcache-bench: --plot needs a file name without ' or newline\n");
+        goto out;
+      }
+      b.plot = optarg;
       break;
     case 'h':
       usage(stdout);
@@ -1219,6 +1345,8 @@ int main(int argc, char **argv)
   else
     print_table(&b);
   rc = aggregate(&b, -1).errors ? 1 : 0;
+  if (b.plot && plot_cdf(&b))
+    rc = 1;
   curl_global_cleanup();
 out:
   for (int i = 0; i < b.nimages; i++) {

@@ -39,6 +39,7 @@
   XX(UPSTREAM_UNKNOWN, -20034, 404, "NAME_UNKNOWN", "upstream not configured on this mirror")      \
   XX(OFFLINE, -20035, 404, NULL, "not in the cache and the mirror is offline")                     \
   XX(UPSTREAM_INVALID, -20036, 502, "UNAVAILABLE", "upstream answer was malformed")                \
+  XX(UPSTREAM_BUSY, -20037, 503, "UNAVAILABLE", "upstream fetch waited too long in the queue")     \
   XX(INTERNAL, -20099, 500, "UNKNOWN", "internal error")
 
 enum {

@@ -14,7 +14,7 @@
  *   and logged at most once a second (conn-refused peer=IP reason=allow suppressed=N).
  * - Per request (access_request): a peer that got in through one list asking for a route of
  *   the other class (route_kind_class: ROUTE_CLASS_OPS for /healthz, /readyz, /metrics and
- *   any later operations endpoint) gets 403 DENIED (pullcache_requests_refused_total{reason}).
+ *   /status) gets 403 DENIED (pullcache_requests_refused_total{reason}).
  *
  * Credentials (pull routes only; the operations routes are guarded by ops_allow alone, so
  * probes and scrapes need none). With a token file and/or an htpasswd file, a pull request on

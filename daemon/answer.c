@@ -63,6 +63,8 @@ void answer_error(srv_req_t *req, int err, const char *detail)
   answer_common_headers(req);
   if (err == PC_E_UNSUPPORTED)
     srv_resp_header(req, "Allow", "GET, HEAD"); /* RFC 9110: a 405 names the allowed methods */
+  else if (err == PC_E_UPSTREAM_BUSY)
+    srv_resp_header(req, "Retry-After", ANSWER_BUSY_RETRY_AFTER);
   srv_respond(req, pc_err_status(err), CT_JSON, body, strlen(body));
   free(body);
   json_decref(root);
@@ -97,6 +99,7 @@ void answer_content_error(srv_req_t *req, answer_kind kind, int outcome, int err
   record(req, kind, outcome);
   if (err == PC_E_TOOMANYREQUESTS && retry_after && retry_after[0])
     srv_resp_header(req, "Retry-After", retry_after);
+
   answer_error(req, err, detail);
 }
 

@@ -83,6 +83,9 @@ int answer_store_manifest(srv_req_t *req, store_t *store, const char *digest, in
 int answer_store_blob(srv_req_t *req, store_t *store, const char *digest,
                       const answer_range_t *range, int outcome);
 
+/** Retry-After on a 503 for an upstream fetch that waited [fetch] queue_wait in the queue. */
+#define ANSWER_BUSY_RETRY_AFTER "5"
+
 /** A manifest or blob error: the OCI error JSON of err (answer_error), with the outcome
  * recorded as for content, and Retry-After: retry_after when err is PC_E_TOOMANYREQUESTS and
  * one is given. */
@@ -91,7 +94,8 @@ void answer_content_error(srv_req_t *req, answer_kind kind, int outcome, int err
 
 /** Answer with an OCI error: {"errors":[{"code":pc_err_code(err),"message":pc_strerror(err),
  * "detail":detail}]} (detail omitted when NULL), status pc_err_status(err), Content-Type
- * application/json, plus the common headers. HEAD gets the headers without the body. */
+ * application/json, plus the common headers (and Allow for a 405, Retry-After:
+ * ANSWER_BUSY_RETRY_AFTER for PC_E_UPSTREAM_BUSY). HEAD gets the headers without the body. */
 void answer_error(srv_req_t *req, int err, const char *detail);
 
 /** A JSON answer (status, body of len bytes, copied) with the common headers. content_type

@@ -38,4 +38,14 @@ int cmd_egress(int argc, char **argv);
  * runs. argv[0] is the command name. Returns 0, 1 on a runtime error, 2 on bad input. */
 int cmd_cache(int argc, char **argv);
 
+/** `pullcache prefetch [...] FILE|-` (daemon/cmd_prefetch.c): fill the running daemon's store
+ * from an image list (daemon/prefetch.h). Returns 0, 1 when an image failed or no daemon
+ * answers, 2 on a usage error. */
+int cmd_prefetch(int argc, char **argv);
+
+/** `pullcache export [...] (--all | REF... | --file FILE) OUT` (daemon/cmd_export.c): images
+ * of the store (opened read-only: a live daemon may run) as an OCI layout directory or tar.
+ * Returns 0, 1 when an image could not be exported, 2 on a usage error. */
+int cmd_export(int argc, char **argv);
+
 #endif

@@ -128,6 +128,11 @@ static void fmt_size(uint64_t v, char *buf, size_t len)
     snprintf(buf, len, "%.1f%s", x, u[i]);
 }
 
+void cmd_store_fmt_size(uint64_t v, char *buf, size_t len)
+{
+  fmt_size(v, buf, len);
+}
+
 static void fmt_time(int64_t t, char *buf, size_t len)
 {
   struct tm tm;

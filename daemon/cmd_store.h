@@ -40,6 +40,9 @@ int cmd_store_check(int argc, char **argv, pc_buf_t *out);
 /** Run argv (argv[0] the command name) on ctx->store; output to out; returns the exit code. */
 int cmd_store_exec(cmd_store_ctx_t *ctx, int argc, char **argv, pc_buf_t *out);
 
+/** A byte count for people: "512B", "1.5KiB", "20.0MiB", ... (binary units, one decimal). */
+void cmd_store_fmt_size(uint64_t v, char *buf, size_t len);
+
 /** The control socket's path for a store directory into buf: 0, or -ENAMETOOLONG when it
  * would not fit a sockaddr_un. */
 int cmd_store_socket_path(const char *store_dir, char *buf, size_t buflen);

@@ -195,6 +195,7 @@ static const cfgkey_t keys[] = {
     {S_SERVER, "tls_client_ca", K_STR, C(tls_client_ca), 0, 0},
     {S_SERVER, "tls_client_auth", K_STR, C(tls_client_auth), 0, 0},
     {S_SERVER, "tls_handshake_timeout", K_UMS, C(tls_handshake_timeout_ms), 100, 600 * SEC},
+    {S_SERVER, "status", K_BOOL, C(status_page), 0, 1},
     {S_SERVER, "allow", K_CIDRS, C(allow), 0, 0},
     {S_SERVER, "ops_allow", K_CIDRS, C(ops_allow), 0, 0},
     {S_SERVER, "auth_token_file", K_PATH, C(auth_token_file), 0, 0},
@@ -205,6 +206,8 @@ static const cfgkey_t keys[] = {
     {S_FETCH, "stall_timeout", K_LMS, C(up.stall_timeout_ms), 100, 3600 * SEC},
     {S_FETCH, "min_rate", K_U64BYTES, C(up.min_rate), 0, 1ULL << 34},
     {S_FETCH, "min_rate_window", K_LMS, C(up.min_rate_window_ms), 1000, 3600 * SEC},
+    {S_FETCH, "join_stall", K_LMS, C(join_stall_ms), 0, 3600 * SEC},
+    {S_FETCH, "queue_wait", K_LMS, C(up.queue_wait_ms), 0, 3600 * SEC},
     {S_FETCH, "max_redirects", K_INT, C(up.max_redirects), 1, 20},
     {S_STORE, "path", K_STR, C(store_dir), 0, 0},
     {S_STORE, "max_size", K_U64BYTES, C(store_max_size), 0, INT64_MAX},
@@ -253,6 +256,8 @@ void config_defaults(daemon_config_t *cfg)
   cfg->up.stall_timeout_ms = 30000;
   cfg->up.min_rate = 1024; /* 1 KiB/s: ends a trickle, spares any link a pull can use */
   cfg->up.min_rate_window_ms = 30000;
+  cfg->join_stall_ms = 10000;
+  cfg->up.queue_wait_ms = 30000; /* under kubelet's 2 min CRI call; 503 + Retry-After then */
   cfg->up.max_redirects = 10;
   copy_str(cfg->store_dir, sizeof(cfg->store_dir), "./pullcache-data");
   cfg->store_min_free = 256u << 20;
@@ -263,6 +268,7 @@ void config_defaults(daemon_config_t *cfg)
   cfg->log_level = PC_LOG_INFO;
   cfg->log_format = DAEMON_LOG_TEXT;
   cfg->tls_handshake_timeout_ms = 10000;
+  cfg->status_page = 1;
   copy_str(cfg->auth_on, sizeof(cfg->auth_on), "all");
 }
 

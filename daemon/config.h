@@ -13,7 +13,8 @@
  *   [server]   listen (repeatable or comma-separated), max_conns, header_timeout,
  *              idle_timeout, write_timeout, max_header_bytes, max_url_bytes, max_headers,
  *              max_manifest, drain_timeout, offline
- *   [fetch]    connect_timeout, first_byte_timeout, stall_timeout, max_redirects
+ *   [fetch]    connect_timeout, first_byte_timeout, stall_timeout, min_rate, min_rate_window,
+ *              join_stall, queue_wait, max_redirects
  *   [store]    path, max_size, min_free, evict_to
  *   [log]      level, format, access
  *   [upstream "NAME"]  url, tag_ttl, max_stale, ca_file, credentials_file, allow_redirect_to,
@@ -75,6 +76,8 @@ typedef struct daemon_config {
   unsigned drain_timeout_ms; /**< SIGTERM: answers in progress may run this long */
   int offline;               /**< never contact an upstream */
   uint64_t max_manifest;     /**< bytes; default 4 MiB */
+  long join_stall_ms;        /**< [fetch] join_stall: a fill with no progress this long is restarted
+                                  before a request joins it; default 10 s, 0 = off */
   up_opts_t up;              /**< upstream client timeouts */
   char store_dir[1024];
   uint64_t store_max_size; /**< size budget (0 = none); for eviction */
@@ -91,6 +94,7 @@ typedef struct daemon_config {
   char tls_client_ca[1024];          /**< PEM CA for client certificates; "" = no mTLS */
   char tls_client_auth[16];          /**< "required" (default with a CA) | "optional" */
   unsigned tls_handshake_timeout_ms; /**< default 10 s */
+  int status_page;                   /**< [server] status: GET /status is served (default on) */
   /* [server] who may connect (daemon/access.h): CIDR lists, "" = anyone. */
   char allow[512];     /**< pulls (and ops, without ops_allow); others closed at accept */
   char ops_allow[512]; /**< /healthz, /readyz, /metrics (ROUTE_CLASS_OPS); "" = as allow */

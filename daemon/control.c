@@ -9,6 +9,8 @@
  * complete within CTL_READ_MS is dropped, so silent clients cannot hold every slot.
  *
  *   conn: READING --request complete--> RUNNING (pool) --after--> WRITING --written--> closed
+ *         READING --"prefetch"--> STREAMING (daemon/prefetch.h: JSON lines as they come)
+ *                     --done, lines written--> closed;  --EOF (client gone)--> cancelled, closed
  *         READING --EOF, error, too big, CTL_READ_MS, stopping--> closed
  *
  * Loop thread only, except cmd_store_exec on the pool (it touches the store and its own
@@ -27,13 +29,20 @@
 #include "daemon/cmd_store.h"
 #include "daemon/upstream.h"
 #include "daemon/evict.h"
+#include "daemon/prefetch.h"
 
-#define CTL_REQ_MAX 8192
-#define CTL_ARGS 16
+#define CTL_REQ_MAX (256u << 10) /* a prefetch sends its image list */
+#define CTL_ARGS 4096
 #define CTL_CONNS 8
 #define CTL_READ_MS 10000 /* a request not complete by then is dropped */
 
-typedef enum { CONN_READING, CONN_RUNNING, CONN_WRITING, CONN_CLOSING } conn_state_t;
+typedef enum {
+  CONN_READING,
+  CONN_RUNNING,
+  CONN_WRITING,
+  CONN_STREAMING,
+  CONN_CLOSING
+} conn_state_t;
 
 typedef struct ctl_conn {
   pc_list_t link;
@@ -52,6 +61,10 @@ typedef struct ctl_conn {
   int code;
   char head[8];
   uv_write_t wr;
+  prefetch_t *pf;   /* STREAMING: the run, until done */
+  unsigned writes;  /* STREAMING: lines being written */
+  int ended;        /* STREAMING: done was called; close once the lines are written */
+  char scratch[64]; /* STREAMING: what the client sends after its request (ignored) */
 } ctl_conn_t;
 
 struct daemon_control {
@@ -84,6 +97,58 @@ static void conn_close(ctl_conn_t *c)
   c->state = CONN_CLOSING;
   uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
   uv_close((uv_handle_t *)&c->timer, on_conn_closed);
+}
+
+/* ---- prefetch: a stream of lines ---- */
+
+typedef struct line_wr {
+  uv_write_t wr;
+  ctl_conn_t *c;
+  char data[];
+} line_wr_t;
+
+static void on_line_written(uv_write_t *w, int status)
+{
+  line_wr_t *l = container_of(w, line_wr_t, wr);
+  ctl_conn_t *c = l->c;
+  (void)status;
+  free(l);
+  if (--c->writes == 0 && c->ended)
+    conn_close(c);
+}
+
+static void pf_emit(void *arg, const char *line, size_t len)
+{
+  ctl_conn_t *c = arg;
+  if (c->state != CONN_STREAMING && c->state != CONN_READING)
+    return;
+  line_wr_t *l = pc_xmalloc(sizeof(*l) + len);
+  l->c = c;
+  memcpy(l->data, line, len);
+  uv_buf_t b = uv_buf_init(l->data, (unsigned)len);
+  if (uv_write(&l->wr, (uv_stream_t *)&c->pipe, &b, 1, on_line_written) != 0) {
+    free(l);
+    return;
+  }
+  c->writes++;
+}
+
+static void pf_done(void *arg, int code)
+{
+  ctl_conn_t *c = arg;
+  (void)code;
+  c->pf = NULL;
+  c->ended = 1;
+  if (c->writes == 0)
+    conn_close(c);
+}
+
+static void start_prefetch(ctl_conn_t *c, daemon_t *d)
+{
+  c->state = CONN_STREAMING;
+  c->pf = prefetch_start(d, c->argc, c->argv, pf_emit, pf_done, c);
+  if (!c->pf)
+    pf_done(c, 2); /* bad arguments: the reason was emitted */
 }
 
 static void on_written(uv_write_t *w, int status)
@@ -140,7 +205,10 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
 {
   ctl_conn_t *c = h->data;
   (void)hint;
-  *b = uv_buf_init(c->req + c->len, (unsigned)(sizeof(c->req) - c->len));
+  if (c->state == CONN_STREAMING) /* the request's strings stay as they are */
+    *b = uv_buf_init(c->scratch, sizeof(c->scratch));
+  else
+    *b = uv_buf_init(c->req + c->len, (unsigned)(sizeof(c->req) - c->len));
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
@@ -148,6 +216,16 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
   ctl_conn_t *c = s->data;
   daemon_t *d = c->ctl->d;
   (void)b;
+  if (c->state == CONN_STREAMING) {
+    if (n < 0 && c->pf) { /* the client went away: the fills go on without it */
+      prefetch_cancel(c->pf);
+      c->pf = NULL;
+      conn_close(c);
+    } else if (n < 0 && c->writes == 0) {
+      conn_close(c);
+    }
+    return; /* anything else it sends is ignored */
+  }
   if (n < 0) {
     conn_close(c);
     return;
@@ -156,13 +234,19 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
   int done = request_done(c);
   if (done == 0 && c->len < sizeof(c->req))
     return;
-  uv_read_stop(s);
   uv_timer_stop(&c->timer);
+  int streams = done > 0 && !strcmp(c->argv[0], "prefetch");
+  if (!streams || d->stopping)
+    uv_read_stop(s);
   if (done <= 0 || d->stopping) {
     conn_close(c);
     return;
   }
   c->argv[c->argc] = NULL;
+  if (streams) {
+    start_prefetch(c, d); /* reading goes on: EOF says the client went away */
+    return;
+  }
   c->x.store = d->store;
   c->x.upstream = d->nups ? d->ups[0]->conf.name : "registry.k8s.io";
   c->x.gc_target = d->cfg.store_max_size ? evict_low_mark(&d->cfg) : 0;

@@ -167,6 +167,12 @@ void egress_render(const egress_t *e, pc_buf_t *o)
                   e->v[i].scheme, e->v[i].host, e->v[i].port, e->v[i].upstream, e->v[i].last);
 }
 
+const egress_entry_t *egress_entries(const egress_t *e, size_t *n)
+{
+  *n = e->n;
+  return e->v;
+}
+
 void egress_free(egress_t *e)
 {
   if (!e)

@@ -38,6 +38,8 @@ egress_t *egress_new(const char *store_dir);
 /** The http/up egress callback (arg is the egress_t). */
 void egress_note(void *arg, const char *hostkey, const char *label);
 void egress_render(const egress_t *e, pc_buf_t *o);
+/** The hosts seen (*n of them; the table's own memory: valid until the next egress_note). */
+const egress_entry_t *egress_entries(const egress_t *e, size_t *n);
 /** Write if anything changed since the last write, and free (NULL is a no-op). */
 void egress_free(egress_t *e);
 

@@ -190,6 +190,22 @@ void evict_note_manual(daemon_t *d, uint64_t blobs, uint64_t bytes)
   e->last_survey = 0; /* refresh the pinned bytes and the oldest age soon */
 }
 
+void evict_get_figures(const daemon_t *d, evict_figures_t *out)
+{
+  const daemon_evict_t *e = d->evict;
+  memset(out, 0, sizeof(*out));
+  if (!e)
+    return;
+  for (int r = 0; r < STORE_EVICT_NREASONS; r++) {
+    out->runs += e->runs[r];
+    out->blobs += e->blobs[r];
+    out->bytes += e->bytes[r];
+  }
+  out->pinned_bytes = e->pinned_bytes;
+  out->pins_over = e->pins_over;
+  out->last_run = e->last_run;
+}
+
 void evict_render(const daemon_t *d, pc_buf_t *o)
 {
   const daemon_evict_t *e = d->evict;

@@ -39,6 +39,15 @@ void evict_close(daemon_t *d);
 void evict_free(daemon_t *d);
 /** Count a manual run (`pullcache gc` through the control socket). */
 void evict_note_manual(daemon_t *d, uint64_t blobs, uint64_t bytes);
+/** The eviction figures summed over the reasons (the status page). */
+typedef struct evict_figures {
+  uint64_t runs, blobs, bytes; /**< eviction runs, blobs and bytes evicted, every reason */
+  uint64_t pinned_bytes;       /**< as of the last run or survey */
+  int pins_over;               /**< the pins alone exceed max_size */
+  int64_t last_run;            /**< epoch s of the last run (0: none) */
+} evict_figures_t;
+/** Fill *out (all zero before evict_start). */
+void evict_get_figures(const daemon_t *d, evict_figures_t *out);
 /** Append the eviction metrics (Prometheus text). */
 void evict_render(const daemon_t *d, pc_buf_t *o);
 

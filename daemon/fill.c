@@ -10,12 +10,15 @@
  *      +------------+---------------+------------+--- any other error, bad digest,
  *                                                      no subscriber left --> FAILED (fill_fail)
  *
+ * STREAMING --no progress for join_stall, a request would join (fill_restart: the fetch is
+ *   cancelled, at most FILL_RESTARTS times)--> RESUMING.
  * RESUMING goes back to STREAMING, or to PASSTHROUGH when the fill has a relay (the mode is
  * kept across a resume: f->relay). The last byte of the blob is never announced before
  * verification (fill_avail), so no subscriber sends a complete blob that does not match its
  * digest. Verification runs on the loop (the hash was computed as the bytes came in); the
  * fsync, rename and LMDB record follow on a worker. A broken upstream body is resumed with
- * Range from the last byte written, up to FILL_RESUMES times; the running hash goes on.
+ * Range from the last byte written, up to FILL_RESUMES times (restarts of a stalled body are
+ * counted apart, FILL_RESTARTS); the running hash goes on.
  *
  * The full-disk state of the mirror (env->st.store_full) is set by the first fill that goes
  * pass-through and cleared by the next one that commits: one log line at each change.
@@ -35,6 +38,10 @@
 #include "store/digest.h"
 
 #define FILL_RESUMES 3
+/* Progress, for the no-join rule: FILL_PROGRESS_STEP more bytes received (or the last of the
+ * blob). A fill restarts for a joiner at most FILL_RESTARTS times (then min_rate ends it). */
+#define FILL_PROGRESS_STEP 16384
+#define FILL_RESTARTS 3
 
 struct fill {
   pull_env_t *env;
@@ -52,15 +59,76 @@ struct fill {
   uint64_t written;      /**< bytes in the writer */
   uint64_t skip;         /**< bytes of the current answer to drop (a resume overlap) */
   int attempts;          /**< resumes so far */
+  uint64_t seen;         /**< body bytes received, resume overlaps (skip) included */
+  uint64_t mark_ms;      /**< loop time of the last progress mark (fill_stalled) */
+  uint64_t mark_seen;    /**< seen at that mark */
+  int restarts;          /**< fill_restart calls so far (at most FILL_RESTARTS) */
   int rc;
   int status; /**< the current fetch's HTTP status */
   char retry_after[32];
   uv_work_t work;
-  pc_list_t subs; /**< fill_sub_t.link */
-  pc_list_t link; /**< in env->fills */
+  pc_list_t subs;      /**< fill_sub_t.link */
+  pc_list_t link;      /**< in env->fills */
+  uint64_t started_ms; /**< pc_mono_ms at fill_start (fill_each) */
 };
 
 static void fill_fetch(fill_t *f);
+
+static void mark(fill_t *f)
+{
+  f->mark_ms = uv_now(f->env->loop);
+  f->mark_seen = f->seen;
+}
+
+int fill_stalled(const fill_t *f, uint64_t ms)
+{
+  if (!ms || f->paused || (f->state != FILL_STREAMING && f->state != FILL_PASSTHROUGH))
+    return 0; /* header phases and queues have their own bounds; a paused body waits for us */
+  return uv_now(f->env->loop) - f->mark_ms >= ms;
+}
+
+unsigned fill_count_stalled(const pull_env_t *env, uint64_t ms)
+{
+  unsigned n = 0;
+  pc_list_foreach(l, &env->fills)
+  {
+    n += (unsigned)fill_stalled(pc_list_entry(l, fill_t, link), ms);
+  }
+  return n;
+}
+
+/* A fresh fetch would start at once: its pool has no queue (a restart must not lose its slot
+ * to the queue and then wait out queue_wait) and its 429 breaker is closed. */
+static int can_start_now(const fill_t *f)
+{
+  up_pool_stats_t st;
+  if (f->up->rl.open)
+    return 0;
+  if (!f->up->pool)
+    return 1;
+  up_pool_get_stats(f->up->pool, &st);
+  return st.queued == 0;
+}
+
+int fill_restart(fill_t *f)
+{
+  pull_env_t *env = f->env;
+  if (f->state != FILL_STREAMING || !f->fetch || f->paused || f->restarts >= FILL_RESTARTS ||
+      !can_start_now(f))
+    return 0;
+  f->restarts++;
+  env->fetch->cancel(env, f->fetch);
+  f->fetch = NULL;
+  env->st.stall_restarts++;
+  pc_log(PC_LOG_WARN,
+         "upstream-blob-stalled-restart upstream=%s repo=%s digest=%s at=%" PRIu64
+         " idle_ms=%" PRIu64,
+         f->up->conf.name, f->repo, f->digest, f->written, uv_now(env->loop) - f->mark_ms);
+  f->state = FILL_RESUMING;
+  mark(f);
+  fill_fetch(f); /* may end the fill (the fetch could not start): the caller looks again */
+  return 1;
+}
 
 /* A pass-through fill takes a new subscriber only while its relay has every byte from its
  * start (a joiner needs them all); a fill that has a relay but no length yet cannot happen. */
@@ -307,6 +375,7 @@ static int on_headers(up_fetch_t *uf, int status, void *arg)
   fill_t *f = arg;
   pull_env_t *env = f->env;
   f->status = status;
+  mark(f);
   pc_strlcpy(f->retry_after, sizeof(f->retry_after), env->fetch->header(env, uf, "retry-after"));
   if (status != 200 && status != 206)
     return 0; /* an error: decided in on_done */
@@ -370,6 +439,9 @@ static int on_data(up_fetch_t *uf, const char *buf, size_t len, void *arg)
   (void)uf;
   if (f->state != FILL_STREAMING && f->state != FILL_PASSTHROUGH)
     return 0; /* an error body */
+  f->seen += len;
+  if (f->seen - f->mark_seen >= FILL_PROGRESS_STEP)
+    mark(f); /* skipped overlap bytes are progress too: the upstream is sending */
   if (f->skip) {
     size_t n = len < f->skip ? len : (size_t)f->skip;
     f->skip -= n;
@@ -392,6 +464,8 @@ static int on_data(up_fetch_t *uf, const char *buf, size_t len, void *arg)
       return rc;
   }
   f->written = store_writer_size(f->w);
+  if (f->total > 0 && f->written == (uint64_t)f->total)
+    mark(f);
   if (f->total > 0)
     announce(f, fill_avail(f));
   return 0;
@@ -494,6 +568,7 @@ int fill_start(pull_env_t *env, daemon_upstream_t *up, const char *repo, const c
   f->env = env;
   f->state = FILL_FETCHING;
   f->total = -1;
+  f->started_ms = pc_mono_ms();
   pc_strlcpy(f->digest, sizeof(f->digest), digest);
   pc_strlcpy(f->repo, sizeof(f->repo), repo);
   pc_list_init(&f->subs);
@@ -518,6 +593,7 @@ int fill_start(pull_env_t *env, daemon_upstream_t *up, const char *repo, const c
     }
   }
   f->up = daemon_upstream_ref(up);
+  mark(f);
   pc_list_push_back(&env->fills, &f->link);
   env->live++;
   env->st.fills_started++;
@@ -537,5 +613,30 @@ void fill_cancel_all(pull_env_t *env, int err)
       f->fetch = NULL;
       fill_fail(f, err);
     }
+  }
+}
+
+/* ---- what the status page shows (fill_each) ------------------------------------------------ */
+
+const char *fill_state_name(fill_state s)
+{
+  static const char *const names[] = {"fetching",   "streaming", "resuming", "passthrough",
+                                      "committing", "done",      "failed"};
+  return (unsigned)s < PC_ARRAY_SIZE(names) ? names[s] : "?";
+}
+
+void fill_each(pull_env_t *env, void (*cb)(void *arg, const fill_info_t *fi), void *arg)
+{
+  pc_list_foreach(l, &env->fills)
+  {
+    const fill_t *f = pc_list_entry(l, fill_t, link);
+    unsigned readers = 0;
+    pc_list_foreach(sl, &f->subs)
+    {
+      readers += pc_list_entry(sl, fill_sub_t, link)->ops->on_passthrough != NULL;
+    }
+    fill_info_t fi = {f->digest, f->repo, f->up->conf.name, f->state,   f->written,
+                      f->total,  readers, f->started_ms,    f->attempts};
+    cb(arg, &fi);
   }
 }

@@ -114,6 +114,21 @@ int fill_start(pull_env_t *env, struct daemon_upstream *up, const char *repo, co
 void fill_subscribe(fill_t *f, fill_sub_t *s);
 void fill_unsubscribe(fill_sub_t *s);
 
+/** 1 when f's body flows (STREAMING or PASSTHROUGH, not paused for a slow reader) and has made
+ * no progress for ms (0: never): no FILL_PROGRESS_STEP (16 KiB) more bytes received (a resume's
+ * overlap included), nor the blob's last byte, since its headers or its last restart. Header
+ * phases and queued fetches are bounded by their own timers and are not "stalled". */
+int fill_stalled(const fill_t *f, uint64_t ms);
+/** The fills of env that fill_stalled(ms) calls stalled. */
+unsigned fill_count_stalled(const pull_env_t *env, uint64_t ms);
+/** A stalled body: the upstream fetch is cancelled and the fill resumes on a fresh fetch (and
+ * connection) with Range from its last byte written, state RESUMING; its subscribers stay
+ * and the running hash goes on (counted in stall_restarts). Only a caching fill in STREAMING
+ * with a fetch running and not paused restarts, at most 3 times, and only when the new fetch
+ * would start at once (its pool has no queue, its 429 breaker is closed): 1 then, else 0
+ * (nothing changed). After 1 f may be gone (the new fetch could not start: the fill failed and
+ * was freed): look it up again (fill_find). */
+int fill_restart(fill_t *f);
 /** 1 once the bytes matched the digest (COMMITTING or DONE). */
 int fill_verified(const fill_t *f);
 /** 1 when f was started for repository repo of the upstream named up_name (where its bytes are
@@ -125,6 +140,23 @@ int fill_started_in(const fill_t *f, const char *up_name, const char *repo);
 int fill_open(const fill_t *f);
 /** The pass-through relay (for a reader: relay_reader), or NULL while caching. */
 struct relay *fill_relay(const fill_t *f);
+/** A fill in flight as the status page shows it (fill_each). Strings live as long as the
+ * callback. */
+typedef struct fill_info {
+  const char *digest, *repo, *upstream;
+  fill_state state;
+  uint64_t written;     /**< bytes received and hashed so far */
+  int64_t total;        /**< the blob's length, -1 until known */
+  unsigned subscribers; /**< subscribers following its body now (on_passthrough set: the
+                             requests; a scope recorder is not counted) */
+  uint64_t started_ms;  /**< pc_mono_ms when it started */
+  int resumes;          /**< Range resumes so far */
+} fill_info_t;
+
+/** Call cb for every fill in env->fills (read only: cb must not start or end fills). */
+void fill_each(pull_env_t *env, void (*cb)(void *arg, const fill_info_t *fi), void *arg);
+/** "fetching", "streaming", "resuming", "passthrough", "committing", "done", "failed". */
+const char *fill_state_name(fill_state s);
 /** Fail every fill that is not yet verified (their fetch cancelled) — mirror_free. */
 void fill_cancel_all(pull_env_t *env, int err);
 

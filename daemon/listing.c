@@ -335,3 +335,14 @@ void listing_tags(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream
 {
   listing_ask(d, req, r, up, LIST_TAGS);
 }
+
+void listing_referrers_ask(daemon_t *d, daemon_upstream_t *up, const char *repo, const char *digest,
+                           meta_sub_t *s)
+{
+  char key[2400], url[2600];
+  snprintf(key, sizeof(key), "r %s %s %s %s", up->conf.name, repo, digest, "");
+  snprintf(url, sizeof(url), "%s/v2/%s/referrers/%s", up->conf.url, repo, digest);
+  int64_t ttl = up->conf.tag_ttl < LISTING_REFERRERS_TTL ? up->conf.tag_ttl : LISTING_REFERRERS_TTL;
+  meta_ask(mirror_env(d->mirror), up, key, url, CT_OCI_INDEX, ttl,
+           up->conf.max_stale > 0 ? up->conf.max_stale : -1, s);
+}

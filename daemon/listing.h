@@ -27,6 +27,13 @@
 void listing_referrers(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up);
 void listing_tags(daemon_t *d, srv_req_t *req, const route_t *r, daemon_upstream_t *up);
 
+struct meta_sub;
+/** Ask for the referrers of (up, repo, digest) as a request without a query would (the same
+ * cache entry, so a prefetch warms what clients are answered, also stale when the upstream is
+ * gone): s->ops->on_end gets the answer, perhaps inside this call. */
+void listing_referrers_ask(daemon_t *d, daemon_upstream_t *up, const char *repo, const char *digest,
+                           struct meta_sub *s);
+
 /** The Link header for this mirror from an upstream's Link value: the query of its first
  * <URL> on the mirror's own path (req_path), plus &ns=<ns> when ns is not NULL and the query
  * names none. Pure. Returns 0 with out written, or -1 (nothing usable: no <URL>, no query, a

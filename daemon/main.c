@@ -20,6 +20,11 @@ static void usage(FILE *f)
              "           [--quiet] [serve flags]\n"
              "  import   copy an OCI image layout into the store: pullcache import --store DIR\n"
              "           --upstream NAME --repo NAME [--tag TAG] OCI_LAYOUT_DIR\n"
+             "  prefetch fill the running daemon's cache from an image list: pullcache prefetch\n"
+             "           [--platform OS/ARCH,... | --all-platforms] [--signatures] [--pin] FILE|-\n"
+             "  export   images of the store as an OCI layout (dir or tar): pullcache export\n"
+             "           [--platform L | --all-platforms] [--signatures] [--since BUNDLE]\n"
+             "           (--all | REF... | --file FILE) OUT|OUT.tar|-\n"
              "  fsck     verify and repair the store: pullcache fsck [--store DIR]\n"
              "  config   print client configuration for the mirror: pullcache config\n"
              "           containerd|crio|podman --mirror URL [--upstream NAME]... [--write]\n"
@@ -45,6 +50,10 @@ int main(int argc, char **argv)
     return cmd_check_config(argc - 1, argv + 1);
   if (!strcmp(cmd, "import"))
     return cmd_import(argc - 1, argv + 1);
+  if (!strcmp(cmd, "prefetch"))
+    return cmd_prefetch(argc - 1, argv + 1);
+  if (!strcmp(cmd, "export"))
+    return cmd_export(argc - 1, argv + 1);
   if (!strcmp(cmd, "fsck"))
     return cmd_fsck(argc - 1, argv + 1);
   if (!strcmp(cmd, "config"))

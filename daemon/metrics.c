@@ -85,6 +85,13 @@ static void render_mirror(pc_buf_t *o, const mirror_stats_t *ms)
          ms->waiters_joined);
   metric(o, "pullcache_upstream_resumes_total", "counter",
          "Broken upstream bodies continued with a Range request.", ms->resumes);
+  metric(o, "pullcache_fills_stalled", "gauge",
+         "Blob fills with no progress for [fetch] join_stall (a trickling or stuck upstream).",
+         ms->fills_stalled);
+  metric(o, "pullcache_fill_stall_restarts_total", "counter",
+         "Stalled fills restarted on a fresh upstream connection for a request that would have "
+         "joined them.",
+         ms->stall_restarts);
   metric(o, "pullcache_digest_mismatches_total", "counter",
          "Upstream content that failed verification (nothing stored, nothing delivered "
          "complete).",
@@ -162,6 +169,9 @@ static void upstream_sample(pc_buf_t *o, size_t f, const char *fam, const char *
   case 8:
     pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fam, n, s->too_slow);
     break;
+  case 9:
+    pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fam, n, s->queue_timeouts);
+    break;
   case 3:
     pc_buf_printf(o, "%s{upstream=\"%s\"} %" PRIu64 "\n", fam, n, s->body_bytes);
     break;
@@ -203,6 +213,9 @@ static void render_upstreams(pc_buf_t *o, const daemon_t *d)
       {"pullcache_upstream_too_slow_total", "counter",
        "Transfers ended for averaging under [fetch] min_rate (then resumed on a fresh "
        "connection; also counted as timeout errors)."},
+      {"pullcache_upstream_queue_timeouts_total", "counter",
+       "Fetches that waited [fetch] queue_wait in the queue and were answered 503 unsent (also "
+       "counted as other errors)."},
   };
   up_pool_stats_t st[DAEMON_MAX_UPSTREAMS];
   for (int i = 0; i < d->nups; i++) {
@@ -253,6 +266,9 @@ static void render_store(pc_buf_t *o, const daemon_t *d)
   if (d->cfg.store_max_size)
     metric(o, "pullcache_store_max_size_bytes", "gauge", "The configured size budget.",
            d->cfg.store_max_size);
+  metric(o, "pullcache_store_min_free_bytes", "gauge",
+         "The configured min_free: below it eviction frees space and /readyz fails.",
+         d->cfg.store_min_free);
   if (statvfs(d->cfg.store_dir, &sv) == 0)
     metric(o, "pullcache_store_disk_free_bytes", "gauge",
            "Free bytes on the store's file system (for unprivileged users).",

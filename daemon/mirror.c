@@ -15,8 +15,10 @@
  *     store; else the job revalidates (HEAD) or fetches; an answered job serves requests that
  *     arrive during its store write (HIT);
  *   - blobs: a request joins the fill of its digest (JOIN; HIT when the fill is already
- *     verified); "not here" (404/401/403) from one upstream/repository is no answer for a
- *     request that joined from another: that request gets a fill of its own.
+ *     verified); a fill that has made no progress for [fetch] join_stall is restarted on a
+ *     fresh upstream connection first (fill_restart), so no request waits on a trickle; "not here"
+ * (404/401/403) from one upstream/repository is no answer for a request that joined from another:
+ * that request gets a fill of its own.
  */
 #include "daemon/mirror.h"
 
@@ -610,6 +612,8 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
     return;
   }
   fill_t *f = fill_find(env, digest);
+  if (f && env->join_stall_ms && fill_stalled(f, (uint64_t)*env->join_stall_ms) && fill_restart(f))
+    f = fill_find(env, digest); /* restarted on a fresh connection, or ended: look again */
   if (!f && !daemon_upstream_admit(up)) {
     if (rlq_park(m, req, up, repo, digest, 1, 1, range))
       return;
@@ -641,6 +645,21 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
     return;
   }
   recorder_attach(m, up, repo, digest);
+}
+
+int mirror_fill(mirror_t *m, daemon_upstream_t *up, const char *repo, const char *digest,
+                fill_sub_t *s, int *joined)
+{
+  fill_t *f = fill_find(&m->env, digest);
+  *joined = f != NULL;
+  if (f) {
+    fill_subscribe(f, s);
+    return 0;
+  }
+  int rc = fill_start(&m->env, up, repo, digest, s);
+  if (rc == 0)
+    recorder_attach(m, up, repo, digest);
+  return rc;
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
@@ -676,6 +695,7 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
   m->env.fetch = ops;
   m->env.fetch_ctx = ctx;
   m->env.max_manifest = &d->cfg.max_manifest;
+  m->env.join_stall_ms = &d->cfg.join_stall_ms;
   m->env.now = now ? now : now_sec;
   m->env.released = env_released;
   m->env.disk_free = disk_free;
@@ -731,6 +751,8 @@ void mirror_get_stats(const mirror_t *m, mirror_stats_t *out)
   out->fills_in_flight = pc_list_count(&m->env.fills);
   out->jobs_in_flight = pc_list_count(&m->env.jobs);
   out->rl_parked = m->nparked;
+  out->fills_stalled =
+      m->env.join_stall_ms ? fill_count_stalled(&m->env, (uint64_t)*m->env.join_stall_ms) : 0;
 }
 
 void mirror_free(mirror_t *m)

@@ -24,6 +24,7 @@
 
 #include "daemon/answer.h"
 #include "daemon/daemon.h"
+#include "daemon/fill.h"
 #include "daemon/pull.h"
 
 #define MIRROR_RLQ_MAX 256       /**< misses parked while 429 breakers are open; more get 429 */
@@ -58,6 +59,13 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const c
 /** Blob not in the store. range may be NULL. */
 void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char *repo,
                  const char *digest, const answer_range_t *range);
+
+/** A blob fill for a subscriber that is no request (a prefetch, daemon/prefetch.c): join the
+ * fill of digest (*joined = 1) or start one under (up, repo), recorded where it was seen as for
+ * a request. The caller checked the digest, online and the 429 breaker. s->ops set; 0, or the
+ * error of fill_start (nothing subscribed). s->ops->on_end may run inside (fill_start). */
+int mirror_fill(mirror_t *m, daemon_upstream_t *up, const char *repo, const char *digest,
+                fill_sub_t *s, int *joined);
 
 /** Call cb(arg, tag) for each tag of (up, repo) that a manifest job has answered and is still
  * writing to the store (a tag listing includes them: the clients have seen them already). */

@@ -30,6 +30,8 @@ typedef struct mirror_stats {
   uint64_t fills_in_flight, waiters_joined; /**< now; requests that joined a running fill */
   uint64_t digest_mismatches;               /**< upstream bytes that failed verification */
   uint64_t resumes;                         /**< broken upstream bodies continued with Range */
+  uint64_t stall_restarts; /**< stalled fills restarted for a request that would join them */
+  uint64_t fills_stalled;  /**< now: fills with no progress for join_stall (fill_stalled) */
   uint64_t manifests_fetched;
   uint64_t jobs_in_flight; /**< now: manifest jobs fetching or storing */
   uint64_t scope_confirmed, scope_refused, scope_failed; /**< repository-scoping HEADs */
@@ -63,6 +65,8 @@ struct pull_env {
   const pull_fetch_ops_t *fetch;
   void *fetch_ctx;              /**< for the seam (the daemon_t in production) */
   const uint64_t *max_manifest; /**< bytes; a bigger manifest fails its job (read at its start) */
+  const long *join_stall_ms;    /**< a request does not join a fill stalled this long (fill.h
+                                     fill_stalled; read at each join; 0 = join any); may be NULL */
   int64_t (*now)(void);         /**< wall-clock seconds (pc_now_sec; a fake clock in tests) */
   mirror_stats_t st;
   pc_list_t fills;                   /**< fill_t.link */

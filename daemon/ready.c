@@ -56,7 +56,11 @@ int daemon_ready(daemon_t *d, int probe, const char **reason)
   }
   for (int i = 0; i < d->nups; i++)
     if (d->ups[i]->reachable == 1) {
-      *reason = "ok";
+      /* Ready; stalled fills (bodies that stopped flowing: pullcache_fills_stalled) are said,
+       * new requests restart what they would join. */
+      *reason = ms.fills_stalled ? "fills stalled: an upstream body stopped flowing (see [fetch] "
+                                   "join_stall)"
+                                 : "ok";
       return 1;
     }
   /* None known reachable: ask again (at most every probe interval per upstream). */
@@ -76,7 +80,8 @@ static void readyz_answer(daemon_t *d, srv_req_t *req, int ready, const char *re
 {
   char msg[96];
   int n;
-  if (ready > 0 && strncmp(reason, "store full", 10) == 0) {
+  if (ready > 0 &&
+      (strncmp(reason, "store full", 10) == 0 || strncmp(reason, "fills stalled", 13) == 0)) {
     n = snprintf(msg, sizeof(msg), "ready: %s\n", reason);
     srv_req_log(req, "reason", reason);
     srv_respond(req, 200, "text/plain", msg, (size_t)n);

@@ -4,7 +4,10 @@
  * reachable by its last fetch or probe (or offline). While the store is full (mirror stats
  * store_full: blobs pass through uncached, see daemon/fill.h) the reason says so: "ready: store
  * full: ..." (200, every pull is still served), or "not ready: store full: ... (disk below
- * min_free)" when min_free also fails. When none is known reachable, /readyz
+ * min_free)" when min_free also fails. While an upstream is reachable, fills whose body
+ * stopped flowing for [fetch] join_stall are said the same way: "ready: fills stalled: ..."
+ * (200). When none is known
+ * reachable, /readyz
  * starts probes (daemon_upstream_probe) and parks the request until they have answered, 2 s
  * at most; probes run only when asked, so an idle mirror sends nothing upstream.
  *

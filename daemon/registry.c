@@ -2,8 +2,9 @@
  *
  * Flow of one request:
  *   reqctx_new (the request's context and its one done callback)
- *   route_parse, access_request (allow-lists by route class: 403) --error--> answer_error
- *      | ROOT / HEALTHZ / READYZ / METRICS: answered here
+ *   route_parse, access_request (allow-lists and credentials by route class) --error-->
+ *      answer_error (OCI JSON)
+ *      | ROOT / HEALTHZ / READYZ / METRICS / STATUS: answered here (status.c renders STATUS)
  *      | REFERRERS / TAGS_LIST: listing.c (the upstream's answer, passed through)
  *      | stored digest not seen under (upstream, repository): scope.c (seen? else the
  *      |   upstream's HEAD; offline: 404), then as below
@@ -27,12 +28,19 @@
 #include "daemon/ready.h"
 #include "daemon/route.h"
 #include "daemon/scope.h"
+#include "daemon/status.h"
 #include "daemon/upstream.h"
 
 /* ---- routes -------------------------------------------------------------------------------- */
 
-static void handle_metrics(daemon_t *d, srv_req_t *req)
+/* GET /metrics, and GET /status (the same figures for a person; kept on this one path so
+ * whatever guards /metrics guards /status too). */
+static void handle_metrics(daemon_t *d, srv_req_t *req, route_kind kind)
 {
+  if (kind == ROUTE_STATUS) {
+    status_handle(d, req);
+    return;
+  }
   char *body = NULL;
   size_t len = 0;
   metrics_render(d, &body, &len);
@@ -291,7 +299,8 @@ static void registry_route(daemon_t *d, srv_req_t *req)
     daemon_readyz(d, req);
     return;
   case ROUTE_METRICS:
-    handle_metrics(d, req);
+  case ROUTE_STATUS:
+    handle_metrics(d, req, r.kind);
     return;
   case ROUTE_UNKNOWN:
     break;

@@ -217,6 +217,8 @@ int route_parse(const char *method, const char *path, const char *query, const c
         out->kind = ROUTE_READYZ;
       else if (strcmp(path, "/metrics") == 0)
         out->kind = ROUTE_METRICS;
+      else if (strcmp(path, "/status") == 0)
+        out->kind = ROUTE_STATUS;
     }
     return 0;
   }
@@ -338,6 +340,7 @@ route_class route_kind_class(route_kind k)
   case ROUTE_HEALTHZ:
   case ROUTE_READYZ:
   case ROUTE_METRICS:
+  case ROUTE_STATUS:
     return ROUTE_CLASS_OPS;
   default:
     return ROUTE_CLASS_PULL;
@@ -363,6 +366,8 @@ const char *route_kind_name(route_kind k)
     return "readyz";
   case ROUTE_METRICS:
     return "metrics";
+  case ROUTE_STATUS:
+    return "status";
   case ROUTE_UNKNOWN:
   default:
     return "unknown";

@@ -12,7 +12,7 @@
  *   /v2/<name>/blobs/<digest>            ROUTE_BLOB
  *   /v2/<name>/tags/list                 ROUTE_TAGS_LIST (query n, last)
  *   /v2/<name>/referrers/<digest>        ROUTE_REFERRERS (query artifactType)
- *   /healthz, /readyz, /metrics          GET/HEAD only
+ *   /healthz, /readyz, /metrics, /status GET/HEAD only
  * Each path segment is percent-decoded on its own, so an encoded '/' (%2F) can never add a
  * segment; a decoded segment must then match the grammar of its position (which excludes '/',
  * NUL and every other byte outside the grammar).
@@ -52,6 +52,7 @@ typedef enum route_kind {
   ROUTE_HEALTHZ,
   ROUTE_READYZ,
   ROUTE_METRICS,
+  ROUTE_STATUS, /**< GET /status: the status page (daemon/status.h) */
 } route_kind;
 
 typedef struct route {
@@ -95,9 +96,9 @@ int route_tag_valid(const char *s, size_t len);
 int route_pct_decode(const char *src, size_t len, char *dst, size_t dstlen);
 
 /** Who a route is for, which decides who may use it (daemon/access.h): pulls (the OCI API, and
- * what matches no route) or operations (health, readiness, metrics: [server] ops_allow). A new
- * operations endpoint (a status page) is classed ROUTE_CLASS_OPS here and is then guarded like
- * /metrics. */
+ * what matches no route) or operations (health, readiness, metrics, the status page: [server]
+ * ops_allow). A new operations endpoint is classed ROUTE_CLASS_OPS here and is then guarded
+ * like /metrics. */
 typedef enum route_class {
   ROUTE_CLASS_PULL = 0,
   ROUTE_CLASS_OPS,

@@ -41,6 +41,11 @@ void daemon_upstream_seen(daemon_upstream_t *u, int rc, int status)
   if (!reached && rc != PC_E_UPSTREAM_UNAVAILABLE && rc != PC_E_UPSTREAM_TIMEOUT &&
       rc != PC_E_UPSTREAM)
     return; /* our own refusal (size cap, digest): says nothing about the network */
+  if (!reached || status == 429 || status >= 500) {
+    u->last_err.rc = rc;
+    u->last_err.status = status;
+    u->last_err.time = pc_now_sec();
+  }
   if (u->reachable != reached && reached)
     pc_log(PC_LOG_NOTICE, "upstream-reachable upstream=%s", u->conf.name);
   else if (u->reachable != reached)

@@ -40,6 +40,10 @@ struct daemon_upstream {
     int probing;       /**< half-open: the one probe was let through */
     uint64_t opened, rejected; /**< counters: times opened, requests not sent */
   } rl;                        /**< the 429 breaker (daemon_upstream_admit) */
+  struct {
+    int rc, status; /**< the last failed fetch or probe: its rc and HTTP status (429, 5xx) */
+    int64_t time;   /**< epoch s; 0: none yet */
+  } last_err;       /**< set by daemon_upstream_seen, shown by /status */
 };
 
 /** Keep an upstream alive while a fetch for it runs (a reload may drop it from d->ups). */
@@ -57,7 +61,8 @@ void daemon_upstreams_apply(daemon_t *d, const daemon_config_t *cfg);
 void daemon_upstreams_close(daemon_t *d);
 
 /** Record what a fetch learned about reachability: rc/status of an upstream fetch (our own
- * refusals, such as a size cap or a digest mismatch, say nothing and are ignored). */
+ * refusals, such as a size cap or a digest mismatch, say nothing and are ignored). A fetch
+ * that did not reach it, or a 429 or 5xx answer, is kept as u->last_err. */
 void daemon_upstream_seen(daemon_upstream_t *u, int rc, int status);
 
 /** Start a GET <url>/v2/ probe (no auth, outside the caps; any HTTP answer means reachable)

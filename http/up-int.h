@@ -101,7 +101,7 @@ enum up__fetch_kind {
  * time; the fail path is up__fetch_fail, from any live state, to DONE. */
 enum up__fetch_state {
   UP__F_NEW,       /* made by up__fetch_start, not started yet */
-  UP__F_QUEUED,    /* in its pool's queue: no hop, no timer running */
+  UP__F_QUEUED,    /* in its pool's queue: no hop; its timer is the queue-wait limit */
   UP__F_ADDING,    /* a hop is set up; the easy handle goes into the multi from the idle
                       handle (the hop was started inside a curl callback) */
   UP__F_HEADERS,   /* a hop is in flight; its header block is not complete (first-byte
@@ -178,6 +178,7 @@ struct up {
   long stall_timeout_ms;
   uint64_t min_rate; /* bytes/s a body must average over each window; 0 = no floor */
   uint64_t min_rate_window_ms;
+  uint64_t queue_wait_ms; /* a QUEUED fetch's timer; 0 = wait without limit */
   int max_redirects;
   char *user_agent;
   pc_list_t fetches; /* every fetch not yet released (their link), newest first */
@@ -222,6 +223,7 @@ struct up_fetch {
   char *redirect_allow; /* see up_req_t */
   int origin_cls;       /* pc_addr_class_t of the first hop's address; -1 before it */
   const char *refused;  /* the redirect policy refused this hop: why (a static string) */
+  int egress_noted;     /* this hop's host was told to the egress callback */
   int no_auth;
   up_headers_cb on_headers;
   up_data_cb on_data;
@@ -320,7 +322,11 @@ void up__pool_join(struct up_pool *p, up_fetch_t *f);
 /** A user fetch of a pool is about to start: 1 when it must wait (it is then QUEUED and a
  * dispatch is asked for), 0 when it took a slot and a rate token and may start now. */
 int up__pool_admit(up_fetch_t *f);
-/** f leaves its pool's queue, if it is in it (at once: no dispatch may start it). */
+/** The fetch timer (up.c): the queue-wait limit while QUEUED, then first byte, stall and
+ * min_rate per hop. */
+void up__fetch_timer_cb(uv_timer_t *t);
+/** f leaves its pool's queue, if it is in it (at once: no dispatch may start it; its
+ * queue-wait timer stops). */
 void up__pool_unqueue(up_fetch_t *f);
 /** f lets go of its pool: queue, slot (a dispatch follows) and reference (release). */
 void up__pool_leave(up_fetch_t *f);

@@ -31,7 +31,8 @@
  *     stall timer waits; up_fetch_resume unpauses it from the idle handle)
  *     HEADERS, BODY ──(a curl callback fails: header block too big, on_headers or on_data
  *             returned an error)──▶ ABORTING (curl stops the transfer; abort_rc is kept)
- *   The one fail path, up__fetch_fail ──▶ DONE, from QUEUED (its start failed), ADDING (curl
+ *   The one fail path, up__fetch_fail ──▶ DONE, from QUEUED (its start failed, or it waited
+ *     queue_wait_ms: PC_E_UPSTREAM_BUSY), ADDING (curl
  *     refused the handle), HEADERS and BODY (transport error, timeout, incomplete header
  *     block, too many or bad redirects, bad token realm), ABORTING (curl ended the transfer:
  *     abort_rc), TOKEN (the token fetch failed).
@@ -46,7 +47,8 @@
  * The token fetch is a fetch of kind UP__FETCH_TOKEN started by up_auth.c for its parent
  * (same machinery, no auth of its own); its on_done resumes the parent from TOKEN.
  *
- * Timeouts: curl enforces connect_timeout_ms. Each fetch has one uv_timer_t: in HEADERS it
+ * Timeouts: curl enforces connect_timeout_ms. Each fetch has one uv_timer_t: in QUEUED it is
+ * the queue-wait limit (queue_wait_ms, armed by up_pool.c when the fetch is queued); in HEADERS it
  * fires first_byte ms after the request went out (CURLOPT_PREREQFUNCTION; until then it is
  * armed for connect + first_byte as a backstop); in BODY it checks that some bytes arrived in
  * the last stall_timeout_ms and, with min_rate set, that the final body averaged min_rate over
@@ -86,7 +88,7 @@ static void on_poll(uv_poll_t *p, int status, int events);
 static int on_curl_prereq(void *arg, char *ip, char *local_ip, int port, int local_port);
 static size_t on_curl_header(char *buf, size_t size, size_t n, void *arg);
 static size_t on_curl_write(char *buf, size_t size, size_t n, void *arg);
-static void on_fetch_timer(uv_timer_t *t);
+
 static void check_multi_info(up_t *u);
 static void on_hop_done(struct up_fetch *f, CURLcode res);
 static void on_idle(uv_idle_t *h);
@@ -95,6 +97,7 @@ static void on_sock_closed(uv_handle_t *h);
 static void on_up_handle_closed(uv_handle_t *h);
 
 static int hop_start(struct up_fetch *f, const char *token);
+static void egress_note(struct up_fetch *f);
 static void fetch_release(struct up_fetch *f);
 static void teardown(up_t *u);
 
@@ -324,6 +327,7 @@ static curl_socket_t on_curl_opensocket(void *arg, curlsocktype purpose, struct 
       src = &((const struct sockaddr_in6 *)(const void *)&a->addr)->sin6_addr;
     if (!src || !inet_ntop(a->family, src, ip, sizeof(ip)) || redirect_address_refused(f, ip))
       return CURL_SOCKET_BAD;
+    f->refused = NULL; /* an earlier address of the name was refused, this one is not */
   }
   return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
 }
@@ -334,8 +338,9 @@ static int on_curl_prereq(void *arg, char *ip, char *local_ip, int port, int loc
   struct up_fetch *f = arg;
   if (redirect_address_refused(f, ip))
     return CURL_PREREQFUNC_ABORT; /* on_hop_done fails the fetch */
+  egress_note(f);
   if (f->state == UP__F_HEADERS)
-    uv_timer_start(&f->timer, on_fetch_timer, (uint64_t)f->u->first_byte_timeout_ms, 0);
+    uv_timer_start(&f->timer, up__fetch_timer_cb, (uint64_t)f->u->first_byte_timeout_ms, 0);
   return CURL_PREREQFUNC_OK;
 }
 
@@ -379,7 +384,7 @@ static int header_line(struct up_fetch *f, const char *buf, size_t len)
   f->last_activity = uv_now(u->loop);
   f->rate_t0 = f->last_activity;
   f->rate_bytes = 0;
-  uv_timer_start(&f->timer, on_fetch_timer, (uint64_t)u->stall_timeout_ms, 0);
+  uv_timer_start(&f->timer, up__fetch_timer_cb, (uint64_t)u->stall_timeout_ms, 0);
   if (f->hop == UP__HOP_FINAL) {
     f->first_byte_ns = uv_hrtime() - f->t_begin;
     if (f->pool && f->kind == UP__FETCH_USER)
@@ -563,9 +568,15 @@ void up_set_egress(up_t *u, up_egress_cb cb, void *arg)
   u->egress_arg = arg;
 }
 
-/* Tell the egress callback where this hop goes (after redirects: every hop is told). */
+/* Tell the egress callback where this hop goes (after redirects: every hop is told), once per
+ * hop: when its connection is up (on_curl_prereq), or when it ended without one (a host that
+ * could not be reached is one the firewall must let through) — never for a host the redirect
+ * policy refused (it must not be let through). */
 static void egress_note(struct up_fetch *f)
 {
+  if (f->egress_noted || f->refused)
+    return;
+  f->egress_noted = 1;
   if (f->u->egress_cb)
     f->u->egress_cb(f->u->egress_arg, f->hostkey, f->label);
 }
@@ -589,7 +600,7 @@ static int hop_start(struct up_fetch *f, const char *token)
   f->sent_token = NULL;
   if (up__host_key(f->url, f->hostkey, sizeof(f->hostkey)) != 0)
     return PC_E_UPSTREAM;
-  egress_note(f);
+  f->egress_noted = 0;
   /* Credentials only to the host that asked for them (a Basic challenge of the registry, or
    * the token realm); a Bearer token to answer a challenge goes instead. */
   basic = !token && f->userpwd && strcmp(f->hostkey, f->basic_host) == 0;
@@ -617,7 +628,7 @@ static int hop_start(struct up_fetch *f, const char *token)
   if (f->kind == UP__FETCH_USER)
     f->hops++;
   f->last_activity = uv_now(u->loop);
-  uv_timer_start(&f->timer, on_fetch_timer,
+  uv_timer_start(&f->timer, up__fetch_timer_cb,
                  (uint64_t)u->connect_timeout_ms + (uint64_t)u->first_byte_timeout_ms, 0);
   return 0;
 }
@@ -643,18 +654,27 @@ static int map_curl_error(CURLcode res)
   }
 }
 
-static void on_fetch_timer(uv_timer_t *t)
+void up__fetch_timer_cb(uv_timer_t *t)
 {
   struct up_fetch *f = container_of(t, struct up_fetch, timer);
   up_t *u = f->u;
   uint64_t now = uv_now(u->loop), stall = (uint64_t)u->stall_timeout_ms;
   char q[PC_LOG_QUOTE_SIZE(UP__LOG_URL_MAX)];
 
+  if (u->state == UP__OPEN && f->state == UP__F_QUEUED) {
+    pc_log_quote(q, sizeof(q), f->url, UP__LOG_URL_MAX);
+    pc_log(PC_LOG_WARN, "upstream-queue-timeout url=%s waited_ms=%" PRIu64, q, u->queue_wait_ms);
+    f->pool->stats.queue_timeouts++;
+    up__pool_unqueue(f);      /* out of the queue before on_done runs */
+    f->t_begin = uv_hrtime(); /* timings: all of it was queue time */
+    up__fetch_fail(f, PC_E_UPSTREAM_BUSY, 0);
+    return;
+  }
   if (u->state != UP__OPEN ||
       (f->state != UP__F_ADDING && f->state != UP__F_HEADERS && f->state != UP__F_BODY))
     return;
   if (f->state == UP__F_BODY && f->paused) {
-    uv_timer_start(&f->timer, on_fetch_timer, stall, 0); /* our consumer waits, not the peer */
+    uv_timer_start(&f->timer, up__fetch_timer_cb, stall, 0); /* our consumer waits, not the peer */
     return;
   }
   if (f->state == UP__F_BODY && now - f->last_activity < stall) {
@@ -680,7 +700,7 @@ static void on_fetch_timer(uv_timer_t *t)
       if (win - age < next)
         next = win - age;
     }
-    uv_timer_start(&f->timer, on_fetch_timer, next ? next : 1, 0);
+    uv_timer_start(&f->timer, up__fetch_timer_cb, next ? next : 1, 0);
     return;
   }
   pc_log_quote(q, sizeof(q), f->url, UP__LOG_URL_MAX);
@@ -759,6 +779,7 @@ static void on_hop_done(struct up_fetch *f, CURLcode res)
     fetch_release(f);
     return;
   }
+  egress_note(f); /* a hop that never got a connection (refused by the policy: not told) */
   if (f->state == UP__F_ABORTING) {
     up__fetch_fail(f, f->abort_rc, f->status);
     return;
@@ -1005,6 +1026,7 @@ void up_set_opts(up_t *u, const up_opts_t *opts)
       opts && opts->min_rate_window_ms > 0 ? (uint64_t)opts->min_rate_window_ms : 30000;
   if (u->min_rate_window_ms > 24ULL * 3600 * 1000)
     u->min_rate_window_ms = 24ULL * 3600 * 1000;
+  u->queue_wait_ms = opts && opts->queue_wait_ms > 0 ? (uint64_t)opts->queue_wait_ms : 0;
 }
 
 /* u's multi handle, wired to the socket and timer callbacks. 0 or PC_E_INTERNAL. */

@@ -26,7 +26,8 @@
  * Pools (up_pool_t) cap the fetches of one upstream: at most max_active at a time, and at
  * most `rate` fetch starts per second (token bucket of `burst`). A fetch that cannot start is
  * queued, FIFO, and starts from the loop when a slot and a rate token are free; it holds its
- * slot for its whole life (redirect hops and token requests included). Each pool keeps its own
+ * slot for its whole life (redirect hops and token requests included). A fetch that waits
+ * longer than queue_wait_ms ends unsent with PC_E_UPSTREAM_BUSY. Each pool keeps its own
  * stats (up_pool_get_stats); up_get_stats counts every fetch, with a pool or not.
  *
  * Timings: every fetch measures its phases (up_fetch_timings) with the monotonic clock
@@ -85,13 +86,23 @@ typedef struct up_opts {
                                    PC_E_UPSTREAM_TIMEOUT (a trickle that beats the stall timer
                                    still ends); 0 = no floor (the default) */
   long min_rate_window_ms;    /**< default 30000 */
+  long queue_wait_ms;         /**< a fetch queued by its pool's caps longer than this ends with
+                                   PC_E_UPSTREAM_BUSY (on_done, no request sent; counted in
+                                   queue_timeouts and errors_other); 0 = no limit (the
+                                   default). Read when a fetch is queued: after up_set_opts,
+                                   fetches already queued keep the limit they got */
   int max_redirects;          /**< default 10 */
   const char *user_agent;     /**< default "pullcache/<version>" */
 } up_opts_t;
 
-/** A hop is about to be sent to scheme://host:port (hostkey, lower case), for the fetch whose
- * up_req_t.label is label (NULL if none; token requests carry their parent's). Called on the
- * loop thread, for every hop: the first one, each redirect, each token request. */
+/** A hop goes to scheme://host:port (hostkey, lower case), for the fetch whose up_req_t.label
+ * is label (NULL if none; token requests carry their parent's). Called on the loop thread,
+ * once for every hop (the first one, each redirect, each token request): when its connection
+ * is up and the request is about to go, or when the hop ended without a connection (DNS,
+ * refused, timeout: a host a firewall blocks is still reported); a hop cancelled before it
+ * connected is not reported. Never for a hop the redirect
+ * policy refused (up_req_t.redirect_allow): a host that must not be reached is not reported
+ * as one to let through. */
 typedef void (*up_egress_cb)(void *arg, const char *hostkey, const char *label);
 
 typedef struct up_req {
@@ -169,6 +180,7 @@ typedef struct up_pool_stats {
   uint64_t errors_unavailable; /**< ... with PC_E_UPSTREAM_UNAVAILABLE */
   uint64_t errors_other;       /**< ... with any other rc < 0 (cancels are not counted) */
   uint64_t too_slow;           /**< of errors_timeout: bodies that fell under min_rate */
+  uint64_t queue_timeouts;     /**< fetches that waited queue_wait_ms and ended unsent */
   uint64_t body_bytes;         /**< final-response body bytes received */
   uint64_t tokens;             /**< tokens fetched */
   unsigned active;             /**< fetches holding a slot now */

@@ -42,6 +42,8 @@ static void queue_push(struct up_pool *p, struct up_fetch *f)
   pc_list_push_back(&p->queue, &f->qlink);
   f->state = UP__F_QUEUED;
   p->stats.queued++;
+  if (p->u->queue_wait_ms)
+    uv_timer_start(&f->timer, up__fetch_timer_cb, p->u->queue_wait_ms, 0);
 }
 
 void up__pool_unqueue(up_fetch_t *f)
@@ -50,6 +52,7 @@ void up__pool_unqueue(up_fetch_t *f)
     return;
   pc_list_remove(&f->qlink);
   f->pool->stats.queued--;
+  uv_timer_stop(&f->timer); /* the queue-wait limit; a hop arms its own */
 }
 
 /* Add the rate tokens earned since the last refill (at most burst). */

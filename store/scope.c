@@ -36,7 +36,7 @@ int store__seen_open(store_t *s, MDB_txn *txn)
     s->seen_legacy = mdb_get(txn, s->seen, &k, &v) == 0;
     return 0;
   }
-  if (rc != MDB_NOTFOUND)
+  if (rc != MDB_NOTFOUND || s->read_only)
     return store__mdb_err(rc, "dbi_open");
   rc = store__mdb_err(mdb_dbi_open(txn, "seen", MDB_CREATE, &s->seen), "dbi_open");
   if (rc)
@@ -81,6 +81,40 @@ int store_seen_put(store_t *s, const char *upstream, const char *repo, const cha
     rc = store__wtxn_commit(s, &w);
   else
     store__wtxn_abort(&w);
+  return rc;
+}
+
+int store_seen_put_many(store_t *s, const char *upstream, const char *repo,
+                        const char *const *digests, size_t n, int64_t now)
+{
+  unsigned char key[1024], val[8];
+  store__wtxn_t w;
+  int open = 0, rc = 0;
+  for (int i = 0; i < 8; i++)
+    val[i] = (unsigned char)((uint64_t)now >> (56 - 8 * i));
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    int kl = seen_key(s, upstream, repo, digests[i], key, sizeof(key));
+    if (kl < 0) {
+      rc = kl;
+      break;
+    }
+    MDB_val k = {(size_t)kl, key}, v = {sizeof(val), val}, old;
+    if (open ? mdb_get(w.txn, s->seen, &k, &old) == 0
+             : store_seen_has(s, upstream, repo, digests[i]) == 0)
+      continue; /* the first sight is kept */
+    if (!open) {
+      rc = store__wtxn_begin(s, &w);
+      if (rc)
+        return rc;
+      open = 1;
+    }
+    rc = store__mdb_err(mdb_put(w.txn, s->seen, &k, &v, 0), "put");
+  }
+  if (!open)
+    return rc;
+  if (rc == 0)
+    return store__wtxn_commit(s, &w);
+  store__wtxn_abort(&w);
   return rc;
 }
 

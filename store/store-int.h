@@ -29,7 +29,8 @@ typedef struct store__atime {
 struct store {
   char *root;
   size_t rootlen;
-  int lock_fd; /**< flock(LOCK_EX) on <root>/lock: one process per store */
+  int lock_fd;   /**< flock(LOCK_EX) on <root>/lock: one process per store (-1 read-only) */
+  int read_only; /**< store_opts_t.read_only */
   MDB_env *env;
   MDB_dbi blobs, manifests, tags;
   MDB_dbi stats;  /**< one record, "totals" (see store__totals_t) */

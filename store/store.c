@@ -516,7 +516,8 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   *out = NULL;
   if (!root || !*root)
     return -EINVAL;
-  if (opts && opts->must_exist) {
+  int ro = opts && opts->read_only;
+  if (opts && (opts->must_exist || ro)) {
     struct stat sb;
     int pl = snprintf(p, sizeof(p), "%s/meta/data.mdb", root);
     if (pl < 0 || (size_t)pl >= sizeof(p))
@@ -534,6 +535,9 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   pthread_mutex_init(&s->evict_mu, NULL);
   s->atimes = pc_xcalloc(STORE__ATIME_MAX, sizeof(*s->atimes));
   atomic_store(&s->fault_space, -1);
+  s->read_only = ro;
+  if (ro)
+    goto open_env; /* nothing made, locked or swept: the holder of the lock does that */
 
   /* mkdir -p root */
   for (size_t i = 1; i <= s->rootlen; i++) {
@@ -575,6 +579,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
 
   sweep_tmp(s);
 
+open_env:
   rc = store__mdb_err(mdb_env_create(&s->env), "env_create");
   if (rc)
     goto out;
@@ -589,7 +594,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   rc = root_path(s, "meta", p, sizeof(p));
   if (rc)
     goto out;
-  rc = store__mdb_err(mdb_env_open(s->env, p, MDB_NOTLS, 0644), "env_open");
+  rc = store__mdb_err(mdb_env_open(s->env, p, MDB_NOTLS | (ro ? MDB_RDONLY : 0), 0644), "env_open");
   if (rc)
     goto out;
   int dead = 0;
@@ -597,7 +602,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   if (dead)
     pc_log(PC_LOG_NOTICE, "store-stale-readers-cleared slots=%d", dead);
 
-  rc = store__mdb_err(mdb_txn_begin(s->env, NULL, 0, &txn), "txn_begin");
+  rc = store__mdb_err(mdb_txn_begin(s->env, NULL, ro ? MDB_RDONLY : 0, &txn), "txn_begin");
   if (rc)
     goto out;
   {
@@ -608,7 +613,8 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
                {"stats", &s->stats},  {"refs", &s->refs},           {"pins", &s->pins},
                {"doomed", &s->doomed}};
     for (size_t i = 0; rc == 0 && i < sizeof(dbs) / sizeof(dbs[0]); i++)
-      rc = store__mdb_err(mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbs[i].dbi), "dbi_open");
+      rc = store__mdb_err(mdb_dbi_open(txn, dbs[i].name, ro ? 0 : MDB_CREATE, dbs[i].dbi),
+                          "dbi_open");
   }
   if (rc == 0)
     rc = store__seen_open(s, txn); /* store/scope.c */
@@ -618,8 +624,8 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
    * totals): then one scan of the records, once. A commit without changes writes nothing. */
   store__totals_t tot;
   int redo = 0;
-  rc = totals_load(s, txn, &tot, &redo);
-  if (rc == 0 && redo)
+  rc = ro ? 0 : totals_load(s, txn, &tot, &redo); /* read-only: store_stats reads them */
+  if (rc == 0 && redo && !ro)
     rc = store__totals_write(s, txn, &tot);
   if (rc)
     goto out;
@@ -628,7 +634,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   if (rc)
     goto out;
   /* An eviction killed between its commit and its unlinks left doomed files: remove them. */
-  rc = store__doomed_sweep(s);
+  rc = ro ? 0 : store__doomed_sweep(s);
   if (rc)
     goto out;
   rc = 0;
@@ -655,14 +661,15 @@ void store_close(store_t *s)
 {
   if (!s)
     return;
-  int rc = store_flush_atimes(s);
+  int rc = s->read_only ? 0 : store_flush_atimes(s);
   if (rc) {
     char q[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
     pc_log_quote(q, sizeof(q), pc_strerror(rc), LOG_ERR_MAX);
     pc_log(PC_LOG_WARN, "store-atime-flush-failed when=close rc=%s err=%s", pc_errname(rc), q);
   }
   mdb_env_close(s->env);
-  close(s->lock_fd);
+  if (s->lock_fd >= 0)
+    close(s->lock_fd);
   pthread_mutex_destroy(&s->atime_mu);
   pthread_mutex_destroy(&s->evict_mu);
   free(s->atimes);
@@ -1254,6 +1261,48 @@ int store_manifest_open(store_t *s, const char *digest, int *fd, store_manifest_
   if (rc)
     return rc;
   return open_checked(s, digest, (int64_t)info->size, fd, &size);
+}
+
+int store_manifest_read(store_t *s, const char *digest, size_t max, char **out, size_t *len,
+                        store_manifest_info_t *info)
+{
+  int fd;
+  store_manifest_info_t mi;
+  int rc = store_manifest_open(s, digest, &fd, &mi);
+  if (rc)
+    return rc;
+  if (mi.size > max) {
+    close(fd);
+    return PC_E_TOOBIG;
+  }
+  char *buf = pc_xmalloc((size_t)mi.size + 1);
+  size_t got = 0;
+  while (rc == 0 && got < mi.size) {
+    ssize_t n = read(fd, buf + got, (size_t)mi.size - got);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      rc = n < 0 ? -errno : PC_E_CORRUPT;
+    else
+      got += (size_t)n;
+  }
+  close(fd);
+  char dg[72];
+  if (rc == 0) {
+    store_digest_of(buf, got, dg);
+    if (strcmp(dg, digest) != 0)
+      rc = PC_E_CORRUPT;
+  }
+  if (rc) {
+    free(buf);
+    return rc;
+  }
+  buf[got] = '\0';
+  if (info)
+    *info = mi;
+  *out = buf;
+  *len = got;
+  return 0;
 }
 
 int store_manifest_stat(store_t *s, const char *digest, store_manifest_info_t *info)

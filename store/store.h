@@ -41,6 +41,11 @@ typedef struct store_opts {
   int atime_flush_ms; /**< unused by the store itself; the daemon flushes on its own timer */
   int must_exist;     /**< 1: a root that holds no store is PC_E_NOTFOUND (nothing created);
                            commands that read a store set it, only `serve` and `import` create */
+  int read_only;      /**< 1: read beside whoever holds the store (a running daemon): no lock
+                           taken, nothing created, swept or repaired, LMDB opened read-only
+                           (MDB_RDONLY: readers never block its writer); implies must_exist.
+                           Write calls fail (EACCES); access times are not recorded.
+                           `pullcache export` opens a live store this way. */
 } store_opts_t;
 
 /** Open (creating if needed, unless opts->must_exist) the store at root. Sweeps tmp/. *out owned by
@@ -152,6 +157,12 @@ typedef struct store_manifest_info {
  * (may be NULL) gets size and media type. PC_E_NOTFOUND when the digest is not a known manifest
  * or its file is gone; PC_E_CORRUPT when the file's length differs from the record. */
 int store_manifest_open(store_t *s, const char *digest, int *fd, store_manifest_info_t *info);
+/** A stored manifest read whole (*out malloc'd and NUL-terminated, the caller frees it; *len its
+ * length) and its bytes hashed: PC_E_CORRUPT when they do not match the digest (run fsck),
+ * PC_E_TOOBIG when the record says more than max bytes, else as store_manifest_open. info (may
+ * be NULL) as there. Blocking: one open and read (manifests are small). */
+int store_manifest_read(store_t *s, const char *digest, size_t max, char **out, size_t *len,
+                        store_manifest_info_t *info);
 /** Look up a manifest by digest. PC_E_NOTFOUND if unknown (or its blob is gone). */
 int store_manifest_stat(store_t *s, const char *digest, store_manifest_info_t *info);
 
@@ -213,6 +224,10 @@ int store_stats(store_t *s, store_stats_t *out);
  * when new). Blocking (fsync): off the event loop. */
 int store_seen_put(store_t *s, const char *upstream, const char *repo, const char *digest,
                    int64_t now);
+/** store_seen_put for n digests in one write transaction (one fsync; none when every one is
+ * recorded already): bulk writers such as `pullcache import`. Blocking. */
+int store_seen_put_many(store_t *s, const char *upstream, const char *repo,
+                        const char *const *digests, size_t n, int64_t now);
 /** 0 when (upstream, repo, digest) was recorded, PC_E_NOTFOUND when not, or an error. Cheap. */
 int store_seen_has(store_t *s, const char *upstream, const char *repo, const char *digest);
 /** 1 when the store held content before it recorded where content was seen (a store written

@@ -110,6 +110,8 @@ def test_allow_lists_close_refuse_and_reload():
         check(r[0] == 403 and b"DENIED" in r[1], "/metrics from a pull address: %r" % (r[:2],))
         r = get("127.0.0.1", port, "/healthz", source="127.0.0.2")
         check(r[0] == 403, "/healthz from a pull address: %r" % (r[:2],))
+        r = get("127.0.0.1", port, "/status", source="127.0.0.2")
+        check(r[0] == 403, "/status from a pull address: %r" % (r[:2],))
 
         # In ops_allow: the ops routes; a pull is 403 and asks nothing upstream.
         n = up.count()
@@ -117,14 +119,15 @@ def test_allow_lists_close_refuse_and_reload():
         check(r[0] == 403 and b"DENIED" in r[1], "a pull from the ops address: %r" % (r[:2],))
         check(up.count() == n, "a refused pull reached the upstream")
         check(get("127.0.0.1", port, "/healthz", source="127.0.0.3")[0] == 200, "healthz")
+        check(get("127.0.0.1", port, "/status", source="127.0.0.3")[0] == 200, "status")
         check(get("127.0.0.1", port, "/readyz", source="127.0.0.3")[0] in (200, 503), "readyz")
         r = get("127.0.0.1", port, "/metrics", source="127.0.0.3")
         check(r[0] == 200, "/metrics from the ops address: %r" % (r[:2],))
         text = r[1].decode()
         refused = metric(text, "pullcache_connections_refused_total", 'reason="allow"')
         check(refused == 4, "4 connections refused, counted %d" % refused)
-        check(metric(text, "pullcache_requests_refused_total", 'reason="ops_allow"') == 2,
-              "2 ops requests refused")
+        check(metric(text, "pullcache_requests_refused_total", 'reason="ops_allow"') == 3,
+              "3 ops requests refused")
         check(metric(text, "pullcache_requests_refused_total", 'reason="allow"') == 1,
               "1 pull refused")
 

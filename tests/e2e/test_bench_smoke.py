@@ -171,7 +171,33 @@ def test_truncated_blob_is_an_error():
         check(rc == 1 and j["overall"]["errors"] == 1, "truncated blob not reported: %r" % j["overall"])
 
 
+def test_plot():
+    """--plot FILE: FILE.dat holds one CDF block per image (every pull, nodes x runs, sorted,
+    the share rising to 1) and one for the whole node, and gnuplot drew FILE as SVG."""
+    d, imgs = images()
+    with pclib.TestEnv("bench-plot") as env:
+        up = env.start_upstream(d)
+        svg = env.path("cdf.svg")
+        two = refs(imgs)[:2]
+        rc, j = bench_json("--nodes", 3, "--runs", 2, "--plot", svg, up.url, *two)
+        check(rc == 0 and j["overall"]["errors"] == 0, "pull with --plot: rc %d %r" % (rc, j["overall"]))
+        with open(svg + ".dat") as f:
+            blocks = [b for b in f.read().split("\n\n\n") if b.strip()]
+        check(len(blocks) == 3, "%d data blocks (want 2 images + the whole node)" % len(blocks))
+        for b in blocks:
+            pts = [tuple(map(float, ln.split())) for ln in b.splitlines() if ln and not ln.startswith("#")]
+            check(len(pts) == 6, "a block has %d points (want 3 nodes x 2 runs)" % len(pts))
+            check(all(a[0] <= b_[0] and a[1] < b_[1] for a, b_ in zip(pts, pts[1:])) and pts[-1][1] == 1.0,
+                  "not a CDF: %r" % pts)
+        with open(svg) as f:
+            text = f.read()
+        check(text.lstrip().startswith("<?xml") and "<svg" in text and "pull latency CDF" in text,
+              "gnuplot did not draw %s" % svg)
+        rc, out, err = bench("--plot", "it's.svg", up.url, two[0])
+        check(rc == 2 and "--plot" in err, "a quote in the --plot name: rc %d %r" % (rc, err))
+
+
 if __name__ == "__main__":
     sys.exit(pclib.run_tests([test_usage, test_docker_registry_all_platforms, test_k8s_upstream_direct,
                               test_through_pullcache, test_corrupt_blob_is_an_error,
-                              test_truncated_blob_is_an_error]))
+                              test_truncated_blob_is_an_error, test_plot]))

@@ -51,9 +51,13 @@ static int nfx;
 static int online = 1;
 static _Atomic int64_t fake_now = 1000000; /* read by store writes on worker threads */
 
+static int fk_start_fail; /* the next starts fail (as a start refused by curl) */
+
 static int fk_start(pull_env_t *env, const up_req_t *r, up_fetch_t **out)
 {
   (void)env;
+  if (fk_start_fail)
+    return PC_E_INTERNAL;
   PC_ASSERT(nfx < MAX_FF);
   ff_t *f = pc_xcalloc(1, sizeof(*f));
   snprintf(f->method, sizeof(f->method), "%s", r->method);
@@ -657,6 +661,96 @@ TEST(blob_resume_after_break)
   mirror_stats_t st;
   mirror_get_stats(d.mirror, &st);
   ASSERT_EQ(1, st.resumes);
+  teardown();
+}
+
+/* [fetch] join_stall: a request does not join a fill that has made no progress (no 16 KiB)
+ * for join_stall; it restarts the fill on a fresh fetch with Range from the last byte
+ * written and joins that; the first client's answer goes on and both get the verified blob.
+ * A fill that moved within join_stall is joined as it is. */
+TEST(blob_stalled_fill_restarted_for_a_joiner)
+{
+  make_blob();
+  setup();
+  d.cfg.join_stall_ms = 5000;
+  resp_t r;
+  mirror_stats_t st;
+  cli_t *a = cli_get(blob_path, NULL);
+  blob_headers(fx[0]);
+  ASSERT_OK(ff_body(fx[0], blob, 1000)); /* under the progress step: a trickle */
+  cli_until(a, &r, 1000);
+  cli_t *b = cli_get(blob_path, NULL); /* within join_stall: joins as it is */
+  cli_until(b, &r, 1000);
+  ASSERT_HDR(&r, "X-Cache", "JOIN");
+  ASSERT_EQ(1, nfx);
+  ASSERT_EQ(0, fx[0]->cancelled);
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(0, st.fills_stalled);
+
+  d.cfg.join_stall_ms = 50;
+  struct timespec ts = {0, 80 * 1000000};
+  nanosleep(&ts, NULL);
+  turn(); /* the loop's clock moves on */
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(1, st.fills_stalled);
+  cli_t *c = cli_get(blob_path, NULL); /* stalled: restarted, then joined */
+  ASSERT_EQ(2, nfx);
+  ASSERT_EQ(1, fx[0]->cancelled);
+  ASSERT_EQ(1000, fx[1]->range_from);
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(1, st.stall_restarts);
+  ASSERT_EQ(0, st.fills_stalled); /* the restart is progress */
+  ASSERT_OK(ff_headers(fx[1], 206, "content-range", "bytes 1000-199999/200000", NULL));
+  ASSERT_OK(ff_body(fx[1], blob + 1000, BLOB_LEN - 1000));
+  ff_done(fx[1], 0, 206);
+  cli_t *cs[] = {a, b, c};
+  for (int i = 0; i < 3; i++) {
+    cli_wait(cs[i], &r);
+    ASSERT_EQ(200, r.status);
+    ASSERT_EQ(BLOB_LEN, r.body_len);
+    ASSERT(memcmp(r.body, blob, BLOB_LEN) == 0);
+  }
+  wait_stored(blob_digest);
+  wait_idle();
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(1, st.fills_started);
+  ASSERT_EQ(1, st.fills_committed);
+  for (int i = 0; i < 3; i++)
+    cli_close(cs[i]);
+  teardown();
+}
+
+/* A restart whose new fetch cannot even start ends the fill (its client's answer is cut short)
+ * and the request that asked for the restart is answered with an error of its own: nothing
+ * touches the freed fill (ASan). */
+TEST(blob_stalled_fill_restart_that_cannot_start)
+{
+  make_blob();
+  setup();
+  d.cfg.join_stall_ms = 50;
+  resp_t r;
+  cli_t *a = cli_get(blob_path, NULL);
+  blob_headers(fx[0]);
+  ASSERT_OK(ff_body(fx[0], blob, 1000));
+  cli_until(a, &r, 1000);
+  struct timespec ts = {0, 80 * 1000000};
+  nanosleep(&ts, NULL);
+  turn();
+  fk_start_fail = 1;
+  cli_t *c = cli_get(blob_path, NULL);
+  fk_start_fail = 0;
+  ASSERT_EQ(1, fx[0]->cancelled);
+  cli_wait(c, &r);
+  ASSERT(r.status >= 500);
+  cli_wait(a, &r);
+  ASSERT(r.body_len < BLOB_LEN); /* cut short: never the whole blob unverified */
+  mirror_stats_t st;
+  mirror_get_stats(d.mirror, &st);
+  ASSERT_EQ(1, st.stall_restarts);
+  ASSERT_EQ(2, st.fills_failed);
+  wait_idle();
+  cli_close(a);
+  cli_close(c);
   teardown();
 }
 

@@ -423,6 +423,7 @@ TEST(route_classes)
   ASSERT_EQ(ROUTE_CLASS_OPS, route_kind_class(ROUTE_HEALTHZ));
   ASSERT_EQ(ROUTE_CLASS_OPS, route_kind_class(ROUTE_READYZ));
   ASSERT_EQ(ROUTE_CLASS_OPS, route_kind_class(ROUTE_METRICS));
+  ASSERT_EQ(ROUTE_CLASS_OPS, route_kind_class(ROUTE_STATUS));
   ASSERT_EQ(ROUTE_CLASS_PULL, route_kind_class(ROUTE_ROOT));
   ASSERT_EQ(ROUTE_CLASS_PULL, route_kind_class(ROUTE_MANIFEST));
   ASSERT_EQ(ROUTE_CLASS_PULL, route_kind_class(ROUTE_BLOB));

@@ -445,6 +445,42 @@ TEST(open_busy)
   store_close(s);
 }
 
+/* Read-only beside the lock holder (export beside a live daemon): no lock, no sweep, no
+ * writes; it sees what the holder committed, also after it opened. */
+TEST(open_read_only_beside_holder)
+{
+  store_opts_t ro = {.read_only = 1};
+  store_t *r = NULL;
+  char missing[PATH_MAX];
+  snprintf(missing, sizeof(missing), "%s/nothing-here", unit_tmpdir());
+  ASSERT_EQ(PC_E_NOTFOUND, store_open(missing, &ro, &r)); /* nothing created */
+  struct stat sb;
+  ASSERT(stat(missing, &sb) != 0);
+  store_t *s = open_store();
+  char d1[72], d2[72];
+  ASSERT_OK(put_blob(s, "one", 3, NULL, -1, d1));
+  store_writer_t *w = NULL;
+  ASSERT_OK(store_writer_new(s, NULL, -1, &w)); /* the holder's fill in tmp/ */
+  ASSERT_OK(store_writer_write(w, "partial", 7));
+  ASSERT_OK(store_open(root_dir(), &ro, &r));
+  ASSERT_EQ(1, count_sub("tmp")); /* not swept */
+  ASSERT_OK(store_blob_stat(r, d1, NULL));
+  ASSERT_OK(put_blob(s, "two", 3, NULL, -1, d2)); /* committed after the reader opened */
+  int fd;
+  uint64_t size;
+  ASSERT_OK(store_blob_open(r, d2, &fd, &size));
+  ASSERT_EQ(3, (int)size);
+  close(fd);
+  store_stats_t st;
+  ASSERT_OK(store_stats(r, &st));
+  ASSERT_EQ(2, (int)st.blobs);
+  ASSERT(store_manifest_put(r, "{}", 2, MT_MANIFEST, NULL, NULL) != 0); /* no writes */
+  store_close(r);
+  ASSERT_OK(store_writer_write(w, "more", 4)); /* the holder goes on */
+  store_writer_abort(w);
+  store_close(s);
+}
+
 /* A record whose file is gone is absent; a file without a record is present and served. */
 TEST(presence_rules)
 {
@@ -1449,6 +1485,17 @@ TEST(seen_records_and_legacy)
   ASSERT_EQ(PC_E_NOTFOUND, store_seen_has(s, "up", "team", dg));
   ASSERT_EQ(-EINVAL, store_seen_put(s, "", "r", dg, 1));
   ASSERT_EQ(-EINVAL, store_seen_has(s, "up", "", dg));
+  /* many in one transaction: the new ones recorded, the known one kept, nothing for nothing */
+  const char *many[] = {dg,
+                        "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+                        "sha256:2222222222222222222222222222222222222222222222222222222222222222"};
+  ASSERT_OK(store_seen_put_many(s, "up", "team/secret", many, 3, 300));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(store_seen_has(s, "up", "team/secret", many[i]));
+  ASSERT_OK(store_seen_put_many(s, "up", "team/secret", many, 3, 400));
+  ASSERT_OK(store_seen_put_many(s, "up", "team/secret", many, 0, 400));
+  ASSERT_EQ(-EINVAL, store_seen_put_many(s, "", "r", many, 3, 1));
+  ASSERT_EQ(PC_E_NOTFOUND, store_seen_has(s, "up", "other/repo", many[1]));
   /* a blob, then the "seen" database dropped (a store from before scoping): legacy at open */
   unsigned char b[] = "legacy content";
   ASSERT_OK(put_blob(s, b, sizeof(b), NULL, -1, NULL));

@@ -1310,6 +1310,51 @@ TEST(pool_cancel_queued)
   fx_stop(&x);
 }
 
+/* [fetch] queue_wait: a fetch queued behind a held one longer than queue_wait_ms ends unsent
+ * with PC_E_UPSTREAM_BUSY (counted); one dispatched before its limit is not touched. */
+TEST(pool_queue_wait_limit)
+{
+  struct fx x;
+  uv_loop_t loop;
+  up_t *u;
+  up_pool_t *p;
+  up_pool_opts_t po = {.max_active = 1};
+  up_opts_t o = {.queue_wait_ms = 200};
+  struct res a = {0}, b = {0}, c = {0};
+  up_pool_stats_t st;
+
+  fx_start(&x);
+  u = mk(&loop, &o);
+  ASSERT_OK(up_pool_new(u, "fx", &po, &p));
+  start_pooled(u, p, &x, "/hold/a", &a);
+  start_pooled(u, p, &x, "/blob/10", &b);
+  pool_counts(p, 1, 1);
+  run_while(&loop, is_done, &b, 30000); /* a is held: b waits out its limit */
+  ASSERT_EQ(PC_E_UPSTREAM_BUSY, b.rc);
+  ASSERT_EQ(0, b.status);
+  ASSERT_EQ(0, b.hdr_calls);
+  ASSERT_EQ(0, a.done);
+  ASSERT_EQ(0, log_count(&x, "GET /blob/10 "));
+  pool_counts(p, 1, 0);
+  o.queue_wait_ms = 30000; /* a reload: the next queued fetch gets the new limit */
+  up_set_opts(u, &o);
+  start_pooled(u, p, &x, "/blob/20", &c); /* queued again, let go well before its limit */
+  pool_counts(p, 1, 1);
+  fx_go(&x, "a");
+  run_while(&loop, is_done, &c, 30000);
+  ASSERT_OK(a.rc);
+  ASSERT_OK(c.rc);
+  ASSERT(body_ok(&c, 0, 20));
+  up_pool_get_stats(p, &st);
+  ASSERT_EQ(1, st.queue_timeouts);
+  ASSERT_EQ(2, st.fetches);
+  ASSERT_EQ(0, st.active + st.queued);
+  close_all(&loop, u);
+  free(a.body);
+  free(c.body);
+  fx_stop(&x);
+}
+
 TEST(pool_rate)
 {
   struct fx x;

@@ -50,7 +50,8 @@ SIG_TAG_RE = re.compile(r"^/v2/.+/manifests/sha256-[0-9a-f]{64}\.(sig|att|sbom)$
 REFERRERS_RE = re.compile(r"^/v2/.+/referrers/[^/]+$")
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 TAGS_RE = re.compile(r"^/v2/k8s-artifacts-prod/images/(.+)/tags/list$")
-FAULTS = {"truncate", "corrupt", "slow", "stall", "drop", "status", "redirect_loop", "token_down"}
+FAULTS = {"truncate", "corrupt", "slow", "stall", "drop", "status", "redirect_loop", "token_down",
+          "header", "body", "redirect", "delay"}
 CHUNK = 64 * 1024
 
 
@@ -306,7 +307,12 @@ class Handler(BaseHTTPRequestHandler):
             loc = self.st.base(self.role) + self.path
             self.redirect(loc)
             return True
-        return False  # body faults are applied while sending
+        if kind == "redirect":
+            self.redirect(f["location"])
+            return True
+        if kind == "delay":
+            time.sleep(int(f.get("delay_ms", 1000)) / 1000.0)  # then the normal answer
+        return False  # header and body faults are applied while sending
 
     def _body_source_len(self, src):
         return len(src) if isinstance(src, (bytes, bytearray)) else src[2]
@@ -316,6 +322,14 @@ class Handler(BaseHTTPRequestHandler):
         BODY is bytes or (path, offset, length). Body faults (truncate/corrupt/slow/stall) apply."""
         if head is None:
             head = self.command == "HEAD"
+        hf = self.fault if self.fault and self.fault["fault"] in ("header", "body") else None
+        if hf and hf["fault"] == "header":
+            # Any bytes, CR, ESC or DEL included, written as given (a hostile upstream).
+            name = hf["name"]
+            headers = {k: v for k, v in headers.items() if k.lower() != name.lower()}
+            headers[name] = hf.get("value", "")
+        if hf and hf["fault"] == "body":
+            body = hf.get("body", "").encode("latin-1") * int(hf.get("repeat", 1))
         length = self._body_source_len(body)
         self.send_response(code)
         self.status_sent = code
@@ -432,28 +446,75 @@ class Handler(BaseHTTPRequestHandler):
                 # {"repo", "tag", "media_type", "manifest": b64, "blobs": [b64, ...]}: content
                 # added at run time (a cosign signature, say), written under STATE/extra.
                 body = json.loads(self.read_body() or b"{}")
-                out = {}
-                for data in [body["manifest"]] + list(body.get("blobs", [])):
-                    raw = base64.b64decode(data)
-                    dg = "sha256:" + hashlib.sha256(raw).hexdigest()
-                    d = os.path.join(self.st.dir, "extra")
-                    os.makedirs(d, exist_ok=True)
-                    fp = os.path.join(d, dg[7:])
-                    with open(fp, "wb") as f:
-                        f.write(raw)
-                    with self.st.lock:
-                        self.images.blob_path[dg] = fp
-                    out.setdefault("manifest", dg)
-                with self.st.lock:
-                    repo = self.images.repos.setdefault(body["repo"], {"tags": {}, "manifests": {}})
-                    repo["manifests"][out["manifest"]] = body["media_type"]
-                    if body.get("tag"):
-                        repo["tags"][body["tag"]] = out["manifest"]
-                self.send_json(200, {"ok": True, "digest": out["manifest"]})
+                dg = self.add_content(body["repo"], body.get("tag"), body["media_type"],
+                                      base64.b64decode(body["manifest"]),
+                                      [base64.b64decode(b) for b in body.get("blobs", [])])
+                self.send_json(200, {"ok": True, "digest": dg})
+            elif p == "/_control/sign" and self.command == "POST":
+                # {"repo", "subject"}: publish a cosign signature of SUBJECT (an image's digest)
+                # as the tag sha256-<hex>.sig, and a signature artifact whose subject it is as a
+                # referrer; answers {"sig": digest, "referrer": digest}.
+                body = json.loads(self.read_body() or b"{}")
+                self.send_json(200, self.sign(body["repo"], body["subject"]))
             else:
                 self.send_json(404, {"error": "unknown control endpoint"})
         except (ValueError, re.error) as e:
             self.send_json(400, {"error": str(e)})
+
+    def add_content(self, repo, tag, media_type, manifest, blobs):
+        """Content added at run time (written under STATE/extra); returns the manifest digest."""
+        out = None
+        for raw in [manifest] + list(blobs):
+            dg = "sha256:" + hashlib.sha256(raw).hexdigest()
+            d = os.path.join(self.st.dir, "extra")
+            os.makedirs(d, exist_ok=True)
+            fp = os.path.join(d, dg[7:])
+            with open(fp, "wb") as f:
+                f.write(raw)
+            with self.st.lock:
+                self.images.blob_path[dg] = fp
+            out = out or dg
+        with self.st.lock:
+            r = self.images.repos.setdefault(repo, {"tags": {}, "manifests": {}})
+            r["manifests"][out] = media_type
+            if tag:
+                r["tags"][tag] = out
+        return out
+
+    def sign(self, repo, subject):
+        """A cosign-style .sig tag and an OCI referrer (artifactType cosign signature) of SUBJECT."""
+        oci_m = "application/vnd.oci.image.manifest.v1+json"
+        art = "application/vnd.dev.cosign.artifact.sig.v1+json"
+        payload = json.dumps({"critical": {"identity": {"docker-reference": repo},
+                                           "image": {"docker-manifest-digest": subject},
+                                           "type": "cosign container image signature"}}).encode()
+        cfg = b"{}"
+
+        def desc(mt, data, **kw):
+            d = {"mediaType": mt, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)}
+            d.update(kw)
+            return d
+        sig = json.dumps({"schemaVersion": 2, "mediaType": oci_m,
+                          "config": desc("application/vnd.oci.image.config.v1+json", cfg),
+                          "layers": [desc("application/vnd.dev.cosign.simplesigning.v1+json", payload,
+                                          annotations={"dev.cosignproject.cosign/signature": "MEUCIQ=="})]},
+                         separators=(",", ":")).encode()
+        sig_dg = self.add_content(repo, subject.replace(":", "-") + ".sig", oci_m, sig, [payload, cfg])
+        with self.st.lock:
+            sub_mt = self.images.repos.get(repo, {}).get("manifests", {}).get(subject, OCI_INDEX)
+        with open(self.images.blob_path[subject], "rb") as f:
+            sub_size = len(f.read())
+        bundle = json.dumps({"mediaType": "application/vnd.dev.sigstore.bundle+json", "subject": subject}).encode()
+        ref = json.dumps({"schemaVersion": 2, "mediaType": oci_m, "artifactType": art,
+                          "config": desc("application/vnd.oci.empty.v1+json", cfg),
+                          "layers": [desc("application/vnd.dev.sigstore.bundle.v0.3+json", bundle)],
+                          "subject": {"mediaType": sub_mt, "digest": subject, "size": sub_size}},
+                         separators=(",", ":")).encode()
+        ref_dg = self.add_content(repo, None, oci_m, ref, [bundle, cfg])
+        with self.st.lock:
+            self.st.referrers.setdefault((repo, subject), []).append(
+                {"mediaType": oci_m, "digest": ref_dg, "size": len(ref), "artifactType": art})
+        return {"sig": sig_dg, "referrer": ref_dg}
 
     # ---- redirector (registry.k8s.io / archeio) ------------------------------------------------
     def handle_redirector(self):
