@@ -7,6 +7,7 @@
 #include "core/pc.h"
 #include "daemon/cmd.h"
 #include "daemon/config.h"
+#include "daemon/access.h"
 #include "http/srv-tls.h"
 
 /* With tls_listen: load the certificate, key and client CA as serve would (the key must match
@@ -20,6 +21,16 @@ static int check_tls(const daemon_config_t *c, char *err, size_t errlen)
   if (srv_tls_new(&tc, err, errlen, &t) != 0)
     return -1;
   srv_tls_free(t);
+  return 0;
+}
+
+/* The credential files (auth_token_file, htpasswd) load as serve would load them. */
+static int check_auth(const daemon_config_t *c, char *err, size_t errlen)
+{
+  daemon_access_t *a;
+  if (access_creds_load(c, err, errlen, &a) != 0)
+    return -1;
+  access_creds_free(a);
   return 0;
 }
 
@@ -46,7 +57,7 @@ int cmd_check_config(int argc, char **argv)
   }
   cfg = pc_xmalloc(sizeof(*cfg));
   if (config_from_args(cfg, n, args, err, sizeof(err)) < 0 ||
-      check_tls(cfg, err, sizeof(err)) < 0) {
+      check_tls(cfg, err, sizeof(err)) < 0 || check_auth(cfg, err, sizeof(err)) < 0) {
     fprintf(stderr, "pullcache check-config: %s\n", err);
     explicit_bzero(cfg, sizeof(*cfg));
     free(cfg);

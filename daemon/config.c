@@ -197,6 +197,11 @@ static const cfgkey_t keys[] = {
     {S_SERVER, "tls_client_auth", K_STR, C(tls_client_auth), 0, 0},
     {S_SERVER, "tls_handshake_timeout", K_UMS, C(tls_handshake_timeout_ms), 100, 600 * SEC},
     {S_SERVER, "status", K_BOOL, C(status_page), 0, 1},
+    {S_SERVER, "allow", K_CIDRS, C(allow), 0, 0},
+    {S_SERVER, "ops_allow", K_CIDRS, C(ops_allow), 0, 0},
+    {S_SERVER, "auth_token_file", K_PATH, C(auth_token_file), 0, 0},
+    {S_SERVER, "htpasswd", K_PATH, C(htpasswd), 0, 0},
+    {S_SERVER, "auth_on", K_STR, C(auth_on), 0, 0},
     {S_FETCH, "connect_timeout", K_LMS, C(up.connect_timeout_ms), 100, 600 * SEC},
     {S_FETCH, "first_byte_timeout", K_LMS, C(up.first_byte_timeout_ms), 100, 3600 * SEC},
     {S_FETCH, "stall_timeout", K_LMS, C(up.stall_timeout_ms), 100, 3600 * SEC},
@@ -277,6 +282,7 @@ void config_defaults(daemon_config_t *cfg)
   cfg->tls_handshake_timeout_ms = 10000;
   cfg->status_page = 1;
   cfg->max_hops = 8;
+  copy_str(cfg->auth_on, sizeof(cfg->auth_on), "all");
 }
 
 static int port_valid(const char *p)
@@ -908,6 +914,11 @@ int config_validate(const daemon_config_t *cfg, char *err, size_t errlen)
             "store: evict_to (%llu bytes) is larger than max_size (%llu bytes): eviction "
             "would never bring the store under its budget",
             (unsigned long long)cfg->store_evict_to, (unsigned long long)cfg->store_max_size);
+    return -EINVAL;
+  }
+  const char *on = cfg->auth_on;
+  if (strcmp(on, "all") != 0 && strcmp(on, "tls") != 0 && strcmp(on, "plain") != 0) {
+    set_err(err, errlen, "auth_on \"%s\" is not all, tls or plain", on);
     return -EINVAL;
   }
   return tls_validate(cfg, err, errlen);

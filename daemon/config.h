@@ -111,6 +111,13 @@ typedef struct daemon_config {
   /* Tiers: loops and hop limits (daemon/tier.h). */
   char tier_id[128]; /**< this mirror's name in Via chains; "" = <hostname>:<first listen port> */
   unsigned max_hops; /**< a request that passed this many tiers (Via entries) is refused 508 */
+  /* [server] who may connect (daemon/access.h): CIDR lists, "" = anyone. */
+  char allow[512];     /**< pulls (and ops, without ops_allow); others closed at accept */
+  char ops_allow[512]; /**< /healthz, /readyz, /metrics (ROUTE_CLASS_OPS); "" = as allow */
+  /* [server] client credentials for pull routes (daemon/access.h) */
+  char auth_token_file[1024]; /**< first line: the token ("" = none) */
+  char htpasswd[1024];        /**< USER:BCRYPT lines ("" = none) */
+  char auth_on[8];            /**< "all" (default), "tls" or "plain": the listeners asking */
 } daemon_config_t;
 
 /** Fill cfg with the built-in defaults (listen 127.0.0.1:5000, store ./pullcache-data, one

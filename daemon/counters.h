@@ -63,6 +63,16 @@ typedef struct daemon_counters {
   counters_recent_t recent[COUNTERS_RECENT]; /**< the last requests; next slot: nrecent % N */
   uint64_t nrecent;                          /**< requests ever written into recent[] */
   counters_minute_t minutes[COUNTERS_MINUTES];
+  /* daemon/access: refusals */
+  uint64_t conns_refused;         /**< closed at accept: outside allow and ops_allow */
+  uint64_t refused_pull;          /**< 403: a pull route from outside allow */
+  uint64_t refused_ops;           /**< 403: an ops route from outside ops_allow */
+  uint64_t refuse_log_ms;         /**< when the last conn-refused line was logged (uv_now) */
+  uint64_t refuse_log_suppressed; /**< conn-refused lines not logged since */
+  uint64_t refused_nocred;        /**< 401: no Authorization */
+  uint64_t refused_badcred;       /**< 401: wrong credentials */
+  uint64_t refused_busy;          /**< 503: too many bcrypt checks at once */
+  uint64_t auth_ok[3];            /**< let in: [0] token, [1] htpasswd (bcrypt), [2] cached */
 } daemon_counters_t;
 
 /** The srv finish callback (srv_set_finish_cb, arg = the daemon_counters_t): counts the request

@@ -31,6 +31,7 @@ typedef struct daemon_upstream daemon_upstream_t; /* daemon/upstream.h */
 typedef struct mirror mirror_t;                   /* daemon/mirror.h */
 typedef struct daemon_evict daemon_evict_t;       /* daemon/evict.h */
 typedef struct daemon_control daemon_control_t;   /* daemon/control.h */
+typedef struct daemon_access daemon_access_t;     /* daemon/access.h */
 
 typedef struct daemon {
   uv_loop_t *loop;
@@ -59,6 +60,9 @@ typedef struct daemon {
     char *out;      /**< during a dispatch: the Via chain its fetches send (tier_enter) */
     uint64_t loops; /**< requests refused 508 (a loop or too many hops) */
   } tier;
+  daemon_access_t *access; /**< the client credentials in force (daemon/access.c) */
+  struct srv_tls *tls;     /**< the TLS listener's configuration (serve.c), or NULL */
+  int ktls_available;      /**< srv_tls_ktls_probe at start (logged once) */
 } daemon_t;
 
 #endif

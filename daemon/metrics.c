@@ -8,6 +8,8 @@
 
 #include "core/buf.h"
 #include "core/pc.h"
+#include "daemon/access.h"
+#include "http/srv-tls.h"
 #include "daemon/evict.h"
 #include "daemon/egress.h"
 #include "daemon/mirror.h"
@@ -314,6 +316,30 @@ static void render_store(pc_buf_t *o, const daemon_t *d)
   evict_render(d, o);
 }
 
+/* The TLS listener's handshakes (http/srv-tls.h), when there is one. */
+static void render_tls(pc_buf_t *o, const daemon_t *d)
+{
+  srv_tls_stats_t t;
+  if (!d->tls)
+    return;
+  srv_tls_get_stats(d->tls, &t);
+  metric(o, "pullcache_tls_handshakes_total", "counter", "TLS handshakes completed.", t.handshakes);
+  metric(o, "pullcache_tls_resumed_handshakes_total", "counter",
+         "Completed TLS handshakes that resumed a session.", t.resumed);
+  family(o, "pullcache_tls_handshake_failures_total", "counter",
+         "TLS handshakes that failed, by reason (plain_http: a plain request answered 400).");
+  for (int i = 0; i < SRV_TLS_FAIL_N; i++)
+    pc_buf_printf(o, "pullcache_tls_handshake_failures_total{reason=\"%s\"} %" PRIu64 "\n",
+                  srv_tls_fail_name((enum srv_tls_fail)i), t.failed[i]);
+  metric(o, "pullcache_tls_mtls_refusals_total", "counter",
+         "Clients refused by mutual TLS (no certificate, or one that does not verify).",
+         t.failed[SRV_TLS_FAIL_NO_CLIENT_CERT] + t.failed[SRV_TLS_FAIL_BAD_CLIENT_CERT]);
+  metric(o, "pullcache_tls_kernel_tls_available", "gauge",
+         "1 when OpenSSL and the kernel offer kernel TLS (bodies are encrypted in user space "
+         "either way).",
+         (uint64_t)d->ktls_available);
+}
+
 void metrics_render(daemon_t *d, char **outp, size_t *lenp)
 {
   pc_buf_t o;
@@ -347,6 +373,8 @@ void metrics_render(daemon_t *d, char **outp, size_t *lenp)
   metric(&o, "pullcache_connections", "gauge", "Open client connections.",
          d->srv ? srv_conn_count(d->srv) : 0);
   render_requests(&o, d, &ss);
+  access_render(d, &o);
+  render_tls(&o, d);
   render_mirror(&o, &ms);
   render_upstreams(&o, d);
   render_store(&o, d);

@@ -2,7 +2,8 @@
  *
  * Flow of one request:
  *   reqctx_new (the request's context and its one done callback)
- *   route_parse --error--> answer_error (OCI JSON)
+ *   route_parse, access_request (allow-lists and credentials by route class) --error-->
+ *      answer_error (OCI JSON)
  *      | ROOT / HEALTHZ / READYZ / METRICS / STATUS: answered here (status.c renders STATUS)
  *      | REFERRERS / TAGS_LIST: listing.c (the upstream's answer, passed through)
  *      | stored digest not seen under (upstream, repository): scope.c (seen? else the
@@ -18,6 +19,7 @@
 
 #include "core/num.h"
 #include "core/pc.h"
+#include "daemon/access.h"
 #include "daemon/answer.h"
 #include "daemon/listing.h"
 #include "daemon/metrics.h"
@@ -205,6 +207,8 @@ static void handle_blob(daemon_t *d, srv_req_t *req, const route_t *r, daemon_up
   serve_blob(d, req, r, up, &range);
 }
 
+static void registry_route(daemon_t *d, srv_req_t *req);
+
 /* Route the request and note it (log, context). A route error is answered here and returned;
  * else 0, with *up the upstream it names (NULL for the routes that name none). */
 static int route_request(daemon_t *d, srv_req_t *req, route_t *r, daemon_upstream_t **up)
@@ -214,8 +218,11 @@ static int route_request(daemon_t *d, srv_req_t *req, route_t *r, daemon_upstrea
     names[i] = d->ups[i]->conf.name;
   int rc =
       route_parse(srv_req_method(req), srv_req_path(req), srv_req_query(req), names, d->nups, r);
-  srv_req_log(req, "route", route_kind_name(r->kind));
+  if (!reqctx_of(req)->access_ok) /* routed again after a credential check: logged once */
+    srv_req_log(req, "route", route_kind_name(r->kind));
   reqctx_of(req)->route = r->kind;
+  if (!access_request(d, req, r->kind, registry_route))
+    return PC_E_DENIED; /* answered: before any route error says what the path is */
   if (rc) {
     const char *detail = NULL;
     char msg[384];
@@ -269,9 +276,15 @@ static void dispatch_content(daemon_t *d, srv_req_t *req, const route_t *r, daem
 void registry_handle(srv_req_t *req, void *arg)
 {
   daemon_t *d = arg;
+  (void)reqctx_new(d, req);
+  registry_route(d, req);
+}
+
+/* Route and answer req (again after a parked credential check: access_resume_cb). */
+static void registry_route(daemon_t *d, srv_req_t *req)
+{
   daemon_upstream_t *up = NULL;
   route_t r;
-  (void)reqctx_new(d, req);
   if (route_request(d, req, &r, &up))
     return;
   if (up && r.kind >= ROUTE_MANIFEST && r.kind <= ROUTE_REFERRERS) {

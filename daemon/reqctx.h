@@ -31,6 +31,7 @@ struct reqctx {
   int outcome;         /**< enum daemon_cache of the answer, or -1 */
   reqctx_gone_cb gone; /**< the holder parked on the request, or NULL */
   void *gone_arg;
+  int access_ok; /**< its credentials passed a check (daemon/access.c) */
 };
 
 /** Make the context of req (and its done callback). Never fails. */

@@ -339,6 +339,19 @@ int route_parse(const char *method, const char *path, const char *query, const c
   return 0;
 }
 
+route_class route_kind_class(route_kind k)
+{
+  switch (k) {
+  case ROUTE_HEALTHZ:
+  case ROUTE_READYZ:
+  case ROUTE_METRICS:
+  case ROUTE_STATUS:
+    return ROUTE_CLASS_OPS;
+  default:
+    return ROUTE_CLASS_PULL;
+  }
+}
+
 const char *route_kind_name(route_kind k)
 {
   switch (k) {

@@ -95,6 +95,16 @@ int route_tag_valid(const char *s, size_t len);
  * decoded length, or -1 on a bad escape, a decoded NUL, or no room. '+' stays '+'. */
 int route_pct_decode(const char *src, size_t len, char *dst, size_t dstlen);
 
+/** Who a route is for, which decides who may use it (daemon/access.h): pulls (the OCI API, and
+ * what matches no route) or operations (health, readiness, metrics, the status page: [server]
+ * ops_allow). A new operations endpoint is classed ROUTE_CLASS_OPS here and is then guarded
+ * like /metrics. */
+typedef enum route_class {
+  ROUTE_CLASS_PULL = 0,
+  ROUTE_CLASS_OPS,
+} route_class;
+route_class route_kind_class(route_kind k);
+
 /** A short constant name for a kind ("manifest", "blob", ...), for logs and metrics. */
 const char *route_kind_name(route_kind k);
 

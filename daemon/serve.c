@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "core/pc.h"
+#include "daemon/access.h"
 #include "daemon/config.h"
 #include "http/srv-tls.h"
 #include "daemon/counters.h"
@@ -289,6 +290,20 @@ static void reload_tls(serve_t *s, const daemon_config_t *cfg)
   pc_log(PC_LOG_NOTICE, "tls-reloaded");
 }
 
+/* SIGHUP: load the credential files again; a bad file keeps the running credentials. */
+static void reload_access(daemon_t *d, const daemon_config_t *cfg)
+{
+  char err[1024], q[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)];
+  daemon_access_t *a;
+  if (access_creds_load(cfg, err, sizeof(err), &a) != 0) {
+    pc_log_quote(q, sizeof(q), err, LOG_TEXT_MAX);
+    pc_log(PC_LOG_ERR, "auth-reload-failed err=%s action=kept-running-credentials", q);
+    return;
+  }
+  access_creds_free(d->access);
+  d->access = a;
+}
+
 /* SIGHUP: RELOADING=1, build and apply the configuration (or keep the running one), READY=1. */
 static void reload(serve_t *s)
 {
@@ -305,6 +320,7 @@ static void reload(serve_t *s)
     apply_logging(cfg);
     srv_set_opts(d->srv, &cfg->srv);
     reload_tls(s, cfg);
+    reload_access(d, cfg);
     daemon_upstreams_apply(d, cfg);
     explicit_bzero(&d->cfg, sizeof(d->cfg));
     d->cfg = *cfg;
@@ -422,12 +438,22 @@ static int serve_open(serve_t *s)
     pc_log(PC_LOG_ERR, "store-open-failed path=%s rc=%s err=%s", qp, pc_errname(rc), qe);
     return -1;
   }
+  {
+    char err[1024], q[PC_LOG_QUOTE_SIZE(LOG_TEXT_MAX)];
+    if (access_creds_load(&d->cfg, err, sizeof(err), &d->access) != 0) {
+      pc_log_quote(q, sizeof(q), err, LOG_TEXT_MAX);
+      pc_log(PC_LOG_ERR, "auth-config-failed err=%s", q);
+      fprintf(stderr, "pullcache serve: %s\n", err);
+      return -1;
+    }
+  }
   rc = srv_new(d->loop, &d->cfg.srv, registry_handle, d, &d->srv);
   if (rc) {
     log_start_failed("srv-create-failed", rc);
     return -1;
   }
   srv_set_finish_cb(d->srv, counters_on_finish, &d->counters);
+  srv_set_accept_filter(d->srv, access_conn_ok, d);
   for (int i = 0; i < d->cfg.nlisten; i++) {
     rc = srv_listen(d->srv, d->cfg.listen[i]);
     if (rc) {
@@ -448,6 +474,15 @@ static int serve_open(serve_t *s)
       fprintf(stderr, "pullcache serve: %s\n", err);
       return -1;
     }
+    d->tls = s->tls;
+    char why[256], qw[PC_LOG_QUOTE_SIZE(256)];
+    d->ktls_available = srv_tls_ktls_probe(why, sizeof(why));
+    pc_log_quote(qw, sizeof(qw), why, 256);
+    pc_log(PC_LOG_NOTICE, "tls-send mode=userspace ktls=%s reason=%s%s",
+           d->ktls_available ? "available" : "unavailable", qw,
+           d->ktls_available ? " hint=\"this transport encrypts in user space: kernel TLS is "
+                               "not used\""
+                             : "");
     rc = srv_listen_tls(d->srv, d->cfg.tls_listen, s->tls);
     if (rc) {
       char qe[PC_LOG_QUOTE_SIZE(LOG_ERR_MAX)];
@@ -556,6 +591,7 @@ int cmd_serve(int argc, char **argv)
   evict_free(d);
   store_close(d->store);
   srv_tls_free(s->tls);
+  access_creds_free(d->access);
   if (code == 0)
     pc_log(PC_LOG_NOTICE, "stopped");
   explicit_bzero(&d->cfg, sizeof(d->cfg));

@@ -1,4 +1,4 @@
-/* srv-tls — the TLS transport of http/srv (HTTPS listeners): OpenSSL over memory BIOs, driven
+/* srv-tls — the TLS transport of http/srv (HTTPS listeners): OpenSSL over BIOs of its own, driven
  * by the TCP transport underneath (http/srv_tcp.c), so srv.c, routes and the mirror do not
  * change. See http/srv_tls.c for the design and srv-transport.h for the transport rules.
  *
@@ -21,6 +21,7 @@
 #define SRV_TLS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct srv_tls srv_tls_t;
 
@@ -38,9 +39,38 @@ typedef struct srv_tls_conf {
   unsigned handshake_timeout_ms;        /**< 0: 10000 */
 } srv_tls_conf_t;
 
+/** Why a handshake failed (counted in srv_tls_stats_t.failed). */
+enum srv_tls_fail {
+  SRV_TLS_FAIL_TIMEOUT,         /**< not done within handshake_timeout_ms */
+  SRV_TLS_FAIL_CLOSED,          /**< the peer closed during the handshake */
+  SRV_TLS_FAIL_NO_CLIENT_CERT,  /**< mTLS required and the client sent no certificate */
+  SRV_TLS_FAIL_BAD_CLIENT_CERT, /**< a client certificate that does not verify */
+  SRV_TLS_FAIL_PROTOCOL,        /**< anything else OpenSSL refused (garbage, versions, ...) */
+  SRV_TLS_FAIL_PLAIN_HTTP,      /**< plain HTTP on the TLS port (answered 400) */
+  SRV_TLS_FAIL_N
+};
+
+/** Counters of every connection wrapped with a srv_tls_t since srv_tls_new (kept across
+ * reloads; connections that outlive a reload still count). */
+typedef struct srv_tls_stats {
+  uint64_t handshakes; /**< completed */
+  uint64_t resumed;    /**< of those, resumed sessions (tickets or the session cache) */
+  uint64_t failed[SRV_TLS_FAIL_N];
+} srv_tls_stats_t;
+
 int srv_tls_new(const srv_tls_conf_t *conf, char *err, size_t errlen, srv_tls_t **out);
 /** Load conf again (new SSL_CTX for new connections). On error the old one stays. */
 int srv_tls_reload(srv_tls_t *t, const srv_tls_conf_t *conf, char *err, size_t errlen);
 void srv_tls_free(srv_tls_t *t);
+void srv_tls_get_stats(const srv_tls_t *t, srv_tls_stats_t *out);
+/** "timeout", "closed", "no_client_cert", "bad_client_cert", "protocol", "plain_http". */
+const char *srv_tls_fail_name(enum srv_tls_fail f);
+
+/** Kernel TLS (SSL_sendfile): 1 when this OpenSSL and kernel offer it, else 0; why says what
+ * was found either way (OpenSSL built without it; the kernel refusing the "tls" ULP on a
+ * loopback TCP connection made for the question, as OpenSSL would ask). This transport
+ * encrypts in user space (its BIOs are not the socket) whatever the answer (bounded buffers,
+ * SSL_write): the caller logs the finding once. */
+int srv_tls_ktls_probe(char *why, size_t cap);
 
 #endif

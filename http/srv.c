@@ -153,6 +153,8 @@ struct conn {
   uint64_t progress, last_progress; /* write stall detection */
   size_t last_wqs;
   char peer[64];
+  char ip[48];     /* the peer's numeric address ("" when none) */
+  unsigned is_tls; /* over a TLS listener */
 };
 
 struct srv {
@@ -185,6 +187,8 @@ struct srv {
     size_t cap;
   } * wspare;
   unsigned nwspare, wspare_cap;
+  srv_accept_cb accept_cb; /* srv_set_accept_filter */
+  void *accept_arg;
 };
 
 static void conn_parse(conn_t *c);
@@ -1198,12 +1202,28 @@ static conn_t *conn_new(srv_t *s, srv_tr_t *t)
   return c;
 }
 
+/* The address part of a peer text ("1.2.3.4:5" -> "1.2.3.4", "[::1]:5" -> "::1"; else ""). */
+static void peer_ip(const char *peer, char *ip, size_t cap)
+{
+  const char *b = peer, *e = strrchr(peer, ':');
+  if (peer[0] == '[') {
+    b = peer + 1;
+    e = strchr(b, ']');
+  }
+  size_t n = e && e > b ? (size_t)(e - b) : 0;
+  if (n >= cap)
+    n = 0;
+  memcpy(ip, b, n);
+  ip[n] = '\0';
+}
+
 /* The transport is connected: start serving it (or reject it past max_conns). */
 static void conn_start(conn_t *c)
 {
   srv_t *s = c->s;
   pc_list_push_front(&s->conns, &c->link);
   c->tr->ops->peer(c->tr, c->peer, sizeof(c->peer));
+  peer_ip(c->peer, c->ip, sizeof(c->ip));
   if (s->nactive >= s->o.max_conns) {
     c->reject = 1;
     pc_log(PC_LOG_WARN, "srv-max-conns-reached peer=%s max_conns=%u", c->peer, s->o.max_conns);
@@ -1225,15 +1245,35 @@ static void on_connection(srv_tcp_listener_t *l, int status, void *arg)
 {
   srv_t *s = arg;
   srv_tr_t *t;
+  struct srv_tls *tls = NULL;
   int rc = status < 0 ? status : srv_tcp_accept(l, &t);
-  for (int i = 0; rc == 0 && i < s->nls; i++)
-    if (s->ls[i] == l && s->ltls[i])
-      rc = srv_tls_wrap(s->ltls[i], s->loop, t, &t);
+  for (int i = 0; i < s->nls; i++)
+    if (s->ls[i] == l)
+      tls = s->ltls[i];
+  if (rc == 0 && s->accept_cb) {
+    char peer[64], ip[48];
+    t->ops->peer(t, peer, sizeof(peer));
+    peer_ip(peer, ip, sizeof(ip));
+    if (!s->accept_cb(ip, tls != NULL, s->accept_arg)) {
+      t->ops->close(t, NULL); /* nothing read: closed before any parsing or handshake */
+      return;
+    }
+  }
+  if (rc == 0 && tls)
+    rc = srv_tls_wrap(tls, s->loop, t, &t);
   if (rc != 0) {
     pc_log(PC_LOG_WARN, "srv-accept-failed err=%s", pc_errname(rc));
     return;
   }
-  conn_start(conn_new(s, t));
+  conn_t *c = conn_new(s, t);
+  c->is_tls = tls != NULL;
+  conn_start(c);
+}
+
+void srv_set_accept_filter(srv_t *s, srv_accept_cb cb, void *arg)
+{
+  s->accept_cb = cb;
+  s->accept_arg = arg;
 }
 
 int srv__adopt_transport(srv_t *s, srv_tr_t *t)
@@ -1515,6 +1555,16 @@ const char *srv_req_header(const srv_req_t *r, const char *name)
 const char *srv_req_peer(const srv_req_t *r)
 {
   return r->c->peer;
+}
+
+const char *srv_req_peer_ip(const srv_req_t *r)
+{
+  return r->c->ip;
+}
+
+int srv_req_is_tls(const srv_req_t *r)
+{
+  return (int)r->c->is_tls;
 }
 
 void srv_req_log(srv_req_t *r, const char *key, const char *value)

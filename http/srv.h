@@ -82,6 +82,12 @@ void srv_set_opts(srv_t *s, const srv_opts_t *opts);
  * callback. status 0 = did not complete; body_bytes = body bytes sent. */
 typedef void (*srv_finish_cb)(srv_req_t *r, int status, uint64_t body_bytes, void *arg);
 void srv_set_finish_cb(srv_t *s, srv_finish_cb cb, void *arg);
+/** Decide on a new connection before anything is read from it: on a TLS listener before the
+ * handshake. ip is the peer's numeric address ("10.0.0.7", "::1"; "" when it has none), tls 1
+ * on a TLS listener. Return 1 to serve it, 0 to close it at once (no byte is read or written:
+ * the client sees the connection closed). NULL (the default): every connection is served. */
+typedef int (*srv_accept_cb)(const char *ip, int tls, void *arg);
+void srv_set_accept_filter(srv_t *s, srv_accept_cb cb, void *arg);
 /** Listen on "IPv4:PORT", "[IPv6]:PORT" or "host:PORT" (numeric addresses only). Port 0 picks
  * a free port; srv_port tells which. May be called several times. */
 int srv_listen(srv_t *s, const char *addr);
@@ -125,6 +131,10 @@ const char *srv_req_query(const srv_req_t *r);
 const char *srv_req_header(const srv_req_t *r, const char *name);
 /** The peer address as text ("127.0.0.1:53412"). */
 const char *srv_req_peer(const srv_req_t *r);
+/** The peer's numeric address alone ("127.0.0.1", "::1"; "" when it has none). */
+const char *srv_req_peer_ip(const srv_req_t *r);
+/** 1 when the request came over a TLS listener (srv_listen_tls), else 0. */
+int srv_req_is_tls(const srv_req_t *r);
 /** Add a key=value field to this request's access-log line (copied; e.g. "cache", "hit").
  * The key is made a log key (pc_log_key: other characters become '_'; an empty key adds
  * nothing); the value is quoted by pc_log_quote and cut at 256 bytes. Fields past 1 KiB per

@@ -1,13 +1,15 @@
 /* srv_tls — the TLS transport of http/srv (see srv-tls.h, srv-transport.h for the rules).
  *
  * Layering. A TLS transport wraps a TCP transport (`in`, http/srv_tcp.c) and drives an SSL
- * object over two memory BIOs: ciphertext read from `in` is written into rbio, SSL_read gives
- * plaintext to srv.c; SSL_write puts ciphertext into wbio, which is drained into a fixed
- * buffer (`cout`) and written to `in`, one write at a time. Everything runs on the loop
+ * object over two BIOs: ciphertext read from `in` is written into rbio, SSL_read gives
+ * plaintext to srv.c; SSL_write puts ciphertext into wbio, a BIO of ours that appends it to
+ * one buffer (`cout`), written to `in` from there, one write at a time (no copy through a
+ * memory BIO on the way out). Everything runs on the loop
  * thread except pread(2) of file bodies.
  *
- * Bounded memory. The output buffer exists only while ciphertext is on its way out (an idle
- * connection holds the 16 KiB input buffer and OpenSSL's state; SSL_MODE_RELEASE_BUFFERS).
+ * Bounded memory. The output buffer exists only while ciphertext is on its way out, the 16 KiB
+ * read buffer only from in_alloc to in_read (an idle connection holds OpenSSL's state and
+ * what rbio keeps; SSL_MODE_RELEASE_BUFFERS).
  * Plaintext is given to SSL_write TLS_REC bytes at a time and only while
  * wbio holds less than TLS_OUT bytes; a file body is pread into a TLS_FILE buffer on the
  * thread pool (one chunk per send_file op: the op reports fewer bytes than asked, which the
@@ -37,23 +39,99 @@
 #include "http/srv-transport.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
-#define TLS_REC 16384u            /* plaintext per SSL_write */
-#define TLS_OUT (64u * 1024u)     /* ciphertext buffer towards the socket */
-#define TLS_IN (16u * 1024u + 64) /* ciphertext read buffer */
-#define TLS_IN_MAX (64u * 1024u)  /* ciphertext kept in rbio while srv.c does not read */
-#define TLS_FILE (256u * 1024u)   /* file bytes per send_file op */
+#define TLS_REC 16384u             /* plaintext per SSL_write */
+#define TLS_OUT (64u * 1024u)      /* ciphertext queued towards the socket before SSL_write waits */
+#define TLS_OUT_CAP (128u * 1024u) /* the output buffer's first size (TLS_OUT + records) */
+#define TLS_IN (16u * 1024u + 64)  /* ciphertext read buffer */
+#define TLS_IN_MAX (64u * 1024u)   /* ciphertext kept in rbio while srv.c does not read */
+#define TLS_FILE (256u * 1024u)    /* file bytes per send_file op */
+
+/* The counters, shared by the configuration and every connection it wrapped (a connection may
+ * outlive srv_tls_free: it holds a reference). Loop thread only. */
+typedef struct tls_stats {
+  int refs;
+  srv_tls_stats_t s;
+} tls_stats_t;
 
 struct srv_tls {
   SSL_CTX *ctx;
   unsigned hs_timeout_ms;
+  tls_stats_t *stats;
 };
+
+static void stats_unref(tls_stats_t *st)
+{
+  if (st && --st->refs == 0)
+    free(st);
+}
+
+void srv_tls_get_stats(const srv_tls_t *t, srv_tls_stats_t *out)
+{
+  *out = t->stats->s;
+}
+
+const char *srv_tls_fail_name(enum srv_tls_fail f)
+{
+  static const char *const n[SRV_TLS_FAIL_N] = {"timeout",         "closed",   "no_client_cert",
+                                                "bad_client_cert", "protocol", "plain_http"};
+  return (unsigned)f < SRV_TLS_FAIL_N ? n[f] : "protocol";
+}
+
+/* What OpenSSL does to enable kernel TLS: the "tls" upper-layer protocol on an established TCP
+ * socket (a loopback connection made for the question). 0 or the errno. No /proc read: the
+ * unit's ProcSubset=pid hides /proc/sys. */
+static int ulp_tls_errno(void)
+{
+  struct sockaddr_in sa;
+  socklen_t sl = sizeof(sa);
+  int err = 0, c = -1, l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  memset(&sa, 0, sizeof(sa));
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(l, 1) != 0 ||
+      getsockname(l, (struct sockaddr *)&sa, &sl) != 0) {
+    err = errno;
+    goto out;
+  }
+  c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (c < 0 || connect(c, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+      setsockopt(c, SOL_TCP, TCP_ULP, "tls", sizeof("tls")) != 0)
+    err = errno;
+out:
+  if (c >= 0)
+    close(c);
+  if (l >= 0)
+    close(l);
+  return err;
+}
+
+int srv_tls_ktls_probe(char *why, size_t cap)
+{
+#if defined(OPENSSL_NO_KTLS)
+  snprintf(why, cap, "this OpenSSL is built without kernel TLS");
+  return 0;
+#else
+  int e = ulp_tls_errno();
+  if (e) {
+    snprintf(why, cap, "the kernel refuses the tls ULP: %s%s", strerror(e),
+             e == ENOENT ? " (no tls module: modprobe tls)" : "");
+    return 0;
+  }
+  snprintf(why, cap, "OpenSSL %s and the kernel offer it", OpenSSL_version(OPENSSL_VERSION_STRING));
+  return 1;
+#endif
+}
 
 /* ---- configuration ------------------------------------------------------------------------ */
 
@@ -158,6 +236,8 @@ int srv_tls_new(const srv_tls_conf_t *conf, char *err, size_t errlen, srv_tls_t 
     return rc;
   srv_tls_t *t = pc_xcalloc(1, sizeof(*t));
   t->ctx = ctx;
+  t->stats = pc_xcalloc(1, sizeof(*t->stats));
+  t->stats->refs = 1;
   t->hs_timeout_ms = conf->handshake_timeout_ms ? conf->handshake_timeout_ms : 10000;
   *out = t;
   return 0;
@@ -180,6 +260,7 @@ void srv_tls_free(srv_tls_t *t)
   if (!t)
     return;
   SSL_CTX_free(t->ctx);
+  stats_unref(t->stats);
   free(t);
 }
 
@@ -211,15 +292,25 @@ typedef struct tls {
   uint64_t foff;
   ssize_t fres;
   uv_work_t work;
-  char cin[TLS_IN];
-  char *cout;
-  size_t cout_len;
-  int pending; /* handles (kick, hs_timer, in) still to be closed */
+  char *cin;          /* TLS_IN bytes for a read from `in`: only between in_alloc and in_read */
+  char *cout;         /* ciphertext towards `in` (the out BIO appends; NULL while idle) */
+  size_t cout_cap;    /* its size */
+  size_t cout_len;    /* bytes in it */
+  size_t cout_off;    /* bytes of it written (completed) */
+  size_t cout_busy;   /* bytes of it in the write in flight, from cout_off */
+  char *cout_retired; /* the buffer a write in flight points into, after a growth moved cout */
+  int pending;        /* handles (kick, hs_timer, in) still to be closed */
   unsigned reading : 1, in_reading : 1, out_busy : 1, work_busy : 1, closing : 1, shut_wanted : 1,
       shut_sent : 1, err_told : 1, notify_sent : 1, in_eof : 1, eof_told : 1;
   char peer[64];
   char subject[256];
+  tls_stats_t *stats; /* a reference */
 } tls_t;
+
+static void count_fail(tls_t *t, enum srv_tls_fail f)
+{
+  t->stats->s.failed[f]++;
+}
 
 static const srv_tr_ops_t tls_ops;
 static void pump(tls_t *t);
@@ -260,12 +351,22 @@ static void hs_failed(tls_t *t, int code)
   long v = SSL_get_verify_result(t->ssl);
   unsigned long e = ERR_peek_last_error();
   const char *r = e ? ERR_reason_error_string(e) : NULL;
-  if (v != X509_V_OK && SSL_get0_peer_certificate(t->ssl))
+  enum srv_tls_fail f = SRV_TLS_FAIL_PROTOCOL;
+  int verify_failed = e && ERR_GET_REASON(e) == SSL_R_CERTIFICATE_VERIFY_FAILED;
+  if (v != X509_V_OK && (SSL_get0_peer_certificate(t->ssl) || verify_failed)) {
     snprintf(why, sizeof(why), "client certificate: %s", X509_verify_cert_error_string(v));
-  else if (code == SSL_ERROR_SYSCALL || code == SSL_ERROR_ZERO_RETURN)
+    f = SRV_TLS_FAIL_BAD_CLIENT_CERT;
+  } else if (code == SSL_ERROR_SYSCALL || code == SSL_ERROR_ZERO_RETURN) {
     snprintf(why, sizeof(why), "connection closed during the handshake");
-  else
+    f = SRV_TLS_FAIL_CLOSED;
+  } else {
     snprintf(why, sizeof(why), "%s", r ? r : "handshake failed");
+    if (e && ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
+      f = SRV_TLS_FAIL_NO_CLIENT_CERT;
+    else if (verify_failed) /* a server verifies only the client's certificate */
+      f = SRV_TLS_FAIL_BAD_CLIENT_CERT;
+  }
+  count_fail(t, f);
   ERR_clear_error();
   char q[PC_LOG_QUOTE_SIZE(256)];
   pc_log_quote(q, sizeof(q), why, 256);
@@ -277,6 +378,9 @@ static void hs_done(tls_t *t)
 {
   t->state = T_OPEN;
   uv_timer_stop(&t->hs_timer);
+  t->stats->s.handshakes++;
+  if (SSL_session_reused(t->ssl))
+    t->stats->s.resumed++;
   X509 *x = SSL_get0_peer_certificate(t->ssl); /* verified, or absent (optional mode) */
   if (x) {
     BIO *m = BIO_new(BIO_s_mem());
@@ -291,7 +395,81 @@ static void hs_done(tls_t *t)
          SSL_get_version(t->ssl), SSL_session_reused(t->ssl));
 }
 
-/* ---- output: wbio -> cout -> in ----------------------------------------------------------- */
+/* ---- output: SSL -> the out BIO (cout) -> in ----------------------------------------------- */
+
+/* The write BIO: SSL's records are appended to cout, and written to `in` from there (no copy
+ * through a memory BIO). Bytes of a write in flight never move: a growth while busy copies into
+ * a new buffer and keeps the old one (cout_retired) until the write completes. Never fails, so
+ * SSL never sees a retry on its write side. */
+static size_t out_queued(const tls_t *t)
+{
+  return t->cout_len - t->cout_off;
+}
+
+static int out_bio_write(BIO *b, const char *data, int n)
+{
+  tls_t *t = BIO_get_data(b);
+  size_t need = (size_t)(n > 0 ? n : 0);
+  if (!need)
+    return 0;
+  if (t->cout_len + need > t->cout_cap && !t->out_busy && t->cout_off) {
+    memmove(t->cout, t->cout + t->cout_off, out_queued(t)); /* compact */
+    t->cout_len -= t->cout_off;
+    t->cout_off = 0;
+  }
+  if (t->cout_len + need > t->cout_cap) {
+    size_t cap = t->cout_cap ? t->cout_cap * 2 : TLS_OUT_CAP;
+    while (cap < t->cout_len + need)
+      cap *= 2;
+    if (t->out_busy && !t->cout_retired) {
+      char *nb = pc_xmalloc(cap);
+      memcpy(nb, t->cout, t->cout_len);
+      t->cout_retired = t->cout;
+      t->cout = nb;
+    } else {
+      t->cout = pc_xrealloc(t->cout, cap); /* nothing in flight points into it */
+    }
+    t->cout_cap = cap;
+  }
+  memcpy(t->cout + t->cout_len, data, need);
+  t->cout_len += need;
+  return n;
+}
+
+static long out_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+  tls_t *t = BIO_get_data(b);
+  (void)num;
+  (void)ptr;
+  switch (cmd) {
+  case BIO_CTRL_FLUSH:
+    return 1;
+  case BIO_CTRL_PENDING:
+  case BIO_CTRL_WPENDING:
+    return t ? (long)out_queued(t) : 0;
+  default:
+    return 0;
+  }
+}
+
+static int out_bio_create(BIO *b)
+{
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+static BIO_METHOD *out_bio_method;
+static pthread_once_t out_bio_once = PTHREAD_ONCE_INIT;
+
+static void out_bio_init(void)
+{
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pullcache-tls-out");
+  PC_ASSERT(m != NULL);
+  BIO_meth_set_write(m, out_bio_write);
+  BIO_meth_set_ctrl(m, out_bio_ctrl);
+  BIO_meth_set_create(m, out_bio_create);
+  out_bio_method = m; /* process-wide, kept for the process's life */
+}
 
 static void on_out(srv_tr_t *in, ssize_t status)
 {
@@ -299,9 +477,14 @@ static void on_out(srv_tr_t *in, ssize_t status)
   t->out_busy = 0;
   if (t->closing)
     return;
-  if (BIO_ctrl_pending(t->wbio) == 0) {
+  free(t->cout_retired);
+  t->cout_retired = NULL;
+  t->cout_off += t->cout_busy;
+  t->cout_busy = 0;
+  if (out_queued(t) == 0) {
     free(t->cout); /* idle connections keep no output buffer */
     t->cout = NULL;
+    t->cout_cap = t->cout_len = t->cout_off = 0;
   }
   if (status < 0) {
     die(t, (int)status);
@@ -319,26 +502,22 @@ static void flush_out(tls_t *t)
 {
   if (t->out_busy || t->closing || t->state == T_PLAIN)
     return;
-  if (BIO_ctrl_pending(t->wbio) == 0)
+  size_t n = out_queued(t);
+  if (n == 0)
     return;
-  if (!t->cout)
-    t->cout = pc_xmalloc(TLS_OUT);
-  int n = BIO_read(t->wbio, t->cout, (int)TLS_OUT);
-  if (n <= 0)
-    return;
-  t->cout_len = (size_t)n;
-  uv_buf_t b = uv_buf_init(t->cout, (unsigned)n);
+  uv_buf_t b = uv_buf_init(t->cout + t->cout_off, (unsigned)n);
   int rc = t->in->ops->write(t->in, &b, 1, on_out);
   if (rc != 0) {
     die(t, rc);
     return;
   }
   t->out_busy = 1;
+  t->cout_busy = n;
 }
 
 static int out_idle(tls_t *t)
 {
-  return !t->out_busy && BIO_ctrl_pending(t->wbio) == 0;
+  return !t->out_busy && out_queued(t) == 0;
 }
 
 /* ---- the pending op ----------------------------------------------------------------------- */
@@ -518,7 +697,9 @@ static void pump(tls_t *t)
 static void in_alloc(srv_tr_t *in, uv_buf_t *b)
 {
   tls_t *t = in->data;
-  *b = uv_buf_init(t->cin, sizeof(t->cin));
+  if (!t->cin)
+    t->cin = pc_xmalloc(TLS_IN); /* an idle connection keeps none (in_read frees it) */
+  *b = uv_buf_init(t->cin, TLS_IN);
 }
 
 static int looks_like_http(unsigned char c)
@@ -526,9 +707,20 @@ static int looks_like_http(unsigned char c)
   return c >= 'A' && c <= 'Z';
 }
 
+static void in_read_bytes(tls_t *t, ssize_t n, const uv_buf_t *b);
+
 static void in_read(srv_tr_t *in, ssize_t n, const uv_buf_t *b)
 {
   tls_t *t = in->data;
+  in_read_bytes(t, n, b);
+  /* Everything was copied into rbio (or dropped): the read buffer goes until the next read. t is
+   * still allocated here (its free runs from close callbacks on a later loop turn). */
+  free(t->cin);
+  t->cin = NULL;
+}
+
+static void in_read_bytes(tls_t *t, ssize_t n, const uv_buf_t *b)
+{
   if (n == 0 || t->closing)
     return;
   if (n == UV_EOF && t->state == T_OPEN) {
@@ -539,8 +731,10 @@ static void in_read(srv_tr_t *in, ssize_t n, const uv_buf_t *b)
     return;
   }
   if (n < 0) {
-    if (t->state == T_HS || t->state == T_FIRST)
+    if (t->state == T_HS || t->state == T_FIRST) {
       pc_log(PC_LOG_DEBUG, "tls-handshake-failed peer=%s reason=\"connection closed\"", t->peer);
+      count_fail(t, SRV_TLS_FAIL_CLOSED);
+    }
     die(t, (int)n);
     pump(t);
     return;
@@ -551,6 +745,7 @@ static void in_read(srv_tr_t *in, ssize_t n, const uv_buf_t *b)
     if (looks_like_http((unsigned char)b->base[0])) {
       /* A plain HTTP client on the TLS port: a clear answer, then the connection ends. */
       pc_log(PC_LOG_NOTICE, "tls-plain-http-on-https peer=%s action=400", t->peer);
+      count_fail(t, SRV_TLS_FAIL_PLAIN_HTTP);
       t->state = T_PLAIN;
       uv_timer_stop(&t->hs_timer);
       uv_buf_t ub = uv_buf_init((char *)plain_400, sizeof(plain_400) - 1);
@@ -572,6 +767,7 @@ static void on_hs_timeout(uv_timer_t *h)
 {
   tls_t *t = h->data;
   pc_log(PC_LOG_NOTICE, "tls-handshake-failed peer=%s reason=timeout action=closed", t->peer);
+  count_fail(t, SRV_TLS_FAIL_TIMEOUT);
   die(t, UV_ETIMEDOUT);
 }
 
@@ -666,7 +862,7 @@ static int tls_send_file(srv_tr_t *tr, int fd, uint64_t off, size_t len, srv_tr_
 static size_t tls_write_queue_size(const srv_tr_t *tr)
 {
   const tls_t *t = (const tls_t *)tr;
-  size_t n = BIO_ctrl_pending(t->wbio) + (t->out_busy ? t->cout_len : 0);
+  size_t n = out_queued(t); /* in flight too */
   if (t->op == OP_FILE_WRITE)
     n += t->flen - t->fdone;
   return n + t->in->ops->write_queue_size(t->in);
@@ -697,10 +893,13 @@ static void on_handle_closed(tls_t *t)
   if (cb)
     cb(&t->tr);
   SSL_free(t->ssl);
+  stats_unref(t->stats);
   if (t->bufs != t->bufs1)
     free(t->bufs);
   free(t->fbuf);
   free(t->cout);
+  free(t->cout_retired);
+  free(t->cin);
   free(t);
 }
 
@@ -761,8 +960,9 @@ static const srv_tr_ops_t tls_ops = {
 int srv_tls_wrap(srv_tls_t *cfg, uv_loop_t *loop, srv_tr_t *in, srv_tr_t **out)
 {
   *out = NULL;
+  PC_ASSERT(pthread_once(&out_bio_once, out_bio_init) == 0);
   SSL *ssl = SSL_new(cfg->ctx);
-  BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+  BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(out_bio_method);
   if (!ssl || !rb || !wb) {
     SSL_free(ssl);
     BIO_free(rb);
@@ -778,7 +978,10 @@ int srv_tls_wrap(srv_tls_t *cfg, uv_loop_t *loop, srv_tr_t *in, srv_tr_t **out)
   t->ssl = ssl;
   t->rbio = rb;
   t->wbio = wb;
+  BIO_set_data(wb, t);
   t->ffd = -1;
+  t->stats = cfg->stats;
+  t->stats->refs++;
   BIO_set_mem_eof_return(rb, -1); /* empty = want more, not EOF */
   SSL_set_bio(ssl, rb, wb);       /* ssl owns both */
   SSL_set_accept_state(ssl);

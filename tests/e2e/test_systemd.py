@@ -20,11 +20,14 @@ not a skip: scripts/bootstrap installs them.
 """
 
 import array
+import base64
+import http.client
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -32,7 +35,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pclib  # noqa: E402
+import test_tls  # noqa: E402
 from pclib import check  # noqa: E402
+
+
+def pclib_htpasswd(user, password):
+    """One htpasswd line, bcrypt (htpasswd -B, apache2-utils)."""
+    r = run(["htpasswd", "-nbB", "-C", "5", user, password])
+    check(r.returncode == 0, "htpasswd: %s" % r.stderr)
+    return r.stdout.strip() + "\n"
 
 SYSTEMD_DIR = os.path.join(pclib.SRC, "systemd")
 UNIT = os.path.join(SYSTEMD_DIR, "pullcache.service")
@@ -274,6 +285,22 @@ def test_tmpfiles():
         check(stat.S_IMODE(st.st_mode) == 0o640, "pullcache.conf mode %o" % stat.S_IMODE(st.st_mode))
         check(st.st_uid == 0 and st.st_gid == gid, "pullcache.conf owner %d:%d" % (st.st_uid, st.st_gid))
         check(stat.S_IMODE(os.stat(conf_dir).st_mode) == 0o750, "/etc/pullcache mode not restored")
+        # The TLS key (and client credentials) directory: 0750 root:pullcache; a key dropped in
+        # with loose permissions becomes 0640 root:pullcache (readable by the service only).
+        tls_dir = os.path.join(conf_dir, "tls")
+        st = os.stat(tls_dir)
+        check(stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o750
+              and st.st_uid == 0 and st.st_gid == gid,
+              "/etc/pullcache/tls: mode %o owner %d:%d" % (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
+        key = os.path.join(tls_dir, "server.key")
+        with open(key, "w") as f:
+            f.write("not a real key\n")
+        os.chmod(key, 0o644)
+        r = run([tf, "--create", "--root=" + root, TMPFILES])
+        check(r.returncode == 0, "third systemd-tmpfiles --create: exit %d\n%s" % (r.returncode, r.stderr))
+        st = os.stat(key)
+        check(stat.S_IMODE(st.st_mode) == 0o640 and st.st_uid == 0 and st.st_gid == gid,
+              "server.key mode %o owner %d:%d" % (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
 
 
 def test_install_layout():
@@ -507,10 +534,20 @@ def test_daemon_fits_sandbox():
         store, log = env.path("store"), env.path("strace.log")
         port = pclib.free_port()
         # Configured through a file, as the unit does (--config), so the trace covers reading it.
+        # With an HTTPS listener, an allow-list and htpasswd credentials on it, so the trace
+        # covers loading the key, handshakes, encrypting bodies and bcrypt on the thread pool.
+        ca = test_tls.make_ca(env.dir, "ca")
+        crt, key = test_tls.make_cert(env.dir, ca, "server", 5)
+        hp = env.path("htpasswd")
+        with open(hp, "w") as f:
+            f.write(pclib_htpasswd("alice", "sandbox-pw"))
+        tls_port = pclib.free_port()
         conf = env.path("pullcache.conf")
         with open(conf, "w") as f:
-            f.write("[server]\nlisten = 127.0.0.1:%d\n[store]\npath = %s\n"
-                    "[upstream \"registry.k8s.io\"]\nurl = %s\n" % (port, store, up_url))
+            f.write("[server]\nlisten = 127.0.0.1:%d\ntls_listen = 127.0.0.1:%d\ntls_cert = %s\n"
+                    "tls_key = %s\nallow = 127.0.0.0/8, ::1\nhtpasswd = %s\nauth_on = tls\n"
+                    "[store]\npath = %s\n[upstream \"registry.k8s.io\"]\nurl = %s\n"
+                    % (port, tls_port, crt, key, hp, store, up_url))
         argv = [strace, "-f", "-qq", "-y", "-s", "512", "-o", log, os.environ["PULLCACHE"], "serve",
                 "--config", conf]
         # LeakSanitizer cannot run under ptrace (sanitizer builds): leaks are checked elsewhere.
@@ -537,6 +574,21 @@ def test_daemon_fits_sandbox():
                     check(r.status == 200 and pclib.sha256_digest(r.body) == b["digest"],
                           "%s %s (%s): %d" % (kind, b["digest"], attempt, r.status))
             check(pclib.http("GET", "http://127.0.0.1:%d/metrics" % port).status == 200, "/metrics")
+            # Over TLS with Basic credentials (bcrypt once, then remembered): manifest and blobs.
+            ctx = ssl.create_default_context(cafile=ca[0])
+            auth = {"Authorization": "Basic " + base64.b64encode(b"alice:sandbox-pw").decode()}
+            for b in img["blobs"]:
+                kind = "manifests" if b["kind"] in ("manifest", "index") else "blobs"
+                c = http.client.HTTPSConnection("127.0.0.1", tls_port, timeout=30, context=ctx)
+                try:
+                    c.request("GET", "/v2/pause/%s/%s" % (kind, b["digest"]),
+                              headers=dict(auth, Accept=b["media_type"]))
+                    resp = c.getresponse()
+                    body = resp.read()
+                finally:
+                    c.close()
+                check(resp.status == 200 and pclib.sha256_digest(body) == b["digest"],
+                      "over TLS %s %s: %d" % (kind, b["digest"], resp.status))
             r = pclib.http("GET", "http://127.0.0.1:%d/readyz" % port)
             check(r.status == 200, "/readyz (probes the upstream): %d %r" % (r.status, r.body))
             # systemctl reload: SIGHUP -> RELOADING=1, the file read again, READY=1.

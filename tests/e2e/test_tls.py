@@ -10,9 +10,11 @@ never crash the daemon.
     PULLCACHE=build/pullcache PC_BUILD=build python3 tests/e2e/test_tls.py [test_name ...]
 """
 
+import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -262,6 +264,24 @@ def test_mtls_required_and_optional():
         wait_log(pc, "tls-handshake-failed", "the other-CA refusal", before + 2)
         check(re.search(r"tls-handshake-failed peer=\S+ reason=\"?(client certificate|certificate verify)",
                         log_text(pc)), "reason for the other CA:\n" + log_text(pc)[-1000:])
+        # The refusals and the handshakes are counted on /metrics (plain listener).
+        text = pclib.http("GET", pc.url + "/metrics").body.decode()
+
+        def tls_metric(name):
+            m = re.search(r"^%s (\d+)$" % re.escape(name), text, re.M)
+            check(m, "no %s in /metrics" % name)
+            return int(m.group(1))
+        check(tls_metric('pullcache_tls_handshake_failures_total{reason="no_client_cert"}') == 1,
+              "no_client_cert counted")
+        check(tls_metric('pullcache_tls_handshake_failures_total{reason="bad_client_cert"}') == 1,
+              "bad_client_cert counted")
+        check(tls_metric("pullcache_tls_mtls_refusals_total") == 2, "mTLS refusals counted")
+        check(tls_metric("pullcache_tls_handshakes_total") >= 1, "handshakes counted")
+        # Kernel TLS: detected and said once at start.
+        m = re.findall(r"tls-send mode=userspace ktls=(available|unavailable) reason=", log_text(pc))
+        check(len(m) == 1, "one tls-send line: %r" % m)
+        check(tls_metric("pullcache_tls_kernel_tls_available") == (m[0] == "available"),
+              "the ktls gauge agrees with the log")
         # skopeo with ca.crt + client.cert + client.key pulls; without the client files it cannot.
         certs = cert_dir(env, "certs", ca[0], node)
         skopeo_pull(env, pc, imgs["pause"], certs, env.path("dir-pause"))
@@ -436,6 +456,11 @@ def test_garbage_and_truncated_hellos():
             check(s.recv(10) == b"", "a silent client must be closed")
         wait_log(pc, "reason=timeout", "the handshake timeout line")
         check(pc.alive(), "daemon alive after %d inputs" % FUZZ_INPUTS)
+        text = pclib.http("GET", pc.url + "/metrics").body.decode()
+        fails = {k: int(v) for k, v in re.findall(
+            r'^pullcache_tls_handshake_failures_total\{reason="(\w+)"\} (\d+)$', text, re.M)}
+        check(fails.get("protocol", 0) > 0 and fails.get("timeout", 0) >= 1,
+              "garbage counted as protocol failures, the silent client as a timeout: %r" % fails)
         rc, out, err = curl("--cacert", ca[0], "https://127.0.0.1:%d/v2/" % pc.tls_port)
         check(rc == 0 and out.startswith("200"), "a real client after the garbage: %d %r %s" % (rc, out, err))
         check("AddressSanitizer" not in log_text(pc) and "runtime error" not in log_text(pc),
@@ -444,8 +469,98 @@ def test_garbage_and_truncated_hellos():
         print("fuzz: %d inputs by kind %s" % (FUZZ_INPUTS, sorted(kinds.items())), flush=True)
 
 
+# ---- generated client configuration: containerd (ctr) and podman over mTLS -----------------
+def strict_https_registries_conf(text, hostport):
+    """The generated registries.conf with the mirror as the primary location too (no fallback
+    to the real registry), https verified (no insecure)."""
+    old = 'location = "registry.k8s.io"\n'
+    check(text.count(old) == 1 and "insecure" not in text, "generated:\n" + text)
+    return ("unqualified-search-registries = []\n"
+            + text.replace(old, 'location = "%s/registry.k8s.io"\n' % hostport))
+
+
+def test_ctr_and_podman_mtls_from_pullcache_config():
+    """`pullcache config containerd|podman --mirror https://... --ca --cert --key` writes what
+    the runtimes need: ctr (hosts.toml `ca` and `client`) pulls every platform of a multi-arch
+    image over mutual TLS, verified by digest, with the node's subject on the access log; the
+    same hosts.toml without `client` is refused; podman with the generated certs.d pulls."""
+    clientlib.require("ctr", "containerd")
+    # Usage errors (exit 2) and unreadable files (exit 1), nothing on stdout.
+    for args, code in ((["containerd", "--mirror", "https://h:1", "--cert", "/etc/hostname"], 2),
+                       (["containerd", "--mirror", "http://h:1", "--ca", "/etc/hostname"], 2),
+                       (["podman", "--mirror", "h:1", "--certs-dir", "/tmp"], 2),
+                       (["containerd", "--mirror", "https://h:1", "--certs-dir", "/tmp"], 2),
+                       (["crio", "--mirror", "https://h:1", "--ca", "/nonexistent/ca.crt"], 1)):
+        r = clientlib.config(*args, check_rc=False)
+        check(r.returncode == code and r.stdout == "" and r.stderr,
+              "config %s: rc=%d out=%r err=%r" % (args, r.returncode, r.stdout, r.stderr))
+    d, imgs = images()
+    img = imgs["pause"]
+    want = {img["index_digest"]}
+    for m in img["manifests"]:
+        want |= {m["digest"], m["config"]} | set(m["layers"])
+    with pclib.TestEnv("tls-ctr") as env, clientlib.Containerd(env) as ctrd:
+        ca = make_ca(env.dir, "ca")
+        srv = make_cert(env.dir, ca, "server", 3001)
+        node = make_cert(env.dir, ca, "node1", 3002, server=False)
+        up = env.start_upstream(d)
+        pc = start_tls(env, up, *srv, extra="tls_client_ca = %s\n" % ca[0])
+        mirror = pc.tls_url
+        ref = "registry.k8s.io/pause:" + img["tag"]
+
+        # Without a client certificate: refused by the mirror (mTLS required).
+        clientlib.config("containerd", "--mirror", mirror, "--ca", ca[0], "--dir", ctrd.hosts_dir,
+                         "--write")
+        hosts = os.path.join(ctrd.hosts_dir, "registry.k8s.io", "hosts.toml")
+        clientlib.strict_hosts_toml(hosts, mirror)
+        r = clientlib.run(ctrd.pull_argv(ref), check_rc=False, what="ctr pull")
+        check(r.returncode != 0, "ctr pulled without a client certificate")
+        check(ctrd.images().get(ref) is None, "an image after the refused pull")
+        wait_log(pc, "tls-handshake-failed", "the mTLS refusal logged")
+
+        # With --cert/--key: the files land next to hosts.toml, `ca` and `client` name them.
+        r = clientlib.config("containerd", "--mirror", mirror, "--ca", ca[0], "--cert", node[0],
+                             "--key", node[1], "--dir", ctrd.hosts_dir, "--write")
+        hd = os.path.dirname(hosts)
+        for f in ("pullcache-ca.crt", "client.cert", "client.key"):
+            check("wrote " + os.path.join(hd, f) in r.stdout, "wrote %s: %r" % (f, r.stdout))
+        check(os.stat(os.path.join(hd, "client.key")).st_mode & 0o077 == 0, "client.key mode")
+        cfg = clientlib.strict_hosts_toml(hosts, mirror)
+        h = cfg["host"][mirror]
+        check(h["ca"] == os.path.join(hd, "pullcache-ca.crt") and
+              h["client"] == [[os.path.join(hd, "client.cert"), os.path.join(hd, "client.key")]],
+              "hosts.toml TLS settings: %r" % h)
+        ctrd.pull(ref, "--all-platforms")
+        check(ctrd.images()[ref][1] == img["index_digest"], "ctr image %r" % (ctrd.images()[ref],))
+        check(want <= ctrd.content(), "content missing %s" % (want - ctrd.content()))
+        log = log_text(pc)
+        check(re.search(r"req method=GET path=/v2/pause/blobs/\S+ status=200 .*"
+                        r"tls_subject=\"?CN=node1,O=pullcache-test", log),
+              "the node's subject on the access log")
+        ctrd.rm(ref)
+
+        # podman: the generated registries.conf and certs.d (--certs-dir).
+        if os.geteuid() == 0 and shutil.which("podman"):
+            certs = env.path("containers-certs.d")
+            r = clientlib.config("podman", "--mirror", mirror, "--ca", ca[0], "--cert", node[0],
+                                 "--key", node[1], "--certs-dir", certs)
+            hp = "127.0.0.1:%d" % pc.tls_port
+            for f in ("ca.crt", "client.cert", "client.key"):
+                check(os.path.exists(os.path.join(certs, hp, f)), "certs.d/%s/%s" % (hp, f))
+            with clientlib.Podman(env) as pm:
+                pm.write_registries_conf(strict_https_registries_conf(r.stdout, hp))
+                pm.podman("pull", "--cert-dir", os.path.join(certs, hp), ref)
+                j = json.loads(pm.podman("image", "inspect", ref).stdout)[0]
+                check(j["Digest"] == img["index_digest"], "podman Digest %s" % j["Digest"])
+                pm.podman("rmi", ref)
+        else:
+            print("test_tls: podman part needs root and podman: not run", flush=True)
+        stop_clean(env, pc)
+
+
 TESTS = [test_https_curl_skopeo_plain_http, test_large_blob_over_tls, test_mtls_required_and_optional,
-         test_sighup_rotates_certificate, test_bad_files_at_start, test_garbage_and_truncated_hellos]
+         test_sighup_rotates_certificate, test_bad_files_at_start, test_garbage_and_truncated_hellos,
+         test_ctr_and_podman_mtls_from_pullcache_config]
 
 if __name__ == "__main__":
     sys.exit(pclib.run_tests(TESTS))

@@ -6,15 +6,7 @@
 
 static const char *write_ini(const char *name, const char *text)
 {
-  static char path[4][1024];
-  static int i;
-  char *p = path[i++ % 4];
-  snprintf(p, sizeof(path[0]), "%s/%s", unit_tmpdir(), name);
-  FILE *f = fopen(p, "w");
-  ASSERT(f != NULL);
-  fputs(text, f);
-  fclose(f);
-  return p;
+  return unit_write_file(name, text);
 }
 
 /* -Wwrite-strings makes literals const; argv is char **: copy into writable storage. */

@@ -416,3 +416,18 @@ TEST(range_parse_resolve)
   ASSERT_EQ(1, resolve("bytes=0-1,5-6", 2048, &s, &l));
   ASSERT_EQ(1, resolve("bytesx", 2048, &s, &l));
 }
+
+TEST(route_classes)
+{
+  /* the operations endpoints are one class ([server] ops_allow guards them) */
+  ASSERT_EQ(ROUTE_CLASS_OPS, route_kind_class(ROUTE_HEALTHZ));
+  ASSERT_EQ(ROUTE_CLASS_OPS, route_kind_class(ROUTE_READYZ));
+  ASSERT_EQ(ROUTE_CLASS_OPS, route_kind_class(ROUTE_METRICS));
+  ASSERT_EQ(ROUTE_CLASS_OPS, route_kind_class(ROUTE_STATUS));
+  ASSERT_EQ(ROUTE_CLASS_PULL, route_kind_class(ROUTE_ROOT));
+  ASSERT_EQ(ROUTE_CLASS_PULL, route_kind_class(ROUTE_MANIFEST));
+  ASSERT_EQ(ROUTE_CLASS_PULL, route_kind_class(ROUTE_BLOB));
+  ASSERT_EQ(ROUTE_CLASS_PULL, route_kind_class(ROUTE_TAGS_LIST));
+  ASSERT_EQ(ROUTE_CLASS_PULL, route_kind_class(ROUTE_REFERRERS));
+  ASSERT_EQ(ROUTE_CLASS_PULL, route_kind_class(ROUTE_UNKNOWN));
+}

@@ -28,6 +28,7 @@ static struct {
   pthread_t th;
   srv_t *srv;
   srv_tls_t *tls;
+  srv_tls_stats_t stats; /* at ts_stop */
   int port, closed, ready;
   char file[512], crt[512], key[512], key2[512];
   char *mem;
@@ -156,6 +157,7 @@ static void ts_stop(void)
   uv_async_send(&T.stop);
   ASSERT_EQ(0, pthread_join(T.th, NULL));
   ASSERT(T.closed);
+  srv_tls_get_stats(T.tls, &T.stats); /* the loop thread is gone: no race */
   srv_tls_free(T.tls);
   free(T.mem);
 }
@@ -268,6 +270,9 @@ TEST(file_and_memory_bodies_exact_keepalive)
   get_body(&c, "/mem", MEM_SIZE, 1, 1);
   cli_close(&c);
   ts_stop();
+  ASSERT_EQ(1, T.stats.handshakes);
+  for (int i = 0; i < SRV_TLS_FAIL_N; i++)
+    ASSERT_EQ(0, T.stats.failed[i]);
 }
 
 TEST(stale_openssl_error_on_the_loop_thread_is_not_ours)
@@ -331,6 +336,8 @@ TEST(plain_http_gets_400_in_clear)
   ASSERT(strstr(buf, "plain HTTP request sent to HTTPS port"));
   close(fd);
   ts_stop();
+  ASSERT_EQ(1, T.stats.failed[SRV_TLS_FAIL_PLAIN_HTTP]);
+  ASSERT_EQ(0, T.stats.handshakes);
 }
 
 TEST(client_gone_mid_body)
@@ -349,6 +356,14 @@ TEST(client_gone_mid_body)
   get_body(&c, "/mem", MEM_SIZE, 1, 0);
   cli_close(&c);
   ts_stop();
+}
+
+TEST(ktls_probe_says_what_it_found)
+{
+  char why[256] = "";
+  int r = srv_tls_ktls_probe(why, sizeof(why));
+  ASSERT(r == 0 || r == 1);
+  ASSERT(why[0] != '\0');
 }
 
 TEST(conf_errors_name_the_file)

@@ -107,3 +107,16 @@ int main(int argc, char **argv)
   printf("# %d passed, %d failed\n", ntests - failed, failed);
   return failed ? 1 : 0;
 }
+
+const char *unit_write_file(const char *name, const char *text)
+{
+  static char path[4][1024];
+  static int i;
+  char *p = path[i++ % 4];
+  snprintf(p, sizeof(path[0]), "%s/%s", unit_tmpdir(), name);
+  FILE *f = fopen(p, "w");
+  ASSERT(f != NULL);
+  fputs(text, f);
+  fclose(f);
+  return p;
+}

@@ -60,6 +60,8 @@ void unit__fail(const char *file, int line, const char *fmt, ...)
 
 /** A fresh empty directory, removed (recursively) when the test process exits. */
 const char *unit_tmpdir(void);
+/** Write text to unit_tmpdir()/name; the path (one of 4 static buffers, reused in turn). */
+const char *unit_write_file(const char *name, const char *text);
 
 #include "core/pc.h"
 
