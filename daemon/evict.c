@@ -145,6 +145,12 @@ static void on_tick(uv_timer_t *t)
     queue(e, EV_SURVEYING, UINT64_MAX, STORE_EVICT_BUDGET, 1);
 }
 
+void evict_kick(daemon_t *d)
+{
+  if (d->evict && !d->evict->closing)
+    on_tick(&d->evict->timer);
+}
+
 int evict_start(daemon_t *d)
 {
   daemon_evict_t *e = pc_xcalloc(1, sizeof(*e));

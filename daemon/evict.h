@@ -6,11 +6,12 @@
  *   disk free  < min_free                        -> evict the shortfall +10% (reason min_free)
  *   otherwise, every 5 minutes (and at start-up) -> a survey (a dry run that removes nothing:
  *                                                   the pinned bytes and the oldest entry's age)
- * Commits therefore trigger eviction within a quarter second of passing the budget, without a hook
- * in the fill. At most one run at a time (busy); store_evict runs on the uv thread pool, never on
- * the loop and never on a request's path; after a run that removed nothing the next waits 30 s
- * unless the store grew (pins alone over the budget: logged once, exposed, serving goes on); a
- * reload that changes max_size ends that wait and brings the survey forward.
+ * Each commit also kicks the check at once (evict_kick, from the fill's on_committed hook set by
+ * serve.c), so a fast stream of pulls cannot outrun the tick; the tick covers the rest. At most
+ * one run at a time (busy); store_evict runs on the uv thread pool, never on the loop and never
+ * on a request's path; after a run that removed nothing the next waits 30 s unless the store
+ * grew (pins alone over the budget: logged once, exposed, serving goes on); a reload that
+ * changes max_size ends that wait and brings the survey forward.
  *
  *   IDLE --tick over budget/min_free--> RUNNING --after_work--> IDLE
  *   IDLE --tick survey due-----------> SURVEYING --after_work--> IDLE
@@ -30,6 +31,10 @@
 /** The effective low watermark: cfg->store_evict_to, or 90% of max_size when 0. */
 uint64_t evict_low_mark(const daemon_config_t *cfg);
 
+/** Check now rather than at the next tick (a commit grew the store): the same O(1) check, and
+ * a run queued when over the budget; nothing while a run is in flight. Safe before
+ * evict_start and after evict_close (does nothing). */
+void evict_kick(daemon_t *d);
 /** Start the checks (d->evict). 0 or an error. */
 int evict_start(daemon_t *d);
 /** Stop the timer (idempotent). A run in flight finishes on the pool; evict_free after the

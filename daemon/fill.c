@@ -318,6 +318,8 @@ static void fill_after_work(uv_work_t *work, int status)
     pc_log(PC_LOG_ERR, "store-commit-failed digest=%s rc=%s", f->digest, pc_errname(f->rc));
   if (disk_full_err(f->rc))
     store_full(f, 0, pc_errname(f->rc)); /* verified bytes, served from f->rfd: not cached */
+  if (!f->rc && f->env->on_committed)
+    f->env->on_committed(f->env);
   fill_end(f);
 }
 

@@ -84,6 +84,9 @@ struct pull_env {
    * still to come) or a write or commit failed with ENOSPC/EDQUOT (need: 0). It may free
    * space for the next fills; the fill that called it goes on in pass-through regardless. */
   void (*on_store_full)(pull_env_t *env, uint64_t need);
+  /** A blob was committed (the store grew): eviction may look at the budget at once instead of
+   * at its next tick (daemon/evict.h evict_kick). May be NULL. */
+  void (*on_committed)(pull_env_t *env);
   size_t relay_max; /**< bytes a pass-through relay holds at most (0: RELAY_MAX_DEFAULT) */
 };
 

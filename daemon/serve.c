@@ -508,6 +508,12 @@ static int serve_open(serve_t *s)
   return 0;
 }
 
+/* A commit grew the store: eviction looks at the budget now (daemon/evict.h). */
+static void on_blob_committed(pull_env_t *env)
+{
+  evict_kick(env->fetch_ctx);
+}
+
 /* The access-time flush timer, the signal handlers and the /readyz timer. */
 static void serve_arm(serve_t *s)
 {
@@ -517,6 +523,8 @@ static void serve_arm(serve_t *s)
   s->timer_init = 1;
   if (evict_start(d) != 0)
     pc_log(PC_LOG_ERR, "evict-start-failed hint=\"max_size and min_free are not enforced\"");
+  else if (d->mirror)
+    mirror_env(d->mirror)->on_committed = on_blob_committed;
   int crc = control_start(d);
   if (crc)
     pc_log(PC_LOG_WARN,
