@@ -95,3 +95,19 @@ int pc_strlcpy(char *dst, size_t cap, const char *src)
   dst[n] = '\0';
   return rc;
 }
+
+const char *pc_opt_value(int argc, char **argv, int *i, const char *opt, int *missing)
+{
+  size_t n = strlen(opt);
+  if (strncmp(argv[*i], opt, n) != 0)
+    return NULL;
+  if (argv[*i][n] == '=')
+    return argv[*i][n + 1] ? argv[*i] + n + 1 : (*missing = 1, NULL);
+  if (argv[*i][n] != '\0')
+    return NULL;
+  if (*i + 1 >= argc || argv[*i + 1][0] == '\0') {
+    *missing = 1;
+    return NULL;
+  }
+  return argv[++*i];
+}

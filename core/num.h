@@ -7,6 +7,9 @@
  * The _n variants read exactly len bytes (not NUL-terminated input); the others the C string.
  * pc_parse_u64_prefix reads the digits at *p, advances *p past them and ignores what follows
  * (for grammars such as "bytes=100-200"). Pure, thread-safe.
+ *
+ * pc_opt_value is the one reader of a command-line option's value ("--opt VALUE" or
+ * "--opt=VALUE").
  */
 #ifndef PC_NUM_H
 #define PC_NUM_H
@@ -24,5 +27,10 @@ int pc_parse_u64_prefix(const char **p, uint64_t *out);
  * Returns 0 when all of it fit, PC_E_TOOBIG when it was cut to cap - 1 bytes (callers for
  * whom a cut is an error check it; those for whom it cannot happen or is fine ignore it). */
 int pc_strlcpy(char *dst, size_t cap, const char *src);
+
+/** The value of option opt at argv[*i] ("--opt VALUE", *i then moves to VALUE, or
+ * "--opt=VALUE"), or NULL when argv[*i] is not opt. Sets *missing when opt has no value (none
+ * follows, or it is empty). */
+const char *pc_opt_value(int argc, char **argv, int *i, const char *opt, int *missing);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "core/num.h"
 #include "core/pc.h"
 
 #define BALANCER_DEFAULT_LISTEN "0.0.0.0:5000"
@@ -55,22 +56,6 @@ static int path_ok(const char *s)
   return s[0] == '/' && strcspn(s, " \t\r\n\"';{}#") == strlen(s);
 }
 
-static const char *opt_value(int argc, char **argv, int *i, const char *opt, int *missing)
-{
-  size_t n = strlen(opt);
-  if (strncmp(argv[*i], opt, n) != 0)
-    return NULL;
-  if (argv[*i][n] == '=')
-    return argv[*i][n + 1] ? argv[*i] + n + 1 : (*missing = 1, NULL);
-  if (argv[*i][n] != '\0')
-    return NULL;
-  if (*i + 1 >= argc || argv[*i + 1][0] == '\0') {
-    *missing = 1;
-    return NULL;
-  }
-  return argv[++*i];
-}
-
 int balancer_parse(int argc, char **argv, balancer_args_t *a, char *err, size_t errlen)
 {
   memset(a, 0, sizeof(*a));
@@ -82,7 +67,7 @@ int balancer_parse(int argc, char **argv, balancer_args_t *a, char *err, size_t 
   for (int i = 1; i < argc; i++) {
     const char *v, *opt = argv[i];
     int missing = 0;
-    if ((v = opt_value(argc, argv, &i, "--replica", &missing))) {
+    if ((v = pc_opt_value(argc, argv, &i, "--replica", &missing))) {
       if (!hostport_ok(v)) {
         set_err(err, errlen, "--replica %s: expected HOST:PORT or [IPv6]:PORT", v);
         return -EINVAL;
@@ -97,13 +82,13 @@ int balancer_parse(int argc, char **argv, balancer_args_t *a, char *err, size_t 
         return -EINVAL;
       }
       a->replicas[a->nreplicas++] = v;
-    } else if ((v = opt_value(argc, argv, &i, "--listen", &missing))) {
+    } else if ((v = pc_opt_value(argc, argv, &i, "--listen", &missing))) {
       if (!hostport_ok(v)) {
         set_err(err, errlen, "--listen %s: expected ADDR:PORT or [IPv6]:PORT", v);
         return -EINVAL;
       }
       a->listen = v;
-    } else if ((v = opt_value(argc, argv, &i, "--tls", &missing))) {
+    } else if ((v = pc_opt_value(argc, argv, &i, "--tls", &missing))) {
       if (!path_ok(v)) {
         set_err(err, errlen, "--tls %s: expected an absolute path to a PEM file (no spaces)", v);
         return -EINVAL;

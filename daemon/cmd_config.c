@@ -32,6 +32,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/num.h"
 #include "core/pc.h"
 #include "daemon/balancer.h"
 
@@ -516,48 +517,30 @@ static int add_upstream(config_args_t *a, const char *name)
   return 0;
 }
 
-/* The value of option OPT at argv[*i] ("--opt VALUE" or "--opt=VALUE"), or NULL if argv[*i]
- * is not OPT. Sets *missing when OPT has no value. */
-static const char *opt_value(int argc, char **argv, int *i, const char *opt, int *missing)
-{
-  size_t n = strlen(opt);
-  if (strncmp(argv[*i], opt, n) != 0)
-    return NULL;
-  if (argv[*i][n] == '=')
-    return argv[*i][n + 1] ? argv[*i] + n + 1 : (*missing = 1, NULL);
-  if (argv[*i][n] != '\0')
-    return NULL;
-  if (*i + 1 >= argc || argv[*i + 1][0] == '\0') {
-    *missing = 1;
-    return NULL;
-  }
-  return argv[++*i];
-}
-
 static int parse_args(int argc, char **argv, config_args_t *a)
 {
   for (int i = 2; i < argc; i++) {
     const char *v, *opt = argv[i];
     int missing = 0;
-    if ((v = opt_value(argc, argv, &i, "--mirror", &missing))) {
+    if ((v = pc_opt_value(argc, argv, &i, "--mirror", &missing))) {
       a->mirror_arg = v;
-    } else if ((v = opt_value(argc, argv, &i, "--upstream", &missing))) {
+    } else if ((v = pc_opt_value(argc, argv, &i, "--upstream", &missing))) {
       if (add_upstream(a, v))
         return -EINVAL;
-    } else if ((v = opt_value(argc, argv, &i, "--ca", &missing))) {
+    } else if ((v = pc_opt_value(argc, argv, &i, "--ca", &missing))) {
       a->ca = v;
-    } else if ((v = opt_value(argc, argv, &i, "--cert", &missing))) {
+    } else if ((v = pc_opt_value(argc, argv, &i, "--cert", &missing))) {
       a->cert = v;
-    } else if ((v = opt_value(argc, argv, &i, "--key", &missing))) {
+    } else if ((v = pc_opt_value(argc, argv, &i, "--key", &missing))) {
       a->key = v;
-    } else if ((v = opt_value(argc, argv, &i, "--certs-dir", &missing))) {
+    } else if ((v = pc_opt_value(argc, argv, &i, "--certs-dir", &missing))) {
       if (a->client == CLIENT_CONTAINERD) {
         fprintf(stderr, "pullcache config containerd: --certs-dir is for crio/podman (use --dir "
                         "with --write)\n");
         return -EINVAL;
       }
       a->certs_dir = v;
-    } else if ((v = opt_value(argc, argv, &i, "--dir", &missing))) {
+    } else if ((v = pc_opt_value(argc, argv, &i, "--dir", &missing))) {
       if (a->client != CLIENT_CONTAINERD)
         goto only_containerd;
       a->dir = v;
