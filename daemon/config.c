@@ -513,6 +513,14 @@ static int set_key(const cfgkey_t *k, void *base, daemon_config_t *cfg, int *lis
   case K_CIDRS:
     if (!*value || copy_str(field, k->size, value) < 0)
       goto bad;
+    /* a control byte would not survive check-config's output (the INI parser takes a form
+     * feed or vertical tab before ';' as the start of a comment, and a line starting with one
+     * as a continuation), and none belongs in a path, URL or name; a tab may stay */
+    for (const char *q = value; *q; q++)
+      if (((unsigned char)*q < 0x20 && *q != '\t') || *q == 0x7f) {
+        set_err(err, errlen, "%s: value holds a control byte (0x%02x)", k->name, (unsigned char)*q);
+        return -EINVAL;
+      }
     /* check-config prints "key = value" on one line, which must load back: within the INI
      * parser's line (INI_MAX_LINE, less the newline and its NUL) */
     if (strlen(k->name) + 3 + strlen(value) > INI_MAX_LINE - 2) {
@@ -729,7 +737,6 @@ fail:
   return 0;
 }
 
-/* inih's reader: fgets, counting lines so the handler knows where it is. */
 /* inih's reader: fgets, counting lines so the handler knows where it is. It also refuses what
  * inih (as Debian builds it) would misread: a line longer than its buffer (it would split it),
  * an indented key (it would append it to the previous value), and it keeps section names whole
@@ -753,7 +760,7 @@ static char *file_reader(char *buf, int size, void *stream)
     goto fail;
   }
   p = r;
-  while (*p == ' ' || *p == '\t')
+  while (*p == ' ' || *p == '\t' || *p == '\f' || *p == '\v') /* what the parser skips */
     p++;
   if (p != r && *p && *p != '\r' && *p != '\n' && *p != ';' && *p != '#') {
     set_err(c->msg, sizeof(c->msg), "indented line: keys and sections start the line");

@@ -277,6 +277,9 @@ TEST(bad_files)
       {"[server]\nmax_conns = abc\ngarbage\n", 2, "bad value for max_conns"},
       /* found by fuzz-config: would print as "path = ;x", which reads back as a comment */
       {"[store]\npath=;x\n", 2, "starts with ';'"},
+      /* found by fuzz-config: a form feed before ';' reads back as the start of a comment */
+      {"[store]\npath = t\f\f1\f; [fetch]\n", 2, "control byte (0x0c)"},
+      {"[server]\nmax_conns = 5\n\fdrain_timeout = 3s\n", 3, "indented line"},
   };
   for (size_t i = 0; i < PC_ARRAY_SIZE(cases); i++) {
     const char *p = write_ini("bad.conf", cases[i].text);
