@@ -12,8 +12,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/num.h"
 #include "core/pc.h"
 #include "daemon/cmd.h"
+#include "daemon/config.h"
 #include "daemon/egress.h"
 
 #define CHECK_TIMEOUT_MS 5000
@@ -157,18 +159,20 @@ static int check_one(const egress_entry_t *x)
 
 int cmd_egress(int argc, char **argv)
 {
-  const char *dir = "./pullcache-data";
+  const char *dir = CONFIG_STORE_DEFAULT, *sv;
+  int missing = 0;
   int check = 0;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
       usage(stdout);
       return 0;
-    } else if (strcmp(argv[i], "--store") == 0 && i + 1 < argc) {
-      dir = argv[++i];
-    } else if (strncmp(argv[i], "--store=", 8) == 0 && argv[i][8]) {
-      dir = argv[i] + 8;
+    } else if ((sv = pc_opt_value(argc, argv, &i, "--store", &missing))) {
+      dir = sv;
     } else if (strcmp(argv[i], "--check") == 0) {
       check = 1;
+    } else if (missing) {
+      fprintf(stderr, "pullcache egress: %s needs a value\n", argv[i]);
+      return 2;
     } else {
       fprintf(stderr, "pullcache egress: unexpected argument '%s'\n", argv[i]);
       usage(stderr);

@@ -28,6 +28,7 @@
 #include "core/num.h"
 #include "core/pc.h"
 #include "daemon/cmd.h"
+#include "daemon/config.h"
 #include "daemon/cmd_store.h"
 #include "daemon/imgref.h"
 #include "daemon/prefetch.h"
@@ -584,7 +585,8 @@ static int open_out(out_t *o, const char *out)
 
 int cmd_export(int argc, char **argv)
 {
-  const char *dir = "./pullcache-data", *file = NULL, *since = NULL, *out = NULL;
+  const char *dir = CONFIG_STORE_DEFAULT, *file = NULL, *since = NULL, *out = NULL, *sv;
+  int missing = 0;
   const char *refs[256];
   int nrefs = 0, all = 0, code = 2;
   exp_t e = {0};
@@ -596,18 +598,21 @@ int cmd_export(int argc, char **argv)
     if (!strcmp(x, "-h") || !strcmp(x, "--help")) {
       usage(stdout);
       return 0;
+    } else if ((sv = pc_opt_value(argc, argv, &a, "--store", &missing))) {
+      dir = sv;
+    } else if (missing) {
+      fprintf(stderr, "pullcache export: --store needs a value\n");
+      return 2;
     } else if (!strcmp(x, "--all")) {
       all = 1;
     } else if (!strcmp(x, "--all-platforms")) {
       e.all_platforms = 1;
     } else if (!strcmp(x, "--signatures")) {
       e.signatures = 1;
-    } else if (a + 1 < argc && (!strcmp(x, "--store") || !strcmp(x, "--file") ||
-                                !strcmp(x, "--since") || !strcmp(x, "--platform"))) {
+    } else if (a + 1 < argc &&
+               (!strcmp(x, "--file") || !strcmp(x, "--since") || !strcmp(x, "--platform"))) {
       const char *v = argv[++a];
-      if (!strcmp(x, "--store"))
-        dir = v;
-      else if (!strcmp(x, "--file"))
+      if (!strcmp(x, "--file"))
         file = v;
       else if (!strcmp(x, "--since"))
         since = v;

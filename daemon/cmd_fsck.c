@@ -1,9 +1,11 @@
 /* cmd_fsck — `pullcache fsck`: rehash every blob, repair what it can, print a summary. */
 #include "daemon/cmd.h"
+#include "daemon/config.h"
 
 #include <errno.h>
 #include <string.h>
 
+#include "core/num.h"
 #include "core/pc.h"
 #include "store/store.h"
 
@@ -24,7 +26,8 @@ static void usage(FILE *f)
 
 int cmd_fsck(int argc, char **argv)
 {
-  const char *dir = "./pullcache-data";
+  const char *dir = CONFIG_STORE_DEFAULT, *v;
+  int missing = 0;
   store_t *s = NULL;
   store_fsck_report_t r;
   store_stats_t st;
@@ -33,10 +36,11 @@ int cmd_fsck(int argc, char **argv)
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
       usage(stdout);
       return 0;
-    } else if (strcmp(argv[i], "--store") == 0 && i + 1 < argc) {
-      dir = argv[++i];
-    } else if (strncmp(argv[i], "--store=", 8) == 0 && argv[i][8]) {
-      dir = argv[i] + 8;
+    } else if ((v = pc_opt_value(argc, argv, &i, "--store", &missing))) {
+      dir = v;
+    } else if (missing) {
+      fprintf(stderr, "pullcache fsck: %s needs a value\n", argv[i]);
+      return 2;
     } else {
       fprintf(stderr, "pullcache fsck: unexpected argument '%s'\n", argv[i]);
       usage(stderr);

@@ -627,7 +627,7 @@ static int import_one(import_t *im, json_t *desc, size_t n, const char *up_opt,
 
 int cmd_import(int argc, char **argv)
 {
-  const char *store_dir = "./pullcache-data", *upstream = NULL, *repo = NULL, *tag = NULL;
+  const char *store_dir = CONFIG_STORE_DEFAULT, *upstream = NULL, *repo = NULL, *tag = NULL;
   const char *bundle = NULL;
   int pin = 0, code = 2, rc;
   import_t im = {0};
@@ -644,9 +644,17 @@ int cmd_import(int argc, char **argv)
       pin = 1;
       continue;
     }
-    if (!strcmp(argv[a], "--store"))
-      dst = &store_dir;
-    else if (!strcmp(argv[a], "--upstream"))
+    int missing = 0;
+    const char *sv = pc_opt_value(argc, argv, &a, "--store", &missing);
+    if (sv || missing) {
+      if (missing) {
+        fprintf(stderr, "pullcache import: --store needs a value\n");
+        return 2;
+      }
+      store_dir = sv;
+      continue;
+    }
+    if (!strcmp(argv[a], "--upstream"))
       dst = &upstream;
     else if (!strcmp(argv[a], "--repo"))
       dst = &repo;

@@ -17,6 +17,7 @@
 #include "core/num.h"
 #include "core/pc.h"
 #include "daemon/cmd.h"
+#include "daemon/config.h"
 #include "daemon/cmd_store.h"
 #include "daemon/prefetch.h"
 
@@ -207,7 +208,8 @@ static void print_table(view_t *v)
 
 int cmd_prefetch(int argc, char **argv)
 {
-  const char *dir = "./pullcache-data", *file = NULL;
+  const char *dir = CONFIG_STORE_DEFAULT, *file = NULL, *sv;
+  int missing = 0;
   pc_buf_t req;
   view_t v = {0};
   int rc;
@@ -222,8 +224,12 @@ int cmd_prefetch(int argc, char **argv)
     }
     if (!strcmp(x, "--json")) {
       v.json = 1;
-    } else if (!strcmp(x, "--store") && a + 1 < argc) {
-      dir = argv[++a];
+    } else if ((sv = pc_opt_value(argc, argv, &a, "--store", &missing))) {
+      dir = sv;
+    } else if (missing) {
+      fprintf(stderr, "pullcache prefetch: --store needs a value\n");
+      pc_buf_free(&req);
+      return 2;
     } else if (!strcmp(x, "--all-platforms") || !strcmp(x, "--signatures") || !strcmp(x, "--pin")) {
       pc_buf_add(&req, x, strlen(x) + 1);
     } else if ((!strcmp(x, "--platform") || !strcmp(x, "--jobs")) && a + 1 < argc) {

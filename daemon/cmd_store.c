@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/num.h"
 #include "core/pc.h"
 #include "daemon/cmd.h"
 #include "daemon/config.h"
@@ -442,7 +443,8 @@ static int via_socket(const char *path, int argc, char **argv)
 
 int cmd_cache(int argc, char **argv)
 {
-  const char *dir = "./pullcache-data";
+  const char *dir = CONFIG_STORE_DEFAULT, *sv;
+  int missing = 0;
   char *av[MAX_ARGS + 1];
   int ac = 0;
   pc_buf_t out;
@@ -454,9 +456,14 @@ int cmd_cache(int argc, char **argv)
       pc_buf_free(&out);
       return 0;
     }
-    if (i > 0 && !strcmp(argv[i], "--store") && i + 1 < argc) {
-      dir = argv[++i];
+    if (i > 0 && (sv = pc_opt_value(argc, argv, &i, "--store", &missing))) {
+      dir = sv;
       continue;
+    }
+    if (missing) {
+      fprintf(stderr, "pullcache %s: --store needs a value\n", argv[0]);
+      pc_buf_free(&out);
+      return 2;
     }
     if (ac == MAX_ARGS) {
       fprintf(stderr, "pullcache %s: too many arguments\n", argv[0]);

@@ -271,7 +271,7 @@ void config_defaults(daemon_config_t *cfg)
   cfg->join_stall_ms = 10000;
   cfg->up.queue_wait_ms = 30000; /* under kubelet's 2 min CRI call; 503 + Retry-After then */
   cfg->up.max_redirects = 10;
-  copy_str(cfg->store_dir, sizeof(cfg->store_dir), "./pullcache-data");
+  copy_str(cfg->store_dir, sizeof(cfg->store_dir), CONFIG_STORE_DEFAULT);
   cfg->store_min_free = 256u << 20;
   upstream_defaults(&cfg->upstreams[0]);
   copy_str(cfg->upstreams[0].name, sizeof(cfg->upstreams[0].name), "registry.k8s.io");

@@ -43,6 +43,10 @@
 #include "http/srv.h"
 #include "http/up.h"
 
+/** The store directory of the daemon and of every command when neither --store nor
+ * [store] path names one. */
+#define CONFIG_STORE_DEFAULT "./pullcache-data"
+
 #define DAEMON_CONFIG_DEFAULT "/etc/pullcache/pullcache.conf"
 
 #define DAEMON_MAX_UPSTREAMS 16

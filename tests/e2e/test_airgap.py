@@ -276,8 +276,15 @@ def test_corrupt_bundles():
         rc, out2, err2 = run("fsck", "--store", store)
         check(rc == 0, "fsck after a truncated import: %s %s" % (out2, err2))
         # the same store takes the whole bundle afterwards: the rest comes in
-        rc, out, err = run("import", "--store", store, full)
+        rc, out, err = run("import", "--store=" + store, full)
         check(rc == 0 and "imported 5 of 5" in out, "the full tar on top: %s %s" % (out, err))
+        # every command reads --store=DIR as --store DIR (core/num pc_opt_value)
+        for cmd in ("fsck", "du", "egress"):
+            rc, out, err = run(cmd, "--store=" + store)
+            check(rc == 0, "%s --store=DIR: %d %s %s" % (cmd, rc, out, err))
+        for cmd in ("fsck", "du", "egress", "import", "export", "prefetch"):
+            rc, out, err = run(cmd, "--store")
+            check(rc == 2 and "--store needs a value" in err, "%s --store with no value: %d %s" % (cmd, rc, err))
         # bad input to the commands themselves
         for args in (["import"], ["import", "--upstream", "x.io", good], ["export", "--store", a.store, good],
                      ["export", "--store", a.store, "--all", "registry.k8s.io/pause:3.10", env.path("o")],
