@@ -118,6 +118,20 @@ def http(method, url, headers=None, body=None, timeout=30):
         conn.close()
 
 
+def metrics(server, raw=False):
+    """{name or name{labels}: value} from GET /metrics of a pullcache (its url attribute);
+    with raw=True, (that dict, the body as bytes). The content type is checked."""
+    r = http("GET", server.url + "/metrics")
+    check(r.status == 200, "/metrics answered %d" % r.status)
+    check(r.headers.get("content-type", "").startswith("text/plain"), "metrics content type")
+    out = {}
+    for line in r.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return (out, r.body) if raw else out
+
+
 def http_json(method, url, obj=None, timeout=30):
     """Send OBJ as JSON (if given), return the parsed JSON answer; CheckFailed unless 2xx."""
     body = json.dumps(obj).encode() if obj is not None else None

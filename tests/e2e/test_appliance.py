@@ -40,19 +40,6 @@ def write(path, text):
     return path
 
 
-def metrics(server):
-    """{name{labels}: value} from /metrics (the raw text too)."""
-    r = http("GET", server.url + "/metrics")
-    check(r.status == 200, "/metrics answered %d" % r.status)
-    check(r.headers.get("content-type", "").startswith("text/plain"), "metrics content type")
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out, r.body
-
-
 def log_text(server):
     with open(server.log_path, "rb") as f:
         return f.read().decode(errors="replace")
@@ -176,7 +163,7 @@ def test_notify_reload_under_load_and_drain():
         url = pc.url + "/v2/etcd/blobs/" + layer["digest"]
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
             pull = ex.submit(http, "GET", url, None, None, 120)
-            pclib.wait_for(lambda: metrics(pc)[0].get("pullcache_fills_in_flight") == 1, 20,
+            pclib.wait_for(lambda: pclib.metrics(pc, raw=True)[0].get("pullcache_fills_in_flight") == 1, 20,
                            "the fill to start")
             # Reload: a new upstream, debug logging, another tag_ttl; the pull must go on.
             mark = len(log_text(pc))
@@ -189,7 +176,7 @@ def test_notify_reload_under_load_and_drain():
             check(re.search(r"^MONOTONIC_USEC=\d+$", msg, re.M), "RELOADING=1 without MONOTONIC_USEC: %r" % msg)
             notify.expect("READY=1")
             wait_log(pc, r"reloaded config=\S+ upstreams=2 log_level=7", start=mark)
-            check(metrics(pc)[0].get("pullcache_fills_in_flight") == 1,
+            check(pclib.metrics(pc, raw=True)[0].get("pullcache_fills_in_flight") == 1,
                   "the reload ended the fill in flight")
             r = pull.result()
         check(r.status == 200 and r.body == data, "the pull across the reload: %d, %d bytes"
@@ -215,7 +202,7 @@ def test_notify_reload_under_load_and_drain():
         r = http("GET", pc.url + "/v2/pause/manifests/3.10?ns=mirror.example",
                  {"Accept": "application/vnd.oci.image.index.v1+json"})
         check(r.status == 200, "a failed reload changed the upstreams: %d" % r.status)
-        m, _ = metrics(pc)
+        m, _ = pclib.metrics(pc, raw=True)
         check(m['pullcache_config_reloads_total{result="ok"}'] == 1 and
               m['pullcache_config_reloads_total{result="failed"}'] == 1,
               "reload counters: %s" % {k: v for k, v in m.items() if "reload" in k})
@@ -225,7 +212,7 @@ def test_notify_reload_under_load_and_drain():
         url2 = pc.url + "/v2/etcd/blobs/" + layer2["digest"]
         with concurrent.futures.ThreadPoolExecutor(1) as ex:
             pull = ex.submit(http, "GET", url2, None, None, 120)
-            pclib.wait_for(lambda: metrics(pc)[0].get("pullcache_fills_in_flight") == 1, 20,
+            pclib.wait_for(lambda: pclib.metrics(pc, raw=True)[0].get("pullcache_fills_in_flight") == 1, 20,
                            "the second fill to start")
             os.kill(pc.pid, signal.SIGTERM)
             notify.expect("STOPPING=1")
@@ -301,10 +288,10 @@ def test_reload_to_offline_while_a_refused_fill_has_joiners():
                     "status": 404, "delay_ms": 1500}])
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
             bad = ex.submit(http, "GET", pc.url + "/v2/nosuch/blobs/" + layer["digest"], None, None, 30)
-            pclib.wait_for(lambda: metrics(pc)[0].get("pullcache_fills_in_flight") == 1, 20, "fill")
+            pclib.wait_for(lambda: pclib.metrics(pc, raw=True)[0].get("pullcache_fills_in_flight") == 1, 20, "fill")
             good = ex.submit(http, "GET", pc.url + "/v2/kube-proxy/blobs/" + layer["digest"],
                              None, None, 30)
-            pclib.wait_for(lambda: metrics(pc)[0].get("pullcache_fill_joins_total") == 1, 20, "join")
+            pclib.wait_for(lambda: pclib.metrics(pc, raw=True)[0].get("pullcache_fill_joins_total") == 1, 20, "join")
             write(conf, open(conf).read().replace("[server]\n", "[server]\noffline = true\n"))
             os.kill(pc.pid, signal.SIGHUP)
             rb, rg = bad.result(), good.result()
@@ -324,7 +311,7 @@ def test_readyz():
               % (r.status, r.body))
         check(up.count("redirector", "/v2/") >= 1, "readyz did not probe the upstream")
         check(http("GET", pc.url + "/healthz").status == 200, "healthz")
-        m, _ = metrics(pc)
+        m, _ = pclib.metrics(pc, raw=True)
         check(m['pullcache_upstream_reachable{upstream="registry.k8s.io"}'] == 1, "reachable gauge")
         check(m["pullcache_ready"] == 1, "pullcache_ready gauge")
 
@@ -392,7 +379,7 @@ def test_x_cache_and_metrics_promtool():
         url = "/v2/coredns/coredns/blobs/" + layer["digest"]
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
             a = ex.submit(get, url, "blob")
-            pclib.wait_for(lambda: metrics(pc)[0].get("pullcache_fills_in_flight") == 1, 20, "fill")
+            pclib.wait_for(lambda: pclib.metrics(pc, raw=True)[0].get("pullcache_fills_in_flight") == 1, 20, "fill")
             b = ex.submit(get, url, "blob")
             ra, rb = a.result(), b.result()
         check(sorted([ra.headers.get("x-cache"), rb.headers.get("x-cache")]) == ["JOIN", "MISS"],
@@ -408,26 +395,26 @@ def test_x_cache_and_metrics_promtool():
         r = http("GET", pc2.url + tag, {"Accept": idx})
         check(r.headers.get("x-cache") == "MISS", "ttl0 first: %r" % r.headers.get("x-cache"))
         # (until the tag is stored, a request is answered from the job's memory: a HIT)
-        pclib.wait_for(lambda: metrics(pc2)[0]["pullcache_store_tags"] == 1, 20, "the tag stored")
+        pclib.wait_for(lambda: pclib.metrics(pc2, raw=True)[0]["pullcache_store_tags"] == 1, 20, "the tag stored")
         r = http("GET", pc2.url + tag, {"Accept": idx})
         check(r.status == 200 and r.headers.get("x-cache") == "REVALIDATED",
               "ttl0 second: %r" % r.headers.get("x-cache"))
         # Until its tag write has finished, the revalidation answers requests for the same tag
         # itself (REVALIDATED): wait for it to end, so the next request asks the upstream.
-        pclib.wait_for(lambda: metrics(pc2)[0]["pullcache_manifest_jobs_in_flight"] == 0, 20,
+        pclib.wait_for(lambda: pclib.metrics(pc2, raw=True)[0]["pullcache_manifest_jobs_in_flight"] == 0, 20,
                        "the revalidation's tag write")
         up.faults([{"role": "redirector", "path_re": "manifests", "fault": "status", "status": 503}])
         r = http("GET", pc2.url + tag, {"Accept": idx})
         check(r.status == 200 and r.headers.get("x-cache") == "STALE",
               "upstream down: %d %r" % (r.status, r.headers.get("x-cache")))
         up.faults([])
-        m2, _ = metrics(pc2)
+        m2, _ = pclib.metrics(pc2, raw=True)
         for outcome, n in (("miss", 1), ("revalidated", 1), ("stale", 1)):
             key = 'pullcache_cache_requests_total{kind="manifest",outcome="%s"}' % outcome
             check(m2[key] == n, "%s = %s, want %d" % (key, m2.get(key), n))
 
         # The exposition passes promtool, and its counts match what clients saw.
-        m, raw = metrics(pc)
+        m, raw = pclib.metrics(pc, raw=True)
         p = subprocess.run(["promtool", "check", "metrics"], input=raw, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, timeout=60)
         check(p.returncode == 0 and p.stdout.strip() == b"",
@@ -452,9 +439,9 @@ def test_x_cache_and_metrics_promtool():
         check(m["pullcache_digest_mismatches_total"] == 0 and m["pullcache_fills_in_flight"] == 0,
               "fill gauges")
         # Manifests are content-addressed files too: blobs = the two layers + the manifests.
-        pclib.wait_for(lambda: metrics(pc)[0]["pullcache_store_blobs"] ==
-                       2 + metrics(pc)[0]["pullcache_store_manifests"], 20, "store blob count")
-        m, _ = metrics(pc)
+        pclib.wait_for(lambda: pclib.metrics(pc, raw=True)[0]["pullcache_store_blobs"] ==
+                       2 + pclib.metrics(pc, raw=True)[0]["pullcache_store_manifests"], 20, "store blob count")
+        m, _ = pclib.metrics(pc, raw=True)
         want = layer["size"] + small["size"] + m["pullcache_store_manifest_bytes"]
         check(m["pullcache_store_blob_bytes"] == want,
               "store bytes %s != %d" % (m["pullcache_store_blob_bytes"], want))
@@ -526,7 +513,7 @@ def test_upstream_connection_cap():
             futs = [ex.submit(http, "GET", pc.url + "/v2/kube-apiserver/blobs/" + l["digest"],
                               None, None, 120) for l in layers]
             while not all(f.done() for f in futs):
-                m, _ = metrics(pc)
+                m, _ = pclib.metrics(pc, raw=True)
                 peak["active"] = max(peak["active"], m["pullcache_upstream_active_fetches" + u])
                 peak["queued"] = max(peak["queued"], m["pullcache_upstream_queued_fetches" + u])
                 time.sleep(0.05)
@@ -614,7 +601,7 @@ def test_tls_upstream_with_ca_file():
             else:
                 check(re.search(r"upstream-transfer-failed .*curl=60", log_text(pc)),
                       "no certificate verification failure logged:\n" + log_text(pc)[-2000:])
-                m, _ = metrics(pc)
+                m, _ = pclib.metrics(pc, raw=True)
                 check(m["pullcache_store_blobs"] == 0, "something was cached from an untrusted peer")
 
 

@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pclib  # noqa: E402
-from pclib import check, http, sha256_digest  # noqa: E402
+from pclib import check, http, sha256_digest, metrics  # noqa: E402
 
 ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -58,18 +58,6 @@ def verify_dir(img, dest):
 
 def layer_digests(img):
     return [b["digest"] for b in img["blobs"] if b["kind"] not in ("manifest", "index")]
-
-
-def metrics(server):
-    """{name or name{labels}: value} from /metrics."""
-    r = http("GET", server.url + "/metrics")
-    check(r.status == 200, "/metrics answered %d" % r.status)
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
 
 
 def store_has(server, digest):

@@ -17,23 +17,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pclib  # noqa: E402
-from pclib import check, http  # noqa: E402
+from pclib import check, http, metrics  # noqa: E402
 from test_fill import verify_dir, layer_digests  # noqa: E402
 
 PULLCACHE = os.environ.get("PULLCACHE")
 DISK = "8m"
 FILLER = 6 << 20
-
-
-def metrics(server):
-    r = http("GET", server.url + "/metrics")
-    check(r.status == 200, "/metrics answered %d" % r.status)
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
 
 
 def pull(server, img, dest):

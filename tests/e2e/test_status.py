@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pclib  # noqa: E402
-from pclib import check, http  # noqa: E402
+from pclib import check, http, metrics  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -130,15 +130,6 @@ def check_netlog(path, page, origin):
 
 
 # ---- the mirror --------------------------------------------------------------------------------
-def metrics(server):
-    r = http("GET", server.url + "/metrics")
-    check(r.status == 200, "/metrics answered %d" % r.status)
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
 
 
 def status_json(server):

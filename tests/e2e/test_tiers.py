@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pclib  # noqa: E402
-from pclib import check, http, sha256_digest  # noqa: E402
+from pclib import check, http, sha256_digest, metrics  # noqa: E402
 
 ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -69,17 +69,6 @@ def pull_image(base, img, tries=1, ns=True):
 
 def content_digests(imgs):
     return {b["digest"] for img in imgs.values() for b in img["blobs"] if b["kind"] not in ("manifest", "index")}
-
-
-def metrics(server):
-    r = http("GET", server.url + "/metrics")
-    check(r.status == 200, "/metrics answered %d" % r.status)
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
 
 
 def url_metric(m, name, url):
