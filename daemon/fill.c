@@ -33,6 +33,7 @@
 
 #include "core/num.h"
 #include "core/pc.h"
+#include "daemon/bgwrite.h"
 #include "daemon/relay.h"
 #include "daemon/upstream.h"
 #include "store/digest.h"
@@ -540,7 +541,7 @@ static void on_done(up_fetch_t *uf, int rc, int status, void *arg)
   f->state = FILL_COMMITTING;
   if (f->total > 0)
     announce(f, (uint64_t)f->total);
-  uv_queue_work(env->loop, &f->work, fill_work, fill_after_work);
+  bgwrite_queue(env->writer, env->loop, &f->work, fill_work, fill_after_work);
 }
 
 static void fill_fetch(fill_t *f)

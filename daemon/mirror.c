@@ -30,6 +30,7 @@
 
 #include "core/num.h"
 #include "core/pc.h"
+#include "daemon/bgwrite.h"
 #include "daemon/egress.h"
 #include "daemon/fill.h"
 #include "daemon/meta.h"
@@ -623,8 +624,10 @@ int mirror_fill(mirror_t *m, daemon_upstream_t *up, const char *repo, const char
 static void env_released(pull_env_t *env)
 {
   mirror_t *m = container_of(env, mirror_t, env);
-  if (env->closing && env->live == 0)
+  if (env->closing && env->live == 0) {
+    bgwrite_free(env->writer); /* every write it ran was a live object's: none is pending */
     free(m);
+  }
 }
 
 static int64_t now_sec(void)
@@ -655,6 +658,7 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
   m->env.now = now ? now : now_sec;
   m->env.released = env_released;
   m->env.disk_free = disk_free;
+  m->env.writer = bgwrite_new(d->loop);
   pc_list_init(&m->env.fills);
   pc_list_init(&m->env.jobs);
   pc_list_init(&m->env.metas);

@@ -22,6 +22,7 @@
 #include "core/mtype.h"
 #include "core/num.h"
 #include "core/pc.h"
+#include "daemon/bgwrite.h"
 #include "daemon/upstream.h"
 #include "store/digest.h"
 
@@ -212,7 +213,7 @@ static void mjob_answer_then_store(mjob_t *j, mjob_outcome o)
                            .media_type = j->media_type};
   j->state = MJOB_STORING;
   mjob_answer_all(j);
-  uv_queue_work(j->env->loop, &j->work, mjob_work, mjob_after_work);
+  bgwrite_queue(j->env->writer, j->env->loop, &j->work, mjob_work, mjob_after_work);
 }
 
 /* The one fail path. */
