@@ -517,6 +517,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   if (!root || !*root)
     return -EINVAL;
   int ro = opts && opts->read_only;
+  store_hash_prepare(); /* OpenSSL's first fetch, here rather than in the first request */
   if (opts && (opts->must_exist || ro)) {
     struct stat sb;
     int pl = snprintf(p, sizeof(p), "%s/meta/data.mdb", root);
