@@ -669,7 +669,7 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
     m->rlq_timer_init = 1;
     m->env.live++; /* the timer handle lives in m: released in rlq_closed */
   }
-  m->egress = egress_new(d->cfg.store_dir);
+  m->egress = egress_new(d->cfg.store_dir, d->loop);
   if (d->up)
     up_set_egress(d->up, egress_note, m->egress);
   *out = m;

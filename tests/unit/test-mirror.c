@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <pthread.h>
 #include <sys/resource.h>
@@ -24,6 +25,7 @@
 #include "daemon/counters.h"
 #include "daemon/upstream.h"
 #include "daemon/bgwrite.h"
+#include "daemon/egress.h"
 #include "daemon/mirror.h"
 #include "daemon/listing.h"
 #include "daemon/registry.h"
@@ -1186,6 +1188,49 @@ TEST(bgwrite_order_thread_priority)
   }
   bgwrite_free(b);
   uv_run(&l, UV_RUN_DEFAULT);
+  ASSERT_OK(uv_loop_close(&l));
+}
+
+/* egress.tsv is written on the thread pool, one write at a time: a host noted while a write is
+ * on its way is in the file once the loop ran; egress_free during a write leaves the last state
+ * in the file. */
+static int file_has(const char *path, const char *needle)
+{
+  char buf[4096];
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return 0;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  return strstr(buf, needle) != NULL;
+}
+
+TEST(egress_file_written_off_the_loop)
+{
+  uv_loop_t l;
+  char dir[512], path[600];
+  snprintf(dir, sizeof(dir), "%s/egress", unit_tmpdir());
+  ASSERT(mkdir(dir, 0755) == 0 || errno == EEXIST);
+  snprintf(path, sizeof(path), "%s/" EGRESS_FILE, dir);
+  unlink(path);
+  ASSERT_OK(uv_loop_init(&l));
+  egress_t *e = egress_new(dir, &l);
+  egress_note(e, "http://a.example:80", "up");
+  egress_note(e, "https://b.example:443", "up"); /* while the first write is on its way */
+  uv_run(&l, UV_RUN_DEFAULT);
+  ASSERT(file_has(path, "a.example\t80"));
+  ASSERT(file_has(path, "b.example\t443"));
+  egress_note(e, "https://c.example:443", "up");
+  egress_note(e, "https://c.example:443", "up"); /* a count: written with the table at the end */
+  egress_free(e); /* during the write of c: its callback writes the count and frees */
+  uv_run(&l, UV_RUN_DEFAULT);
+  ASSERT(file_has(path, "c.example\t443\tup\t2\t"));
+  egress_entry_t *v;
+  size_t n;
+  ASSERT_OK(egress_load(path, &v, &n));
+  ASSERT_EQ(3, n);
+  free(v);
   ASSERT_OK(uv_loop_close(&l));
 }
 
