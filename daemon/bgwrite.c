@@ -7,6 +7,7 @@
  */
 #include "daemon/bgwrite.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -39,8 +40,13 @@ struct bgwrite {
 static void *bg_main(void *arg)
 {
   bgwrite_t *b = arg;
-  /* Lower this thread only (a thread id is a process id for setpriority on Linux). */
-  (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), BGWRITE_NICE);
+  /* Lower this thread only (a thread id is a process id for setpriority on Linux), relative to
+   * what it inherited from the loop thread. */
+  id_t tid = (id_t)syscall(SYS_gettid);
+  errno = 0;
+  int cur = getpriority(PRIO_PROCESS, tid);
+  if (errno == 0)
+    (void)setpriority(PRIO_PROCESS, tid, cur + BGWRITE_NICE > 19 ? 19 : cur + BGWRITE_NICE);
   pthread_mutex_lock(&b->mu);
   for (;;) {
     while (!b->todo && !b->stop)

@@ -1,5 +1,6 @@
 /* daemon/bgwrite — the store writes of the pull path (blob commits, manifest and tag writes,
- * sights) on one thread of their own at a lower CPU priority (nice +BGWRITE_NICE).
+ * sights) on one thread of their own at a lower CPU priority (the loop thread's nice value
+ * +BGWRITE_NICE, at most 19).
  *
  * They are off every client's critical path by design (a fill's clients get the last byte once
  * the digest matched, a manifest job answers from memory), but each is CPU work in the kernel

@@ -658,7 +658,7 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
   m->env.now = now ? now : now_sec;
   m->env.released = env_released;
   m->env.disk_free = disk_free;
-  m->env.writer = bgwrite_new(d->loop);
+  m->env.writer = d->loop ? bgwrite_new(d->loop) : NULL; /* NULL: the thread pool */
   pc_list_init(&m->env.fills);
   pc_list_init(&m->env.jobs);
   pc_list_init(&m->env.metas);
