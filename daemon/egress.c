@@ -8,13 +8,18 @@
 #include <unistd.h>
 
 #include "core/num.h"
+#include "core/buf.h"
 #include "core/pc.h"
 
 struct egress {
   char path[1100]; /**< "" when not persisted */
+  uv_loop_t *loop; /**< the file is written on its thread pool; NULL: at once */
   egress_entry_t *v;
   size_t n;
   int dirty, full_logged;
+  int writing;     /**< a write is on the thread pool */
+  int again;       /**< a new host came while it was: write again after it */
+  int freed;       /**< egress_free came while it was: its after callback frees */
   int64_t written; /**< when the file was last written */
 };
 
@@ -58,35 +63,118 @@ int egress_load(const char *path, egress_entry_t **out, size_t *n)
   return 0;
 }
 
-static void egress_write(egress_t *e)
+/* The file's text (the caller frees it). */
+static char *egress_render_file(const egress_t *e, size_t *len)
 {
-  char tmp[1200];
-  if (!e->path[0])
-    return;
-  snprintf(tmp, sizeof(tmp), "%s.tmp", e->path);
-  FILE *f = fopen(tmp, "we");
-  if (!f) {
-    pc_log(PC_LOG_WARN, "egress-write-failed path=%s rc=%s", tmp, pc_errname(-errno));
-    return;
-  }
-  fprintf(f, "# scheme\thost\tport\tupstream\tcount\tfirst\tlast (pullcache egress)\n");
+  pc_buf_t b;
+  pc_buf_init(&b, 0);
+  pc_buf_printf(&b, "# scheme\thost\tport\tupstream\tcount\tfirst\tlast (pullcache egress)\n");
   for (size_t i = 0; i < e->n; i++) {
     const egress_entry_t *x = &e->v[i];
-    fprintf(f, "%s\t%s\t%u\t%s\t%" PRIu64 "\t%" PRId64 "\t%" PRId64 "\n", x->scheme, x->host,
-            x->port, x->upstream[0] ? x->upstream : "-", x->count, x->first, x->last);
+    pc_buf_printf(&b, "%s\t%s\t%u\t%s\t%" PRIu64 "\t%" PRId64 "\t%" PRId64 "\n", x->scheme, x->host,
+                  x->port, x->upstream[0] ? x->upstream : "-", x->count, x->first, x->last);
   }
-  if (fclose(f) != 0 || rename(tmp, e->path) != 0) {
-    pc_log(PC_LOG_WARN, "egress-write-failed path=%s rc=%s", e->path, pc_errname(-errno));
-    unlink(tmp);
-    return;
-  }
-  e->dirty = 0;
-  e->written = pc_now_sec();
+  *len = b.len;
+  return b.p ? b.p : pc_xstrdup("");
 }
 
-egress_t *egress_new(const char *store_dir)
+/* A temp file and a rename (any thread). Returns 0 or -errno; logs a failure. */
+static int write_file(const char *path, const char *text, size_t len)
+{
+  char tmp[1200];
+  snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  FILE *f = fopen(tmp, "we");
+  if (!f) {
+    int rc = -errno;
+    pc_log(PC_LOG_WARN, "egress-write-failed path=%s rc=%s", tmp, pc_errname(rc));
+    return rc;
+  }
+  size_t put = fwrite(text, 1, len, f);
+  int rc = fclose(f) != 0 || put != len || rename(tmp, path) != 0 ? -errno : 0;
+  if (rc) {
+    pc_log(PC_LOG_WARN, "egress-write-failed path=%s rc=%s", path, pc_errname(rc ? rc : -EIO));
+    unlink(tmp);
+  }
+  return rc;
+}
+
+/* A write on the thread pool: it owns a copy of the text (the table goes on changing). */
+typedef struct egress_job {
+  uv_work_t work;
+  egress_t *e;
+  char *text;
+  size_t len;
+} egress_job_t;
+
+static void egress_write(egress_t *e);
+
+static void job_work(uv_work_t *w)
+{
+  egress_job_t *j = container_of(w, egress_job_t, work);
+  (void)write_file(j->e->path, j->text, j->len); /* path is fixed for the table's life */
+}
+
+static void job_after(uv_work_t *w, int status)
+{
+  egress_job_t *j = container_of(w, egress_job_t, work);
+  egress_t *e = j->e;
+  (void)status;
+  free(j->text);
+  free(j);
+  e->writing = 0;
+  if (e->freed) {
+    /* egress_free waited for this write: the last state goes now, on the loop. */
+    if (e->dirty) {
+      size_t len;
+      char *text = egress_render_file(e, &len);
+      (void)write_file(e->path, text, len);
+      free(text);
+    }
+    free(e->v);
+    free(e);
+    return;
+  }
+  if (e->again) /* a new host came while the file was written: it must be in the file */
+    egress_write(e);
+}
+
+/* Write the table: on the thread pool when the table has a loop (one write at a time, in order:
+ * a new host that comes meanwhile is written right after), else here. The loop never waits on
+ * the file system for it (a new inode and a rename over the old file, which makes ext4 start
+ * writing the new one out). */
+static void egress_write(egress_t *e)
+{
+  if (!e->path[0])
+    return;
+  if (e->writing) {
+    e->again = 1;
+    return;
+  }
+  size_t len;
+  char *text = egress_render_file(e, &len);
+  e->dirty = 0;
+  e->again = 0;
+  e->written = pc_now_sec();
+  if (e->loop) {
+    egress_job_t *j = pc_xcalloc(1, sizeof(*j));
+    j->e = e;
+    j->text = text;
+    j->len = len;
+    if (uv_queue_work(e->loop, &j->work, job_work, job_after) == 0) {
+      e->writing = 1;
+      return;
+    }
+    free(j);
+  }
+  if (write_file(e->path, text, len) != 0)
+    e->dirty = 1;
+  free(text);
+}
+
+egress_t *egress_new(const char *store_dir, uv_loop_t *loop)
 {
   egress_t *e = pc_xcalloc(1, sizeof(*e));
+  e->loop = loop;
   if (store_dir && store_dir[0]) {
     snprintf(e->path, sizeof(e->path), "%s/%s", store_dir, EGRESS_FILE);
     (void)egress_load(e->path, &e->v, &e->n); /* none yet is fine */
@@ -177,8 +265,17 @@ void egress_free(egress_t *e)
 {
   if (!e)
     return;
-  if (e->dirty)
-    egress_write(e);
+  if (e->writing) {
+    e->freed = 1; /* the write's after callback writes what changed since, and frees */
+    return;
+  }
+  if (e->dirty && e->path[0]) {
+    /* The last write: here, so that it is done when the mirror is gone. */
+    size_t len;
+    char *text = egress_render_file(e, &len);
+    (void)write_file(e->path, text, len);
+    free(text);
+  }
   free(e->v);
   free(e);
 }

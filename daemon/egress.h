@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <uv.h>
+
 #include "core/buf.h"
 
 #define EGRESS_FILE "egress.tsv"
@@ -33,14 +35,16 @@ typedef struct egress_entry {
 
 typedef struct egress egress_t;
 
-/** A table persisted under store_dir (may be NULL: memory only). Never fails. */
-egress_t *egress_new(const char *store_dir);
+/** A table persisted under store_dir (may be NULL: memory only), its file written on loop's
+ * thread pool (loop NULL: on the calling thread). Never fails. */
+egress_t *egress_new(const char *store_dir, uv_loop_t *loop);
 /** The http/up egress callback (arg is the egress_t). */
 void egress_note(void *arg, const char *hostkey, const char *label);
 void egress_render(const egress_t *e, pc_buf_t *o);
 /** The hosts seen (*n of them; the table's own memory: valid until the next egress_note). */
 const egress_entry_t *egress_entries(const egress_t *e, size_t *n);
-/** Write if anything changed since the last write, and free (NULL is a no-op). */
+/** Write if anything changed since the last write, and free (NULL is a no-op). With a write on
+ * the thread pool, that write's callback does it (the loop must run on). */
 void egress_free(egress_t *e);
 
 /** Read a persisted file: *out (malloc'd, caller frees) and *n. 0, or -errno / PC_E_CORRUPT. */

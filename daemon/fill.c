@@ -33,6 +33,7 @@
 
 #include "core/num.h"
 #include "core/pc.h"
+#include "daemon/bgwrite.h"
 #include "daemon/relay.h"
 #include "daemon/upstream.h"
 #include "store/digest.h"
@@ -48,6 +49,8 @@ struct fill {
   fill_state state;
   char digest[STORE_DIGEST_MAX];
   char repo[256];
+  char up_name[256];     /**< up's name at the start (the commit runs on a worker; a reload may
+                              rewrite up->conf meanwhile) */
   daemon_upstream_t *up; /**< a reference */
   store_writer_t *w;     /**< NULL once handed to the commit */
   int rfd;               /**< O_RDONLY on the temp file (fill_open dups it), or -1: no file */
@@ -292,7 +295,9 @@ static void fill_work(uv_work_t *work)
   fill_t *f = container_of(work, fill_t, work);
   store_writer_t *w = f->w;
   f->w = NULL;
-  f->rc = store_writer_commit(w, NULL, NULL);
+  /* Where the blob was seen goes in the commit's own transaction (repository scoping). */
+  store_also_t also = {.upstream = f->up_name, .repo = f->repo, .now = f->env->now()};
+  f->rc = store_writer_commit_also(w, NULL, &also, NULL);
 }
 
 /* The mirror-wide state change (one log line), the count, and the hook for eviction. */
@@ -536,7 +541,7 @@ static void on_done(up_fetch_t *uf, int rc, int status, void *arg)
   f->state = FILL_COMMITTING;
   if (f->total > 0)
     announce(f, (uint64_t)f->total);
-  uv_queue_work(env->loop, &f->work, fill_work, fill_after_work);
+  bgwrite_queue(env->writer, env->loop, &f->work, fill_work, fill_after_work);
 }
 
 static void fill_fetch(fill_t *f)
@@ -573,6 +578,7 @@ int fill_start(pull_env_t *env, daemon_upstream_t *up, const char *repo, const c
   f->started_ms = pc_mono_ms();
   pc_strlcpy(f->digest, sizeof(f->digest), digest);
   pc_strlcpy(f->repo, sizeof(f->repo), repo);
+  pc_strlcpy(f->up_name, sizeof(f->up_name), up->conf.name);
   pc_list_init(&f->subs);
   f->rfd = -1;
   int rc = store_writer_new(env->store, digest, -1, &f->w);

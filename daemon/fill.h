@@ -104,9 +104,10 @@ typedef enum fill_state {
  * pass-through fills whose relay has let bytes go). */
 fill_t *fill_find(pull_env_t *env, const char *digest);
 /** Start a fill of digest (sha256) from up/repo, with first (may be NULL) as its first
- * subscriber, and send the fetch. Returns 0, or an error when no fill could be made (no temp
- * file: nothing happened, no callback). When the fetch cannot even be sent, the fill ends at
- * once: first's on_end runs before fill_start returns 0. */
+ * subscriber, and send the fetch. Its commit records, in the blob record's own transaction,
+ * that up served the blob under repo (repository scoping: store_writer_commit_also). Returns 0, or
+ * an error when no fill could be made (no temp file: nothing happened, no callback). When the fetch
+ * cannot even be sent, the fill ends at once: first's on_end runs before fill_start returns 0. */
 int fill_start(pull_env_t *env, struct daemon_upstream *up, const char *repo, const char *digest,
                fill_sub_t *first);
 /** Subscribe (s->ops set). When the length is already known, on_length is called before this
@@ -148,7 +149,7 @@ typedef struct fill_info {
   uint64_t written;     /**< bytes received and hashed so far */
   int64_t total;        /**< the blob's length, -1 until known */
   unsigned subscribers; /**< subscribers following its body now (on_passthrough set: the
-                             requests; a scope recorder is not counted) */
+                             requests) */
   uint64_t started_ms;  /**< pc_mono_ms when it started */
   int resumes;          /**< Range resumes so far */
 } fill_info_t;

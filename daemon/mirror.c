@@ -30,6 +30,7 @@
 
 #include "core/num.h"
 #include "core/pc.h"
+#include "daemon/bgwrite.h"
 #include "daemon/egress.h"
 #include "daemon/fill.h"
 #include "daemon/meta.h"
@@ -552,53 +553,6 @@ static void blob_on_end(fill_sub_t *s, const fill_result_t *r)
 static const fill_sub_ops_t blob_ops = {blob_on_length, blob_on_avail, blob_on_passthrough,
                                         blob_on_fetched, blob_on_end};
 
-/* The recorder: a subscriber of every fill the mirror starts (not a client) that records,
- * when the fill is committed, where the upstream served the blob (repository scoping). */
-typedef struct recorder {
-  fill_sub_t fs;
-  mirror_t *m;
-  char up_name[256];
-  char repo[256];
-} recorder_t;
-
-static void rec_on_length(fill_sub_t *s, uint64_t total, uint64_t avail)
-{
-  (void)s;
-  (void)total;
-  (void)avail;
-}
-
-static void rec_on_avail(fill_sub_t *s, uint64_t avail)
-{
-  (void)s;
-  (void)avail;
-}
-
-static void rec_on_end(fill_sub_t *s, const fill_result_t *r)
-{
-  recorder_t *rec = container_of(s, recorder_t, fs);
-  if (r->rc == 0)
-    scope_record(&rec->m->env, rec->up_name, rec->repo, r->digest);
-  free(rec);
-}
-
-static const fill_sub_ops_t recorder_ops = {rec_on_length, rec_on_avail, NULL, NULL, rec_on_end};
-
-static void recorder_attach(mirror_t *m, const daemon_upstream_t *up, const char *repo,
-                            const char *digest)
-{
-  fill_t *f = fill_find(&m->env, digest);
-  if (!f)
-    return; /* it ended inside fill_start */
-  recorder_t *rec = pc_xcalloc(1, sizeof(*rec));
-  rec->m = m;
-  rec->fs.ops = &recorder_ops;
-  pc_list_init(&rec->fs.link);
-  pc_strlcpy(rec->up_name, sizeof(rec->up_name), up->conf.name);
-  pc_strlcpy(rec->repo, sizeof(rec->repo), repo);
-  fill_subscribe(f, &rec->fs);
-}
-
 void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char *repo,
                  const char *digest, const answer_range_t *range)
 {
@@ -651,7 +605,6 @@ void mirror_blob(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const char 
     answer_content_error(req, ANSWER_BLOB, DAEMON_CACHE_MISS, rc, "cannot start a fill", NULL);
     return;
   }
-  recorder_attach(m, up, repo, digest);
 }
 
 int mirror_fill(mirror_t *m, daemon_upstream_t *up, const char *repo, const char *digest,
@@ -663,10 +616,7 @@ int mirror_fill(mirror_t *m, daemon_upstream_t *up, const char *repo, const char
     fill_subscribe(f, s);
     return 0;
   }
-  int rc = fill_start(&m->env, up, repo, digest, s);
-  if (rc == 0)
-    recorder_attach(m, up, repo, digest);
-  return rc;
+  return fill_start(&m->env, up, repo, digest, s);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
@@ -674,8 +624,10 @@ int mirror_fill(mirror_t *m, daemon_upstream_t *up, const char *repo, const char
 static void env_released(pull_env_t *env)
 {
   mirror_t *m = container_of(env, mirror_t, env);
-  if (env->closing && env->live == 0)
+  if (env->closing && env->live == 0) {
+    bgwrite_free(env->writer); /* every write it ran was a live object's: none is pending */
     free(m);
+  }
 }
 
 static int64_t now_sec(void)
@@ -706,6 +658,7 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
   m->env.now = now ? now : now_sec;
   m->env.released = env_released;
   m->env.disk_free = disk_free;
+  m->env.writer = d->loop ? bgwrite_new(d->loop) : NULL; /* NULL: the thread pool */
   pc_list_init(&m->env.fills);
   pc_list_init(&m->env.jobs);
   pc_list_init(&m->env.metas);
@@ -716,7 +669,7 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
     m->rlq_timer_init = 1;
     m->env.live++; /* the timer handle lives in m: released in rlq_closed */
   }
-  m->egress = egress_new(d->cfg.store_dir);
+  m->egress = egress_new(d->cfg.store_dir, d->loop);
   if (d->up)
     up_set_egress(d->up, egress_note, m->egress);
   *out = m;

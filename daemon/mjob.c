@@ -22,6 +22,7 @@
 #include "core/mtype.h"
 #include "core/num.h"
 #include "core/pc.h"
+#include "daemon/bgwrite.h"
 #include "daemon/upstream.h"
 #include "store/digest.h"
 
@@ -164,25 +165,28 @@ static void mjob_work(uv_work_t *work)
   store_t *s = j->env->store;
   int64_t now = j->env->now();
   int rc = 0;
+  store_tag_t t;
+  memset(&t, 0, sizeof(t));
+  if (j->res.outcome == MJOB_REVALIDATED) {
+    t = j->old; /* unchanged: only the check time moves */
+  } else {
+    pc_strlcpy(t.digest, sizeof(t.digest), j->digest);
+    pc_strlcpy(t.media_type, sizeof(t.media_type), j->media_type);
+    t.size = j->body.len;
+    t.fetched_at = now;
+  }
+  t.checked_at = now;
   if (j->res.outcome == MJOB_FETCHED) {
-    rc = store_manifest_put(s, j->body.p, j->body.len, j->media_type, j->digest, NULL);
+    /* The manifest, where it was seen and its tag: one transaction (one fsync'd commit). */
+    store_also_t also = {.upstream = j->up_name,
+                         .repo = j->repo,
+                         .now = now,
+                         .tag = j->by_digest ? NULL : j->ref,
+                         .t = &t};
+    rc = store_manifest_put_also(s, j->body.p, j->body.len, j->media_type, j->digest, &also, NULL);
     if (rc)
       pc_log(PC_LOG_ERR, "store-manifest-put-failed digest=%s rc=%s", j->digest, pc_errname(rc));
-    else if (store_seen_put(s, j->up_name, j->repo, j->digest, now) != 0)
-      pc_log(PC_LOG_WARN, "store-seen-put-failed repo=%s digest=%s", j->repo, j->digest);
-  }
-  if (rc == 0 && !j->by_digest) {
-    store_tag_t t;
-    memset(&t, 0, sizeof(t));
-    if (j->res.outcome == MJOB_REVALIDATED) {
-      t = j->old; /* unchanged: only the check time moves */
-    } else {
-      pc_strlcpy(t.digest, sizeof(t.digest), j->digest);
-      pc_strlcpy(t.media_type, sizeof(t.media_type), j->media_type);
-      t.size = j->body.len;
-      t.fetched_at = now;
-    }
-    t.checked_at = now;
+  } else if (!j->by_digest) {
     rc = store_tag_put(s, j->up_name, j->repo, j->ref, &t);
     if (rc)
       pc_log(PC_LOG_ERR, "store-tag-put-failed repo=%s tag=%s rc=%s", j->repo, j->ref,
@@ -209,7 +213,7 @@ static void mjob_answer_then_store(mjob_t *j, mjob_outcome o)
                            .media_type = j->media_type};
   j->state = MJOB_STORING;
   mjob_answer_all(j);
-  uv_queue_work(j->env->loop, &j->work, mjob_work, mjob_after_work);
+  bgwrite_queue(j->env->writer, j->env->loop, &j->work, mjob_work, mjob_after_work);
 }
 
 /* The one fail path. */

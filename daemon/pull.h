@@ -23,6 +23,7 @@
 #include "store/store.h"
 
 struct daemon_upstream;
+struct bgwrite;
 
 /** Counters since the mirror started (exported on /metrics). */
 typedef struct mirror_stats {
@@ -88,6 +89,8 @@ struct pull_env {
    * at its next tick (daemon/evict.h evict_kick). May be NULL. */
   void (*on_committed)(pull_env_t *env);
   size_t relay_max; /**< bytes a pass-through relay holds at most (0: RELAY_MAX_DEFAULT) */
+  /** The store writes of fills, jobs and sights (daemon/bgwrite.h); NULL: the thread pool. */
+  struct bgwrite *writer;
 };
 
 struct daemon_urls;

@@ -10,6 +10,7 @@
 
 #include "core/num.h"
 #include "core/pc.h"
+#include "daemon/bgwrite.h"
 #include "daemon/upstream.h"
 #include "store/store.h"
 
@@ -85,7 +86,7 @@ void scope_record(pull_env_t *env, const char *up_name, const char *repo, const 
   pc_strlcpy(r->up_name, sizeof(r->up_name), up_name);
   pc_strlcpy(r->repo, sizeof(r->repo), repo);
   pc_strlcpy(r->digest, sizeof(r->digest), digest);
-  if (uv_queue_work(env->loop, &r->work, rec_work, rec_after) != 0) {
+  if (bgwrite_queue(env->writer, env->loop, &r->work, rec_work, rec_after) != 0) {
     free(r);
     return;
   }

@@ -169,6 +169,15 @@ enum up__state {
   UP__TORN_DOWN, /* fetches released, multi and caches freed, handles closing */
 };
 
+/** curl's receive buffer (CURLOPT_BUFFERSIZE; its default is 16 KiB): one recv, one on_data,
+ * one file write and one hash update per buffer, so a bigger one costs fewer of each per MB. */
+#define UP__RECV_BUFFER (64 * 1024)
+/** Final body bytes one call into curl hands to on_data before the body yields to the loop.
+ * curl reads a readable socket in a loop of up to 100 buffers per call (6.4 MB at 64 KiB):
+ * without a bound, a fill's clients would get none of those bytes until the whole call
+ * returned, and no other transfer or client would be served meanwhile. */
+#define UP__TURN_BYTES (256 * 1024)
+
 struct up {
   uv_loop_t *loop;
   CURLM *multi;
@@ -190,9 +199,12 @@ struct up {
   pc_list_t hints;   /* the scope hints (up_auth.c), newest first */
   size_t ntokens, nhints;
   up_stats_t stats;
-  pc_list_t pools;  /* struct up_pool, newest first */
-  int kick_pending; /* some pool wants a dispatch */
-  int in_curl_cb;   /* depth of curl callbacks on the stack */
+  pc_list_t pools;   /* struct up_pool, newest first */
+  int kick_pending;  /* some pool wants a dispatch */
+  int in_curl_cb;    /* depth of curl callbacks on the stack */
+  size_t turn_bytes; /* final body bytes handed to on_data since the loop last called into curl:
+                        past UP__TURN_BYTES a body yields (see on_curl_write) */
+  uint64_t yields;   /* bodies that yielded so (for the tests) */
   enum up__state state;
   int handles; /* uv handles not yet closed */
   void (*close_cb)(void *arg);
@@ -266,6 +278,8 @@ struct up_fetch {
   uint64_t rate_bytes; /* body bytes in the current window */
   int paused;          /* on_data returned UP_DATA_PAUSE: curl holds the bytes; no stall timeout */
   int resume;          /* up_fetch_resume asked: the idle handle unpauses the transfer */
+  int yielded;         /* paused by on_curl_write itself to give the loop a turn (not the
+                          consumer): the idle handle unpauses it */
   /* timings (uv_hrtime ns) */
   uint64_t t_created; /* up_fetch_start */
   uint64_t t_begin;   /* the fetch started (left the queue) */

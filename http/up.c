@@ -30,7 +30,9 @@
  *             URL's first hop (up__failover ──▶ hop_start)
  *     BODY ──(the final response is complete)──▶ DONE
  *     (in BODY, on_data may pause the transfer, UP_DATA_PAUSE: f->paused, not a state; the
- *     stall timer waits; up_fetch_resume unpauses it from the idle handle)
+ *     stall timer waits; up_fetch_resume unpauses it from the idle handle. A body that got
+ *     UP__TURN_BYTES in one call into curl pauses itself the same way, f->yielded, and the
+ *     idle handle resumes it on the next loop turn)
  *     HEADERS, BODY ──(a curl callback fails: header block too big, on_headers or on_data
  *             returned an error)──▶ ABORTING (curl stops the transfer; abort_rc is kept)
  *   The one fail path, up__fetch_fail ──▶ DONE, from QUEUED (its start failed, or it waited
@@ -93,6 +95,7 @@ static size_t on_curl_header(char *buf, size_t size, size_t n, void *arg);
 static size_t on_curl_write(char *buf, size_t size, size_t n, void *arg);
 
 static void check_multi_info(up_t *u);
+static void defer_push(struct up_fetch *f);
 static void on_hop_done(struct up_fetch *f, CURLcode res);
 static void on_idle(uv_idle_t *h);
 static void on_fetch_closed(uv_handle_t *h);
@@ -273,6 +276,7 @@ static void on_up_timer(uv_timer_t *t)
   int running;
   if (u->state != UP__OPEN)
     return;
+  u->turn_bytes = 0;
   curl_multi_socket_action(u->multi, CURL_SOCKET_TIMEOUT, 0, &running);
   check_multi_info(u);
 }
@@ -293,6 +297,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
     if (events & UV_WRITABLE)
       flags |= CURL_CSELECT_OUT;
   }
+  u->turn_bytes = 0;
   curl_multi_socket_action(u->multi, c->fd, flags, &running);
   check_multi_info(u);
 }
@@ -453,6 +458,15 @@ static size_t on_curl_write(char *buf, size_t size, size_t n, void *arg)
   f->last_activity = uv_now(u->loop);
   if (f->state != UP__F_BODY || f->hop != UP__HOP_FINAL)
     return len; /* body of a redirect or a 401: discarded */
+  if (f->on_data && u->turn_bytes >= UP__TURN_BYTES) {
+    /* This call into curl delivered enough: give the loop a turn (the fill's clients send
+     * what was written) and take these bytes again from the idle handle. */
+    f->paused = 1;
+    f->yielded = 1;
+    u->yields++;
+    defer_push(f);
+    return CURL_WRITEFUNC_PAUSE;
+  }
   if (f->on_data) {
     u->in_curl_cb++;
     r = f->on_data(f, buf, len, f->arg);
@@ -470,6 +484,7 @@ static size_t on_curl_write(char *buf, size_t size, size_t n, void *arg)
     }
   }
   f->rate_bytes += len; /* taken (a paused piece counts when curl gives it again) */
+  u->turn_bytes += len;
   if (f->kind == UP__FETCH_USER) {
     u->stats.body_bytes += len;
     if (f->pool)
@@ -561,6 +576,7 @@ static int hop_setopts(struct up_fetch *f, int basic)
   SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
   SETOPT(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
   SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
+  SETOPT(CURLOPT_BUFFERSIZE, (long)UP__RECV_BUFFER);
   SETOPT(CURLOPT_CONNECTTIMEOUT_MS, connect_ms(f));
   SETOPT(CURLOPT_USERAGENT, u->user_agent);
   SETOPT(CURLOPT_HEADERFUNCTION, on_curl_header);
@@ -1056,13 +1072,17 @@ static void on_idle(uv_idle_t *h)
       }
       f->in_multi = 1;
       f->state = UP__F_HEADERS;
-    } else if (f->resume && f->state == UP__F_BODY) {
+    } else if ((f->resume || f->yielded) && f->state == UP__F_BODY) {
       /* Unpausing delivers the held bytes at once: on_curl_write runs inside this call. */
+      if (f->resume) {
+        f->rate_t0 = uv_now(u->loop); /* a pause is our reader's, not the peer's: a new window */
+        f->rate_bytes = 0;
+      }
       f->resume = 0;
+      f->yielded = 0;
       f->paused = 0;
+      u->turn_bytes = 0;
       f->last_activity = uv_now(u->loop);
-      f->rate_t0 = f->last_activity; /* a pause is our reader's, not the peer's: a new window */
-      f->rate_bytes = 0;
       u->in_curl_cb++;
       curl_easy_pause(f->easy, CURLPAUSE_CONT);
       u->in_curl_cb--;

@@ -2,6 +2,7 @@
 #include "store/digest.h"
 
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -86,10 +87,26 @@ int store_digest_parse(const char *s, size_t len)
   return alg;
 }
 
+/* Fetched once (an implicit fetch by EVP_sha256() on every init costs a lookup each time, and the
+ * first one sets up the provider). Never freed: it lives as long as the process. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+  sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+void store_hash_prepare(void)
+{
+  pthread_once(&sha256_once, sha256_fetch);
+}
+
 void store_hash_init(store_hash_t *h)
 {
+  store_hash_prepare();
   EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-  if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+  if (!ctx || EVP_DigestInit_ex(ctx, sha256_md ? sha256_md : EVP_sha256(), NULL) != 1)
     pc_fatal("EVP sha256 init failed");
   h->ctx = ctx;
 }

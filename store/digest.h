@@ -25,6 +25,10 @@ typedef struct store_hash {
   void *ctx; /**< EVP_MD_CTX*, owned */
 } store_hash_t;
 
+/** Make the sha256 implementation ready (OpenSSL fetches it from its default provider once per
+ * process: about 1 ms the first time). store_open calls it, so no request pays it; any thread,
+ * any number of times. */
+void store_hash_prepare(void);
 void store_hash_init(store_hash_t *h);
 void store_hash_update(store_hash_t *h, const void *data, size_t len);
 /** Writes "sha256:<64 hex>" + NUL into out (>= 72 bytes). The hash can't be updated after. */

@@ -60,6 +60,21 @@ int store__seen_open(store_t *s, MDB_txn *txn)
   return 0;
 }
 
+int store__seen_put_txn(store_t *s, store__wtxn_t *w, const char *upstream, const char *repo,
+                        const char *digest, int64_t now)
+{
+  unsigned char key[1024], val[8];
+  int kl = seen_key(s, upstream, repo, digest, key, sizeof(key));
+  if (kl < 0)
+    return kl;
+  MDB_val k = {(size_t)kl, key}, v = {sizeof(val), val}, old;
+  if (mdb_get(w->txn, s->seen, &k, &old) == 0)
+    return 0; /* the first sight is kept */
+  for (int i = 0; i < 8; i++)
+    val[i] = (unsigned char)((uint64_t)now >> (56 - 8 * i));
+  return store__mdb_err(mdb_put(w->txn, s->seen, &k, &v, 0), "put");
+}
+
 int store_seen_put(store_t *s, const char *upstream, const char *repo, const char *digest,
                    int64_t now)
 {

@@ -122,6 +122,10 @@ int store__totals_write(store_t *s, MDB_txn *txn, const store__totals_t *t);
 /** Parse manifest bytes and put their references (config, layers, blobs, manifests: the
  * sha256 digests among them) under digest in the refs database, replacing any. Bytes that are
  * not a JSON object with such fields put nothing (0). */
+/** The seen record of (upstream, repo, digest) in w's transaction, unless there is one (the first
+ * sight is kept). -EINVAL / -ENAMETOOLONG for a key store_seen_put refuses (nothing written). */
+int store__seen_put_txn(store_t *s, store__wtxn_t *w, const char *upstream, const char *repo,
+                        const char *digest, int64_t now);
 int store__refs_put(store_t *s, store__wtxn_t *w, const char *digest, const void *bytes,
                     size_t len);
 /** At open: unlink the files of doomed digests that have no record, then empty the table. */

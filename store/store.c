@@ -517,6 +517,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   if (!root || !*root)
     return -EINVAL;
   int ro = opts && opts->read_only;
+  store_hash_prepare(); /* OpenSSL's first fetch, here rather than in the first request */
   if (opts && (opts->must_exist || ro)) {
     struct stat sb;
     int pl = snprintf(p, sizeof(p), "%s/meta/data.mdb", root);
@@ -1066,10 +1067,36 @@ void store_writer_abort(store_writer_t *w)
   free(w);
 }
 
-/* Put the blob record (and the manifest record when manifest != 0) in one write txn. An
- * existing blob record keeps its creation time. */
+static int tag_put_txn(store_t *s, store__wtxn_t *w, const char *upstream, const char *repo,
+                       const char *tag, const store_tag_t *t);
+
+/* also's records in w's transaction: one the record functions refuse is left out (logged). */
+static int also_put(store_t *s, store__wtxn_t *w, const char *digest, const store_also_t *also)
+{
+  int rc = 0;
+  if (!also)
+    return 0;
+  if (also->upstream && also->repo) {
+    rc = store__seen_put_txn(s, w, also->upstream, also->repo, digest, also->now);
+    if (rc == -EINVAL || rc == -ENAMETOOLONG) {
+      pc_log(PC_LOG_WARN, "store-seen-put-failed digest=%s rc=%s", digest, pc_errname(rc));
+      rc = 0;
+    }
+  }
+  if (rc == 0 && also->tag && also->t) {
+    rc = tag_put_txn(s, w, also->upstream, also->repo, also->tag, also->t);
+    if (rc == -EINVAL || rc == -ENAMETOOLONG || rc == PC_E_DIGEST_INVALID) {
+      pc_log(PC_LOG_WARN, "store-tag-put-failed digest=%s rc=%s", digest, pc_errname(rc));
+      rc = 0;
+    }
+  }
+  return rc;
+}
+
+/* Put the blob record (and the manifest record when manifest != 0), and also's records, in one
+ * write txn. An existing blob record keeps its creation time. */
 static int record_put(store_t *s, const char *digest, uint64_t size, const char *mt, int manifest,
-                      const void *bytes)
+                      const void *bytes, const store_also_t *also)
 {
   store__wtxn_t w;
   MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
@@ -1095,6 +1122,8 @@ static int record_put(store_t *s, const char *digest, uint64_t size, const char 
     rc = store__wtxn_put_manifest(s, &w, digest, size, mt);
   if (rc == 0 && manifest && bytes)
     rc = store__refs_put(s, &w, digest, bytes, (size_t)size);
+  if (rc == 0)
+    rc = also_put(s, &w, digest, also);
   if (rc) {
     store__wtxn_abort(&w);
     return rc;
@@ -1120,7 +1149,7 @@ int store_writer_verify(store_writer_t *w)
 }
 
 static int commit(store_writer_t *w, const char *mt, int manifest, const void *bytes,
-                  char *out_digest)
+                  const store_also_t *also, char *out_digest)
 {
   store_t *s = w->s;
   char digest[72], final[PATH_MAX], dir[PATH_MAX];
@@ -1203,7 +1232,7 @@ static int commit(store_writer_t *w, const char *mt, int manifest, const void *b
       pc_log(PC_LOG_WARN, "store-fsync-failed path=%s rc=%s err=%s", qd, pc_errname(rc), qe);
     }
   }
-  rc = record_put(s, digest, w->size, mt, manifest, bytes);
+  rc = record_put(s, digest, w->size, mt, manifest, bytes, also);
   pthread_mutex_unlock(&s->evict_mu);
   if (rc) {
     /* The file is committed and will be served; its record is written lazily. */
@@ -1231,13 +1260,25 @@ fail:
 
 int store_writer_commit(store_writer_t *w, const char *media_type, char *out_digest)
 {
-  return commit(w, media_type, 0, NULL, out_digest);
+  return commit(w, media_type, 0, NULL, NULL, out_digest);
+}
+
+int store_writer_commit_also(store_writer_t *w, const char *media_type, const store_also_t *also,
+                             char *out_digest)
+{
+  return commit(w, media_type, 0, NULL, also, out_digest);
 }
 
 /* ---- manifests -------------------------------------------------------------------------- */
 
 int store_manifest_put(store_t *s, const void *bytes, size_t len, const char *media_type,
                        const char *expected_digest, char *out_digest)
+{
+  return store_manifest_put_also(s, bytes, len, media_type, expected_digest, NULL, out_digest);
+}
+
+int store_manifest_put_also(store_t *s, const void *bytes, size_t len, const char *media_type,
+                            const char *expected_digest, const store_also_t *also, char *out_digest)
 {
   store_writer_t *w = NULL;
   int rc = store_writer_new(s, expected_digest, (int64_t)len, &w);
@@ -1248,7 +1289,7 @@ int store_manifest_put(store_t *s, const void *bytes, size_t len, const char *me
     store_writer_abort(w);
     return rc;
   }
-  return commit(w, media_type, 1, bytes, out_digest);
+  return commit(w, media_type, 1, bytes, also, out_digest);
 }
 
 int store_manifest_open(store_t *s, const char *digest, int *fd, store_manifest_info_t *info)
@@ -1401,11 +1442,11 @@ int store_tag_get(store_t *s, const char *upstream, const char *repo, const char
   return rc;
 }
 
-int store_tag_put(store_t *s, const char *upstream, const char *repo, const char *tag,
-                  const store_tag_t *t)
+/* The tag record in w's transaction; the argument errors come before anything is written. */
+static int tag_put_txn(store_t *s, store__wtxn_t *w, const char *upstream, const char *repo,
+                       const char *tag, const store_tag_t *t)
 {
   unsigned char key[1024], val[8 * 3 + 3 + STORE_DIGEST_MAX + STORE__MT_MAX + 1];
-  store__wtxn_t w;
   int kl = tag_key(s, upstream, repo, tag, key, sizeof(key));
   if (kl < 0)
     return kl;
@@ -1426,12 +1467,23 @@ int store_tag_put(store_t *s, const char *upstream, const char *repo, const char
   val[26 + dl] = (unsigned char)ml;
   memcpy(val + 27 + dl, t->media_type, ml);
   MDB_val k = {(size_t)kl, key}, v = {27 + dl + ml, val};
+  return store__mdb_err(mdb_put(w->txn, s->tags, &k, &v, 0), "put");
+}
+
+int store_tag_put(store_t *s, const char *upstream, const char *repo, const char *tag,
+                  const store_tag_t *t)
+{
+  store__wtxn_t w;
+  unsigned char key[1024];
+  int kl = tag_key(s, upstream, repo, tag, key, sizeof(key));
+  if (kl < 0)
+    return kl;
   /* Tags add nothing to the byte totals (their count is the database's), but every write
    * transaction restamps the totals record. */
   int rc = store__wtxn_begin(s, &w);
   if (rc)
     return rc;
-  rc = store__mdb_err(mdb_put(w.txn, s->tags, &k, &v, 0), "put");
+  rc = tag_put_txn(s, &w, upstream, repo, tag, t);
   if (rc == 0)
     rc = store__wtxn_commit(s, &w);
   else

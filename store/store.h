@@ -124,6 +124,21 @@ int store_writer_verify(store_writer_t *w);
  * success (the new copy is dropped). -EINVAL for a media type longer than 127 bytes.
  * Blocking. */
 int store_writer_commit(store_writer_t *w, const char *media_type, char *out_digest);
+/** Records a commit writes in its own transaction, besides the content's: one fsync'd LMDB
+ * commit instead of one per record. */
+typedef struct store_also {
+  const char *upstream, *repo; /**< where the content was seen (store_seen_put's record; the
+                                    first sight is kept); NULL: none */
+  int64_t now;                 /**< the sight's time */
+  const char *tag;             /**< a manifest's tag under (upstream, repo) (store_tag_put's
+                                    record, t); NULL: none */
+  const struct store_tag *t;
+} store_also_t;
+/** store_writer_commit that also writes also's records (NULL: none) in the same transaction. A
+ * record store_seen_put or store_tag_put would refuse (-EINVAL, -ENAMETOOLONG, a bad digest) is
+ * left out (logged); the content is committed all the same. */
+int store_writer_commit_also(store_writer_t *w, const char *media_type, const store_also_t *also,
+                             char *out_digest);
 /** Drop the temp file and free w. NULL is a no-op. */
 void store_writer_abort(store_writer_t *w);
 /** The disk is full (a write failed with -ENOSPC or -EDQUOT), or the caller knows it will be:
@@ -145,6 +160,11 @@ int store_writer_new_hash_only(store_t *s, const char *expected_digest, int64_t 
 /** Store manifest bytes (as a CAS blob) with their media type. If expected_digest is not NULL
  * the bytes must hash to it (else PC_E_DIGEST_INVALID, nothing stored). out_digest (>= 72
  * bytes, may be NULL) gets the digest. Blocking (fsync). */
+/** store_manifest_put that also writes also's records (NULL: none) in the same transaction
+ * (see store_writer_commit_also). */
+int store_manifest_put_also(store_t *s, const void *bytes, size_t len, const char *media_type,
+                            const char *expected_digest, const store_also_t *also,
+                            char *out_digest);
 int store_manifest_put(store_t *s, const void *bytes, size_t len, const char *media_type,
                        const char *expected_digest, char *out_digest);
 

@@ -227,7 +227,7 @@ def test_security_exposure():
     # must be justified there first.
     exposed = sorted(set(re.findall(r"^✗ (\S+?)=", out, re.M)))
     documented = ["DeviceAllow", "IPAddressDeny", "PrivateNetwork", "RestrictAddressFamilies",
-                  "RootDirectory"]
+                  "RootDirectory", "SystemCallFilter"]
     check(exposed == documented, "exposed items %s, documented %s" % (exposed, documented))
 
 

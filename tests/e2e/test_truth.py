@@ -256,6 +256,10 @@ def test_429_storm_one_probe_per_window():
         pc = env.start_pullcache(upstream=k8s, args=["--tag-ttl", "0"])
         tag_url = pc.url + "/v2/pause/manifests/" + imgs["pause"]["tag"]
         check(http("GET", tag_url, {"Accept": ACCEPT}).status == 200, "tag cached")
+        # stored (the job answers first and writes on the store writer thread): until then a
+        # request would be answered from the job and never revalidate
+        pclib.wait_for(lambda: b"pullcache_manifest_jobs_in_flight 0" in http("GET", pc.url + "/metrics").body,
+                       20, "the tag stored")
         k8s.faults([{"role": "redirector", "path_re": "manifests", "fault": "status", "status": 429,
                      "retry_after": 4}])
 

@@ -11,7 +11,11 @@
 #include <stdarg.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "core/num.h"
@@ -20,6 +24,8 @@
 #include "daemon/daemon.h"
 #include "daemon/counters.h"
 #include "daemon/upstream.h"
+#include "daemon/bgwrite.h"
+#include "daemon/egress.h"
 #include "daemon/mirror.h"
 #include "daemon/listing.h"
 #include "daemon/registry.h"
@@ -1077,6 +1083,18 @@ static void hold_after(uv_work_t *w, int status)
   free(w);
 }
 
+/* Hold every thread a store write could run on: the mirror's writer (daemon/bgwrite.h) and the
+ * four pool threads (UV_THREADPOOL_SIZE=4, set before the pool starts). Let go with HOLDS
+ * posts of hold_sem. */
+#define HOLDS 5
+static void hold_store_writes(void)
+{
+  ASSERT_OK(bgwrite_queue(mirror_env(d.mirror)->writer, &loop, pc_xcalloc(1, sizeof(uv_work_t)),
+                          hold_work, hold_after));
+  for (int i = 0; i < HOLDS - 1; i++)
+    ASSERT_OK(uv_queue_work(&loop, pc_xcalloc(1, sizeof(uv_work_t)), hold_work, hold_after));
+}
+
 /* A tag a job has answered is listed by tags/list even while its store write waits for a
  * worker (skopeo inspect lists the tags right after pulling one). */
 TEST(tags_list_includes_a_tag_being_stored)
@@ -1085,8 +1103,7 @@ TEST(tags_list_includes_a_tag_being_stored)
   setup();
   resp_t r;
   ASSERT_OK(uv_sem_init(&hold_sem, 0));
-  for (int i = 0; i < 4; i++) /* every pool thread busy: the tag write has to wait */
-    ASSERT_OK(uv_queue_work(&loop, pc_xcalloc(1, sizeof(uv_work_t)), hold_work, hold_after));
+  hold_store_writes(); /* the tag write has to wait */
   cli_t *a = cli_get("/v2/pause/manifests/3.10", NULL);
   serve_manifest(fx[0], manifest1);
   cli_wait(a, &r);
@@ -1104,7 +1121,7 @@ TEST(tags_list_includes_a_tag_being_stored)
   ASSERT(r.body_len == strlen("{\"name\":\"pause\",\"tags\":[\"3.10\"]}") &&
          memcmp(r.body, "{\"name\":\"pause\",\"tags\":[\"3.10\"]}", r.body_len) == 0);
   cli_close(b);
-  for (int i = 0; i < 4; i++)
+  for (int i = 0; i < HOLDS; i++)
     uv_sem_post(&hold_sem);
   wait_idle();
   ASSERT_OK(store_tag_get(d.store, UP, "pause", "3.10", &t));
@@ -1122,6 +1139,101 @@ TEST(tags_list_includes_a_tag_being_stored)
  * fetch is cancelled, every request is answered 503, the joiners that the refusal would send
  * to a fill of their own start none (no fetch after mirror_free), and nothing is used after
  * it is freed (ASan). */
+/* The store writer: work on a thread of its own at a lower priority, after on the loop, in
+ * order; an idle writer does not keep the loop alive. */
+typedef struct bgw_req {
+  uv_work_t w;
+  int i;
+  pthread_t worked_on;
+  int nice;
+} bgw_req_t;
+static int bgw_order[8], bgw_n;
+static void bgw_work(uv_work_t *w)
+{
+  bgw_req_t *r = container_of(w, bgw_req_t, w);
+  r->worked_on = pthread_self();
+  errno = 0;
+  r->nice = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+}
+static void bgw_after(uv_work_t *w, int status)
+{
+  bgw_req_t *r = container_of(w, bgw_req_t, w);
+  ASSERT_EQ(0, status);
+  bgw_order[bgw_n++] = r->i;
+}
+
+TEST(bgwrite_order_thread_priority)
+{
+  uv_loop_t l;
+  ASSERT_OK(uv_loop_init(&l));
+  bgwrite_t *b = bgwrite_new(&l);
+  ASSERT(b != NULL);
+  ASSERT_EQ(0, uv_run(&l, UV_RUN_DEFAULT)); /* idle: nothing keeps the loop */
+  bgw_req_t r[8];
+  bgw_n = 0;
+  for (int i = 0; i < 8; i++) {
+    r[i].i = i;
+    ASSERT_OK(bgwrite_queue(b, &l, &r[i].w, bgw_work, bgw_after));
+  }
+  ASSERT_EQ(8, bgwrite_pending(b));
+  uv_run(&l, UV_RUN_DEFAULT); /* returns once every after ran */
+  ASSERT_EQ(8, bgw_n);
+  ASSERT_EQ(0, bgwrite_pending(b));
+  int mine = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+  for (int i = 0; i < 8; i++) {
+    ASSERT_EQ(i, bgw_order[i]);
+    ASSERT(!pthread_equal(r[i].worked_on, pthread_self()));
+    ASSERT(pthread_equal(r[i].worked_on, r[0].worked_on)); /* one thread */
+    ASSERT_EQ(mine + BGWRITE_NICE > 19 ? 19 : mine + BGWRITE_NICE, r[i].nice);
+  }
+  bgwrite_free(b);
+  uv_run(&l, UV_RUN_DEFAULT);
+  ASSERT_OK(uv_loop_close(&l));
+}
+
+/* egress.tsv is written on the thread pool, one write at a time: a host noted while a write is
+ * on its way is in the file once the loop ran; egress_free during a write leaves the last state
+ * in the file. */
+static int file_has(const char *path, const char *needle)
+{
+  char buf[4096];
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return 0;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  return strstr(buf, needle) != NULL;
+}
+
+TEST(egress_file_written_off_the_loop)
+{
+  uv_loop_t l;
+  char dir[512], path[600];
+  snprintf(dir, sizeof(dir), "%s/egress", unit_tmpdir());
+  ASSERT(mkdir(dir, 0755) == 0 || errno == EEXIST);
+  snprintf(path, sizeof(path), "%s/" EGRESS_FILE, dir);
+  unlink(path);
+  ASSERT_OK(uv_loop_init(&l));
+  egress_t *e = egress_new(dir, &l);
+  egress_note(e, "http://a.example:80", "up");
+  egress_note(e, "https://b.example:443", "up"); /* while the first write is on its way */
+  uv_run(&l, UV_RUN_DEFAULT);
+  ASSERT(file_has(path, "a.example\t80"));
+  ASSERT(file_has(path, "b.example\t443"));
+  egress_note(e, "https://c.example:443", "up");
+  egress_note(e, "https://c.example:443", "up"); /* a count: written with the table at the end */
+  egress_free(e); /* during the write of c: its callback writes the count and frees */
+  uv_run(&l, UV_RUN_DEFAULT);
+  ASSERT(file_has(path, "c.example\t443\tup\t2\t"));
+  egress_entry_t *v;
+  size_t n;
+  ASSERT_OK(egress_load(path, &v, &n));
+  ASSERT_EQ(3, n);
+  free(v);
+  ASSERT_OK(uv_loop_close(&l));
+}
+
 TEST(mirror_free_with_waiting_clients)
 {
   make_blob();
@@ -1594,11 +1706,10 @@ TEST(blob_commit_enospc_still_answers)
   cli_t *a = cli_get(blob_path, NULL);
   blob_headers(fx[0]);
   ASSERT_OK(ff_body(fx[0], blob, BLOB_LEN));
-  for (int i = 0; i < 4; i++) /* every pool thread busy: the commit waits */
-    ASSERT_OK(uv_queue_work(&loop, pc_xcalloc(1, sizeof(uv_work_t)), hold_work, hold_after));
+  hold_store_writes(); /* the commit waits */
   ff_done(fx[0], 0, 200);
   cli_t *late = cli_get(blob_path, NULL); /* the fill is verified, committing */
-  for (int i = 0; i < 4; i++)
+  for (int i = 0; i < HOLDS; i++)
     uv_sem_post(&hold_sem);
   cli_wait(a, &r);
   ASSERT_EQ(BLOB_LEN, r.body_len);

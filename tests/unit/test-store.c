@@ -518,6 +518,55 @@ TEST(presence_rules)
 
 /* ---- manifests and tags ----------------------------------------------------------------- */
 
+/* A commit also writes where the content was seen and a manifest's tag, in its own transaction;
+ * a record those functions would refuse is left out and the content committed all the same. */
+TEST(commit_also_records)
+{
+  store_t *s = open_store();
+  unsigned char b[] = "blob seen under a repository";
+  char dg[72], got[72];
+  store_digest_of(b, sizeof(b), dg);
+  store_writer_t *w;
+  ASSERT_OK(store_writer_new(s, dg, (int64_t)sizeof(b), &w));
+  ASSERT_OK(store_writer_write(w, b, sizeof(b)));
+  store_also_t also = {.upstream = "up", .repo = "team/app", .now = 100};
+  ASSERT_OK(store_writer_commit_also(w, NULL, &also, got));
+  ASSERT_STREQ(dg, got);
+  ASSERT_OK(store_blob_stat(s, dg, NULL));
+  ASSERT_OK(store_seen_has(s, "up", "team/app", dg));
+  ASSERT_EQ(PC_E_NOTFOUND, store_seen_has(s, "up", "other", dg));
+
+  /* a manifest by tag: manifest, sight and tag together */
+  const char *m = "{\"schemaVersion\":2,\"mediaType\":\"" MT_MANIFEST "\"}";
+  char md[72];
+  store_digest_of(m, strlen(m), md);
+  store_tag_t t = {.size = strlen(m), .fetched_at = 5, .checked_at = 6}, tg;
+  snprintf(t.digest, sizeof(t.digest), "%s", md);
+  snprintf(t.media_type, sizeof(t.media_type), "%s", MT_MANIFEST);
+  store_also_t mt = {.upstream = "up", .repo = "team/app", .now = 7, .tag = "v1", .t = &t};
+  ASSERT_OK(store_manifest_put_also(s, m, strlen(m), MT_MANIFEST, md, &mt, NULL));
+  ASSERT_OK(store_manifest_stat(s, md, NULL));
+  ASSERT_OK(store_seen_has(s, "up", "team/app", md));
+  ASSERT_OK(store_tag_get(s, "up", "team/app", "v1", &tg));
+  ASSERT_STREQ(md, tg.digest);
+  ASSERT_EQ(6, tg.checked_at);
+
+  /* a sight whose key is too long: left out, the content is committed */
+  char repo[600];
+  memset(repo, 'r', sizeof(repo) - 1);
+  repo[sizeof(repo) - 1] = '\0';
+  unsigned char b2[] = "another blob";
+  char d2[72];
+  store_digest_of(b2, sizeof(b2), d2);
+  ASSERT_OK(store_writer_new(s, d2, (int64_t)sizeof(b2), &w));
+  ASSERT_OK(store_writer_write(w, b2, sizeof(b2)));
+  store_also_t bad = {.upstream = "up", .repo = repo, .now = 1};
+  ASSERT_OK(store_writer_commit_also(w, NULL, &bad, NULL));
+  ASSERT_OK(store_blob_stat(s, d2, NULL));
+  ASSERT_EQ(-ENAMETOOLONG, store_seen_has(s, "up", repo, d2));
+  store_close(s);
+}
+
 TEST(manifest_put_stat)
 {
   store_t *s = open_store();

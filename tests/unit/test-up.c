@@ -99,6 +99,8 @@ struct res {
   const struct fx *chk_fx;   /* in on_done, count the fixture log lines with chk_absent */
   const char *chk_absent;
   int chk_count;
+  int hdr_sleep_ms;          /* sleep in on_headers (the peer fills the socket meanwhile) */
+  size_t turn_len, turn_max; /* body bytes since the loop's check phase last ran, the most */
 };
 
 static int seq;
@@ -122,6 +124,8 @@ static int on_headers(up_fetch_t *f, int status, void *arg)
   copy_hdr(f, "X-FIXTURE", r->fixture, sizeof(r->fixture));
   copy_hdr(f, "Content-Length", r->clen, sizeof(r->clen));
   r->st_hdr = (int)f->state;
+  if (r->hdr_sleep_ms)
+    usleep((useconds_t)r->hdr_sleep_ms * 1000);
   if (r->cancel_in_headers) {
     up_fetch_cancel(f);
     r->cancelled = 1;
@@ -139,6 +143,9 @@ static int on_data(up_fetch_t *f, const char *buf, size_t len, void *arg)
   memcpy(r->body + r->len, buf, len);
   r->len += len;
   r->chunks++;
+  r->turn_len += len;
+  if (r->turn_len > r->turn_max)
+    r->turn_max = r->turn_len;
   if (r->cancel_in_data) {
     up_fetch_cancel(f);
     up_fetch_cancel(f); /* twice is harmless */
@@ -669,6 +676,42 @@ TEST(big_body_in_chunks)
   ASSERT(body_ok(&r, 0, 3000000)); /* every byte once, in order */
   up_get_stats(u, &st);
   ASSERT_EQ(3000000, st.body_bytes);
+  close_all(&loop, u);
+  free(r.body);
+  fx_stop(&x);
+}
+
+static void on_turn(uv_check_t *h)
+{
+  struct res *r = h->data;
+  r->turn_len = 0;
+}
+
+/* curl reads a readable socket in a loop of up to 100 buffers per call: a body gives the loop a
+ * turn after UP__TURN_BYTES (so a fill's clients are sent what was written), every byte still
+ * comes once and in order. */
+TEST(body_yields_to_the_loop)
+{
+  struct fx x;
+  uv_loop_t loop;
+  uv_check_t chk;
+  up_t *u;
+  struct res r = {.hdr_sleep_ms = 200};
+  char url[128];
+
+  fx_start(&x);
+  u = mk(&loop, NULL);
+  ASSERT_OK(uv_check_init(&loop, &chk));
+  chk.data = &r;
+  ASSERT_OK(uv_check_start(&chk, on_turn));
+  snprintf(url, sizeof(url), "http://127.0.0.1:%d/blob/3000000", x.a);
+  fetch(u, &loop, "GET", url, 0, &r);
+  ASSERT_OK(r.rc);
+  ASSERT_EQ(200, r.status);
+  ASSERT(body_ok(&r, 0, 3000000));
+  ASSERT(u->yields > 0); /* the peer had filled the socket while on_headers slept */
+  ASSERT(r.turn_max <= UP__TURN_BYTES + 2 * UP__RECV_BUFFER);
+  uv_close((uv_handle_t *)&chk, NULL);
   close_all(&loop, u);
   free(r.body);
   fx_stop(&x);
