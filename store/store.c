@@ -10,7 +10,8 @@
  *                    └──abort──▶ unlink temp      └──mismatch──▶ unlink   dir, put LMDB record
  *
  * LMDB (one env, MDB_NOTLS so read txns are not tied to threads; every txn begins and ends in
- * one function). Named databases and their fixed encodings, integers little-endian:
+ * one function; the short reads of a hit renew one kept reset read txn, store__rtxn_begin). Named
+ * databases and their fixed encodings, integers little-endian:
  *
  *   blobs      key "sha256:<64 hex>" (71 bytes, no NUL)
  *              val u8 version=1 | u64 size | i64 created | i64 last_access | u8 mtlen | mt bytes
@@ -110,6 +111,27 @@ int store__is_sha256(const char *s)
 {
   return s && strlen(s) == STORE__SHA256_LEN &&
          store_digest_parse(s, STORE__SHA256_LEN) == STORE_DIGEST_SHA256;
+}
+
+int store__rtxn_begin(store_t *s, MDB_txn **txn)
+{
+  MDB_txn *t = atomic_exchange_explicit(&s->rtxn_spare, NULL, memory_order_acquire);
+  if (t) {
+    if (mdb_txn_renew(t) == 0) {
+      *txn = t;
+      return 0;
+    }
+    mdb_txn_abort(t);
+  }
+  return store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, txn), "txn_begin");
+}
+
+void store__rtxn_end(store_t *s, MDB_txn *txn)
+{
+  mdb_txn_reset(txn);
+  MDB_txn *old = atomic_exchange_explicit(&s->rtxn_spare, txn, memory_order_acq_rel);
+  if (old)
+    mdb_txn_abort(old);
 }
 
 /* Validate a digest given by a caller: PC_E_DIGEST_INVALID if ungrammatical, PC_E_NOTFOUND
@@ -392,7 +414,7 @@ int store_stats(store_t *s, store_stats_t *out)
   MDB_txn *txn = NULL;
   MDB_stat bs, ms, ts;
   store__totals_t t;
-  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  int rc = store__rtxn_begin(s, &txn);
   if (rc)
     return rc;
   /* No staleness check here (unlike totals_load): a read txn's mdb_txn_id may lag the snapshot
@@ -407,7 +429,7 @@ int store_stats(store_t *s, store_stats_t *out)
     rc = store__mdb_err(mdb_stat(txn, s->manifests, &ms), "stat");
   if (rc == 0)
     rc = store__mdb_err(mdb_stat(txn, s->tags, &ts), "stat");
-  mdb_txn_abort(txn);
+  store__rtxn_end(s, txn);
   if (rc)
     return rc;
   out->blobs = bs.ms_entries;
@@ -667,6 +689,9 @@ void store_close(store_t *s)
     pc_log_quote(q, sizeof(q), pc_strerror(rc), LOG_ERR_MAX);
     pc_log(PC_LOG_WARN, "store-atime-flush-failed when=close rc=%s err=%s", pc_errname(rc), q);
   }
+  MDB_txn *spare = atomic_exchange(&s->rtxn_spare, NULL);
+  if (spare)
+    mdb_txn_abort(spare);
   mdb_env_close(s->env);
   if (s->lock_fd >= 0)
     close(s->lock_fd);
@@ -709,13 +734,13 @@ static int blob_rec_get(store_t *s, const char *digest, store__blob_rec_t *r)
 {
   MDB_txn *txn = NULL;
   MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
-  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  int rc = store__rtxn_begin(s, &txn);
   if (rc)
     return rc;
   rc = store__mdb_err(mdb_get(txn, s->blobs, &k, &v), "get");
   if (rc == 0)
     rc = store__blob_rec_decode(&v, r);
-  mdb_txn_abort(txn);
+  store__rtxn_end(s, txn);
   return rc;
 }
 
@@ -1262,13 +1287,13 @@ int store_manifest_open(store_t *s, const char *digest, int *fd, store_manifest_
   if (!info)
     info = &tmp;
   MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
-  rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  rc = store__rtxn_begin(s, &txn);
   if (rc)
     return rc;
   rc = store__mdb_err(mdb_get(txn, s->manifests, &k, &v), "get");
   if (rc == 0)
     rc = store__manifest_rec_decode(&v, info);
-  mdb_txn_abort(txn);
+  store__rtxn_end(s, txn);
   if (rc)
     return rc;
   return open_checked(s, digest, (int64_t)info->size, fd, &size);
@@ -1325,13 +1350,13 @@ int store_manifest_stat(store_t *s, const char *digest, store_manifest_info_t *i
   if (rc)
     return rc;
   MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
-  rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  rc = store__rtxn_begin(s, &txn);
   if (rc)
     return rc;
   rc = store__mdb_err(mdb_get(txn, s->manifests, &k, &v), "get");
   if (rc == 0)
     rc = store__manifest_rec_decode(&v, info ? info : &tmp);
-  mdb_txn_abort(txn);
+  store__rtxn_end(s, txn);
   if (rc)
     return rc;
   rc = store_blob_path(s, digest, path, sizeof(path));
@@ -1391,13 +1416,13 @@ int store_tag_get(store_t *s, const char *upstream, const char *repo, const char
   if (kl < 0)
     return kl;
   MDB_val k = {(size_t)kl, key}, v;
-  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  int rc = store__rtxn_begin(s, &txn);
   if (rc)
     return rc;
   rc = store__mdb_err(mdb_get(txn, s->tags, &k, &v), "get");
   if (rc == 0)
     rc = tag_decode(&v, out);
-  mdb_txn_abort(txn);
+  store__rtxn_end(s, txn);
   return rc;
 }
 
