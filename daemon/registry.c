@@ -161,8 +161,11 @@ static void handle_manifest(daemon_t *d, srv_req_t *req, const route_t *r, daemo
    * under this repository anyway). One a job has just answered is served from the job while
    * its store write (and its sight) runs. */
   if (r->is_digest && !mirror_manifest_storing(d->mirror, up, r->ref) &&
+      !scope_seen(mirror_env(d->mirror), up->conf.name, r->name, r->ref) &&
       store_manifest_stat(d->store, r->ref, NULL) == 0 && !scope_check(d, req, r, up, NULL, 1))
     return;
+  /* Seen here (the common hit: no stat, the answer opens the manifest once), absent, or
+   * confirmed: served. */
   serve_manifest(d, req, r, up);
 }
 
@@ -202,8 +205,9 @@ static void handle_blob(daemon_t *d, srv_req_t *req, const route_t *r, daemon_up
       serve_blob(d, req, r, up, &range);
     return;
   }
-  if (store_blob_stat(d->store, r->ref, NULL) == 0 && !scope_check(d, req, r, up, &range, 0))
-    return;
+  if (!scope_seen(mirror_env(d->mirror), up->conf.name, r->name, r->ref) &&
+      store_blob_stat(d->store, r->ref, NULL) == 0 && !scope_check(d, req, r, up, &range, 0))
+    return; /* seen here (the common hit): no stat, the answer opens the blob once */
   serve_blob(d, req, r, up, &range);
 }
 
