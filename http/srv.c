@@ -127,8 +127,10 @@ struct srv_req {
 };
 
 struct conn {
-  srv_tr_t *tr; /* the byte stream (owned: closed by conn_close_handles) */
-  uv_timer_t timer;
+  srv_tr_t *tr;      /* the byte stream (owned: closed by conn_close_handles) */
+  uv_timer_t timer;  /* lazy: runs until `armed`; what is due is `deadline` (timer_set) */
+  uint64_t deadline; /* loop time (ms) the current timeout is due, or 0: none */
+  uint64_t armed;    /* when the timer runs out while it is active */
   llhttp_t parser;
   srv_t *s;
   pc_list_t link; /* in srv.conns while open and not closing */
@@ -143,12 +145,13 @@ struct conn {
   enum pause_why why;
   int err_status; /* set by a parser callback that returns HPE_USER */
   unsigned reading : 1, eof : 1, closing : 1, close_after : 1, reject : 1, fs_busy : 1;
-  int ffd;           /* file being sent, or -1 (owned by the connection; see fs_busy) */
-  srv_source_t *src; /* body source (srv_file_source), or NULL; released like ffd is closed */
-  size_t src_len;    /* bytes of the source write in flight (fs_busy) */
-  int pending;       /* the timer and the transport, still to be closed before the free */
-  char *wbuf;        /* response head (+ memory body) being written */
-  size_t wcap;       /* its allocation */
+  unsigned head_timer : 1; /* a head began in this parse: its timeout is due from now */
+  int ffd;                 /* file being sent, or -1 (owned by the connection; see fs_busy) */
+  srv_source_t *src;       /* body source (srv_file_source), or NULL; released like ffd is closed */
+  size_t src_len;          /* bytes of the source write in flight (fs_busy) */
+  int pending;             /* the timer and the transport, still to be closed before the free */
+  char *wbuf;              /* response head (+ memory body) being written */
+  size_t wcap;             /* its allocation */
   srv_req_t *req;
   uint64_t progress, last_progress; /* write stall detection */
   size_t last_wqs;
@@ -514,9 +517,20 @@ static void conn_abort(conn_t *c)
   conn_close_handles(c);
 }
 
+static void timer_set(conn_t *c, unsigned ms);
+
 static void on_timer(uv_timer_t *t)
 {
   conn_t *c = container_of(t, conn_t, timer);
+  uint64_t now = uv_now(c->s->loop);
+  if (c->deadline == 0)
+    return;                /* nothing is due: the timer was left to run out (timer_clear) */
+  if (now < c->deadline) { /* the deadline moved on since the timer was started */
+    c->armed = c->deadline;
+    uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
+    return;
+  }
+  c->deadline = 0;
   switch (c->state) {
   case C_WRITE:
   case C_FILE: {
@@ -524,7 +538,7 @@ static void on_timer(uv_timer_t *t)
     if (c->progress != c->last_progress || wqs != c->last_wqs) {
       c->last_progress = c->progress;
       c->last_wqs = wqs;
-      uv_timer_start(&c->timer, on_timer, c->s->o.write_timeout_ms, 0);
+      timer_set(c, c->s->o.write_timeout_ms);
       return;
     }
     pc_log(PC_LOG_NOTICE, "srv-write-stalled peer=%s", c->peer);
@@ -537,9 +551,24 @@ static void on_timer(uv_timer_t *t)
   }
 }
 
-static void timer_arm(conn_t *c, unsigned ms)
+/* The connection's one timeout is due in ms (replacing any). Lazy, as nginx's timers: the libuv
+ * timer is only restarted when it would run out after the new deadline (or is not running);
+ * one that runs out early is started again for what is left (on_timer). So the timeouts of a
+ * keep-alive request (head, write, idle) cost no timer heap operation per request. */
+static void timer_set(conn_t *c, unsigned ms)
 {
-  uv_timer_start(&c->timer, on_timer, ms, 0);
+  uint64_t due = uv_now(c->s->loop) + ms;
+  c->deadline = due;
+  if (!uv_is_active((uv_handle_t *)&c->timer) || c->armed > due) {
+    c->armed = due;
+    uv_timer_start(&c->timer, on_timer, ms, 0);
+  }
+}
+
+/* Nothing is due (the timer may still run out: on_timer then does nothing). */
+static void timer_clear(conn_t *c)
+{
+  c->deadline = 0;
 }
 
 /* Abort on the next loop turn, not now: srv_respond* and srv_file_avail never run a done
@@ -547,14 +576,14 @@ static void timer_arm(conn_t *c, unsigned ms)
 static void abort_soon(conn_t *c)
 {
   c->state = C_HANDLER; /* on_timer aborts in any state but the write states */
-  timer_arm(c, 0);
+  timer_set(c, 0);
 }
 
 static void write_timer_arm(conn_t *c)
 {
   c->last_progress = c->progress;
   c->last_wqs = c->tr->ops->write_queue_size(c->tr);
-  timer_arm(c, c->s->o.write_timeout_ms);
+  timer_set(c, c->s->o.write_timeout_ms);
 }
 
 static void on_linger_read(srv_tr_t *t, ssize_t nread, const uv_buf_t *b)
@@ -600,7 +629,7 @@ static void conn_end(conn_t *c)
     return;
   }
   c->reading = 1;
-  timer_arm(c, SRV_LINGER_MS);
+  timer_set(c, SRV_LINGER_MS);
 }
 
 /* ---- responses ---------------------------------------------------------------------------- */
@@ -636,7 +665,7 @@ static void finish_req(conn_t *c, int status)
     return;
   }
   c->state = C_IDLE;
-  uv_timer_stop(&c->timer);
+  timer_clear(c);
   llhttp_resume(&c->parser);
   conn_parse(c);
 }
@@ -711,7 +740,7 @@ static void file_wait(conn_t *c)
     return;
   }
   c->state = C_FILE_WAIT; /* the producer is behind, not the client: no stall timer */
-  uv_timer_stop(&c->timer);
+  timer_clear(c);
 }
 
 /* Send the next chunk of a file body (from the file, or from its source past src_from), or
@@ -746,7 +775,7 @@ static void file_pump(conn_t *c)
     }
     c->src_len = got;
     c->fs_busy = 1;
-    if (c->state != C_FILE || !uv_is_active((uv_handle_t *)&c->timer)) {
+    if (c->state != C_FILE || !c->deadline) {
       c->state = C_FILE;
       write_timer_arm(c);
     }
@@ -759,7 +788,7 @@ static void file_pump(conn_t *c)
     return;
   }
   c->fs_busy = 1;
-  if (c->state != C_FILE || !uv_is_active((uv_handle_t *)&c->timer)) {
+  if (c->state != C_FILE || !c->deadline) {
     c->state = C_FILE;
     write_timer_arm(c);
   }
@@ -875,7 +904,7 @@ static void conn_fail(conn_t *c, int status)
   srv_req_t *r = c->req;
   r->dispatched = 1;
   c->close_after = 1;
-  uv_timer_stop(&c->timer);
+  timer_clear(c);
   char body[80];
   int n = snprintf(body, sizeof(body), "%d %s\n", status, reason_phrase(status));
   resp_send(r, status, "text/plain", (uint64_t)n, body, (size_t)n);
@@ -995,7 +1024,8 @@ static void conn_dispatch(conn_t *c)
   srv_req_t *r = c->req;
   llhttp_t *p = &c->parser;
   c->in_head = 0;
-  uv_timer_stop(&c->timer);
+  c->head_timer = 0;
+  timer_clear(c);
   r->method = llhttp_method_name((llhttp_method_t)p->method);
   r->is_head = p->method == HTTP_HEAD;
   if (c->head_bytes > s->o.max_header_bytes) {
@@ -1060,7 +1090,7 @@ static void conn_parse(conn_t *c)
       c->in_head = 1;
       c->head_bytes = 0;
       c->state = C_HEAD;
-      timer_arm(c, c->s->o.header_timeout_ms);
+      c->head_timer = 1; /* armed below if the head is not complete in this parse */
       continue;
     }
     if (err == HPE_PAUSED && c->why == P_HEADERS) {
@@ -1085,7 +1115,10 @@ static void conn_parse(conn_t *c)
       return;
     }
     if (c->state == C_IDLE)
-      timer_arm(c, c->s->o.idle_timeout_ms);
+      timer_set(c, c->s->o.idle_timeout_ms);
+    else if (c->head_timer) /* uv_now has not moved since the head began */
+      timer_set(c, c->s->o.header_timeout_ms);
+    c->head_timer = 0;
     read_start(c);
   }
 }
@@ -1237,7 +1270,7 @@ static void conn_start(conn_t *c)
   }
   s->nactive++;
   c->state = C_IDLE;
-  timer_arm(c, s->o.idle_timeout_ms);
+  timer_set(c, s->o.idle_timeout_ms);
   read_start(c);
 }
 
