@@ -37,6 +37,12 @@ void answer_common_headers(srv_req_t *req)
 {
   const char *q = srv_req_query(req);
   srv_resp_header(req, "Docker-Distribution-API-Version", "registry/2.0");
+  const reqctx_t *ctx = reqctx_of(req);
+  if (ctx && ctx->ns_state) { /* routed: the route read ns= already (registry.c) */
+    if (ctx->ns_state == 2)
+      srv_resp_header(req, "OCI-Namespace", ctx->ns);
+    return;
+  }
   /* Echo ns= as OCI-Namespace (distribution-spec main, "Registry Proxying"), but only a value
    * that is a plausible host[:port]: nothing from the client reaches a header unchecked. */
   while (q && *q) {

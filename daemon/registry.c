@@ -247,6 +247,15 @@ static int route_request(daemon_t *d, srv_req_t *req, route_t *r, daemon_upstrea
     answer_error(req, rc, detail);
     return rc;
   }
+  /* A content route read the query: its ns= named a configured upstream (so the value, as
+   * sent, is that name but for case), or there was none. The answers need not read it again. */
+  reqctx_t *ctx = reqctx_of(req);
+  if (r->kind >= ROUTE_MANIFEST && r->kind <= ROUTE_REFERRERS && r->upstream >= 0 &&
+      r->upstream < d->nups && (!r->ns_given || d->ups[r->upstream]->name_is_host)) {
+    ctx->ns_state = r->ns_given ? 2 : 1;
+    if (r->ns_given)
+      memcpy(ctx->ns, r->ns, strlen(r->ns) + 1);
+  }
   *up = NULL;
   if (r->upstream >= 0 && r->upstream < d->nups) {
     *up = d->ups[r->upstream];

@@ -96,8 +96,13 @@ enum pause_why { P_NONE, P_BEGIN, P_HEADERS };
 typedef struct conn conn_t;
 
 typedef struct hdr {
-  size_t name, value; /* offsets into srv_req.arena */
+  size_t name, value; /* offsets into srv_req.arena; the name's length is value - name - 1 */
 } hdr_t;
+
+/* 1 when header i of r is named name (nl bytes), case-insensitively: lengths first. */
+#define HDR_IS(r, i, nm, nl)                                                                       \
+  ((r)->h[i].value - (r)->h[i].name - 1 == (nl) &&                                                 \
+   strcasecmp((r)->arena.p + (r)->h[i].name, (nm)) == 0)
 
 struct srv_req {
   conn_t *c;
@@ -124,6 +129,8 @@ struct srv_req {
   srv_done_cb done;
   void *done_arg;
   void *data;
+  /* last: req_new zeroes what comes before it only */
+  _Alignas(max_align_t) unsigned char room[SRV_REQ_ROOM]; /* srv_req_room */
 };
 
 struct conn {
@@ -297,7 +304,7 @@ static srv_req_t *req_new(conn_t *c)
     pc_buf_t url = r->url, arena = r->arena, rh = r->rh, logf = r->logf;
     hdr_t *h = r->h;
     size_t hcap = r->hcap;
-    memset(r, 0, sizeof(*r));
+    memset(r, 0, offsetof(srv_req_t, room));
     pc_buf_reset(&url);
     pc_buf_reset(&arena);
     pc_buf_reset(&rh);
@@ -1041,7 +1048,7 @@ static void conn_dispatch(conn_t *c)
    * 400 (HTTP/1.0 requests need none). */
   size_t hosts = 0;
   for (size_t i = 0; i < r->nh; i++)
-    if (strcasecmp(r->arena.p + r->h[i].name, "host") == 0)
+    if (HDR_IS(r, i, "host", 4))
       hosts++;
   if (hosts > 1 || (hosts == 0 && p->http_major == 1 && p->http_minor >= 1)) {
     conn_fail(c, 400);
@@ -1550,9 +1557,9 @@ const char *srv_req_query(const srv_req_t *r)
 const char *srv_req_header(const srv_req_t *r, const char *name)
 {
   srv_req_t *rw = (srv_req_t *)r; /* the merged cache is filled lazily */
-  size_t first = r->nh, count = 0, total = 0;
+  size_t first = r->nh, count = 0, total = 0, nl = strlen(name);
   for (size_t i = 0; i < r->nh; i++) {
-    if (strcasecmp(r->arena.p + r->h[i].name, name) == 0) {
+    if (HDR_IS(r, i, name, nl)) {
       if (count++ == 0)
         first = i;
       total += strlen(r->arena.p + r->h[i].value) + 2;
@@ -1568,7 +1575,7 @@ const char *srv_req_header(const srv_req_t *r, const char *name)
     char *m = pc_xmalloc(total + 1);
     size_t len = 0;
     for (size_t i = first; i < r->nh; i++) {
-      if (strcasecmp(r->arena.p + r->h[i].name, name) != 0)
+      if (!HDR_IS(r, i, name, nl))
         continue;
       const char *v = r->arena.p + r->h[i].value;
       size_t vl = strlen(v);
@@ -1631,6 +1638,11 @@ void *srv_req_data(const srv_req_t *r)
   return r->data;
 }
 
+void *srv_req_room(srv_req_t *r)
+{
+  return r->room;
+}
+
 /* ---- responses (API) ---------------------------------------------------------------------- */
 
 void srv_resp_header(srv_req_t *r, const char *name, const char *value)
@@ -1640,12 +1652,13 @@ void srv_resp_header(srv_req_t *r, const char *name, const char *value)
     pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=invalid");
     return;
   }
-  char h0 = (char)(name[0] | 0x20); /* only names starting with c, d or t can be these */
-  if ((h0 == 'c' || h0 == 'd' || h0 == 't') &&
-      (strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Connection") == 0 ||
-       strcasecmp(name, "Date") == 0 || strcasecmp(name, "Transfer-Encoding") == 0))
-    return;
   size_t nl = (size_t)nls, vl = (size_t)vls;
+  /* the server's own: compared only at their lengths */
+  if ((nl == 14 && strcasecmp(name, "Content-Length") == 0) ||
+      (nl == 10 && strcasecmp(name, "Connection") == 0) ||
+      (nl == 4 && strcasecmp(name, "Date") == 0) ||
+      (nl == 17 && strcasecmp(name, "Transfer-Encoding") == 0))
+    return;
   if (r->rh.len + nl + vl + 4 > r->rh.max) { /* a whole header or none */
     pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
     return;

@@ -145,6 +145,11 @@ void srv_req_on_done(srv_req_t *r, srv_done_cb cb, void *arg);
 /** Opaque slot for the handler. */
 void srv_req_set_data(srv_req_t *r, void *data);
 void *srv_req_data(const srv_req_t *r);
+/** Room for the handler's per-request context inside the request: SRV_REQ_ROOM bytes, aligned
+ * for any type, not zeroed, valid from the handler call until the done callback has returned
+ * (the request's own storage, reused with it: no allocation per request). */
+#define SRV_REQ_ROOM 512
+void *srv_req_room(srv_req_t *r);
 
 /* ---- response ----------------------------------------------------------------------------- */
 
