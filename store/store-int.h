@@ -16,6 +16,8 @@
 
 /** How many pending access times are kept; past this the oldest are dropped. */
 #define STORE__ATIME_MAX 4096
+/** A hit whose digest is among this many newest pending notes updates that note. */
+#define STORE__ATIME_RECENT 8
 /** Length of "sha256:" + 64 hex (no NUL). */
 #define STORE__SHA256_LEN 71
 /** Longest media type we keep (the info structs hold 128 bytes with the NUL). */

@@ -780,6 +780,18 @@ int store_blob_stat(store_t *s, const char *digest, store_blob_info_t *info)
 static void atime_note(store_t *s, const char *digest, int64_t now)
 {
   pthread_mutex_lock(&s->atime_mu);
+  /* The same digest among the newest few notes (a hot manifest, the blobs of one pull): that
+   * note takes the later time. The flush keeps only the latest time per digest anyway, so this
+   * changes nothing it writes and spares it a record read per repeated hit. */
+  for (size_t k = 0; k < s->atime_n && k < STORE__ATIME_RECENT; k++) {
+    store__atime_t *e = &s->atimes[(s->atime_head + s->atime_n - 1 - k) % STORE__ATIME_MAX];
+    if (memcmp(e->digest, digest, STORE__SHA256_LEN) == 0) {
+      if (e->t < now)
+        e->t = now;
+      pthread_mutex_unlock(&s->atime_mu);
+      return;
+    }
+  }
   size_t idx;
   if (s->atime_n == STORE__ATIME_MAX) {
     idx = s->atime_head; /* overwrite the oldest */
