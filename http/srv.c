@@ -412,11 +412,17 @@ static void buf_u64(pc_buf_t *b, uint64_t v)
   (void)pc_buf_add(b, num + i, sizeof(num) - i);
 }
 
+/* 1 when answered requests get an access-log line. */
+static int access_log_on(const srv_t *s)
+{
+  return s->o.access_log >= 0 &&
+         PC_LOG_INFO <= atomic_load_explicit(&pc_log_level, memory_order_relaxed);
+}
+
 static void req_log(srv_req_t *r)
 {
   conn_t *c = r->c;
-  if (c->s->o.access_log < 0 ||
-      PC_LOG_INFO > atomic_load_explicit(&pc_log_level, memory_order_relaxed))
+  if (!access_log_on(c->s))
     return; /* not written: not built either */
   /* On the stack: with cap > max the buffer never grows (an append past max is refused), so
    * it is never realloc'd or freed. */
@@ -1610,8 +1616,8 @@ int srv_req_is_tls(const srv_req_t *r)
 void srv_req_log(srv_req_t *r, const char *key, const char *value)
 {
   char k[PC_LOG_KEY_MAX + 1], v[PC_LOG_QUOTE_SIZE(SRV_LOG_VALUE_MAX)];
-  if (!key || !value)
-    return;
+  if (!key || !value || !access_log_on(r->c->s))
+    return; /* no line is written: its fields are not built either */
   size_t kn = pc_log_key(k, sizeof(k), key);
   size_t vn = pc_log_quote(v, sizeof(v), value, SRV_LOG_VALUE_MAX);
   if (!kn || r->logf.len + kn + vn + 2 > r->logf.max) /* a whole field or none */

@@ -138,7 +138,8 @@ int srv_req_is_tls(const srv_req_t *r);
 /** Add a key=value field to this request's access-log line (copied; e.g. "cache", "hit").
  * The key is made a log key (pc_log_key: other characters become '_'; an empty key adds
  * nothing); the value is quoted by pc_log_quote and cut at 256 bytes. Fields past 1 KiB per
- * request are dropped. */
+ * request are dropped. Nothing is kept while the access log is off (srv_opts_t.access_log -1,
+ * or the log level below info). */
 void srv_req_log(srv_req_t *r, const char *key, const char *value);
 /** Register the done callback (one per request; a second call replaces the first). */
 void srv_req_on_done(srv_req_t *r, srv_done_cb cb, void *arg);
