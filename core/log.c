@@ -122,7 +122,20 @@ size_t pc_log_quote(char *dst, size_t dstlen, const char *value, size_t max)
   size_t take = n > max ? max : n;
   int quote = take == 0;
   unsigned plain = 1;
-  for (size_t i = 0; i < take; i++)
+  size_t i = 0;
+  /* 8 bytes at a time: a byte >= 0x80, below 0x21 ("has less than"), or equal to 0x7f, '"',
+   * '\\' or '=' (a zero byte of the word xor'ed with it) is not plain; the rest by table */
+  const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+  uint64_t bad = 0;
+  for (; i + 8 <= take; i += 8) {
+    uint64_t x, d7f, dq, db, de;
+    memcpy(&x, value + i, 8);
+    d7f = x ^ (ones * 0x7f), dq = x ^ (ones * '"'), db = x ^ (ones * '\\'), de = x ^ (ones * '=');
+    bad |= (x & highs) | ((x - ones * 0x21) & ~x & highs) | ((d7f - ones) & ~d7f & highs) |
+           ((dq - ones) & ~dq & highs) | ((db - ones) & ~db & highs) | ((de - ones) & ~de & highs);
+  }
+  plain = !bad;
+  for (; i < take; i++)
     plain &= plain_tab[(unsigned char)value[i]];
   quote |= !plain;
   if (!quote && take == n && take < dstlen) { /* as is: the common case */
@@ -141,7 +154,7 @@ size_t pc_log_quote(char *dst, size_t dstlen, const char *value, size_t max)
   } while (0)
   if (quote)
     PUT('"');
-  for (size_t i = 0; i < take; i++) {
+  for (i = 0; i < take; i++) {
     unsigned char c = (unsigned char)value[i];
     if (!quote || (c >= ' ' && c < 0x7f && c != '"' && c != '\\')) {
       PUT(c);
@@ -515,7 +528,7 @@ static void write_all(const char *p, size_t n)
 }
 
 /* One line for msg[0..mlen) at level lvl; cut: the message was cut to fit its buffer. */
-static void emit(int lvl, const char *msg, size_t mlen, int cut)
+static void emit(int lvl, const char *msg, size_t mlen, int cut, int plain)
 {
   char line[PC_LOG_LINE_MAX];
   size_t len = 0, body = 0;
@@ -543,7 +556,13 @@ static void emit(int lvl, const char *msg, size_t mlen, int cut)
       len += ln;
       line[len++] = ' ';
     }
-    body = text_body(line + len, sizeof(line) - len - 1, msg, mlen);
+    size_t cap = sizeof(line) - len - 1;
+    if (plain && mlen <= cap) { /* no control character in it: nothing to escape, no scan */
+      memcpy(line + len, msg, mlen);
+      body = mlen;
+    } else {
+      body = text_body(line + len, cap, msg, mlen);
+    }
   }
   len += body;
   line[len++] = '\n';
@@ -561,7 +580,7 @@ void pc__log(int lvl, const char *fmt, ...)
   if (n < 0)
     n = 0;
   int cut = (size_t)n >= sizeof(msg);
-  emit(lvl, msg, cut ? sizeof(msg) - 1 : (size_t)n, cut);
+  emit(lvl, msg, cut ? sizeof(msg) - 1 : (size_t)n, cut, 0);
   errno = saved;
 }
 
@@ -569,7 +588,15 @@ void pc__log_str(int lvl, const char *msg, size_t len)
 {
   int saved = errno;
   int cut = len >= PC_LOG_LINE_MAX;
-  emit(lvl, msg, cut ? PC_LOG_LINE_MAX - 1 : len, cut);
+  emit(lvl, msg, cut ? PC_LOG_LINE_MAX - 1 : len, cut, 0);
+  errno = saved;
+}
+
+void pc__log_str_plain(int lvl, const char *msg, size_t len)
+{
+  int saved = errno;
+  int cut = len >= PC_LOG_LINE_MAX;
+  emit(lvl, msg, cut ? PC_LOG_LINE_MAX - 1 : len, cut, 1);
   errno = saved;
 }
 
@@ -589,6 +616,6 @@ _Noreturn void pc__fatal(const char *file, int line, const char *fmt, ...)
   if (n < 0)
     n = 0;
   int cut = (size_t)n >= sizeof(msg);
-  emit(2, msg, cut ? sizeof(msg) - 1 : (size_t)n, cut);
+  emit(2, msg, cut ? sizeof(msg) - 1 : (size_t)n, cut, 0);
   abort();
 }

@@ -210,16 +210,6 @@ static void srv_maybe_free(srv_t *s);
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-/* Append v as a log value (pc_log_quote: as is when plain, else quoted and escaped), cut at
- * max bytes (marked with "..."), max <= SRV_LOG_VALUE_MAX. */
-static void log_value(pc_buf_t *b, const char *v, size_t max)
-{
-  char q[PC_LOG_QUOTE_SIZE(SRV_LOG_VALUE_MAX)];
-  PC_ASSERT(max <= SRV_LOG_VALUE_MAX);
-  size_t n = pc_log_quote(q, sizeof(q), v, max);
-  (void)pc_buf_add(b, q, n);
-}
-
 static const char *reason_phrase(int status)
 {
   switch (status) {
@@ -412,6 +402,18 @@ static void buf_u64(pc_buf_t *b, uint64_t v)
   (void)pc_buf_add(b, num + i, sizeof(num) - i);
 }
 
+/* Append v as a log value to the access-log line b (on the stack, cap > max), quoted in place:
+ * the whole value or nothing (as log_value, without the copy). */
+static void line_value(pc_buf_t *b, const char *v, size_t max)
+{
+  size_t room = b->max - b->len + 1; /* the content may reach max: the NUL after it fits */
+  size_t n = pc_log_quote(b->p + b->len, room, v, max);
+  if (n < room)
+    b->len += n;
+  else
+    b->p[b->len] = '\0';
+}
+
 /* 1 when answered requests get an access-log line. */
 static int access_log_on(const srv_t *s)
 {
@@ -430,9 +432,9 @@ static void req_log(srv_req_t *r)
   pc_buf_t b = {.p = line, .cap = sizeof(line), .max = SRV_LOG_LINE_MAX};
   line[0] = '\0';
   (void)pc_buf_adds(&b, "req method=");
-  log_value(&b, r->method, 32);
+  line_value(&b, r->method, 32);
   (void)pc_buf_adds(&b, " path=");
-  log_value(&b, r->url.p && r->url.p[0] ? r->url.p : "-", SRV_LOG_PATH_MAX);
+  line_value(&b, r->url.p && r->url.p[0] ? r->url.p : "-", SRV_LOG_PATH_MAX);
   (void)pc_buf_adds(&b, " status=");
   buf_u64(&b, (uint64_t)(r->status < 0 ? 0 : r->status));
   (void)pc_buf_adds(&b, " bytes=");
@@ -440,17 +442,18 @@ static void req_log(srv_req_t *r)
   (void)pc_buf_adds(&b, " ms=");
   buf_u64(&b, uv_now(c->s->loop) - r->t0);
   (void)pc_buf_adds(&b, " peer=");
-  log_value(&b, c->peer, 64);
+  line_value(&b, c->peer, 64);
   if (c->tr->ops->client) {
     char id[256];
     c->tr->ops->client(c->tr, id, sizeof(id));
     if (id[0]) {
       (void)pc_buf_adds(&b, " tls_subject=");
-      log_value(&b, id, sizeof(id));
+      line_value(&b, id, sizeof(id));
     }
   }
   (void)pc_buf_add(&b, r->logf.p, r->logf.len);
-  pc_log_str(PC_LOG_INFO, b.p, b.len);
+  /* every part is a constant, a number, a log key or a quoted value: no control character */
+  pc_log_str_plain(PC_LOG_INFO, b.p, b.len);
 }
 
 /* ---- connections: closing ----------------------------------------------------------------- */
