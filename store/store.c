@@ -709,11 +709,19 @@ const char *store_root(const store_t *s)
 
 /* ---- blobs ------------------------------------------------------------------------------ */
 
+static int blob_path(const store_t *s, const char *digest, char *buf, size_t buflen);
+
 int store_blob_path(const store_t *s, const char *digest, char *buf, size_t buflen)
 {
   if (!store__is_sha256(digest))
     return PC_E_DIGEST_INVALID;
-  /* "<root>/blobs/sha256/<2 hex>/<64 hex>", without stdio (twice per warm hit) */
+  return blob_path(s, digest, buf, buflen);
+}
+
+/* store_blob_path for a digest the caller has validated already */
+static int blob_path(const store_t *s, const char *digest, char *buf, size_t buflen)
+{
+  /* "<root>/blobs/sha256/<2 hex>/<64 hex>", without stdio (once per warm hit) */
   const char *hex = digest + 7;
   size_t rl = strlen(s->root);
   if (rl + 14 + 2 + 1 + 64 + 1 > buflen)
@@ -811,7 +819,7 @@ static int open_checked(store_t *s, const char *digest, int64_t rec_size, int *f
 {
   char path[PATH_MAX];
   struct stat st;
-  int rc = store_blob_path(s, digest, path, sizeof(path));
+  int rc = blob_path(s, digest, path, sizeof(path));
   if (rc)
     return rc;
   int f = open(path, O_RDONLY | O_CLOEXEC);
