@@ -39,6 +39,10 @@ static inline int pc_buf_add(pc_buf_t *b, const void *p, size_t n)
   return pc__buf_add(b, p, n);
 }
 
+/** Make room for n more bytes of content (and the NUL) without adding any: 0, or PC_E_TOOBIG
+ * when len + n would pass the cap (nothing changes). */
+int pc_buf_reserve(pc_buf_t *b, size_t n);
+
 /** Append a C string. */
 static inline int pc_buf_adds(pc_buf_t *b, const char *s)
 {

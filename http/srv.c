@@ -1618,17 +1618,32 @@ int srv_req_is_tls(const srv_req_t *r)
 
 void srv_req_log(srv_req_t *r, const char *key, const char *value)
 {
-  char k[PC_LOG_KEY_MAX + 1], v[PC_LOG_QUOTE_SIZE(SRV_LOG_VALUE_MAX)];
+  char k[PC_LOG_KEY_MAX + 1];
+  pc_buf_t *b = &r->logf;
   if (!key || !value || !access_log_on(r->c->s))
     return; /* no line is written: its fields are not built either */
   size_t kn = pc_log_key(k, sizeof(k), key);
-  size_t vn = pc_log_quote(v, sizeof(v), value, SRV_LOG_VALUE_MAX);
-  if (!kn || r->logf.len + kn + vn + 2 > r->logf.max) /* a whole field or none */
+  size_t room = b->max - b->len; /* content bytes a field may take */
+  if (!kn || kn + 3 > room)
     return;
-  (void)pc_buf_add(&r->logf, " ", 1);
-  (void)pc_buf_add(&r->logf, k, kn);
-  (void)pc_buf_add(&r->logf, "=", 1);
-  (void)pc_buf_add(&r->logf, v, vn);
+  /* The value is quoted in place: room for this field (the most its value can quote to, or
+   * what is left), so the buffer grows by what the fields need, never to its cap at once. */
+  size_t vl = strnlen(value, SRV_LOG_VALUE_MAX + 1);
+  size_t want = kn + 2 + PC_LOG_QUOTE_SIZE(vl); /* the field and its NUL */
+  if (want > room + 1)
+    want = room + 1;
+  if (pc_buf_reserve(b, want - 1) != 0)
+    return;
+  char *o = b->p + b->len;
+  o[0] = ' ';
+  memcpy(o + 1, k, kn);
+  o[1 + kn] = '=';
+  size_t vn = pc_log_quote(o + 2 + kn, want - kn - 2, value, SRV_LOG_VALUE_MAX);
+  if (vn >= want - kn - 2 || kn + vn + 2 > room) { /* a whole field or none */
+    b->p[b->len] = '\0';
+    return;
+  }
+  b->len += kn + vn + 2;
 }
 
 void srv_req_on_done(srv_req_t *r, srv_done_cb cb, void *arg)
@@ -1676,6 +1691,15 @@ void srv_resp_header(srv_req_t *r, const char *name, const char *value)
   (void)pc_buf_add(&r->rh, ": ", 2);
   (void)pc_buf_add(&r->rh, value, vl);
   (void)pc_buf_add(&r->rh, "\r\n", 2);
+}
+
+void srv__resp_header_line(srv_req_t *r, const char *line, size_t len)
+{
+  if (r->rh.len + len > r->rh.max) { /* a whole header or none */
+    pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
+    return;
+  }
+  (void)pc_buf_add(&r->rh, line, len);
 }
 
 void srv_respond(srv_req_t *r, int status, const char *content_type, const void *body, size_t len)

@@ -157,6 +157,11 @@ void *srv_req_room(srv_req_t *r);
 /** Add a response header (both copied). Call before srv_respond*. Content-Length, Connection
  * and Date are the server's. */
 void srv_resp_header(srv_req_t *r, const char *name, const char *value);
+/** Add a constant header, "Name: value" as a string literal (the macro refuses anything else):
+ * copied as it is, without srv_resp_header's checks, which a literal the program spells out
+ * does not need (data always goes through srv_resp_header). Not one of the server's own. */
+#define srv_resp_header_lit(r, line) srv__resp_header_line((r), "" line "\r\n", sizeof(line) + 1)
+void srv__resp_header_line(srv_req_t *r, const char *line, size_t len);
 /** Answer with an in-memory body (copied; may be NULL with len 0). content_type may be NULL.
  * For HEAD the headers (with Content-Length: len) are sent without the body. */
 void srv_respond(srv_req_t *r, int status, const char *content_type, const void *body, size_t len);
