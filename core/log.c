@@ -123,16 +123,18 @@ size_t pc_log_quote(char *dst, size_t dstlen, const char *value, size_t max)
   int quote = take == 0;
   unsigned plain = 1;
   size_t i = 0;
-  /* 8 bytes at a time: a byte >= 0x80, below 0x21 ("has less than"), or equal to 0x7f, '"',
-   * '\\' or '=' (a zero byte of the word xor'ed with it) is not plain; the rest by table */
+  /* 8 bytes at a time. Outside 0x21..0x7e: a lane below 0x21 has its top bit set by x - 0x21,
+   * one at 0x7f by x + 1, one at or above 0x80 already (a borrow or carry between lanes only
+   * starts at a lane that is outside itself); then '"', '\\' and '=' as zero lanes of x ^ c. */
   const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
   uint64_t bad = 0;
   for (; i + 8 <= take; i += 8) {
-    uint64_t x, d7f, dq, db, de;
+    uint64_t x, dq, db, de;
     memcpy(&x, value + i, 8);
-    d7f = x ^ (ones * 0x7f), dq = x ^ (ones * '"'), db = x ^ (ones * '\\'), de = x ^ (ones * '=');
-    bad |= (x & highs) | ((x - ones * 0x21) & ~x & highs) | ((d7f - ones) & ~d7f & highs) |
-           ((dq - ones) & ~dq & highs) | ((db - ones) & ~db & highs) | ((de - ones) & ~de & highs);
+    dq = x ^ (ones * '"'), db = x ^ (ones * '\\'), de = x ^ (ones * '=');
+    bad |= ((x - ones * 0x21) | x | (x + ones) | ((dq - ones) & ~dq) | ((db - ones) & ~db) |
+            ((de - ones) & ~de)) &
+           highs;
   }
   plain = !bad;
   for (; i < take; i++)
