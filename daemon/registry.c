@@ -307,7 +307,9 @@ static void registry_route(daemon_t *d, srv_req_t *req)
       answer_error(req, PC_E_LOOP, why);
       return;
     }
+    store_read_batch_begin(d->store); /* the dispatch's lookups: one read txn */
     dispatch_content(d, req, &r, up);
+    store_read_batch_end(d->store);
     tier_leave(d);
     return;
   }

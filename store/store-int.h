@@ -139,8 +139,9 @@ int store__is_doomed(store_t *s, MDB_txn *txn, const char *digest);
 /** Open (create) the "seen" database in txn, at store_open (store/scope.c). */
 int store__seen_open(store_t *s, MDB_txn *txn);
 
-/** A short read transaction: the kept reset one renewed, else a new one. 0 or an error (then
- * none is open). End it with store__rtxn_end (never mdb_txn_abort), in the same function. */
+/** A short read transaction: the thread's read batch's (store_read_batch_begin), else the kept
+ * reset one renewed, else a new one. 0 or an error (then none is open). End it with
+ * store__rtxn_end (never mdb_txn_abort), in the same function. */
 int store__rtxn_begin(store_t *s, MDB_txn **txn);
 /** End a read transaction from store__rtxn_begin: reset and kept for the next (or aborted
  * when one is kept already). */

@@ -113,7 +113,61 @@ int store__is_sha256(const char *s)
          store_digest_parse(s, STORE__SHA256_LEN) == STORE_DIGEST_SHA256;
 }
 
+/* The read batch of this thread (store_read_batch_begin): its store and its txn (NULL until
+ * the first read). Thread-local: no other thread sees it, so no lock. */
+static _Thread_local struct {
+  store_t *s;
+  MDB_txn *txn;
+  unsigned depth; /* begins not yet ended (a nested batch joins the outer one) */
+} rbatch;
+
+static int rtxn_get(store_t *s, MDB_txn **txn);
+static void rtxn_put(store_t *s, MDB_txn *txn);
+
+void store_read_batch_begin(store_t *s)
+{
+  if (rbatch.depth++ > 0)
+    return; /* nested (possibly for another store, whose reads then go unbatched) */
+  rbatch.s = s;
+  rbatch.txn = NULL;
+}
+
+void store_read_batch_end(store_t *s)
+{
+  (void)s;
+  PC_ASSERT(rbatch.depth > 0);
+  if (--rbatch.depth > 0)
+    return;
+  store_t *bs = rbatch.s;
+  MDB_txn *t = rbatch.txn;
+  rbatch.s = NULL;
+  rbatch.txn = NULL;
+  if (t)
+    rtxn_put(bs, t);
+}
+
 int store__rtxn_begin(store_t *s, MDB_txn **txn)
+{
+  if (rbatch.s == s) {
+    if (!rbatch.txn) {
+      int rc = rtxn_get(s, &rbatch.txn);
+      if (rc)
+        return rc;
+    }
+    *txn = rbatch.txn;
+    return 0;
+  }
+  return rtxn_get(s, txn);
+}
+
+void store__rtxn_end(store_t *s, MDB_txn *txn)
+{
+  if (rbatch.s == s && txn == rbatch.txn)
+    return; /* the batch's: ended with it */
+  rtxn_put(s, txn);
+}
+
+static int rtxn_get(store_t *s, MDB_txn **txn)
 {
   MDB_txn *t = atomic_exchange_explicit(&s->rtxn_spare, NULL, memory_order_acquire);
   if (t) {
@@ -126,7 +180,7 @@ int store__rtxn_begin(store_t *s, MDB_txn **txn)
   return store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, txn), "txn_begin");
 }
 
-void store__rtxn_end(store_t *s, MDB_txn *txn)
+static void rtxn_put(store_t *s, MDB_txn *txn)
 {
   mdb_txn_reset(txn);
   MDB_txn *old = atomic_exchange_explicit(&s->rtxn_spare, txn, memory_order_acq_rel);
