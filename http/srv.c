@@ -41,18 +41,23 @@
  * flight before its close callback.
  *
  * Writing. Small complete file bodies (<= SRV_SMALL_FILE: manifests, configs) are read inline
- * and written with the head in one write. Larger ones go out with the transport's send_file,
- * SRV_FILE_CHUNK bytes at most per op (TCP: sendfile(2) from the loop when the range is in the
- * page cache, else on the thread pool; see http/srv_tcp.c); the file fd is the connection's and
- * stays open until the transport has closed. Nothing else is written while a file body is in flight
- * (responses are strictly ordered). Per connection memory is the read buffer, the request and the
- * response head: it does not depend on the body size. Finished requests and written response
- * buffers are kept by the server for reuse (srv.spare, srv.wspare: at most one of each per open
- * connection, at least SRV_SPARE, none whose buffers grew past SRV_SPARE_BUF_MAX; trimmed as
- * connections close), so a warm answer allocates nothing here. A file body may continue from a body
- * source (srv_file_source; or be all source, srv_respond_source): from r->src_from on, each
- * chunk is peeked from the source and written with the transport's write (the bytes stay the
- * source's until its sent call); the source is released where the file would be closed.
+ * and written with the head in one write. A response given inside the handler call is tried at
+ * once with the transport's try_write: when the socket takes it whole, the request completes
+ * right after the handler returns (conn_dispatch; the done callback still runs after srv_respond*
+ * returned) and the parse loop goes on with the next pipelined request, with no write request
+ * and no loop turn for its callback; the rest of a partial write goes the usual way. Larger ones go
+ * out with the transport's send_file, SRV_FILE_CHUNK bytes at most per op (TCP: sendfile(2) from
+ * the loop when the range is in the page cache, else on the thread pool; see http/srv_tcp.c); the
+ * file fd is the connection's and stays open until the transport has closed. Nothing else is
+ * written while a file body is in flight (responses are strictly ordered). Per connection memory is
+ * the read buffer, the request and the response head: it does not depend on the body size. Finished
+ * requests and written response buffers are kept by the server for reuse (srv.spare, srv.wspare: at
+ * most one of each per open connection, at least SRV_SPARE, none whose buffers grew past
+ * SRV_SPARE_BUF_MAX; trimmed as connections close), so a warm answer allocates nothing here. A file
+ * body may continue from a body source (srv_file_source; or be all source, srv_respond_source):
+ * from r->src_from on, each chunk is peeked from the source and written with the transport's write
+ * (the bytes stay the source's until its sent call); the source is released where the file would be
+ * closed.
  *
  * The process must ignore SIGPIPE (libuv and sendfile write to sockets that may be closed).
  */
@@ -153,6 +158,9 @@ struct conn {
   int err_status; /* set by a parser callback that returns HPE_USER */
   unsigned reading : 1, eof : 1, closing : 1, close_after : 1, reject : 1, fs_busy : 1;
   unsigned head_timer : 1; /* a head began in this parse: its timeout is due from now */
+  unsigned in_handler : 1; /* inside the handler call of conn_dispatch */
+  unsigned wrote_sync : 1; /* the response went out whole there: completed after the call */
+  unsigned parsing : 1;    /* inside conn_parse: finish_req leaves the next request to it */
   int ffd;                 /* file being sent, or -1 (owned by the connection; see fs_busy) */
   srv_source_t *src;       /* body source (srv_file_source), or NULL; released like ffd is closed */
   size_t src_len;          /* bytes of the source write in flight (fs_busy) */
@@ -683,12 +691,13 @@ static void finish_req(conn_t *c, int status)
   c->state = C_IDLE;
   timer_clear(c);
   llhttp_resume(&c->parser);
-  conn_parse(c);
+  if (!c->parsing) /* else the conn_parse below us goes on with the next request */
+    conn_parse(c);
 }
 
-static void on_write(srv_tr_t *t, ssize_t status)
+/* The response head (and memory body) is written: go on with a file body or finish. */
+static void write_done(conn_t *c, ssize_t status)
 {
-  conn_t *c = t->data;
   wbuf_release(c);
   if (c->closing)
     return;
@@ -708,6 +717,11 @@ static void on_write(srv_tr_t *t, ssize_t status)
     return;
   }
   finish_req(c, r->status);
+}
+
+static void on_write(srv_tr_t *t, ssize_t status)
+{
+  write_done(t->data, status);
 }
 
 static void on_file_sent(srv_tr_t *t, ssize_t res)
@@ -903,6 +917,20 @@ static void resp_send(srv_req_t *r, int status, const char *ctype, uint64_t clen
   c->wcap = b.cap;
   uv_buf_t ub = uv_buf_init(b.p, (unsigned)b.len);
   c->state = C_WRITE;
+  if (c->in_handler && c->tr->ops->try_write) {
+    /* Answered inside the handler (a warm hit): write it now; when the socket takes it all,
+     * the request completes as soon as the handler returns (conn_dispatch), without a write
+     * request and a loop turn for its callback. What is left goes the usual way. */
+    int n = c->tr->ops->try_write(c->tr, &ub, 1);
+    if (n == (int)ub.len) {
+      c->wrote_sync = 1;
+      return;
+    }
+    if (n > 0) {
+      ub.base += n;
+      ub.len -= (unsigned)n;
+    }
+  }
   int rc = c->tr->ops->write(c->tr, &ub, 1, on_write);
   if (rc != 0) {
     wbuf_release(c);
@@ -1077,12 +1105,28 @@ static void conn_dispatch(conn_t *c)
   }
   r->dispatched = 1;
   c->state = C_HANDLER;
+  c->in_handler = 1;
   s->cb(r, s->arg);
+  c->in_handler = 0;
   /* r may be gone (answered and finished later, or aborted); c lives until its close cb */
+  if (c->wrote_sync) { /* written whole inside the call: its write is done now */
+    c->wrote_sync = 0;
+    if (!c->closing)
+      write_done(c, 0);
+  }
 }
 
 /* Parse buffered bytes while no request is in flight. */
+static void conn_parse_buffered(conn_t *c);
+
 static void conn_parse(conn_t *c)
+{
+  c->parsing = 1;
+  conn_parse_buffered(c);
+  c->parsing = 0; /* c outlives this: it is freed only from its close callbacks */
+}
+
+static void conn_parse_buffered(conn_t *c)
 {
   while (!c->closing && (c->state == C_IDLE || c->state == C_HEAD) && c->rpos < c->rlen) {
     const char *p = c->rbuf + c->rpos;
@@ -1111,7 +1155,7 @@ static void conn_parse(conn_t *c)
     }
     if (err == HPE_PAUSED && c->why == P_HEADERS) {
       conn_dispatch(c);
-      break;
+      continue; /* done already (answered and written inside it): the next one; else out */
     }
     if (err == HPE_PAUSED_UPGRADE || (c->req && c->req->dispatched)) {
       conn_abort(c); /* cannot happen: upgrades close after their response */

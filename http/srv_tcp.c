@@ -119,6 +119,13 @@ static int tcp_write(srv_tr_t *tr, const uv_buf_t *bufs, unsigned nbufs, srv_tr_
   return uv_write(&t->wreq, (uv_stream_t *)&t->tcp, bufs, nbufs, on_write);
 }
 
+static int tcp_try_write(srv_tr_t *tr, const uv_buf_t *bufs, unsigned nbufs)
+{
+  tcp_t *t = (tcp_t *)tr;
+  int n = uv_try_write((uv_stream_t *)&t->tcp, bufs, nbufs);
+  return n == UV_EAGAIN ? 0 : n;
+}
+
 static size_t tcp_write_queue_size(const srv_tr_t *tr)
 {
   const tcp_t *t = (const tcp_t *)tr;
@@ -399,6 +406,7 @@ static const srv_tr_ops_t tcp_ops = {
     .write = tcp_write,
     .send_file = tcp_send_file,
     .write_queue_size = tcp_write_queue_size,
+    .try_write = tcp_try_write,
     .shutdown = tcp_shutdown,
     .close = tcp_close,
     .peer = tcp_peer,
