@@ -104,7 +104,7 @@ static void record(srv_req_t *req, answer_kind kind, int outcome)
     srv_resp_header_lit(req, "X-Cache: REVALIDATED");
     break;
   }
-  srv_req_log(req, "cache", log[outcome]);
+  srv_req_log_lit(req, "cache", log[outcome]);
   reqctx_t *ctx = reqctx_of(req);
   if (ctx) {
     PC_ASSERT(ctx->outcome < 0); /* one outcome per request */

@@ -223,7 +223,7 @@ static int route_request(daemon_t *d, srv_req_t *req, route_t *r, daemon_upstrea
   int rc =
       route_parse(srv_req_method(req), srv_req_path(req), srv_req_query(req), names, d->nups, r);
   if (!reqctx_of(req)->access_ok) /* routed again after a credential check: logged once */
-    srv_req_log(req, "route", route_kind_name(r->kind));
+    srv_req_log_lit(req, "route", route_kind_name(r->kind));
   reqctx_of(req)->route = r->kind;
   if (!access_request(d, req, r->kind, registry_route))
     return PC_E_DENIED; /* answered: before any route error says what the path is */
@@ -260,9 +260,9 @@ static int route_request(daemon_t *d, srv_req_t *req, route_t *r, daemon_upstrea
   if (r->upstream >= 0 && r->upstream < d->nups) {
     *up = d->ups[r->upstream];
     if (r->kind >= ROUTE_MANIFEST && r->kind <= ROUTE_REFERRERS) {
-      srv_req_log(req, "upstream", (*up)->conf.name);
+      srv_req_log_lit(req, "upstream", (*up)->conf.name);
       if (r->ns_given)
-        srv_req_log(req, "ns", r->ns);
+        srv_req_log_lit(req, "ns", r->ns);
     }
   }
   return 0;

@@ -1663,10 +1663,16 @@ int srv_req_is_tls(const srv_req_t *r)
 void srv_req_log(srv_req_t *r, const char *key, const char *value)
 {
   char k[PC_LOG_KEY_MAX + 1];
-  pc_buf_t *b = &r->logf;
   if (!key || !value || !access_log_on(r->c->s))
     return; /* no line is written: its fields are not built either */
-  size_t kn = pc_log_key(k, sizeof(k), key);
+  srv__req_log_field(r, k, pc_log_key(k, sizeof(k), key), value);
+}
+
+void srv__req_log_field(srv_req_t *r, const char *k, size_t kn, const char *value)
+{
+  pc_buf_t *b = &r->logf;
+  if (!value || !access_log_on(r->c->s))
+    return;
   size_t room = b->max - b->len; /* content bytes a field may take */
   if (!kn || kn + 3 > room)
     return;

@@ -141,6 +141,11 @@ int srv_req_is_tls(const srv_req_t *r);
  * request are dropped. Nothing is kept while the access log is off (srv_opts_t.access_log -1,
  * or the log level below info). */
 void srv_req_log(srv_req_t *r, const char *key, const char *value);
+/** srv_req_log with a key the program spells out as a string literal of log-key characters
+ * ([A-Za-z0-9_.-], at most PC_LOG_KEY_MAX: the macro refuses anything but a literal), taken as
+ * it is; the value is quoted as always. */
+#define srv_req_log_lit(r, key, value) srv__req_log_field((r), "" key "", sizeof(key) - 1, (value))
+void srv__req_log_field(srv_req_t *r, const char *key, size_t kn, const char *value);
 /** Register the done callback (one per request; a second call replaces the first). */
 void srv_req_on_done(srv_req_t *r, srv_done_cb cb, void *arg);
 /** Opaque slot for the handler. */
