@@ -40,7 +40,7 @@ void answer_common_headers(srv_req_t *req)
   const reqctx_t *ctx = reqctx_of(req);
   if (ctx && ctx->ns_state) { /* routed: the route read ns= already (registry.c) */
     if (ctx->ns_state == 2)
-      srv_resp_header(req, "OCI-Namespace", ctx->ns);
+      srv_resp_header_named(req, "OCI-Namespace", ctx->ns);
     return;
   }
   /* Echo ns= as OCI-Namespace (distribution-spec main, "Registry Proxying"), but only a value
@@ -146,8 +146,8 @@ static void digest_headers(srv_req_t *req, const answer_content_t *a)
   etag[dl + 1] = '"';
   etag[dl + 2] = '\0';
   answer_common_headers(req);
-  srv_resp_header(req, "Docker-Content-Digest", a->digest);
-  srv_resp_header(req, "ETag", etag);
+  srv_resp_header_named(req, "Docker-Content-Digest", a->digest);
+  srv_resp_header_named(req, "ETag", etag);
   if (a->kind == ANSWER_BLOB) {
     srv_resp_header_lit(req, "Accept-Ranges: bytes");
     srv_resp_header_lit(req, "Cache-Control: max-age=31536000");

@@ -1743,6 +1743,24 @@ void srv_resp_header(srv_req_t *r, const char *name, const char *value)
   (void)pc_buf_add(&r->rh, "\r\n", 2);
 }
 
+void srv__resp_header_named(srv_req_t *r, const char *name, size_t nl, const char *value)
+{
+  ssize_t vls = value ? header_len(value) : -1;
+  if (vls < 0) {
+    pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=invalid");
+    return;
+  }
+  size_t vl = (size_t)vls;
+  if (r->rh.len + nl + vl + 4 > r->rh.max) { /* a whole header or none */
+    pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
+    return;
+  }
+  (void)pc_buf_add(&r->rh, name, nl);
+  (void)pc_buf_add(&r->rh, ": ", 2);
+  (void)pc_buf_add(&r->rh, value, vl);
+  (void)pc_buf_add(&r->rh, "\r\n", 2);
+}
+
 void srv__resp_header_line(srv_req_t *r, const char *line, size_t len)
 {
   if (r->rh.len + len > r->rh.max) { /* a whole header or none */

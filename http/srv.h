@@ -167,6 +167,11 @@ void srv_resp_header(srv_req_t *r, const char *name, const char *value);
  * does not need (data always goes through srv_resp_header). Not one of the server's own. */
 #define srv_resp_header_lit(r, line) srv__resp_header_line((r), "" line "\r\n", sizeof(line) + 1)
 void srv__resp_header_line(srv_req_t *r, const char *line, size_t len);
+/** srv_resp_header with the name a string literal (not one of the server's own): only the
+ * value, which is data, is checked. */
+#define srv_resp_header_named(r, name, value)                                                      \
+  srv__resp_header_named((r), "" name "", sizeof(name) - 1, (value))
+void srv__resp_header_named(srv_req_t *r, const char *name, size_t nl, const char *value);
 /** Answer with an in-memory body (copied; may be NULL with len 0). content_type may be NULL.
  * For HEAD the headers (with Content-Length: len) are sent without the body. */
 void srv_respond(srv_req_t *r, int status, const char *content_type, const void *body, size_t len);
