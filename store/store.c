@@ -42,6 +42,7 @@
 #include "store/store-int.h"
 
 #include <dirent.h>
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -85,10 +86,9 @@ static void put_u64(unsigned char *p, uint64_t v)
 
 static uint64_t get_u64(const unsigned char *p)
 {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++)
-    v |= (uint64_t)p[i] << (8 * i);
-  return v;
+  uint64_t v; /* little-endian: one load (and a swap on a big-endian host) */
+  memcpy(&v, p, 8);
+  return le64toh(v);
 }
 
 int store__mdb_err(int rc, const char *what)
