@@ -208,7 +208,15 @@ static int in_page_cache(int fd, uint64_t off, size_t len)
     return 0;
   int ok = mincore(m, span, vec) == 0;
   munmap(m, span);
-  for (size_t i = 0; ok && i < pages; i++)
+  /* the low bit of every byte: 8 pages at a time (a 1 MiB chunk is 256 of them) */
+  const uint64_t lows = 0x0101010101010101ull;
+  size_t i = 0;
+  for (; ok && i + 8 <= pages; i += 8) {
+    uint64_t w;
+    memcpy(&w, vec + i, 8);
+    ok = (w & lows) == lows;
+  }
+  for (; ok && i < pages; i++)
     ok = vec[i] & 1;
   return ok;
 }
