@@ -83,13 +83,6 @@ void pc_buf_consume(pc_buf_t *b, size_t n)
   b->p[b->len] = '\0';
 }
 
-void pc_buf_reset(pc_buf_t *b)
-{
-  b->len = 0;
-  if (b->p)
-    b->p[0] = '\0';
-}
-
 void pc_buf_free(pc_buf_t *b)
 {
   free(b->p);

@@ -321,7 +321,8 @@ static srv_req_t *req_new(conn_t *c)
   r->arena.max = c->s->o.max_header_bytes + 2 * c->s->o.max_headers;
   r->rh.max = SRV_RESP_HDR_MAX;
   r->logf.max = SRV_LOGF_MAX;
-  (void)pc_buf_add(&r->url, "", 0); /* url.p is a string from the start */
+  if (!r->url.p)
+    (void)pc_buf_add(&r->url, "", 0); /* url.p is a string from the start */
   return r;
 }
 
