@@ -31,6 +31,13 @@ static int reserve(pc_buf_t *b, size_t need)
   return 0;
 }
 
+int pc_buf_reserve(pc_buf_t *b, size_t n)
+{
+  if (n > SIZE_MAX - 1 - b->len)
+    return PC_E_TOOBIG;
+  return reserve(b, b->len + n);
+}
+
 int pc__buf_add(pc_buf_t *b, const void *p, size_t n)
 {
   if (n > SIZE_MAX - 1 - b->len)
@@ -74,13 +81,6 @@ void pc_buf_consume(pc_buf_t *b, size_t n)
   memmove(b->p, b->p + n, b->len - n);
   b->len -= n;
   b->p[b->len] = '\0';
-}
-
-void pc_buf_reset(pc_buf_t *b)
-{
-  b->len = 0;
-  if (b->p)
-    b->p[0] = '\0';
 }
 
 void pc_buf_free(pc_buf_t *b)

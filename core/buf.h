@@ -39,6 +39,10 @@ static inline int pc_buf_add(pc_buf_t *b, const void *p, size_t n)
   return pc__buf_add(b, p, n);
 }
 
+/** Make room for n more bytes of content (and the NUL) without adding any: 0, or PC_E_TOOBIG
+ * when len + n would pass the cap (nothing changes). */
+int pc_buf_reserve(pc_buf_t *b, size_t n);
+
 /** Append a C string. */
 static inline int pc_buf_adds(pc_buf_t *b, const char *s)
 {
@@ -49,7 +53,12 @@ int pc_buf_printf(pc_buf_t *b, const char *fmt, ...) __attribute__((format(print
 /** Drop the first n bytes of content (n <= len), keeping the allocation. */
 void pc_buf_consume(pc_buf_t *b, size_t n);
 /** Empty the buffer, keeping its allocation and cap. */
-void pc_buf_reset(pc_buf_t *b);
+static inline void pc_buf_reset(pc_buf_t *b)
+{
+  b->len = 0;
+  if (b->p)
+    b->p[0] = '\0';
+}
 /** Free the bytes; the buffer is empty (cap kept) and may be used again. */
 void pc_buf_free(pc_buf_t *b);
 /** Take the bytes (the caller frees them; NULL if never appended to); the buffer is empty. */

@@ -83,10 +83,22 @@ int pc_log_journald(void)
 
 /* ---- quoting (the writer's side of the convention) ----------------------------------------- */
 
+/* [A-Za-z0-9_.-] (a table: pc_log_key runs for every access-log field) */
+static const unsigned char key_tab[256] = {
+    ['-'] = 1, ['.'] = 1, ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1,
+    ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1,
+    ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1,
+    ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1,
+    ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['_'] = 1, ['a'] = 1,
+    ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1,
+    ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1,
+    ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1,
+    ['z'] = 1,
+};
+
 static int is_key_char(unsigned char c)
 {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-         c == '.' || c == '-';
+  return key_tab[c];
 }
 
 /* 1 for a character a value may hold unquoted: > ' ', < 0x7f, not '"', '\\' or '=' (a table:
@@ -110,7 +122,22 @@ size_t pc_log_quote(char *dst, size_t dstlen, const char *value, size_t max)
   size_t take = n > max ? max : n;
   int quote = take == 0;
   unsigned plain = 1;
-  for (size_t i = 0; i < take; i++)
+  size_t i = 0;
+  /* 8 bytes at a time. Outside 0x21..0x7e: a lane below 0x21 has its top bit set by x - 0x21,
+   * one at 0x7f by x + 1, one at or above 0x80 already (a borrow or carry between lanes only
+   * starts at a lane that is outside itself); then '"', '\\' and '=' as zero lanes of x ^ c. */
+  const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+  uint64_t bad = 0;
+  for (; i + 8 <= take; i += 8) {
+    uint64_t x, dq, db, de;
+    memcpy(&x, value + i, 8);
+    dq = x ^ (ones * '"'), db = x ^ (ones * '\\'), de = x ^ (ones * '=');
+    bad |= ((x - ones * 0x21) | x | (x + ones) | ((dq - ones) & ~dq) | ((db - ones) & ~db) |
+            ((de - ones) & ~de)) &
+           highs;
+  }
+  plain = !bad;
+  for (; i < take; i++)
     plain &= plain_tab[(unsigned char)value[i]];
   quote |= !plain;
   if (!quote && take == n && take < dstlen) { /* as is: the common case */
@@ -129,7 +156,7 @@ size_t pc_log_quote(char *dst, size_t dstlen, const char *value, size_t max)
   } while (0)
   if (quote)
     PUT('"');
-  for (size_t i = 0; i < take; i++) {
+  for (i = 0; i < take; i++) {
     unsigned char c = (unsigned char)value[i];
     if (!quote || (c >= ' ' && c < 0x7f && c != '"' && c != '\\')) {
       PUT(c);
@@ -503,7 +530,7 @@ static void write_all(const char *p, size_t n)
 }
 
 /* One line for msg[0..mlen) at level lvl; cut: the message was cut to fit its buffer. */
-static void emit(int lvl, const char *msg, size_t mlen, int cut)
+static void emit(int lvl, const char *msg, size_t mlen, int cut, int plain)
 {
   char line[PC_LOG_LINE_MAX];
   size_t len = 0, body = 0;
@@ -531,7 +558,13 @@ static void emit(int lvl, const char *msg, size_t mlen, int cut)
       len += ln;
       line[len++] = ' ';
     }
-    body = text_body(line + len, sizeof(line) - len - 1, msg, mlen);
+    size_t cap = sizeof(line) - len - 1;
+    if (plain && mlen <= cap) { /* no control character in it: nothing to escape, no scan */
+      memcpy(line + len, msg, mlen);
+      body = mlen;
+    } else {
+      body = text_body(line + len, cap, msg, mlen);
+    }
   }
   len += body;
   line[len++] = '\n';
@@ -549,7 +582,7 @@ void pc__log(int lvl, const char *fmt, ...)
   if (n < 0)
     n = 0;
   int cut = (size_t)n >= sizeof(msg);
-  emit(lvl, msg, cut ? sizeof(msg) - 1 : (size_t)n, cut);
+  emit(lvl, msg, cut ? sizeof(msg) - 1 : (size_t)n, cut, 0);
   errno = saved;
 }
 
@@ -557,7 +590,15 @@ void pc__log_str(int lvl, const char *msg, size_t len)
 {
   int saved = errno;
   int cut = len >= PC_LOG_LINE_MAX;
-  emit(lvl, msg, cut ? PC_LOG_LINE_MAX - 1 : len, cut);
+  emit(lvl, msg, cut ? PC_LOG_LINE_MAX - 1 : len, cut, 0);
+  errno = saved;
+}
+
+void pc__log_str_plain(int lvl, const char *msg, size_t len)
+{
+  int saved = errno;
+  int cut = len >= PC_LOG_LINE_MAX;
+  emit(lvl, msg, cut ? PC_LOG_LINE_MAX - 1 : len, cut, 1);
   errno = saved;
 }
 
@@ -577,6 +618,6 @@ _Noreturn void pc__fatal(const char *file, int line, const char *fmt, ...)
   if (n < 0)
     n = 0;
   int cut = (size_t)n >= sizeof(msg);
-  emit(2, msg, cut ? sizeof(msg) - 1 : (size_t)n, cut);
+  emit(2, msg, cut ? sizeof(msg) - 1 : (size_t)n, cut, 0);
   abort();
 }

@@ -176,6 +176,16 @@ void pc__log(int lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3))
     pc__log_str((lvl), (msg), (len));                                                              \
   } while (0)
 void pc__log_str(int lvl, const char *msg, size_t len);
+/** pc_log_str for a message that holds no control character by construction (constants,
+ * numbers, pc_log_key keys and pc_log_quote values, as the access log's line is): the text
+ * format copies it without looking for characters to escape. */
+#define pc_log_str_plain(lvl, msg, len)                                                            \
+  do {                                                                                             \
+    if ((lvl) > atomic_load_explicit(&pc_log_level, memory_order_relaxed))                         \
+      break;                                                                                       \
+    pc__log_str_plain((lvl), (msg), (len));                                                        \
+  } while (0)
+void pc__log_str_plain(int lvl, const char *msg, size_t len);
 
 /** Always-on assertion: logs the expression, file and line at level 2 (crit), then aborts.
  * pc_fatal and PC_ASSERT write "fatal file=F line=N reason=R", R being the formatted text

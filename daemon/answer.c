@@ -36,7 +36,13 @@
 void answer_common_headers(srv_req_t *req)
 {
   const char *q = srv_req_query(req);
-  srv_resp_header(req, "Docker-Distribution-API-Version", "registry/2.0");
+  srv_resp_header_lit(req, "Docker-Distribution-API-Version: registry/2.0");
+  const reqctx_t *ctx = reqctx_of(req);
+  if (ctx && ctx->ns_state) { /* routed: the route read ns= already (registry.c) */
+    if (ctx->ns_state == 2)
+      srv_resp_header_named(req, "OCI-Namespace", ctx->ns);
+    return;
+  }
   /* Echo ns= as OCI-Namespace (distribution-spec main, "Registry Proxying"), but only a value
    * that is a plausible host[:port]: nothing from the client reaches a header unchecked. */
   while (q && *q) {
@@ -79,11 +85,26 @@ void answer_json(srv_req_t *req, int status, const char *content_type, const cha
 /* The outcome of a manifest or blob answer, recorded once. */
 static void record(srv_req_t *req, answer_kind kind, int outcome)
 {
-  static const char *const hdr[DAEMON_CACHE_N] = {"HIT", "MISS", "JOIN", "STALE", "REVALIDATED"};
   static const char *const log[DAEMON_CACHE_N] = {"hit", "miss", "join", "stale", "revalidated"};
   PC_ASSERT(outcome >= 0 && outcome < DAEMON_CACHE_N);
-  srv_resp_header(req, "X-Cache", hdr[outcome]);
-  srv_req_log(req, "cache", log[outcome]);
+  switch ((enum daemon_cache)outcome) {
+  case DAEMON_CACHE_HIT:
+    srv_resp_header_lit(req, "X-Cache: HIT");
+    break;
+  case DAEMON_CACHE_MISS:
+    srv_resp_header_lit(req, "X-Cache: MISS");
+    break;
+  case DAEMON_CACHE_JOIN:
+    srv_resp_header_lit(req, "X-Cache: JOIN");
+    break;
+  case DAEMON_CACHE_STALE:
+    srv_resp_header_lit(req, "X-Cache: STALE");
+    break;
+  default:
+    srv_resp_header_lit(req, "X-Cache: REVALIDATED");
+    break;
+  }
+  srv_req_log_lit(req, "cache", log[outcome]);
   reqctx_t *ctx = reqctx_of(req);
   if (ctx) {
     PC_ASSERT(ctx->outcome < 0); /* one outcome per request */
@@ -125,11 +146,11 @@ static void digest_headers(srv_req_t *req, const answer_content_t *a)
   etag[dl + 1] = '"';
   etag[dl + 2] = '\0';
   answer_common_headers(req);
-  srv_resp_header(req, "Docker-Content-Digest", a->digest);
-  srv_resp_header(req, "ETag", etag);
+  srv_resp_header_named(req, "Docker-Content-Digest", a->digest);
+  srv_resp_header_named(req, "ETag", etag);
   if (a->kind == ANSWER_BLOB) {
-    srv_resp_header(req, "Accept-Ranges", "bytes");
-    srv_resp_header(req, "Cache-Control", "max-age=31536000");
+    srv_resp_header_lit(req, "Accept-Ranges: bytes");
+    srv_resp_header_lit(req, "Cache-Control: max-age=31536000");
   }
 }
 

@@ -369,12 +369,14 @@ void mirror_manifest(mirror_t *m, srv_req_t *req, daemon_upstream_t *up, const c
   int online = env->fetch->online(env);
 
   if (!ref_is_digest) {
-    have_tag = store_tag_get(d->store, up->conf.name, repo, ref, &t) == 0 &&
-               store_manifest_stat(d->store, t.digest, NULL) == 0;
+    have_tag = store_tag_get(d->store, up->conf.name, repo, ref, &t) == 0;
     if (have_tag && (!online || mirror_tag_fresh(&t, env->now(), up->conf.tag_ttl))) {
+      /* A fresh tag: the answer opens its manifest (no stat before it) */
       if (answer_store_manifest(req, d->store, t.digest, DAEMON_CACHE_HIT) == 0)
         return;
       have_tag = 0; /* the tag points at a manifest we no longer have */
+    } else if (have_tag) {
+      have_tag = store_manifest_stat(d->store, t.digest, NULL) == 0;
     }
   }
   if (env->closing) {

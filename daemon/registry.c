@@ -161,8 +161,11 @@ static void handle_manifest(daemon_t *d, srv_req_t *req, const route_t *r, daemo
    * under this repository anyway). One a job has just answered is served from the job while
    * its store write (and its sight) runs. */
   if (r->is_digest && !mirror_manifest_storing(d->mirror, up, r->ref) &&
+      !scope_seen(mirror_env(d->mirror), up->conf.name, r->name, r->ref) &&
       store_manifest_stat(d->store, r->ref, NULL) == 0 && !scope_check(d, req, r, up, NULL, 1))
     return;
+  /* Seen here (the common hit: no stat, the answer opens the manifest once), absent, or
+   * confirmed: served. */
   serve_manifest(d, req, r, up);
 }
 
@@ -202,8 +205,9 @@ static void handle_blob(daemon_t *d, srv_req_t *req, const route_t *r, daemon_up
       serve_blob(d, req, r, up, &range);
     return;
   }
-  if (store_blob_stat(d->store, r->ref, NULL) == 0 && !scope_check(d, req, r, up, &range, 0))
-    return;
+  if (!scope_seen(mirror_env(d->mirror), up->conf.name, r->name, r->ref) &&
+      store_blob_stat(d->store, r->ref, NULL) == 0 && !scope_check(d, req, r, up, &range, 0))
+    return; /* seen here (the common hit): no stat, the answer opens the blob once */
   serve_blob(d, req, r, up, &range);
 }
 
@@ -219,7 +223,7 @@ static int route_request(daemon_t *d, srv_req_t *req, route_t *r, daemon_upstrea
   int rc =
       route_parse(srv_req_method(req), srv_req_path(req), srv_req_query(req), names, d->nups, r);
   if (!reqctx_of(req)->access_ok) /* routed again after a credential check: logged once */
-    srv_req_log(req, "route", route_kind_name(r->kind));
+    srv_req_log_lit(req, "route", route_kind_name(r->kind));
   reqctx_of(req)->route = r->kind;
   if (!access_request(d, req, r->kind, registry_route))
     return PC_E_DENIED; /* answered: before any route error says what the path is */
@@ -243,13 +247,22 @@ static int route_request(daemon_t *d, srv_req_t *req, route_t *r, daemon_upstrea
     answer_error(req, rc, detail);
     return rc;
   }
+  /* A content route read the query: its ns= named a configured upstream (so the value, as
+   * sent, is that name but for case), or there was none. The answers need not read it again. */
+  reqctx_t *ctx = reqctx_of(req);
+  if (r->kind >= ROUTE_MANIFEST && r->kind <= ROUTE_REFERRERS && r->upstream >= 0 &&
+      r->upstream < d->nups && (!r->ns_given || d->ups[r->upstream]->name_is_host)) {
+    ctx->ns_state = r->ns_given ? 2 : 1;
+    if (r->ns_given)
+      memcpy(ctx->ns, r->ns, strlen(r->ns) + 1);
+  }
   *up = NULL;
   if (r->upstream >= 0 && r->upstream < d->nups) {
     *up = d->ups[r->upstream];
     if (r->kind >= ROUTE_MANIFEST && r->kind <= ROUTE_REFERRERS) {
-      srv_req_log(req, "upstream", (*up)->conf.name);
+      srv_req_log_lit(req, "upstream", (*up)->conf.name);
       if (r->ns_given)
-        srv_req_log(req, "ns", r->ns);
+        srv_req_log_lit(req, "ns", r->ns);
     }
   }
   return 0;
@@ -294,7 +307,9 @@ static void registry_route(daemon_t *d, srv_req_t *req)
       answer_error(req, PC_E_LOOP, why);
       return;
     }
+    store_read_batch_begin(d->store); /* the dispatch's lookups: one read txn */
     dispatch_content(d, req, &r, up);
+    store_read_batch_end(d->store);
     tier_leave(d);
     return;
   }

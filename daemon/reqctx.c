@@ -1,7 +1,12 @@
 /* daemon/reqctx — per-request context in the srv user slot (see reqctx.h). */
 #include "daemon/reqctx.h"
 
+#include <stddef.h>
+#include <string.h>
+
 #include "core/pc.h"
+
+_Static_assert(sizeof(reqctx_t) <= SRV_REQ_ROOM, "reqctx_t must fit the request's room");
 
 static void on_req_done(srv_req_t *req, int status, void *arg)
 {
@@ -13,12 +18,13 @@ static void on_req_done(srv_req_t *req, int status, void *arg)
     ctx->gone = NULL;
     cb(ctx, ctx->gone_arg);
   }
-  free(ctx);
 }
 
 reqctx_t *reqctx_new(struct daemon *d, srv_req_t *req)
 {
-  reqctx_t *ctx = pc_xcalloc(1, sizeof(*ctx));
+  reqctx_t *ctx = srv_req_room(req);
+  memset(ctx, 0, offsetof(reqctx_t, ns));
+  ctx->ns[0] = '\0';
   ctx->d = d;
   ctx->req = req;
   ctx->cache_kind = -1;

@@ -7,6 +7,7 @@
  * while it waits for something that is not the server (a mirror subscriber, a parked
  * /readyz): that holder parks it with a gone callback, and unparks it when it answers.
  *
+ * It lives in the request's own room (srv_req_room): no allocation per request.
  * Lifetime: from reqctx_new until the request's done callback, which first calls the gone
  * callback of a holder that is still parked (the client left or the connection was cut:
  * the holder must forget the request there and may not answer it), then frees the context.
@@ -32,6 +33,10 @@ struct reqctx {
   reqctx_gone_cb gone; /**< the holder parked on the request, or NULL */
   void *gone_arg;
   int access_ok; /**< its credentials passed a check (daemon/access.c) */
+  /** OCI-Namespace for the answers (answer_common_headers): 0 unknown (the query is read
+   * again), 1 none, 2 ns (the route's ns= value, a configured upstream's name as sent) */
+  int ns_state;
+  char ns[256];
 };
 
 /** Make the context of req (and its done callback). Never fails. */

@@ -266,6 +266,7 @@ static daemon_upstream_t *upstream_new(daemon_t *d, const daemon_upstream_conf_t
   u->conf = *c;
   u->reachable = -1;
   u->d = d;
+  u->name_is_host = config_upstream_name_valid(c->name);
   upstream_set_urls(u);
   pc_list_push_front(&d->live, &u->live_link);
   upstream_set_pool(d, u);

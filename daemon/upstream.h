@@ -66,6 +66,9 @@ struct daemon_upstream {
   } last_err;       /**< set by daemon_upstream_seen, shown by /status */
   daemon_upstream_url_t urls[DAEMON_UPSTREAM_MAX_URLS]; /**< mirrors..., then conf.url */
   unsigned nurls;
+  /** config_upstream_name_valid(conf.name) (case-blind, as the name's matches are): an ns=
+   * that named this upstream may be echoed as OCI-Namespace without a check per request */
+  int name_is_host;
 };
 
 /** Keep an upstream alive while a fetch for it runs (a reload may drop it from d->ups). */

@@ -69,6 +69,10 @@ typedef struct srv_tr_ops {
   /** Optional (NULL: none): the verified client identity for the access log (TLS: the
    * client certificate's subject, RFC 2253), "" when there is none. */
   void (*client)(srv_tr_t *t, char *buf, size_t cap);
+  /** Optional (NULL: none): write what the peer takes at once, synchronously, without a
+   * callback (uv_try_write): the bytes written (0 when none could be), or a negative libuv
+   * error. Called only while no write or send_file of the transport is in flight. */
+  int (*try_write)(srv_tr_t *t, const uv_buf_t *bufs, unsigned nbufs);
 } srv_tr_ops_t;
 
 struct srv_tr {

@@ -41,18 +41,23 @@
  * flight before its close callback.
  *
  * Writing. Small complete file bodies (<= SRV_SMALL_FILE: manifests, configs) are read inline
- * and written with the head in one write. Larger ones go out with the transport's send_file,
- * SRV_FILE_CHUNK bytes at most per op (TCP: sendfile(2) from the loop when the range is in the
- * page cache, else on the thread pool; see http/srv_tcp.c); the file fd is the connection's and
- * stays open until the transport has closed. Nothing else is written while a file body is in flight
- * (responses are strictly ordered). Per connection memory is the read buffer, the request and the
- * response head: it does not depend on the body size. Finished requests and written response
- * buffers are kept by the server for reuse (srv.spare, srv.wspare: at most one of each per open
- * connection, at least SRV_SPARE, none whose buffers grew past SRV_SPARE_BUF_MAX; trimmed as
- * connections close), so a warm answer allocates nothing here. A file body may continue from a body
- * source (srv_file_source; or be all source, srv_respond_source): from r->src_from on, each
- * chunk is peeked from the source and written with the transport's write (the bytes stay the
- * source's until its sent call); the source is released where the file would be closed.
+ * and written with the head in one write. A response given inside the handler call is tried at
+ * once with the transport's try_write: when the socket takes it whole, the request completes
+ * right after the handler returns (conn_dispatch; the done callback still runs after srv_respond*
+ * returned) and the parse loop goes on with the next pipelined request, with no write request
+ * and no loop turn for its callback; the rest of a partial write goes the usual way. Larger ones go
+ * out with the transport's send_file, SRV_FILE_CHUNK bytes at most per op (TCP: sendfile(2) from
+ * the loop when the range is in the page cache, else on the thread pool; see http/srv_tcp.c); the
+ * file fd is the connection's and stays open until the transport has closed. Nothing else is
+ * written while a file body is in flight (responses are strictly ordered). Per connection memory is
+ * the read buffer, the request and the response head: it does not depend on the body size. Finished
+ * requests and written response buffers are kept by the server for reuse (srv.spare, srv.wspare: at
+ * most one of each per open connection, at least SRV_SPARE, none whose buffers grew past
+ * SRV_SPARE_BUF_MAX; trimmed as connections close), so a warm answer allocates nothing here. A file
+ * body may continue from a body source (srv_file_source; or be all source, srv_respond_source):
+ * from r->src_from on, each chunk is peeked from the source and written with the transport's write
+ * (the bytes stay the source's until its sent call); the source is released where the file would be
+ * closed.
  *
  * The process must ignore SIGPIPE (libuv and sendfile write to sockets that may be closed).
  */
@@ -96,8 +101,13 @@ enum pause_why { P_NONE, P_BEGIN, P_HEADERS };
 typedef struct conn conn_t;
 
 typedef struct hdr {
-  size_t name, value; /* offsets into srv_req.arena */
+  size_t name, value; /* offsets into srv_req.arena; the name's length is value - name - 1 */
 } hdr_t;
+
+/* 1 when header i of r is named name (nl bytes), case-insensitively: lengths first. */
+#define HDR_IS(r, i, nm, nl)                                                                       \
+  ((r)->h[i].value - (r)->h[i].name - 1 == (nl) &&                                                 \
+   strcasecmp((r)->arena.p + (r)->h[i].name, (nm)) == 0)
 
 struct srv_req {
   conn_t *c;
@@ -124,11 +134,15 @@ struct srv_req {
   srv_done_cb done;
   void *done_arg;
   void *data;
+  /* last: req_new zeroes what comes before it only */
+  _Alignas(max_align_t) unsigned char room[SRV_REQ_ROOM]; /* srv_req_room */
 };
 
 struct conn {
-  srv_tr_t *tr; /* the byte stream (owned: closed by conn_close_handles) */
-  uv_timer_t timer;
+  srv_tr_t *tr;      /* the byte stream (owned: closed by conn_close_handles) */
+  uv_timer_t timer;  /* lazy: runs until `armed`; what is due is `deadline` (timer_set) */
+  uint64_t deadline; /* loop time (ms) the current timeout is due, or 0: none */
+  uint64_t armed;    /* when the timer runs out while it is active */
   llhttp_t parser;
   srv_t *s;
   pc_list_t link; /* in srv.conns while open and not closing */
@@ -143,12 +157,16 @@ struct conn {
   enum pause_why why;
   int err_status; /* set by a parser callback that returns HPE_USER */
   unsigned reading : 1, eof : 1, closing : 1, close_after : 1, reject : 1, fs_busy : 1;
-  int ffd;           /* file being sent, or -1 (owned by the connection; see fs_busy) */
-  srv_source_t *src; /* body source (srv_file_source), or NULL; released like ffd is closed */
-  size_t src_len;    /* bytes of the source write in flight (fs_busy) */
-  int pending;       /* the timer and the transport, still to be closed before the free */
-  char *wbuf;        /* response head (+ memory body) being written */
-  size_t wcap;       /* its allocation */
+  unsigned head_timer : 1; /* a head began in this parse: its timeout is due from now */
+  unsigned in_handler : 1; /* inside the handler call of conn_dispatch */
+  unsigned wrote_sync : 1; /* the response went out whole there: completed after the call */
+  unsigned parsing : 1;    /* inside conn_parse: finish_req leaves the next request to it */
+  int ffd;                 /* file being sent, or -1 (owned by the connection; see fs_busy) */
+  srv_source_t *src;       /* body source (srv_file_source), or NULL; released like ffd is closed */
+  size_t src_len;          /* bytes of the source write in flight (fs_busy) */
+  int pending;             /* the timer and the transport, still to be closed before the free */
+  char *wbuf;              /* response head (+ memory body) being written */
+  size_t wcap;             /* its allocation */
   srv_req_t *req;
   uint64_t progress, last_progress; /* write stall detection */
   size_t last_wqs;
@@ -199,16 +217,6 @@ static void finish_req(conn_t *c, int status);
 static void srv_maybe_free(srv_t *s);
 
 /* ---- small helpers ------------------------------------------------------------------------ */
-
-/* Append v as a log value (pc_log_quote: as is when plain, else quoted and escaped), cut at
- * max bytes (marked with "..."), max <= SRV_LOG_VALUE_MAX. */
-static void log_value(pc_buf_t *b, const char *v, size_t max)
-{
-  char q[PC_LOG_QUOTE_SIZE(SRV_LOG_VALUE_MAX)];
-  PC_ASSERT(max <= SRV_LOG_VALUE_MAX);
-  size_t n = pc_log_quote(q, sizeof(q), v, max);
-  (void)pc_buf_add(b, q, n);
-}
 
 static const char *reason_phrase(int status)
 {
@@ -294,7 +302,7 @@ static srv_req_t *req_new(conn_t *c)
     pc_buf_t url = r->url, arena = r->arena, rh = r->rh, logf = r->logf;
     hdr_t *h = r->h;
     size_t hcap = r->hcap;
-    memset(r, 0, sizeof(*r));
+    memset(r, 0, offsetof(srv_req_t, room));
     pc_buf_reset(&url);
     pc_buf_reset(&arena);
     pc_buf_reset(&rh);
@@ -313,7 +321,8 @@ static srv_req_t *req_new(conn_t *c)
   r->arena.max = c->s->o.max_header_bytes + 2 * c->s->o.max_headers;
   r->rh.max = SRV_RESP_HDR_MAX;
   r->logf.max = SRV_LOGF_MAX;
-  (void)pc_buf_add(&r->url, "", 0); /* url.p is a string from the start */
+  if (!r->url.p)
+    (void)pc_buf_add(&r->url, "", 0); /* url.p is a string from the start */
   return r;
 }
 
@@ -402,11 +411,29 @@ static void buf_u64(pc_buf_t *b, uint64_t v)
   (void)pc_buf_add(b, num + i, sizeof(num) - i);
 }
 
+/* Append v as a log value to the access-log line b (on the stack, cap > max), quoted in place:
+ * the whole value or nothing (as log_value, without the copy). */
+static void line_value(pc_buf_t *b, const char *v, size_t max)
+{
+  size_t room = b->max - b->len + 1; /* the content may reach max: the NUL after it fits */
+  size_t n = pc_log_quote(b->p + b->len, room, v, max);
+  if (n < room)
+    b->len += n;
+  else
+    b->p[b->len] = '\0';
+}
+
+/* 1 when answered requests get an access-log line. */
+static int access_log_on(const srv_t *s)
+{
+  return s->o.access_log >= 0 &&
+         PC_LOG_INFO <= atomic_load_explicit(&pc_log_level, memory_order_relaxed);
+}
+
 static void req_log(srv_req_t *r)
 {
   conn_t *c = r->c;
-  if (c->s->o.access_log < 0 ||
-      PC_LOG_INFO > atomic_load_explicit(&pc_log_level, memory_order_relaxed))
+  if (!access_log_on(c->s))
     return; /* not written: not built either */
   /* On the stack: with cap > max the buffer never grows (an append past max is refused), so
    * it is never realloc'd or freed. */
@@ -414,9 +441,9 @@ static void req_log(srv_req_t *r)
   pc_buf_t b = {.p = line, .cap = sizeof(line), .max = SRV_LOG_LINE_MAX};
   line[0] = '\0';
   (void)pc_buf_adds(&b, "req method=");
-  log_value(&b, r->method, 32);
+  line_value(&b, r->method, 32);
   (void)pc_buf_adds(&b, " path=");
-  log_value(&b, r->url.p && r->url.p[0] ? r->url.p : "-", SRV_LOG_PATH_MAX);
+  line_value(&b, r->url.p && r->url.p[0] ? r->url.p : "-", SRV_LOG_PATH_MAX);
   (void)pc_buf_adds(&b, " status=");
   buf_u64(&b, (uint64_t)(r->status < 0 ? 0 : r->status));
   (void)pc_buf_adds(&b, " bytes=");
@@ -424,17 +451,18 @@ static void req_log(srv_req_t *r)
   (void)pc_buf_adds(&b, " ms=");
   buf_u64(&b, uv_now(c->s->loop) - r->t0);
   (void)pc_buf_adds(&b, " peer=");
-  log_value(&b, c->peer, 64);
+  line_value(&b, c->peer, 64);
   if (c->tr->ops->client) {
     char id[256];
     c->tr->ops->client(c->tr, id, sizeof(id));
     if (id[0]) {
       (void)pc_buf_adds(&b, " tls_subject=");
-      log_value(&b, id, sizeof(id));
+      line_value(&b, id, sizeof(id));
     }
   }
   (void)pc_buf_add(&b, r->logf.p, r->logf.len);
-  pc_log_str(PC_LOG_INFO, b.p, b.len);
+  /* every part is a constant, a number, a log key or a quoted value: no control character */
+  pc_log_str_plain(PC_LOG_INFO, b.p, b.len);
 }
 
 /* ---- connections: closing ----------------------------------------------------------------- */
@@ -514,9 +542,20 @@ static void conn_abort(conn_t *c)
   conn_close_handles(c);
 }
 
+static void timer_set(conn_t *c, unsigned ms);
+
 static void on_timer(uv_timer_t *t)
 {
   conn_t *c = container_of(t, conn_t, timer);
+  uint64_t now = uv_now(c->s->loop);
+  if (c->deadline == 0)
+    return;                /* nothing is due: the timer was left to run out (timer_clear) */
+  if (now < c->deadline) { /* the deadline moved on since the timer was started */
+    c->armed = c->deadline;
+    uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
+    return;
+  }
+  c->deadline = 0;
   switch (c->state) {
   case C_WRITE:
   case C_FILE: {
@@ -524,7 +563,7 @@ static void on_timer(uv_timer_t *t)
     if (c->progress != c->last_progress || wqs != c->last_wqs) {
       c->last_progress = c->progress;
       c->last_wqs = wqs;
-      uv_timer_start(&c->timer, on_timer, c->s->o.write_timeout_ms, 0);
+      timer_set(c, c->s->o.write_timeout_ms);
       return;
     }
     pc_log(PC_LOG_NOTICE, "srv-write-stalled peer=%s", c->peer);
@@ -537,9 +576,24 @@ static void on_timer(uv_timer_t *t)
   }
 }
 
-static void timer_arm(conn_t *c, unsigned ms)
+/* The connection's one timeout is due in ms (replacing any). Lazy, as nginx's timers: the libuv
+ * timer is only restarted when it would run out after the new deadline (or is not running);
+ * one that runs out early is started again for what is left (on_timer). So the timeouts of a
+ * keep-alive request (head, write, idle) cost no timer heap operation per request. */
+static void timer_set(conn_t *c, unsigned ms)
 {
-  uv_timer_start(&c->timer, on_timer, ms, 0);
+  uint64_t due = uv_now(c->s->loop) + ms;
+  c->deadline = due;
+  if (!uv_is_active((uv_handle_t *)&c->timer) || c->armed > due) {
+    c->armed = due;
+    uv_timer_start(&c->timer, on_timer, ms, 0);
+  }
+}
+
+/* Nothing is due (the timer may still run out: on_timer then does nothing). */
+static void timer_clear(conn_t *c)
+{
+  c->deadline = 0;
 }
 
 /* Abort on the next loop turn, not now: srv_respond* and srv_file_avail never run a done
@@ -547,14 +601,14 @@ static void timer_arm(conn_t *c, unsigned ms)
 static void abort_soon(conn_t *c)
 {
   c->state = C_HANDLER; /* on_timer aborts in any state but the write states */
-  timer_arm(c, 0);
+  timer_set(c, 0);
 }
 
 static void write_timer_arm(conn_t *c)
 {
   c->last_progress = c->progress;
   c->last_wqs = c->tr->ops->write_queue_size(c->tr);
-  timer_arm(c, c->s->o.write_timeout_ms);
+  timer_set(c, c->s->o.write_timeout_ms);
 }
 
 static void on_linger_read(srv_tr_t *t, ssize_t nread, const uv_buf_t *b)
@@ -600,7 +654,7 @@ static void conn_end(conn_t *c)
     return;
   }
   c->reading = 1;
-  timer_arm(c, SRV_LINGER_MS);
+  timer_set(c, SRV_LINGER_MS);
 }
 
 /* ---- responses ---------------------------------------------------------------------------- */
@@ -636,14 +690,15 @@ static void finish_req(conn_t *c, int status)
     return;
   }
   c->state = C_IDLE;
-  uv_timer_stop(&c->timer);
+  timer_clear(c);
   llhttp_resume(&c->parser);
-  conn_parse(c);
+  if (!c->parsing) /* else the conn_parse below us goes on with the next request */
+    conn_parse(c);
 }
 
-static void on_write(srv_tr_t *t, ssize_t status)
+/* The response head (and memory body) is written: go on with a file body or finish. */
+static void write_done(conn_t *c, ssize_t status)
 {
-  conn_t *c = t->data;
   wbuf_release(c);
   if (c->closing)
     return;
@@ -663,6 +718,11 @@ static void on_write(srv_tr_t *t, ssize_t status)
     return;
   }
   finish_req(c, r->status);
+}
+
+static void on_write(srv_tr_t *t, ssize_t status)
+{
+  write_done(t->data, status);
 }
 
 static void on_file_sent(srv_tr_t *t, ssize_t res)
@@ -711,7 +771,7 @@ static void file_wait(conn_t *c)
     return;
   }
   c->state = C_FILE_WAIT; /* the producer is behind, not the client: no stall timer */
-  uv_timer_stop(&c->timer);
+  timer_clear(c);
 }
 
 /* Send the next chunk of a file body (from the file, or from its source past src_from), or
@@ -746,7 +806,7 @@ static void file_pump(conn_t *c)
     }
     c->src_len = got;
     c->fs_busy = 1;
-    if (c->state != C_FILE || !uv_is_active((uv_handle_t *)&c->timer)) {
+    if (c->state != C_FILE || !c->deadline) {
       c->state = C_FILE;
       write_timer_arm(c);
     }
@@ -759,7 +819,7 @@ static void file_pump(conn_t *c)
     return;
   }
   c->fs_busy = 1;
-  if (c->state != C_FILE || !uv_is_active((uv_handle_t *)&c->timer)) {
+  if (c->state != C_FILE || !c->deadline) {
     c->state = C_FILE;
     write_timer_arm(c);
   }
@@ -858,6 +918,20 @@ static void resp_send(srv_req_t *r, int status, const char *ctype, uint64_t clen
   c->wcap = b.cap;
   uv_buf_t ub = uv_buf_init(b.p, (unsigned)b.len);
   c->state = C_WRITE;
+  if (c->in_handler && c->tr->ops->try_write) {
+    /* Answered inside the handler (a warm hit): write it now; when the socket takes it all,
+     * the request completes as soon as the handler returns (conn_dispatch), without a write
+     * request and a loop turn for its callback. What is left goes the usual way. */
+    int n = c->tr->ops->try_write(c->tr, &ub, 1);
+    if (n == (int)ub.len) {
+      c->wrote_sync = 1;
+      return;
+    }
+    if (n > 0) {
+      ub.base += n;
+      ub.len -= (unsigned)n;
+    }
+  }
   int rc = c->tr->ops->write(c->tr, &ub, 1, on_write);
   if (rc != 0) {
     wbuf_release(c);
@@ -875,7 +949,7 @@ static void conn_fail(conn_t *c, int status)
   srv_req_t *r = c->req;
   r->dispatched = 1;
   c->close_after = 1;
-  uv_timer_stop(&c->timer);
+  timer_clear(c);
   char body[80];
   int n = snprintf(body, sizeof(body), "%d %s\n", status, reason_phrase(status));
   resp_send(r, status, "text/plain", (uint64_t)n, body, (size_t)n);
@@ -995,7 +1069,8 @@ static void conn_dispatch(conn_t *c)
   srv_req_t *r = c->req;
   llhttp_t *p = &c->parser;
   c->in_head = 0;
-  uv_timer_stop(&c->timer);
+  c->head_timer = 0;
+  timer_clear(c);
   r->method = llhttp_method_name((llhttp_method_t)p->method);
   r->is_head = p->method == HTTP_HEAD;
   if (c->head_bytes > s->o.max_header_bytes) {
@@ -1011,7 +1086,7 @@ static void conn_dispatch(conn_t *c)
    * 400 (HTTP/1.0 requests need none). */
   size_t hosts = 0;
   for (size_t i = 0; i < r->nh; i++)
-    if (strcasecmp(r->arena.p + r->h[i].name, "host") == 0)
+    if (HDR_IS(r, i, "host", 4))
       hosts++;
   if (hosts > 1 || (hosts == 0 && p->http_major == 1 && p->http_minor >= 1)) {
     conn_fail(c, 400);
@@ -1031,12 +1106,28 @@ static void conn_dispatch(conn_t *c)
   }
   r->dispatched = 1;
   c->state = C_HANDLER;
+  c->in_handler = 1;
   s->cb(r, s->arg);
+  c->in_handler = 0;
   /* r may be gone (answered and finished later, or aborted); c lives until its close cb */
+  if (c->wrote_sync) { /* written whole inside the call: its write is done now */
+    c->wrote_sync = 0;
+    if (!c->closing)
+      write_done(c, 0);
+  }
 }
 
 /* Parse buffered bytes while no request is in flight. */
+static void conn_parse_buffered(conn_t *c);
+
 static void conn_parse(conn_t *c)
+{
+  c->parsing = 1;
+  conn_parse_buffered(c);
+  c->parsing = 0; /* c outlives this: it is freed only from its close callbacks */
+}
+
+static void conn_parse_buffered(conn_t *c)
 {
   while (!c->closing && (c->state == C_IDLE || c->state == C_HEAD) && c->rpos < c->rlen) {
     const char *p = c->rbuf + c->rpos;
@@ -1060,12 +1151,12 @@ static void conn_parse(conn_t *c)
       c->in_head = 1;
       c->head_bytes = 0;
       c->state = C_HEAD;
-      timer_arm(c, c->s->o.header_timeout_ms);
+      c->head_timer = 1; /* armed below if the head is not complete in this parse */
       continue;
     }
     if (err == HPE_PAUSED && c->why == P_HEADERS) {
       conn_dispatch(c);
-      break;
+      continue; /* done already (answered and written inside it): the next one; else out */
     }
     if (err == HPE_PAUSED_UPGRADE || (c->req && c->req->dispatched)) {
       conn_abort(c); /* cannot happen: upgrades close after their response */
@@ -1085,7 +1176,10 @@ static void conn_parse(conn_t *c)
       return;
     }
     if (c->state == C_IDLE)
-      timer_arm(c, c->s->o.idle_timeout_ms);
+      timer_set(c, c->s->o.idle_timeout_ms);
+    else if (c->head_timer) /* uv_now has not moved since the head began */
+      timer_set(c, c->s->o.header_timeout_ms);
+    c->head_timer = 0;
     read_start(c);
   }
 }
@@ -1237,7 +1331,7 @@ static void conn_start(conn_t *c)
   }
   s->nactive++;
   c->state = C_IDLE;
-  timer_arm(c, s->o.idle_timeout_ms);
+  timer_set(c, s->o.idle_timeout_ms);
   read_start(c);
 }
 
@@ -1517,9 +1611,9 @@ const char *srv_req_query(const srv_req_t *r)
 const char *srv_req_header(const srv_req_t *r, const char *name)
 {
   srv_req_t *rw = (srv_req_t *)r; /* the merged cache is filled lazily */
-  size_t first = r->nh, count = 0, total = 0;
+  size_t first = r->nh, count = 0, total = 0, nl = strlen(name);
   for (size_t i = 0; i < r->nh; i++) {
-    if (strcasecmp(r->arena.p + r->h[i].name, name) == 0) {
+    if (HDR_IS(r, i, name, nl)) {
       if (count++ == 0)
         first = i;
       total += strlen(r->arena.p + r->h[i].value) + 2;
@@ -1535,7 +1629,7 @@ const char *srv_req_header(const srv_req_t *r, const char *name)
     char *m = pc_xmalloc(total + 1);
     size_t len = 0;
     for (size_t i = first; i < r->nh; i++) {
-      if (strcasecmp(r->arena.p + r->h[i].name, name) != 0)
+      if (!HDR_IS(r, i, name, nl))
         continue;
       const char *v = r->arena.p + r->h[i].value;
       size_t vl = strlen(v);
@@ -1569,17 +1663,38 @@ int srv_req_is_tls(const srv_req_t *r)
 
 void srv_req_log(srv_req_t *r, const char *key, const char *value)
 {
-  char k[PC_LOG_KEY_MAX + 1], v[PC_LOG_QUOTE_SIZE(SRV_LOG_VALUE_MAX)];
-  if (!key || !value)
+  char k[PC_LOG_KEY_MAX + 1];
+  if (!key || !value || !access_log_on(r->c->s))
+    return; /* no line is written: its fields are not built either */
+  srv__req_log_field(r, k, pc_log_key(k, sizeof(k), key), value);
+}
+
+void srv__req_log_field(srv_req_t *r, const char *k, size_t kn, const char *value)
+{
+  pc_buf_t *b = &r->logf;
+  if (!value || !access_log_on(r->c->s))
     return;
-  size_t kn = pc_log_key(k, sizeof(k), key);
-  size_t vn = pc_log_quote(v, sizeof(v), value, SRV_LOG_VALUE_MAX);
-  if (!kn || r->logf.len + kn + vn + 2 > r->logf.max) /* a whole field or none */
+  size_t room = b->max - b->len; /* content bytes a field may take */
+  if (!kn || kn + 3 > room)
     return;
-  (void)pc_buf_add(&r->logf, " ", 1);
-  (void)pc_buf_add(&r->logf, k, kn);
-  (void)pc_buf_add(&r->logf, "=", 1);
-  (void)pc_buf_add(&r->logf, v, vn);
+  /* The value is quoted in place: room for this field (the most its value can quote to, or
+   * what is left), so the buffer grows by what the fields need, never to its cap at once. */
+  size_t vl = strnlen(value, SRV_LOG_VALUE_MAX + 1);
+  size_t want = kn + 2 + PC_LOG_QUOTE_SIZE(vl); /* the field and its NUL */
+  if (want > room + 1)
+    want = room + 1;
+  if (pc_buf_reserve(b, want - 1) != 0)
+    return;
+  char *o = b->p + b->len;
+  o[0] = ' ';
+  memcpy(o + 1, k, kn);
+  o[1 + kn] = '=';
+  size_t vn = pc_log_quote(o + 2 + kn, want - kn - 2, value, SRV_LOG_VALUE_MAX);
+  if (vn >= want - kn - 2 || kn + vn + 2 > room) { /* a whole field or none */
+    b->p[b->len] = '\0';
+    return;
+  }
+  b->len += kn + vn + 2;
 }
 
 void srv_req_on_done(srv_req_t *r, srv_done_cb cb, void *arg)
@@ -1598,6 +1713,11 @@ void *srv_req_data(const srv_req_t *r)
   return r->data;
 }
 
+void *srv_req_room(srv_req_t *r)
+{
+  return r->room;
+}
+
 /* ---- responses (API) ---------------------------------------------------------------------- */
 
 void srv_resp_header(srv_req_t *r, const char *name, const char *value)
@@ -1607,12 +1727,13 @@ void srv_resp_header(srv_req_t *r, const char *name, const char *value)
     pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=invalid");
     return;
   }
-  char h0 = (char)(name[0] | 0x20); /* only names starting with c, d or t can be these */
-  if ((h0 == 'c' || h0 == 'd' || h0 == 't') &&
-      (strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Connection") == 0 ||
-       strcasecmp(name, "Date") == 0 || strcasecmp(name, "Transfer-Encoding") == 0))
-    return;
   size_t nl = (size_t)nls, vl = (size_t)vls;
+  /* the server's own: compared only at their lengths */
+  if ((nl == 14 && strcasecmp(name, "Content-Length") == 0) ||
+      (nl == 10 && strcasecmp(name, "Connection") == 0) ||
+      (nl == 4 && strcasecmp(name, "Date") == 0) ||
+      (nl == 17 && strcasecmp(name, "Transfer-Encoding") == 0))
+    return;
   if (r->rh.len + nl + vl + 4 > r->rh.max) { /* a whole header or none */
     pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
     return;
@@ -1621,6 +1742,33 @@ void srv_resp_header(srv_req_t *r, const char *name, const char *value)
   (void)pc_buf_add(&r->rh, ": ", 2);
   (void)pc_buf_add(&r->rh, value, vl);
   (void)pc_buf_add(&r->rh, "\r\n", 2);
+}
+
+void srv__resp_header_named(srv_req_t *r, const char *name, size_t nl, const char *value)
+{
+  ssize_t vls = value ? header_len(value) : -1;
+  if (vls < 0) {
+    pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=invalid");
+    return;
+  }
+  size_t vl = (size_t)vls;
+  if (r->rh.len + nl + vl + 4 > r->rh.max) { /* a whole header or none */
+    pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
+    return;
+  }
+  (void)pc_buf_add(&r->rh, name, nl);
+  (void)pc_buf_add(&r->rh, ": ", 2);
+  (void)pc_buf_add(&r->rh, value, vl);
+  (void)pc_buf_add(&r->rh, "\r\n", 2);
+}
+
+void srv__resp_header_line(srv_req_t *r, const char *line, size_t len)
+{
+  if (r->rh.len + len > r->rh.max) { /* a whole header or none */
+    pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
+    return;
+  }
+  (void)pc_buf_add(&r->rh, line, len);
 }
 
 void srv_respond(srv_req_t *r, int status, const char *content_type, const void *body, size_t len)

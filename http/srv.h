@@ -138,19 +138,40 @@ int srv_req_is_tls(const srv_req_t *r);
 /** Add a key=value field to this request's access-log line (copied; e.g. "cache", "hit").
  * The key is made a log key (pc_log_key: other characters become '_'; an empty key adds
  * nothing); the value is quoted by pc_log_quote and cut at 256 bytes. Fields past 1 KiB per
- * request are dropped. */
+ * request are dropped. Nothing is kept while the access log is off (srv_opts_t.access_log -1,
+ * or the log level below info). */
 void srv_req_log(srv_req_t *r, const char *key, const char *value);
+/** srv_req_log with a key the program spells out as a string literal of log-key characters
+ * ([A-Za-z0-9_.-], at most PC_LOG_KEY_MAX: the macro refuses anything but a literal), taken as
+ * it is; the value is quoted as always. */
+#define srv_req_log_lit(r, key, value) srv__req_log_field((r), "" key "", sizeof(key) - 1, (value))
+void srv__req_log_field(srv_req_t *r, const char *key, size_t kn, const char *value);
 /** Register the done callback (one per request; a second call replaces the first). */
 void srv_req_on_done(srv_req_t *r, srv_done_cb cb, void *arg);
 /** Opaque slot for the handler. */
 void srv_req_set_data(srv_req_t *r, void *data);
 void *srv_req_data(const srv_req_t *r);
+/** Room for the handler's per-request context inside the request: SRV_REQ_ROOM bytes, aligned
+ * for any type, not zeroed, valid from the handler call until the done callback has returned
+ * (the request's own storage, reused with it: no allocation per request). */
+#define SRV_REQ_ROOM 512
+void *srv_req_room(srv_req_t *r);
 
 /* ---- response ----------------------------------------------------------------------------- */
 
 /** Add a response header (both copied). Call before srv_respond*. Content-Length, Connection
  * and Date are the server's. */
 void srv_resp_header(srv_req_t *r, const char *name, const char *value);
+/** Add a constant header, "Name: value" as a string literal (the macro refuses anything else):
+ * copied as it is, without srv_resp_header's checks, which a literal the program spells out
+ * does not need (data always goes through srv_resp_header). Not one of the server's own. */
+#define srv_resp_header_lit(r, line) srv__resp_header_line((r), "" line "\r\n", sizeof(line) + 1)
+void srv__resp_header_line(srv_req_t *r, const char *line, size_t len);
+/** srv_resp_header with the name a string literal (not one of the server's own): only the
+ * value, which is data, is checked. */
+#define srv_resp_header_named(r, name, value)                                                      \
+  srv__resp_header_named((r), "" name "", sizeof(name) - 1, (value))
+void srv__resp_header_named(srv_req_t *r, const char *name, size_t nl, const char *value);
 /** Answer with an in-memory body (copied; may be NULL with len 0). content_type may be NULL.
  * For HEAD the headers (with Content-Length: len) are sent without the body. */
 void srv_respond(srv_req_t *r, int status, const char *content_type, const void *body, size_t len);

@@ -119,6 +119,13 @@ static int tcp_write(srv_tr_t *tr, const uv_buf_t *bufs, unsigned nbufs, srv_tr_
   return uv_write(&t->wreq, (uv_stream_t *)&t->tcp, bufs, nbufs, on_write);
 }
 
+static int tcp_try_write(srv_tr_t *tr, const uv_buf_t *bufs, unsigned nbufs)
+{
+  tcp_t *t = (tcp_t *)tr;
+  int n = uv_try_write((uv_stream_t *)&t->tcp, bufs, nbufs);
+  return n == UV_EAGAIN ? 0 : n;
+}
+
 static size_t tcp_write_queue_size(const srv_tr_t *tr)
 {
   const tcp_t *t = (const tcp_t *)tr;
@@ -201,7 +208,15 @@ static int in_page_cache(int fd, uint64_t off, size_t len)
     return 0;
   int ok = mincore(m, span, vec) == 0;
   munmap(m, span);
-  for (size_t i = 0; ok && i < pages; i++)
+  /* the low bit of every byte: 8 pages at a time (a 1 MiB chunk is 256 of them) */
+  const uint64_t lows = 0x0101010101010101ull;
+  size_t i = 0;
+  for (; ok && i + 8 <= pages; i += 8) {
+    uint64_t w;
+    memcpy(&w, vec + i, 8);
+    ok = (w & lows) == lows;
+  }
+  for (; ok && i < pages; i++)
     ok = vec[i] & 1;
   return ok;
 }
@@ -399,6 +414,7 @@ static const srv_tr_ops_t tcp_ops = {
     .write = tcp_write,
     .send_file = tcp_send_file,
     .write_queue_size = tcp_write_queue_size,
+    .try_write = tcp_try_write,
     .shutdown = tcp_shutdown,
     .close = tcp_close,
     .peer = tcp_peer,

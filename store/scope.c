@@ -141,11 +141,11 @@ int store_seen_has(store_t *s, const char *upstream, const char *repo, const cha
   if (kl < 0)
     return kl;
   MDB_val k = {(size_t)kl, key}, v;
-  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  int rc = store__rtxn_begin(s, &txn);
   if (rc)
     return rc;
   rc = store__mdb_err(mdb_get(txn, s->seen, &k, &v), "get");
-  mdb_txn_abort(txn);
+  store__rtxn_end(s, txn);
   return rc;
 }
 

@@ -16,6 +16,8 @@
 
 /** How many pending access times are kept; past this the oldest are dropped. */
 #define STORE__ATIME_MAX 4096
+/** A hit whose digest is among this many newest pending notes updates that note. */
+#define STORE__ATIME_RECENT 8
 /** Length of "sha256:" + 64 hex (no NUL). */
 #define STORE__SHA256_LEN 71
 /** Longest media type we keep (the info structs hold 128 bytes with the NUL). */
@@ -51,6 +53,12 @@ struct store {
   /* Fault injection for the unit tests (store__fault_space): off (-1) in production. */
   _Atomic int_fast64_t fault_space; /**< bytes writers may still write, or -1: no limit */
   _Atomic int fault_commit;         /**< error every commit fails with before its rename, or 0 */
+
+  /** A reset read transaction kept for the next short read (store__rtxn_begin): renewing it
+   * costs no malloc and no reader-table lock, where mdb_txn_begin costs both. Taken and given
+   * back with an atomic exchange, so any thread may use it; NULL when none is kept. A reset
+   * txn holds a reader slot but no snapshot: it pins no pages. */
+  _Atomic(MDB_txn *) rtxn_spare;
 
   pthread_mutex_t atime_mu;
   store__atime_t *atimes; /**< ring of STORE__ATIME_MAX */
@@ -134,6 +142,14 @@ int store__doomed_sweep(store_t *s);
 int store__is_doomed(store_t *s, MDB_txn *txn, const char *digest);
 /** Open (create) the "seen" database in txn, at store_open (store/scope.c). */
 int store__seen_open(store_t *s, MDB_txn *txn);
+
+/** A short read transaction: the thread's read batch's (store_read_batch_begin), else the kept
+ * reset one renewed, else a new one. 0 or an error (then none is open). End it with
+ * store__rtxn_end (never mdb_txn_abort), in the same function. */
+int store__rtxn_begin(store_t *s, MDB_txn **txn);
+/** End a read transaction from store__rtxn_begin: reset and kept for the next (or aborted
+ * when one is kept already). */
+void store__rtxn_end(store_t *s, MDB_txn *txn);
 
 /** Map an LMDB return code to a pc error (MDB_NOTFOUND -> PC_E_NOTFOUND). */
 int store__mdb_err(int rc, const char *what);

@@ -10,7 +10,8 @@
  *                    └──abort──▶ unlink temp      └──mismatch──▶ unlink   dir, put LMDB record
  *
  * LMDB (one env, MDB_NOTLS so read txns are not tied to threads; every txn begins and ends in
- * one function). Named databases and their fixed encodings, integers little-endian:
+ * one function; the short reads of a hit renew one kept reset read txn, store__rtxn_begin). Named
+ * databases and their fixed encodings, integers little-endian:
  *
  *   blobs      key "sha256:<64 hex>" (71 bytes, no NUL)
  *              val u8 version=1 | u64 size | i64 created | i64 last_access | u8 mtlen | mt bytes
@@ -41,6 +42,7 @@
 #include "store/store-int.h"
 
 #include <dirent.h>
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -84,10 +86,9 @@ static void put_u64(unsigned char *p, uint64_t v)
 
 static uint64_t get_u64(const unsigned char *p)
 {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++)
-    v |= (uint64_t)p[i] << (8 * i);
-  return v;
+  uint64_t v; /* little-endian: one load (and a swap on a big-endian host) */
+  memcpy(&v, p, 8);
+  return le64toh(v);
 }
 
 int store__mdb_err(int rc, const char *what)
@@ -110,6 +111,81 @@ int store__is_sha256(const char *s)
 {
   return s && strlen(s) == STORE__SHA256_LEN &&
          store_digest_parse(s, STORE__SHA256_LEN) == STORE_DIGEST_SHA256;
+}
+
+/* The read batch of this thread (store_read_batch_begin): its store and its txn (NULL until
+ * the first read). Thread-local: no other thread sees it, so no lock. */
+static _Thread_local struct {
+  store_t *s;
+  MDB_txn *txn;
+  unsigned depth; /* begins not yet ended (a nested batch joins the outer one) */
+} rbatch;
+
+static int rtxn_get(store_t *s, MDB_txn **txn);
+static void rtxn_put(store_t *s, MDB_txn *txn);
+
+void store_read_batch_begin(store_t *s)
+{
+  if (rbatch.depth++ > 0)
+    return; /* nested (possibly for another store, whose reads then go unbatched) */
+  rbatch.s = s;
+  rbatch.txn = NULL;
+}
+
+void store_read_batch_end(store_t *s)
+{
+  (void)s;
+  PC_ASSERT(rbatch.depth > 0);
+  if (--rbatch.depth > 0)
+    return;
+  store_t *bs = rbatch.s;
+  MDB_txn *t = rbatch.txn;
+  rbatch.s = NULL;
+  rbatch.txn = NULL;
+  if (t)
+    rtxn_put(bs, t);
+}
+
+int store__rtxn_begin(store_t *s, MDB_txn **txn)
+{
+  if (rbatch.s == s) {
+    if (!rbatch.txn) {
+      int rc = rtxn_get(s, &rbatch.txn);
+      if (rc)
+        return rc;
+    }
+    *txn = rbatch.txn;
+    return 0;
+  }
+  return rtxn_get(s, txn);
+}
+
+void store__rtxn_end(store_t *s, MDB_txn *txn)
+{
+  if (rbatch.s == s && txn == rbatch.txn)
+    return; /* the batch's: ended with it */
+  rtxn_put(s, txn);
+}
+
+static int rtxn_get(store_t *s, MDB_txn **txn)
+{
+  MDB_txn *t = atomic_exchange_explicit(&s->rtxn_spare, NULL, memory_order_acquire);
+  if (t) {
+    if (mdb_txn_renew(t) == 0) {
+      *txn = t;
+      return 0;
+    }
+    mdb_txn_abort(t);
+  }
+  return store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, txn), "txn_begin");
+}
+
+static void rtxn_put(store_t *s, MDB_txn *txn)
+{
+  mdb_txn_reset(txn);
+  MDB_txn *old = atomic_exchange_explicit(&s->rtxn_spare, txn, memory_order_acq_rel);
+  if (old)
+    mdb_txn_abort(old);
 }
 
 /* Validate a digest given by a caller: PC_E_DIGEST_INVALID if ungrammatical, PC_E_NOTFOUND
@@ -392,7 +468,7 @@ int store_stats(store_t *s, store_stats_t *out)
   MDB_txn *txn = NULL;
   MDB_stat bs, ms, ts;
   store__totals_t t;
-  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  int rc = store__rtxn_begin(s, &txn);
   if (rc)
     return rc;
   /* No staleness check here (unlike totals_load): a read txn's mdb_txn_id may lag the snapshot
@@ -407,7 +483,7 @@ int store_stats(store_t *s, store_stats_t *out)
     rc = store__mdb_err(mdb_stat(txn, s->manifests, &ms), "stat");
   if (rc == 0)
     rc = store__mdb_err(mdb_stat(txn, s->tags, &ts), "stat");
-  mdb_txn_abort(txn);
+  store__rtxn_end(s, txn);
   if (rc)
     return rc;
   out->blobs = bs.ms_entries;
@@ -668,6 +744,9 @@ void store_close(store_t *s)
     pc_log_quote(q, sizeof(q), pc_strerror(rc), LOG_ERR_MAX);
     pc_log(PC_LOG_WARN, "store-atime-flush-failed when=close rc=%s err=%s", pc_errname(rc), q);
   }
+  MDB_txn *spare = atomic_exchange(&s->rtxn_spare, NULL);
+  if (spare)
+    mdb_txn_abort(spare);
   mdb_env_close(s->env);
   if (s->lock_fd >= 0)
     close(s->lock_fd);
@@ -685,11 +764,19 @@ const char *store_root(const store_t *s)
 
 /* ---- blobs ------------------------------------------------------------------------------ */
 
+static int blob_path(const store_t *s, const char *digest, char *buf, size_t buflen);
+
 int store_blob_path(const store_t *s, const char *digest, char *buf, size_t buflen)
 {
   if (!store__is_sha256(digest))
     return PC_E_DIGEST_INVALID;
-  /* "<root>/blobs/sha256/<2 hex>/<64 hex>", without stdio (twice per warm hit) */
+  return blob_path(s, digest, buf, buflen);
+}
+
+/* store_blob_path for a digest the caller has validated already */
+static int blob_path(const store_t *s, const char *digest, char *buf, size_t buflen)
+{
+  /* "<root>/blobs/sha256/<2 hex>/<64 hex>", without stdio (once per warm hit) */
   const char *hex = digest + 7;
   size_t rl = strlen(s->root);
   if (rl + 14 + 2 + 1 + 64 + 1 > buflen)
@@ -710,13 +797,13 @@ static int blob_rec_get(store_t *s, const char *digest, store__blob_rec_t *r)
 {
   MDB_txn *txn = NULL;
   MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
-  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  int rc = store__rtxn_begin(s, &txn);
   if (rc)
     return rc;
   rc = store__mdb_err(mdb_get(txn, s->blobs, &k, &v), "get");
   if (rc == 0)
     rc = store__blob_rec_decode(&v, r);
-  mdb_txn_abort(txn);
+  store__rtxn_end(s, txn);
   return rc;
 }
 
@@ -756,6 +843,18 @@ int store_blob_stat(store_t *s, const char *digest, store_blob_info_t *info)
 static void atime_note(store_t *s, const char *digest, int64_t now)
 {
   pthread_mutex_lock(&s->atime_mu);
+  /* The same digest among the newest few notes (a hot manifest, the blobs of one pull): that
+   * note takes the later time. The flush keeps only the latest time per digest anyway, so this
+   * changes nothing it writes and spares it a record read per repeated hit. */
+  for (size_t k = 0; k < s->atime_n && k < STORE__ATIME_RECENT; k++) {
+    store__atime_t *e = &s->atimes[(s->atime_head + s->atime_n - 1 - k) % STORE__ATIME_MAX];
+    if (memcmp(e->digest, digest, STORE__SHA256_LEN) == 0) {
+      if (e->t < now)
+        e->t = now;
+      pthread_mutex_unlock(&s->atime_mu);
+      return;
+    }
+  }
   size_t idx;
   if (s->atime_n == STORE__ATIME_MAX) {
     idx = s->atime_head; /* overwrite the oldest */
@@ -775,7 +874,7 @@ static int open_checked(store_t *s, const char *digest, int64_t rec_size, int *f
 {
   char path[PATH_MAX];
   struct stat st;
-  int rc = store_blob_path(s, digest, path, sizeof(path));
+  int rc = blob_path(s, digest, path, sizeof(path));
   if (rc)
     return rc;
   int f = open(path, O_RDONLY | O_CLOEXEC);
@@ -1303,13 +1402,13 @@ int store_manifest_open(store_t *s, const char *digest, int *fd, store_manifest_
   if (!info)
     info = &tmp;
   MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
-  rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  rc = store__rtxn_begin(s, &txn);
   if (rc)
     return rc;
   rc = store__mdb_err(mdb_get(txn, s->manifests, &k, &v), "get");
   if (rc == 0)
     rc = store__manifest_rec_decode(&v, info);
-  mdb_txn_abort(txn);
+  store__rtxn_end(s, txn);
   if (rc)
     return rc;
   return open_checked(s, digest, (int64_t)info->size, fd, &size);
@@ -1366,13 +1465,13 @@ int store_manifest_stat(store_t *s, const char *digest, store_manifest_info_t *i
   if (rc)
     return rc;
   MDB_val k = {STORE__SHA256_LEN, (void *)digest}, v;
-  rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  rc = store__rtxn_begin(s, &txn);
   if (rc)
     return rc;
   rc = store__mdb_err(mdb_get(txn, s->manifests, &k, &v), "get");
   if (rc == 0)
     rc = store__manifest_rec_decode(&v, info ? info : &tmp);
-  mdb_txn_abort(txn);
+  store__rtxn_end(s, txn);
   if (rc)
     return rc;
   rc = store_blob_path(s, digest, path, sizeof(path));
@@ -1432,13 +1531,13 @@ int store_tag_get(store_t *s, const char *upstream, const char *repo, const char
   if (kl < 0)
     return kl;
   MDB_val k = {(size_t)kl, key}, v;
-  int rc = store__mdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn), "txn_begin");
+  int rc = store__rtxn_begin(s, &txn);
   if (rc)
     return rc;
   rc = store__mdb_err(mdb_get(txn, s->tags, &k, &v), "get");
   if (rc == 0)
     rc = tag_decode(&v, out);
-  mdb_txn_abort(txn);
+  store__rtxn_end(s, txn);
   return rc;
 }
 

@@ -58,6 +58,14 @@ typedef struct store_opts {
 int store_open(const char *root, const store_opts_t *opts, store_t **out);
 /** Flush pending access times and close. NULL is a no-op. */
 void store_close(store_t *s);
+/** One snapshot for the lookups of a short stretch of work on this thread (one request's
+ * dispatch): from here to store_read_batch_end, s's short reads on the calling thread share
+ * one read transaction (begun by the first of them), instead of one each. Other threads are
+ * not affected. Writes made meanwhile (by other threads) are seen after the end: keep the
+ * batch short, never across a return to the event loop. Batches nest: an inner one joins the
+ * outer one (of the same store; another store's reads go unbatched meanwhile). */
+void store_read_batch_begin(store_t *s);
+void store_read_batch_end(store_t *s);
 const char *store_root(const store_t *s);
 
 /* ---- blobs ------------------------------------------------------------------------------- */

@@ -68,6 +68,11 @@ TEST(buf_cap_is_hard)
   pc_buf_reset(&b);
   ASSERT_EQ(0, b.len);
   ASSERT_STREQ("", b.p);
+  /* Reserving room adds nothing and obeys the cap. */
+  ASSERT_OK(pc_buf_reserve(&b, 10));
+  ASSERT(b.cap >= 11);
+  ASSERT_EQ(0, b.len);
+  ASSERT_EQ(PC_E_TOOBIG, pc_buf_reserve(&b, 11));
   /* A long formatted append (past the stack buffer) is whole or nothing. */
   pc_buf_t big;
   pc_buf_init(&big, 1000);

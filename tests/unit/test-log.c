@@ -413,6 +413,24 @@ TEST(quote)
   arena_free();
 }
 
+/* Every byte value at every position of a value long enough for the word-at-a-time check:
+ * quoted exactly when the byte is not plain (the table and the words agree). */
+TEST(quote_every_byte_every_position)
+{
+  char v[24], out[PC_LOG_QUOTE_SIZE(sizeof(v))];
+  for (int b = 1; b < 256; b++) {
+    int plain = b > ' ' && b < 0x7f && b != '"' && b != '\\' && b != '=';
+    for (size_t pos = 0; pos < sizeof(v) - 1; pos++) {
+      memset(v, 'a', sizeof(v) - 1);
+      v[sizeof(v) - 1] = '\0';
+      v[pos] = (char)b;
+      size_t n = pc_log_quote(out, sizeof(out), v, sizeof(v));
+      ASSERT(n < sizeof(out));
+      ASSERT_EQ(plain ? 0 : 1, out[0] == '"');
+    }
+  }
+}
+
 /* ---- JSON ---------------------------------------------------------------------------------- */
 
 TEST(json_shape)

@@ -179,6 +179,20 @@ static void handler(srv_req_t *r, void *arg)
     for (int i = 0; i < 20; i++) /* 20 x 1009 bytes: past the 16 KiB of response headers */
       srv_resp_header(r, "X-Big", v);
     srv_respond(r, 200, NULL, NULL, 0);
+  } else if (strcmp(path, "/hdrscan") == 0) {
+    /* ?BB-PP: byte 0xBB at position PP of a 20-byte header value, and of a 20-byte name */
+    unsigned b = 0, pos = 0;
+    (void)sscanf(srv_req_query(r), "%2x-%2u", &b, &pos);
+    char v[21], n[21];
+    memset(v, 'v', 20);
+    memcpy(n, "X-Name-nnnnnnnnnnnnn", 20);
+    v[20] = n[20] = '\0';
+    v[pos] = (char)b;
+    n[pos < 2 ? 2 : pos] = (char)b; /* keep the "X-" */
+    srv_resp_header(r, "X-Value", v);
+    srv_resp_header(r, n, "n");
+    srv_resp_header(r, "X-Ok", "ok");
+    srv_respond(r, 200, NULL, NULL, 0);
   } else if (strcmp(path, "/bigfile") == 0) {
     srv_respond_file(r, 200, NULL, open_file(T.bigfile), 0, BIGFILE_SIZE, BIGFILE_SIZE);
   } else if (strcmp(srv_req_method(r), "GET") != 0 && strcmp(srv_req_method(r), "HEAD") != 0) {
@@ -744,6 +758,36 @@ TEST(host_header_exactly_one)
   ASSERT_OK(cli_read(&c, &r, 0));
   ASSERT_EQ(200, r.status);
   resp_free(&r);
+  cli_close(&c);
+  ts_stop();
+}
+
+/* Response headers: a value with a control character (a tab is allowed) and a name with one or a
+ * colon are dropped, at every position of a string long enough for the word-at-a-time scan;
+ * the others go out as given. */
+TEST(response_header_checked_at_every_position)
+{
+  ts_start(NULL);
+  cli_t c;
+  cli_open(&c);
+  for (unsigned b = 1; b < 256; b++) {
+    int ctl = (b < 0x20 && b != '\t') || b == 0x7f;
+    for (unsigned pos = 0; pos < 20; pos++) {
+      char req[96];
+      int n =
+          snprintf(req, sizeof(req), "GET /hdrscan?%02x-%02u HTTP/1.1\r\nHost: h\r\n\r\n", b, pos);
+      cli_send(&c, req, (size_t)n);
+      resp_t r;
+      ASSERT_OK(cli_read(&c, &r, 0));
+      ASSERT_EQ(200, r.status);
+      ASSERT(strstr(r.head, "X-Ok: ok\r\n") != NULL);
+      ASSERT_EQ(!ctl, strstr(r.head, "X-Value: ") != NULL);
+      int name_bad = ctl || b == ':' || b == '\t' || b == ' ';
+      if (b != ' ' && b != '\t') /* a space or tab in a name: not checked here */
+        ASSERT_EQ(!name_bad, strstr(r.head, ": n\r\n") != NULL);
+      resp_free(&r);
+    }
+  }
   cli_close(&c);
   ts_stop();
 }

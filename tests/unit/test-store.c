@@ -642,6 +642,31 @@ static void tag_set(store_t *s, const char *up, const char *repo, const char *ta
   ASSERT_OK(store_tag_put(s, up, repo, tag, &t));
 }
 
+/* A read batch: the lookups inside it share one snapshot (a write made meanwhile is seen
+ * after the end), batches nest, and without one every lookup sees the latest commit. */
+TEST(read_batch_one_snapshot)
+{
+  store_t *s = open_store();
+  store_tag_t got;
+  tag_set(s, "u", "r", "a", 1);
+  store_read_batch_begin(s);
+  ASSERT_OK(store_tag_get(s, "u", "r", "a", &got));
+  tag_set(s, "u", "r", "b", 2);
+  ASSERT_EQ(PC_E_NOTFOUND, store_tag_get(s, "u", "r", "b", &got));
+  store_read_batch_begin(s); /* nested: the same snapshot */
+  ASSERT_EQ(PC_E_NOTFOUND, store_tag_get(s, "u", "r", "b", &got));
+  store_read_batch_end(s);
+  ASSERT_EQ(PC_E_NOTFOUND, store_tag_get(s, "u", "r", "b", &got));
+  store_read_batch_end(s);
+  ASSERT_OK(store_tag_get(s, "u", "r", "b", &got));
+  ASSERT_EQ(2, got.size);
+  tag_set(s, "u", "r", "c", 3);
+  ASSERT_OK(store_tag_get(s, "u", "r", "c", &got));
+  store_read_batch_begin(s); /* a batch with no read in it begins no txn */
+  store_read_batch_end(s);
+  store_close(s);
+}
+
 TEST(tags_put_get_list)
 {
   store_t *s = open_store();
