@@ -98,6 +98,15 @@ static int write_file(const char *path, const char *text, size_t len)
   return rc;
 }
 
+/* Write the table now, on this thread (the last write, when the mirror goes). */
+static void write_now(const egress_t *e)
+{
+  size_t len;
+  char *text = egress_render_file(e, &len);
+  (void)write_file(e->path, text, len);
+  free(text);
+}
+
 /* A write on the thread pool: it owns a copy of the text (the table goes on changing). */
 typedef struct egress_job {
   uv_work_t work;
@@ -124,12 +133,8 @@ static void job_after(uv_work_t *w, int status)
   e->writing = 0;
   if (e->freed) {
     /* egress_free waited for this write: the last state goes now, on the loop. */
-    if (e->dirty) {
-      size_t len;
-      char *text = egress_render_file(e, &len);
-      (void)write_file(e->path, text, len);
-      free(text);
-    }
+    if (e->dirty)
+      write_now(e);
     free(e->v);
     free(e);
     return;
@@ -269,13 +274,8 @@ void egress_free(egress_t *e)
     e->freed = 1; /* the write's after callback writes what changed since, and frees */
     return;
   }
-  if (e->dirty && e->path[0]) {
-    /* The last write: here, so that it is done when the mirror is gone. */
-    size_t len;
-    char *text = egress_render_file(e, &len);
-    (void)write_file(e->path, text, len);
-    free(text);
-  }
+  if (e->dirty && e->path[0])
+    write_now(e); /* the last write: here, so that it is done when the mirror is gone */
   free(e->v);
   free(e);
 }

@@ -1720,6 +1720,19 @@ void *srv_req_room(srv_req_t *r)
 
 /* ---- responses (API) ---------------------------------------------------------------------- */
 
+/* Append "name: value\r\n" to the response head: a whole header or none. */
+static void header_append(srv_req_t *r, const char *name, size_t nl, const char *value, size_t vl)
+{
+  if (r->rh.len + nl + vl + 4 > r->rh.max) {
+    pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
+    return;
+  }
+  (void)pc_buf_add(&r->rh, name, nl);
+  (void)pc_buf_add(&r->rh, ": ", 2);
+  (void)pc_buf_add(&r->rh, value, vl);
+  (void)pc_buf_add(&r->rh, "\r\n", 2);
+}
+
 void srv_resp_header(srv_req_t *r, const char *name, const char *value)
 {
   ssize_t nls = name ? header_len(name) : -1, vls = value ? header_len(value) : -1;
@@ -1734,14 +1747,7 @@ void srv_resp_header(srv_req_t *r, const char *name, const char *value)
       (nl == 4 && strcasecmp(name, "Date") == 0) ||
       (nl == 17 && strcasecmp(name, "Transfer-Encoding") == 0))
     return;
-  if (r->rh.len + nl + vl + 4 > r->rh.max) { /* a whole header or none */
-    pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
-    return;
-  }
-  (void)pc_buf_add(&r->rh, name, nl);
-  (void)pc_buf_add(&r->rh, ": ", 2);
-  (void)pc_buf_add(&r->rh, value, vl);
-  (void)pc_buf_add(&r->rh, "\r\n", 2);
+  header_append(r, name, nl, value, vl);
 }
 
 void srv__resp_header_named(srv_req_t *r, const char *name, size_t nl, const char *value)
@@ -1751,15 +1757,7 @@ void srv__resp_header_named(srv_req_t *r, const char *name, size_t nl, const cha
     pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=invalid");
     return;
   }
-  size_t vl = (size_t)vls;
-  if (r->rh.len + nl + vl + 4 > r->rh.max) { /* a whole header or none */
-    pc_log(PC_LOG_WARN, "srv-response-header-dropped reason=too-large");
-    return;
-  }
-  (void)pc_buf_add(&r->rh, name, nl);
-  (void)pc_buf_add(&r->rh, ": ", 2);
-  (void)pc_buf_add(&r->rh, value, vl);
-  (void)pc_buf_add(&r->rh, "\r\n", 2);
+  header_append(r, name, nl, value, (size_t)vls);
 }
 
 void srv__resp_header_line(srv_req_t *r, const char *line, size_t len)
