@@ -21,7 +21,8 @@
  *   timer (abort_soon: srv_respond* never runs a done callback before it returns)
  *
  * Reading and parsing. Bytes land in a per-connection buffer (SRV_RBUF_MIN, doubled when full up
- * to SRV_RBUF: 10,000 idle keep-alive connections cost 20 MB of it, not 160). The parser is
+ * to SRV_RBUF; made by the first on_alloc and freed when a read brings nothing while the
+ * connection is idle with nothing buffered, so idle TLS connections hold none). The parser is
  * paused (HPE_PAUSED) in on_message_begin (to know where a head starts, so the head size is
  * counted exactly) and in on_headers_complete (the dispatch point). While a request is in
  * flight the parser stays paused and later bytes (pipelined requests) wait in the buffer; when
@@ -147,8 +148,8 @@ struct conn {
   srv_t *s;
   pc_list_t link; /* in srv.conns while open and not closing */
   enum conn_state state;
-  char *rbuf;
-  size_t rcap;       /* its size: SRV_RBUF_MIN, doubled up to SRV_RBUF when full */
+  char *rbuf;        /* NULL until on_alloc, and again while idle (on_read of nothing) */
+  size_t rcap;       /* its size (0 without one): SRV_RBUF_MIN, doubled up to SRV_RBUF when full */
   size_t rlen, rpos; /* bytes in rbuf; bytes of them already parsed */
   int got_bytes;     /* anything read yet (the first byte tells a TLS client apart) */
   size_t linger_bytes;
@@ -1187,6 +1188,10 @@ static void conn_parse_buffered(conn_t *c)
 static void on_alloc(srv_tr_t *t, uv_buf_t *b)
 {
   conn_t *c = t->data;
+  if (!c->rbuf) {
+    c->rcap = SRV_RBUF_MIN;
+    c->rbuf = pc_xmalloc(c->rcap);
+  }
   if (c->state == C_LINGER) {
     *b = uv_buf_init(c->rbuf, (unsigned)c->rcap);
     return;
@@ -1215,6 +1220,14 @@ static void read_stop(conn_t *c)
 static void on_read(srv_tr_t *t, ssize_t nread, const uv_buf_t *b)
 {
   conn_t *c = t->data;
+  if (nread == 0 && c->rlen == 0 && c->state == C_IDLE) {
+    /* Nothing came and nothing is buffered: an idle connection keeps no read buffer (the TLS
+     * transport gives the buffer back this way after every record it decrypted). */
+    free(c->rbuf);
+    c->rbuf = NULL;
+    c->rcap = 0;
+    return;
+  }
   if (nread == 0 || c->closing)
     return;
   if (nread == UV_ENOBUFS) {
@@ -1286,9 +1299,7 @@ static conn_t *conn_new(srv_t *s, srv_tr_t *t)
   c->tr = t;
   t->data = c;
   c->ffd = -1;
-  c->rcap = SRV_RBUF_MIN;
-  c->rbuf = pc_xmalloc(c->rcap);
-  pc_list_init(&c->link);
+  pc_list_init(&c->link); /* rbuf: allocated by the first on_alloc */
   uv_timer_init(s->loop, &c->timer);
   c->timer.data = c;
   llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);

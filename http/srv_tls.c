@@ -42,6 +42,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -56,6 +57,7 @@
 #define TLS_IN (16u * 1024u + 64)  /* ciphertext read buffer */
 #define TLS_IN_MAX (64u * 1024u)   /* ciphertext kept in rbio while srv.c does not read */
 #define TLS_FILE (256u * 1024u)    /* file bytes per send_file op */
+#define TLS_RBIO_KEEP 4096u        /* rbio buffer kept once empty (larger: replaced) */
 
 /* The counters, shared by the configuration and every connection it wrapped (a connection may
  * outlive srv_tls_free: it holds a reference). Loop thread only. */
@@ -583,6 +585,22 @@ static void on_in_shutdown(srv_tr_t *in, ssize_t status)
   t->shutdown_cb(&t->tr, status);
 }
 
+/* A memory BIO keeps the largest buffer it ever held: once a large read (a big request head, a
+ * body) is consumed, a fresh empty one replaces it, so an idle connection keeps none of it. */
+static void release_rbio(tls_t *t)
+{
+  BUF_MEM *bm = NULL;
+  if (BIO_ctrl_pending(t->rbio) != 0 || BIO_get_mem_ptr(t->rbio, &bm) != 1 || !bm ||
+      bm->max <= TLS_RBIO_KEEP)
+    return;
+  BIO *nb = BIO_new(BIO_s_mem());
+  if (!nb)
+    return; /* keep the old one */
+  BIO_set_mem_eof_return(nb, -1);
+  SSL_set0_rbio(t->ssl, nb); /* frees the old one */
+  t->rbio = nb;
+}
+
 /* Progress everything: handshake, reads for srv.c, the pending op, output, shutdown. */
 static void pump(tls_t *t)
 {
@@ -651,6 +669,7 @@ static void pump(tls_t *t)
   }
   if (t->closing)
     return;
+  release_rbio(t);
   /* Backpressure: rbio is bounded while srv.c does not read. */
   if (!t->reading && t->in_reading && BIO_ctrl_pending(t->rbio) >= TLS_IN_MAX) {
     t->in->ops->read_stop(t->in);
