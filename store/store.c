@@ -513,6 +513,35 @@ static int mkdir_one(const char *path)
   return -errno;
 }
 
+static int root_path(const store_t *s, const char *rel, char *buf, size_t buflen);
+
+/* The 256 fan-out directories of blobs/sha256 (00..ff), made when the store is: the commits of
+ * a first pull then make none (each new one was a mkdir and an fsync of blobs/sha256 on the
+ * writer thread, kernel CPU taken from the pull). Those that exist are left; blobs/sha256 is
+ * fsync'd once when any was made. */
+static int make_fanout(const store_t *s)
+{
+  static const char hexd[] = "0123456789abcdef";
+  char p[PATH_MAX];
+  int made = 0;
+  int rc = root_path(s, "blobs/sha256/00", p, sizeof(p));
+  if (rc)
+    return rc;
+  size_t n = strlen(p);
+  for (int i = 0; i < 256; i++) {
+    p[n - 2] = hexd[i >> 4];
+    p[n - 1] = hexd[i & 15];
+    if (mkdir(p, 0755) == 0)
+      made = 1;
+    else if (errno != EEXIST)
+      return -errno;
+  }
+  if (!made)
+    return 0;
+  p[n - 3] = '\0';
+  return fsync_path(p);
+}
+
 /* Join root and a relative name into buf. */
 static int root_path(const store_t *s, const char *rel, char *buf, size_t buflen)
 {
@@ -637,6 +666,9 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
     if (rc)
       goto out;
   }
+  rc = make_fanout(s);
+  if (rc)
+    goto out;
 
   rc = root_path(s, "lock", p, sizeof(p));
   if (rc)

@@ -265,6 +265,22 @@ TEST(commit_roundtrip)
   store_close(s);
 }
 
+/* A new store has its 256 fan-out directories: a first pull's commits make none. */
+TEST(open_makes_the_fanout_directories)
+{
+  store_t *s = open_store();
+  char p[PATH_MAX];
+  struct stat st;
+  for (int i = 0; i < 256; i++) {
+    snprintf(p, sizeof(p), "%s/blobs/sha256/%02x", root_dir(), i);
+    ASSERT_EQ(0, stat(p, &st));
+    ASSERT(S_ISDIR(st.st_mode));
+  }
+  snprintf(p, sizeof(p), "%s/blobs/sha256/100", root_dir());
+  ASSERT_EQ(-1, stat(p, &st));
+  store_close(s);
+}
+
 TEST(abort_leaves_nothing)
 {
   store_t *s = open_store();
