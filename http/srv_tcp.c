@@ -5,15 +5,15 @@
  * File bodies. A send_file op first waits (on the loop) for the socket to be writable, with a
  * uv_poll_t on a dup() of the socket (libuv forbids a uv_poll_t on the fd of a uv_tcp_t it
  * already watches, but epoll accepts a second descriptor of the same socket). When it is, and
- * every page of [off, off + len) is in the page cache (mincore(2) on a PROT_READ mapping that
- * is never touched), sendfile(2) runs right there on the non-blocking socket, as nginx does,
- * until the range is out or the socket is full: no thread pool round trip, and a full socket
- * waits for the next writability event. A range not (all) in the page cache would block the
- * loop on disk reads, so that sendfile runs in the thread pool, SRV_TCP_CHUNK bytes at most
- * per op (the server asks for at most that much): on EAGAIN the worker first waits up to
- * SRV_TCP_POLL_MS for the socket to drain (cheaper than a loop round trip per buffer); if it
- * stays full the op goes back to the loop's writability poll, which checks the page cache
- * again. The op completes when some bytes went out, the file ended, or it failed; completions
+ * every page of [off, off + len) is in the page cache (cachestat(2), or mincore(2) on a
+ * PROT_READ mapping that is never touched where the kernel lacks it), sendfile(2) runs right there
+ * on the non-blocking socket, as nginx does, until the range is out or the socket is full: no
+ * thread pool round trip, and a full socket waits for the next writability event. A range not (all)
+ * in the page cache would block the loop on disk reads, so that sendfile runs in the thread pool,
+ * SRV_TCP_CHUNK bytes at most per op (the server asks for at most that much): on EAGAIN the worker
+ * first waits up to SRV_TCP_POLL_MS for the socket to drain (cheaper than a loop round trip per
+ * buffer); if it stays full the op goes back to the loop's writability poll, which checks the page
+ * cache again. The op completes when some bytes went out, the file ended, or it failed; completions
  * run from the poll or work callbacks, never inside tcp_send_file. The poll is left running
  * after a completion (the server usually asks for the next chunk from the completion), and
  * stopped by the first event that finds no op.
@@ -39,11 +39,13 @@
 #include "http/srv-transport.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define SRV_TCP_POLL_MS 20         /* a worker waits this long for a full socket */
@@ -189,20 +191,39 @@ static void file_complete(tcp_t *t, ssize_t res)
   t->file_cb(&t->tr, res);
 }
 
-/* Is every page of [off, off + len) of fd in the page cache? mincore(2) on a mapping that is
- * never touched (no page is faulted in). Any doubt (a mapping error, a range past the end of
- * the file, a range too long to check) says no: the thread pool then sends it. */
-static int in_page_cache(int fd, uint64_t off, size_t len)
+/* cachestat(2) (Linux 6.5): the page-cache state of a file range in one call, no mapping. The
+ * kernel headers of older distributions lack it, hence these local definitions. */
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+struct tcp_cachestat_range {
+  uint64_t off, len;
+};
+struct tcp_cachestat {
+  uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+
+/* 1: every page of [start, start + span) is cached, 0: not, -1: cachestat is not available
+ * here (an older kernel, a seccomp filter, a file it refuses). */
+static int resident_cachestat(int fd, uint64_t start, size_t span, size_t pages)
 {
-  static long page;
-  if (!page)
-    page = sysconf(_SC_PAGESIZE);
-  uint64_t start = off & ~(uint64_t)(page - 1);
-  size_t span = (size_t)(off + len - start);
-  size_t pages = (span + (size_t)page - 1) / (size_t)page;
+  static atomic_int unusable;
+  if (atomic_load_explicit(&unusable, memory_order_relaxed))
+    return -1;
+  struct tcp_cachestat_range r = {start, span};
+  struct tcp_cachestat cs;
+  if (syscall(__NR_cachestat, fd, &r, &cs, 0) != 0) {
+    if (errno == ENOSYS || errno == EPERM || errno == EOPNOTSUPP)
+      atomic_store_explicit(&unusable, 1, memory_order_relaxed);
+    return -1;
+  }
+  return cs.nr_cache >= pages;
+}
+
+/* The same answer from mincore(2) on a mapping that is never touched (no page is faulted in). */
+static int resident_mincore(int fd, uint64_t start, size_t span, size_t pages)
+{
   unsigned char vec[SRV_TCP_MINCORE_PAGES];
-  if (pages > sizeof(vec))
-    return 0;
   void *m = mmap(NULL, span, PROT_READ, MAP_SHARED, fd, (off_t)start);
   if (m == MAP_FAILED)
     return 0;
@@ -219,6 +240,33 @@ static int in_page_cache(int fd, uint64_t off, size_t len)
   for (; ok && i < pages; i++)
     ok = vec[i] & 1;
   return ok;
+}
+
+int srv_tcp__resident(int fd, uint64_t off, size_t len, int how)
+{
+  static long page;
+  if (!page)
+    page = sysconf(_SC_PAGESIZE);
+  uint64_t start = off & ~(uint64_t)(page - 1);
+  size_t span = (size_t)(off + len - start);
+  size_t pages = (span + (size_t)page - 1) / (size_t)page;
+  if (pages > SRV_TCP_MINCORE_PAGES || len == 0)
+    return 0;
+  if (how != SRV_TCP_RESIDENT_MINCORE) {
+    int rc = resident_cachestat(fd, start, span, pages);
+    if (rc >= 0 || how == SRV_TCP_RESIDENT_CACHESTAT)
+      return rc;
+  }
+  return resident_mincore(fd, start, span, pages);
+}
+
+/* Is every page of [off, off + len) of fd in the page cache? cachestat(2) where the kernel has
+ * it (one syscall: a mapping's mmap + munmap cost a TLB shootdown on every core the process
+ * runs on), else mincore(2). Any doubt (an error, a range past the end of the file, a range
+ * too long to check) says no: the thread pool then sends it. */
+static int in_page_cache(int fd, uint64_t off, size_t len)
+{
+  return srv_tcp__resident(fd, off, len, SRV_TCP_RESIDENT_ANY) == 1;
 }
 
 /* On the loop, the range in the page cache and the socket writable: sendfile until the range

@@ -437,6 +437,10 @@ PATH_CALLS = OPEN_CALLS | WRITE_CALLS | {
 DEV_OK = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
 
 
+# Calls newer than this strace, which prints them by number (x86_64): their names.
+STRACE_UNNAMED = {"syscall_0x1c3": "cachestat"}
+
+
 def analyse_trace(log, allowed, families, store, cwd, main_pid):
     """Everything in strace log LOG that the unit's sandbox would refuse: a list of strings."""
     problems, used = [], {}
@@ -447,6 +451,7 @@ def analyse_trace(log, allowed, families, store, cwd, main_pid):
             if not m:
                 continue
             pid, name = int(m.group(1)), m.group(2)
+            name = STRACE_UNNAMED.get(name, name)
             used[name] = used.get(name, 0) + 1
             if m.group(3) != "(":
                 continue  # the call was already seen when it started

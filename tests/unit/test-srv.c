@@ -11,7 +11,9 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <strings.h>
+#include <linux/magic.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -951,6 +953,47 @@ TEST(file_out_of_page_cache)
   }
   cli_close(&c);
   ts_stop();
+}
+
+/* The page-cache check before a sendfile on the loop: yes for written pages, no past the end
+ * or for an empty range, and cachestat(2) and mincore(2) agree on every range, before and after
+ * the pages are dropped (where the file system drops them: not tmpfs). */
+TEST(page_cache_residency)
+{
+  char path[600];
+  snprintf(path, sizeof(path), "%s/resident", unit_tmpdir());
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  ASSERT(fd >= 0);
+  static char buf[65536];
+  memset(buf, 'r', sizeof(buf));
+  ASSERT_EQ((ssize_t)sizeof(buf), write(fd, buf, sizeof(buf)));
+  struct {
+    uint64_t off;
+    size_t len;
+  } ranges[] = {{0, 65536},    {100, 1000}, {4095, 2}, {61440, 4096},
+                {61440, 8192}, {70000, 10}, {0, 0}};
+  int expect[] = {1, 1, 1, 1, 0, 0, 0};
+  int have_cachestat = srv_tcp__resident(fd, 0, 4096, SRV_TCP_RESIDENT_CACHESTAT) >= 0;
+  for (int drop = 0; drop < 2; drop++) {
+    if (drop) {
+      ASSERT_EQ(0, fdatasync(fd));
+      ASSERT_EQ(0, posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED));
+    }
+    struct statfs sf;
+    ASSERT_EQ(0, fstatfs(fd, &sf));
+    int dropped = drop && sf.f_type != TMPFS_MAGIC;
+    for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++) {
+      int m = srv_tcp__resident(fd, ranges[i].off, ranges[i].len, SRV_TCP_RESIDENT_MINCORE);
+      int any = srv_tcp__resident(fd, ranges[i].off, ranges[i].len, SRV_TCP_RESIDENT_ANY);
+      ASSERT_EQ(dropped ? 0 : expect[i], m);
+      ASSERT_EQ(m, any);
+      if (have_cachestat)
+        ASSERT_EQ(m,
+                  srv_tcp__resident(fd, ranges[i].off, ranges[i].len, SRV_TCP_RESIDENT_CACHESTAT));
+    }
+  }
+  close(fd);
+  unlink(path);
 }
 
 TEST(file_growing)
