@@ -103,9 +103,10 @@ int srv_tcp_open(uv_loop_t *loop, int fd, srv_tr_t **out);
 
 enum { SRV_TCP_RESIDENT_ANY, SRV_TCP_RESIDENT_CACHESTAT, SRV_TCP_RESIDENT_MINCORE };
 /** Is every page of [off, off + len) of fd in the page cache (the check before a sendfile on
- * the loop)? 1 yes, 0 no or in doubt (len 0, past the end, more than 1024 pages). how: ANY
- * (cachestat(2), mincore(2) where the kernel lacks it), or one of them only (for the tests:
- * CACHESTAT returns -1 where cachestat is not available). */
+ * the loop)? 1 yes, 0 no or in doubt (len 0, past the end, more than 1024 pages, a file
+ * cachestat refuses). how: ANY (cachestat(2), mincore(2) where the kernel or the seccomp
+ * filter lacks it), or one of them only (for the tests: CACHESTAT returns -1 where cachestat
+ * is not available). */
 int srv_tcp__resident(int fd, uint64_t off, size_t len, int how);
 
 /* ---- the TLS transport (http/srv_tls.c, configuration in srv-tls.h) ------------------------ */

@@ -45,6 +45,7 @@
 #include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -203,8 +204,11 @@ struct tcp_cachestat {
   uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
 };
 
-/* 1: every page of [start, start + span) is cached, 0: not, -1: cachestat is not available
- * here (an older kernel, a seccomp filter, a file it refuses). */
+/* 1: every page of [start, start + span) is cached, 0: not (or in doubt), -1: cachestat is not
+ * available here (an older kernel: ENOSYS; a seccomp filter that refuses it: EPERM on a file of
+ * our own), which is then remembered. An EPERM on a file of another owner is cachestat refusing
+ * that file (Linux 6.14 on: not owned and not writable): in doubt, for that call only, and not
+ * mincore's answer either (mincore pretends such a file's pages are all cached). */
 static int resident_cachestat(int fd, uint64_t start, size_t span, size_t pages)
 {
   static atomic_int unusable;
@@ -212,12 +216,14 @@ static int resident_cachestat(int fd, uint64_t start, size_t span, size_t pages)
     return -1;
   struct tcp_cachestat_range r = {start, span};
   struct tcp_cachestat cs;
-  if (syscall(__NR_cachestat, fd, &r, &cs, 0) != 0) {
-    if (errno == ENOSYS || errno == EPERM || errno == EOPNOTSUPP)
-      atomic_store_explicit(&unusable, 1, memory_order_relaxed);
+  if (syscall(__NR_cachestat, fd, &r, &cs, 0) == 0)
+    return cs.nr_cache >= pages;
+  struct stat st;
+  if (errno == ENOSYS || (errno == EPERM && fstat(fd, &st) == 0 && st.st_uid == geteuid())) {
+    atomic_store_explicit(&unusable, 1, memory_order_relaxed);
     return -1;
   }
-  return cs.nr_cache >= pages;
+  return 0;
 }
 
 /* The same answer from mincore(2) on a mapping that is never touched (no page is faulted in). */

@@ -437,7 +437,8 @@ PATH_CALLS = OPEN_CALLS | WRITE_CALLS | {
 DEV_OK = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
 
 
-# Calls newer than this strace, which prints them by number (x86_64): their names.
+# Calls newer than this strace, which prints them by number: their names (451 on every
+# architecture).
 STRACE_UNNAMED = {"syscall_0x1c3": "cachestat"}
 
 
