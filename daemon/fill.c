@@ -568,6 +568,38 @@ static void fill_fetch(fill_t *f)
   }
 }
 
+/* The next fills' temp files (store_spare_make keeps STORE_SPARES), made on the store writer
+ * thread while this fill fetches: a fill then makes no inode on the loop (an inode can cost a
+ * millisecond of kernel CPU, and can wait for the file system's journal). One job at a time;
+ * counted in live, so the env outlives it. */
+static void spare_work(uv_work_t *w)
+{
+  pull_env_t *env = container_of(w, pull_env_t, spare_work);
+  (void)store_spare_make(env->store); /* none made: the next fills make their own */
+}
+
+static void spare_after(uv_work_t *w, int status)
+{
+  pull_env_t *env = container_of(w, pull_env_t, spare_work);
+  (void)status;
+  env->spare_busy = 0;
+  env->live--;
+  if (env->released)
+    env->released(env);
+}
+
+static void spare_refill(pull_env_t *env)
+{
+  if (env->spare_busy || env->closing || !env->loop)
+    return;
+  env->spare_busy = 1;
+  env->live++;
+  if (bgwrite_queue(env->writer, env->loop, &env->spare_work, spare_work, spare_after) != 0) {
+    env->spare_busy = 0;
+    env->live--;
+  }
+}
+
 int fill_start(pull_env_t *env, daemon_upstream_t *up, const char *repo, const char *digest,
                fill_sub_t *first)
 {
@@ -592,13 +624,14 @@ int fill_start(pull_env_t *env, daemon_upstream_t *up, const char *repo, const c
     return rc;
   }
   if (!f->no_room) {
-    f->rfd = open(store_writer_path(f->w), O_RDONLY | O_CLOEXEC);
+    f->rfd = store_writer_reader(f->w);
     if (f->rfd < 0) {
-      rc = -errno;
+      rc = f->rfd;
       store_writer_abort(f->w);
       free(f);
       return rc;
     }
+    spare_refill(env);
   }
   f->up = daemon_upstream_ref(up);
   mark(f);

@@ -661,6 +661,8 @@ int mirror_new_with(daemon_t *d, const pull_fetch_ops_t *ops, void *ctx, int64_t
   m->env.released = env_released;
   m->env.disk_free = disk_free;
   m->env.writer = d->loop ? bgwrite_new(d->loop) : NULL; /* NULL: the thread pool */
+  if (d->store)
+    (void)store_spare_make(d->store); /* the first fill's temp file (fill.c makes the next) */
   pc_list_init(&m->env.fills);
   pc_list_init(&m->env.jobs);
   pc_list_init(&m->env.metas);

@@ -7,6 +7,7 @@
 #ifndef STORE_INT_H
 #define STORE_INT_H
 
+#include <limits.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -49,6 +50,14 @@ struct store {
   MDB_dbi seen;    /**< (upstream, repository, digest) -> first seen (store/scope.c) */
   int seen_legacy; /**< the store held content before "seen" existed (store/scope.c) */
   atomic_uint_fast64_t tmp_seq;
+  /** Spare temp files (store_spare_make): made off the loop, taken by the next blob writers
+   * (store_writer_new), the newest first. Under spare_mu. */
+  pthread_mutex_t spare_mu;
+  int nspares;
+  struct store__spare {
+    int fd, rfd;
+    char path[PATH_MAX];
+  } spares[STORE_SPARES];
   atomic_uint_fast64_t totals_scans; /**< how often the totals were recomputed by a scan */
   /* Fault injection for the unit tests (store__fault_space): off (-1) in production. */
   _Atomic int_fast64_t fault_space; /**< bytes writers may still write, or -1: no limit */

@@ -74,6 +74,7 @@ struct store_writer {
   int hash_only;   /**< store_writer_hash_only: bytes are hashed and counted, not written */
   int verdict;     /**< its result */
   char digest[72]; /**< the final hash once verified */
+  int rfd;         /**< the spare's read-only descriptor, until store_writer_reader takes it */
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -515,31 +516,39 @@ static int mkdir_one(const char *path)
 
 static int root_path(const store_t *s, const char *rel, char *buf, size_t buflen);
 
-/* The 256 fan-out directories of blobs/sha256 (00..ff), made when the store is: the commits of
- * a first pull then make none (each new one was a mkdir and an fsync of blobs/sha256 on the
- * writer thread, kernel CPU taken from the pull). Those that exist are left; blobs/sha256 is
- * fsync'd once when any was made. */
-static int make_fanout(const store_t *s)
+/* The 256 fan-out directories of blobs/sha256 (00..ff), made by store_open once it holds the
+ * lock: the commits of a first pull then make none (each new one was a mkdir and an fsync of
+ * blobs/sha256 on the writer thread, kernel CPU taken from the pull). Only by the owner of
+ * blobs/sha256 (a command run as root on the daemon's store must not make directories the
+ * daemon cannot write into), and best effort: a directory that cannot be made now (a full
+ * disk) is made by the commit that needs it, as before. blobs/sha256 is fsync'd on every such
+ * open (one fsync; a crash between the mkdirs and that fsync is healed by the next open). */
+static void make_fanout(const store_t *s)
 {
   static const char hexd[] = "0123456789abcdef";
   char p[PATH_MAX];
-  int made = 0;
-  int rc = root_path(s, "blobs/sha256/00", p, sizeof(p));
-  if (rc)
-    return rc;
+  struct stat st;
+  if (root_path(s, "blobs/sha256/00", p, sizeof(p)) != 0)
+    return;
   size_t n = strlen(p);
+  p[n - 3] = '\0';
+  if (stat(p, &st) != 0 || st.st_uid != geteuid())
+    return;
+  p[n - 3] = '/';
+  int err = 0;
   for (int i = 0; i < 256; i++) {
     p[n - 2] = hexd[i >> 4];
     p[n - 1] = hexd[i & 15];
-    if (mkdir(p, 0755) == 0)
-      made = 1;
-    else if (errno != EEXIST)
-      return -errno;
+    if (mkdir(p, 0755) != 0 && errno != EEXIST && !err)
+      err = -errno;
   }
-  if (!made)
-    return 0;
   p[n - 3] = '\0';
-  return fsync_path(p);
+  int rc = fsync_path(p);
+  if (err || rc) {
+    char qp[PC_LOG_QUOTE_SIZE(LOG_PATH_MAX)];
+    pc_log_quote(qp, sizeof(qp), p, LOG_PATH_MAX);
+    pc_log(PC_LOG_WARN, "store-fanout-incomplete path=%s err=%s", qp, pc_errname(err ? err : rc));
+  }
 }
 
 /* Join root and a relative name into buf. */
@@ -639,6 +648,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
     s->root[--s->rootlen] = '\0';
   pthread_mutex_init(&s->atime_mu, NULL);
   pthread_mutex_init(&s->evict_mu, NULL);
+  pthread_mutex_init(&s->spare_mu, NULL);
   s->atimes = pc_xcalloc(STORE__ATIME_MAX, sizeof(*s->atimes));
   atomic_store(&s->fault_space, -1);
   s->read_only = ro;
@@ -666,10 +676,6 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
     if (rc)
       goto out;
   }
-  rc = make_fanout(s);
-  if (rc)
-    goto out;
-
   rc = root_path(s, "lock", p, sizeof(p));
   if (rc)
     goto out;
@@ -687,6 +693,7 @@ int store_open(const char *root, const store_opts_t *opts, store_t **out)
   }
 
   sweep_tmp(s);
+  make_fanout(s);
 
 open_env:
   rc = store__mdb_err(mdb_env_create(&s->env), "env_create");
@@ -757,6 +764,7 @@ out:
       close(s->lock_fd);
     pthread_mutex_destroy(&s->atime_mu);
     pthread_mutex_destroy(&s->evict_mu);
+    pthread_mutex_destroy(&s->spare_mu);
     free(s->atimes);
     free(s->root);
     free(s);
@@ -779,6 +787,12 @@ void store_close(store_t *s)
   MDB_txn *spare = atomic_exchange(&s->rtxn_spare, NULL);
   if (spare)
     mdb_txn_abort(spare);
+  for (int i = 0; i < s->nspares; i++) {
+    close(s->spares[i].fd);
+    close(s->spares[i].rfd);
+    unlink(s->spares[i].path);
+  }
+  pthread_mutex_destroy(&s->spare_mu);
   mdb_env_close(s->env);
   if (s->lock_fd >= 0)
     close(s->lock_fd);
@@ -1037,46 +1051,120 @@ static int expected_digest_check(const char *expected_digest)
   return alg == STORE_DIGEST_SHA256 ? 0 : PC_E_UNSUPPORTED;
 }
 
-int store_writer_new(store_t *s, const char *expected_digest, int64_t expected_size,
-                     store_writer_t **out)
+/* A new empty file under tmp/: its path into path (PATH_MAX), its descriptor (O_RDWR). */
+static int tmp_create(store_t *s, char *path, int *fd)
 {
-  int rc = 0;
-  *out = NULL;
-  int drc = expected_digest_check(expected_digest);
-  if (drc)
-    return drc;
-  store_writer_t *w = pc_xcalloc(1, sizeof(*w));
-  w->s = s;
-  w->fd = -1;
-  w->expected_size = expected_size;
-  if (expected_digest)
-    memcpy(w->expected, expected_digest, STORE__SHA256_LEN + 1);
+  *fd = -1;
   for (int tries = 0; tries < 16; tries++) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     uint64_t seq = atomic_fetch_add(&s->tmp_seq, 1);
-    int n = snprintf(w->path, sizeof(w->path), "%s/tmp/%ld-%llu-%lx", s->root, (long)getpid(),
+    int n = snprintf(path, PATH_MAX, "%s/tmp/%ld-%llu-%lx", s->root, (long)getpid(),
                      (unsigned long long)seq, (unsigned long)ts.tv_nsec);
-    if (n < 0 || (size_t)n >= sizeof(w->path)) {
-      rc = -ENAMETOOLONG;
-      goto out;
-    }
-    w->fd = open(w->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (w->fd >= 0 || errno != EEXIST)
+    if (n < 0 || n >= PATH_MAX)
+      return -ENAMETOOLONG;
+    *fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (*fd >= 0)
+      return 0;
+    if (errno != EEXIST)
       break;
   }
-  if (w->fd < 0) {
-    rc = -errno;
-    goto out;
+  path[0] = '\0';
+  return -errno;
+}
+
+int store_spare_make(store_t *s)
+{
+  if (s->read_only)
+    return -EROFS;
+  for (;;) {
+    pthread_mutex_lock(&s->spare_mu);
+    int full = s->nspares >= STORE_SPARES;
+    pthread_mutex_unlock(&s->spare_mu);
+    if (full)
+      return 0;
+    struct store__spare sp;
+    int rc = tmp_create(s, sp.path, &sp.fd);
+    if (rc)
+      return rc;
+    sp.rfd = open(sp.path, O_RDONLY | O_CLOEXEC);
+    if (sp.rfd < 0) {
+      rc = -errno;
+      close(sp.fd);
+      unlink(sp.path);
+      return rc;
+    }
+    pthread_mutex_lock(&s->spare_mu);
+    full = s->nspares >= STORE_SPARES;
+    if (!full)
+      s->spares[s->nspares++] = sp;
+    pthread_mutex_unlock(&s->spare_mu);
+    if (full) { /* another thread filled the set meanwhile */
+      close(sp.fd);
+      close(sp.rfd);
+      unlink(sp.path);
+      return 0;
+    }
+  }
+}
+
+/* Take a spare temp file into w (1), or leave w alone when there is none (0). */
+static int spare_take(store_t *s, store_writer_t *w)
+{
+  pthread_mutex_lock(&s->spare_mu);
+  int took = s->nspares > 0;
+  if (took) {
+    struct store__spare *sp = &s->spares[--s->nspares];
+    w->fd = sp->fd;
+    w->rfd = sp->rfd;
+    memcpy(w->path, sp->path, sizeof(w->path));
+  }
+  pthread_mutex_unlock(&s->spare_mu);
+  return took;
+}
+
+static int writer_new(store_t *s, const char *expected_digest, int64_t expected_size, int spare,
+                      store_writer_t **out)
+{
+  *out = NULL;
+  int rc = expected_digest_check(expected_digest);
+  if (rc)
+    return rc;
+  store_writer_t *w = pc_xcalloc(1, sizeof(*w));
+  w->s = s;
+  w->fd = w->rfd = -1;
+  w->expected_size = expected_size;
+  if (expected_digest)
+    memcpy(w->expected, expected_digest, STORE__SHA256_LEN + 1);
+  if (!(spare && spare_take(s, w))) {
+    rc = tmp_create(s, w->path, &w->fd);
+    if (rc) {
+      free(w);
+      return rc;
+    }
   }
   store_hash_init(&w->hash);
-out:
-  if (rc) {
-    free(w);
-    return rc;
-  }
   *out = w;
   return 0;
+}
+
+int store_writer_new(store_t *s, const char *expected_digest, int64_t expected_size,
+                     store_writer_t **out)
+{
+  return writer_new(s, expected_digest, expected_size, 1, out);
+}
+
+int store_writer_reader(store_writer_t *w)
+{
+  if (w->rfd >= 0) {
+    int fd = w->rfd;
+    w->rfd = -1;
+    return fd;
+  }
+  if (!w->path[0] || w->hash_only)
+    return -EBADF;
+  int fd = open(w->path, O_RDONLY | O_CLOEXEC);
+  return fd >= 0 ? fd : -errno;
 }
 
 /* The unit tests' small disk (store__fault_space): how many of len bytes fit. */
@@ -1190,6 +1278,8 @@ void store_writer_abort(store_writer_t *w)
 {
   if (!w)
     return;
+  if (w->rfd >= 0)
+    close(w->rfd);
   if (w->fd >= 0)
     close(w->fd);
   if (w->path[0])
@@ -1377,6 +1467,8 @@ static int commit(store_writer_t *w, const char *mt, int manifest, const void *b
   if (out_digest)
     memcpy(out_digest, digest, sizeof(digest));
 done:
+  if (w->rfd >= 0)
+    close(w->rfd);
   store_hash_dispose(&w->hash);
   free(w);
   return rc;
@@ -1412,7 +1504,7 @@ int store_manifest_put_also(store_t *s, const void *bytes, size_t len, const cha
                             const char *expected_digest, const store_also_t *also, char *out_digest)
 {
   store_writer_t *w = NULL;
-  int rc = store_writer_new(s, expected_digest, (int64_t)len, &w);
+  int rc = writer_new(s, expected_digest, (int64_t)len, 0, &w); /* the spare is the loop's */
   if (rc)
     return rc;
   rc = store_writer_write(w, bytes, len);

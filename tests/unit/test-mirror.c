@@ -1487,6 +1487,8 @@ static int feed(ff_t *f, const char *body, size_t off, size_t len, cli_t **cs)
   return pauses;
 }
 
+/* Temp files under tmp/ other than the store's spares (store_spare_make: empty files made
+ * ahead for the next fills), which must be empty. */
 static int tmp_files(void)
 {
   char p[1024];
@@ -1495,8 +1497,22 @@ static int tmp_files(void)
   struct dirent *de;
   int n = 0;
   ASSERT(dh != NULL);
-  while ((de = readdir(dh)))
-    n += de->d_name[0] != '.';
+  pthread_mutex_lock(&d.store->spare_mu);
+  while ((de = readdir(dh))) {
+    if (de->d_name[0] == '.')
+      continue;
+    int spare = 0;
+    for (int i = 0; i < d.store->nspares && !spare; i++) {
+      if (strcmp(de->d_name, strrchr(d.store->spares[i].path, '/') + 1) == 0) {
+        struct stat st;
+        ASSERT_EQ(0, fstat(d.store->spares[i].fd, &st));
+        ASSERT_EQ(0, (int)st.st_size);
+        spare = 1;
+      }
+    }
+    n += !spare;
+  }
+  pthread_mutex_unlock(&d.store->spare_mu);
   closedir(dh);
   return n;
 }

@@ -265,20 +265,89 @@ TEST(commit_roundtrip)
   store_close(s);
 }
 
-/* A new store has its 256 fan-out directories: a first pull's commits make none. */
+/* A new store has its 256 fan-out directories: a first pull's commits make none. A store that
+ * has only some of them (one made by an older pullcache) gets the rest at its next open. */
 TEST(open_makes_the_fanout_directories)
 {
-  store_t *s = open_store();
   char p[PATH_MAX];
   struct stat st;
-  for (int i = 0; i < 256; i++) {
-    snprintf(p, sizeof(p), "%s/blobs/sha256/%02x", root_dir(), i);
-    ASSERT_EQ(0, stat(p, &st));
-    ASSERT(S_ISDIR(st.st_mode));
+  for (int pass = 0; pass < 2; pass++) {
+    store_t *s = open_store();
+    for (int i = 0; i < 256; i++) {
+      snprintf(p, sizeof(p), "%s/blobs/sha256/%02x", root_dir(), i);
+      ASSERT_EQ(0, stat(p, &st));
+      ASSERT(S_ISDIR(st.st_mode));
+    }
+    snprintf(p, sizeof(p), "%s/blobs/sha256/100", root_dir());
+    ASSERT_EQ(-1, stat(p, &st));
+    store_close(s);
+    /* the upgrade case: all but 00 and 7f removed */
+    for (int i = 1; i < 256; i++) {
+      if (i == 0x7f)
+        continue;
+      snprintf(p, sizeof(p), "%s/blobs/sha256/%02x", root_dir(), i);
+      ASSERT_EQ(0, rmdir(p));
+    }
   }
-  snprintf(p, sizeof(p), "%s/blobs/sha256/100", root_dir());
-  ASSERT_EQ(-1, stat(p, &st));
+}
+
+/* Spare temp files: made up to STORE_SPARES (a second call keeps them), taken by the next blob
+ * writers with their read-only descriptors (no new file), not by a manifest put; once they are
+ * gone a writer makes its own; commit and abort leave nothing in tmp/; store_close removes the
+ * untaken ones. */
+TEST(spare_temp_files)
+{
+  store_t *s = open_store();
+  ASSERT_EQ(0, count_sub("tmp"));
+  ASSERT_OK(store_spare_make(s));
+  ASSERT_OK(store_spare_make(s));
+  ASSERT_EQ(STORE_SPARES, count_sub("tmp"));
+  ASSERT_EQ(STORE_SPARES, s->nspares);
+  char spare[PATH_MAX];
+  snprintf(spare, sizeof(spare), "%s", s->spares[STORE_SPARES - 1].path);
+
+  char md[72];
+  const char *man = "{\"schemaVersion\":2}";
+  ASSERT_OK(store_manifest_put(s, man, strlen(man), "application/vnd.oci.image.manifest.v1+json",
+                               NULL, md));
+  ASSERT_EQ(STORE_SPARES, count_sub("tmp"));
+  ASSERT_EQ(STORE_SPARES, s->nspares);
+
+  char d[72];
+  store_digest_of("abc", 3, d);
+  store_writer_t *w = NULL;
+  ASSERT_OK(store_writer_new(s, d, 3, &w));
+  ASSERT_STREQ(spare, store_writer_path(w));
+  ASSERT_EQ(STORE_SPARES - 1, s->nspares);
+  ASSERT_EQ(STORE_SPARES, count_sub("tmp"));
+  int rfd = store_writer_reader(w);
+  ASSERT(rfd >= 0);
+  ASSERT_OK(store_writer_write(w, "abc", 3));
+  char buf[4] = {0};
+  ASSERT_EQ(3, pread(rfd, buf, sizeof(buf), 0));
+  ASSERT_STREQ("abc", buf);
+  close(rfd);
+  /* the other spares, then writers that make their own file (their reader opens the path) */
+  store_writer_t *ws[STORE_SPARES + 1];
+  for (int i = 0; i < STORE_SPARES; i++) {
+    ASSERT_OK(store_writer_new(s, NULL, -1, &ws[i]));
+    ASSERT_EQ(STORE_SPARES + (i == STORE_SPARES - 1), count_sub("tmp"));
+    rfd = store_writer_reader(ws[i]);
+    ASSERT(rfd >= 0);
+    close(rfd);
+  }
+  ASSERT_EQ(0, s->nspares);
+  for (int i = 0; i < STORE_SPARES; i++)
+    store_writer_abort(ws[i]);
+  ASSERT_OK(store_writer_commit(w, NULL, NULL));
+  ASSERT_EQ(0, count_sub("tmp"));
+  ASSERT_OK(store_blob_stat(s, d, NULL));
+
+  ASSERT_OK(store_spare_make(s));
+  ASSERT_EQ(STORE_SPARES, count_sub("tmp"));
   store_close(s);
+  ASSERT_EQ(0, count_sub("tmp"));
+  ASSERT_EQ(-1, access(spare, F_OK));
 }
 
 TEST(abort_leaves_nothing)
