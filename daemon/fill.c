@@ -575,7 +575,14 @@ static void fill_fetch(fill_t *f)
 static void spare_work(uv_work_t *w)
 {
   pull_env_t *env = container_of(w, pull_env_t, spare_work);
-  (void)store_spare_make(env->store); /* none made: the next fills make their own */
+  static int told;                       /* one job at a time: no race */
+  int rc = store_spare_make(env->store); /* none made: the next fills make their own */
+  if (rc && !told) {
+    told = 1;
+    pc_log(PC_LOG_NOTICE,
+           "store-spare-failed rc=%s hint=\"fills make their temp files on the loop\"",
+           pc_errname(rc));
+  }
 }
 
 static void spare_after(uv_work_t *w, int status)

@@ -547,7 +547,10 @@ static void make_fanout(const store_t *s)
   if (err || rc) {
     char qp[PC_LOG_QUOTE_SIZE(LOG_PATH_MAX)];
     pc_log_quote(qp, sizeof(qp), p, LOG_PATH_MAX);
-    pc_log(PC_LOG_WARN, "store-fanout-incomplete path=%s err=%s", qp, pc_errname(err ? err : rc));
+    if (err)
+      pc_log(PC_LOG_WARN, "store-fanout-incomplete path=%s err=%s", qp, pc_errname(err));
+    else
+      pc_log(PC_LOG_NOTICE, "store-dir-fsync-failed path=%s err=%s", qp, pc_errname(rc));
   }
 }
 
@@ -1123,8 +1126,9 @@ static int spare_take(store_t *s, store_writer_t *w)
   return took;
 }
 
-static int writer_new(store_t *s, const char *expected_digest, int64_t expected_size, int spare,
-                      store_writer_t **out)
+/* A writer with no file yet (fd and rfd -1), its hash started. */
+static int writer_alloc(store_t *s, const char *expected_digest, int64_t expected_size,
+                        store_writer_t **out)
 {
   *out = NULL;
   int rc = expected_digest_check(expected_digest);
@@ -1136,14 +1140,26 @@ static int writer_new(store_t *s, const char *expected_digest, int64_t expected_
   w->expected_size = expected_size;
   if (expected_digest)
     memcpy(w->expected, expected_digest, STORE__SHA256_LEN + 1);
+  store_hash_init(&w->hash);
+  *out = w;
+  return 0;
+}
+
+static int writer_new(store_t *s, const char *expected_digest, int64_t expected_size, int spare,
+                      store_writer_t **out)
+{
+  store_writer_t *w;
+  int rc = writer_alloc(s, expected_digest, expected_size, &w);
+  if (rc)
+    return rc;
   if (!(spare && spare_take(s, w))) {
     rc = tmp_create(s, w->path, &w->fd);
     if (rc) {
+      store_hash_dispose(&w->hash);
       free(w);
       return rc;
     }
   }
-  store_hash_init(&w->hash);
   *out = w;
   return 0;
 }
@@ -1156,6 +1172,8 @@ int store_writer_new(store_t *s, const char *expected_digest, int64_t expected_s
 
 int store_writer_reader(store_writer_t *w)
 {
+  if (w->hash_only && w->fd < 0)
+    return -EBADF;
   if (w->rfd >= 0) {
     int fd = w->rfd;
     w->rfd = -1;
@@ -1258,20 +1276,10 @@ int store_writer_hash_only(store_writer_t *w)
 int store_writer_new_hash_only(store_t *s, const char *expected_digest, int64_t expected_size,
                                store_writer_t **out)
 {
-  *out = NULL;
-  int drc = expected_digest_check(expected_digest);
-  if (drc)
-    return drc;
-  store_writer_t *w = pc_xcalloc(1, sizeof(*w));
-  w->s = s;
-  w->fd = -1;
-  w->expected_size = expected_size;
-  w->hash_only = 1;
-  if (expected_digest)
-    memcpy(w->expected, expected_digest, STORE__SHA256_LEN + 1);
-  store_hash_init(&w->hash);
-  *out = w;
-  return 0;
+  int rc = writer_alloc(s, expected_digest, expected_size, out);
+  if (rc == 0)
+    (*out)->hash_only = 1;
+  return rc;
 }
 
 void store_writer_abort(store_writer_t *w)

@@ -115,7 +115,8 @@ int store_writer_new(store_t *s, const char *expected_digest, int64_t expected_s
 /** Make spare temp files until STORE_SPARES are kept: empty files under tmp/, each with a
  * read-only descriptor, taken by the next store_writer_new calls (which then make no file), so
  * that inode creation runs off the event loop (the daemon calls this at start and, on its store
- * writer thread, after a fill took one). Any thread; 0 or the -errno of the first file that
+ * writer thread, after a fill took one). Any thread, but not while store_close runs; 0 or the
+ * -errno of the first file that
  * could not be made. Removed by store_close; those left by a crash are swept with tmp/ by the
  * next store_open. */
 int store_spare_make(store_t *s);

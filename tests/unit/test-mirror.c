@@ -350,7 +350,7 @@ static void wait_idle(void)
   mirror_stats_t st;
   for (int i = 0; i < 5000; i++) {
     mirror_get_stats(d.mirror, &st);
-    if (st.fills_in_flight == 0 && st.jobs_in_flight == 0)
+    if (st.fills_in_flight == 0 && st.jobs_in_flight == 0 && !mirror_env(d.mirror)->spare_busy)
       break;
     turn();
   }

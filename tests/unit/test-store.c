@@ -350,6 +350,27 @@ TEST(spare_temp_files)
   ASSERT_EQ(-1, access(spare, F_OK));
 }
 
+/* A hash-only writer (no temp file: the full-disk pass-through) owns no descriptor: its abort
+ * and its commit close none (an unset descriptor field once closed fd 0), and it has no reader. */
+TEST(hash_only_writer_closes_no_descriptor)
+{
+  store_t *s = open_store();
+  char d[72];
+  store_digest_of("abc", 3, d);
+  for (int commit = 0; commit < 2; commit++) {
+    store_writer_t *w = NULL;
+    ASSERT_OK(store_writer_new_hash_only(s, d, 3, &w));
+    ASSERT_EQ(-EBADF, store_writer_reader(w));
+    ASSERT_OK(store_writer_write(w, "abc", 3));
+    if (commit)
+      ASSERT_EQ(-ENOSPC, store_writer_commit(w, NULL, NULL));
+    else
+      store_writer_abort(w);
+    ASSERT(fcntl(0, F_GETFD) >= 0);
+  }
+  store_close(s);
+}
+
 TEST(abort_leaves_nothing)
 {
   store_t *s = open_store();
