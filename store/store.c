@@ -1377,6 +1377,19 @@ int store_writer_verify(store_writer_t *w)
   return w->verdict;
 }
 
+/* Make the fan-out directory dir (blobs/sha256/xx) if it is missing; a new one's entry in
+ * blobs/sha256 is made durable first. 0 or -errno. */
+static int fanout_dir(char *dir)
+{
+  if (mkdir(dir, 0755) != 0)
+    return errno == EEXIST ? 0 : -errno;
+  char *slash = strrchr(dir, '/');
+  *slash = '\0';
+  int rc = fsync_path(dir);
+  *slash = '/';
+  return rc;
+}
+
 static int commit(store_writer_t *w, const char *mt, int manifest, const void *bytes,
                   const store_also_t *also, char *out_digest)
 {
@@ -1432,23 +1445,14 @@ static int commit(store_writer_t *w, const char *mt, int manifest, const void *b
     }
     close(w->fd);
     w->fd = -1;
-    if (mkdir(dir, 0755) == 0) {
-      /* A new fan-out directory: make its entry in blobs/sha256 durable first. */
-      char *slash = strrchr(dir, '/');
-      *slash = '\0';
-      rc = fsync_path(dir);
-      *slash = '/';
-      if (rc) {
-        pthread_mutex_unlock(&s->evict_mu);
-        goto fail;
-      }
-    } else if (errno != EEXIST) {
-      rc = -errno;
-      pthread_mutex_unlock(&s->evict_mu);
-      goto fail;
+    /* The fan-out directory exists (store_open made them all) unless the rename says ENOENT. */
+    rc = rename(w->path, final) == 0 ? 0 : -errno;
+    if (rc == -ENOENT) {
+      rc = fanout_dir(dir);
+      if (rc == 0 && rename(w->path, final) != 0)
+        rc = -errno;
     }
-    if (rename(w->path, final) != 0) {
-      rc = -errno;
+    if (rc) {
       pthread_mutex_unlock(&s->evict_mu);
       goto fail;
     }

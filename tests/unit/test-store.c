@@ -291,6 +291,26 @@ TEST(open_makes_the_fanout_directories)
   }
 }
 
+/* A commit whose fan-out directory is missing (removed by hand, or a store_open that could not
+ * make it) makes it and commits. */
+TEST(commit_makes_a_missing_fanout_directory)
+{
+  store_t *s = open_store();
+  char d[72], p[PATH_MAX];
+  store_digest_of("abc", 3, d);
+  snprintf(p, sizeof(p), "%s/blobs/sha256/%.2s", root_dir(), d + 7);
+  ASSERT_EQ(0, rmdir(p));
+  store_writer_t *w = NULL;
+  ASSERT_OK(store_writer_new(s, d, 3, &w));
+  ASSERT_OK(store_writer_write(w, "abc", 3));
+  ASSERT_OK(store_writer_commit(w, NULL, NULL));
+  ASSERT_OK(store_blob_stat(s, d, NULL));
+  struct stat st;
+  ASSERT_EQ(0, stat(p, &st));
+  ASSERT_EQ(0, count_sub("tmp"));
+  store_close(s);
+}
+
 /* Spare temp files: made up to STORE_SPARES (a second call keeps them), taken by the next blob
  * writers with their read-only descriptors (no new file), not by a manifest put; once they are
  * gone a writer makes its own; commit and abort leave nothing in tmp/; store_close removes the
