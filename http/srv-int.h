@@ -16,4 +16,13 @@ int srv__adopt(srv_t *s, int fd);
  * (s closing or draining: UV_EINVAL) it is closed at once. Returns 0 or a libuv error. */
 int srv__adopt_transport(srv_t *s, srv_tr_t *t);
 
+#include <llhttp.h>
+/** llhttp_execute as the server calls it. */
+typedef llhttp_errno_t (*srv__parse_fn)(llhttp_t *parser, const char *data, size_t len);
+enum { SRV_PARSER_BEST, SRV_PARSER_PLAIN, SRV_PARSER_SSE42 };
+/** BEST: what srv_new picks (the SSE4.2 build of llhttp.c where the build has it and the CPU
+ * has SSE4.2, else llhttp's own); PLAIN: llhttp's own; SSE42: the SSE4.2 build (NULL when the
+ * build has none). The two parse alike: only their header-value scan differs. */
+srv__parse_fn srv__parser(int which);
+
 #endif

@@ -178,6 +178,7 @@ struct conn {
 
 struct srv {
   uv_loop_t *loop;
+  srv__parse_fn parse; /* llhttp_execute, or its SSE4.2 build (srv__parser) */
   srv_opts_t o;
   srv_handler_cb cb;
   void *arg;
@@ -1053,6 +1054,29 @@ static int on_headers_complete(llhttp_t *p)
   return HPE_PAUSED;
 }
 
+#if PC_LLHTTP_SSE42
+/* llhttp.c built with -msse4.2 (http/llhttp_sse42.c), its names prefixed. */
+int pc_sse42_llhttp__internal_execute(llhttp_t *state, const char *p, const char *endp);
+
+static llhttp_errno_t execute_sse42(llhttp_t *parser, const char *data, size_t len)
+{
+  /* api.c's llhttp_execute, with the other build's internal execute */
+  return (llhttp_errno_t)pc_sse42_llhttp__internal_execute(parser, data, data + len);
+}
+#endif
+
+srv__parse_fn srv__parser(int which)
+{
+#if PC_LLHTTP_SSE42
+  if (which == SRV_PARSER_SSE42 || (which == SRV_PARSER_BEST && __builtin_cpu_supports("sse4.2")))
+    return execute_sse42;
+#else
+  if (which == SRV_PARSER_SSE42)
+    return NULL;
+#endif
+  return llhttp_execute;
+}
+
 static const llhttp_settings_t parser_settings = {
     .on_message_begin = on_message_begin,
     .on_url = on_url,
@@ -1135,7 +1159,7 @@ static void conn_parse_buffered(conn_t *c)
     size_t n = c->rlen - c->rpos;
     c->why = P_NONE;
     c->err_status = 0;
-    llhttp_errno_t err = llhttp_execute(&c->parser, p, n);
+    llhttp_errno_t err = c->s->parse(&c->parser, p, n);
     size_t used = n;
     if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE)
       used = (size_t)(llhttp_get_error_pos(&c->parser) - p);
@@ -1441,6 +1465,7 @@ int srv_new(uv_loop_t *loop, const srv_opts_t *opts, srv_handler_cb cb, void *ar
   s->loop = loop;
   s->cb = cb;
   s->arg = arg;
+  s->parse = srv__parser(SRV_PARSER_BEST);
   pc_list_init(&s->conns);
   srv_set_opts(s, opts);
   *out = s;

@@ -999,6 +999,153 @@ TEST(page_cache_residency)
   unlink(path);
 }
 
+/* ---- the two llhttp builds (srv__parser) -------------------------------------------------- */
+
+static char pev[8192];
+static size_t pevn;
+
+static void pev_add(const char *tag, const char *at, size_t len)
+{
+  int n = snprintf(pev + pevn, sizeof(pev) - pevn, "%s[", tag);
+  ASSERT(n > 0 && (size_t)n < sizeof(pev) - pevn);
+  pevn += (size_t)n;
+  ASSERT(pevn + len + 2 < sizeof(pev));
+  memcpy(pev + pevn, at, len);
+  pevn += len;
+  pev[pevn++] = ']';
+  pev[pevn] = '\0';
+}
+
+static int pev_url(llhttp_t *p, const char *at, size_t len)
+{
+  (void)p;
+  pev_add("u", at, len);
+  return 0;
+}
+
+static int pev_field(llhttp_t *p, const char *at, size_t len)
+{
+  (void)p;
+  pev_add("f", at, len);
+  return 0;
+}
+
+static int pev_value(llhttp_t *p, const char *at, size_t len)
+{
+  (void)p;
+  pev_add("v", at, len);
+  return 0;
+}
+
+static int pev_headers(llhttp_t *p)
+{
+  const char *m = llhttp_method_name((llhttp_method_t)p->method);
+  pev_add("h", m, strlen(m));
+  return 0;
+}
+
+static int pev_done(llhttp_t *p)
+{
+  (void)p;
+  pev_add("m", "", 0);
+  return 0;
+}
+
+/* Parse in with fn in two calls split at k; the events, then the error and where it stopped. */
+static void pev_parse(srv__parse_fn fn, const char *in, size_t len, size_t k)
+{
+  llhttp_settings_t st;
+  llhttp_settings_init(&st);
+  st.on_url = pev_url;
+  st.on_header_field = pev_field;
+  st.on_header_value = pev_value;
+  st.on_headers_complete = pev_headers;
+  st.on_message_complete = pev_done;
+  llhttp_t p;
+  llhttp_init(&p, HTTP_REQUEST, &st);
+  pevn = 0;
+  pev[0] = '\0';
+  llhttp_errno_t e = fn(&p, in, k);
+  if (e == HPE_OK)
+    e = fn(&p, in + k, len - k);
+  const char *pos = llhttp_get_error_pos(&p);
+  char tail[64];
+  snprintf(tail, sizeof(tail), "|%d@%td", (int)e, e == HPE_OK || !pos ? (ptrdiff_t)-1 : pos - in);
+  ASSERT(pevn + strlen(tail) < sizeof(pev));
+  strcpy(pev + pevn, tail);
+  pevn += strlen(tail);
+}
+
+/* Where the build has the SSE4.2 llhttp and the CPU runs it, the server uses it, and it parses
+ * exactly as llhttp's own build: the same callbacks with the same bytes and the same errors at
+ * the same place, for requests split at every byte (header values long enough for its 16-byte
+ * steps, with tabs and obs-text, and with a control byte, DEL or a bare CR inside a step).
+ * Elsewhere the server uses llhttp's own build. */
+TEST(llhttp_sse42_build_parses_alike)
+{
+  srv__parse_fn plain = srv__parser(SRV_PARSER_PLAIN), sse = srv__parser(SRV_PARSER_SSE42);
+  ASSERT(plain == llhttp_execute);
+#if defined(__x86_64__) && PC_LLHTTP_SSE42
+  ASSERT(sse != NULL);
+  if (!__builtin_cpu_supports("sse4.2")) {
+    ASSERT(srv__parser(SRV_PARSER_BEST) == plain);
+    return;
+  }
+  ASSERT(srv__parser(SRV_PARSER_BEST) == sse);
+#else
+  ASSERT(sse == NULL);
+  ASSERT(srv__parser(SRV_PARSER_BEST) == plain);
+  return;
+#endif
+  static const char accept[] =
+      "application/vnd.docker.distribution.manifest.v2+json, "
+      "application/vnd.docker.distribution.manifest.list.v2+json, "
+      "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
+  char reqs[8][1024];
+  snprintf(reqs[0], sizeof(reqs[0]),
+           "HEAD /v2/pause/manifests/3.10?ns=registry.k8s.io HTTP/1.1\r\nHost: mirror:5000\r\n"
+           "User-Agent: containerd/v2.0.0\r\nAccept: %s\r\nAccept-Encoding: gzip\r\n\r\n",
+           accept);
+  snprintf(reqs[1], sizeof(reqs[1]),
+           "GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Long: a\tb \x80\xff\xc3\xa9 value with tabs\t"
+           "and obs-text \xe2\x82\xac and more than sixteen bytes\r\n\r\nGET /v2/x HTTP/1.1\r\n"
+           "Host: y\r\nAccept: %s\r\n\r\n",
+           accept);
+  snprintf(reqs[2], sizeof(reqs[2]),
+           "GET / HTTP/1.1\r\nHost: x\r\nX-Bad: 0123456789abcdef0123\x01yz and more text\r\n\r\n");
+  snprintf(reqs[3], sizeof(reqs[3]),
+           "GET / HTTP/1.1\r\nHost: x\r\nX-Del: 0123456789abcdef0123\x7fyz and more text\r\n\r\n");
+  snprintf(reqs[4], sizeof(reqs[4]),
+           "GET / HTTP/1.1\r\nHost: x\r\nX-Cr: 0123456789abcdef0123\ryz and more text\r\n\r\n");
+  snprintf(reqs[5], sizeof(reqs[5]),
+           "GET / HTTP/1.1\r\nHost: x\r\nX-Lf: 0123456789abcdef0123\nyz and more text\r\n\r\n");
+  snprintf(reqs[6], sizeof(reqs[6]),
+           "GET / HTTP/1.1\r\nHost: x\r\nX-Nul: 0123456789abcdef0123%cyz\r\n\r\n", '\0');
+  snprintf(reqs[7], sizeof(reqs[7]), "GET / HTTP/1.1\r\nHost: x\r\nX-Empty:\r\nX-Sp:   \r\n\r\n");
+  size_t lens[8];
+  for (int i = 0; i < 8; i++)
+    lens[i] = strlen(reqs[i]);
+  lens[6] = strlen(reqs[6]) + 1 + strlen(reqs[6] + strlen(reqs[6]) + 1);
+  for (int i = 0; i < 8; i++) {
+    static char want[8192];
+    for (size_t k = 0; k <= lens[i]; k++) {
+      pev_parse(plain, reqs[i], lens[i], k);
+      size_t wantn = pevn;
+      memcpy(want, pev, pevn + 1);
+      pev_parse(sse, reqs[i], lens[i], k);
+      if (wantn != pevn || memcmp(want, pev, pevn) != 0) {
+        fprintf(stderr, "request %d split at %zu:\n  plain %s\n  sse42 %s\n", i, k, want, pev);
+        ASSERT(0);
+      }
+    }
+    /* unsplit: the long value whole; the bad bytes refused (2-6), the others parsed */
+    if (i == 0)
+      ASSERT(strstr(pev, accept) != NULL);
+    int refused = strstr(pev, "|0@-1") == NULL;
+    ASSERT_EQ(i >= 2 && i <= 6, refused);
+  }
+}
+
 TEST(file_growing)
 {
   ts_start(NULL);
