@@ -91,7 +91,8 @@ struct pull_env {
   size_t relay_max; /**< bytes a pass-through relay holds at most (0: RELAY_MAX_DEFAULT) */
   /** The store writes of fills, jobs and sights (daemon/bgwrite.h); NULL: the thread pool. */
   struct bgwrite *writer;
-  /** The next fill's temp file being made there (fill.c spare_refill; counted in live). */
+  /** The job that makes the store's spare temp files there (fill.c spare_refill; counted in
+   * live), and whether it is queued. */
   uv_work_t spare_work;
   int spare_busy;
 };

@@ -1172,8 +1172,6 @@ int store_writer_new(store_t *s, const char *expected_digest, int64_t expected_s
 
 int store_writer_reader(store_writer_t *w)
 {
-  if (w->hash_only && w->fd < 0)
-    return -EBADF;
   if (w->rfd >= 0) {
     int fd = w->rfd;
     w->rfd = -1;

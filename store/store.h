@@ -110,15 +110,14 @@ int store_flush_atimes(store_t *s);
  * not sha256. */
 int store_writer_new(store_t *s, const char *expected_digest, int64_t expected_size,
                      store_writer_t **out);
-#define STORE_SPARES                                                                               \
-  4 /**< spare temp files kept at most: a containerd pull starts 3 blobs at once */
+/** Spare temp files kept at most: a containerd pull starts 3 blobs at once. */
+#define STORE_SPARES 4
 /** Make spare temp files until STORE_SPARES are kept: empty files under tmp/, each with a
  * read-only descriptor, taken by the next store_writer_new calls (which then make no file), so
  * that inode creation runs off the event loop (the daemon calls this at start and, on its store
  * writer thread, after a fill took one). Any thread, but not while store_close runs; 0 or the
- * -errno of the first file that
- * could not be made. Removed by store_close; those left by a crash are swept with tmp/ by the
- * next store_open. */
+ * -errno of the first file that could not be made. Removed by store_close; those left by a
+ * crash are swept with tmp/ by the next store_open. */
 int store_spare_make(store_t *s);
 /** A read-only descriptor on the writer's temp file, for readers following a live fill (the
  * caller owns it): the spare's, made with it, else a new open of the path. -errno on error
